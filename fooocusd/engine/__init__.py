@@ -1,0 +1,1 @@
+"""Models, samplers and pipelines: a job's generation settings in, pixels out."""

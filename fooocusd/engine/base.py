@@ -1,0 +1,72 @@
+"""The small interface between the worker and whatever renders images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(step_done, total_steps)`` after each denoising step."""
+
+StopCheck = Callable[[], bool]
+"""Returns True when the engine should abandon the current image as soon as it can."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Concrete settings for exactly one image. Nothing here is optional."""
+
+    prompt: str
+    negative: str
+    seed: int
+    width: int
+    height: int
+    steps: int
+    cfg: float
+    sampler: str
+    scheduler: str
+    model: str
+    extra_prompts: tuple[str, ...] = ()
+    sharpness: float = 2.0
+    styles: tuple[str, ...] = ()
+    performance: str = "speed"
+
+
+@dataclass
+class GeneratedImage:
+    """One finished image and the facts the outbox records about how it was made."""
+
+    image: Image.Image
+    width: int
+    height: int
+    model_name: str
+    model_path: str
+    model_sha256: str
+    device: str
+    dtype: str
+    timings: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    def load(self) -> None:
+        """Load weights and warm up. Called once before the first job."""
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> GeneratedImage:
+        """Render one image. Raises ``InvalidInput`` or ``TransientError``/``OutOfMemory``."""
+        ...
+
+    def free_memory(self) -> None:
+        """Release cached accelerator memory (called before retrying after an OOM)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Model path, hash, device and dtype, for ``status`` and ``doctor``."""
+        ...

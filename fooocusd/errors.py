@@ -1,0 +1,50 @@
+"""Error types shared by every layer.
+
+The split matters to the journal: an ``InvalidInput`` is never retried and sends the
+input to ``failed/``; a ``TransientError`` is retried with backoff.
+"""
+
+from __future__ import annotations
+
+
+class FooocusdError(Exception):
+    """Base class. ``hint`` tells the user how to fix it; ``where`` points at the place."""
+
+    def __init__(self, message: str, *, hint: str = "", where: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.where = where
+
+    def explain(self) -> str:
+        """A plain-language, multi-line explanation for error files and logs."""
+        lines = [self.message]
+        if self.where:
+            lines.append(f"Where: {self.where}")
+        if self.hint:
+            lines.append(f"How to fix: {self.hint}")
+        return "\n".join(lines)
+
+
+class InvalidInput(FooocusdError):
+    """The dropped file (or its content) can never succeed as it is. Never retried."""
+
+
+class TransientError(FooocusdError):
+    """Something outside the input went wrong (disk full, device busy). Retried with backoff."""
+
+
+class OutOfMemory(TransientError):
+    """The accelerator ran out of memory; retried after the engine frees memory."""
+
+
+class ConfigError(FooocusdError):
+    """The configuration is invalid; the daemon refuses to start (or to reload)."""
+
+
+class ModelNotFound(ConfigError):
+    """No usable checkpoint; the message says where to put one."""
+
+
+class Interrupted(FooocusdError):
+    """The engine stopped early because shutdown was requested. The job is requeued, not failed."""

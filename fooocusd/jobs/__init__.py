@@ -1,0 +1,1 @@
+"""Turning dropped files into validated job specs."""

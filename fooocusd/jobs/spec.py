@@ -1,0 +1,94 @@
+"""The validated job spec: what one job asks for, before defaults are applied.
+
+Every field but ``prompt`` is optional; ``None`` means "take it from the preset, then from
+the daemon's configuration". ``resolve.py`` turns a spec into concrete generation settings.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_SEED = 2**63 - 1
+MAX_IMAGES = 32
+Performance = Literal["quality", "speed", "extreme_speed", "lightning", "hyper_sd"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+ImageAction = Literal[
+    "vary_subtle", "vary_strong", "upscale_1.5x", "upscale_2x", "upscale_fast_2x", "inpaint", "outpaint"
+]
+
+_ASPECT = re.compile(r"^\s*(\d{2,5})\s*[*x×,]\s*(\d{2,5})\s*$")
+_SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
+
+
+def parse_aspect(text: str) -> tuple[int, int]:
+    """``"1152*896"``, ``"1152x896"`` or ``"1152×896"`` → (width, height)."""
+    match = _ASPECT.match(text)
+    if not match:
+        raise ValueError(f"aspect must look like 1152*896 (width*height), got {text!r}")
+    width, height = int(match.group(1)), int(match.group(2))
+    for side in (width, height):
+        if side < 64 or side > 4096 or side % 8:
+            raise ValueError(f"aspect sides must be multiples of 8 between 64 and 4096, got {text!r}")
+    return width, height
+
+
+class JobSpec(BaseModel):
+    """One job. Unknown keys are refused so that typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, validate_assignment=True)
+
+    prompt: str = Field("", max_length=20_000, description="Main prompt (line 1 of a .txt).")
+    extra_prompts: list[str] = Field(default_factory=list, max_length=32)
+    negative: str = Field("", max_length=20_000)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="None: random, fixed at queue time.")
+    images: int = Field(1, ge=1, le=MAX_IMAGES)
+    disable_seed_increment: bool = False
+    preset: str | None = Field(None, max_length=100)
+    styles: list[str] | None = None
+    aspect: str | None = None
+    steps: int | None = Field(None, ge=1, le=200)
+    performance: Performance | None = None
+    cfg: float | None = Field(None, ge=1.0, le=30.0)
+    sharpness: float | None = Field(None, ge=0.0, le=30.0)
+    sampler: str | None = Field(None, max_length=64)
+    scheduler: str | None = Field(None, max_length=64)
+    model: str | None = Field(None, max_length=500)
+    output_format: OutputFormat | None = None
+    priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
+    name: str | None = Field(None, max_length=120, description="Output file stem; default: input stem.")
+    image: str | None = Field(None, description="Input image, relative to the job file.")
+    image_action: ImageAction | None = None
+
+    @field_validator("aspect")
+    @classmethod
+    def _aspect_is_parseable(cls, value: str | None) -> str | None:
+        if value is not None:
+            width, height = parse_aspect(value)
+            return f"{width}*{height}"
+        return value
+
+    @field_validator("name", "preset")
+    @classmethod
+    def _no_path_in_names(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not _SAFE_NAME.match(value) or value in {".", ".."} or value.startswith("."):
+            raise ValueError("must be a plain name without '/', '\\' or a leading '.'")
+        return value
+
+    @field_validator("extra_prompts")
+    @classmethod
+    def _drop_empty_extra_prompts(cls, value: list[str]) -> list[str]:
+        return [line.strip() for line in value if line.strip()]
+
+    @model_validator(mode="after")
+    def _needs_something_to_do(self) -> JobSpec:
+        if not self.prompt and self.image is None:
+            raise ValueError("a job needs a prompt (or an image to work from)")
+        return self
+
+    def size(self) -> tuple[int, int] | None:
+        return parse_aspect(self.aspect) if self.aspect else None

@@ -1,0 +1,345 @@
+"""The one settings model, and where each value comes from.
+
+Precedence, lowest to highest: built-in defaults, the TOML file, ``FOOOCUSD_*`` environment
+variables (nested with ``__``, e.g. ``FOOOCUSD_INTAKE__SETTLE_SECONDS=5``), then CLI flags.
+The file is found at ``--config``, ``$FOOOCUSD_CONFIG``, ``$XDG_CONFIG_HOME/fooocusd/fooocusd.toml``,
+then ``/etc/fooocusd/fooocusd.toml``. Every setting is documented in ``config/fooocusd.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from fooocusd.errors import ConfigError
+
+ENV_PREFIX = "FOOOCUSD_"
+SYSTEM_CONFIG = Path("/etc/fooocusd/fooocusd.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsSettings(_Section):
+    inbox: Path = Field(Path("~/fooocusd/inbox"), description="Folder watched for dropped files.")
+    outbox: Path = Field(Path("~/fooocusd/outbox"), description="Where finished images go.")
+    done: Path | None = Field(None, description="Inputs after success. Default: 'done' beside the inbox.")
+    failed: Path | None = Field(None, description="Inputs after failure. Default: 'failed' beside the inbox.")
+    state: Path | None = Field(
+        None, description="Journal and claimed inputs. Default: $STATE_DIRECTORY or $XDG_STATE_HOME/fooocusd."
+    )
+    models: Path = Field(Path("~/fooocusd/models"), description="Checkpoints are looked up here.")
+    presets: Path | None = Field(None, description="Extra user presets, beside the bundled ones.")
+
+    def resolved(self) -> ResolvedPaths:
+        inbox = _expand(self.inbox)
+        state = _expand(self.state) if self.state else _default_state_dir()
+        return ResolvedPaths(
+            inbox=inbox,
+            outbox=_expand(self.outbox),
+            done=_expand(self.done) if self.done else inbox.parent / "done",
+            failed=_expand(self.failed) if self.failed else inbox.parent / "failed",
+            state=state,
+            models=_expand(self.models),
+            presets=_expand(self.presets) if self.presets else None,
+        )
+
+
+class ResolvedPaths(BaseModel):
+    inbox: Path
+    outbox: Path
+    done: Path
+    failed: Path
+    state: Path
+    models: Path
+    presets: Path | None
+
+
+class IntakeSettings(_Section):
+    settle_seconds: float = Field(2.0, ge=0.0, le=3600, description="Unchanged size/mtime/inode for this long.")
+    rescan_seconds: float = Field(30.0, ge=1.0, le=86400, description="Full rescan interval (safety net).")
+    polling: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: poll on network/FUSE mounts, native events elsewhere."
+    )
+    poll_interval_seconds: float = Field(2.0, ge=0.1, le=600)
+    pair_wait_seconds: float = Field(
+        10.0, ge=0.0, le=3600, description="How long an image waits for a same-stem .toml/.txt partner."
+    )
+    follow_symlinks: bool = False
+    conflict_copies: Literal["quarantine", "process"] = "quarantine"
+    ignore_patterns: list[str] = Field(default_factory=list, description="Extra fnmatch patterns to ignore.")
+    max_job_file_bytes: int = Field(1_000_000, ge=1024, description="Larger .txt/.toml files are refused.")
+    max_image_pixels: int = Field(
+        64_000_000, ge=1_000_000, description="Larger images are refused (decompression bombs)."
+    )
+    duplicates: Literal["skip", "rerun"] = Field(
+        "rerun", description="A file whose content was seen before: run it again, or skip it into done/."
+    )
+
+
+class JournalSettings(_Section):
+    max_attempts: int = Field(3, ge=1, le=100, description="Attempts for transient errors before failing.")
+    retry_backoff_seconds: float = Field(10.0, ge=0.0, description="First retry delay; doubles each time.")
+    lease_seconds: float = Field(120.0, ge=5.0, description="A running job whose worker is silent this long is requeued.")
+
+
+class EngineSettings(_Section):
+    model: str = Field(
+        "", description="Checkpoint file or diffusers folder (absolute, or relative to paths.models), or 'tiny-random'."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    attention: Literal["sdpa", "xformers"] = "sdpa"
+
+
+class GenerationSettings(_Section):
+    preset: str = Field("default", description="Preset applied when neither job nor subfolder names one.")
+    image_action: Literal["vary_subtle", "vary_strong", "upscale_1.5x", "upscale_2x", "upscale_fast_2x"] = Field(
+        "vary_subtle", description="What an image dropped alone asks for."
+    )
+    negative: str = ""
+    images: int = Field(1, ge=1, le=32)
+    aspect: str = "1152*896"
+    performance: Literal["quality", "speed", "extreme_speed", "lightning", "hyper_sd"] = "speed"
+    cfg: float = Field(4.0, ge=1.0, le=30.0)
+    sharpness: float = Field(2.0, ge=0.0, le=30.0)
+    sampler: str = "dpmpp_2m_sde_gpu"
+    scheduler: str = "karras"
+    styles: list[str] = Field(default_factory=list)
+
+    @field_validator("aspect")
+    @classmethod
+    def _aspect_ok(cls, value: str) -> str:
+        from fooocusd.jobs.spec import parse_aspect
+
+        width, height = parse_aspect(value)
+        return f"{width}*{height}"
+
+
+class OutboxSettings(_Section):
+    name_template: str = Field(
+        "{stem}_{seed}_{index}", description="Fields: stem, seed, index, job, date, time. Never overwrites."
+    )
+    format: Literal["png", "jpeg", "webp"] = "png"
+    quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality.")
+    embed_metadata: bool = True
+    after_success: Literal["move", "delete", "keep"] = Field(
+        "move", description="move: to paths.done; delete; keep: leave a copy in paths.state/kept."
+    )
+    umask: int = Field(0o022, ge=0, le=0o777)
+
+
+class LoggingSettings(_Section):
+    level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
+    json_logs: bool = Field(False, alias="json", description="One JSON object per line (--log-json).")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    paths: PathsSettings = Field(default_factory=PathsSettings)
+    intake: IntakeSettings = Field(default_factory=IntakeSettings)
+    journal: JournalSettings = Field(default_factory=JournalSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file is merged into the init kwargs by ``load_settings`` (so we can name the file
+        # in errors); env vars still beat it because they come first here... except init wins,
+        # so ``load_settings`` applies env on top itself. Keep only init here.
+        return (init_settings,)
+
+
+class LoadedSettings(BaseModel):
+    """Settings plus provenance: for each dotted key, 'default', 'file:<path>', 'env:<VAR>' or 'cli'."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    settings: Settings
+    config_file: Path | None
+    sources: dict[str, str]
+
+
+def find_config_file(explicit: Path | None = None, environ: dict[str, str] | None = None) -> Path | None:
+    environ = dict(os.environ if environ is None else environ)
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist", hint="check the --config path")
+        return explicit
+    if environ.get("FOOOCUSD_CONFIG"):
+        path = Path(environ["FOOOCUSD_CONFIG"]).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"config file {path} (from $FOOOCUSD_CONFIG) does not exist",
+                hint="unset FOOOCUSD_CONFIG or point it at a file",
+            )
+        return path
+    xdg = Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "fooocusd" / "fooocusd.toml"
+    for candidate in (xdg, SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(
+    config_file: Path | None = None,
+    cli_overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> LoadedSettings:
+    """Build the effective settings. Raises ``ConfigError`` naming the key, source and expectation."""
+    environ = dict(os.environ if environ is None else environ)
+    path = find_config_file(config_file, environ)
+    file_data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            file_data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the syntax at that line") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+
+    env_data, env_names = _env_overrides(environ)
+    cli_data = _nest(cli_overrides or {})
+
+    sources: dict[str, str] = {}
+    for key in _leaf_keys(file_data):
+        sources[key] = f"file:{path}"
+    for key in _leaf_keys(env_data):
+        sources[key] = f"env:{env_names[key]}"
+    for key in _leaf_keys(cli_data):
+        sources[key] = "cli"
+
+    merged = _deep_merge(_deep_merge(file_data, env_data), cli_data)
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_explain_validation(exc, sources), hint="see config/fooocusd.toml for every key") from exc
+    for key in _leaf_keys(settings.model_dump(by_alias=True)):
+        sources.setdefault(key, "default")
+    return LoadedSettings(settings=settings, config_file=path, sources=sources)
+
+
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    data: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    sections = set(Settings.model_fields)
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "FOOOCUSD_CONFIG":
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if parts[0] not in sections or len(parts) != 2:
+            raise ConfigError(
+                f"unknown environment variable {name}",
+                hint="use FOOOCUSD_<SECTION>__<KEY>, e.g. FOOOCUSD_INTAKE__SETTLE_SECONDS=5",
+            )
+        data.setdefault(parts[0], {})[parts[1]] = _env_value(value)
+        names[".".join(parts)] = name
+    return data, names
+
+
+def _env_value(raw: str) -> Any:
+    # JSON-ish lists are allowed for list settings; everything else pydantic coerces from str.
+    text = raw.strip()
+    if text.startswith("["):
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            return raw
+    return raw
+
+
+def _explain_validation(exc: ValidationError, sources: dict[str, str]) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        origin = sources.get(key, "default")
+        where = origin.replace("file:", "file ").replace("env:", "environment variable ")
+        if error["type"] == "extra_forbidden":
+            section = str(error["loc"][0]) if len(error["loc"]) > 1 else ""
+            known = _known_keys(section)
+            lines.append(f"  - unknown key '{key}' (from {where}); known keys here: {', '.join(known)}")
+        else:
+            lines.append(f"  - '{key}' = {error.get('input')!r} (from {where}): {error['msg']}")
+    return "\n".join(lines)
+
+
+def _known_keys(section: str) -> list[str]:
+    if section and section in Settings.model_fields:
+        annotation = Settings.model_fields[section].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [f.alias or name for name, f in annotation.model_fields.items()]
+    return list(Settings.model_fields)
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        nested.setdefault(section, {})[key] = value
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            keys.extend(_leaf_keys(value, f"{dotted}."))
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def flatten(settings: Settings) -> dict[str, Any]:
+    """Dotted key → value, for ``config show``."""
+    out: dict[str, Any] = {}
+    for section, values in settings.model_dump(by_alias=True, mode="json").items():
+        for key, value in values.items():
+            out[f"{section}.{key}"] = value
+    return out
+
+
+def _expand(path: Path) -> Path:
+    return Path(os.path.expandvars(str(path))).expanduser().absolute()
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY (e.g. /var/lib/fooocusd).
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "fooocusd"
