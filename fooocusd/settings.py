@@ -62,7 +62,9 @@ class ResolvedPaths(BaseModel):
 
 
 class IntakeSettings(_Section):
-    settle_seconds: float = Field(2.0, ge=0.0, le=3600, description="Unchanged size/mtime/inode for this long.")
+    settle_seconds: float = Field(
+        2.0, ge=0.0, le=3600, description="Unchanged size/mtime/inode for this long."
+    )
     rescan_seconds: float = Field(30.0, ge=1.0, le=86400, description="Full rescan interval (safety net).")
     polling: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: poll on network/FUSE mounts, native events elsewhere."
@@ -86,12 +88,15 @@ class IntakeSettings(_Section):
 class JournalSettings(_Section):
     max_attempts: int = Field(3, ge=1, le=100, description="Attempts for transient errors before failing.")
     retry_backoff_seconds: float = Field(10.0, ge=0.0, description="First retry delay; doubles each time.")
-    lease_seconds: float = Field(120.0, ge=5.0, description="A running job whose worker is silent this long is requeued.")
+    lease_seconds: float = Field(
+        120.0, ge=5.0, description="A running job whose worker is silent this long is requeued."
+    )
 
 
 class EngineSettings(_Section):
     model: str = Field(
-        "", description="Checkpoint file or diffusers folder (absolute, or relative to paths.models), or 'tiny-random'."
+        "",
+        description="Checkpoint file or diffusers folder (absolute or under paths.models), or 'tiny-random'.",
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
@@ -100,8 +105,8 @@ class EngineSettings(_Section):
 
 class GenerationSettings(_Section):
     preset: str = Field("default", description="Preset applied when neither job nor subfolder names one.")
-    image_action: Literal["vary_subtle", "vary_strong", "upscale_1.5x", "upscale_2x", "upscale_fast_2x"] = Field(
-        "vary_subtle", description="What an image dropped alone asks for."
+    image_action: Literal["vary_subtle", "vary_strong", "upscale_1.5x", "upscale_2x", "upscale_fast_2x"] = (
+        Field("vary_subtle", description="What an image dropped alone asks for.")
     )
     negative: str = ""
     images: int = Field(1, ge=1, le=32)
@@ -166,9 +171,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file is merged into the init kwargs by ``load_settings`` (so we can name the file
-        # in errors); env vars still beat it because they come first here... except init wins,
-        # so ``load_settings`` applies env on top itself. Keep only init here.
+        # ``load_settings`` merges file, environment and CLI itself (so errors can name the
+        # source of each value); the model only validates what it is given.
         return (init_settings,)
 
 
@@ -235,7 +239,9 @@ def load_settings(
     try:
         settings = Settings(**merged)
     except ValidationError as exc:
-        raise ConfigError(_explain_validation(exc, sources), hint="see config/fooocusd.toml for every key") from exc
+        raise ConfigError(
+            _explain_validation(exc, sources), hint="see config/fooocusd.toml for every key"
+        ) from exc
     for key in _leaf_keys(settings.model_dump(by_alias=True)):
         sources.setdefault(key, "default")
     return LoadedSettings(settings=settings, config_file=path, sources=sources)
@@ -246,9 +252,12 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, s
     names: dict[str, str] = {}
     sections = set(Settings.model_fields)
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "FOOOCUSD_CONFIG":
+        if not name.startswith(ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
+        looks_like_setting = len(parts) > 1 or any(parts[0].startswith(f"{s}_") for s in sections)
+        if not looks_like_setting:
+            continue  # FOOOCUSD_CONFIG, the set-up scripts' FOOOCUSD_VENV, test hooks...
         if parts[0] not in sections or len(parts) != 2:
             raise ConfigError(
                 f"unknown environment variable {name}",

@@ -60,6 +60,7 @@ class JobSpec(BaseModel):
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
     name: str | None = Field(None, max_length=120, description="Output file stem; default: input stem.")
     image: str | None = Field(None, description="Input image, relative to the job file.")
+    mask: str | None = Field(None, description="Inpaint mask (white = repaint), relative to the inbox.")
     image_action: ImageAction | None = None
 
     @field_validator("aspect")

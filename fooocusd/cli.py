@@ -1,0 +1,117 @@
+"""The ``fooocusd`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from fooocusd import __version__
+from fooocusd.errors import FooocusdError
+from fooocusd.service.logs import configure_logging
+from fooocusd.settings import LoadedSettings, load_settings
+
+# CLI flag → dotted settings key. Flags left unset don't override anything.
+_OVERRIDES = {
+    "inbox": "paths.inbox",
+    "outbox": "paths.outbox",
+    "done_dir": "paths.done",
+    "failed_dir": "paths.failed",
+    "state_dir": "paths.state",
+    "models_dir": "paths.models",
+    "model": "engine.model",
+    "device": "engine.device",
+    "settle_seconds": "intake.settle_seconds",
+    "polling": "intake.polling",
+    "log_level": "logging.level",
+    "log_json": "logging.json",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        loaded = _load(args)
+        configure_logging(loaded.settings.logging.level, loaded.settings.logging.json_logs)
+        return int(args.handler(args, loaded) or 0)
+    except FooocusdError as exc:
+        configure_logging("INFO")
+        logger.error(exc.explain())
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load(args: argparse.Namespace) -> LoadedSettings:
+    overrides: dict[str, Any] = {}
+    for attr, key in _OVERRIDES.items():
+        value = getattr(args, attr, None)
+        if value is not None and value is not False:
+            overrides[key] = value
+    return load_settings(args.config, overrides)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="configuration file (default: see config show)")
+    common.add_argument("--log-level", choices=["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"])
+    common.add_argument("--log-json", action="store_true", default=None, help="log one JSON object per line")
+
+    folders = argparse.ArgumentParser(add_help=False)
+    for flag in ("inbox", "outbox", "done-dir", "failed-dir", "state-dir", "models-dir"):
+        folders.add_argument(f"--{flag}", type=Path)
+
+    daemon = argparse.ArgumentParser(add_help=False, parents=[folders])
+    daemon.add_argument("--model", help="checkpoint file or folder, or tiny-random")
+    daemon.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    daemon.add_argument("--settle-seconds", type=float)
+    daemon.add_argument("--polling", choices=["auto", "always", "never"])
+
+    parser = argparse.ArgumentParser(
+        prog="fooocusd", description="Watch-folder daemon for local SDXL images."
+    )
+    parser.add_argument("--version", action="version", version=f"fooocusd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    from fooocusd.service import commands
+
+    run = sub.add_parser("run", parents=[common, daemon], help="run the daemon in the foreground")
+    run.set_defaults(handler=commands.run)
+    once = sub.add_parser("once", parents=[common, daemon], help="drain the inbox, print a summary, exit")
+    once.add_argument("--no-progress", action="store_true", help="no progress bar")
+    once.set_defaults(handler=commands.once)
+    status = sub.add_parser("status", parents=[common, folders], help="queue, running job, recent failures")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=commands.status)
+    submit = sub.add_parser("submit", parents=[common, folders], help="drop a file into the inbox atomically")
+    what = submit.add_mutually_exclusive_group(required=True)
+    what.add_argument("path", nargs="?", type=Path, help="a .txt, .toml or image file")
+    what.add_argument("--prompt", help="make a .txt job from this prompt")
+    submit.add_argument("--subdir", default="", help="inbox subfolder (routes to the preset of that name)")
+    submit.set_defaults(handler=commands.submit)
+    retry = sub.add_parser("retry", parents=[common, folders], help="run a failed or cancelled job again")
+    retry.add_argument("job", help="job id, or the start of the input's name")
+    retry.set_defaults(handler=commands.retry)
+    cancel = sub.add_parser("cancel", parents=[common, folders], help="cancel a queued or running job")
+    cancel.add_argument("job", help="job id, or the start of the input's name")
+    cancel.set_defaults(handler=commands.cancel)
+    config = sub.add_parser("config", parents=[common, daemon], help="configuration")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser(
+        "show", parents=[common, daemon], help="effective settings and their sources"
+    )
+    show.set_defaults(handler=commands.config_show)
+    doctor = sub.add_parser("doctor", parents=[common, daemon], help="check torch, devices, models, folders")
+    doctor.set_defaults(handler=commands.doctor)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Move files out of the inbox so that a crash can never leave a half-written copy.
+
+``move_durably`` is a plain ``rename`` on one filesystem. Across filesystems (EXDEV) it copies
+to a hidden temp name beside the destination, fsyncs, publishes with a no-clobber link (or a
+rename where links are unsupported), fsyncs the folder, and only then removes the source. At
+every instant the destination is either absent or complete; at worst (crash after publishing)
+both copies exist, which start-up reconciliation resolves.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import stat as stat_mode
+from pathlib import Path
+
+from loguru import logger
+
+TEMP_PREFIX = ".fooocusd-"
+_COPY_CHUNK = 1024 * 1024
+# Directory fsync is refused by some network filesystems; nothing more we can do there.
+_DIR_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF})
+# Hard links are missing on FAT/exFAT and some SMB/FUSE mounts.
+_LINK_UNSUPPORTED = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV})
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (creations, renames, deletions) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _DIR_FSYNC_UNSUPPORTED:
+            raise
+        logger.debug("folder fsync not supported on {}: {}", path, exc)
+    finally:
+        os.close(fd)
+
+
+def move_durably(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` (never overwriting it). Raises ``FileExistsError`` if ``dst``
+    exists, ``FileNotFoundError`` if ``src`` is gone, ``IsADirectoryError``/``OSError`` for
+    anything that is not a regular file (never opened, so a FIFO cannot block), and other
+    ``OSError``s (e.g. disk full) with no partial file left at ``dst``."""
+    src, dst = Path(src), Path(dst)
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "destination already exists", str(dst))
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _move_across_filesystems(src, dst)
+        return
+    _fsync_parents(src, dst)
+
+
+def unique_destination(folder: Path, name: str) -> Path:
+    """A path in ``folder`` that does not exist yet: ``name``, then ``stem-1.ext``, ``stem-2.ext``…
+
+    Callers must still publish without clobbering (``move_durably`` does), because another
+    process may take the name between this check and the move; see ``move_to_unique``."""
+    folder = Path(folder)
+    candidate = folder / name
+    suffix = Path(name).suffix
+    stem = name[: -len(suffix)] if suffix else name
+    counter = 0
+    while os.path.lexists(candidate):
+        counter += 1
+        candidate = folder / f"{stem}-{counter}{suffix}"
+    return candidate
+
+
+def move_to_unique(src: Path, folder: Path, name: str | None = None, attempts: int = 100) -> Path:
+    """Move ``src`` into ``folder`` under ``name`` (default: its own) or the next free variant.
+    Returns where it ended up."""
+    name = name or Path(src).name
+    for _ in range(attempts):
+        dst = unique_destination(folder, name)
+        try:
+            move_durably(src, dst)
+        except FileExistsError:
+            continue  # lost a race for that name; pick the next one
+        return dst
+    raise FileExistsError(errno.EEXIST, f"no free name for {name} after {attempts} tries", str(folder))
+
+
+def _move_across_filesystems(src: Path, dst: Path) -> None:
+    info = os.lstat(src)
+    if not stat_mode.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, "only regular files can be copied across filesystems", str(src))
+    temp = dst.parent / f"{TEMP_PREFIX}{dst.name}.{secrets.token_hex(4)}.part"
+    try:
+        _copy_and_fsync(src, temp)
+        _publish_no_clobber(temp, dst)
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+    fsync_dir(dst.parent)
+    os.unlink(src)
+    fsync_dir(src.parent)
+
+
+def _copy_and_fsync(src: Path, temp: Path) -> None:
+    # O_NOFOLLOW|O_NONBLOCK: a file swapped for a link or FIFO after our lstat fails instead of blocking.
+    src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(src_fd, "rb") as reader:
+        if not stat_mode.S_ISREG(os.fstat(reader.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "source is no longer a regular file", str(src))
+        temp_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(temp_fd, "wb") as writer:
+            shutil.copyfileobj(reader, writer, _COPY_CHUNK)
+            writer.flush()
+            shutil.copystat(src, temp)  # keep mtime: outputs and the journal refer to it
+            os.fsync(writer.fileno())
+
+
+def _publish_no_clobber(temp: Path, dst: Path) -> None:
+    try:
+        os.link(temp, dst)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _LINK_UNSUPPORTED:
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "destination already exists", str(dst)) from exc
+        os.replace(temp, dst)
+        return
+    os.unlink(temp)
+
+
+def _fsync_parents(src: Path, dst: Path) -> None:
+    fsync_dir(dst.parent)
+    if os.path.realpath(src.parent) != os.path.realpath(dst.parent):
+        fsync_dir(src.parent)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.warning("could not remove temporary file {}: {}", path, exc)

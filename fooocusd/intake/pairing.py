@@ -1,0 +1,272 @@
+"""Group ready files that belong together into one drop.
+
+A *drop* is what becomes one job: a spec (``.toml``/``.txt``), an image, or both, plus an
+optional mask. Files pair when they share a folder and a stem: ``cat.png`` + ``cat.toml``
+(+ ``cat.mask.png``). Stems are compared exactly (case-sensitive); extensions in any case.
+
+Rules, applied on every ``release`` call:
+
+* spec + image both ready → released together (with the mask if ready; if a mask file exists
+  but is still arriving, the drop waits for it).
+* spec ready, same-stem image exists on disk but is not ready yet → held until the image is
+  ready. Spec ready, no image on disk → released at once (a text-to-image job). If only a mask
+  of that stem is there, the image is probably still coming, so the spec waits ``pair_wait_seconds``.
+* image ready, same-stem spec exists but is not ready → held until the spec is ready.
+  Image ready with no partner → held for ``pair_wait_seconds`` after it became ready (a phone
+  sync may deliver the spec a little later), then released alone.
+* a mask is never a job of its own: it goes with its image. A mask whose image never shows
+  up is released after ``pair_wait_seconds`` as an orphan drop (``Drop.is_orphan_mask``) so the
+  caller can move it to ``failed/`` with a message.
+* waiting for a partner that exists but never becomes ready (a zero-byte placeholder left
+  behind, a FIFO) ends after ``partner_timeout_seconds``; the file then goes alone.
+
+Only JOB, IMAGE and MASK files are offered, plus conflict copies the caller decided to process
+(``intake.conflict_copies = "process"``), which pair as what they are a copy of
+(``Ready.conflict_kind``). Everything else (UNSUPPORTED, refusals) goes straight to the caller's
+failure path. Not thread-safe: use it from the daemon loop.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mode
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from fooocusd.intake.ignore import IMAGE_EXTENSIONS, JOB_EXTENSIONS, MASK_MARKER, Kind, image_stem
+from fooocusd.intake.watcher import Ready
+
+_PAIRABLE = frozenset({Kind.JOB, Kind.IMAGE, Kind.MASK})
+
+
+@dataclass(frozen=True)
+class Drop:
+    spec: Ready | None = None
+    image: Ready | None = None
+    mask: Ready | None = None
+
+    @property
+    def parts(self) -> list[Ready]:
+        return [part for part in (self.spec, self.image, self.mask) if part is not None]
+
+    @property
+    def is_orphan_mask(self) -> bool:
+        """A mask without its image: cannot be processed; the caller fails it with a hint."""
+        return self.mask is not None and self.image is None
+
+
+@dataclass
+class _Held:
+    ready: Ready
+    since: float
+
+
+@dataclass
+class _Group:
+    specs: list[_Held] = field(default_factory=list)
+    images: list[_Held] = field(default_factory=list)
+    masks: list[_Held] = field(default_factory=list)
+
+    def all(self) -> list[_Held]:
+        return [*self.specs, *self.images, *self.masks]
+
+
+def regular_file_exists(path: Path) -> bool:
+    """A regular file (not a link or FIFO) is at ``path``."""
+    try:
+        return stat_mode.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+class _DiskLookup:
+    """Answers "is this partner on disk?" during one ``release`` call.
+
+    By default each folder is listed once per call (one ``scandir`` instead of ~20 ``lstat``s
+    per held file, which matters on network shares and for bursts of thousands of images)."""
+
+    def __init__(self, exists: Callable[[Path], bool] | None) -> None:
+        self._exists = exists
+        self._listings: dict[Path, frozenset[str]] = {}
+
+    def has(self, folder: Path, name: str) -> bool:
+        if self._exists is not None:
+            return self._exists(folder / name)
+        listing = self._listings.get(folder)
+        if listing is None:
+            listing = self._listings[folder] = _regular_file_names(folder)
+        return name in listing
+
+
+class Pairer:
+    def __init__(
+        self,
+        pair_wait_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        partner_timeout_seconds: float | None = 3600.0,
+    ) -> None:
+        self.pair_wait_seconds = pair_wait_seconds
+        self.partner_timeout_seconds = partner_timeout_seconds
+        self._clock = clock
+        self._groups: dict[tuple[Path, str], _Group] = {}
+        # Released files still on disk are not "a partner that is still arriving".
+        self._released: set[Path] = set()
+
+    def offer(self, ready: Iterable[Ready], now: float | None = None) -> None:
+        """Hold ready files until ``release`` decides. Raises ValueError for non-pairable kinds."""
+        now = self._clock() if now is None else now
+        for item in ready:
+            kind = _pairing_kind(item)
+            if kind is None:
+                raise ValueError(
+                    f"{item.relpath}: only job, image and mask files can be paired, got {item.kind}"
+                )
+            self._released.discard(item.path)
+            group = self._groups.setdefault(_group_key(item, kind), _Group())
+            bucket = _bucket(group, kind)
+            bucket[:] = [held for held in bucket if held.ready.path != item.path]
+            bucket.append(_Held(item, now))
+            bucket.sort(key=lambda held: held.ready.path.name)
+
+    def release(self, now: float | None = None, exists: Callable[[Path], bool] | None = None) -> list[Drop]:
+        """Drops that are complete now. ``exists`` tells whether a partner file is on disk;
+        by default: a regular file (not a link, FIFO or folder) of that exact name."""
+        now = self._clock() if now is None else now
+        disk = _DiskLookup(exists)
+        self._released = {path for path in self._released if disk.has(path.parent, path.name)}
+        drops: list[Drop] = []
+        for key in list(self._groups):
+            group = self._groups[key]
+            drops.extend(self._release_group(key, group, now, disk))
+            if not group.all():
+                del self._groups[key]
+        return drops
+
+    def held(self) -> list[Ready]:
+        """Files offered but not released yet (for status output)."""
+        return [held.ready for group in self._groups.values() for held in group.all()]
+
+    def holding(self) -> int:
+        """How many files are held."""
+        return sum(len(group.all()) for group in self._groups.values())
+
+    def next_deadline(self, now: float | None = None) -> float | None:
+        """The next clock time after ``now`` at which a held file may be released by time alone."""
+        now = self._clock() if now is None else now
+        times: list[float] = []
+        for group in self._groups.values():
+            for held in group.all():
+                times.append(held.since + self.pair_wait_seconds)
+                if self.partner_timeout_seconds is not None:
+                    times.append(held.since + self.partner_timeout_seconds)
+        future = [moment for moment in times if moment > now]
+        return min(future, default=None)
+
+    def _release_group(
+        self, key: tuple[Path, str], group: _Group, now: float, disk: _DiskLookup
+    ) -> list[Drop]:
+        folder, stem = key
+        drops: list[Drop] = []
+        while group.all():
+            spec = group.specs[0] if group.specs else None
+            image = group.images[0] if group.images else None
+            mask = group.masks[0] if group.masks else None
+
+            # Partners always share the group key, so "offered already" means "in this group".
+            def arriving(names: list[str]) -> bool:
+                offered = {held.ready.path.name for held in group.all()}
+                return any(
+                    name not in offered and disk.has(folder, name) and folder / name not in self._released
+                    for name in names
+                )
+
+            # Cheap time checks come first: they spare the disk checks for most held files.
+            if spec and image:
+                if (
+                    mask is None
+                    and not self._gave_up(min(spec.since, image.since), now)
+                    and arriving(_mask_names(stem))
+                ):
+                    break
+                drop = Drop(spec.ready, image.ready, mask.ready if mask else None)
+            elif spec:
+                image_arriving = arriving(_image_names(stem))
+                if image_arriving and not self._gave_up(spec.since, now):
+                    break
+                if mask and not image_arriving and now - spec.since < self.pair_wait_seconds:
+                    break
+                drop = Drop(spec=spec.ready)
+            elif image:
+                if now - image.since < self.pair_wait_seconds:
+                    break
+                if not self._gave_up(image.since, now) and (
+                    arriving(_spec_names(stem)) or (mask is None and arriving(_mask_names(stem)))
+                ):
+                    break
+                drop = Drop(image=image.ready, mask=mask.ready if mask else None)
+            else:
+                assert mask is not None
+                if now - mask.since < self.pair_wait_seconds:
+                    break
+                if not self._gave_up(mask.since, now) and (
+                    arriving(_image_names(stem)) or arriving(_spec_names(stem))
+                ):
+                    break
+                drop = Drop(mask=mask.ready)
+            self._take(group, drop)
+            drops.append(drop)
+        return drops
+
+    def _take(self, group: _Group, drop: Drop) -> None:
+        taken = {part.path for part in drop.parts}
+        for bucket in (group.specs, group.images, group.masks):
+            bucket[:] = [held for held in bucket if held.ready.path not in taken]
+        self._released.update(taken)
+
+    def _gave_up(self, since: float, now: float) -> bool:
+        return self.partner_timeout_seconds is not None and now - since >= self.partner_timeout_seconds
+
+
+def _pairing_kind(item: Ready) -> Kind | None:
+    if item.refused:
+        return None
+    kind = item.conflict_kind if item.kind is Kind.CONFLICT else item.kind
+    return kind if kind in _PAIRABLE else None
+
+
+def _group_key(item: Ready, kind: Kind) -> tuple[Path, str]:
+    name = item.path.name
+    stem = image_stem(name) if kind is Kind.MASK else PurePosixPath(name).stem
+    return item.path.parent, stem
+
+
+def _bucket(group: _Group, kind: Kind) -> list[_Held]:
+    return {Kind.JOB: group.specs, Kind.IMAGE: group.images, Kind.MASK: group.masks}[kind]
+
+
+def _spelled(extensions: Iterable[str]) -> list[str]:
+    return sorted({variant for ext in extensions for variant in (ext, ext.upper())})
+
+
+def _spec_names(stem: str) -> list[str]:
+    return [stem + ext for ext in _spelled(JOB_EXTENSIONS)]
+
+
+def _image_names(stem: str) -> list[str]:
+    return [stem + ext for ext in _spelled(IMAGE_EXTENSIONS)]
+
+
+def _mask_names(stem: str) -> list[str]:
+    markers = (MASK_MARKER, MASK_MARKER.upper())
+    return [stem + marker + ext for marker in markers for ext in _spelled(IMAGE_EXTENSIONS)]
+
+
+def _regular_file_names(folder: Path) -> frozenset[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return frozenset(entry.name for entry in entries if entry.is_file(follow_symlinks=False))
+    except OSError:
+        return frozenset()

@@ -1,0 +1,251 @@
+"""``.toml`` job files, and the key vocabulary that ``.txt`` files and presets share.
+
+A file is either one job (every JobSpec field as a top-level key) or several ``[[job]]``
+tables; top-level keys next to ``[[job]]`` tables are shared defaults that each job may override.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from fooocusd.errors import InvalidInput
+from fooocusd.jobs.resolve import (
+    ACTION_HELP,
+    ASPECT_HELP,
+    FORMAT_HELP,
+    PERFORMANCE_HELP,
+    normalise_aspect,
+    normalise_image_action,
+    normalise_output_format,
+    normalise_performance,
+)
+from fooocusd.jobs.spec import MAX_SEED, JobSpec
+
+JOB_FIELDS: tuple[str, ...] = tuple(JobSpec.model_fields)
+KEY_ALIASES: dict[str, str] = {
+    "format": "output_format",
+    "action": "image_action",
+    "negative_prompt": "negative",
+    "aspect_ratio": "aspect",
+}
+RANDOM_SEED_WORDS = frozenset({"random", "-1"})
+
+KEY_HELP: dict[str, str] = {
+    "prompt": "write the prompt as text",
+    "extra_prompts": 'give a list of strings, e.g. ["soft light", "film grain"]',
+    "negative": "write the negative prompt as text",
+    "seed": f"use a whole number from 0 to {MAX_SEED}, or 'random'",
+    "images": "use a whole number from 1 to 32",
+    "disable_seed_increment": "use true or false",
+    "preset": "use the name of a file in the presets folder, without .toml",
+    "styles": "list style names, separated by commas",
+    "aspect": ASPECT_HELP,
+    "steps": "use a whole number from 1 to 200",
+    "performance": PERFORMANCE_HELP,
+    "cfg": "use a number from 1 to 30 (4 is a good start)",
+    "sharpness": "use a number from 0 to 30 (2 is the default)",
+    "sampler": "use a sampler name such as dpmpp_2m_sde_gpu",
+    "scheduler": "use a scheduler name such as karras",
+    "model": "use a checkpoint file name from the models folder",
+    "output_format": FORMAT_HELP,
+    "priority": "use a whole number from -100 to 100 (higher runs first)",
+    "name": "use a plain file name without '/' or '\\' and not starting with '.'",
+    "image": "give the image's path relative to the job file, inside the inbox",
+    "image_action": ACTION_HELP,
+}
+
+_NORMALISERS: dict[str, Callable[[str], str]] = {
+    "aspect": normalise_aspect,
+    "performance": normalise_performance,
+    "image_action": normalise_image_action,
+    "output_format": normalise_output_format,
+}
+_EXPECTED: dict[str, str] = {
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "text (in quotes)",
+    "list_type": "a list",
+}
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def canonical_key(raw: str) -> str:
+    """``Disable-Seed Increment`` → ``disable_seed_increment``; an alias (``format``) → its field."""
+    key = re.sub(r"[\s\-]+", "_", raw.strip().lower())
+    return KEY_ALIASES.get(key, key)
+
+
+def suggest(key: str, known: list[str] | tuple[str, ...], *, cutoff: float = 0.6) -> str:
+    """`` — did you mean 'negative'?`` or an empty string."""
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=cutoff)
+    if not close:
+        return ""
+    return " — did you mean " + " or ".join(f"'{name}'" for name in close) + "?"
+
+
+def normalise_value(field: str, value: Any) -> Any:
+    """Turn user spellings into canonical values. Raises ``ValueError`` with a reason."""
+    if field == "seed" and (value == -1 or str(value).strip().lower() in RANDOM_SEED_WORDS):
+        return None
+    if field == "styles" and isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if field in _NORMALISERS and isinstance(value, str):
+        return _NORMALISERS[field](value)
+    return value
+
+
+def build_spec(
+    fields: Mapping[str, Any],
+    locate: Callable[[str], str],
+    *,
+    whole: str,
+    source_name: str,
+    written: Mapping[str, str] | None = None,
+) -> JobSpec:
+    """Validate ``fields`` as a JobSpec; any problem becomes ``InvalidInput`` pointing at its key.
+
+    ``locate(field)`` says where a field was written (e.g. "line 4"); ``whole`` names the job
+    for problems that belong to no single key (e.g. a job without a prompt); ``written`` maps a
+    field to the key as the user spelled it (e.g. output_format → format), for messages.
+    """
+    labels = dict(written or {})
+    values: dict[str, Any] = {}
+    for field, raw in fields.items():
+        try:
+            value = normalise_value(field, raw)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"{source_name}: '{labels.get(field, field)}' = {raw!r} is not valid: {exc}",
+                where=locate(field),
+                hint=KEY_HELP.get(field, ""),
+            ) from exc
+        if value is not None:  # only a random seed normalises to None: leave the field unset
+            values[field] = value
+    try:
+        return JobSpec(**values)
+    except ValidationError as exc:
+        raise _explain(exc, locate, labels, whole=whole, source_name=source_name) from exc
+
+
+def _explain(
+    exc: ValidationError,
+    locate: Callable[[str], str],
+    labels: Mapping[str, str],
+    *,
+    whole: str,
+    source_name: str,
+) -> InvalidInput:
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    reason = str(error["msg"]).removeprefix("Value error, ")
+    if not field:
+        return InvalidInput(
+            f"{source_name}: {reason}",
+            where=whole,
+            hint='add a prompt (for a .txt file: a line of text; for .toml: prompt = "...")',
+        )
+    expected = _EXPECTED.get(str(error["type"]))
+    detail = f"expected {expected}" if expected else reason
+    got = error.get("input")
+    more = len(exc.errors()) - 1
+    extra = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return InvalidInput(
+        f"{source_name}: '{labels.get(field, field)}' = {got!r} is not valid: {detail}{extra}",
+        where=locate(field),
+        hint=KEY_HELP.get(field, "see the job-file keys in the README"),
+    )
+
+
+def parse_toml(text: str, source_name: str) -> list[JobSpec]:
+    """Parse a ``.toml`` job file into job specs. Raises ``InvalidInput`` naming the key or position."""
+    try:
+        document = tomllib.loads(text.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as exc:
+        position = _TOML_POSITION.search(str(exc))
+        where = f"line {position.group(1)}, column {position.group(2)}" if position else ""
+        reason = _TOML_POSITION.sub("", str(exc)).strip()
+        raise InvalidInput(
+            f"{source_name} is not valid TOML: {reason}",
+            where=where,
+            hint='fix the syntax there; text values need quotes, e.g. prompt = "a red fox"',
+        ) from exc
+
+    jobs = document.pop("job", None)
+    shared = _canonical_table(document, "top level", source_name)
+    if jobs is None:
+        fields = _split_prompt_lines(shared)
+        return [build_spec(fields, lambda field: f"key '{field}'", whole="the file", source_name=source_name)]
+    if not isinstance(jobs, list) or not all(isinstance(job, dict) for job in jobs):
+        raise InvalidInput(
+            f"{source_name}: 'job' must be a list of tables",
+            where="key 'job'",
+            hint="start each job with a [[job]] line (double brackets)",
+        )
+    if not jobs:
+        raise InvalidInput(
+            f"{source_name} has no jobs", where="key 'job'", hint="add at least one [[job]] table"
+        )
+    specs = []
+    for number, job in enumerate(jobs, start=1):
+        label = f"[[job]] #{number}"
+        own = _canonical_table(job, label, source_name)
+
+        def locate(field: str, own: dict[str, Any] = own, label: str = label) -> str:
+            if field in own:
+                return f"{label}, key '{field}'"
+            return f"top-level key '{field}' (shared by every [[job]])"
+
+        merged = _split_prompt_lines({**shared, **own})
+        specs.append(build_spec(merged, locate, whole=label, source_name=source_name))
+    return specs
+
+
+def _canonical_table(table: dict[str, Any], label: str, source_name: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    unknown: list[str] = []
+    for raw_key, value in table.items():
+        key = canonical_key(raw_key)
+        if key not in JOB_FIELDS:
+            unknown.append(raw_key)
+            continue
+        if key in out:
+            raise InvalidInput(
+                f"{source_name}: key '{raw_key}' sets '{key}' a second time in {label}",
+                where=f"{label}, key '{raw_key}'",
+                hint="keep only one of them",
+            )
+        out[key] = value
+    if unknown:
+        first = unknown[0]
+        names = ", ".join(f"'{name}'" for name in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        known = [*JOB_FIELDS, "format", "action", *(["job"] if label == "top level" else [])]
+        raise InvalidInput(
+            f"{source_name}: unknown key{plural} {names} in {label}{suggest(canonical_key(first), known)}",
+            where=f"{label}, key '{first}'",
+            hint="known keys: " + ", ".join(JOB_FIELDS) + " (plus the aliases format, action)",
+        )
+    return out
+
+
+def _split_prompt_lines(fields: dict[str, Any]) -> dict[str, Any]:
+    # As in Fooocus, a multi-line prompt is one main line plus extra prompts, one per line.
+    prompt = fields.get("prompt")
+    if not isinstance(prompt, str) or "\n" not in prompt.strip():
+        return fields
+    lines = [line.strip() for line in prompt.strip().splitlines() if line.strip()]
+    extras = fields.get("extra_prompts", [])
+    if not isinstance(extras, list):
+        return fields  # let validation report the wrong type
+    return {**fields, "prompt": lines[0], "extra_prompts": [*lines[1:], *extras]}

@@ -1,0 +1,181 @@
+"""``.txt`` job files: the prompt as plain text, with optional ``key: value`` option lines.
+
+The rule that keeps bare prompts working: a line is an option only when the text before its
+first colon is one of the known option keys below (case-insensitive; ``-``, ``_`` and spaces are
+interchangeable). Any other line, with or without a colon, is prompt text. To use a known key
+word as the start of a prompt (``model: a woman on a catwalk``), write it after ``prompt:``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from fooocusd.errors import InvalidInput
+from fooocusd.jobs.spec import JobSpec
+from fooocusd.jobs.toml_format import build_spec, canonical_key, suggest
+
+# Option key as written (after canonical_key) → JobSpec field. ``prompt`` is the escape hatch.
+TXT_OPTION_KEYS: dict[str, str] = {
+    "prompt": "prompt",
+    "negative": "negative",
+    "seed": "seed",
+    "images": "images",
+    "preset": "preset",
+    "styles": "styles",
+    "aspect": "aspect",
+    "steps": "steps",
+    "performance": "performance",
+    "cfg": "cfg",
+    "sharpness": "sharpness",
+    "sampler": "sampler",
+    "scheduler": "scheduler",
+    "model": "model",
+    "output_format": "output_format",
+    "priority": "priority",
+    "name": "name",
+    "image": "image",
+    "image_action": "image_action",
+    "disable_seed_increment": "disable_seed_increment",
+}
+JOB_SEPARATOR = "---"
+
+_OPTION = re.compile(r"^([A-Za-z][A-Za-z _-]*?)\s*:(.*)$")
+_ESCAPE_HINT = "if this line is meant as prompt text, write it as 'prompt: <the line>'"
+
+
+@dataclass
+class _Block:
+    number: int
+    first_line: int
+    last_line: int = 0
+    prompts: list[tuple[int, str]] = field(default_factory=list)
+    options: dict[str, tuple[int, str, str]] = field(default_factory=dict)  # field → (line, key, value)
+
+    @property
+    def label(self) -> str:
+        return f"job {self.number} (lines {self.first_line}–{self.last_line})"
+
+    def is_empty(self) -> bool:
+        return not self.prompts and not self.options
+
+
+def parse_txt(text: str, source_name: str) -> list[JobSpec]:
+    """Parse a ``.txt`` job file. Errors are ``InvalidInput`` with ``where="line N"``."""
+    lines = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    blocks = [block for block in _split_blocks(lines, source_name) if not block.is_empty()]
+    if not blocks:
+        raise InvalidInput(
+            f"{source_name} has no prompt",
+            where="the whole file",
+            hint="write the prompt on the first line, e.g. 'a red fox in fresh snow, morning light'",
+        )
+    for number, block in enumerate(blocks, start=1):
+        block.number = number  # count only real jobs, so "job 2" matches what the user sees
+    return [_to_spec(block, source_name) for block in blocks]
+
+
+def _split_blocks(lines: list[str], source_name: str) -> list[_Block]:
+    blocks = [_Block(number=1, first_line=1)]
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        block = blocks[-1]
+        block.last_line = number
+        if line == JOB_SEPARATOR:
+            block.last_line = number - 1
+            blocks.append(_Block(number=block.number + 1, first_line=number + 1, last_line=number))
+            continue
+        if not line or line.startswith("#"):
+            continue
+        option = _option(line)
+        if option is None:
+            _warn_if_mistyped_option(line, number, source_name)
+            block.prompts.append((number, line))
+            continue
+        key, field_name, value = option
+        if field_name == "prompt":
+            if value:
+                block.prompts.append((number, value))
+            continue
+        _add_option(block, number, key, field_name, value, source_name)
+    return blocks
+
+
+def _option(line: str) -> tuple[str, str, str] | None:
+    """(key as written, JobSpec field, value) when the line is an option line."""
+    match = _OPTION.match(line)
+    if not match:
+        return None
+    key = match.group(1).strip()
+    field_name = TXT_OPTION_KEYS.get(canonical_key(key))
+    if field_name is None:
+        return None
+    return key, field_name, match.group(2).strip()
+
+
+def _add_option(block: _Block, number: int, key: str, field_name: str, value: str, source_name: str) -> None:
+    if not value:
+        raise InvalidInput(
+            f"{source_name}: option '{key}' has no value",
+            where=f"line {number}",
+            hint=f"write a value after the colon (e.g. 'seed: 42') or delete the line; {_ESCAPE_HINT}",
+        )
+    if field_name in block.options:
+        earlier = block.options[field_name][0]
+        raise InvalidInput(
+            f"{source_name}: option '{key}' is set twice in {block.label} (lines {earlier} and {number})",
+            where=f"line {number}",
+            hint=f"keep one of the two lines; to start another job, put a line '{JOB_SEPARATOR}' before it",
+        )
+    block.options[field_name] = (number, key, value)
+
+
+def _to_spec(block: _Block, source_name: str) -> JobSpec:
+    if not block.prompts and "image" not in block.options:
+        keys = ", ".join(f"'{key}'" for _, key, _ in block.options.values())
+        raise InvalidInput(
+            f"{source_name}: {block.label} has options ({keys}) but no prompt",
+            where=block.label,
+            hint="add a line with the prompt; if one of those lines was meant as prompt text, "
+            "write it as 'prompt: <the line>'",
+        )
+    fields: dict[str, object] = {name: value for name, (_, _, value) in block.options.items()}
+    written = {name: key for name, (_, key, _) in block.options.items()}
+    if block.prompts:
+        fields["prompt"] = block.prompts[0][1]
+        fields["extra_prompts"] = [text for _, text in block.prompts[1:]]
+
+    def locate(field_name: str) -> str:
+        if field_name in block.options:
+            return f"line {block.options[field_name][0]}"
+        if field_name == "extra_prompts" and len(block.prompts) > 1:
+            return f"line {block.prompts[-1][0]}"
+        if field_name == "prompt" and block.prompts:
+            return f"line {block.prompts[0][0]}"
+        return block.label
+
+    try:
+        return build_spec(fields, locate, whole=block.label, source_name=source_name, written=written)
+    except InvalidInput as exc:
+        if _looks_like_prose(exc.where, block):
+            exc.hint = f"{exc.hint}; {_ESCAPE_HINT}" if exc.hint else _ESCAPE_HINT
+        raise
+
+
+def _looks_like_prose(where: str, block: _Block) -> bool:
+    # "Seed: the beginning of life" is probably a prompt; "cfg: 100" is a value out of range.
+    return any(f"line {line}" == where and " " in value for line, _, value in block.options.values())
+
+
+def _warn_if_mistyped_option(line: str, number: int, source_name: str) -> None:
+    # A mistyped key is prompt text by the rule above; say so in the log, since the job still runs.
+    match = _OPTION.match(line)
+    if not match or " " in match.group(1).strip():
+        return
+    near = suggest(canonical_key(match.group(1)), list(TXT_OPTION_KEYS), cutoff=0.8)
+    if near:
+        logger.warning(
+            "{}: line {} ({!r}) is read as prompt text, not an option{}", source_name, number, line[:60], near
+        )

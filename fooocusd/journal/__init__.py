@@ -1,0 +1,38 @@
+"""The durable journal: a SQLite state machine for inputs, jobs, outputs and their history."""
+
+from fooocusd.journal.journal import DEFAULT_MAX_CRASHES, Journal, JournalError, OutputNameTaken
+from fooocusd.journal.rows import (
+    TERMINAL_JOB_STATES,
+    EventRow,
+    FileRole,
+    InputFileRow,
+    InputRow,
+    InputState,
+    JobRow,
+    JobState,
+    Outcome,
+    OutputRow,
+    OutputState,
+    RetryPlan,
+)
+from fooocusd.journal.schema import SCHEMA_VERSION
+
+__all__ = [
+    "DEFAULT_MAX_CRASHES",
+    "SCHEMA_VERSION",
+    "TERMINAL_JOB_STATES",
+    "EventRow",
+    "FileRole",
+    "InputFileRow",
+    "InputRow",
+    "InputState",
+    "JobRow",
+    "JobState",
+    "Journal",
+    "JournalError",
+    "Outcome",
+    "OutputNameTaken",
+    "OutputRow",
+    "OutputState",
+    "RetryPlan",
+]

@@ -1,0 +1,1 @@
+"""The daemon: its loop, the worker, signals and logging."""

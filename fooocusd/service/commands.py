@@ -1,0 +1,198 @@
+"""What each CLI command does. Kept apart from argument parsing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fooocusd.errors import ConfigError, InvalidInput
+from fooocusd.journal.journal import Journal, JournalError
+from fooocusd.outbox.atomic import publish_bytes
+from fooocusd.service.daemon import Daemon, Summary
+from fooocusd.service.folders import Folders
+from fooocusd.settings import LoadedSettings, flatten
+
+_out = Console()
+
+
+def run(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    daemon = Daemon(loaded.settings)
+    daemon.install_signal_handlers()
+    daemon.run()
+    return 0
+
+
+def once(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    show_bar = sys.stderr.isatty() and not args.no_progress
+    if not show_bar:
+        daemon = Daemon(loaded.settings)
+        daemon.install_signal_handlers()
+        summary = daemon.run(drain=True)
+    else:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} steps"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def sink(label: str, done: int, total: int) -> None:
+                if label not in tasks:
+                    tasks[label] = bar.add_task(label, total=total)
+                bar.update(tasks[label], completed=done, total=total)
+
+            daemon = Daemon(loaded.settings, progress_sink=sink)
+            daemon.install_signal_handlers()
+            summary = daemon.run(drain=True)
+    _print_summary(summary)
+    return 0 if summary.ok else 1
+
+
+def _print_summary(summary: Summary) -> None:
+    _out.print(
+        f"fooocusd once: {summary.jobs_done} job(s) done, {summary.images_written} image(s) written, "
+        f"{summary.jobs_failed} job(s) failed, {summary.inputs_failed} input(s) in failed/"
+        + (f", {summary.duplicates_skipped} duplicate(s) skipped" if summary.duplicates_skipped else "")
+    )
+
+
+def _folders(loaded: LoadedSettings) -> Folders:
+    return Folders.from_paths(loaded.settings.paths.resolved())
+
+
+def _open_journal(loaded: LoadedSettings) -> Journal:
+    folders = _folders(loaded)
+    if not folders.journal_db.exists():
+        raise ConfigError(
+            f"no journal at {folders.journal_db}",
+            hint="the daemon has not run with this state folder yet (check --state-dir / paths.state)",
+        )
+    return Journal.open(folders.journal_db, owner=f"cli:{os.getpid()}")
+
+
+def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    journal = Journal.open_read_only(_folders(loaded).journal_db)
+    try:
+        report = journal.status()
+    finally:
+        journal.close()
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    counts = report["counts"]
+    _out.print(
+        "jobs: "
+        + ", ".join(
+            f"{state} {counts.get(state, 0)}"
+            for state in ("queued", "running", "done", "failed", "cancelled")
+        )
+    )
+    for job in report.get("running", []):
+        step, total = job.get("progress_step") or 0, job.get("progress_total") or 0
+        percent = f"{100 * step / total:.0f}%" if total else "starting"
+        _out.print(f"running: job {job['id']} {job['relpath']} — step {step}/{total} ({percent})")
+    failures = report.get("recent_failures", [])
+    if failures:
+        table = Table("job", "input", "error", title="recent failures")
+        for failure in failures:
+            table.add_row(
+                str(failure.get("id", "")),
+                failure.get("relpath", ""),
+                (failure.get("error") or "").splitlines()[0] if failure.get("error") else "",
+            )
+        _out.print(table)
+    return 0
+
+
+def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    inbox = _folders(loaded).inbox
+    target_dir = inbox / args.subdir if args.subdir else inbox
+    if args.subdir and (".." in Path(args.subdir).parts or Path(args.subdir).is_absolute()):
+        raise InvalidInput("--subdir must be a folder name inside the inbox", hint="e.g. --subdir portrait")
+    target_dir.mkdir(parents=True, exist_ok=True)
+    if args.prompt is not None:
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", args.prompt).strip("-")[:40].lower() or "prompt"
+        name = f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+        data = (args.prompt.strip() + "\n").encode("utf-8")
+    else:
+        source: Path = args.path
+        if not source.is_file():
+            raise InvalidInput(f"{source} is not a file", hint="give the path of a .txt, .toml or image file")
+        name, data = source.name, source.read_bytes()
+    final = _free_name(target_dir, name)
+    # Written under a hidden temporary name the daemon ignores, then renamed into place.
+    publish_bytes(final, data, umask=loaded.settings.outbox.umask)
+    _out.print(f"submitted {final}")
+    return 0
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    candidate, stem, suffix, n = folder / name, Path(name).stem, Path(name).suffix, 1
+    while candidate.exists():
+        candidate = folder / f"{stem}-{n}{suffix}"
+        n += 1
+    return candidate
+
+
+def retry(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    from fooocusd.service.requeue import retry_job
+
+    journal = _open_journal(loaded)
+    try:
+        message = retry_job(journal, args.job)
+    finally:
+        journal.close()
+    _out.print(message)
+    return 0
+
+
+def cancel(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    journal = _open_journal(loaded)
+    try:
+        try:
+            job = journal.find_job(args.job)
+        except JournalError as exc:
+            raise InvalidInput(str(exc)) from exc
+        if job is None:
+            raise InvalidInput(f"no job matches '{args.job}'", hint="see `fooocusd status` for job ids")
+        if not journal.cancel_job(job.id):
+            raise InvalidInput(f"job {job.id} is {job.state}; only queued or running jobs can be cancelled")
+    finally:
+        journal.close()
+    _out.print(f"cancelled job {job.id}")
+    return 0
+
+
+def config_show(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    table = Table("setting", "value", "from", title=f"config file: {loaded.config_file or '(none found)'}")
+    for key, value in flatten(loaded.settings).items():
+        table.add_row(key, json.dumps(value), loaded.sources.get(key, "default"))
+    Console(width=max(_out.width, 120)).print(table)
+    return 0
+
+
+def doctor(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    from fooocusd.service.doctor import run_checks
+
+    checks = run_checks(loaded.settings)
+    table = Table("check", "result", "detail")
+    worst = 0
+    for check in checks:
+        mark = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}[check.level]
+        table.add_row(check.name, mark, check.detail)
+        worst = max(worst, {"ok": 0, "warn": 0, "fail": 1}[check.level])
+    _out.print(table)
+    return worst

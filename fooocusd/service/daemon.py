@@ -1,0 +1,190 @@
+"""The daemon: intake on the main thread, one GPU worker thread, clean stops.
+
+``Daemon.run()`` serves until stopped; ``Daemon.run(drain=True)`` exits once the inbox is
+empty and every job has ended (``fooocusd once``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from loguru import logger
+
+from fooocusd.engine.base import Engine
+from fooocusd.engine.factory import create_engine
+from fooocusd.intake.pairing import Pairer
+from fooocusd.intake.watcher import InboxWatcher
+from fooocusd.jobs.presets import load_all_presets, preset_search_dirs
+from fooocusd.journal.journal import Journal
+from fooocusd.service.finisher import Finisher
+from fooocusd.service.folders import Folders, prepare_folders
+from fooocusd.service.intake_refusals import as_takeable, refusal_for
+from fooocusd.service.intake_stage import IntakeStage
+from fooocusd.service.reconcile import reconcile
+from fooocusd.service.worker import ProgressSink, Worker
+from fooocusd.settings import Settings
+
+_TICK = 0.2
+_STALE_CHECK_EVERY = 30.0
+
+
+@dataclass
+class Summary:
+    queued_jobs: int
+    jobs_done: int
+    jobs_failed: int
+    images_written: int
+    inputs_failed: int
+    duplicates_skipped: int
+
+    @property
+    def ok(self) -> bool:
+        return self.jobs_failed == 0 and self.inputs_failed == 0
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, progress_sink: ProgressSink | None = None) -> None:
+        self.settings = settings
+        self.progress_sink = progress_sink
+        self.stop_intake = threading.Event()
+        self.stop_now = threading.Event()
+        self._wake_worker = threading.Event()
+        self._worker_error: BaseException | None = None
+
+    def run(self, *, drain: bool = False) -> Summary:
+        folders = prepare_folders(self.settings)
+        os.umask(self.settings.outbox.umask)
+        preset_dirs = preset_search_dirs(folders.presets)
+        load_all_presets(preset_dirs)  # a broken preset file stops the start, not a job later
+        engine = create_engine(
+            self.settings.engine, folders.models, folders.cache
+        )  # resolves the model first
+        # Stable across restarts, so the next start knows the running jobs it finds were its own.
+        owner = f"{socket.gethostname()}:{folders.state}:{self.settings.engine.device}"
+        journal = Journal.open(folders.journal_db, owner=owner)
+        try:
+            reconcile(journal, folders)
+            logger.info("loading the model…")
+            engine.load()
+            logger.info("ready: watching {}", folders.inbox)
+            return self._serve(folders, journal, engine, preset_dirs, drain)
+        finally:
+            journal.close()
+
+    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        """First signal: finish the current image, then stop. Second: abandon it too."""
+        if self.stop_intake.is_set():
+            logger.warning("second stop request: abandoning the current image")
+            self.stop_now.set()
+        else:
+            name = signal.Signals(signum).name if signum else "stop"
+            logger.info("{}: finishing the current image, then stopping (again to stop at once)", name)
+            self.stop_intake.set()
+        self._wake_worker.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _serve(
+        self, folders: Folders, journal: Journal, engine: Engine, preset_dirs: list[Path], drain: bool
+    ) -> Summary:
+        intake_settings = self.settings.intake
+        watcher = InboxWatcher(
+            folders.inbox,
+            settle_seconds=intake_settings.settle_seconds,
+            rescan_seconds=intake_settings.rescan_seconds,
+            polling=intake_settings.polling,
+            poll_interval_seconds=intake_settings.poll_interval_seconds,
+            follow_symlinks=intake_settings.follow_symlinks,
+            extra_ignore=intake_settings.ignore_patterns,
+        )
+        pairer = Pairer(intake_settings.pair_wait_seconds)
+        intake = IntakeStage(self.settings, folders, journal, preset_dirs)
+        finisher = Finisher(self.settings, folders, journal)
+        worker = Worker(
+            self.settings,
+            folders,
+            journal,
+            engine,
+            preset_dirs,
+            stop_now=self.stop_now,
+            progress_sink=self.progress_sink,
+        )
+        worker_thread = threading.Thread(
+            target=self._work, args=(worker,), name="fooocusd-worker", daemon=True
+        )
+        watcher.start()
+        worker_thread.start()
+        last_stale_check = time.monotonic()
+        try:
+            while not self.stop_intake.is_set():
+                self._intake_once(watcher, pairer, intake)
+                finisher.finish_ready()
+                if time.monotonic() - last_stale_check > _STALE_CHECK_EVERY:
+                    last_stale_check = time.monotonic()
+                    journal.recover_stale_jobs()
+                if self._worker_error is not None:
+                    raise self._worker_error
+                if drain and self._drained(watcher, pairer, journal):
+                    break
+                watcher.wait(_TICK)
+        finally:
+            watcher.stop()
+            self.stop_intake.set()
+            self._wake_worker.set()
+            worker_thread.join()
+            finisher.finish_ready()
+        return Summary(
+            queued_jobs=intake.counts.queued_jobs,
+            jobs_done=worker.counts.jobs_done,
+            jobs_failed=worker.counts.jobs_failed,
+            images_written=worker.counts.images_written,
+            inputs_failed=intake.counts.failed_inputs + finisher.failed_inputs,
+            duplicates_skipped=intake.counts.skipped_duplicates,
+        )
+
+    def _intake_once(self, watcher: InboxWatcher, pairer: Pairer, intake: IntakeStage) -> None:
+        ready = watcher.poll()
+        takeable = []
+        for item in ready:
+            refusal = refusal_for(item, self.settings.intake.conflict_copies)
+            if refusal is None:
+                takeable.append(as_takeable(item))
+                continue
+            reason, hint = refusal
+            intake.refuse(item.path, item.relpath, reason, hint)
+            watcher.forget(item.path)
+        pairer.offer(takeable)
+        for drop in pairer.release():
+            intake.take(drop)
+            for part in (drop.spec, drop.image, drop.mask):
+                if part is not None:
+                    watcher.forget(part.path)
+            self._wake_worker.set()
+
+    def _work(self, worker: Worker) -> None:
+        try:
+            while not self.stop_intake.is_set():
+                if not worker.run_one():
+                    self._wake_worker.wait(_TICK)
+                    self._wake_worker.clear()
+        except BaseException as exc:  # surfaced on the main thread, which stops the daemon
+            logger.exception("the worker stopped")
+            self._worker_error = exc
+
+    def _drained(self, watcher: InboxWatcher, pairer: Pairer, journal: Journal) -> bool:
+        if watcher.arriving() or pairer.holding():
+            return False
+        status = journal.status()
+        busy = sum(status["counts"].get(state, 0) for state in ("claiming", "queued", "running"))
+        return busy == 0 and not journal.inputs_ready_to_finish()

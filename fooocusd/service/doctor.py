@@ -1,0 +1,88 @@
+"""``fooocusd doctor``: the checks that explain why a daemon would not work here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from fooocusd.errors import FooocusdError
+from fooocusd.settings import Settings
+
+_MIN_FREE_BYTES = 2 * 1024**3
+
+
+@dataclass
+class Check:
+    name: str
+    level: Literal["ok", "warn", "fail"]
+    detail: str
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    return [_torch(), *_folders(settings), _model(settings), _inotify()]
+
+
+def _torch() -> Check:
+    try:
+        import torch
+    except ImportError as exc:
+        return Check("torch", "fail", f"cannot import torch: {exc}")
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        return Check("torch", "ok", f"torch {torch.__version__}, CUDA {torch.version.cuda}: {names}")
+    return Check(
+        "torch", "warn", f"torch {torch.__version__}, no CUDA device: generation runs on the CPU (slow)"
+    )
+
+
+def _folders(settings: Settings) -> list[Check]:
+    from fooocusd.intake.layout import assert_folders_disjoint
+
+    paths = settings.paths.resolved()
+    checks: list[Check] = []
+    try:
+        assert_folders_disjoint(paths.inbox, paths.outbox, paths.state, paths.done, paths.failed)
+        checks.append(Check("folder layout", "ok", "inbox, outbox, state, done and failed do not nest"))
+    except FooocusdError as exc:
+        checks.append(Check("folder layout", "fail", exc.message))
+    for name in ("inbox", "outbox", "done", "failed", "state"):
+        path: Path = getattr(paths, name)
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is None or not os.access(existing, os.W_OK | os.X_OK):
+            checks.append(Check(f"{name} folder", "fail", f"{path} is not writable"))
+            continue
+        free = shutil.disk_usage(existing).free
+        level = "ok" if free >= _MIN_FREE_BYTES else "warn"
+        state = "exists" if path.exists() else "will be created"
+        checks.append(Check(f"{name} folder", level, f"{path} ({state}, {free / 1024**3:.1f} GiB free)"))
+    return checks
+
+
+def _model(settings: Settings) -> Check:
+    from fooocusd.engine.models import resolve_model
+
+    try:
+        location = resolve_model(settings.engine.model, settings.paths.resolved().models)
+    except FooocusdError as exc:
+        return Check("model", "fail", exc.explain())
+    path = getattr(location, "path", None)
+    if path is not None and not os.access(path, os.R_OK):
+        return Check("model", "fail", f"{path} is not readable by this user")
+    return Check("model", "ok", str(path or location))
+
+
+def _inotify() -> Check:
+    limits = {}
+    for name in ("max_user_watches", "max_user_instances", "max_queued_events"):
+        try:
+            limits[name] = int(Path(f"/proc/sys/fs/inotify/{name}").read_text())
+        except (OSError, ValueError):
+            return Check("inotify", "warn", "inotify limits unreadable (not Linux?): polling may be needed")
+    level = "ok" if limits["max_user_watches"] >= 8192 else "warn"
+    detail = ", ".join(f"{k}={v}" for k, v in limits.items())
+    if level == "warn":
+        detail += " — raise fs.inotify.max_user_watches for large inboxes"
+    return Check("inotify", level, detail)

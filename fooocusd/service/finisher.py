@@ -1,0 +1,101 @@
+"""Moving claimed inputs out of the state folder once all their jobs have ended.
+
+Targets are recorded in the journal (``finishing``) before anything moves, so a crash half-way
+is completed by start-up reconciliation with the same names.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path, PurePosixPath
+
+from loguru import logger
+
+from fooocusd.crashpoints import crashpoint
+from fooocusd.intake.claim import move_durably, unique_destination
+from fooocusd.journal.journal import Journal
+from fooocusd.outbox.atomic import publish_bytes
+from fooocusd.service.failing import error_file_for
+from fooocusd.service.folders import Folders
+from fooocusd.settings import Settings
+
+
+class Finisher:
+    def __init__(self, settings: Settings, folders: Folders, journal: Journal) -> None:
+        self.settings = settings
+        self.folders = folders
+        self.journal = journal
+        self.failed_inputs = 0
+
+    def finish_ready(self) -> int:
+        count = 0
+        for source in self.journal.inputs_ready_to_finish():
+            self._finish(source)
+            count += 1
+        return count
+
+    def _finish(self, source) -> None:  # type: ignore[no-untyped-def]
+        jobs = self.journal.jobs_for_input(source.id)
+        failed = [job for job in jobs if job.state == "failed"]
+        subdir = str(PurePosixPath(source.relpath).parent)
+        subdir = "" if subdir == "." else subdir
+        files = self.journal.files_for_input(source.id)
+        policy = "move" if failed else self.settings.outbox.after_success
+        if policy == "keep":
+            target_dir = self.folders.kept / subdir
+        else:
+            target_dir = (self.folders.failed if failed else self.folders.done) / subdir
+        target_dir.mkdir(parents=True, exist_ok=True)
+        finals: dict[str, str | None] = {}
+        for file in files:
+            finals[file.claimed_path] = (
+                None
+                if policy == "delete"
+                else str(unique_destination(target_dir, Path(file.source_path).name))
+            )
+        self.journal.begin_finish(source.id, str(target_dir), finals)
+        crashpoint("after_begin_finish")
+        if failed:
+            first_final = next(value for value in finals.values() if value)
+            report = _failure_report(source.relpath, jobs)
+            publish_bytes(
+                error_file_for(Path(first_final)),
+                report.encode("utf-8"),
+                umask=self.settings.outbox.umask,
+                overwrite=True,
+            )
+            self.failed_inputs += 1
+        complete_moves(finals)
+        self.journal.complete_finish(source.id)
+        verdict = "failed" if failed else "done"
+        logger.info("{} {} → {}", source.relpath, verdict, target_dir if policy != "delete" else "deleted")
+
+
+def complete_moves(finals: dict[str, str | None]) -> None:
+    """Idempotent: safe to run again after a crash at any point."""
+    for claimed, final in finals.items():
+        claimed_path = Path(claimed)
+        if not claimed_path.exists():
+            continue
+        if final is None:
+            claimed_path.unlink()
+        else:
+            move_durably(claimed_path, Path(final))
+        parent = claimed_path.parent
+        if parent.exists() and not any(parent.iterdir()):
+            shutil.rmtree(parent, ignore_errors=True)
+
+
+def _failure_report(relpath: str, jobs) -> str:  # type: ignore[no-untyped-def]
+    lines = [f"fooocusd could not finish {PurePosixPath(relpath).name}.", ""]
+    for job in jobs:
+        if job.state != "failed":
+            continue
+        heading = f"Job {job.seq + 1} of {len(jobs)}:" if len(jobs) > 1 else "What went wrong:"
+        lines += [heading, job.error or "unknown error", ""]
+    done = [job for job in jobs if job.state == "done"]
+    if done:
+        lines.append(f"{len(done)} other job(s) in this file finished; their images are in the outbox.")
+    lines.append("To run it again, fix the problem and drop the file into the inbox again,")
+    lines.append("or run: fooocusd retry <job id>  (see `fooocusd status`).")
+    return "\n".join(lines) + "\n"

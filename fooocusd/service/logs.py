@@ -1,0 +1,31 @@
+"""Logging with loguru: readable on a terminal, no doubled timestamps under journald, JSON on request."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from loguru import logger
+
+_TERMINAL = "<green>{time:YYYY-MM-DD HH:mm:ss}</green> <level>{level: <7}</level> {message}"
+# journald stamps every line itself; systemd sets JOURNAL_STREAM for services it started.
+_JOURNALD = "{level: <7} {message}"
+
+
+def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:
+    logger.remove()
+    if json_logs:
+        logger.add(sys.stderr, level=level, serialize=True)
+    elif os.environ.get("JOURNAL_STREAM"):
+        logger.add(sys.stderr, level=level, format=_JOURNALD, colorize=False)
+    else:
+        logger.add(sys.stderr, level=level, format=_TERMINAL, colorize=sys.stderr.isatty())
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    for name in ("diffusers", "transformers", "watchdog", "PIL", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")

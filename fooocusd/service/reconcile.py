@@ -1,0 +1,89 @@
+"""Start-up reconciliation: make the folders and the journal agree after any crash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from loguru import logger
+
+from fooocusd.intake.claim import move_durably
+from fooocusd.journal.journal import Journal
+from fooocusd.outbox.atomic import cleanup_stale_temps
+from fooocusd.service.finisher import complete_moves
+from fooocusd.service.folders import Folders
+from fooocusd.service.requeue import restore_input_files
+
+
+def reconcile(journal: Journal, folders: Folders) -> None:
+    _settle_claims(journal)
+    _settle_finishes(journal)
+    for source in journal.inputs_reopening():
+        restore_input_files(journal, source)
+    requeued = journal.recover_stale_jobs(at_startup=True)
+    if requeued:
+        logger.warning("took back {} job(s) interrupted by a crash", len(requeued))
+    _settle_outputs(journal)
+    for folder in {folders.outbox, folders.processing, folders.done, folders.failed}:
+        for directory in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+            cleanup_stale_temps(directory)
+
+
+def _settle_claims(journal: Journal) -> None:
+    for source in journal.claims_in_progress():
+        files = journal.files_for_input(source.id)
+        pending = [f for f in files if not Path(f.claimed_path).exists()]
+        movable = [f for f in pending if Path(f.source_path).exists()]
+        if pending and len(movable) != len(pending):
+            journal.abandon_claim(source.id, "a file of this input vanished during a crash")
+            logger.warning("dropped the claim of {}: a file vanished", source.relpath)
+            continue
+        if pending and len(pending) == len(files):
+            # Nothing moved yet: forget the claim; intake will find the file again.
+            journal.abandon_claim(source.id, "interrupted before the file was moved; it is taken again")
+            continue
+        for file in movable:
+            Path(file.claimed_path).parent.mkdir(parents=True, exist_ok=True)
+            move_durably(Path(file.source_path), Path(file.claimed_path))
+        for file in files:
+            # A cross-filesystem move that crashed after the copy leaves the source behind.
+            if Path(file.claimed_path).exists() and Path(file.source_path).exists():
+                Path(file.source_path).unlink()
+        journal.complete_claim(source.id)
+        logger.info("completed the interrupted claim of {}", source.relpath)
+
+
+def _settle_finishes(journal: Journal) -> None:
+    for source in journal.inputs_finishing():
+        files = journal.files_for_input(source.id)
+        complete_moves({f.claimed_path: f.final_path for f in files})
+        journal.complete_finish(source.id)
+
+
+def _settle_outputs(journal: Journal) -> None:
+    """Planned images: keep those whose sidecar landed, delete those without one."""
+    for row in journal.planned_outputs():
+        image = Path(row.path)
+        sidecar = image.with_suffix(".json")
+        if sidecar.exists() and image.exists():
+            try:
+                recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("image_sha256")
+            except (OSError, ValueError):
+                recorded = None
+            actual = _sha256(image)
+            if recorded == actual:
+                journal.complete_output(row.job_id, row.image_index, actual)
+                continue
+        for path in (sidecar, image):
+            if path.exists():
+                path.unlink()
+                logger.info("removed incomplete output {}", path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

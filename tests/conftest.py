@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.daemon_harness import Sandbox
+
+# Tests never reach a model hub, and never see the developer's own configuration.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+for _name in [name for name in os.environ if name.startswith("FOOOCUSD_")]:
+    del os.environ[_name]
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    from tests.daemon_harness import Sandbox
+
+    box = Sandbox(tmp_path)
+    box.write_config()
+    return box

@@ -1,0 +1,221 @@
+"""Test helpers for the engine: tiny single-file SDXL checkpoints and ready-made requests.
+
+``write_tiny_checkpoint`` turns an in-memory (diffusers-layout) SDXL pipeline into the single-file
+layout real SDXL checkpoints use (Stability's sgm keys: ``model.diffusion_model.*``,
+``first_stage_model.*``, ``conditioner.embedders.{0,1}.*``), so tests can load it through the real
+``from_single_file`` path. It is the inverse of diffusers' own sgm→diffusers converter, written for
+any number of UNet/VAE levels.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+from safetensors.torch import save_file
+
+from fooocusd.engine.base import GenerationRequest
+from fooocusd.engine.models import SDXL_CONFIG_DIR
+
+_UNET_RESNET_PARTS = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_VAE_ATTENTION_PARTS = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
+
+
+def default_request(**overrides: object) -> GenerationRequest:
+    """The Fooocus default job: 1152×896, 30 steps, CFG 4, DPM++ 2M SDE (GPU) + Karras."""
+    request = GenerationRequest(
+        prompt="a lighthouse on a cliff at dawn",
+        negative="blurry",
+        seed=1234,
+        width=1152,
+        height=896,
+        steps=30,
+        cfg=4.0,
+        sampler="dpmpp_2m_sde_gpu",
+        scheduler="karras",
+        model="tiny-random",
+    )
+    return replace(request, **overrides)  # type: ignore[arg-type]
+
+
+def write_tiny_checkpoint(pipeline: StableDiffusionXLPipeline, checkpoint: Path, config_dir: Path) -> None:
+    """Save ``pipeline`` as one sgm-layout ``.safetensors`` file plus a weightless config folder."""
+    state: dict[str, torch.Tensor] = {}
+    state.update(_prefixed("model.diffusion_model.", _unet_to_sgm(pipeline)))
+    state.update(_prefixed("first_stage_model.", _vae_to_sgm(pipeline)))
+    state.update(_prefixed("conditioner.embedders.0.transformer.", _clip_to_sgm(pipeline)))
+    state.update(_prefixed("conditioner.embedders.1.model.", _open_clip_to_sgm(pipeline)))
+    save_file({key: value.contiguous().clone() for key, value in state.items()}, str(checkpoint))
+
+    pipeline.save_pretrained(config_dir, safe_serialization=True)
+    # Only configs and tokenizers may come from the folder; the weights must come from the checkpoint.
+    for weights in config_dir.rglob("*.safetensors"):
+        weights.unlink()
+    # Load prompts through the tokenizer files fooocusd ships, exactly as a real checkpoint would.
+    for name in ("tokenizer", "tokenizer_2"):
+        shutil.rmtree(config_dir / name)
+        shutil.copytree(SDXL_CONFIG_DIR / name, config_dir / name)
+    _drop_nonessential_index_entries(config_dir)
+
+
+def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + key: value for key, value in tensors.items()}
+
+
+def _rename(state: dict[str, torch.Tensor], prefixes: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Rename by the longest matching diffusers prefix; every key must be covered."""
+    ordered = sorted(prefixes, key=lambda pair: len(pair[0]), reverse=True)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for old, new in ordered:
+            if key.startswith(old):
+                out[new + key[len(old) :]] = value
+                break
+        else:
+            raise KeyError(f"no sgm name for {key}")
+    return out
+
+
+def _unet_to_sgm(pipeline: StableDiffusionXLPipeline) -> dict[str, torch.Tensor]:
+    unet = pipeline.unet
+    per_level = unet.config.layers_per_block + 1
+    levels = len(unet.config.block_out_channels)
+    prefixes: list[tuple[str, str]] = [
+        ("time_embedding.linear_1.", "time_embed.0."),
+        ("time_embedding.linear_2.", "time_embed.2."),
+        ("add_embedding.linear_1.", "label_emb.0.0."),
+        ("add_embedding.linear_2.", "label_emb.0.2."),
+        ("conv_in.", "input_blocks.0.0."),
+        ("conv_norm_out.", "out.0."),
+        ("conv_out.", "out.2."),
+        ("mid_block.resnets.0.", "middle_block.0."),
+        ("mid_block.attentions.0.", "middle_block.1."),
+        ("mid_block.resnets.1.", "middle_block.2."),
+    ]
+    for level in range(levels):
+        for layer in range(per_level - 1):
+            block = per_level * level + layer + 1
+            prefixes.append((f"down_blocks.{level}.resnets.{layer}.", f"input_blocks.{block}.0."))
+            prefixes.append((f"down_blocks.{level}.attentions.{layer}.", f"input_blocks.{block}.1."))
+        for layer in range(per_level):
+            block = per_level * level + layer
+            prefixes.append((f"up_blocks.{level}.resnets.{layer}.", f"output_blocks.{block}.0."))
+            prefixes.append((f"up_blocks.{level}.attentions.{layer}.", f"output_blocks.{block}.1."))
+        if level < levels - 1:
+            prefixes.append(
+                (f"down_blocks.{level}.downsamplers.0.conv.", f"input_blocks.{per_level * (level + 1)}.0.op.")
+            )
+            has_attention = hasattr(unet.up_blocks[level], "attentions")
+            slot = 2 if has_attention else 1
+            prefixes.append(
+                (
+                    f"up_blocks.{level}.upsamplers.0.conv.",
+                    f"output_blocks.{per_level * level + per_level - 1}.{slot}.conv.",
+                )
+            )
+    state = {}
+    for key, value in unet.state_dict().items():
+        if ".resnets." in key or key.startswith("mid_block.resnets"):
+            for old, new in _UNET_RESNET_PARTS.items():
+                key = key.replace(f".{old}.", f".{new}.")
+        state[key] = value
+    return _rename(state, prefixes)
+
+
+def _vae_to_sgm(pipeline: StableDiffusionXLPipeline) -> dict[str, torch.Tensor]:
+    vae = pipeline.vae
+    levels = len(vae.config.block_out_channels)
+    prefixes: list[tuple[str, str]] = [
+        ("encoder.conv_in.", "encoder.conv_in."),
+        ("encoder.conv_out.", "encoder.conv_out."),
+        ("encoder.conv_norm_out.", "encoder.norm_out."),
+        ("decoder.conv_in.", "decoder.conv_in."),
+        ("decoder.conv_out.", "decoder.conv_out."),
+        ("decoder.conv_norm_out.", "decoder.norm_out."),
+        ("quant_conv.", "quant_conv."),
+        ("post_quant_conv.", "post_quant_conv."),
+    ]
+    for side in ("encoder", "decoder"):
+        prefixes.append((f"{side}.mid_block.resnets.0.", f"{side}.mid.block_1."))
+        prefixes.append((f"{side}.mid_block.resnets.1.", f"{side}.mid.block_2."))
+        prefixes.append((f"{side}.mid_block.attentions.0.", f"{side}.mid.attn_1."))
+    for level in range(levels):
+        prefixes.append((f"encoder.down_blocks.{level}.resnets.", f"encoder.down.{level}.block."))
+        prefixes.append((f"encoder.down_blocks.{level}.downsamplers.0.", f"encoder.down.{level}.downsample."))
+        mirrored = levels - 1 - level
+        prefixes.append((f"decoder.up_blocks.{level}.resnets.", f"decoder.up.{mirrored}.block."))
+        prefixes.append((f"decoder.up_blocks.{level}.upsamplers.0.", f"decoder.up.{mirrored}.upsample."))
+    state = {}
+    for key, value in vae.state_dict().items():
+        key = key.replace(".conv_shortcut.", ".nin_shortcut.")
+        if ".mid_block.attentions." in key:
+            for old, new in _VAE_ATTENTION_PARTS.items():
+                key = key.replace(f".{old}.", f".{new}.")
+            if value.ndim == 2:  # sgm stores these projections as 1×1 convolutions
+                value = value[:, :, None, None]
+        state[key] = value
+    return _rename(state, prefixes)
+
+
+def _clip_to_sgm(pipeline: StableDiffusionXLPipeline) -> dict[str, torch.Tensor]:
+    # transformers >= 5.6 flattened CLIPTextModel; real checkpoints keep the ``text_model.`` level.
+    state = pipeline.text_encoder.state_dict()
+    return {
+        key if key.startswith("text_model.") else f"text_model.{key}": value for key, value in state.items()
+    }
+
+
+def _open_clip_to_sgm(pipeline: StableDiffusionXLPipeline) -> dict[str, torch.Tensor]:
+    encoder = pipeline.text_encoder_2
+    state = {key.removeprefix("text_model."): value for key, value in encoder.state_dict().items()}
+    out = {
+        "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+        "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+        "ln_final.weight": state.pop("final_layer_norm.weight"),
+        "ln_final.bias": state.pop("final_layer_norm.bias"),
+        "text_projection": state.pop("text_projection.weight").T,
+    }
+    state.pop("embeddings.position_ids", None)
+    for layer in range(encoder.config.num_hidden_layers):
+        source = f"encoder.layers.{layer}."
+        target = f"transformer.resblocks.{layer}."
+        for kind in ("weight", "bias"):
+            out[f"{target}attn.in_proj_{kind}"] = torch.cat(
+                [state.pop(f"{source}self_attn.{proj}_proj.{kind}") for proj in ("q", "k", "v")]
+            )
+            out[f"{target}attn.out_proj.{kind}"] = state.pop(f"{source}self_attn.out_proj.{kind}")
+            out[f"{target}ln_1.{kind}"] = state.pop(f"{source}layer_norm1.{kind}")
+            out[f"{target}ln_2.{kind}"] = state.pop(f"{source}layer_norm2.{kind}")
+            out[f"{target}mlp.c_fc.{kind}"] = state.pop(f"{source}mlp.fc1.{kind}")
+            out[f"{target}mlp.c_proj.{kind}"] = state.pop(f"{source}mlp.fc2.{kind}")
+    if state:
+        raise KeyError(f"unconverted OpenCLIP keys: {sorted(state)}")
+    return out
+
+
+def _drop_nonessential_index_entries(config_dir: Path) -> None:
+    # save_pretrained lists optional components (image encoder, feature extractor) as null; harmless,
+    # but keep the folder as close to the shipped one as possible.
+    index_file = config_dir / "model_index.json"
+    index = json.loads(index_file.read_text(encoding="utf-8"))
+    for name in ("image_encoder", "feature_extractor"):
+        if index.get(name) == [None, None]:
+            del index[name]
+    index_file.write_text(json.dumps(index, indent=2), encoding="utf-8")

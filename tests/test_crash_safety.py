@@ -1,0 +1,55 @@
+"""kill -9 at every ordering point of a job, then restart: nothing lost, nothing run twice."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+
+import pytest
+
+from tests.daemon_harness import Sandbox
+
+CRASH_POINTS = [
+    "after_begin_claim",
+    "after_claim_move",
+    "after_complete_claim",
+    "before_generate",
+    "before_generate:2",
+    "after_image_published",
+    "after_output_written",
+    "after_output_recorded",
+    "after_job_done",
+    "after_begin_finish",
+]
+
+
+def _assert_consistent(box: Sandbox) -> None:
+    assert [p.name for p in box.files(box.done)] == ["job.txt"], "the input ends exactly once in done/"
+    assert box.files(box.failed) == []
+    assert box.files(box.inbox) == []
+    images = sorted(p.name for p in box.images())
+    assert images == ["job_11_0.png", "job_12_1.png"], "no partial and no duplicate outputs"
+    for image in box.images():
+        record = json.loads(image.with_suffix(".json").read_text())
+        assert record["image_index"] in (0, 1)
+    leftovers = [p for p in box.root.rglob(".fooocusd-*")]
+    assert leftovers == [], "no temporary files remain"
+    with sqlite3.connect(box.state / "journal.sqlite3") as db:
+        states = {row[0] for row in db.execute("select state from jobs")}
+        assert states == {"done"}
+        outputs = db.execute("select count(*), sum(state = 'complete') from outputs").fetchone()
+        assert outputs == (2, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_killed_at_any_point_the_restart_finishes_exactly_once(sandbox: Sandbox, point: str) -> None:
+    sandbox.drop("job.txt", "a lighthouse\nseed: 11\nimages: 2\n")
+
+    crashed = sandbox.once(env={"FOOOCUSD_CRASH_AT": point})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+
+    restarted = sandbox.once()
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    _assert_consistent(sandbox)

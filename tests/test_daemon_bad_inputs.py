@@ -1,0 +1,63 @@
+"""Every bad input ends in failed/ with a plain-language reason, and the daemon carries on."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from tests.daemon_harness import Sandbox
+
+
+def _truncated_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, format="PNG")
+    return buffer.getvalue()[:200]
+
+
+BAD_INPUTS: dict[str, tuple[bytes | str, str]] = {
+    "broken.toml": ('prompt = "a cat\nseed = 3\n', "line"),
+    "typo.toml": ('prompt = "a cat"\nnegatve = "dogs"\n', "negative"),
+    "wrongtype.toml": ('prompt = "a cat"\nseed = "abc"\n', "seed"),
+    "huge.txt": ("a cat " * 400_000, "limit"),
+    "escape.toml": ('prompt = "a cat"\nimage = "../../etc/passwd"\n', "inbox"),
+    "latin1.txt": ("caf\xe9 au lait".encode("latin-1"), "UTF-8"),
+    "truncated.png": (_truncated_png(), "truncated"),
+    "notes.pdf": (b"%PDF-1.4\n", ".txt"),
+    "cat.sync-conflict-20260101-120000-ABCDEFG.txt": ("a cat", "conflict"),
+}
+
+
+def test_each_bad_input_gets_an_error_file_while_good_ones_still_run(sandbox: Sandbox) -> None:
+    for name, (content, _) in BAD_INPUTS.items():
+        sandbox.drop(name, content)
+    sandbox.drop("good.txt", "a good dog\nseed: 4\n")
+
+    result = sandbox.once()
+
+    assert result.returncode == 1, "once exits non-zero when anything failed"
+    assert [p.name for p in sandbox.images()] == ["good_4_0.png"]
+    assert (sandbox.done / "good.txt").exists()
+    for name, (_, expected_word) in BAD_INPUTS.items():
+        assert (sandbox.failed / name).exists(), f"{name} is not in failed/"
+        report = (sandbox.failed / f"{name}.error.txt").read_text()
+        assert expected_word.lower() in report.lower(), f"{name}: {report}"
+        assert not (sandbox.inbox / name).exists()
+
+
+def test_temporary_and_junk_names_are_left_alone(sandbox: Sandbox) -> None:
+    junk = [
+        ".syncthing.cat.txt.tmp",
+        "cat.txt.part",
+        "~$cat.txt",
+        ".DS_Store",
+        "Thumbs.db",
+        "cat.txt.crdownload",
+    ]
+    for name in junk:
+        (sandbox.inbox / name).write_text("a cat")
+    assert sandbox.once().returncode == 0
+    for name in junk:
+        assert (sandbox.inbox / name).exists()
+    assert sandbox.images() == []
+    assert sandbox.files(sandbox.failed) == []

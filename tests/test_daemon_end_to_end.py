@@ -1,0 +1,60 @@
+"""The whole path with real components: watcher, journal, tiny-random SDXL engine, outbox."""
+
+from __future__ import annotations
+
+import json
+
+from fooocusd.outbox.reader import read_embedded_metadata
+from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
+
+
+def test_dropped_prompt_becomes_png_with_sidecar_and_input_moves_to_done(sandbox: Sandbox) -> None:
+    with RunningDaemon(sandbox.settings()):
+        sandbox.drop("cat.txt", "a cat on a windowsill\nseed: 5\n")
+        wait_for(lambda: len(sandbox.sidecars()) == 1, what="the sidecar")
+        wait_for(lambda: (sandbox.done / "cat.txt").exists(), what="the input in done/")
+    [image] = sandbox.images()
+    assert image.name == "cat_5_0.png"
+    sidecar = json.loads(image.with_suffix(".json").read_text())
+    assert sidecar["prompt"] == "a cat on a windowsill"
+    assert sidecar["seed"] == 5
+    assert not (sandbox.inbox / "cat.txt").exists()
+    assert read_embedded_metadata(image)["parameters"].startswith("a cat on a windowsill")
+
+
+def test_files_present_before_start_are_processed(sandbox: Sandbox) -> None:
+    sandbox.drop("early.txt", "a bird\nimages: 2\nseed: 1\n")
+    result = sandbox.once()
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in sandbox.images()] == ["early_1_0.png", "early_2_1.png"]
+    assert (sandbox.done / "early.txt").exists()
+
+
+def test_subfolder_routes_to_preset_and_outputs_mirror_it(sandbox: Sandbox) -> None:
+    sandbox.drop("portrait/face.txt", "a face\nseed: 3\n")
+    result = sandbox.once()
+    assert result.returncode == 0, result.stderr
+    [image] = sandbox.images()
+    assert image.parent == sandbox.outbox / "portrait"
+    sidecar = json.loads(image.with_suffix(".json").read_text())
+    assert sidecar["preset"] == "portrait"
+    assert (sidecar["requested_width"], sidecar["requested_height"]) == (896, 1152)
+    assert (sandbox.done / "portrait" / "face.txt").exists()
+
+
+def test_running_the_same_file_again_gives_new_names_and_never_overwrites(sandbox: Sandbox) -> None:
+    sandbox.drop("again.txt", "a tree\nseed: 9\n")
+    assert sandbox.once().returncode == 0
+    first = sandbox.images()[0].read_bytes()
+    sandbox.drop("again.txt", "a tree\nseed: 9\n")
+    assert sandbox.once().returncode == 0
+    names = [p.name for p in sandbox.images()]
+    assert names == ["again_9_0-1.png", "again_9_0.png"]
+    assert (sandbox.outbox / "again_9_0.png").read_bytes() == first
+
+
+def test_multi_job_file_makes_every_job(sandbox: Sandbox) -> None:
+    sandbox.drop("multi.txt", "a red door\nseed: 1\n---\na blue door\nseed: 2\n---\na green door\nseed: 3\n")
+    assert sandbox.once().returncode == 0
+    prompts = sorted(json.loads(p.read_text())["prompt"] for p in sandbox.sidecars())
+    assert prompts == ["a blue door", "a green door", "a red door"]

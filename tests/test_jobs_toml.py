@@ -1,0 +1,144 @@
+"""The .toml job format: one job, [[job]] tables with shared defaults, and its errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from fooocusd.errors import InvalidInput
+from fooocusd.jobs.toml_format import parse_toml
+
+
+def test_single_job_reads_every_key_at_top_level() -> None:
+    text = """\
+prompt = "a lighthouse at dusk"
+extra_prompts = ["crashing waves"]
+negative = "blurry"
+seed = 42
+images = 2
+disable_seed_increment = true
+preset = "landscape"
+styles = ["Cinematic"]
+aspect = "16:9"
+steps = 20
+performance = "Lightning"
+cfg = 3.5
+sharpness = 1
+sampler = "euler"
+scheduler = "sgm_uniform"
+model = "other.safetensors"
+format = "JPG"
+priority = -2
+name = "lighthouse"
+image = "ref.png"
+action = "Upscale (2x)"
+"""
+    [spec] = parse_toml(text, "job.toml")
+    assert spec.prompt == "a lighthouse at dusk"
+    assert spec.extra_prompts == ["crashing waves"]
+    assert (spec.seed, spec.images, spec.disable_seed_increment) == (42, 2, True)
+    assert spec.aspect == "1344*768"
+    assert spec.performance == "lightning"
+    assert spec.output_format == "jpeg"
+    assert spec.image_action == "upscale_2x"
+    assert (spec.priority, spec.name, spec.image) == (-2, "lighthouse", "ref.png")
+
+
+def test_multiline_prompt_splits_into_main_and_extra_prompts() -> None:
+    [spec] = parse_toml('prompt = """\na castle\n\nstorm clouds\n"""\nextra_prompts = ["rain"]', "job.toml")
+    assert spec.prompt == "a castle"
+    assert spec.extra_prompts == ["storm clouds", "rain"]
+
+
+def test_job_tables_take_top_level_keys_as_shared_defaults() -> None:
+    text = """\
+negative = "text, watermark"
+images = 2
+
+[[job]]
+prompt = "a cat"
+
+[[job]]
+prompt = "a dog"
+images = 4
+negative = ""
+"""
+    cat, dog = parse_toml(text, "batch.toml")
+    assert (cat.prompt, cat.images, cat.negative) == ("a cat", 2, "text, watermark")
+    assert (dog.prompt, dog.images, dog.negative) == ("a dog", 4, "")
+    assert "negative" in dog.model_fields_set  # an explicit empty negative clears the preset's
+
+
+def test_unknown_key_is_named_with_a_close_match() -> None:
+    text = '[[job]]\nprompt = "a"\n\n[[job]]\nprompt = "b"\nnegatve = "blur"\n'
+    with pytest.raises(InvalidInput) as caught:
+        parse_toml(text, "batch.toml")
+    error = caught.value
+    assert "unknown key 'negatve' in [[job]] #2" in error.message
+    assert "did you mean 'negative'?" in error.message
+    assert error.where == "[[job]] #2, key 'negatve'"
+
+
+def test_misspelled_job_table_name_suggests_job() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_toml('[[jobs]]\nprompt = "a"\n', "batch.toml")
+    assert "'jobs'" in caught.value.message and "did you mean 'job'" in caught.value.message
+
+
+def test_single_bracket_job_table_explains_double_brackets() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_toml('[job]\nprompt = "a"\n', "batch.toml")
+    assert "[[job]]" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "expected"),
+    [
+        ('seed = "abc"', "seed", "whole number"),
+        ("prompt = 42", "prompt", "text"),
+        ('cfg = "high"', "cfg", "a number"),
+        ('disable_seed_increment = "maybe"', "disable_seed_increment", "true or false"),
+        ('extra_prompts = "one"', "extra_prompts", "a list"),
+    ],
+)
+def test_wrong_type_names_key_and_expected_type(line: str, key: str, expected: str) -> None:
+    text = line if line.startswith("prompt") else f'prompt = "x"\n{line}'
+    with pytest.raises(InvalidInput) as caught:
+        parse_toml(text, "job.toml")
+    assert f"'{key}'" in caught.value.message
+    assert expected in caught.value.message
+    assert caught.value.where == f"key '{key}'"
+
+
+def test_wrong_type_in_a_shared_default_points_at_the_top_level_key() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_toml('images = "many"\n[[job]]\nprompt = "a"\n', "batch.toml")
+    assert "top-level key 'images'" in caught.value.where
+
+
+def test_syntax_error_gives_line_and_column() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_toml('prompt = "a cat"\nseed 42\n', "job.toml")
+    assert caught.value.where.startswith("line 2, column")
+    assert "not valid TOML" in caught.value.message
+
+
+def test_job_without_prompt_or_image_names_the_job_table() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_toml('[[job]]\nprompt = "a"\n[[job]]\nseed = 3\n', "batch.toml")
+    assert caught.value.where == "[[job]] #2"
+
+
+def test_seed_minus_one_means_random() -> None:
+    [spec] = parse_toml('prompt = "a"\nseed = -1\n', "job.toml")
+    assert spec.seed is None
+
+
+def test_styles_may_be_a_comma_separated_string() -> None:
+    [spec] = parse_toml('prompt = "a"\nstyles = "Cinematic, Film Grain"\n', "job.toml")
+    assert spec.styles == ["Cinematic", "Film Grain"]
+
+
+def test_same_field_twice_through_an_alias_is_refused() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_toml('prompt = "a"\nformat = "png"\noutput_format = "webp"\n', "job.toml")
+    assert "second time" in caught.value.message

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fooocusd.errors import ConfigError, InvalidInput
+from fooocusd.outbox.naming import (
+    MAX_NAME_BYTES,
+    TEMPLATE_FIELDS,
+    choose_free_name,
+    model_stem,
+    name_fields,
+    render_name,
+    sidecar_path_for,
+    validate_template,
+)
+
+
+def _fields(**overrides: Any) -> dict[str, Any]:
+    fields = name_fields(
+        stem="cat",
+        seed=1234,
+        index=0,
+        count=2,
+        job_id="0f3a9c12-7777-4e4e-9999-123456789abc",
+        finished=datetime(2025, 1, 31, 14, 3, 59),
+        width=1152,
+        height=896,
+        model="juggernautXL_v8.safetensors",
+        performance="speed",
+        prompt="a  cat\non a sofa, in the evening light, very detailed, 8k",
+    )
+    fields.update(overrides)
+    return fields
+
+
+def test_default_template_renders_stem_seed_and_index() -> None:
+    assert render_name("{stem}_{seed}_{index}", _fields()) == "cat_1234_0"
+
+
+def test_every_documented_field_has_a_value_and_renders() -> None:
+    fields = _fields()
+    template = "_".join(f"{{{name}}}" for name in TEMPLATE_FIELDS)
+
+    validate_template(template)
+    assert set(fields) == set(TEMPLATE_FIELDS)
+    assert render_name("{job}_{date}_{time}_{number}of{count}_{model}", fields) == (
+        "0f3a9c12_2025-01-31_14-03-59_1of2_juggernautXL_v8"
+    )
+    assert fields["prompt"] == "a cat on a sofa, in the evening light, v"
+
+
+def test_format_specs_are_applied() -> None:
+    assert render_name("{stem}-{index:03d}", _fields(index=7)) == "cat-007"
+
+
+@pytest.mark.parametrize("stem", ["../x", "..\\x", "a/b", "/etc/passwd"])
+def test_stem_with_a_path_separator_is_refused(stem: str) -> None:
+    with pytest.raises(InvalidInput, match="path separator"):
+        render_name("{stem}_{seed}", _fields(stem=stem))
+
+
+@pytest.mark.parametrize("stem", [".hidden", "..", ":.x"])
+def test_names_that_would_be_dotfiles_are_refused(stem: str) -> None:
+    with pytest.raises(InvalidInput, match="start with a dot"):
+        render_name("{stem}_{seed}", _fields(stem=stem))
+
+
+def test_empty_result_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="empty file name"):
+        render_name("{stem}", _fields(stem="???"))
+
+
+def test_unknown_field_is_named_with_the_valid_ones() -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate_template("{stem}_{colour}")
+
+    assert "{colour}" in caught.value.message
+    assert "stem" in caught.value.hint and "seed" in caught.value.hint
+    assert caught.value.where == "outbox.name_template"
+
+
+@pytest.mark.parametrize("template", ["{stem.__class__}", "{stem[0]}", "{stem!r}", "{index:{seed}}"])
+def test_attribute_index_and_nested_fields_are_refused(template: str) -> None:
+    with pytest.raises(ConfigError):
+        validate_template(template)
+
+
+@pytest.mark.parametrize("template", ["out/{stem}", "..\\{stem}", ".{stem}", "", "{stem", "{stem:03d}"])
+def test_unusable_templates_are_refused_at_startup(template: str) -> None:
+    with pytest.raises(ConfigError):
+        validate_template(template)
+
+
+def test_characters_unsafe_on_windows_and_android_are_stripped() -> None:
+    name = render_name("{stem}_{seed}", _fields(stem='a<b>c:d"e|f?g*h\x01i\x7fj'))
+
+    assert name == "abcdefghij_1234"
+
+
+def test_trailing_dots_and_spaces_are_removed() -> None:
+    assert render_name("{stem}", _fields(stem="cat. . ")) == "cat"
+
+
+def test_windows_reserved_device_names_get_a_prefix() -> None:
+    assert render_name("{stem}", _fields(stem="CON")) == "_CON"
+    assert render_name("{stem}_{seed}", _fields(stem="con")) == "con_1234"
+
+
+def test_long_stems_are_shortened_so_seed_and_index_survive() -> None:
+    name = render_name("{stem}_{seed}_{index}", _fields(stem="x" * 400, index=3))
+
+    assert len(name.encode("utf-8")) == MAX_NAME_BYTES
+    assert name.endswith("_1234_3")
+
+
+def test_multibyte_names_are_capped_in_bytes_without_splitting_characters() -> None:
+    name = render_name("{stem}", _fields(stem="猫" * 200))
+
+    assert len(name.encode("utf-8")) <= MAX_NAME_BYTES
+    assert set(name) == {"猫"}
+
+
+def test_model_stem_strips_checkpoint_extensions_only() -> None:
+    assert model_stem("/models/juggernautXL_v8.safetensors") == "juggernautXL_v8"
+    assert model_stem("sd_xl_base_1.0") == "sd_xl_base_1.0"
+
+
+def test_sidecar_sits_beside_the_image_with_a_json_extension(tmp_path: Path) -> None:
+    assert sidecar_path_for(tmp_path / "cat_1_0.png") == tmp_path / "cat_1_0.json"
+
+
+def test_free_name_gets_a_counter_when_image_or_sidecar_exists(tmp_path: Path) -> None:
+    assert choose_free_name(tmp_path, "cat", "png") == tmp_path / "cat.png"
+
+    (tmp_path / "cat.png").write_bytes(b"")
+    assert choose_free_name(tmp_path, "cat", ".png") == tmp_path / "cat-1.png"
+
+    (tmp_path / "cat-1.json").write_bytes(b"")
+    assert choose_free_name(tmp_path, "cat", "png") == tmp_path / "cat-2.png"
+
+
+def test_free_name_skips_names_the_caller_has_reserved(tmp_path: Path) -> None:
+    reserved = {tmp_path / "cat.png", tmp_path / "cat-1.png"}
+
+    assert choose_free_name(tmp_path, "cat", "png", reserved.__contains__) == tmp_path / "cat-2.png"
+
+
+def test_free_name_treats_case_variants_as_taken(tmp_path: Path) -> None:
+    (tmp_path / "CAT.PNG").write_bytes(b"")
+
+    assert choose_free_name(tmp_path, "cat", "png") == tmp_path / "cat-1.png"
+
+
+def test_free_name_in_a_missing_folder_is_the_plain_name(tmp_path: Path) -> None:
+    assert choose_free_name(tmp_path / "new", "cat", "webp") == tmp_path / "new" / "cat.webp"
