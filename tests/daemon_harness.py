@@ -96,6 +96,11 @@ performance = "speed"
     def sidecars(self) -> list[Path]:
         return self.files(self.outbox, "*.json")
 
+    def drain(self) -> Summary:
+        """Run the daemon in this process until the inbox is drained: ``fooocusd once`` without
+        the ten-second start of a new interpreter that imports torch and diffusers."""
+        return Daemon(self.settings()).run(drain=True)
+
     def once(
         self, timeout: float = 120.0, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:

@@ -33,9 +33,10 @@ def test_each_bad_input_gets_an_error_file_while_good_ones_still_run(sandbox: Sa
         sandbox.drop(name, content)
     sandbox.drop("good.txt", "a good dog\nseed: 4\n")
 
-    result = sandbox.once()
+    summary = sandbox.drain()
 
-    assert result.returncode == 1, "once exits non-zero when anything failed"
+    assert not summary.ok, "a run with failures is reported as failed"
+    assert summary.inputs_failed == len(BAD_INPUTS)
     assert [p.name for p in sandbox.images()] == ["good_4_0.png"]
     assert (sandbox.done / "good.txt").exists()
     for name, (_, expected_word) in BAD_INPUTS.items():
@@ -56,7 +57,7 @@ def test_temporary_and_junk_names_are_left_alone(sandbox: Sandbox) -> None:
     ]
     for name in junk:
         (sandbox.inbox / name).write_text("a cat")
-    assert sandbox.once().returncode == 0
+    assert sandbox.drain().ok
     for name in junk:
         assert (sandbox.inbox / name).exists()
     assert sandbox.images() == []

@@ -32,8 +32,7 @@ def test_files_present_before_start_are_processed(sandbox: Sandbox) -> None:
 
 def test_subfolder_routes_to_preset_and_outputs_mirror_it(sandbox: Sandbox) -> None:
     sandbox.drop("portrait/face.txt", "a face\nseed: 3\n")
-    result = sandbox.once()
-    assert result.returncode == 0, result.stderr
+    assert sandbox.drain().ok
     [image] = sandbox.images()
     assert image.parent == sandbox.outbox / "portrait"
     sidecar = json.loads(image.with_suffix(".json").read_text())
@@ -44,10 +43,10 @@ def test_subfolder_routes_to_preset_and_outputs_mirror_it(sandbox: Sandbox) -> N
 
 def test_running_the_same_file_again_gives_new_names_and_never_overwrites(sandbox: Sandbox) -> None:
     sandbox.drop("again.txt", "a tree\nseed: 9\n")
-    assert sandbox.once().returncode == 0
+    assert sandbox.drain().ok
     first = sandbox.images()[0].read_bytes()
     sandbox.drop("again.txt", "a tree\nseed: 9\n")
-    assert sandbox.once().returncode == 0
+    assert sandbox.drain().ok
     names = [p.name for p in sandbox.images()]
     assert names == ["again_9_0-1.png", "again_9_0.png"]
     assert (sandbox.outbox / "again_9_0.png").read_bytes() == first
@@ -55,6 +54,41 @@ def test_running_the_same_file_again_gives_new_names_and_never_overwrites(sandbo
 
 def test_multi_job_file_makes_every_job(sandbox: Sandbox) -> None:
     sandbox.drop("multi.txt", "a red door\nseed: 1\n---\na blue door\nseed: 2\n---\na green door\nseed: 3\n")
-    assert sandbox.once().returncode == 0
+    assert sandbox.drain().ok
     prompts = sorted(json.loads(p.read_text())["prompt"] for p in sandbox.sidecars())
     assert prompts == ["a blue door", "a green door", "a red door"]
+
+
+def _png(color: str = "red") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_image_with_same_stem_spec_is_one_job_and_fails_clearly_until_image_actions_exist(
+    sandbox: Sandbox,
+) -> None:
+    sandbox.drop("cat.png", _png())
+    sandbox.drop("cat.txt", "make it blue\naction: vary_strong\n")
+    assert not sandbox.drain().ok
+    failed = sorted(p.name for p in sandbox.files(sandbox.failed))
+    assert failed == ["cat.png", "cat.txt", "cat.txt.error.txt"]
+    report = (sandbox.failed / "cat.txt.error.txt").read_text()
+    assert "vary_strong" in report and "not available" in report
+    assert sandbox.images() == []
+
+
+def test_duplicate_content_is_skipped_when_configured(sandbox: Sandbox) -> None:
+    text = sandbox.config.read_text().replace('polling = "never"', 'polling = "never"\nduplicates = "skip"')
+    sandbox.config.write_text(text)
+    sandbox.drop("one.txt", "a fox\nseed: 2\n")
+    assert sandbox.drain().ok
+    sandbox.drop("two.txt", "a fox\nseed: 2\n")
+    summary = sandbox.drain()
+    assert summary.ok and summary.duplicates_skipped == 1
+    assert len(sandbox.images()) == 1
+    assert sorted(p.name for p in sandbox.files(sandbox.done)) == ["one.txt", "two.txt"]

@@ -6,10 +6,11 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -18,26 +19,38 @@ from rich.table import Table
 from fooocusd.errors import ConfigError, InvalidInput
 from fooocusd.journal.journal import Journal, JournalError
 from fooocusd.outbox.atomic import publish_bytes
-from fooocusd.service.daemon import Daemon, Summary
 from fooocusd.service.folders import Folders
 from fooocusd.settings import LoadedSettings, flatten
+
+if TYPE_CHECKING:
+    from fooocusd.service.daemon import Summary
 
 _out = Console()
 
 
 def run(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    from fooocusd.service.daemon import Daemon  # torch and diffusers load only where needed
+
     daemon = Daemon(loaded.settings)
-    daemon.install_signal_handlers()
-    daemon.run()
+    previous = daemon.install_signal_handlers()
+    try:
+        daemon.run()
+    finally:
+        _restore_signal_handlers(previous)
     return 0
 
 
 def once(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    from fooocusd.service.daemon import Daemon
+
     show_bar = sys.stderr.isatty() and not args.no_progress
     if not show_bar:
         daemon = Daemon(loaded.settings)
-        daemon.install_signal_handlers()
-        summary = daemon.run(drain=True)
+        previous = daemon.install_signal_handlers()
+        try:
+            summary = daemon.run(drain=True)
+        finally:
+            _restore_signal_handlers(previous)
     else:
         with Progress(
             TextColumn("{task.description}"),
@@ -55,10 +68,18 @@ def once(args: argparse.Namespace, loaded: LoadedSettings) -> int:
                 bar.update(tasks[label], completed=done, total=total)
 
             daemon = Daemon(loaded.settings, progress_sink=sink)
-            daemon.install_signal_handlers()
-            summary = daemon.run(drain=True)
+            previous = daemon.install_signal_handlers()
+            try:
+                summary = daemon.run(drain=True)
+            finally:
+                _restore_signal_handlers(previous)
     _print_summary(summary)
     return 0 if summary.ok else 1
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def _print_summary(summary: Summary) -> None:

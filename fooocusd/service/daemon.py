@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from loguru import logger
 
@@ -89,9 +90,11 @@ class Daemon:
             self.stop_intake.set()
         self._wake_worker.set()
 
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+    def install_signal_handlers(self) -> dict[int, Any]:
+        """Route SIGTERM and SIGINT to ``request_stop``; returns the previous handlers."""
+        return {
+            signum: signal.signal(signum, self.request_stop) for signum in (signal.SIGTERM, signal.SIGINT)
+        }
 
     # -- the loop ------------------------------------------------------------------------------
 

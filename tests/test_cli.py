@@ -1,0 +1,120 @@
+"""The command line, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fooocusd.cli import main
+from tests.daemon_harness import REPO, Sandbox
+
+
+def _run(box: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fooocusd.cli", *args, "--config", str(box.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+
+def test_config_show_prints_each_value_and_its_source(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["config", "show", "--config", str(sandbox.config), "--settle-seconds", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "intake.settle_seconds" in out and "cli" in out
+    assert "engine.model" in out and "tiny-random" in out and "file:" in out
+    assert "journal.max_attempts" in out and "default" in out
+
+
+def test_missing_model_says_where_to_put_one_and_exits_non_zero(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox.write_config()
+    text = sandbox.config.read_text().replace('model = "tiny-random"', 'model = ""')
+    sandbox.config.write_text(text)
+    code = main(["once", "--no-progress", "--config", str(sandbox.config)])
+    stderr = capsys.readouterr().err
+    assert code != 0
+    assert str(sandbox.root / "models") in stderr
+    assert "engine.model" in stderr
+    assert sandbox.images() == []
+
+
+def test_refuses_to_start_with_the_outbox_inside_the_inbox(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["once", "--no-progress", "--config", str(sandbox.config), "--outbox", str(sandbox.inbox / "out")]
+    )
+    stderr = capsys.readouterr().err
+    assert code != 0
+    assert "inside" in stderr and str(sandbox.inbox) in stderr
+
+
+def test_submit_prompt_drops_a_txt_job_into_the_inbox(sandbox: Sandbox) -> None:
+    assert main(["submit", "--prompt", "A red kite, windy beach!", "--config", str(sandbox.config)]) == 0
+    [dropped] = sandbox.files(sandbox.inbox)
+    assert dropped.name.startswith("a-red-kite-windy-beach-") and dropped.suffix == ".txt"
+    assert dropped.read_text() == "A red kite, windy beach!\n"
+    assert [p for p in sandbox.inbox.iterdir() if p.name.startswith(".")] == []
+
+
+def test_submit_file_into_a_subfolder_never_overwrites(sandbox: Sandbox, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    source = tmp_path_factory.mktemp("src") / "job.txt"
+    source.write_text("a cat\n")
+    for _ in range(2):
+        assert main(["submit", str(source), "--subdir", "portrait", "--config", str(sandbox.config)]) == 0
+    assert sorted(p.name for p in (sandbox.inbox / "portrait").iterdir()) == ["job-1.txt", "job.txt"]
+
+
+def test_status_json_reports_counts_and_failures(sandbox: Sandbox) -> None:
+    sandbox.drop("good.txt", "a dog\nseed: 1\n")
+    sandbox.drop("bad.txt", "a dog\nsampler: warp_drive\n")
+    assert not sandbox.drain().ok
+    result = _run(sandbox, "status", "--json")  # a separate process, as against a running daemon
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["counts"]["done"] == 1 and report["counts"]["failed"] == 1
+    [failure] = report["recent_failures"]
+    assert failure["relpath"] == "bad.txt" and "warp_drive" in failure["error"]
+
+
+def test_retry_brings_a_failed_input_back_and_runs_it_again(sandbox: Sandbox) -> None:
+    sandbox.drop("bad.txt", "a dog\nsampler: warp_drive\n")
+    assert not sandbox.drain().ok
+    assert (sandbox.failed / "bad.txt.error.txt").exists()
+    assert main(["retry", "bad.txt", "--config", str(sandbox.config)]) == 0
+    assert not (sandbox.failed / "bad.txt").exists() and not (sandbox.failed / "bad.txt.error.txt").exists()
+    assert sandbox.drain().jobs_failed == 1, "it ran again, and fails again: the sampler is still unknown"
+    assert (sandbox.failed / "bad.txt").exists() and (sandbox.failed / "bad.txt.error.txt").exists()
+
+
+def test_cancel_of_an_unknown_job_is_a_clear_error(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox.drop("a.txt", "a dog\nseed: 1\n")
+    assert sandbox.drain().ok
+    assert main(["cancel", "nothing-like-this", "--config", str(sandbox.config)]) != 0
+    assert "no job matches" in capsys.readouterr().err
+
+
+def test_doctor_reports_each_check(sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["doctor", "--config", str(sandbox.config)])
+    out = capsys.readouterr().out
+    for check in ("torch", "folder layout", "inbox folder", "model", "inotify"):
+        assert check in out
+    assert code == 0, out
+
+
+def test_log_json_writes_one_json_object_per_line(sandbox: Sandbox) -> None:
+    sandbox.drop("a.txt", "a dog\nseed: 1\n")
+    result = _run(sandbox, "once", "--no-progress", "--log-json")
+    assert result.returncode == 0
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert any("queued a.txt" in record["text"] for record in records)
