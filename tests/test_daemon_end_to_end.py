@@ -52,11 +52,15 @@ def test_running_the_same_file_again_gives_new_names_and_never_overwrites(sandbo
     assert (sandbox.outbox / "again_9_0.png").read_bytes() == first
 
 
-def test_multi_job_file_makes_every_job(sandbox: Sandbox) -> None:
+def test_multi_job_file_makes_every_job_under_its_own_name(sandbox: Sandbox) -> None:
     sandbox.drop("multi.txt", "a red door\nseed: 1\n---\na blue door\nseed: 2\n---\na green door\nseed: 3\n")
     assert sandbox.drain().ok
-    prompts = sorted(json.loads(p.read_text())["prompt"] for p in sandbox.sidecars())
-    assert prompts == ["a blue door", "a green door", "a red door"]
+    prompts = {p.name: json.loads(p.read_text())["prompt"] for p in sandbox.sidecars()}
+    assert prompts == {
+        "multi-1_1_0.json": "a red door",
+        "multi-2_2_0.json": "a blue door",
+        "multi-3_3_0.json": "a green door",
+    }
 
 
 def _png(color: str = "red") -> bytes:

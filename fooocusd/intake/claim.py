@@ -18,25 +18,16 @@ from pathlib import Path
 
 from loguru import logger
 
+from fooocusd.durable import fsync_folder
+
 TEMP_PREFIX = ".fooocusd-"
 _COPY_CHUNK = 1024 * 1024
 # Directory fsync is refused by some network filesystems; nothing more we can do there.
-_DIR_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF})
 # Hard links are missing on FAT/exFAT and some SMB/FUSE mounts.
 _LINK_UNSUPPORTED = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV})
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (creations, renames, deletions) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in _DIR_FSYNC_UNSUPPORTED:
-            raise
-        logger.debug("folder fsync not supported on {}: {}", path, exc)
-    finally:
-        os.close(fd)
+fsync_dir = fsync_folder
 
 
 def move_durably(src: Path, dst: Path) -> None:

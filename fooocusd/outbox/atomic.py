@@ -19,6 +19,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from fooocusd.durable import fsync_folder
 from fooocusd.errors import TransientError
 
 TEMP_PREFIX = ".fooocusd-"
@@ -29,8 +30,6 @@ _MAX_TEMP_STEM_BYTES = 200
 # Errors from ``os.link`` that mean "this filesystem cannot hard-link", not "the name exists".
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS, errno.EXDEV}
 # Directory fsync is refused on some network filesystems; the data itself is already synced.
-_DIR_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EACCES}
-
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -138,25 +137,6 @@ def ensure_folder(folder: Path, *, umask: int = 0o022) -> None:
         # Not via mkdir's mode: the process umask (e.g. systemd's UMask=) would apply on top.
         path.chmod(0o777 & ~umask)
         fsync_folder(path.parent)
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a folder's entries (new names) durable. Unsupported on some network filesystems."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError as exc:
-        if exc.errno in _DIR_FSYNC_UNSUPPORTED:
-            logger.debug("cannot open {} to fsync it: {}", folder, exc)
-            return
-        raise
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in _DIR_FSYNC_UNSUPPORTED:
-            raise
-        logger.debug("fsync of folder {} not supported here: {}", folder, exc)
-    finally:
-        os.close(fd)
 
 
 def describe_os_error(exc: OSError, path: Path) -> TransientError:

@@ -121,6 +121,7 @@ class Daemon:
             engine,
             preset_dirs,
             stop_now=self.stop_now,
+            stop_after_image=self.stop_intake,
             progress_sink=self.progress_sink,
         )
         worker_thread = threading.Thread(

@@ -55,6 +55,7 @@ class Worker:
         preset_dirs: list[Path],
         *,
         stop_now: threading.Event,
+        stop_after_image: threading.Event | None = None,
         progress_sink: ProgressSink | None = None,
     ) -> None:
         self.settings = settings
@@ -63,6 +64,7 @@ class Worker:
         self.engine = engine
         self.preset_dirs = preset_dirs
         self.stop_now = stop_now
+        self.stop_after_image = stop_after_image or threading.Event()
         self.progress_sink = progress_sink
         self.counts = WorkerCounts()
 
@@ -112,6 +114,8 @@ class Worker:
         relpath = PurePosixPath(source.relpath)
         out_dir = self.folders.outbox / relpath.parent
         stem = spec.name or relpath.stem
+        if spec.name is None and len(self.journal.jobs_for_input(source.id)) > 1:
+            stem = f"{stem}-{job.seq + 1}"  # the jobs of one file get names of their own
         fmt = spec.output_format or self.settings.outbox.format
         done = {row.image_index: row for row in self.journal.outputs_for(job.id)}
         total_steps = sum(request.steps for request in requests)
@@ -121,6 +125,8 @@ class Worker:
             if row is not None and row.state == "complete":
                 steps_before += request.steps
                 continue
+            if self.stop_after_image.is_set():
+                raise Interrupted("stopping: the remaining images stay queued")
             target = (
                 Path(row.path)
                 if row is not None
@@ -141,7 +147,12 @@ class Worker:
                 output_name=target.name,
                 fmt=fmt,
             )
-            record.update(preset=preset.name, requested_width=request.width, requested_height=request.height)
+            record.update(
+                preset=preset.name,
+                model_file=image.model_path,
+                requested_width=request.width,
+                requested_height=request.height,
+            )
             sha256 = self._publish(
                 job.id, index, image.image, record, target, fmt, stem, request, len(requests)
             )
