@@ -96,3 +96,17 @@ def test_duplicate_content_is_skipped_when_configured(sandbox: Sandbox) -> None:
     assert summary.ok and summary.duplicates_skipped == 1
     assert len(sandbox.images()) == 1
     assert sorted(p.name for p in sandbox.files(sandbox.done)) == ["one.txt", "two.txt"]
+
+
+def test_after_success_delete_removes_the_input_and_keep_keeps_a_copy(sandbox: Sandbox) -> None:
+    config = sandbox.config.read_text()
+    sandbox.config.write_text(config + '\n[outbox]\nafter_success = "delete"\n')
+    sandbox.drop("gone.txt", "a moth\nseed: 1\n")
+    assert sandbox.drain().ok
+    assert sandbox.files(sandbox.done) == [] and len(sandbox.images()) == 1
+
+    sandbox.config.write_text(config + '\n[outbox]\nafter_success = "keep"\n')
+    sandbox.drop("kept.txt", "a moth\nseed: 2\n")
+    assert sandbox.drain().ok
+    assert [p.name for p in sandbox.files(sandbox.state / "kept")] == ["kept.txt"]
+    assert sandbox.files(sandbox.inbox) == []

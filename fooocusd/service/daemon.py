@@ -166,14 +166,23 @@ class Daemon:
                 takeable.append(as_takeable(item))
                 continue
             reason, hint = refusal
-            intake.refuse(item.path, item.relpath, reason, hint)
+            try:
+                intake.refuse(item.path, item.relpath, reason, hint)
+            except OSError as exc:
+                logger.error("could not move {} to failed/: {}", item.relpath, exc)
             watcher.forget(item.path)
         pairer.offer(takeable)
         for drop in pairer.release():
-            intake.take(drop)
-            for part in (drop.spec, drop.image, drop.mask):
-                if part is not None:
-                    watcher.forget(part.path)
+            try:
+                intake.take(drop)
+            except FileNotFoundError:
+                logger.info("{} vanished before it could be taken", drop.parts[0].relpath)
+            except Exception:  # one odd file (permissions, I/O error) must not stop the daemon
+                logger.exception(
+                    "could not take {}; it is tried again at the next rescan", drop.parts[0].relpath
+                )
+            for part in drop.parts:
+                watcher.forget(part.path)
             self._wake_worker.set()
 
     def _work(self, worker: Worker) -> None:
