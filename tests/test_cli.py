@@ -73,9 +73,10 @@ def test_submit_file_into_a_subfolder_never_overwrites(sandbox: Sandbox, tmp_pat
     assert sorted(p.name for p in (sandbox.inbox / "portrait").iterdir()) == ["job-1.txt", "job.txt"]
 
 
-def test_status_json_reports_counts_and_failures(sandbox: Sandbox) -> None:
+def test_status_json_reports_counts_failures_and_refused_files(sandbox: Sandbox) -> None:
     sandbox.drop("good.txt", "a dog\nseed: 1\n")
     sandbox.drop("bad.txt", "a dog\nsampler: warp_drive\n")
+    sandbox.drop("broken.toml", 'prompt = "unterminated\n')
     assert not sandbox.drain().ok
     result = _run(sandbox, "status", "--json")  # a separate process, as against a running daemon
     assert result.returncode == 0, result.stderr
@@ -83,6 +84,8 @@ def test_status_json_reports_counts_and_failures(sandbox: Sandbox) -> None:
     assert report["counts"]["done"] == 1 and report["counts"]["failed"] == 1
     [failure] = report["recent_failures"]
     assert failure["relpath"] == "bad.txt" and "warp_drive" in failure["error"]
+    [refusal] = report["recent_refusals"]
+    assert refusal["detail"].startswith("broken.toml")
 
 
 def test_retry_brings_a_failed_input_back_and_runs_it_again(sandbox: Sandbox) -> None:

@@ -638,9 +638,7 @@ class Journal:
                 if existing.path == path:
                     return existing
                 if replace and existing.state == "planned":
-                    conn.execute(
-                        "DELETE FROM outputs WHERE job_id = ? AND image_index = ?", (job_id, index)
-                    )
+                    conn.execute("DELETE FROM outputs WHERE job_id = ? AND image_index = ?", (job_id, index))
                 else:
                     raise OutputNameTaken(
                         f"image {index} of job {job_id} already reserved {existing.path}, not {path}",
@@ -715,6 +713,14 @@ class Journal:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT * FROM events WHERE input_id = ? ORDER BY id", (input_id,)
+            ).fetchall()
+            return [event_from_row(row) for row in rows]
+
+    def recent_events(self, kind: str, limit: int = 10) -> list[EventRow]:
+        """The newest events of one kind (e.g. 'refused' files that never became jobs), newest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM events WHERE kind = ? ORDER BY id DESC LIMIT ?", (kind, limit)
             ).fetchall()
             return [event_from_row(row) for row in rows]
 

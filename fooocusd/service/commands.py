@@ -108,6 +108,9 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     journal = Journal.open_read_only(_folders(loaded).journal_db)
     try:
         report = journal.status()
+        report["recent_refusals"] = [
+            {"ts": event.ts, "detail": event.detail} for event in journal.recent_events("refused")
+        ]
     finally:
         journal.close()
     if args.json:
@@ -134,6 +137,12 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
                 failure.get("relpath", ""),
                 (failure.get("error") or "").splitlines()[0] if failure.get("error") else "",
             )
+        _out.print(table)
+    refusals = report["recent_refusals"]
+    if refusals:
+        table = Table("when", "file and reason", title="recently refused files (see failed/)")
+        for refusal in refusals:
+            table.add_row(time.strftime("%Y-%m-%d %H:%M", time.localtime(refusal["ts"])), refusal["detail"])
         _out.print(table)
     return 0
 

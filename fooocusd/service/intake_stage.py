@@ -76,10 +76,17 @@ class IntakeStage:
             self._fail([part.path for part in files], relpath, error_report(exc, PurePosixPath(relpath).name))
             return
         sha256, size = _digest([part.path for part in files])
-        if self.settings.intake.duplicates == "skip" and self.journal.find_inputs_by_sha256(sha256):
+        if self.settings.intake.duplicates == "skip" and self._seen_before(sha256):
             self._skip_duplicate([part.path for part in files], relpath)
             return
         self._claim(drop, specs, sha256, size)
+
+    def _seen_before(self, sha256: str) -> bool:
+        """Queued, running or succeeded before. A copy of an input that failed is run again."""
+        return any(
+            self.journal.input_outcome(previous.id) == "done"
+            for previous in self.journal.find_inputs_by_sha256(sha256)
+        )
 
     def refuse(self, path: Path, relpath: str, reason: str, hint: str) -> None:
         """Refuse a file that is not a job at all (conflict copy, unsupported type, FIFO...)."""
