@@ -86,7 +86,9 @@ def _print_summary(summary: Summary) -> None:
     _out.print(
         f"fooocusd once: {summary.jobs_done} job(s) done, {summary.images_written} image(s) written, "
         f"{summary.jobs_failed} job(s) failed, {summary.inputs_failed} input(s) in failed/"
-        + (f", {summary.duplicates_skipped} duplicate(s) skipped" if summary.duplicates_skipped else "")
+        + (f", {summary.duplicates_skipped} duplicate(s) skipped" if summary.duplicates_skipped else ""),
+        soft_wrap=True,
+        highlight=False,
     )
 
 

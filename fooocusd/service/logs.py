@@ -20,8 +20,13 @@ def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:
     elif os.environ.get("JOURNAL_STREAM"):
         logger.add(sys.stderr, level=level, format=_JOURNALD, colorize=False)
     else:
-        logger.add(sys.stderr, level=level, format=_TERMINAL, colorize=sys.stderr.isatty())
+        # Write through the *current* sys.stderr so rich's live progress bar can take the lines.
+        logger.add(_to_current_stderr, level=level, format=_TERMINAL, colorize=sys.stderr.isatty())
     _quiet_libraries()
+
+
+def _to_current_stderr(message: str) -> None:
+    sys.stderr.write(message)
 
 
 def _quiet_libraries() -> None:
