@@ -129,9 +129,20 @@ class GenerationSettings(_Section):
 
 class OutboxSettings(_Section):
     name_template: str = Field(
-        "{stem}_{seed}_{index}", description="Fields: stem, seed, index, job, date, time. Never overwrites."
+        "{stem}_{seed}_{index}", description="See config/fooocusd.toml for the fields. Never overwrites."
     )
     format: Literal["png", "jpeg", "webp"] = "png"
+
+    @field_validator("name_template")
+    @classmethod
+    def _template_renders(cls, value: str) -> str:
+        from fooocusd.outbox.naming import validate_template
+
+        try:
+            validate_template(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from exc
+        return value
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality.")
     embed_metadata: bool = True
     after_success: Literal["move", "delete", "keep"] = Field(

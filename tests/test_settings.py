@@ -103,3 +103,10 @@ def test_state_dir_follows_systemd_then_xdg(monkeypatch: pytest.MonkeyPatch, tmp
 
 def test_documented_file_is_valid_toml() -> None:
     assert "paths" in tomllib.loads(DOCUMENTED.read_text())
+
+
+def test_bad_output_name_template_is_refused_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[outbox]\nname_template = "{stem}_{colour}"\n')
+    with pytest.raises(ConfigError, match=r"outbox\.name_template"):
+        load_settings(config, environ={})
