@@ -108,6 +108,14 @@ def _parser() -> argparse.ArgumentParser:
         "show", parents=[common, daemon], help="effective settings and their sources"
     )
     show.set_defaults(handler=commands.config_show)
+    from fooocusd.service import styles_command
+
+    styles = sub.add_parser("styles", parents=[common], help="list the styles a job may name")
+    styles.add_argument("--search", metavar="TEXT", help="only styles matching every word")
+    styles.add_argument(
+        "--styles-dir", dest="styles_dir", type=Path, action="append", help="extra style folder (repeatable)"
+    )
+    styles.set_defaults(handler=styles_command.styles)
     doctor = sub.add_parser("doctor", parents=[common, daemon], help="check torch, devices, models, folders")
     doctor.set_defaults(handler=commands.doctor)
     return parser

@@ -36,6 +36,7 @@ class PathsSettings(_Section):
     )
     models: Path = Field(Path("~/fooocusd/models"), description="Checkpoints are looked up here.")
     presets: Path | None = Field(None, description="Extra user presets, beside the bundled ones.")
+    styles: Path | None = Field(None, description="Extra user styles (.toml, or Fooocus .json arrays).")
 
     def resolved(self) -> ResolvedPaths:
         inbox = _expand(self.inbox)
@@ -48,6 +49,7 @@ class PathsSettings(_Section):
             state=state,
             models=_expand(self.models),
             presets=_expand(self.presets) if self.presets else None,
+            styles=_expand(self.styles) if self.styles else None,
         )
 
 
@@ -59,6 +61,7 @@ class ResolvedPaths(BaseModel):
     state: Path
     models: Path
     presets: Path | None
+    styles: Path | None
 
 
 class IntakeSettings(_Section):

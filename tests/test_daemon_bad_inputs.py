@@ -22,6 +22,7 @@ BAD_INPUTS: dict[str, tuple[bytes | str, str]] = {
     "huge.txt": ("a cat " * 400_000, "limit"),
     "escape.toml": ('prompt = "a cat"\nimage = "../../etc/passwd"\n', "inbox"),
     "sneaky-name.toml": ('prompt = "a cat"\nname = "../../outside"\n', "name"),
+    "unknown-style.txt": ("a cat\nstyles: Film Noir, Cinematik\n", "Cinematic"),
     "latin1.txt": ("caf\xe9 au lait".encode("latin-1"), "UTF-8"),
     "truncated.png": (_truncated_png(), "truncated"),
     "notes.pdf": (b"%PDF-1.4\n", ".txt"),

@@ -20,6 +20,7 @@ from loguru import logger
 
 from fooocusd.engine.base import Engine
 from fooocusd.engine.factory import create_engine
+from fooocusd.engine.styles import StyleLibrary, load_styles
 from fooocusd.intake.pairing import Pairer
 from fooocusd.intake.watcher import InboxWatcher
 from fooocusd.jobs.presets import load_all_presets, preset_search_dirs
@@ -64,9 +65,9 @@ class Daemon:
         os.umask(self.settings.outbox.umask)
         preset_dirs = preset_search_dirs(folders.presets)
         load_all_presets(preset_dirs)  # a broken preset file stops the start, not a job later
-        engine = create_engine(
-            self.settings.engine, folders.models, folders.cache
-        )  # resolves the model first
+        styles = load_styles([folders.styles] if folders.styles else [])
+        # Resolving the model comes first: without one, say where to put it and stop.
+        engine = create_engine(self.settings.engine, folders.models, folders.cache)
         # Stable across restarts, so the next start knows the running jobs it finds were its own.
         owner = f"{socket.gethostname()}:{folders.state}:{self.settings.engine.device}"
         journal = Journal.open(folders.journal_db, owner=owner)
@@ -75,7 +76,7 @@ class Daemon:
             logger.info("loading the model…")
             engine.load()
             logger.info("ready: watching {}", folders.inbox)
-            return self._serve(folders, journal, engine, preset_dirs, drain)
+            return self._serve(folders, journal, engine, preset_dirs, styles, drain)
         finally:
             journal.close()
 
@@ -99,7 +100,13 @@ class Daemon:
     # -- the loop ------------------------------------------------------------------------------
 
     def _serve(
-        self, folders: Folders, journal: Journal, engine: Engine, preset_dirs: list[Path], drain: bool
+        self,
+        folders: Folders,
+        journal: Journal,
+        engine: Engine,
+        preset_dirs: list[Path],
+        styles: StyleLibrary,
+        drain: bool,
     ) -> Summary:
         intake_settings = self.settings.intake
         watcher = InboxWatcher(
@@ -112,7 +119,7 @@ class Daemon:
             extra_ignore=intake_settings.ignore_patterns,
         )
         pairer = Pairer(intake_settings.pair_wait_seconds)
-        intake = IntakeStage(self.settings, folders, journal, preset_dirs)
+        intake = IntakeStage(self.settings, folders, journal, preset_dirs, styles)
         finisher = Finisher(self.settings, folders, journal)
         worker = Worker(
             self.settings,

@@ -20,6 +20,7 @@ class Folders:
     state: Path
     models: Path
     presets: Path | None
+    styles: Path | None
 
     @property
     def journal_db(self) -> Path:

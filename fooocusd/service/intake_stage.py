@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from loguru import logger
 
 from fooocusd.crashpoints import crashpoint
+from fooocusd.engine.styles import StyleLibrary
 from fooocusd.errors import ConfigError, InvalidInput
 from fooocusd.intake.claim import move_durably
 from fooocusd.intake.pairing import Drop
@@ -48,12 +49,18 @@ class IntakeCounts:
 
 class IntakeStage:
     def __init__(
-        self, settings: Settings, folders: Folders, journal: Journal, preset_dirs: list[Path]
+        self,
+        settings: Settings,
+        folders: Folders,
+        journal: Journal,
+        preset_dirs: list[Path],
+        styles: StyleLibrary,
     ) -> None:
         self.settings = settings
         self.folders = folders
         self.journal = journal
         self.preset_dirs = preset_dirs
+        self.styles = styles
         self.counts = IntakeCounts()
         self._rng = random.SystemRandom()
 
@@ -113,11 +120,17 @@ class IntakeStage:
                 spec = spec.model_copy(update={"preset": routed})
             preset_name = spec.preset or self.settings.generation.preset
             try:
-                load_preset(preset_name, self.preset_dirs)
+                preset = load_preset(preset_name, self.preset_dirs)
             except ConfigError as exc:  # the preset file itself is broken (edited while running)
                 raise InvalidInput(exc.message, where=exc.where or "preset", hint=exc.hint) from exc
             except InvalidInput as exc:
                 where = f"job {number}" if len(specs) > 1 else "preset"
+                raise InvalidInput(exc.message, where=where, hint=exc.hint) from exc
+            styles = _first_set(spec.styles, preset.styles, self.settings.generation.styles)
+            try:
+                self.styles.canonical_names(styles)
+            except InvalidInput as exc:
+                where = f"job {number}, styles" if len(specs) > 1 else "styles"
                 raise InvalidInput(exc.message, where=where, hint=exc.hint) from exc
             fixed.append(fix_seed(spec, self._rng))
         return fixed
@@ -172,6 +185,11 @@ class IntakeStage:
         self.journal.log_event("duplicate-skipped", relpath)
         self.counts.skipped_duplicates += 1
         logger.info("{} was processed before (same content); skipped into {}", relpath, target)
+
+
+def _first_set(*candidates: list[str] | None) -> list[str]:
+    """Styles come from the job, else its preset, else the config (an empty list counts as set)."""
+    return next((list(c) for c in candidates if c is not None), [])
 
 
 def _first(drop: Drop):  # type: ignore[no-untyped-def]
