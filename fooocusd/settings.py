@@ -146,6 +146,7 @@ class OutboxSettings(_Section):
         except ConfigError as exc:
             raise ValueError(exc.message) from exc
         return value
+
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality.")
     embed_metadata: bool = True
     after_success: Literal["move", "delete", "keep"] = Field(

@@ -57,12 +57,7 @@ def default_request(**overrides: object) -> GenerationRequest:
 
 def write_tiny_checkpoint(pipeline: StableDiffusionXLPipeline, checkpoint: Path, config_dir: Path) -> None:
     """Save ``pipeline`` as one sgm-layout ``.safetensors`` file plus a weightless config folder."""
-    state: dict[str, torch.Tensor] = {}
-    state.update(_prefixed("model.diffusion_model.", _unet_to_sgm(pipeline)))
-    state.update(_prefixed("first_stage_model.", _vae_to_sgm(pipeline)))
-    state.update(_prefixed("conditioner.embedders.0.transformer.", _clip_to_sgm(pipeline)))
-    state.update(_prefixed("conditioner.embedders.1.model.", _open_clip_to_sgm(pipeline)))
-    save_file({key: value.contiguous().clone() for key, value in state.items()}, str(checkpoint))
+    save_sgm_checkpoint(pipeline, checkpoint)
 
     pipeline.save_pretrained(config_dir, safe_serialization=True)
     # Only configs and tokenizers may come from the folder; the weights must come from the checkpoint.
@@ -73,6 +68,18 @@ def write_tiny_checkpoint(pipeline: StableDiffusionXLPipeline, checkpoint: Path,
         shutil.rmtree(config_dir / name)
         shutil.copytree(SDXL_CONFIG_DIR / name, config_dir / name)
     _drop_nonessential_index_entries(config_dir)
+
+
+def save_sgm_checkpoint(pipeline: StableDiffusionXLPipeline, checkpoint: Path) -> None:
+    """Write ``pipeline``'s weights in the single-file (sgm/ldm) layout that model sites publish."""
+    state: dict[str, torch.Tensor] = {}
+    state.update(_prefixed("model.diffusion_model.", _unet_to_sgm(pipeline)))
+    state.update(_prefixed("first_stage_model.", _vae_to_sgm(pipeline)))
+    state.update(_prefixed("conditioner.embedders.0.transformer.", _clip_to_sgm(pipeline)))
+    state.update(_prefixed("conditioner.embedders.1.model.", _open_clip_to_sgm(pipeline)))
+    save_file(
+        {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}, str(checkpoint)
+    )
 
 
 def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

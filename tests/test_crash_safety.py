@@ -70,7 +70,9 @@ def test_random_kills_during_a_stream_of_jobs_lose_and_repeat_nothing(sandbox: S
     for _cycle in range(4):
         daemon = subprocess.Popen(
             [sys.executable, "-m", "fooocusd.cli", "run", "--config", str(sandbox.config)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(rng.uniform(4.0, 12.0))
         daemon.send_signal(signal.SIGKILL)

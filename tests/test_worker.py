@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from fooocusd.engine.base import GeneratedImage, GenerationRequest
+from fooocusd.engine.styles import load_styles
 from fooocusd.errors import Interrupted, InvalidInput, OutOfMemory, TransientError
 from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.jobs.spec import JobSpec
@@ -81,7 +83,13 @@ def _queue(journal: Journal, spec: JobSpec) -> int:
 def _worker(setup, engine: ScriptedEngine, stop: threading.Event | None = None) -> Worker:  # type: ignore[no-untyped-def]
     settings, folders, journal = setup
     return Worker(
-        settings, folders, journal, engine, preset_search_dirs(None), stop_now=stop or threading.Event()
+        settings,
+        folders,
+        journal,
+        engine,
+        preset_search_dirs(None),
+        styles=load_styles(),
+        stop_now=stop or threading.Event(),
     )
 
 
@@ -164,3 +172,16 @@ def test_an_image_job_says_image_actions_are_not_available_yet(setup) -> None:  
     _worker(setup, ScriptedEngine()).run_one()
     job = setup[2].get_job(job_id)
     assert job.state == "failed" and "not available" in job.error
+
+
+def test_styles_become_workloads_per_image_and_are_recorded(setup) -> None:  # type: ignore[no-untyped-def]
+    _, folders, journal = setup
+    _queue(journal, JobSpec(prompt="a lighthouse", negative="fog", seed=3, styles=["Film Noir"]))
+    engine = ScriptedEngine()
+    _worker(setup, engine).run_one()
+    [request] = engine.requests
+    assert len(request.positive_workloads) == 1 and "a lighthouse" in request.positive_workloads[0]
+    assert request.positive_workloads[0].startswith("film noir")
+    assert request.negative_workloads[-1] == "fog"
+    [sidecar] = folders.outbox.glob("*.json")
+    assert json.loads(sidecar.read_text())["styles_applied"] == ["Film Noir"]

@@ -33,6 +33,13 @@ class GenerationRequest:
     sharpness: float = 2.0
     styles: tuple[str, ...] = ()
     performance: str = "speed"
+    adaptive_cfg: float = 7.0
+    adm_scaler_positive: float = 1.5
+    adm_scaler_negative: float = 0.8
+    adm_scaler_end: float = 0.3
+    clip_skip: int = 2
+    positive_workloads: tuple[str, ...] = ()
+    negative_workloads: tuple[str, ...] = ()
 
 
 @dataclass

@@ -8,8 +8,9 @@ offline switches are forced on while either runs.
 The model stays loaded between jobs. A job that names another model swaps it in (one model is
 resident at a time).
 
-Differences from Fooocus, for now: extra prompt lines are joined to the prompt with ", " instead of
-being encoded one by one; sharpness, ADM scaling and adaptive CFG are not applied yet.
+Denoising runs our own loop (``denoise.py``) with Fooocus's sharpness, adaptive CFG and ADM
+scaling; each prompt line is encoded as its own workload (``conditioning.py``). With those
+refinements off the loop reproduces ``StableDiffusionXLPipeline.__call__`` exactly.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from fooocusd.engine.base import GeneratedImage, GenerationRequest, ProgressCallback, StopCheck
+from fooocusd.engine.conditioning import (
+    Conditioning,
+    adm_time_ids,
+    encode_workloads,
+    prompt_workloads,
+)
+from fooocusd.engine.denoise import GuidanceSettings, denoise, initial_latents, unet_noise_predictor
 from fooocusd.engine.models import (
     SDXL_CONFIG_DIR,
     TINY_MODEL,
@@ -226,23 +234,47 @@ class SDXLEngine:
             timings["load"] = self._unreported_load_seconds
             self._unreported_load_seconds = None
 
+        positive_workloads, negative_workloads = prompt_workloads(request)
+        settings = GuidanceSettings(
+            cfg=request.cfg,
+            sharpness=request.sharpness,
+            adaptive_cfg=request.adaptive_cfg,
+            adm_end=request.adm_scaler_end,
+        )
         with torch.inference_mode(), self._thread_policy():
             mark = time.perf_counter()
-            embeddings = self._encode(pipeline, request)
+            conditioning = self._encode(
+                pipeline, request, positive_workloads, negative_workloads if settings.uses_cfg else None
+            )
             timings["encode"] = time.perf_counter() - mark
 
             mark = time.perf_counter()
-            latents = pipeline(
-                **embeddings,
-                width=width,
-                height=height,
-                num_inference_steps=request.steps,
-                guidance_scale=request.cfg,
-                # Seeded on the CPU so that a seed gives the same image on every device.
-                generator=torch.Generator(device="cpu").manual_seed(request.seed),
-                output_type="latent",
-                callback_on_step_end=_step_reporter(progress, should_stop),
-            ).images
+            # Seeded on the CPU so that a seed gives the same image on every device.
+            generator = torch.Generator(device="cpu").manual_seed(request.seed)
+            scheduler = choice.scheduler
+            latents = initial_latents(
+                scheduler,
+                request.steps,
+                (
+                    1,
+                    pipeline.unet.config.in_channels,
+                    height // pipeline.vae_scale_factor,
+                    width // pipeline.vae_scale_factor,
+                ),
+                generator=generator,
+                device=self._device,
+                dtype=conditioning.positive.tokens.dtype,
+            )
+            latents = denoise(
+                unet_noise_predictor(pipeline.unet),
+                scheduler,
+                latents,
+                conditioning,
+                settings,
+                generator=generator,
+                progress=progress,
+                should_stop=should_stop,
+            )
             self._synchronize()
             timings["denoise"] = time.perf_counter() - mark
 
@@ -250,27 +282,36 @@ class SDXLEngine:
             image = _decode(pipeline, latents)
             timings["decode"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - started + timings.get("load", 0.0)
-        return self._result(request, image, choice, timings)
+        result = self._result(request, image, choice, timings)
+        result.extra.update(_refinements_record(request, settings, positive_workloads, negative_workloads))
+        return result
 
     def _encode(
-        self, pipeline: StableDiffusionXLPipeline, request: GenerationRequest
-    ) -> dict[str, torch.Tensor]:
-        # Fooocus encodes each extra prompt line on its own and concatenates the embeddings; until that
-        # lands, the lines are joined into the prompt text.
-        prompt = ", ".join(part for part in (request.prompt, *request.extra_prompts) if part)
-        positive, negative, pooled, negative_pooled = pipeline.encode_prompt(
-            prompt=prompt,
-            device=self._device,
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=request.cfg > 1.0,
-            # A string (even empty) is encoded like Fooocus does; None would become zeros in diffusers.
-            negative_prompt=request.negative,
+        self,
+        pipeline: StableDiffusionXLPipeline,
+        request: GenerationRequest,
+        positive_workloads: tuple[str, ...],
+        negative_workloads: tuple[str, ...] | None,
+    ) -> Conditioning:
+        """Text embeddings per workload plus the ADM ids; ``negative_workloads`` None skips the negative."""
+        positive = encode_workloads(
+            pipeline, positive_workloads, clip_skip=request.clip_skip, device=self._device
         )
-        embeddings = {"prompt_embeds": positive, "pooled_prompt_embeds": pooled}
-        if negative is not None and negative_pooled is not None:
-            embeddings["negative_prompt_embeds"] = negative
-            embeddings["negative_pooled_prompt_embeds"] = negative_pooled
-        return embeddings
+        negative = None
+        if negative_workloads is not None:
+            negative = encode_workloads(
+                pipeline, negative_workloads, clip_skip=request.clip_skip, device=self._device
+            )
+        width, height = self._render_size(request)
+        time_ids = adm_time_ids(
+            height,
+            width,
+            positive_scale=request.adm_scaler_positive,
+            negative_scale=request.adm_scaler_negative,
+            dtype=positive.tokens.dtype,
+            device=self._device,
+        )
+        return Conditioning(positive=positive, negative=negative, time_ids=time_ids)
 
     def _thread_policy(self) -> contextlib.AbstractContextManager[None]:
         # tiny-random's tensors are far too small to split across threads: on a busy CPU, torch's
@@ -311,7 +352,7 @@ class SDXLEngine:
                 "scheduler": choice.schedule,
                 "requested_size": [request.width, request.height],
                 "reduced_size": self._location.is_tiny,
-                "extra_prompts_mode": "joined",
+                "extra_prompts_mode": "separate",
             },
         )
 
@@ -485,21 +526,27 @@ def _decode(pipeline: StableDiffusionXLPipeline, latents: torch.Tensor) -> Image
     return pipeline.image_processor.postprocess(pixels, output_type="pil")[0]
 
 
-def _step_reporter(progress: ProgressCallback | None, should_stop: StopCheck | None) -> Any:
-    def on_step_end(
-        pipeline: StableDiffusionXLPipeline, step: int, _timestep: Any, tensors: dict[str, Any]
-    ) -> dict[str, Any]:
-        total = pipeline.num_timesteps
-        if progress is not None:
-            progress(step + 1, total)
-        if should_stop is not None and step + 1 < total and should_stop():
-            raise Interrupted(
-                f"stopped after step {step + 1} of {total} because shutdown was requested",
-                hint="the job goes back to the queue and starts again from the first step",
-            )
-        return tensors
-
-    return on_step_end
+def _refinements_record(
+    request: GenerationRequest,
+    settings: GuidanceSettings,
+    positive_workloads: tuple[str, ...],
+    negative_workloads: tuple[str, ...],
+) -> dict[str, Any]:
+    """What the loop applied, for the outbox's metadata."""
+    return {
+        "sharpness": request.sharpness,
+        "sharpness_applied": settings.uses_cfg and request.sharpness > 0.0,
+        "adaptive_cfg": request.adaptive_cfg,
+        "adaptive_cfg_applied": settings.uses_cfg and request.cfg > request.adaptive_cfg,
+        "adm_scaler_positive": request.adm_scaler_positive,
+        "adm_scaler_negative": request.adm_scaler_negative,
+        "adm_scaler_end": request.adm_scaler_end,
+        "clip_skip": request.clip_skip,
+        "positive_workloads": len(positive_workloads),
+        "negative_workloads": len(negative_workloads) if settings.uses_cfg else 0,
+        "full_prompt": list(positive_workloads),
+        "full_negative_prompt": list(negative_workloads),
+    }
 
 
 def _validate(request: GenerationRequest) -> None:

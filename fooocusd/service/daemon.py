@@ -127,6 +127,7 @@ class Daemon:
             journal,
             engine,
             preset_dirs,
+            styles=styles,
             stop_now=self.stop_now,
             stop_after_image=self.stop_intake,
             progress_sink=self.progress_sink,

@@ -7,6 +7,8 @@ images that are missing, under the same names, and never duplicates one.
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from PIL import Image
 
 from fooocusd.crashpoints import crashpoint
 from fooocusd.engine.base import Engine, GenerationRequest
+from fooocusd.engine.styles import StyleLibrary, Workloads, compose_workloads
 from fooocusd.errors import FooocusdError, Interrupted, InvalidInput, OutOfMemory, TransientError
 from fooocusd.jobs.presets import load_preset
 from fooocusd.jobs.resolve import resolve_requests
@@ -54,6 +57,7 @@ class Worker:
         engine: Engine,
         preset_dirs: list[Path],
         *,
+        styles: StyleLibrary,
         stop_now: threading.Event,
         stop_after_image: threading.Event | None = None,
         progress_sink: ProgressSink | None = None,
@@ -63,6 +67,7 @@ class Worker:
         self.journal = journal
         self.engine = engine
         self.preset_dirs = preset_dirs
+        self.styles = styles
         self.stop_now = stop_now
         self.stop_after_image = stop_after_image or threading.Event()
         self.progress_sink = progress_sink
@@ -111,6 +116,8 @@ class Worker:
             )
         preset = load_preset(spec.preset or self.settings.generation.preset, self.preset_dirs)
         requests = resolve_requests(spec, preset, self.settings.generation, self.settings.engine.model)
+        styled = [self._with_styles(request) for request in requests]
+        requests = [request for request, _ in styled]
         relpath = PurePosixPath(source.relpath)
         out_dir = self.folders.outbox / relpath.parent
         stem = spec.name or relpath.stem
@@ -147,7 +154,10 @@ class Worker:
                 output_name=target.name,
                 fmt=fmt,
             )
+            workloads = styled[index][1]
             record.update(
+                styles_applied=workloads.styles_applied,
+                expansion="requested, not available yet" if workloads.expansion else "off",
                 preset=preset.name,
                 model_file=image.model_path,
                 requested_width=request.width,
@@ -165,6 +175,23 @@ class Worker:
         self.journal.finish_job(job.id, "done", None)
         crashpoint("after_job_done")
         self.counts.jobs_done += 1
+
+    def _with_styles(self, request: GenerationRequest) -> tuple[GenerationRequest, Workloads]:
+        """Each image composes its own workloads: "Random Style" draws from the image's seed."""
+        workloads = compose_workloads(
+            request.prompt,
+            request.extra_prompts,
+            request.negative,
+            request.styles,
+            self.styles,
+            random.Random(request.seed),
+        )
+        styled = dataclasses.replace(
+            request,
+            positive_workloads=tuple(workloads.positive),
+            negative_workloads=tuple(workloads.negative),
+        )
+        return styled, workloads
 
     def _publish(
         self,

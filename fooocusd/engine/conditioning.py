@@ -1,0 +1,185 @@
+"""What the SDXL UNet is conditioned on: prompt embeddings per workload and the ADM size ids.
+
+Workloads: Fooocus encodes each prompt line (main prompt, extra lines, style lines) on its own with
+both CLIP encoders and concatenates the 77-token blocks along the sequence axis; the pooled vector
+comes from the first workload. One workload is exactly diffusers' ``encode_prompt``.
+
+CLIP skip uses Fooocus/ComfyUI numbering: 1 = the last layer, 2 = the penultimate one (SDXL's
+standard). diffusers counts from the penultimate layer instead: its ``clip_skip`` = ours − 2, with
+``None`` meaning ours = 2. We index the hidden states ourselves, on both the positive and the
+negative side (diffusers applies its ``clip_skip`` to the positive side only).
+
+ADM ids (SDXL micro-conditioning, six numbers per sample: original h, w, crop top, left, target h,
+w): "emphasized" ids claim an original size scaled by 1.5 (positive) or 0.8 (negative); the
+"consistent" ids have original = target. Fooocus uses the emphasized ones early (t > 999·(1 − end)).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from fooocusd.engine.base import GenerationRequest
+from fooocusd.engine.guidance import LAST_TRAINING_TIMESTEP
+from fooocusd.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class PromptEmbeddings:
+    """One side (positive or negative) of the text conditioning."""
+
+    tokens: torch.Tensor  # (1, 77 · workloads, width of CLIP-L + CLIP-G)
+    pooled: torch.Tensor  # (1, CLIP-G projection width), from the first workload
+
+    @property
+    def workloads(self) -> int:
+        return self.tokens.shape[1] // _TOKENS_PER_WORKLOAD
+
+
+@dataclass(frozen=True)
+class AdmTimeIds:
+    """SDXL added time ids, each of shape (1, 6)."""
+
+    emphasized_positive: torch.Tensor
+    emphasized_negative: torch.Tensor
+    consistent: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Everything the denoising loop feeds the UNet besides the latents and the timestep."""
+
+    positive: PromptEmbeddings
+    negative: PromptEmbeddings | None  # None: CFG 1.0, no unconditional pass
+    time_ids: AdmTimeIds
+
+
+_TOKENS_PER_WORKLOAD = 77
+
+
+def prompt_workloads(request: GenerationRequest) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(positive, negative) workloads for ``request``; each has at least one (maybe empty) string.
+
+    The worker may fill ``positive_workloads``/``negative_workloads``; otherwise they are the
+    non-empty lines of ``prompt`` + ``extra_prompts`` and of ``negative``.
+    """
+    positive = request.positive_workloads or _non_empty_lines((request.prompt, *request.extra_prompts))
+    negative = request.negative_workloads or _non_empty_lines((request.negative,))
+    return positive or ("",), negative or ("",)
+
+
+def _non_empty_lines(texts: Sequence[str]) -> tuple[str, ...]:
+    return tuple(line.strip() for text in texts for line in text.splitlines() if line.strip())
+
+
+def encode_workloads(
+    pipeline: StableDiffusionXLPipeline,
+    workloads: Sequence[str],
+    *,
+    clip_skip: int,
+    device: torch.device,
+) -> PromptEmbeddings:
+    """Encode each workload with both text encoders; token blocks concatenated in order."""
+    if not workloads:
+        raise ValueError("at least one workload is needed (use [''] for an empty prompt)")
+    check_clip_skip(pipeline, clip_skip)
+    blocks: list[torch.Tensor] = []
+    pooled: torch.Tensor | None = None
+    for text in workloads:
+        block, block_pooled = _encode_one(pipeline, text, clip_skip)
+        blocks.append(block)
+        if pooled is None:
+            pooled = block_pooled
+    assert pooled is not None
+    dtype = pipeline.text_encoder_2.dtype
+    return PromptEmbeddings(
+        tokens=torch.cat(blocks, dim=1).to(dtype=dtype, device=device),
+        pooled=pooled.to(dtype=dtype, device=device),
+    )
+
+
+def _encode_one(
+    pipeline: StableDiffusionXLPipeline, text: str, clip_skip: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden: list[torch.Tensor] = []
+    pooled: torch.Tensor | None = None
+    for tokenizer, encoder in (
+        (pipeline.tokenizer, pipeline.text_encoder),
+        (pipeline.tokenizer_2, pipeline.text_encoder_2),
+    ):
+        prompt = pipeline.maybe_convert_prompt(text, tokenizer)  # textual-inversion tokens, if any
+        ids = tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        output = encoder(ids.to(encoder.device), output_hidden_states=True)
+        if output[0].ndim == 2:  # CLIP-G's projected pooled vector
+            pooled = output[0]
+        hidden.append(output.hidden_states[-clip_skip])
+    assert pooled is not None, "the second text encoder must return a pooled projection"
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def check_clip_skip(pipeline: StableDiffusionXLPipeline, clip_skip: int) -> None:
+    layers = min(
+        pipeline.text_encoder.config.num_hidden_layers, pipeline.text_encoder_2.config.num_hidden_layers
+    )
+    if not 1 <= clip_skip <= layers:
+        raise InvalidInput(
+            f"clip_skip {clip_skip} is out of range for this model",
+            where="clip_skip",
+            hint=f"use 1 (last CLIP layer) to {layers}; 2 is SDXL's standard",
+        )
+
+
+def diffusers_clip_skip(clip_skip: int) -> int | None:
+    """Our (Fooocus) clip skip as diffusers' ``encode_prompt(clip_skip=...)`` argument."""
+    return None if clip_skip == 2 else clip_skip - 2
+
+
+def adm_time_ids(
+    height: int,
+    width: int,
+    *,
+    positive_scale: float,
+    negative_scale: float,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> AdmTimeIds:
+    """Emphasized (original = size × scale) and consistent (original = size) ids; crop (0, 0)."""
+
+    def ids(original_scale: float) -> torch.Tensor:
+        values = [height * original_scale, width * original_scale, 0, 0, height, width]
+        return torch.tensor([values], dtype=dtype, device=device)
+
+    return AdmTimeIds(
+        emphasized_positive=ids(positive_scale),
+        emphasized_negative=ids(negative_scale),
+        consistent=ids(1.0),
+    )
+
+
+def uses_emphasized_adm(timestep: float, adm_end: float, last_timestep: int = LAST_TRAINING_TIMESTEP) -> bool:
+    """True while t > last · (1 − end): the first ``end`` share of the timestep range."""
+    return float(timestep) > last_timestep * (1.0 - adm_end)
+
+
+def match_sequence_lengths(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tile both token sequences to their least common multiple length so they can share one batch.
+
+    Cross-attention over a sequence repeated k times gives exactly the same result as over the
+    sequence once (every key's softmax weight is split evenly over its k copies), so this changes
+    nothing but the shapes.
+    """
+    first_length, second_length = first.shape[1], second.shape[1]
+    if first_length == second_length:
+        return first, second
+    common = math.lcm(first_length, second_length)
+    return first.repeat(1, common // first_length, 1), second.repeat(1, common // second_length, 1)

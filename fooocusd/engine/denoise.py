@@ -1,0 +1,217 @@
+"""The denoising loop: diffusers' SDXL loop plus Fooocus's sharpness, adaptive CFG and ADM switch.
+
+With the refinements off (sharpness 0, adaptive CFG ≥ CFG, ADM scalers 1/1 or end 0) it performs
+exactly the operations of ``StableDiffusionXLPipeline.__call__`` in the same order, so a seed gives
+the same latents. Per step: one UNet call on the batch (uncond, cond) — or (cond) alone at CFG 1.0,
+Fooocus's shortcut, which then also skips sharpness — then the scheduler's ``step`` with the
+seeded generator.
+
+Step-dependent numbers (progress p, α, the ADM switch, σ) are computed on the host from one copy
+of the timesteps made before the loop, so the loop adds no host–device syncs of its own.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from fooocusd.engine.base import ProgressCallback, StopCheck
+from fooocusd.engine.conditioning import Conditioning, match_sequence_lengths, uses_emphasized_adm
+from fooocusd.engine.guidance import (
+    diffusion_progress,
+    guided_noise_prediction,
+    noise_levels,
+    sharpen_noise_prediction,
+    sharpness_weight,
+)
+from fooocusd.errors import Interrupted, InvalidInput
+
+NoisePredictor = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]
+"""``predict(model_input, timestep, token_embeddings, pooled_embeddings, time_ids) -> model output``."""
+
+
+@dataclass(frozen=True)
+class GuidanceSettings:
+    """The per-step guidance knobs. ``adm_end``: share of the timestep range using emphasized ADM ids."""
+
+    cfg: float
+    sharpness: float = 0.0
+    adaptive_cfg: float = 7.0
+    adm_end: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.cfg >= 1.0, "cfg", self.cfg, "use 1.0 to 30")
+        _require(self.sharpness >= 0.0, "sharpness", self.sharpness, "use 0 to 30 (Fooocus default 2.0)")
+        _require(self.adaptive_cfg >= 1.0, "adaptive_cfg", self.adaptive_cfg, "use 1.0 to 30 (default 7.0)")
+        _require(0.0 <= self.adm_end <= 1.0, "adm_scaler_end", self.adm_end, "use 0 to 1 (default 0.3)")
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.cfg > 1.0
+
+
+def _require(ok: bool, name: str, value: float, hint: str) -> None:
+    if not ok:
+        raise InvalidInput(f"{name} {value} is out of range", where=name, hint=hint)
+
+
+def unet_noise_predictor(unet: torch.nn.Module) -> NoisePredictor:
+    """Call a diffusers SDXL UNet the way the stock pipeline does."""
+
+    def predict(
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        tokens: torch.Tensor,
+        pooled: torch.Tensor,
+        time_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        return unet(
+            model_input,
+            timestep,
+            encoder_hidden_states=tokens,
+            timestep_cond=None,
+            cross_attention_kwargs=None,
+            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+            return_dict=False,
+        )[0]
+
+    return predict
+
+
+def initial_latents(
+    scheduler: SchedulerMixin,
+    steps: int,
+    shape: tuple[int, ...],
+    *,
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Set the scheduler's timesteps and draw the starting noise, in the stock pipeline's order."""
+    scheduler.set_timesteps(steps, device=device)
+    noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    return noise * scheduler.init_noise_sigma
+
+
+def denoise(
+    predict: NoisePredictor,
+    scheduler: SchedulerMixin,
+    latents: torch.Tensor,
+    conditioning: Conditioning,
+    settings: GuidanceSettings,
+    *,
+    generator: torch.Generator,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> torch.Tensor:
+    """Run every timestep of ``scheduler`` (already ``set_timesteps``) from ``latents``; returns latents."""
+    use_cfg = settings.uses_cfg and conditioning.negative is not None
+    batch = _UNetBatch.build(conditioning, use_cfg)
+    timesteps = scheduler.timesteps
+    host_timesteps = [float(t) for t in timesteps.tolist()]  # the loop's only device→host copy
+    sharpening = use_cfg and settings.sharpness > 0.0
+    sigmas = noise_levels(scheduler.alphas_cumprod, host_timesteps) if sharpening else []
+    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    step_options = _step_options(scheduler, generator)
+    total = len(timesteps)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)
+
+    for index, timestep in enumerate(timesteps):
+        now = host_timesteps[index]
+        model_input = torch.cat([latents] * 2) if use_cfg else latents
+        model_input = scheduler.scale_model_input(model_input, timestep)
+        time_ids = (
+            batch.emphasized_ids if uses_emphasized_adm(now, settings.adm_end) else batch.consistent_ids
+        )
+        output = predict(model_input, timestep, batch.tokens, batch.pooled, time_ids)
+        if use_cfg:
+            uncond, cond = output.chunk(2)
+            p = diffusion_progress(now)
+            if sharpening:
+                cond = _sharpen(
+                    cond,
+                    model_input[1:],
+                    sigmas[index],
+                    sharpness_weight(settings.sharpness, p),
+                    prediction_type,
+                )
+            output = guided_noise_prediction(uncond, cond, settings.cfg, settings.adaptive_cfg, p)
+        latents = scheduler.step(output, timestep, latents, **step_options, return_dict=False)[0]
+        _after_step(index + 1, total, progress, should_stop)
+    return latents
+
+
+@dataclass(frozen=True)
+class _UNetBatch:
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+    emphasized_ids: torch.Tensor
+    consistent_ids: torch.Tensor
+
+    @classmethod
+    def build(cls, conditioning: Conditioning, use_cfg: bool) -> _UNetBatch:
+        positive, ids = conditioning.positive, conditioning.time_ids
+        if not use_cfg:
+            return cls(positive.tokens, positive.pooled, ids.emphasized_positive, ids.consistent)
+        negative = conditioning.negative
+        assert negative is not None
+        negative_tokens, positive_tokens = match_sequence_lengths(negative.tokens, positive.tokens)
+        return cls(
+            tokens=torch.cat([negative_tokens, positive_tokens]),
+            pooled=torch.cat([negative.pooled, positive.pooled]),
+            emphasized_ids=torch.cat([ids.emphasized_negative, ids.emphasized_positive]),
+            consistent_ids=torch.cat([ids.consistent, ids.consistent]),
+        )
+
+
+def _sharpen(
+    output: torch.Tensor, model_input: torch.Tensor, sigma: float, alpha: float, prediction_type: str
+) -> torch.Tensor:
+    """Sharpness on the conditional prediction, in whatever the model predicts (ε or v).
+
+    The UNet input is x/√(σ²+1) for the k-diffusion sample x = x0 + σ·ε (the same point in every
+    scheduler's parameterisation), so x0 = input·√(σ²+1) − σ·ε.
+    """
+    if alpha == 0.0:
+        return output
+    scale = (sigma * sigma + 1.0) ** 0.5
+    if prediction_type == "v_prediction":
+        # input = a·x0 + s·ε and v = a·ε − s·x0 with a = 1/√(σ²+1), s = σ·a.
+        a, s = 1.0 / scale, sigma / scale
+        eps = s * model_input + a * output
+        x0 = a * model_input - s * output
+        return output + (sharpen_noise_prediction(eps, x0, alpha) - eps) / a
+    if prediction_type != "epsilon":
+        return output  # sample-predicting models: no ε to filter
+    x0 = model_input * scale - sigma * output
+    return sharpen_noise_prediction(output, x0, alpha)
+
+
+def _step_options(scheduler: SchedulerMixin, generator: torch.Generator) -> dict[str, object]:
+    accepted = set(inspect.signature(scheduler.step).parameters)
+    options: dict[str, object] = {}
+    if "eta" in accepted:
+        options["eta"] = 0.0
+    if "generator" in accepted:
+        options["generator"] = generator
+    return options
+
+
+def _after_step(
+    done: int, total: int, progress: ProgressCallback | None, should_stop: StopCheck | None
+) -> None:
+    if progress is not None:
+        progress(done, total)
+    if should_stop is not None and done < total and should_stop():
+        raise Interrupted(
+            f"stopped after step {done} of {total} because shutdown was requested",
+            hint="the job goes back to the queue and starts again from the first step",
+        )
