@@ -117,6 +117,11 @@ class GenerationSettings(_Section):
     performance: Literal["quality", "speed", "extreme_speed", "lightning", "hyper_sd"] = "speed"
     cfg: float = Field(4.0, ge=1.0, le=30.0)
     sharpness: float = Field(2.0, ge=0.0, le=30.0)
+    adaptive_cfg: float = Field(7.0, ge=1.0, le=30.0)
+    adm_scaler_positive: float = Field(1.5, ge=0.1, le=3.0)
+    adm_scaler_negative: float = Field(0.8, ge=0.1, le=3.0)
+    adm_scaler_end: float = Field(0.3, ge=0.0, le=1.0)
+    clip_skip: int = Field(2, ge=1, le=12)
     sampler: str = "dpmpp_2m_sde_gpu"
     scheduler: str = "karras"
     styles: list[str] = Field(default_factory=list)

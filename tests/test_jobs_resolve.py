@@ -155,3 +155,12 @@ def test_preset_images_and_negative_survive_a_journal_round_trip_when_dumped_exc
     reloaded = JobSpec.model_validate_json(stored)
     requests = resolve(reloaded, preset)
     assert (len(requests), requests[0].negative) == (3, "ugly")
+
+
+def test_fooocus_refinement_settings_follow_job_then_preset_then_defaults() -> None:
+    [bare] = resolve(JobSpec(prompt="a fox", seed=1))
+    assert (bare.adaptive_cfg, bare.clip_skip) == (7.0, 2)
+    assert (bare.adm_scaler_positive, bare.adm_scaler_negative, bare.adm_scaler_end) == (1.5, 0.8, 0.3)
+    preset = Preset(name="p", adaptive_cfg=5.0, adm_scaler_end=0.0, clip_skip=1)
+    [mixed] = resolve(JobSpec(prompt="a fox", seed=1, adaptive_cfg=9.0), preset)
+    assert (mixed.adaptive_cfg, mixed.adm_scaler_end, mixed.clip_skip) == (9.0, 0.0, 1)

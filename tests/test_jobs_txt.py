@@ -249,3 +249,8 @@ def test_mistyped_option_key_stays_prompt_text_and_is_logged() -> None:
         logger.remove(sink)
     assert spec.extra_prompts == ["negatve: blurry"]
     assert any("line 2" in message and "'negative'" in message for message in messages)
+
+
+def test_refinement_options_are_recognised_in_txt_files() -> None:
+    [spec] = parse_txt("a fox\nadaptive cfg: 5\nADM scaler end: 0\nclip-skip: 1\n", "fox.txt")
+    assert (spec.prompt, spec.adaptive_cfg, spec.adm_scaler_end, spec.clip_skip) == ("a fox", 5.0, 0.0, 1)

@@ -156,6 +156,11 @@ def resolve_requests(
         "model": pick("model", model),
         "extra_prompts": tuple(spec.extra_prompts),
         "sharpness": float(pick("sharpness", defaults.sharpness)),
+        "adaptive_cfg": float(pick("adaptive_cfg", defaults.adaptive_cfg)),
+        "adm_scaler_positive": float(pick("adm_scaler_positive", defaults.adm_scaler_positive)),
+        "adm_scaler_negative": float(pick("adm_scaler_negative", defaults.adm_scaler_negative)),
+        "adm_scaler_end": float(pick("adm_scaler_end", defaults.adm_scaler_end)),
+        "clip_skip": int(pick("clip_skip", defaults.clip_skip)),
         "styles": tuple(pick("styles", defaults.styles)),
         "performance": performance,
     }

@@ -53,6 +53,11 @@ class JobSpec(BaseModel):
     performance: Performance | None = None
     cfg: float | None = Field(None, ge=1.0, le=30.0)
     sharpness: float | None = Field(None, ge=0.0, le=30.0)
+    adaptive_cfg: float | None = Field(None, ge=1.0, le=30.0, description="Fooocus's CFG mimicking.")
+    adm_scaler_positive: float | None = Field(None, ge=0.1, le=3.0)
+    adm_scaler_negative: float | None = Field(None, ge=0.1, le=3.0)
+    adm_scaler_end: float | None = Field(None, ge=0.0, le=1.0)
+    clip_skip: int | None = Field(None, ge=1, le=12)
     sampler: str | None = Field(None, max_length=64)
     scheduler: str | None = Field(None, max_length=64)
     model: str | None = Field(None, max_length=500)

@@ -157,6 +157,13 @@ class Worker:
             workloads = styled[index][1]
             record.update(
                 styles_applied=workloads.styles_applied,
+                adaptive_cfg=request.adaptive_cfg,
+                adm_guidance=[
+                    request.adm_scaler_positive,
+                    request.adm_scaler_negative,
+                    request.adm_scaler_end,
+                ],
+                clip_skip=request.clip_skip,
                 expansion="requested, not available yet" if workloads.expansion else "off",
                 preset=preset.name,
                 model_file=image.model_path,
