@@ -37,6 +37,7 @@ class PathsSettings(_Section):
     models: Path = Field(Path("~/fooocusd/models"), description="Checkpoints are looked up here.")
     presets: Path | None = Field(None, description="Extra user presets, beside the bundled ones.")
     styles: Path | None = Field(None, description="Extra user styles (.toml, or Fooocus .json arrays).")
+    wildcards: Path | None = Field(None, description="Wildcard lists: <name>.txt, one choice per line.")
 
     def resolved(self) -> ResolvedPaths:
         inbox = _expand(self.inbox)
@@ -50,6 +51,7 @@ class PathsSettings(_Section):
             models=_expand(self.models),
             presets=_expand(self.presets) if self.presets else None,
             styles=_expand(self.styles) if self.styles else None,
+            wildcards=_expand(self.wildcards) if self.wildcards else None,
         )
 
 
@@ -62,6 +64,7 @@ class ResolvedPaths(BaseModel):
     models: Path
     presets: Path | None
     styles: Path | None
+    wildcards: Path | None
 
 
 class IntakeSettings(_Section):

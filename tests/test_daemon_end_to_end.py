@@ -110,3 +110,17 @@ def test_after_success_delete_removes_the_input_and_keep_keeps_a_copy(sandbox: S
     assert sandbox.drain().ok
     assert [p.name for p in sandbox.files(sandbox.state / "kept")] == ["kept.txt"]
     assert sandbox.files(sandbox.inbox) == []
+
+
+def test_wildcards_from_the_configured_folder_fill_each_image_in_order(sandbox: Sandbox) -> None:
+    folder = sandbox.root / "wildcards" / "colours"
+    folder.mkdir(parents=True)
+    (folder / "colour.txt").write_text("red\nblue\n")
+    config = sandbox.config.read_text().replace(
+        "[intake]", f'wildcards = "{sandbox.root / "wildcards"}"\n\n[intake]', 1
+    )
+    sandbox.config.write_text(config)
+    sandbox.drop("cats.txt", "a __colour__ cat\nimages: 2\nseed: 4\nwildcards in order: yes\n")
+    assert sandbox.drain().ok
+    prompts = sorted(json.loads(p.read_text())["prompt"] for p in sandbox.sidecars())
+    assert prompts == ["a blue cat", "a red cat"]

@@ -40,6 +40,7 @@ class GenerationRequest:
     clip_skip: int = 2
     positive_workloads: tuple[str, ...] = ()
     negative_workloads: tuple[str, ...] = ()
+    wildcards_in_order: bool = False
 
 
 @dataclass

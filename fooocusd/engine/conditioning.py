@@ -2,7 +2,9 @@
 
 Workloads: Fooocus encodes each prompt line (main prompt, extra lines, style lines) on its own with
 both CLIP encoders and concatenates the 77-token blocks along the sequence axis; the pooled vector
-comes from the first workload. One workload is exactly diffusers' ``encode_prompt``.
+comes from the first workload. A workload may use weights (``(word:1.3)``) and may run past 75
+tokens, taking several 77-token blocks (``weighting.py``); an unweighted workload of at most 75
+tokens is exactly diffusers' ``encode_prompt``.
 
 CLIP skip uses Fooocus/ComfyUI numbering: 1 = the last layer, 2 = the penultimate one (SDXL's
 standard). diffusers counts from the penultimate layer instead: its ``clip_skip`` = ours − 2, with
@@ -19,12 +21,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
+from transformers import PreTrainedTokenizerBase
 
 from fooocusd.engine.base import GenerationRequest
 from fooocusd.engine.guidance import LAST_TRAINING_TIMESTEP
+from fooocusd.engine.weighting import (
+    TokenChunk,
+    WeightedSpan,
+    apply_token_weights,
+    chunk_tokens,
+    empty_chunk,
+    parse_weights,
+)
 from fooocusd.errors import InvalidInput
 
 
@@ -32,7 +44,7 @@ from fooocusd.errors import InvalidInput
 class PromptEmbeddings:
     """One side (positive or negative) of the text conditioning."""
 
-    tokens: torch.Tensor  # (1, 77 · workloads, width of CLIP-L + CLIP-G)
+    tokens: torch.Tensor  # (1, 77 · blocks, width of CLIP-L + CLIP-G); a long workload takes several
     pooled: torch.Tensor  # (1, CLIP-G projection width), from the first workload
 
     @property
@@ -83,7 +95,11 @@ def encode_workloads(
     clip_skip: int,
     device: torch.device,
 ) -> PromptEmbeddings:
-    """Encode each workload with both text encoders; token blocks concatenated in order."""
+    """Encode each workload with both text encoders; token blocks concatenated in order.
+
+    A workload may carry weights (``(word:1.3)``) and may be longer than 75 tokens: it then takes
+    several 77-token blocks (see ``weighting.py``). The pooled vector is the first block's.
+    """
     if not workloads:
         raise ValueError("at least one workload is needed (use [''] for an empty prompt)")
     check_clip_skip(pipeline, clip_skip)
@@ -105,26 +121,54 @@ def encode_workloads(
 def _encode_one(
     pipeline: StableDiffusionXLPipeline, text: str, clip_skip: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One workload: weighted, in as many 77-token chunks as it needs, both encoders side by side."""
+    spans = parse_weights(text)
+    chunks_per_encoder = [
+        _token_chunks(pipeline, tokenizer, spans) for tokenizer in (pipeline.tokenizer, pipeline.tokenizer_2)
+    ]
+    chunk_count = max(len(chunks) for chunks in chunks_per_encoder)
     hidden: list[torch.Tensor] = []
     pooled: torch.Tensor | None = None
-    for tokenizer, encoder in (
-        (pipeline.tokenizer, pipeline.text_encoder),
-        (pipeline.tokenizer_2, pipeline.text_encoder_2),
+    for tokenizer, encoder, chunks in zip(
+        (pipeline.tokenizer, pipeline.tokenizer_2),
+        (pipeline.text_encoder, pipeline.text_encoder_2),
+        chunks_per_encoder,
+        strict=True,
     ):
-        prompt = pipeline.maybe_convert_prompt(text, tokenizer)  # textual-inversion tokens, if any
-        ids = tokenizer(
-            prompt,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        output = encoder(ids.to(encoder.device), output_hidden_states=True)
-        if output[0].ndim == 2:  # CLIP-G's projected pooled vector
-            pooled = output[0]
-        hidden.append(output.hidden_states[-clip_skip])
+        empty = empty_chunk(**_special_ids(tokenizer))
+        chunks = chunks + [empty] * (chunk_count - len(chunks))  # both encoders need as many chunks
+        # One chunk at a time: a batch may round differently, and the first block of a long prompt
+        # must stay exactly what the prompt cut at 75 tokens gives.
+        outputs = [_run_encoder(encoder, chunk) for chunk in chunks]
+        if outputs[0][0].ndim == 2:  # CLIP-G's projected pooled vector: the first chunk's
+            pooled = outputs[0][0]
+        encoded = torch.cat([output.hidden_states[-clip_skip] for output in outputs])
+        if any(chunk.weighted for chunk in chunks):
+            reference = _run_encoder(encoder, empty).hidden_states[-clip_skip]
+            encoded = apply_token_weights(encoded, reference, chunks)
+        hidden.append(encoded.reshape(1, -1, encoded.shape[-1]))
     assert pooled is not None, "the second text encoder must return a pooled projection"
     return torch.cat(hidden, dim=-1), pooled
+
+
+def _run_encoder(encoder: torch.nn.Module, chunk: TokenChunk) -> Any:
+    ids = torch.tensor([chunk.ids], dtype=torch.long, device=encoder.device)
+    return encoder(ids, output_hidden_states=True)
+
+
+def _token_chunks(
+    pipeline: StableDiffusionXLPipeline, tokenizer: PreTrainedTokenizerBase, spans: list[WeightedSpan]
+) -> list[TokenChunk]:
+    tokens: list[tuple[int, float]] = []
+    for span in spans:
+        prompt = pipeline.maybe_convert_prompt(span.text, tokenizer)  # textual-inversion tokens, if any
+        ids = tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids  # no length warning
+        tokens.extend((token, span.weight) for token in ids)
+    return chunk_tokens(tokens, **_special_ids(tokenizer))
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    return {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
 
 
 def check_clip_skip(pipeline: StableDiffusionXLPipeline, clip_skip: int) -> None:

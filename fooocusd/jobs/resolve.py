@@ -163,6 +163,7 @@ def resolve_requests(
         "clip_skip": int(pick("clip_skip", defaults.clip_skip)),
         "styles": tuple(pick("styles", defaults.styles)),
         "performance": performance,
+        "wildcards_in_order": spec.wildcards_in_order,
     }
     seeds = image_seeds(spec.seed, count, increment=not spec.disable_seed_increment)
     return [GenerationRequest(seed=seed, **shared) for seed in seeds]

@@ -46,6 +46,7 @@ class JobSpec(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="None: random, fixed at queue time.")
     images: int = Field(1, ge=1, le=MAX_IMAGES)
     disable_seed_increment: bool = False
+    wildcards_in_order: bool = Field(False, description="Image i takes line i of each wildcard file.")
     preset: str | None = Field(None, max_length=100)
     styles: list[str] | None = None
     aspect: str | None = None

@@ -44,6 +44,7 @@ TXT_OPTION_KEYS: dict[str, str] = {
     "image": "image",
     "image_action": "image_action",
     "disable_seed_increment": "disable_seed_increment",
+    "wildcards_in_order": "wildcards_in_order",
 }
 JOB_SEPARATOR = "---"
 

@@ -21,6 +21,7 @@ class Folders:
     models: Path
     presets: Path | None
     styles: Path | None
+    wildcards: Path | None
 
     @property
     def journal_db(self) -> Path:

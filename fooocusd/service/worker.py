@@ -22,6 +22,7 @@ from PIL import Image
 
 from fooocusd.crashpoints import crashpoint
 from fooocusd.engine.base import Engine, GenerationRequest
+from fooocusd.engine.prompt_syntax import WildcardLibrary, expand_prompts, parse_inline_loras
 from fooocusd.engine.styles import StyleLibrary, Workloads, compose_workloads
 from fooocusd.errors import FooocusdError, Interrupted, InvalidInput, OutOfMemory, TransientError
 from fooocusd.jobs.presets import load_preset
@@ -116,7 +117,8 @@ class Worker:
             )
         preset = load_preset(spec.preset or self.settings.generation.preset, self.preset_dirs)
         requests = resolve_requests(spec, preset, self.settings.generation, self.settings.engine.model)
-        styled = [self._with_styles(request) for request in requests]
+        wildcards = WildcardLibrary(self.folders.wildcards)  # read per job: new files count at once
+        styled = [self._with_styles(request, index, wildcards) for index, request in enumerate(requests)]
         requests = [request for request, _ in styled]
         relpath = PurePosixPath(source.relpath)
         out_dir = self.folders.outbox / relpath.parent
@@ -183,18 +185,45 @@ class Worker:
         crashpoint("after_job_done")
         self.counts.jobs_done += 1
 
-    def _with_styles(self, request: GenerationRequest) -> tuple[GenerationRequest, Workloads]:
-        """Each image composes its own workloads: "Random Style" draws from the image's seed."""
-        workloads = compose_workloads(
+    def _with_styles(
+        self, request: GenerationRequest, image_index: int, wildcards: WildcardLibrary
+    ) -> tuple[GenerationRequest, Workloads]:
+        """Each image composes its own workloads from its own ``random.Random(seed)``.
+
+        Fooocus's order: inline LoRA tags (refused for now), then wildcards, then arrays (by
+        ``image_index``), then styles ("Random Style" draws from the same rng, after wildcards).
+        """
+        _, loras = parse_inline_loras(request.prompt)
+        if loras:
+            tags = " ".join(lora.tag for lora in loras)
+            raise InvalidInput(
+                f"LoRAs are not supported yet (found {tags})",
+                where="prompt",
+                hint="remove the <lora:...> tag from the prompt; LoRA support arrives in a later release",
+            )
+        rng = random.Random(request.seed)
+        expanded = expand_prompts(
             request.prompt,
             request.extra_prompts,
             request.negative,
+            wildcards=wildcards,
+            rng=rng,
+            image_index=image_index,
+            wildcards_in_order=request.wildcards_in_order,
+        )
+        workloads = compose_workloads(
+            expanded.prompt,
+            expanded.extra_prompts,
+            expanded.negative,
             request.styles,
             self.styles,
-            random.Random(request.seed),
+            rng,
         )
         styled = dataclasses.replace(
             request,
+            prompt=expanded.prompt,  # the sidecar records the text this image really used
+            extra_prompts=expanded.extra_prompts,
+            negative=expanded.negative,
             positive_workloads=tuple(workloads.positive),
             negative_workloads=tuple(workloads.negative),
         )

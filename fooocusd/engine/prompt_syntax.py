@@ -1,0 +1,221 @@
+"""Prompt text pre-processing that happens before styles: inline LoRA tags, wildcards and arrays.
+
+Order (Fooocus's, per job then per image):
+1. ``<lora:name:weight>`` tags are parsed once per job from the main positive line and stripped.
+2. Per image, ``__name__`` wildcards are expanded in every prompt line, drawing from the image's
+   ``random.Random`` (or taking line ``image_index % len`` when read in order).
+3. Per image, ``[[a, b, c]]`` arrays on the main positive line pick an element by image index.
+
+Everything here is pure text; nothing touches the model.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+WILDCARD_PATTERN = re.compile(r"__([\w-]+)__")
+ARRAY_PATTERN = re.compile(r"\[\[(.*?)\]\]")
+INLINE_LORA_PATTERN = re.compile(r"<lora:([^:<>]+?)(?::([+-]?(?:\d+(?:\.\d*)?|\.\d+)))?>")
+
+MAX_WILDCARD_DEPTH = 64
+# A wildcard file that names itself twice doubles the text at every level; stop well before that hurts.
+MAX_EXPANDED_CHARS = 50_000
+
+
+@dataclass(frozen=True)
+class InlineLora:
+    """One ``<lora:name:weight>`` tag as written (``tag``), with its parsed parts."""
+
+    name: str
+    weight: float
+    tag: str
+
+
+@dataclass(frozen=True)
+class ExpandedPrompts:
+    """The prompt boxes of one image after wildcards and arrays."""
+
+    prompt: str
+    extra_prompts: tuple[str, ...]
+    negative: str
+
+
+# -- inline LoRA -------------------------------------------------------------------------------
+
+
+def parse_inline_loras(text: str) -> tuple[str, list[InlineLora]]:
+    """(``text`` without its LoRA tags, tidied; the tags in order). A missing weight means 1.0."""
+    loras = [
+        InlineLora(name=match.group(1).strip(), weight=float(match.group(2) or 1.0), tag=match.group(0))
+        for match in INLINE_LORA_PATTERN.finditer(text)
+    ]
+    if not loras:
+        return text, []
+    return tidy_prompt(INLINE_LORA_PATTERN.sub(" ", text)), loras
+
+
+def tidy_prompt(text: str) -> str:
+    """Collapse runs of spaces and of commas (with the spaces around them); trim both ends."""
+    text = re.sub(r"[ \t]+", " ", text)
+    text = re.sub(r"\s*,(?:\s*,)*\s*", ", ", text)
+    return text.strip(" \t,")
+
+
+# -- wildcards ---------------------------------------------------------------------------------
+
+
+class WildcardLibrary:
+    """The ``*.txt`` files under a folder (subfolders too), by file stem; read on first use.
+
+    When two files share a stem, the first in sorted path order wins, so the choice is stable.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self._paths: dict[str, Path] = {}
+        if folder is not None and folder.is_dir():
+            for path in sorted(folder.rglob("*.txt")):
+                if path.is_file():
+                    self._paths.setdefault(path.stem, path)
+        self._lines: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._paths)
+
+    def lines(self, name: str) -> tuple[str, ...]:
+        """The non-empty lines of wildcard ``name``; empty when there is no such file."""
+        if name not in self._lines:
+            path = self._paths.get(name)
+            self._lines[name] = _read_lines(path) if path is not None else ()
+        return self._lines[name]
+
+
+def _read_lines(path: Path) -> tuple[str, ...]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        logger.warning("wildcard file {} cannot be read ({}); treated as empty", path, exc)
+        return ()
+    return tuple(stripped for line in text.splitlines() if (stripped := line.strip()))
+
+
+def apply_wildcards(
+    text: str,
+    library: WildcardLibrary,
+    rng: random.Random,
+    *,
+    image_index: int = 0,
+    in_order: bool = False,
+) -> str:
+    """Replace each ``__name__`` by a line of ``name.txt``, level by level, up to 64 levels deep.
+
+    Each occurrence is replaced on its own (two ``__color__`` may differ). A missing or empty file
+    leaves the bare name. Past the depth limit (a file that names itself, directly or not) or the
+    size limit, expansion stops with a warning and the rest is left as written.
+    """
+    for _ in range(MAX_WILDCARD_DEPTH):
+        names = WILDCARD_PATTERN.findall(text)
+        if not names:
+            return text
+        for name in names:
+            if f"__{name}__" not in text:  # a missing name already replaced everywhere
+                continue
+            lines = library.lines(name)
+            if not lines:
+                logger.warning("wildcard __{}__ has no file or no lines; using the bare word", name)
+                text = text.replace(f"__{name}__", name)
+                continue
+            word = lines[image_index % len(lines)] if in_order else rng.choice(lines)
+            text = text.replace(f"__{name}__", word, 1)
+        if len(text) > MAX_EXPANDED_CHARS:
+            logger.warning(
+                "wildcards grew the prompt past {} characters; stopped expanding", MAX_EXPANDED_CHARS
+            )
+            return text
+    if WILDCARD_PATTERN.search(text):
+        logger.warning(
+            "wildcards are nested more than {} levels deep (a cycle?); the rest is left as written",
+            MAX_WILDCARD_DEPTH,
+        )
+    return text
+
+
+# -- arrays ------------------------------------------------------------------------------------
+
+
+def apply_arrays(text: str, image_index: int) -> str:
+    """Replace each ``[[a, b, c]]`` by one element, counting like a mixed-radix number.
+
+    The arrays together have ``product(lengths)`` combinations; image ``i`` takes combination
+    ``i % product``, with the first array changing fastest. Elements are split on ``,`` and
+    trimmed of surrounding spaces (CLIP ignores them anyway).
+    """
+    arrays = [match.split(",") for match in ARRAY_PATTERN.findall(text)]
+    if not arrays:
+        return text
+    counter = image_index % math.prod(len(elements) for elements in arrays)
+    picks: list[str] = []
+    for elements in arrays:
+        counter, digit = divmod(counter, len(elements))
+        picks.append(elements[digit].strip())
+    remaining = iter(picks)
+    return ARRAY_PATTERN.sub(lambda _match: next(remaining), text)
+
+
+# -- per image ---------------------------------------------------------------------------------
+
+
+def expand_prompts(
+    prompt: str,
+    extra_prompts: Sequence[str],
+    negative: str,
+    *,
+    wildcards: WildcardLibrary,
+    rng: random.Random,
+    image_index: int,
+    wildcards_in_order: bool = False,
+) -> ExpandedPrompts:
+    """Wildcards in every line, then arrays on the main (first non-empty) positive line.
+
+    Draw order, which fixes what a seed gives: main positive line, main negative line, the other
+    positive lines (rest of ``prompt``, then ``extra_prompts``), the other negative lines.
+    """
+
+    def expand(line: str) -> str:
+        return apply_wildcards(line, wildcards, rng, image_index=image_index, in_order=wildcards_in_order)
+
+    positive_lines = prompt.splitlines()
+    negative_lines = negative.splitlines()
+    extra_lines = [extra.splitlines() for extra in extra_prompts]
+    positive_main = _main_index(positive_lines)
+    negative_main = _main_index(negative_lines)
+    if positive_main is not None:
+        positive_lines[positive_main] = expand(positive_lines[positive_main])
+    if negative_main is not None:
+        negative_lines[negative_main] = expand(negative_lines[negative_main])
+    for lines, main in ((positive_lines, positive_main), *((lines, None) for lines in extra_lines)):
+        for index, line in enumerate(lines):
+            if index != main:
+                lines[index] = expand(line)
+    for index, line in enumerate(negative_lines):
+        if index != negative_main:
+            negative_lines[index] = expand(line)
+    if positive_main is not None:
+        positive_lines[positive_main] = apply_arrays(positive_lines[positive_main], image_index)
+    return ExpandedPrompts(
+        prompt="\n".join(positive_lines),
+        extra_prompts=tuple("\n".join(lines) for lines in extra_lines),
+        negative="\n".join(negative_lines),
+    )
+
+
+def _main_index(lines: Sequence[str]) -> int | None:
+    return next((index for index, line in enumerate(lines) if line.strip()), None)

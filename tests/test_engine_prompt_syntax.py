@@ -1,0 +1,228 @@
+"""Prompt text syntax before styles: inline LoRA tags, wildcards and arrays; and the worker's use of them."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from fooocusd.engine.prompt_syntax import (
+    MAX_WILDCARD_DEPTH,
+    InlineLora,
+    WildcardLibrary,
+    apply_arrays,
+    apply_wildcards,
+    expand_prompts,
+    parse_inline_loras,
+    tidy_prompt,
+)
+from fooocusd.engine.styles import load_styles
+from fooocusd.errors import InvalidInput
+from fooocusd.jobs.presets import preset_search_dirs
+from fooocusd.jobs.spec import JobSpec
+from fooocusd.journal.journal import Journal
+from fooocusd.service.folders import Folders
+from fooocusd.service.worker import Worker
+from tests.engine_helpers import default_request
+from tests.test_worker import ScriptedEngine, _queue
+
+
+def _wildcards(folder: Path, files: dict[str, str]) -> WildcardLibrary:
+    for relative, text in files.items():
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return WildcardLibrary(folder)
+
+
+# -- inline LoRA -------------------------------------------------------------------------------
+
+
+def test_lora_tags_are_parsed_with_signed_weights_and_stripped() -> None:
+    text, loras = parse_inline_loras("a cat, <lora:sub/ink_style:0.8>, on a sofa <lora:detail:-1.5>")
+    assert loras == [
+        InlineLora("sub/ink_style", 0.8, "<lora:sub/ink_style:0.8>"),
+        InlineLora("detail", -1.5, "<lora:detail:-1.5>"),
+    ]
+    assert text == "a cat, on a sofa"
+
+
+def test_a_lora_tag_without_weight_counts_as_weight_one() -> None:
+    _, loras = parse_inline_loras("<lora:ink> a cat")
+    assert loras == [InlineLora("ink", 1.0, "<lora:ink>")]
+
+
+def test_a_prompt_without_lora_tags_is_returned_untouched() -> None:
+    assert parse_inline_loras("a cat,,  on  a sofa") == ("a cat,,  on  a sofa", [])
+
+
+def test_tidying_collapses_commas_and_spaces_and_trims_the_ends() -> None:
+    assert tidy_prompt(" ,a cat ,  , on   a sofa,, ") == "a cat, on a sofa"
+
+
+# -- wildcards ---------------------------------------------------------------------------------
+
+
+def test_each_wildcard_occurrence_draws_its_own_line_from_the_rng(tmp_path: Path) -> None:
+    library = _wildcards(tmp_path, {"color.txt": "red\n\n  \ngreen\nblue\n"})
+    text = apply_wildcards("__color__ and __color__", library, random.Random(7))
+    expected_rng = random.Random(7)
+    lines = ("red", "green", "blue")
+    assert text == f"{expected_rng.choice(lines)} and {expected_rng.choice(lines)}"
+
+
+def test_wildcards_read_in_order_take_the_line_at_the_image_index(tmp_path: Path) -> None:
+    library = _wildcards(tmp_path, {"color.txt": "red\ngreen\nblue"})
+    picks = [
+        apply_wildcards("__color__", library, random.Random(0), image_index=i, in_order=True)
+        for i in range(5)
+    ]
+    assert picks == ["red", "green", "blue", "red", "green"]
+
+
+def test_wildcard_files_are_found_in_subfolders_by_stem(tmp_path: Path) -> None:
+    library = _wildcards(tmp_path, {"nature/deep/flower-kind.txt": "tulip"})
+    assert apply_wildcards("a __flower-kind__", library, random.Random(0)) == "a tulip"
+    assert library.names == ["flower-kind"]
+
+
+def test_nested_wildcards_expand_level_by_level(tmp_path: Path) -> None:
+    library = _wildcards(
+        tmp_path, {"color_flower.txt": "__color__ __flower__", "color.txt": "red", "flower.txt": "rose"}
+    )
+    assert apply_wildcards("a __color_flower__", library, random.Random(0)) == "a red rose"
+
+
+def test_a_missing_or_empty_wildcard_leaves_the_bare_word(tmp_path: Path) -> None:
+    library = _wildcards(tmp_path, {"blank.txt": "\n \n"})
+    text = apply_wildcards("__nowhere__ __blank__ __nowhere__", library, random.Random(0))
+    assert text == "nowhere blank nowhere"
+
+
+def test_a_wildcard_cycle_stops_at_the_depth_limit_and_leaves_the_rest(tmp_path: Path) -> None:
+    library = _wildcards(tmp_path, {"loop.txt": "x __loop__"})
+    text = apply_wildcards("__loop__", library, random.Random(0))
+    assert text == "x " * MAX_WILDCARD_DEPTH + "__loop__"
+
+
+def test_a_self_doubling_wildcard_stops_growing_instead_of_exhausting_memory(tmp_path: Path) -> None:
+    library = _wildcards(tmp_path, {"twice.txt": "__twice__ and __twice__"})
+    text = apply_wildcards("__twice__", library, random.Random(0))
+    assert len(text) < 200_000 and "__twice__" in text
+
+
+def test_no_wildcard_folder_means_every_wildcard_is_a_bare_word() -> None:
+    assert apply_wildcards("a __cat__", WildcardLibrary(None), random.Random(0)) == "a cat"
+
+
+# -- arrays ------------------------------------------------------------------------------------
+
+
+def test_an_array_picks_the_element_at_the_image_index_modulo_its_length() -> None:
+    picks = [apply_arrays("a [[red, green, blue]] car", i) for i in range(4)]
+    assert picks == ["a red car", "a green car", "a blue car", "a red car"]
+
+
+def test_several_arrays_count_like_a_mixed_radix_number_first_array_fastest() -> None:
+    picks = [apply_arrays("[[a,b]] [[x,y,z]]", i) for i in range(7)]
+    assert picks == ["a x", "b x", "a y", "b y", "a z", "b z", "a x"]
+
+
+def test_text_without_arrays_is_unchanged() -> None:
+    assert apply_arrays("a [single] (bracket)", 3) == "a [single] (bracket)"
+
+
+# -- per image ---------------------------------------------------------------------------------
+
+
+def test_wildcards_reach_every_line_but_arrays_only_the_main_positive_line(tmp_path: Path) -> None:
+    library = _wildcards(tmp_path, {"w.txt": "W"})
+    expanded = expand_prompts(
+        "\n__w__ [[a, b]]\nextra __w__ [[a, b]]",
+        ["more __w__ [[a, b]]"],
+        "neg __w__ [[a, b]]\nneg2 __w__",
+        wildcards=library,
+        rng=random.Random(0),
+        image_index=1,
+    )
+    assert expanded.prompt == "\nW b\nextra W [[a, b]]"
+    assert expanded.extra_prompts == ("more W [[a, b]]",)
+    assert expanded.negative == "neg W [[a, b]]\nneg2 W"
+
+
+def test_the_main_lines_draw_from_the_rng_before_the_extra_lines(tmp_path: Path) -> None:
+    library = _wildcards(tmp_path, {"n.txt": "\n".join(str(n) for n in range(1000))})
+    expanded = expand_prompts(
+        "__n__\n__n__", ["__n__"], "__n__", wildcards=library, rng=random.Random(3), image_index=0
+    )
+    rng = random.Random(3)
+    lines = library.lines("n")
+    main, negative, extra_line, extra_prompt = (rng.choice(lines) for _ in range(4))
+    assert (expanded.prompt, expanded.negative) == (f"{main}\n{extra_line}", negative)
+    assert expanded.extra_prompts == (extra_prompt,)
+
+
+# -- worker ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def setup(sandbox):  # type: ignore[no-untyped-def]
+    settings = sandbox.settings()
+    folders = Folders.from_paths(settings.paths.resolved())
+    folders.state.mkdir(parents=True)
+    journal = Journal.open(folders.journal_db, owner="test")
+    yield settings, folders, journal
+    journal.close()
+
+
+def _worker(setup, engine: ScriptedEngine) -> Worker:  # type: ignore[no-untyped-def]
+    settings, folders, journal = setup
+    return Worker(
+        settings,
+        folders,
+        journal,
+        engine,
+        preset_search_dirs(None),
+        styles=load_styles(),
+        stop_now=threading.Event(),
+    )
+
+
+def test_a_lora_tag_fails_the_job_with_a_reason_and_a_hint(setup) -> None:  # type: ignore[no-untyped-def]
+    _, _, journal = setup
+    job_id = _queue(journal, JobSpec(prompt="a cat <lora:ink:0.7>", seed=1))
+    engine = ScriptedEngine()
+    _worker(setup, engine).run_one()
+    job = journal.get_job(job_id)
+    assert engine.requests == [] and job is not None and job.state == "failed"
+    assert "LoRAs are not supported yet (found <lora:ink:0.7>)" in (job.error or "")
+    assert "remove the <lora:...> tag" in (job.error or "")
+
+
+def test_the_worker_raises_invalid_input_for_lora_tags_before_styles(setup) -> None:  # type: ignore[no-untyped-def]
+    worker = _worker(setup, ScriptedEngine())
+    with pytest.raises(InvalidInput) as caught:
+        worker._with_styles(default_request(prompt="<lora:a:1> x <lora:b:-0.5>"), 0, WildcardLibrary(None))
+    assert "<lora:a:1> <lora:b:-0.5>" in caught.value.message
+
+
+def test_each_image_gets_its_own_array_pick_and_wildcard_draw_before_styles(  # type: ignore[no-untyped-def]
+    setup, tmp_path: Path
+) -> None:
+    _wildcards(tmp_path / "wildcards", {"animal.txt": "\n".join(f"animal{n}" for n in range(50))})
+    worker = _worker(setup, ScriptedEngine())
+    wildcards = WildcardLibrary(tmp_path / "wildcards")
+    request = default_request(prompt="a __animal__ in [[red, blue]]", negative="", styles=("Film Noir",))
+    styled = [worker._with_styles(request, i, wildcards)[0] for i in range(2)]
+    draw = random.Random(request.seed).choice([f"animal{n}" for n in range(50)])
+    assert [s.prompt for s in styled] == [f"a {draw} in red", f"a {draw} in blue"]
+    assert all(s.prompt in s.positive_workloads[0] for s in styled)
+    assert styled[0].positive_workloads[0].startswith("film noir")
+
+
+def test_without_a_wildcards_folder_the_worker_leaves_bare_words(setup) -> None:  # type: ignore[no-untyped-def]
+    worker = _worker(setup, ScriptedEngine())
+    styled, _ = worker._with_styles(default_request(prompt="a __cat__", styles=()), 0, WildcardLibrary(None))
+    assert styled.positive_workloads == ("a cat",)
