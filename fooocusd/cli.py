@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     styles.set_defaults(handler=styles_command.styles)
     doctor = sub.add_parser("doctor", parents=[common, daemon], help="check torch, devices, models, folders")
     doctor.set_defaults(handler=commands.doctor)
+    from fooocusd.service import install_service
+
+    install_service.add_parser(sub, parents=[common, folders])
     return parser
 
 

@@ -29,6 +29,12 @@ from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders, prepare_folders
 from fooocusd.service.intake_refusals import as_takeable, refusal_for
 from fooocusd.service.intake_stage import IntakeStage
+from fooocusd.service.notify import (
+    MODEL_LOAD_EXTENSION_SECONDS,
+    Notifier,
+    ServiceReporter,
+    WorkerPulse,
+)
 from fooocusd.service.reconcile import reconcile
 from fooocusd.service.worker import ProgressSink, Worker
 from fooocusd.settings import Settings
@@ -52,9 +58,18 @@ class Summary:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, *, progress_sink: ProgressSink | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        progress_sink: ProgressSink | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.settings = settings
         self.progress_sink = progress_sink
+        self.notifier = notifier if notifier is not None else Notifier.from_environment()
+        # A worker silent longer than its job lease is as dead to systemd as it is to the journal.
+        self.pulse = WorkerPulse(stale_after=settings.journal.lease_seconds)
         self.stop_intake = threading.Event()
         self.stop_now = threading.Event()
         self._wake_worker = threading.Event()
@@ -72,8 +87,12 @@ class Daemon:
         owner = f"{socket.gethostname()}:{folders.state}:{self.settings.engine.device}"
         journal = Journal.open(folders.journal_db, owner=owner)
         try:
+            self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
+            self.notifier.status("checking the journal against the folders")
             reconcile(journal, folders)
             logger.info("loading the model…")
+            self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
+            self.notifier.status(f"loading the model {self.settings.engine.model or '(auto)'}")
             engine.load()
             logger.info("ready: watching {}", folders.inbox)
             return self._serve(folders, journal, engine, preset_dirs, styles, drain)
@@ -89,6 +108,8 @@ class Daemon:
             name = signal.Signals(signum).name if signum else "stop"
             logger.info("{}: finishing the current image, then stopping (again to stop at once)", name)
             self.stop_intake.set()
+            self.notifier.stopping()
+            self.notifier.status("stopping: finishing the current image")
         self._wake_worker.set()
 
     def install_signal_handlers(self) -> dict[int, Any]:
@@ -130,18 +151,21 @@ class Daemon:
             styles=styles,
             stop_now=self.stop_now,
             stop_after_image=self.stop_intake,
-            progress_sink=self.progress_sink,
+            progress_sink=self._on_progress,
         )
+        reporter = ServiceReporter(self.notifier, self.pulse)
         worker_thread = threading.Thread(
             target=self._work, args=(worker,), name="fooocusd-worker", daemon=True
         )
         watcher.start()
         worker_thread.start()
+        self.notifier.ready()
         last_stale_check = time.monotonic()
         try:
             while not self.stop_intake.is_set():
                 self._intake_once(watcher, pairer, intake)
                 finisher.finish_ready()
+                reporter.tick(journal.status)
                 if time.monotonic() - last_stale_check > _STALE_CHECK_EVERY:
                     last_stale_check = time.monotonic()
                     journal.recover_stale_jobs()
@@ -154,7 +178,9 @@ class Daemon:
             watcher.stop()
             self.stop_intake.set()
             self._wake_worker.set()
-            worker_thread.join()
+            while worker_thread.is_alive():
+                reporter.while_stopping()
+                worker_thread.join(_TICK)
             finisher.finish_ready()
         return Summary(
             queued_jobs=intake.counts.queued_jobs,
@@ -196,12 +222,22 @@ class Daemon:
     def _work(self, worker: Worker) -> None:
         try:
             while not self.stop_intake.is_set():
-                if not worker.run_one():
+                self.pulse.job_started()
+                try:
+                    ran = worker.run_one()
+                finally:
+                    self.pulse.job_ended()
+                if not ran:
                     self._wake_worker.wait(_TICK)
                     self._wake_worker.clear()
         except BaseException as exc:  # surfaced on the main thread, which stops the daemon
             logger.exception("the worker stopped")
             self._worker_error = exc
+
+    def _on_progress(self, label: str, done_steps: int, total_steps: int) -> None:
+        self.pulse.progressed(label, done_steps, total_steps)
+        if self.progress_sink is not None:
+            self.progress_sink(label, done_steps, total_steps)
 
     def _drained(self, watcher: InboxWatcher, pairer: Pairer, journal: Journal) -> bool:
         if watcher.arriving() or pairer.holding():
