@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fooocusd.errors import ConfigError, InvalidInput
+from fooocusd.intake.claim import unique_destination
 from fooocusd.journal.journal import Journal, JournalError
 from fooocusd.outbox.atomic import publish_bytes
 from fooocusd.service.folders import Folders
@@ -164,19 +165,11 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         if not source.is_file():
             raise InvalidInput(f"{source} is not a file", hint="give the path of a .txt, .toml or image file")
         name, data = source.name, source.read_bytes()
-    final = _free_name(target_dir, name)
+    final = unique_destination(target_dir, name)
     # Written under a hidden temporary name the daemon ignores, then renamed into place.
     publish_bytes(final, data, umask=loaded.settings.outbox.umask)
     _out.print(f"submitted {final}")
     return 0
-
-
-def _free_name(folder: Path, name: str) -> Path:
-    candidate, stem, suffix, n = folder / name, Path(name).stem, Path(name).suffix, 1
-    while candidate.exists():
-        candidate = folder / f"{stem}-{n}{suffix}"
-        n += 1
-    return candidate
 
 
 def retry(args: argparse.Namespace, loaded: LoadedSettings) -> int:

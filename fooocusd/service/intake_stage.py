@@ -25,7 +25,7 @@ from loguru import logger
 from fooocusd.crashpoints import crashpoint
 from fooocusd.engine.styles import StyleLibrary
 from fooocusd.errors import ConfigError, InvalidInput
-from fooocusd.intake.claim import move_durably
+from fooocusd.intake.claim import move_durably, move_to_unique
 from fooocusd.intake.pairing import Drop
 from fooocusd.jobs.loader import error_report, load_drop
 from fooocusd.jobs.presets import load_preset, preset_for_subfolder
@@ -178,10 +178,8 @@ class IntakeStage:
         subdir = str(PurePosixPath(relpath).parent)
         target = self.folders.done / ("" if subdir == "." else subdir)
         target.mkdir(parents=True, exist_ok=True)
-        from fooocusd.intake.claim import unique_destination
-
         for path in paths:
-            move_durably(path, unique_destination(target, path.name))
+            move_to_unique(path, target)
         self.journal.log_event("duplicate-skipped", relpath)
         self.counts.skipped_duplicates += 1
         logger.info("{} was processed before (same content); skipped into {}", relpath, target)

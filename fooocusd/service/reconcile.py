@@ -71,7 +71,8 @@ def _settle_outputs(journal: Journal) -> None:
                 recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("image_sha256")
             except (OSError, ValueError):
                 recorded = None
-            actual = _sha256(image)
+            with image.open("rb") as handle:
+                actual = hashlib.file_digest(handle, "sha256").hexdigest()
             if recorded == actual:
                 journal.complete_output(row.job_id, row.image_index, actual)
                 continue
@@ -79,11 +80,3 @@ def _settle_outputs(journal: Journal) -> None:
             if path.exists():
                 path.unlink()
                 logger.info("removed incomplete output {}", path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
