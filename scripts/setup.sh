@@ -20,14 +20,11 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
 fi
 
 python -m pip install --quiet --upgrade pip
-if ! python -c "import torch" 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        # A GPU box: the regular CUDA build (never newer than 2.14.1, see pyproject.toml).
-        python -m pip install --quiet "torch<=2.14.1"
-    else
-        # No CUDA: the CPU-only build, far smaller. Override with FOOOCUSD_TORCH="torch==X".
-        python -m pip install --quiet "${FOOOCUSD_TORCH:-torch==2.13.0}"
-    fi
+if ! python -c "import torch, torchvision" 2>/dev/null; then
+    # torchvision comes along for spandrel (upscalers). Never newer than torch 2.14.1 (see
+    # pyproject.toml); override with FOOOCUSD_TORCH="torch==X torchvision==Y".
+    # shellcheck disable=SC2086
+    python -m pip install --quiet ${FOOOCUSD_TORCH:-"torch<=2.14.1" torchvision}
 fi
 python -m pip install --quiet -e ".[test]"
 echo "$want" > "$STAMP"

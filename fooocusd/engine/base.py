@@ -41,6 +41,14 @@ class GenerationRequest:
     positive_workloads: tuple[str, ...] = ()
     negative_workloads: tuple[str, ...] = ()
     wildcards_in_order: bool = False
+    loras: tuple[tuple[str, float], ...] = ()
+    """(name, weight) pairs: the preset's, the performance mode's, the job's, then inline tags."""
+    refiner: str = ""
+    """Refiner checkpoint name; empty means none."""
+    refiner_switch: float = 0.8
+    """Fraction of the steps after which the refiner takes over."""
+    vae: str = ""
+    """VAE override name; empty means the checkpoint's own VAE."""
 
 
 @dataclass

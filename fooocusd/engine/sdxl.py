@@ -36,6 +36,7 @@ from fooocusd.engine.conditioning import (
     prompt_workloads,
 )
 from fooocusd.engine.denoise import GuidanceSettings, denoise, initial_latents, unet_noise_predictor
+from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.engine.models import (
     SDXL_CONFIG_DIR,
     TINY_MODEL,
@@ -74,6 +75,7 @@ class SDXLEngine:
         self._default_location = location
         self._configured_model = configured_model
         self._models_dir = models_dir
+        self._model_dirs = ModelDirs.of(models_dir)
         self._hash_cache = hash_cache
         self._config_dir = config_dir
         self._attention = attention

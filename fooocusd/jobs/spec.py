@@ -35,6 +35,18 @@ def parse_aspect(text: str) -> tuple[int, int]:
     return width, height
 
 
+class LoraSpec(BaseModel):
+    """One LoRA: a file name (looked up in the LoRA folders) and its weight."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(..., min_length=1, max_length=300)
+    weight: float = Field(1.0, ge=-2.0, le=2.0)
+
+
+MAX_LORAS = 5
+
+
 class JobSpec(BaseModel):
     """One job. Unknown keys are refused so that typos never pass silently."""
 
@@ -68,6 +80,10 @@ class JobSpec(BaseModel):
     image: str | None = Field(None, description="Input image, relative to the job file.")
     mask: str | None = Field(None, description="Inpaint mask (white = repaint), relative to the inbox.")
     image_action: ImageAction | None = None
+    loras: list[LoraSpec] | None = Field(None, max_length=MAX_LORAS, description="Up to 5, plus inline tags.")
+    refiner: str | None = Field(None, max_length=500, description="Refiner checkpoint; 'none' turns it off.")
+    refiner_switch: float | None = Field(None, ge=0.1, le=1.0, description="Fraction of steps before it.")
+    vae: str | None = Field(None, max_length=500, description="VAE override file; 'default' = built-in.")
 
     @field_validator("aspect")
     @classmethod
