@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
         "--styles-dir", dest="styles_dir", type=Path, action="append", help="extra style folder (repeatable)"
     )
     styles.set_defaults(handler=styles_command.styles)
+    from fooocusd.service import models_command
+
+    models_command.add_parser(sub, parents=[common, folders])
     doctor = sub.add_parser("doctor", parents=[common, daemon], help="check torch, devices, models, folders")
     doctor.set_defaults(handler=commands.doctor)
     from fooocusd.service import install_service

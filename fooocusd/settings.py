@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fooocusd.errors import ConfigError
@@ -34,10 +34,21 @@ class PathsSettings(_Section):
     state: Path | None = Field(
         None, description="Journal and claimed inputs. Default: $STATE_DIRECTORY or $XDG_STATE_HOME/fooocusd."
     )
-    models: Path = Field(Path("~/fooocusd/models"), description="Checkpoints are looked up here.")
+    models: list[Path] = Field(
+        default_factory=lambda: [Path("~/fooocusd/models")],
+        description="Model folders, searched in order (one path or a list); downloads go to the first.",
+    )
     presets: Path | None = Field(None, description="Extra user presets, beside the bundled ones.")
     styles: Path | None = Field(None, description="Extra user styles (.toml, or Fooocus .json arrays).")
     wildcards: Path | None = Field(None, description="Wildcard lists: <name>.txt, one choice per line.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _one_or_many_model_folders(cls, value: Any) -> Any:
+        listed = [value] if isinstance(value, str | Path) else value
+        if isinstance(listed, list | tuple) and not listed:
+            raise ValueError("give at least one models folder")
+        return listed
 
     def resolved(self) -> ResolvedPaths:
         inbox = _expand(self.inbox)
@@ -48,7 +59,7 @@ class PathsSettings(_Section):
             done=_expand(self.done) if self.done else inbox.parent / "done",
             failed=_expand(self.failed) if self.failed else inbox.parent / "failed",
             state=state,
-            models=_expand(self.models),
+            models=tuple(_expand(root) for root in self.models),
             presets=_expand(self.presets) if self.presets else None,
             styles=_expand(self.styles) if self.styles else None,
             wildcards=_expand(self.wildcards) if self.wildcards else None,
@@ -61,7 +72,7 @@ class ResolvedPaths(BaseModel):
     done: Path
     failed: Path
     state: Path
-    models: Path
+    models: tuple[Path, ...]  # search order; the first is where `fooocusd models fetch` saves files
     presets: Path | None
     styles: Path | None
     wildcards: Path | None
@@ -70,6 +81,9 @@ class ResolvedPaths(BaseModel):
 class IntakeSettings(_Section):
     settle_seconds: float = Field(
         2.0, ge=0.0, le=3600, description="Unchanged size/mtime/inode for this long."
+    )
+    open_write_wait_seconds: float = Field(
+        120.0, ge=0.0, le=86400, description="With native events: wait this long for a writer to close."
     )
     rescan_seconds: float = Field(30.0, ge=1.0, le=86400, description="Full rescan interval (safety net).")
     polling: Literal["auto", "always", "never"] = Field(
@@ -107,12 +121,23 @@ class EngineSettings(_Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     attention: Literal["sdpa", "xformers"] = "sdpa"
+    expansion: str = Field(
+        "auto",
+        min_length=1,
+        description="Prompt expansion ('Fooocus V2') model: auto, off, tiny-random, or a GPT-2 folder.",
+    )
+    allow_unsafe_pickle: bool = Field(
+        False, description="Load .ckpt/.pt/.pth/.bin checkpoints (pickles, which can run code); logged."
+    )
 
 
 class GenerationSettings(_Section):
     preset: str = Field("default", description="Preset applied when neither job nor subfolder names one.")
     image_action: Literal["vary_subtle", "vary_strong", "upscale_1.5x", "upscale_2x", "upscale_fast_2x"] = (
         Field("vary_subtle", description="What an image dropped alone asks for.")
+    )
+    upscale_model: str = Field(
+        "RealESRGAN_x4plus", description="Super-resolution model (.safetensors) in <models>/upscale_models."
     )
     negative: str = ""
     images: int = Field(1, ge=1, le=32)
@@ -163,6 +188,53 @@ class OutboxSettings(_Section):
     umask: int = Field(0o022, ge=0, le=0o777)
 
 
+class MetricsSettings(_Section):
+    enabled: bool = Field(False, description="Serve Prometheus metrics over HTTP.")
+    host: str = Field("127.0.0.1", description="Listen address; loopback only unless allow_remote.")
+    port: int = Field(9464, ge=0, le=65535, description="Listen port (0: any free port, logged).")
+    allow_remote: bool = Field(False, description="Allow a host other than loopback (logged as a warning).")
+
+    @model_validator(mode="after")
+    def _loopback_unless_allowed(self) -> MetricsSettings:
+        if not self.enabled or self.allow_remote:
+            return self
+        from fooocusd.service.metrics import is_loopback
+
+        if not is_loopback(self.host):
+            raise ValueError(
+                f"metrics.host {self.host!r} is reachable from other machines; "
+                "set metrics.allow_remote = true to allow that, or use 127.0.0.1"
+            )
+        return self
+
+
+class HooksSettings(_Section):
+    command: str | list[str] = Field(
+        "", description="Run after each job (argv list, or a string split like a shell, no shell)."
+    )
+    webhook_url: str = Field("", description="POST each event as JSON to this http(s) URL.")
+    on: list[Literal["done", "failed"]] = Field(
+        default_factory=lambda: ["done", "failed"], description="Which job outcomes fire the hooks."
+    )
+    timeout_seconds: float = Field(30.0, gt=0.0, le=3600, description="A hook running longer is killed.")
+    queue_size: int = Field(1000, ge=1, le=1_000_000, description="Events waiting beyond this are dropped.")
+
+    @field_validator("command")
+    @classmethod
+    def _command_splits(cls, value: str | list[str]) -> str | list[str]:
+        from fooocusd.service.hooks import command_argv
+
+        command_argv(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must start with http:// or https://")
+        return value
+
+
 class LoggingSettings(_Section):
     level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
     json_logs: bool = Field(False, alias="json", description="One JSON object per line (--log-json).")
@@ -184,6 +256,8 @@ class Settings(BaseSettings):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    hooks: HooksSettings = Field(default_factory=HooksSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -11,8 +11,10 @@ from tests.daemon_harness import Sandbox
 
 def _truncated_png() -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), "red").save(buffer, format="PNG")
-    return buffer.getvalue()[:200]
+    noise = Image.effect_noise((128, 128), 64).convert("RGB")  # noisy, so the file is large
+    noise.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    return data[: len(data) // 2]
 
 
 BAD_INPUTS: dict[str, tuple[bytes | str, str]] = {

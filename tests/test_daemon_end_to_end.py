@@ -73,17 +73,20 @@ def _png(color: str = "red") -> bytes:
     return buffer.getvalue()
 
 
-def test_image_with_same_stem_spec_is_one_job_and_fails_clearly_until_image_actions_exist(
+def test_image_with_a_promptless_same_stem_toml_is_one_image_job_and_both_files_end_in_done(
     sandbox: Sandbox,
 ) -> None:
     sandbox.drop("cat.png", _png())
-    sandbox.drop("cat.txt", "make it blue\naction: vary_strong\n")
-    assert not sandbox.drain().ok
-    failed = sorted(p.name for p in sandbox.files(sandbox.failed))
-    assert failed == ["cat.png", "cat.txt", "cat.txt.error.txt"]
-    report = (sandbox.failed / "cat.txt.error.txt").read_text()
-    assert "vary_strong" in report and "not available" in report
-    assert sandbox.images() == []
+    sandbox.drop("cat.toml", 'image_action = "vary_subtle"\nsteps = 1\nseed = 4\n')
+    summary = sandbox.drain()
+    assert summary.ok, [p.read_text() for p in sandbox.files(sandbox.failed, "*.error.txt")]
+    [image] = sandbox.images()
+    sidecar = json.loads(image.with_suffix(".json").read_text())
+    assert sidecar["prompt"] == "" and sidecar["seed"] == 4
+    assert sidecar["image_action"]["action"] == "vary_subtle"
+    assert sidecar["image_action"]["source_image"] == "cat.png"
+    assert sorted(p.name for p in sandbox.files(sandbox.done)) == ["cat.png", "cat.toml"]
+    assert sandbox.files(sandbox.failed) == []
 
 
 def test_duplicate_content_is_skipped_when_configured(sandbox: Sandbox) -> None:

@@ -19,14 +19,12 @@ from fooocusd.engine.prompt_syntax import (
     tidy_prompt,
 )
 from fooocusd.engine.styles import load_styles
-from fooocusd.errors import InvalidInput
 from fooocusd.jobs.presets import preset_search_dirs
-from fooocusd.jobs.spec import JobSpec
 from fooocusd.journal.journal import Journal
 from fooocusd.service.folders import Folders
 from fooocusd.service.worker import Worker
 from tests.engine_helpers import default_request
-from tests.test_worker import ScriptedEngine, _queue
+from tests.test_worker import ScriptedEngine
 
 
 def _wildcards(folder: Path, files: dict[str, str]) -> WildcardLibrary:
@@ -190,22 +188,14 @@ def _worker(setup, engine: ScriptedEngine) -> Worker:  # type: ignore[no-untyped
     )
 
 
-def test_a_lora_tag_fails_the_job_with_a_reason_and_a_hint(setup) -> None:  # type: ignore[no-untyped-def]
-    _, _, journal = setup
-    job_id = _queue(journal, JobSpec(prompt="a cat <lora:ink:0.7>", seed=1))
-    engine = ScriptedEngine()
-    _worker(setup, engine).run_one()
-    job = journal.get_job(job_id)
-    assert engine.requests == [] and job is not None and job.state == "failed"
-    assert "LoRAs are not supported yet (found <lora:ink:0.7>)" in (job.error or "")
-    assert "remove the <lora:...> tag" in (job.error or "")
-
-
-def test_the_worker_raises_invalid_input_for_lora_tags_before_styles(setup) -> None:  # type: ignore[no-untyped-def]
+def test_the_worker_moves_lora_tags_out_of_the_prompt_into_the_request_before_styles(setup) -> None:  # type: ignore[no-untyped-def]
     worker = _worker(setup, ScriptedEngine())
-    with pytest.raises(InvalidInput) as caught:
-        worker._with_styles(default_request(prompt="<lora:a:1> x <lora:b:-0.5>"), 0, WildcardLibrary(None))
-    assert "<lora:a:1> <lora:b:-0.5>" in caught.value.message
+    styled, _ = worker._with_styles(
+        default_request(prompt="<lora:a:1> x <lora:b:-0.5>", styles=()), 0, WildcardLibrary(None)
+    )
+    assert styled.prompt == "x"
+    assert styled.loras[-2:] == (("a", 1.0), ("b", -0.5))
+    assert all("<lora:" not in workload for workload in styled.positive_workloads)
 
 
 def test_each_image_gets_its_own_array_pick_and_wildcard_draw_before_styles(  # type: ignore[no-untyped-def]

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
+    TCDScheduler,
+    UniPCMultistepScheduler,
 )
 
-from fooocusd.engine.models import SDXL_CONFIG_DIR
-from fooocusd.engine.samplers import build_scheduler, sampler_names, schedule_names
+from fooocusd.engine.models import SDXL_CONFIG_DIR, resolve_model
+from fooocusd.engine.samplers import SAMPLERS, SIGMA_SCHEDULES, build_scheduler, sampler_names, schedule_names
+from fooocusd.engine.sdxl import SDXLEngine
 from fooocusd.errors import InvalidInput
+from tests.engine_helpers import default_request
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +111,160 @@ def test_pair_diffusers_cannot_run_names_the_schedules_that_work(base_config: di
 def test_names_are_matched_case_insensitively(base_config: dict[str, object]) -> None:
     choice = build_scheduler(" DPMPP_2M_SDE_GPU ", "Karras", base_config)
     assert choice.sampler == "dpmpp_2m_sde_gpu" and choice.schedule == "karras"
+
+
+# -- every name, the schedules' maths, and the samplers Fooocus's fast modes need ---------------------
+
+
+def _training_sigmas(scheduler: object) -> np.ndarray:
+    alphas = scheduler.alphas_cumprod.numpy().astype(np.float64)  # type: ignore[attr-defined]
+    return np.sqrt((1.0 - alphas) / alphas)
+
+
+# KDPM2 takes seconds to construct (it converts its 1000 training sigmas one by one), so the two
+# dpm_2 samplers are built on two schedules only; every other pair is built.
+_PAIRS = [
+    (sampler, schedule)
+    for sampler in sorted(SAMPLERS)
+    for schedule in sorted(SIGMA_SCHEDULES)
+    if not sampler.startswith("dpm_2") or schedule in {"karras", "normal", "lcm"}
+]
+
+
+@pytest.mark.parametrize(("sampler", "schedule"), _PAIRS)
+def test_every_sampler_and_schedule_builds_or_is_refused_naming_what_works(
+    sampler: str, schedule: str, base_config: dict[str, object]
+) -> None:
+    try:
+        choice = build_scheduler(sampler, schedule, base_config)
+    except InvalidInput as refused:
+        assert schedule in refused.message and sampler in refused.message
+        workable = refused.hint.split("use one of: ")[1].split(", ")
+        # Each offered name builds: that is this test's other branch for the same sampler.
+        assert workable and schedule not in workable and set(workable) <= set(SIGMA_SCHEDULES)
+        return
+    choice.scheduler.set_timesteps(8)
+    assert len(choice.scheduler.timesteps) >= 8
+    assert int(choice.scheduler.timesteps[0]) >= 998  # every Fooocus schedule starts at full noise
+
+
+def test_karras_sigmas_follow_the_karras_formula_over_the_models_full_range(
+    base_config: dict[str, object],
+) -> None:
+    scheduler = build_scheduler("euler", "karras", base_config).scheduler
+    scheduler.set_timesteps(5)
+    trained = _training_sigmas(scheduler)
+    sigma_min, sigma_max, rho = trained[0], trained[-1], 7.0
+    ramp = np.linspace(0.0, 1.0, 5)
+    expected = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    assert np.allclose(scheduler.sigmas.numpy()[:-1], expected, rtol=1e-4)
+    assert float(scheduler.sigmas[-1]) == 0.0
+    assert 14.6 < expected[0] < 14.62  # SDXL's σmax: not the weaker top of the "leading" spacing
+
+
+def test_exponential_sigmas_are_evenly_spaced_in_log_sigma(base_config: dict[str, object]) -> None:
+    scheduler = build_scheduler("euler", "exponential", base_config).scheduler
+    scheduler.set_timesteps(6)
+    trained = _training_sigmas(scheduler)
+    expected = np.exp(np.linspace(np.log(trained[-1]), np.log(trained[0]), 6))
+    assert np.allclose(scheduler.sigmas.numpy()[:-1], expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("steps", [4, 8, 3, 7])
+def test_normal_sgm_uniform_and_simple_timesteps_match_their_definitions(
+    steps: int, base_config: dict[str, object]
+) -> None:
+    def timesteps(schedule: str) -> np.ndarray:
+        scheduler = build_scheduler("euler", schedule, base_config).scheduler
+        scheduler.set_timesteps(steps)
+        return scheduler.timesteps.numpy()
+
+    index = np.arange(steps)
+    assert np.allclose(timesteps("normal"), np.linspace(999, 0, steps))
+    # Both are diffusers' "trailing" spacing: within one training timestep of their definitions.
+    assert np.abs(timesteps("sgm_uniform") - 999 * (1 - index / steps)).max() <= 1.0 + 1e-4
+    simple = 999 - np.floor(1000 * index / steps)
+    assert np.abs(timesteps("simple") - simple).max() <= 1.0 + 1e-4
+    if 1000 % steps == 0:  # where n divides 1000, "simple" is exact
+        assert np.array_equal(timesteps("simple"), simple)
+    assert not np.allclose(timesteps("normal"), timesteps("sgm_uniform"))
+
+
+def test_karras_exponential_and_normal_give_different_sigmas(base_config: dict[str, object]) -> None:
+    sigmas = {}
+    for schedule in ("karras", "exponential", "normal", "sgm_uniform"):
+        scheduler = build_scheduler("euler", schedule, base_config).scheduler
+        scheduler.set_timesteps(10)
+        sigmas[schedule] = scheduler.sigmas.numpy()
+    names = list(sigmas)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            assert not np.allclose(sigmas[first], sigmas[second]), (first, second)
+
+
+def test_lcm_scheduler_is_lcm_sampling_on_sgm_uniform_timesteps(base_config: dict[str, object]) -> None:
+    choice = build_scheduler("lcm", "lcm", base_config)
+    assert isinstance(choice.scheduler, LCMScheduler)
+    choice.scheduler.set_timesteps(8)
+    expected = np.round(999 * (1 - np.arange(8) / 8))
+    assert np.array_equal(choice.scheduler.timesteps.numpy(), expected)
+
+
+def test_lcm_scheduler_with_another_sampler_is_refused_pointing_at_sgm_uniform(
+    base_config: dict[str, object],
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        build_scheduler("euler", "lcm", base_config)
+    assert "sgm_uniform" in caught.value.hint and "lcm" not in caught.value.hint.split(": ")[1].split(", ")
+
+
+@pytest.mark.parametrize(
+    ("sampler", "expected"),
+    [
+        ("dpmpp_sde", DPMSolverSDEScheduler),
+        ("dpmpp_sde_gpu", DPMSolverSDEScheduler),
+        ("lcm", LCMScheduler),
+        ("tcd", TCDScheduler),
+        ("unipc", UniPCMultistepScheduler),
+    ],
+)
+def test_new_sampler_names_build_their_diffusers_solver(
+    sampler: str, expected: type, base_config: dict[str, object]
+) -> None:
+    schedule = "karras" if expected in (DPMSolverSDEScheduler, UniPCMultistepScheduler) else "sgm_uniform"
+    assert isinstance(build_scheduler(sampler, schedule, base_config).scheduler, expected)
+    assert sampler in sampler_names()
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> SDXLEngine:
+    folder = tmp_path_factory.mktemp("tiny")
+    engine = SDXLEngine(
+        resolve_model("tiny-random", folder),
+        models_dir=folder,
+        hash_cache=folder / "hashes.json",
+        device="cpu",
+    )
+    engine.load()
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule", "cfg"),
+    [
+        ("dpmpp_sde_gpu", "karras", 1.0),
+        ("lcm", "lcm", 1.0),
+        ("tcd", "sgm_uniform", 1.0),
+        ("unipc", "karras", 4.0),
+    ],
+)
+def test_new_samplers_denoise_the_tiny_model_end_to_end_reproducibly(
+    tiny_engine: SDXLEngine, sampler: str, schedule: str, cfg: float
+) -> None:
+    request = default_request(sampler=sampler, scheduler=schedule, steps=2, cfg=cfg, sharpness=0.0)
+    first = np.asarray(tiny_engine.generate(request).image)
+    again = np.asarray(tiny_engine.generate(request).image)
+    other_seed = np.asarray(tiny_engine.generate(replace(request, seed=request.seed + 1)).image)
+    assert first.std() > 0  # a real image, not NaNs cast to black
+    assert np.array_equal(first, again)  # the same seed gives the same image (SDE noise included)
+    assert not np.array_equal(first, other_seed)

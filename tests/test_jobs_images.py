@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fooocusd.errors import InvalidInput
-from fooocusd.jobs.images import inspect_image
+from fooocusd.jobs.images import NEUTRAL_BACKGROUND, inspect_image, load_input_image, load_mask
 
 LIMIT = 64_000_000
 
@@ -111,3 +111,129 @@ def test_lower_limit_applies_to_ordinary_images(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="10,000 pixels, over the limit of 9,999"):
         inspect_image(path, 9_999)
     assert inspect_image(path, 10_000).width == 100
+
+
+# -- decoding for the worker: load_input_image / load_mask -------------------------------------
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def rgb48_png(path: Path, width: int, height: int, colour: tuple[int, int, int]) -> Path:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write these itself)."""
+    row = b"\x00" + struct.pack(">HHH", *colour) * width
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    body = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(row * height))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body + _png_chunk(b"IEND", b""))
+    return path
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path: Path) -> None:
+    path = tmp_path / "print.jpg"
+    Image.new("CMYK", (16, 8), (0, 255, 255, 0)).save(path, "JPEG", quality=100)  # pure red ink
+    image = load_input_image(path, LIMIT)
+    assert image.mode == "RGB" and image.size == (16, 8)
+    red, green, blue = image.getpixel((4, 4))
+    assert red > 200 and green < 60 and blue < 60
+
+
+def test_16_bit_greyscale_keeps_its_full_range(tmp_path: Path) -> None:
+    import numpy as np
+
+    path = tmp_path / "scan.png"
+    values = np.array([[0, 32768, 65535, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(path, "PNG")
+    image = load_input_image(path, LIMIT)
+    assert image.mode == "RGB"
+    assert [image.getpixel((x, 0))[0] for x in range(3)] == [0, 128, 255]
+
+
+def test_48_bit_rgb_png_becomes_8_bit_rgb(tmp_path: Path) -> None:
+    path = rgb48_png(tmp_path / "deep.png", 4, 2, (65535, 32896, 0))
+    image = load_input_image(path, LIMIT)
+    assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 128, 0)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparent_pixels_land_on_neutral_grey(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "cutout.png"
+    image = Image.new(mode, (8, 8), (255, 0) if mode == "LA" else (255, 0, 0, 0))
+    image.putpixel((0, 0), (255, 255) if mode == "LA" else (255, 0, 0, 255))
+    image.save(path, "PNG")
+    loaded = load_input_image(path, LIMIT)
+    assert loaded.mode == "RGB"
+    assert loaded.getpixel((5, 5)) == NEUTRAL_BACKGROUND
+    assert loaded.getpixel((0, 0)) == ((255, 0, 0) if mode == "RGBA" else (255, 255, 255))
+
+
+def test_palette_image_with_a_transparent_colour_is_composited(tmp_path: Path) -> None:
+    path = tmp_path / "icon.png"
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([0, 0, 0, 0, 200, 0] + [0] * 762)
+    image.putpixel((1, 1), 1)
+    image.save(path, "PNG", transparency=0)
+    loaded = load_input_image(path, LIMIT)
+    assert loaded.getpixel((0, 0)) == NEUTRAL_BACKGROUND and loaded.getpixel((1, 1)) == (0, 200, 0)
+
+
+def _rotated_jpeg(path: Path, size: tuple[int, int], mode: str = "RGB") -> Path:
+    image = Image.new(mode, size, 0)
+    image.paste(255 if mode == "L" else (255, 255, 255), (0, 0, size[0] // 4, size[1]))  # left stripe white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    image.save(path, "JPEG", exif=exif.tobytes(), quality=100)
+    return path
+
+
+def test_exif_rotation_is_applied(tmp_path: Path) -> None:
+    image = load_input_image(_rotated_jpeg(tmp_path / "phone.jpg", (40, 20)), LIMIT)
+    assert image.size == (20, 40)
+    assert image.getpixel((10, 2))[0] > 200 and image.getpixel((10, 37))[0] < 50  # the stripe is on top
+
+
+def test_truncated_image_fails_with_a_clear_error_when_loaded(tmp_path: Path) -> None:
+    path = noisy_png(tmp_path / "cut.png")
+    path.write_bytes(path.read_bytes()[:-400])
+    with pytest.raises(InvalidInput, match="truncated or corrupt") as caught:
+        load_input_image(path, LIMIT)
+    assert "drop it again" in caught.value.hint
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    path = png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
+    with pytest.raises(InvalidInput, match=r"too large|over the limit") as caught:
+        load_input_image(path, LIMIT)
+    assert "max_image_pixels" in caught.value.hint
+
+
+def test_mask_is_greyscale_and_white_means_repaint(tmp_path: Path) -> None:
+    path = tmp_path / "m.png"
+    mask = Image.new("RGB", (10, 10), (0, 0, 0))
+    mask.paste((255, 255, 255), (2, 2, 5, 5))
+    mask.save(path)
+    loaded = load_mask(path, (10, 10))
+    assert loaded.mode == "L" and loaded.getpixel((3, 3)) == 255 and loaded.getpixel((8, 8)) == 0
+
+
+def test_mask_of_the_same_shape_is_resized_to_the_image(tmp_path: Path) -> None:
+    path = tmp_path / "half.png"
+    mask = Image.new("L", (50, 25), 0)
+    mask.paste(255, (0, 0, 25, 25))
+    mask.save(path)
+    loaded = load_mask(path, (100, 50))
+    assert loaded.size == (100, 50)
+    assert loaded.getpixel((10, 10)) == 255 and loaded.getpixel((90, 10)) == 0
+
+
+def test_mask_of_another_shape_is_refused_naming_both_sizes(tmp_path: Path) -> None:
+    path = tmp_path / "wrong.png"
+    Image.new("L", (50, 50), 255).save(path)
+    with pytest.raises(InvalidInput) as caught:
+        load_mask(path, (100, 50))
+    assert "50×50" in caught.value.message and "100×50" in caught.value.message
+
+
+def test_mask_follows_exif_rotation_like_its_image(tmp_path: Path) -> None:
+    loaded = load_mask(_rotated_jpeg(tmp_path / "m.jpg", (40, 20), "L"), (20, 40))
+    assert loaded.size == (20, 40) and loaded.getpixel((10, 2)) > 200

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from fooocusd.engine.samplers import SAMPLERS, SIGMA_SCHEDULES
+from fooocusd.engine.styles import load_styles
 from fooocusd.errors import ConfigError, InvalidInput
+from fooocusd.jobs.preset_check import check_preset_models
 from fooocusd.jobs.presets import (
     bundled_presets_dir,
     list_presets,
@@ -16,7 +19,12 @@ from fooocusd.jobs.presets import (
     preset_for_subfolder,
     preset_search_dirs,
 )
+from fooocusd.jobs.resolve import resolve_requests
+from fooocusd.jobs.spec import JobSpec, LoraSpec
 from fooocusd.settings import GenerationSettings
+from tests.daemon_harness import Sandbox
+
+FOOOCUS_PRESETS = {"realistic", "anime", "lightning", "lcm", "sai", "pony"}
 
 
 @pytest.fixture
@@ -26,16 +34,57 @@ def user_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def test_bundled_presets_load_and_name_no_model_file() -> None:
+def test_bundled_frame_presets_set_only_a_frame_and_default_sets_nothing() -> None:
     presets = load_all_presets([bundled_presets_dir()])
-    assert {"default", "portrait", "landscape", "square"} <= set(presets)
-    assert all(preset.model is None and preset.description for preset in presets.values())
+    assert {"default", "portrait", "landscape", "square"} | FOOOCUS_PRESETS <= set(presets)
+    assert all(preset.description for preset in presets.values())
     default = presets["default"]
-    # The default preset defers everything to the config's [generation] section.
-    assert (default.performance, default.cfg, default.sampler, default.aspect) == (None, None, None, None)
+    # The default preset defers everything to the config's [generation] section and engine.model.
+    assert default.model_dump(exclude={"name", "path", "description"}, exclude_none=True) == {}
     assert presets["portrait"].aspect == "896*1152"
     assert presets["landscape"].aspect == "1344*768"
     assert presets["square"].aspect == "1024*1024"
+    assert all(presets[name].model is None for name in ("portrait", "landscape", "square"))
+
+
+@pytest.mark.parametrize("name", sorted(FOOOCUS_PRESETS))
+def test_each_fooocus_preset_names_its_model_and_resolves_with_known_styles_and_samplers(name: str) -> None:
+    preset = load_preset(name, [bundled_presets_dir()])
+    assert preset.model and preset.model.endswith(".safetensors")
+    assert preset.cfg is not None and preset.sharpness is not None and preset.aspect is not None
+    assert preset.sampler in SAMPLERS and preset.scheduler in SIGMA_SCHEDULES
+    load_styles().canonical_names(preset.styles or [])  # raises for an unknown style
+    [request] = resolve_requests(
+        JobSpec(prompt="a fox", seed=1), preset, GenerationSettings(), "mine.safetensors"
+    )
+    assert request.model == preset.model
+
+
+def test_fooocus_presets_carry_fooocus_model_files_and_modes() -> None:
+    presets = load_all_presets([bundled_presets_dir()])
+    sai = presets["sai"]
+    assert (sai.refiner, sai.refiner_switch) == ("sd_xl_refiner_1.0_0.9vae.safetensors", 0.75)
+    assert sai.loras == [LoraSpec(name="sd_xl_offset_example-lora_1.0.safetensors", weight=0.5)]
+    assert presets["pony"].vae == "ponyDiffusionV6XL_vae.safetensors"
+    assert (presets["lightning"].performance, presets["lcm"].performance) == ("lightning", "extreme_speed")
+    assert (presets["realistic"].cfg, presets["anime"].cfg, presets["pony"].cfg) == (3.0, 6.0, 7.0)
+
+
+def test_preset_loras_refiner_and_vae_are_read_from_toml(user_dir: Path) -> None:
+    (user_dir / "mix.toml").write_text(
+        'refiner = "r.safetensors"\nrefiner_switch = 0.6\nvae = "v"\n\n'
+        '[[loras]]\nname = "a.safetensors"\nweight = 0.4\n\n[[loras]]\nname = "b"\n'
+    )
+    preset = load_preset("mix", [user_dir])
+    assert preset.loras == [LoraSpec(name="a.safetensors", weight=0.4), LoraSpec(name="b", weight=1.0)]
+    assert (preset.refiner, preset.refiner_switch, preset.vae) == ("r.safetensors", 0.6, "v")
+
+
+def test_bad_lora_entry_in_a_preset_names_file_and_key(user_dir: Path) -> None:
+    (user_dir / "bad.toml").write_text('loras = [{ name = "a", weight = 5 }]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_preset("bad", [user_dir])
+    assert "bad.toml" in caught.value.message and "loras.0.weight" in caught.value.message
 
 
 def test_user_preset_overrides_a_bundled_one_of_the_same_name(user_dir: Path) -> None:
@@ -99,3 +148,88 @@ def test_job_preset_beats_subfolder_which_beats_the_configured_default() -> None
     assert pick_preset_name(None, "portrait", defaults) == "portrait"
     assert pick_preset_name(None, None, defaults) == "default"
     assert pick_preset_name(None, None, GenerationSettings(preset="")) is None
+
+
+# -- model files a preset needs ---------------------------------------------------------------------
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def test_missing_model_files_name_the_preset_each_file_its_folder_and_the_fetch_command(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    _touch(models / "checkpoints" / "sd_xl_base_1.0_0.9vae.safetensors")
+    sai = load_preset("sai", [bundled_presets_dir()])
+    with pytest.raises(InvalidInput) as caught:
+        check_preset_models(sai, JobSpec(prompt="x"), models, "mine.safetensors")
+    error = caught.value
+    assert "preset 'sai'" in error.message
+    assert "sd_xl_base_1.0_0.9vae" not in error.message  # present, so not reported
+    assert "sd_xl_refiner_1.0_0.9vae.safetensors" in error.message
+    assert str(models / "checkpoints") in error.message
+    assert "sd_xl_offset_example-lora_1.0.safetensors" in error.message
+    assert str(models / "loras") in error.message
+    assert "fooocusd models fetch sd_xl_refiner_1.0_0.9vae" in error.hint
+    assert "fooocusd models fetch sd_xl_offset_example-lora_1.0" in error.hint
+    assert "sai" in error.where
+
+
+def test_preset_with_every_file_present_passes(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    _touch(models / "checkpoints" / "ponyDiffusionV6XL.safetensors")
+    _touch(models / "vae" / "ponyDiffusionV6XL_vae.safetensors")
+    check_preset_models(load_preset("pony", [bundled_presets_dir()]), JobSpec(prompt="x"), models, "m")
+
+
+def test_a_preset_fast_mode_needs_its_lora(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    _touch(models / "checkpoints" / "juggernautXL_v8Rundiffusion.safetensors")
+    lightning = load_preset("lightning", [bundled_presets_dir()])
+    with pytest.raises(InvalidInput) as caught:
+        check_preset_models(lightning, JobSpec(prompt="x"), models, "m")
+    assert "sdxl_lightning_4step_lora.safetensors" in caught.value.message
+    assert "Lightning performance mode" in caught.value.message
+    assert "fooocusd models fetch sdxl_lightning_4step_lora" in caught.value.hint
+    # A job that picks its own performance does not use the preset's LoRA.
+    check_preset_models(lightning, JobSpec(prompt="x", performance="speed"), models, "m")
+
+
+def test_tiny_random_skips_checkpoint_refiner_and_vae_but_not_loras(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    check_preset_models(
+        load_preset("pony", [bundled_presets_dir()]), JobSpec(prompt="x"), models, "tiny-random"
+    )
+    with pytest.raises(InvalidInput) as caught:
+        check_preset_models(
+            load_preset("sai", [bundled_presets_dir()]), JobSpec(prompt="x"), models, "tiny-random"
+        )
+    assert "sd_xl_offset_example-lora_1.0.safetensors" in caught.value.message
+    assert "refiner" not in caught.value.message
+
+
+def test_files_the_job_replaces_are_not_checked(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    spec = JobSpec(prompt="x", model="own.safetensors", vae="default")
+    check_preset_models(load_preset("pony", [bundled_presets_dir()]), spec, models, "m")
+    realistic = load_preset("realistic", [bundled_presets_dir()])
+    off = JobSpec(
+        prompt="x", model="own", loras=[LoraSpec(name="SDXL_FILM_PHOTOGRAPHY_STYLE_V1", weight=0.0)]
+    )
+    check_preset_models(realistic, off, models, "m")
+
+
+def test_job_on_a_preset_with_a_missing_lora_fails_with_the_fetch_command_in_its_error_file(
+    sandbox: Sandbox,
+) -> None:
+    sandbox.drop("sai/castle.txt", "a castle at dusk\nseed: 1\n")
+    assert not sandbox.drain().ok
+    [error_file] = sandbox.files(sandbox.failed, "**/*.error.txt")
+    text = error_file.read_text(encoding="utf-8")
+    assert "preset 'sai'" in text
+    assert "sd_xl_offset_example-lora_1.0.safetensors" in text
+    assert "fooocusd models fetch sd_xl_offset_example-lora_1.0" in text
+    assert not sandbox.images()

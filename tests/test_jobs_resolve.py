@@ -6,9 +6,9 @@ import random
 
 import pytest
 
+from fooocusd.jobs.performance import PERFORMANCE_STEPS
 from fooocusd.jobs.presets import Preset
 from fooocusd.jobs.resolve import (
-    PERFORMANCE_STEPS,
     SDXL_SIZES,
     fix_seed,
     nearest_sdxl_size,
@@ -16,7 +16,7 @@ from fooocusd.jobs.resolve import (
     output_format_for,
     resolve_requests,
 )
-from fooocusd.jobs.spec import MAX_SEED, JobSpec
+from fooocusd.jobs.spec import MAX_SEED, JobSpec, LoraSpec
 from fooocusd.settings import GenerationSettings
 
 DEFAULTS = GenerationSettings()
@@ -56,16 +56,6 @@ def test_explicit_job_values_win_even_when_equal_to_field_defaults() -> None:
 @pytest.mark.parametrize(("mode", "steps"), list(PERFORMANCE_STEPS.items()))
 def test_performance_sets_steps(mode: str, steps: int) -> None:
     assert resolve(JobSpec(prompt="x", seed=1, performance=mode))[0].steps == steps
-
-
-def test_performance_table_matches_fooocus() -> None:
-    assert PERFORMANCE_STEPS == {
-        "quality": 60,
-        "speed": 30,
-        "extreme_speed": 8,
-        "lightning": 4,
-        "hyper_sd": 4,
-    }
 
 
 def test_explicit_steps_beat_performance_and_a_job_mode_beats_preset_steps() -> None:
@@ -164,3 +154,64 @@ def test_fooocus_refinement_settings_follow_job_then_preset_then_defaults() -> N
     preset = Preset(name="p", adaptive_cfg=5.0, adm_scaler_end=0.0, clip_skip=1)
     [mixed] = resolve(JobSpec(prompt="a fox", seed=1, adaptive_cfg=9.0), preset)
     assert (mixed.adaptive_cfg, mixed.adm_scaler_end, mixed.clip_skip) == (9.0, 0.0, 1)
+
+
+def test_loras_come_from_preset_then_performance_then_job() -> None:
+    preset = Preset(name="p", loras=[LoraSpec(name="offset.safetensors", weight=0.5)])
+    spec = JobSpec(prompt="x", seed=1, performance="hyper_sd", loras=[LoraSpec(name="detail", weight=0.3)])
+    assert resolve(spec, preset)[0].loras == (
+        ("offset.safetensors", 0.5),
+        ("sdxl_hyper_sd_4step_lora.safetensors", 0.8),
+        ("detail", 0.3),
+    )
+
+
+def test_job_lora_of_the_same_file_replaces_the_preset_weight_and_weight_zero_removes_it() -> None:
+    preset = Preset(
+        name="p",
+        loras=[LoraSpec(name="offset.safetensors", weight=0.5), LoraSpec(name="film", weight=0.25)],
+    )
+    spec = JobSpec(
+        prompt="x",
+        seed=1,
+        loras=[LoraSpec(name="OFFSET", weight=0.9), LoraSpec(name="film.safetensors", weight=0.0)],
+    )
+    assert resolve(spec, preset)[0].loras == (("OFFSET", 0.9),)
+
+
+def test_refiner_switch_and_vae_follow_job_then_preset_then_none() -> None:
+    [bare] = resolve(JobSpec(prompt="x", seed=1))
+    assert (bare.refiner, bare.refiner_switch, bare.vae) == ("", 0.8, "")
+    preset = Preset(name="p", refiner="ref.safetensors", refiner_switch=0.75, vae="pony_vae.safetensors")
+    [from_preset] = resolve(JobSpec(prompt="x", seed=1), preset)
+    assert (from_preset.refiner, from_preset.refiner_switch, from_preset.vae) == (
+        "ref.safetensors",
+        0.75,
+        "pony_vae.safetensors",
+    )
+    [from_job] = resolve(
+        JobSpec(prompt="x", seed=1, refiner="None", refiner_switch=0.6, vae="default"), preset
+    )
+    assert (from_job.refiner, from_job.refiner_switch, from_job.vae) == ("", 0.6, "")
+
+
+def test_named_preset_brings_its_model_files_but_tiny_random_ignores_them() -> None:
+    preset = Preset(
+        name="sai",
+        model="base.safetensors",
+        refiner="ref.safetensors",
+        vae="v.safetensors",
+        loras=[LoraSpec(name="offset", weight=0.5)],
+    )
+    [real] = resolve(JobSpec(prompt="x", seed=1), preset)
+    assert (real.model, real.refiner, real.vae) == ("base.safetensors", "ref.safetensors", "v.safetensors")
+    [tiny] = resolve_requests(JobSpec(prompt="x", seed=1), preset, DEFAULTS, "tiny-random")
+    assert (tiny.model, tiny.refiner, tiny.vae, tiny.loras) == ("tiny-random", "", "", (("offset", 0.5),))
+    [job_model] = resolve_requests(
+        JobSpec(prompt="x", seed=1, model="m.safetensors"), preset, DEFAULTS, "tiny-random"
+    )
+    assert job_model.model == "m.safetensors"
+
+
+def test_preset_without_a_model_keeps_the_configured_one() -> None:
+    assert resolve(JobSpec(prompt="x", seed=1), Preset(name="default"))[0].model == MODEL

@@ -142,3 +142,22 @@ def test_same_field_twice_through_an_alias_is_refused() -> None:
     with pytest.raises(InvalidInput) as caught:
         parse_toml('prompt = "a"\nformat = "png"\noutput_format = "webp"\n', "job.toml")
     assert "second time" in caught.value.message
+
+
+def test_loras_as_tables_or_short_strings_plus_refiner_and_vae() -> None:
+    tables = parse_toml(
+        'prompt = "a fox"\nloras = [{ name = "ink", weight = 0.8 }, { name = "pastel" }]\n'
+        'refiner = "sd_xl_refiner_1.0"\nrefiner_switch = 0.8\nvae = "default"\n',
+        "job.toml",
+    )[0]
+    short = parse_toml('prompt = "a fox"\nloras = ["ink:0.8", "pastel"]\n', "job.toml")[0]
+    expected = [("ink", 0.8), ("pastel", 1.0)]
+    assert [(lora.name, lora.weight) for lora in tables.loras or []] == expected
+    assert [(lora.name, lora.weight) for lora in short.loras or []] == expected
+    assert (tables.refiner, tables.refiner_switch, tables.vae) == ("sd_xl_refiner_1.0", 0.8, "default")
+
+
+def test_more_than_five_job_loras_are_refused_with_the_key_named() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_toml('prompt = "a fox"\nloras = ["a", "b", "c", "d", "e", "f"]\n', "job.toml")
+    assert caught.value.where == "key 'loras'"

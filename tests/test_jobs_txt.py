@@ -254,3 +254,18 @@ def test_mistyped_option_key_stays_prompt_text_and_is_logged() -> None:
 def test_refinement_options_are_recognised_in_txt_files() -> None:
     [spec] = parse_txt("a fox\nadaptive cfg: 5\nADM scaler end: 0\nclip-skip: 1\n", "fox.txt")
     assert (spec.prompt, spec.adaptive_cfg, spec.adm_scaler_end, spec.clip_skip) == ("a fox", 5.0, 0.0, 1)
+
+
+def test_lora_lines_repeat_and_refiner_switch_and_vae_are_options() -> None:
+    spec = only(
+        "a red fox\nlora: ink:0.6\nlora: styles/pastel\nrefiner: sd_xl_refiner_1.0\n"
+        "refiner switch: 0.7\nvae: sdxl_vae\n"
+    )
+    assert [(lora.name, lora.weight) for lora in spec.loras or []] == [("ink", 0.6), ("styles/pastel", 1.0)]
+    assert (spec.refiner, spec.refiner_switch, spec.vae) == ("sd_xl_refiner_1.0", 0.7, "sdxl_vae")
+
+
+def test_lora_weight_out_of_range_points_at_its_line() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        only("a red fox\nlora: ink:3\n")
+    assert caught.value.where == "line 2" and "-2 to 2" in caught.value.hint

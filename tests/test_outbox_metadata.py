@@ -262,3 +262,98 @@ def test_fooocus_scheme_is_sorted_ascii_json_in_fooocus_style() -> None:
     assert (scheme["base_model"], scheme["base_model_hash"]) == ("juggernautXL_v8", "abcdef1234")
     assert scheme["styles"] == ["Fooocus V2", "Fooocus Sharp"]
     assert scheme["version"] == f"fooocusd {fooocusd.__version__}"
+
+
+def _generation_with_components() -> dict[str, object]:
+    request = GenerationRequest(
+        prompt="a fox",
+        negative="",
+        seed=7,
+        width=1024,
+        height=1024,
+        steps=30,
+        cfg=4.0,
+        sampler="dpmpp_2m_sde_gpu",
+        scheduler="karras",
+        model="juggernautXL_v8",
+        performance="quality",
+        loras=(("ink", 0.6),),
+        refiner="sd_xl_refiner_1.0",
+        refiner_switch=0.8,
+        vae="sdxl_vae",
+    )
+    generated = GeneratedImage(
+        image=Image.new("RGB", (8, 8)),
+        width=1024,
+        height=1024,
+        model_name="juggernautXL_v8",
+        model_path="/m/juggernautXL_v8.safetensors",
+        model_sha256=MODEL_SHA256,
+        device="cpu",
+        dtype="float32",
+        extra={
+            "loras": [
+                {"name": "styles/ink", "weight": 0.6, "sha256": "c" * 64, "hash": "c" * 10},
+                {"name": "pastel.safetensors", "weight": -0.5, "sha256": "d" * 64, "hash": "d" * 10},
+            ],
+            "refiner": {
+                "name": "sd_xl_refiner_1.0",
+                "sha256": "e" * 64,
+                "hash": "e" * 10,
+                "switch": 0.8,
+                "switch_step": 24,
+            },
+            "refiner_switch": 0.8,
+            "vae": "sdxl_vae",
+            "vae_sha256": "f" * 64,
+        },
+    )
+    return {
+        "request": request,
+        "generated": generated,
+        "job_id": 1,
+        "input_name": "fox.txt",
+        "input_sha256": "0" * 64,
+        "image_index": 0,
+        "image_count": 1,
+        "output_name": "fox.png",
+        "fmt": "png",
+    }
+
+
+def test_record_lists_loras_with_hashes_refiner_and_vae() -> None:
+    record = build_record(**_generation_with_components())  # type: ignore[arg-type]
+    assert [(entry["name"], entry["weight"], entry["hash"]) for entry in record["loras"]] == [
+        ("styles/ink", 0.6, "c" * 10),
+        ("pastel.safetensors", -0.5, "d" * 10),
+    ]
+    assert record["refiner"]["name"] == "sd_xl_refiner_1.0" and record["refiner"]["switch_step"] == 24
+    assert (record["refiner_switch"], record["vae"], record["vae_hash"]) == (0.8, "sdxl_vae", "f" * 10)
+    json.dumps(record)
+
+
+def test_a1111_parameters_carry_lora_hashes_refiner_vae_performance_and_adm() -> None:
+    record = build_record(**_generation_with_components())  # type: ignore[arg-type]
+    record["adm_guidance"] = [1.5, 0.8, 0.3]
+    text = a1111_parameters(record)
+    assert f'Lora hashes: "ink: {"c" * 10}, pastel: {"d" * 10}"' in text
+    assert 'Lora weights: "ink: 0.6, pastel: -0.5"' in text
+    assert f"Refiner: sd_xl_refiner_1.0, Refiner hash: {'e' * 10}, Refiner switch: 0.8" in text
+    assert "VAE: sdxl_vae" in text and "Performance: Quality" in text and "Sharpness: 2.0" in text
+    assert 'ADM Guidance: "(1.5, 0.8, 0.3)"' in text
+    parsed = parse_a1111_parameters(text)
+    assert parsed is not None
+
+
+def test_fooocus_scheme_has_refiner_vae_and_lora_triples() -> None:
+    record = build_record(**_generation_with_components())  # type: ignore[arg-type]
+    scheme = json.loads(fooocus_scheme(record))
+    assert scheme["loras"] == [["ink", 0.6, "c" * 10], ["pastel", -0.5, "d" * 10]]
+    assert (scheme["refiner_model"], scheme["refiner_model_hash"]) == ("sd_xl_refiner_1.0", "e" * 10)
+    assert scheme["refiner_switch"] == 0.8 and scheme["vae"] == "sdxl_vae"
+
+
+def test_fooocus_scheme_without_refiner_or_vae_says_none_and_default() -> None:
+    record = build_record(_facts())
+    scheme = json.loads(fooocus_scheme(record))
+    assert scheme["refiner_model"] == "None" and scheme["vae"] == "Default (model)" and scheme["loras"] == []

@@ -167,11 +167,63 @@ def test_images_already_complete_are_not_rendered_again(setup) -> None:  # type:
     ]
 
 
-def test_an_image_job_says_image_actions_are_not_available_yet(setup) -> None:  # type: ignore[no-untyped-def]
+def _queue_with_claimed_image(setup, spec: JobSpec, color: str = "red") -> int:  # type: ignore[no-untyped-def]
+    """Queue ``spec`` as intake does for ``cat.png`` + ``cat.toml``: both moved into the claim folder."""
+    _, folders, journal = setup
+    claim = folders.processing / "k"
+    claim.mkdir(parents=True)
+    Image.new("RGB", (96, 64), color).save(claim / "cat.png")
+    (claim / "cat.toml").write_text("")
+    input_id = journal.begin_claim(
+        key="k",
+        relpath="cat.toml",
+        sha256="0" * 64,
+        size=1,
+        files=[
+            ("spec", folders.inbox / "cat.toml", claim / "cat.toml"),
+            ("image", folders.inbox / "cat.png", claim / "cat.png"),
+        ],
+        specs=[(spec.model_dump_json(exclude_unset=True), 0)],
+    )
+    journal.complete_claim(input_id)
+    return journal.jobs_for_input(input_id)[0].id
+
+
+def _centre_colour(image: Image.Image) -> tuple[int, ...]:
+    return image.getpixel((image.width // 2, image.height // 2))  # type: ignore[return-value]
+
+
+def test_an_image_job_hands_its_claimed_image_to_the_engine_and_records_the_source(setup) -> None:  # type: ignore[no-untyped-def]
+    _, folders, journal = setup
+    job_id = _queue_with_claimed_image(setup, JobSpec(image="cat.png", image_action="vary_strong", seed=1))
+    engine = ScriptedEngine()
+    _worker(setup, engine).run_one()
+    assert journal.get_job(job_id).state == "done"
+    [request] = engine.requests
+    assert request.prompt == "" and request.image_task is not None
+    assert (request.image_task.kind, request.image_task.strength) == ("vary", 0.85)
+    assert _centre_colour(request.image_task.image) == (255, 0, 0)
+    [sidecar] = folders.outbox.glob("*.json")
+    assert json.loads(sidecar.read_text())["image_action"]["source_image"] == "cat.png"
+
+
+def test_an_image_job_naming_another_inbox_image_uses_that_one_not_the_claimed_one(setup) -> None:  # type: ignore[no-untyped-def]
+    folders = setup[1]
+    Image.new("RGB", (96, 64), "blue").save(folders.inbox / "other.png")
+    _queue_with_claimed_image(setup, JobSpec(image="other.png", image_action="vary_subtle", seed=1))
+    engine = ScriptedEngine()
+    _worker(setup, engine).run_one()
+    [request] = engine.requests
+    assert request.image_task is not None and _centre_colour(request.image_task.image) == (0, 0, 255)
+
+
+def test_an_image_job_whose_image_is_gone_fails_at_once_without_running_the_engine(setup) -> None:  # type: ignore[no-untyped-def]
     job_id = _queue(setup[2], JobSpec(image="cat.png", image_action="vary_subtle", seed=1))
-    _worker(setup, ScriptedEngine()).run_one()
+    engine = ScriptedEngine()
+    _worker(setup, engine).run_one()
     job = setup[2].get_job(job_id)
-    assert job.state == "failed" and "not available" in job.error
+    assert job.state == "failed" and "cat.png is gone" in job.error
+    assert engine.requests == [] and job.attempts == 1
 
 
 def test_styles_become_workloads_per_image_and_are_recorded(setup) -> None:  # type: ignore[no-untyped-def]

@@ -15,6 +15,24 @@ StopCheck = Callable[[], bool]
 """Returns True when the engine should abandon the current image as soon as it can."""
 
 
+@dataclass(frozen=True, eq=False)
+class ImageTask:
+    """An image for the engine to start from. ``image`` is RGB at exactly the request's width × height.
+
+    ``strength`` is the share of the noise schedule that is re-run (Fooocus's "denoise"): 1.0 starts
+    from noise, 0.5 keeps the composition. With a ``mask`` ("L", same size, white = repaint) only
+    the white area is generated; the rest is held to the image at every step. The engine returns
+    the raw decoded result at the request's size; pasting it back is the caller's job.
+    """
+
+    kind: str  # "vary", "upscale" or "inpaint" (outpaint is inpaint on an extended canvas)
+    image: Image.Image
+    strength: float
+    mask: Image.Image | None = None
+    tiled_vae: bool = False
+    """Encode and decode in tiles (large upscales), so any size fits in memory."""
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """Concrete settings for exactly one image. Nothing here is optional."""
@@ -49,6 +67,8 @@ class GenerationRequest:
     """Fraction of the steps after which the refiner takes over."""
     vae: str = ""
     """VAE override name; empty means the checkpoint's own VAE."""
+    image_task: ImageTask | None = None
+    """Start from an image instead of noise (vary, upscale, inpaint, outpaint); None: text to image."""
 
 
 @dataclass

@@ -36,6 +36,9 @@ NoisePredictor = Callable[
 ]
 """``predict(model_input, timestep, token_embeddings, pooled_embeddings, time_ids) -> model output``."""
 
+StepBlend = Callable[[torch.Tensor, int], torch.Tensor]
+"""``blend(latents, next_index) -> latents``, applied after each scheduler step."""
+
 
 @dataclass(frozen=True)
 class GuidanceSettings:
@@ -110,8 +113,14 @@ def denoise(
     generator: torch.Generator,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    start_index: int = 0,
+    blend: StepBlend | None = None,
 ) -> torch.Tensor:
-    """Run every timestep of ``scheduler`` (already ``set_timesteps``) from ``latents``; returns latents."""
+    """Run the timesteps of ``scheduler`` (already ``set_timesteps``) from ``latents``; returns latents.
+
+    ``start_index`` skips the first timesteps (img2img: ``latents`` are already noised to that
+    step). ``blend(latents, next_index)`` runs after every step (inpaint: hold the known region).
+    """
     use_cfg = settings.uses_cfg and conditioning.negative is not None
     batch = _UNetBatch.build(conditioning, use_cfg)
     timesteps = scheduler.timesteps
@@ -120,11 +129,11 @@ def denoise(
     sigmas = noise_levels(scheduler.alphas_cumprod, host_timesteps) if sharpening else []
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     step_options = _step_options(scheduler, generator)
-    total = len(timesteps)
+    total = len(timesteps) - start_index
     if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(0)
+        scheduler.set_begin_index(start_index)
 
-    for index, timestep in enumerate(timesteps):
+    for index, timestep in enumerate(timesteps[start_index:], start=start_index):
         now = host_timesteps[index]
         model_input = torch.cat([latents] * 2) if use_cfg else latents
         model_input = scheduler.scale_model_input(model_input, timestep)
@@ -145,7 +154,9 @@ def denoise(
                 )
             output = guided_noise_prediction(uncond, cond, settings.cfg, settings.adaptive_cfg, p)
         latents = scheduler.step(output, timestep, latents, **step_options, return_dict=False)[0]
-        _after_step(index + 1, total, progress, should_stop)
+        if blend is not None:
+            latents = blend(latents, index + 1)
+        _after_step(index + 1 - start_index, total, progress, should_stop)
     return latents
 
 

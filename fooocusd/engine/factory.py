@@ -5,21 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from fooocusd.engine.base import Engine
-from fooocusd.engine.models import resolve_model
+from fooocusd.engine.models import HASH_CACHE_NAME, ModelRoots, resolve_model
 from fooocusd.engine.sdxl import SDXLEngine
 from fooocusd.settings import EngineSettings
 
-HASH_CACHE_NAME = "model_hashes.json"
 
-
-def create_engine(engine_settings: EngineSettings, models_dir: Path, cache_dir: Path) -> Engine:
+def create_engine(engine_settings: EngineSettings, models_dir: ModelRoots, cache_dir: Path) -> Engine:
     """An unloaded engine for ``engine.model``; call ``load()`` before the first job.
 
     Raises ``ModelNotFound`` (a ``ConfigError``) when the model cannot be found, and ``ConfigError``
     for an unusable device or dtype, so the daemon refuses to start with a reason and a hint.
-    ``cache_dir`` holds the model hash cache (``model_hashes.json``).
+    ``cache_dir`` holds the model hash cache (``model_hashes.json``). ``models_dir`` is ``paths.models``
+    resolved: one folder or the tuple of roots, searched in order.
     """
-    location = resolve_model(engine_settings.model, models_dir)
+    allow_pickle = engine_settings.allow_unsafe_pickle
+    location = resolve_model(engine_settings.model, models_dir, allow_pickle=allow_pickle)
     return SDXLEngine(
         location,
         models_dir=models_dir,
@@ -28,4 +28,5 @@ def create_engine(engine_settings: EngineSettings, models_dir: Path, cache_dir: 
         dtype=engine_settings.dtype,
         attention=engine_settings.attention,
         configured_model=engine_settings.model,
+        allow_unsafe_pickle=allow_pickle,
     )

@@ -3,15 +3,17 @@
 ``engine.model`` (or a job's ``model``) names one of:
 
 - ``"tiny-random"``: a tiny random-weight SDXL built in memory, a plumbing check (noise, not pictures);
-- a single-file SDXL checkpoint ``*.safetensors`` (absolute, or relative to ``paths.models``; the
-  ``.safetensors`` suffix may be left out, and ``paths.models/checkpoints/`` is searched too);
+- a single-file SDXL checkpoint ``*.safetensors`` (absolute, or relative to a ``paths.models`` root;
+  the ``.safetensors`` suffix may be left out; the checkpoint folders of every root are searched in the
+  order ``model_dirs.py`` documents, subfolders included);
 - a diffusers-format folder (one that holds ``model_index.json``).
 
-An empty name means "discover": the SDXL ``.safetensors`` checkpoints (and diffusers folders) directly
-in ``paths.models/checkpoints/`` and ``paths.models/`` are the candidates. Exactly one candidate is used;
-none or several is a ``ModelNotFound`` error that says what to do. There is never a silent fallback to
-``tiny-random``. Pickle-based files (``.ckpt``, ``.pt``, ``.bin`` ...) are refused: loading them can run
-arbitrary code.
+An empty name means "discover": the SDXL ``.safetensors`` checkpoints (and diffusers folders) in the
+checkpoint folders of every root are the candidates. Exactly one candidate is used; none or several is a
+``ModelNotFound`` error that says what to do. There is never a silent fallback to ``tiny-random``.
+Pickle-based files (``.ckpt``, ``.pt``, ``.pth``, ``.bin`` ...) are refused, because loading them can run
+arbitrary code, unless ``engine.allow_unsafe_pickle`` is set; then they load through torch's
+``weights_only`` loader and every load is logged as a warning.
 """
 
 from __future__ import annotations
@@ -20,30 +22,33 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from loguru import logger
+
+from fooocusd.engine.families import PICKLE_SUFFIXES, SAFE_SUFFIX, detect_family
+from fooocusd.engine.model_dirs import ModelDirs, is_diffusers_folder
 from fooocusd.errors import ModelNotFound
 
 TINY_MODEL = "tiny-random"
 SDXL_CONFIG_DIR = Path(__file__).parent / "configs" / "sdxl_base"
 """The shipped diffusers-format SDXL base configs and CLIP tokenizers (no weights)."""
-SAFE_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 CHECKPOINT_SUBDIR = "checkpoints"
 EXAMPLE_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+EXAMPLE_FETCH = "juggernautXL_v8Rundiffusion"
 CONFIG_KEY = "engine.model"
+HASH_CACHE_NAME = "model_hashes.json"
+"""The model hash cache's file name, inside the daemon's cache folder."""
+PICKLE_SETTING = "engine.allow_unsafe_pickle"
+CHECKPOINT_SUFFIXES = (SAFE_SUFFIX, *sorted(PICKLE_SUFFIXES))
+ModelRoots = ModelDirs | Path | Sequence[Path]
+"""``paths.models`` in any form: one folder, the resolved tuple of roots, or a ``ModelDirs``."""
 
 ModelKind = Literal["tiny", "single_file", "diffusers"]
 CheckpointFamily = Literal["sdxl", "sdxl_refiner", "sd1_or_sd2", "lora", "unknown"]
-
-# Keys that only an SDXL *base* checkpoint (sgm layout) has: the ADM label embedding of its UNet and the
-# OpenCLIP bigG text tower in the second conditioner slot.
-_SDXL_UNET_KEY = "model.diffusion_model.label_emb.0.0.weight"
-_SDXL_TEXT2_PREFIX = "conditioner.embedders.1.model."
-_SDXL_REFINER_PREFIX = "conditioner.embedders.0.model."
-_SD1_SD2_PREFIX = "cond_stage_model."
 
 
 @dataclass(frozen=True)
@@ -59,49 +64,59 @@ class ModelLocation:
         return self.kind == "tiny"
 
 
-def resolve_model(model: str, models_dir: Path) -> ModelLocation:
-    """Turn ``engine.model`` (or a job's ``model``) into a location. Raises ``ModelNotFound``."""
+def resolve_model(model: str, models: ModelRoots, *, allow_pickle: bool = False) -> ModelLocation:
+    """Turn ``engine.model`` (or a job's ``model``) into a location. Raises ``ModelNotFound``.
+
+    ``allow_pickle`` is ``engine.allow_unsafe_pickle``: without it pickle-based files are refused.
+    """
+    dirs = ModelDirs.of(models)
     name = model.strip()
     if name == TINY_MODEL:
         return ModelLocation(kind="tiny", name=TINY_MODEL)
     if not name:
-        return _discover(models_dir)
-    for candidate in _candidate_paths(name, models_dir):
-        if candidate.exists():
-            return _location_for(candidate, requested=name)
-    looked_in = ", ".join(str(path) for path in _candidate_paths(name, models_dir))
+        return _discover(dirs, allow_pickle)
+    found = _root_relative(name, dirs) or dirs.locate("checkpoints", name, CHECKPOINT_SUFFIXES)
+    if found is not None:
+        return _location_for(found, requested=name, allow_pickle=allow_pickle)
+    looked_for = [path for path in dirs.candidates("checkpoints", name) if path.suffix == SAFE_SUFFIX]
     raise ModelNotFound(
         f"model {name!r} was not found",
-        where=f"{CONFIG_KEY} = {name!r} (looked for: {looked_in})",
-        hint=_put_it_here_hint(models_dir),
+        where=f"{CONFIG_KEY} = {name!r} (looked for: {', '.join(str(path) for path in looked_for)}, "
+        f"in their subfolders, and with the suffixes {', '.join(CHECKPOINT_SUFFIXES[1:])})",
+        hint=_put_it_here_hint(dirs),
     )
 
 
 def checkpoint_family(path: Path) -> CheckpointFamily:
-    """Classify a ``.safetensors`` file from its header alone (no tensor is read)."""
-    keys = _safetensors_keys(path)
-    if _SDXL_UNET_KEY in keys and any(key.startswith(_SDXL_TEXT2_PREFIX) for key in keys):
-        return "sdxl"
-    if any(key.startswith(_SDXL_REFINER_PREFIX) for key in keys):
-        return "sdxl_refiner"
-    if any(key.startswith(_SD1_SD2_PREFIX) for key in keys):
+    """Classify a ``.safetensors`` file from its header alone (no tensor is read).
+
+    The coarse families of the first engine; ``families.detect_family`` tells SD 1.5 from SD 2.x,
+    VAEs, ControlNets and the prediction type.
+    """
+    family = detect_family(path).family
+    if family in {"sd15", "sd2"}:
         return "sd1_or_sd2"
-    if any("lora_down" in key or "lora_A" in key or key.startswith("lora_") for key in keys):
-        return "lora"
+    if family in {"sdxl", "sdxl_refiner", "lora"}:
+        return family  # type: ignore[return-value]
     return "unknown"
 
 
 def require_sdxl_checkpoint(path: Path) -> None:
     """Refuse anything but an SDXL base checkpoint, with a reason a user can act on."""
-    family = checkpoint_family(path)
-    if family == "sdxl":
+    # A pickle reaching this point passed resolve_model's gate (engine.allow_unsafe_pickle).
+    info = detect_family(path, allow_pickle=True)
+    if info.family == "sdxl":
         return
     what = {
         "sdxl_refiner": "an SDXL refiner checkpoint (it cannot start an image on its own)",
-        "sd1_or_sd2": "a Stable Diffusion 1.x/2.x checkpoint",
+        "sd15": "a Stable Diffusion 1.x/2.x checkpoint (SD 1.5)",
+        "sd2": "a Stable Diffusion 1.x/2.x checkpoint (SD 2.x)",
         "lora": "a LoRA, not a full checkpoint",
+        "vae": "a VAE, not a full checkpoint",
+        "controlnet": "a ControlNet, not a full checkpoint",
+        "embedding": "a textual-inversion embedding, not a full checkpoint",
         "unknown": "not an SDXL checkpoint in the usual single-file layout",
-    }[family]
+    }[info.family]
     raise ModelNotFound(
         f"{path.name} is {what}; fooocusd needs an SDXL base model",
         where=str(path),
@@ -123,6 +138,25 @@ def file_sha256(path: Path, cache_file: Path) -> str:
     cache[str(absolute)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
     _write_hash_cache(cache_file, cache)
     return digest
+
+
+def cached_sha256(path: Path, cache_file: Path) -> str:
+    """The cached SHA-256 of ``path`` if the cache entry still matches the file; else ``""`` (no hashing)."""
+    absolute = path.resolve()
+    stat = absolute.stat()
+    entry = _read_hash_cache(cache_file).get(str(absolute))
+    if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+        return str(entry["sha256"])
+    return ""
+
+
+def remember_sha256(path: Path, sha256: str, cache_file: Path) -> None:
+    """Record a hash verified elsewhere (a checked download), so it is never computed again."""
+    absolute = path.resolve()
+    stat = absolute.stat()
+    cache = _read_hash_cache(cache_file)
+    cache[str(absolute)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+    _write_hash_cache(cache_file, cache)
 
 
 def folder_sha256(folder: Path, cache_file: Path) -> str:
@@ -148,21 +182,26 @@ def autov2(sha256: str) -> str:
     return sha256[:10]
 
 
-def _candidate_paths(name: str, models_dir: Path) -> list[Path]:
+def _root_relative(name: str, dirs: ModelDirs) -> Path | None:
+    """``name`` as a path from a root itself (``checkpoints/x.safetensors``), or an absolute path."""
     given = Path(name).expanduser()
-    bases = [given] if given.is_absolute() else [models_dir / given, models_dir / CHECKPOINT_SUBDIR / given]
-    candidates: list[Path] = []
+    bases = [given] if given.is_absolute() else [root / given for root in dirs.roots]
     for base in bases:
-        candidates.append(base)
-        if base.suffix.lower() not in {SAFE_SUFFIX, *PICKLE_SUFFIXES}:
-            candidates.append(base.with_name(base.name + SAFE_SUFFIX))
-            candidates.extend(base.with_name(base.name + suffix) for suffix in sorted(PICKLE_SUFFIXES))
-    return candidates
+        for candidate in _with_suffixes(base):
+            if candidate.exists():
+                return candidate
+    return None
 
 
-def _location_for(path: Path, requested: str) -> ModelLocation:
+def _with_suffixes(base: Path) -> list[Path]:
+    if base.suffix.lower() in {SAFE_SUFFIX, *PICKLE_SUFFIXES}:
+        return [base]
+    return [base, *(base.with_name(base.name + suffix) for suffix in CHECKPOINT_SUFFIXES)]
+
+
+def _location_for(path: Path, requested: str, allow_pickle: bool = False) -> ModelLocation:
     if path.is_dir():
-        if _is_diffusers_folder(path):
+        if is_diffusers_folder(path):
             return ModelLocation(kind="diffusers", name=path.name, path=path)
         raise ModelNotFound(
             f"{path} is a folder but not a diffusers model (it has no model_index.json)",
@@ -171,13 +210,22 @@ def _location_for(path: Path, requested: str) -> ModelLocation:
         )
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
-        raise ModelNotFound(
-            f"{path.name} is a pickle-based {suffix} file; fooocusd refuses those because loading one can "
-            "run arbitrary code",
-            where=str(path),
-            hint="download the .safetensors version of this model (most model pages offer one) or convert "
-            "it once, on a machine you trust, to .safetensors",
+        if not allow_pickle:
+            raise ModelNotFound(
+                f"{path.name} is a pickle-based {suffix} file; fooocusd refuses those because loading one "
+                "can run arbitrary code",
+                where=str(path),
+                hint="download the .safetensors version of this model (most model pages offer one) or "
+                "convert it once, on a machine you trust, to .safetensors. If you trust this file, "
+                f"{PICKLE_SETTING} = true loads it with torch's weights-only loader",
+            )
+        logger.warning(
+            "loading {}: a pickle-based file, allowed by {} = true. Pickles can run code when opened; "
+            "it is read with torch.load(weights_only=True). Prefer a .safetensors version.",
+            path,
+            PICKLE_SETTING,
         )
+        return ModelLocation(kind="single_file", name=path.stem, path=path)
     if suffix != SAFE_SUFFIX:
         raise ModelNotFound(
             f"{path.name} is not a model file fooocusd can load (expected {SAFE_SUFFIX})",
@@ -187,73 +235,61 @@ def _location_for(path: Path, requested: str) -> ModelLocation:
     return ModelLocation(kind="single_file", name=path.stem, path=path)
 
 
-def _discover(models_dir: Path) -> ModelLocation:
+def _discover(dirs: ModelDirs, allow_pickle: bool) -> ModelLocation:
     found: list[Path] = []
     refused: list[Path] = []
-    for folder in (models_dir / CHECKPOINT_SUBDIR, models_dir):
-        if not folder.is_dir():
-            continue
-        for entry in sorted(folder.iterdir()):
-            if _is_diffusers_folder(entry) or _is_sdxl_single_file(entry):
-                found.append(entry)
-            elif entry.is_file() and entry.suffix.lower() in PICKLE_SUFFIXES:
-                refused.append(entry)
+    for entry in dirs.files("checkpoints"):
+        suffix = entry.suffix.lower()
+        if entry.is_file() and suffix in PICKLE_SUFFIXES and not allow_pickle:
+            refused.append(entry)
+        elif _is_sdxl_model(entry, allow_pickle):
+            found.append(entry)
+    where = ", ".join(str(root) for root in dirs.roots) or "no models folder"
     if len(found) == 1:
-        return _location_for(found[0], requested="")
+        return _location_for(found[0], requested="", allow_pickle=allow_pickle)
     if not found:
-        message = f"no SDXL checkpoint found in {models_dir}"
+        message = f"no SDXL checkpoint found in {where}"
         if refused:
             message += (
                 f" (ignored pickle-based files: {', '.join(p.name for p in refused)}; they are refused "
-                "because loading them can run arbitrary code)"
+                f"because loading them can run arbitrary code, unless {PICKLE_SETTING} = true)"
             )
-        raise ModelNotFound(message, where=f"{CONFIG_KEY} is empty", hint=_put_it_here_hint(models_dir))
-    names = ", ".join(str(p.relative_to(models_dir)) for p in found)
+        raise ModelNotFound(message, where=f"{CONFIG_KEY} is empty", hint=_put_it_here_hint(dirs))
+    names = [_shown_name(path, dirs) for path in found]
     raise ModelNotFound(
-        f"several checkpoints found in {models_dir} and {CONFIG_KEY} does not say which to use: {names}",
+        f"several checkpoints found in {where} and {CONFIG_KEY} does not say which to use: "
+        f"{', '.join(names)}",
         where=f"{CONFIG_KEY} is empty",
-        hint=f'choose one in the config, e.g. [engine] model = "{found[0].relative_to(models_dir)}"',
+        hint=f'choose one in the config, e.g. [engine] model = "{names[0]}"',
     )
 
 
-def _is_diffusers_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "model_index.json").is_file()
+def _shown_name(path: Path, dirs: ModelDirs) -> str:
+    for root in dirs.roots:
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return str(path)
 
 
-def _is_sdxl_single_file(path: Path) -> bool:
-    if not (path.is_file() and path.suffix.lower() == SAFE_SUFFIX):
+def _is_sdxl_model(path: Path, allow_pickle: bool) -> bool:
+    if path.is_dir():
+        return detect_family(path).family in {"sdxl", "unknown"}  # diffusers folders, as before
+    if path.suffix.lower() not in {SAFE_SUFFIX, *(PICKLE_SUFFIXES if allow_pickle else ())}:
         return False
     try:
-        return checkpoint_family(path) == "sdxl"
+        return detect_family(path, allow_pickle=allow_pickle).family == "sdxl"
     except ModelNotFound:
         return False
 
 
-def _put_it_here_hint(models_dir: Path) -> str:
+def _put_it_here_hint(dirs: ModelDirs) -> str:
+    root = dirs.download_root
     return (
-        f"put an SDXL checkpoint in {models_dir} (e.g. {models_dir / EXAMPLE_CHECKPOINT}), "
+        f"put an SDXL checkpoint in {root} (e.g. {root / EXAMPLE_CHECKPOINT}), run "
+        f"`fooocusd models fetch {EXAMPLE_FETCH}`, "
         f'or set [engine] model = "/path/to/{EXAMPLE_CHECKPOINT}" ({CONFIG_KEY}) in the config. '
         f'model = "{TINY_MODEL}" only checks the plumbing: it makes noise, not pictures'
     )
-
-
-def _safetensors_keys(path: Path) -> set[str]:
-    # The format is: 8-byte little-endian header length, then a JSON header naming every tensor.
-    try:
-        with path.open("rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            if size <= 0 or size > 100_000_000:
-                raise ValueError(f"implausible header size {size}")
-            header = json.loads(handle.read(size))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ModelNotFound(
-            f"{path.name} is not a readable .safetensors file ({exc})",
-            where=str(path),
-            hint="the download may be incomplete or corrupt; download it again",
-        ) from exc
-    if not isinstance(header, dict):
-        raise ModelNotFound(f"{path.name} has a malformed .safetensors header", where=str(path))
-    return {key for key in header if key != "__metadata__"}
 
 
 def _read_hash_cache(cache_file: Path) -> dict[str, dict[str, object]]:

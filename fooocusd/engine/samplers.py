@@ -6,20 +6,44 @@ solver (``dpmpp_2m_sde_gpu``, ``euler`` ...), the *scheduler* is the noise-level
 below are the translation; to support another name, add one entry (``register_sampler`` /
 ``register_sigma_schedule``) — nothing else changes.
 
-Differences from Fooocus worth knowing:
+Schedules, against Fooocus's (ComfyUI's) definitions, with the model's training sigmas σ(t):
 
-- SDE samplers draw their per-step noise from the seeded ``torch.Generator`` passed to the pipeline,
+- ``normal``: timesteps evenly spaced from 999 down to 0 (diffusers ``timestep_spacing="linspace"``).
+- ``karras``: Karras et al. (2022) ρ = 7 ramp, σ_i = (σmax^(1/ρ) + i/(n−1)·(σmin^(1/ρ) − σmax^(1/ρ)))^ρ,
+  between σmin = σ(0) and σmax = σ(999), then 0. ``linspace`` spacing is set with it: on the
+  ``leading`` spacing SDXL's config ships with, diffusers would take σmax from the top *leading*
+  timestep (σ ≈ 11.5 at 30 steps instead of 14.6), a weaker start than Fooocus's.
+- ``exponential``: σ evenly spaced in log σ between the same σmax and σmin, then 0.
+- ``sgm_uniform``: timesteps 999·(1 − i/n), i = 0…n−1 (the top n of n+1 evenly spaced points).
+  ``simple``: every (1000/n)-th training sigma from the top, i.e. timesteps 999 − ⌊1000·i/n⌋.
+  The two differ by less than one training timestep (and not at all when n divides 1000), below
+  what diffusers' options can tell apart: both are ``timestep_spacing="trailing"``
+  (999 − round(1000·i/n)).
+- ``lcm``: Fooocus's name for "LCM discrete sampling on the sgm_uniform schedule". In diffusers the
+  LCM boundary condition (c_skip/c_out) lives in ``LCMScheduler.step``, so ``lcm`` works with the
+  ``lcm`` sampler only, on sgm_uniform's timesteps (see ``scheduler_classes``). With other samplers
+  use ``sgm_uniform``.
+
+Samplers, where diffusers differs from Fooocus:
+
+- SDE samplers draw their per-step noise from the seeded ``torch.Generator`` passed to the loop,
   not from a Brownian tree; results are reproducible per seed but not bit-identical to Fooocus. The
   ``_gpu`` variants only differ in Fooocus by where that tree lives, so they map to the same solver.
-- ``normal`` = evenly spaced timesteps (diffusers ``timestep_spacing="linspace"``); ``sgm_uniform``
-  and ``simple`` = evenly spaced from the top of the training range (``"trailing"``).
+  ``dpmpp_sde`` (and ``_gpu``) does use a Brownian tree (torchsde), seeded from that generator.
+- ``lcm`` and ``tcd`` are the consistency-model samplers of the LCM and TCD LoRAs (Extreme Speed);
+  ``tcd`` uses Fooocus's γ = 0.3. Both need a schedule of evenly spaced timesteps (``sgm_uniform``,
+  ``simple``, ``normal``, or ``lcm`` for the lcm sampler); σ-shaped schedules (karras,
+  exponential) are refused because they step on whole training timesteps.
 - ``ddim`` with a sigma schedule DDIM cannot express (karras, exponential) runs as Euler on that
   schedule: deterministic DDIM (eta 0) and the Euler step of the probability-flow ODE are the same update.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +51,7 @@ from typing import Any
 import diffusers
 from diffusers import SchedulerMixin
 
+from fooocusd.engine.scheduler_classes import LOCAL_SCHEDULER_CLASSES
 from fooocusd.errors import InvalidInput
 
 # Options that select a sigma schedule; every schedule sets all of them, so nothing leaks from the
@@ -54,6 +79,8 @@ class SigmaSchedule:
     """A Fooocus scheduler name as diffusers scheduler options."""
 
     options: Mapping[str, Any]
+    # When not empty, the only samplers (canonical names) this schedule can run with.
+    only_samplers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -88,22 +115,32 @@ SAMPLERS: dict[str, SamplerRecipe] = {
         "DDIMScheduler", {"set_alpha_to_one": False}, same_update_on_sigmas="EulerDiscreteScheduler"
     ),
     "ddpm": SamplerRecipe("DDPMScheduler"),
-    "uni_pc": SamplerRecipe("UniPCMultistepScheduler", {"solver_type": "bh1"}),
+    # bh1's update divides by h, which is infinite on the final step to σ = 0 (NaN images), so it
+    # ends at σmin instead; ComfyUI's UniPC likewise never steps to exactly 0.
+    "uni_pc": SamplerRecipe(
+        "UniPCMultistepScheduler", {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}
+    ),
     "uni_pc_bh2": SamplerRecipe("UniPCMultistepScheduler", {"solver_type": "bh2"}),
+    "dpmpp_sde": SamplerRecipe("SeededDPMSolverSDEScheduler"),
+    "dpmpp_sde_gpu": SamplerRecipe("SeededDPMSolverSDEScheduler"),
+    "lcm": SamplerRecipe("TrailingLCMScheduler"),
+    "tcd": SamplerRecipe("TrailingTCDScheduler"),
 }
 
 SAMPLER_ALIASES: dict[str, str] = {
     "euler_a": "euler_ancestral",
     "k_euler": "euler",
     "k_euler_a": "euler_ancestral",
+    "unipc": "uni_pc",
 }
 
 SIGMA_SCHEDULES: dict[str, SigmaSchedule] = {
-    "karras": SigmaSchedule({"use_karras_sigmas": True}),
-    "exponential": SigmaSchedule({"use_exponential_sigmas": True}),
+    "karras": SigmaSchedule({"use_karras_sigmas": True, "timestep_spacing": "linspace"}),
+    "exponential": SigmaSchedule({"use_exponential_sigmas": True, "timestep_spacing": "linspace"}),
     "normal": SigmaSchedule({"timestep_spacing": "linspace"}),
     "sgm_uniform": SigmaSchedule({"timestep_spacing": "trailing"}),
     "simple": SigmaSchedule({"timestep_spacing": "trailing"}),
+    "lcm": SigmaSchedule({"timestep_spacing": "trailing"}, only_samplers=frozenset({"lcm"})),
 }
 
 
@@ -131,7 +168,8 @@ def build_scheduler(sampler: str, schedule: str, base_config: Mapping[str, Any])
     """
     sampler_key = sampler.strip().lower()
     schedule_key = schedule.strip().lower()
-    recipe = SAMPLERS.get(SAMPLER_ALIASES.get(sampler_key, sampler_key))
+    canonical = SAMPLER_ALIASES.get(sampler_key, sampler_key)
+    recipe = SAMPLERS.get(canonical)
     if recipe is None:
         raise InvalidInput(
             f"unknown sampler {sampler!r}",
@@ -145,37 +183,60 @@ def build_scheduler(sampler: str, schedule: str, base_config: Mapping[str, Any])
             where="scheduler",
             hint=f"use one of: {', '.join(schedule_names())}",
         )
-    class_name = recipe.scheduler_class
-    missing = _missing_backends(class_name)
+    missing = _missing_backends(recipe.scheduler_class)
     if missing:
         raise InvalidInput(
             f"sampler {sampler!r} needs the Python package(s) {', '.join(missing)}, which are not installed",
             where="sampler",
             hint=f"pip install {' '.join(missing)} into fooocusd's environment, or pick another sampler",
         )
-    if not _accepts(class_name, sigma_schedule.options):
-        if recipe.same_update_on_sigmas and _accepts(recipe.same_update_on_sigmas, sigma_schedule.options):
-            class_name = recipe.same_update_on_sigmas
-        else:
-            workable = [name for name, s in SIGMA_SCHEDULES.items() if _accepts(class_name, s.options)]
-            raise InvalidInput(
-                f"sampler {sampler!r} cannot use scheduler {schedule!r} here",
-                where="scheduler",
-                hint=f"with {sampler!r} use one of: {', '.join(sorted(workable))}",
-            )
-    scheduler_class = getattr(diffusers, class_name)
+    class_name = _class_for(canonical, recipe, sigma_schedule)
+    if class_name is None:
+        workable = [name for name, s in SIGMA_SCHEDULES.items() if _class_for(canonical, recipe, s)]
+        raise InvalidInput(
+            f"sampler {sampler!r} cannot use scheduler {schedule!r}",
+            where="scheduler",
+            hint=f"with {sampler!r} use one of: {', '.join(sorted(workable))}",
+        )
     recipe_options = recipe.options if class_name == recipe.scheduler_class else {}
     options = {**recipe_options, **sigma_schedule.options}
     accepted = _init_parameters(class_name)
     switches = {key: value for key, value in _SCHEDULE_SWITCHES.items() if key in accepted}
-    config = {key: value for key, value in base_config.items() if not key.startswith("_")}
-    scheduler = scheduler_class.from_config({**config, **switches, **options})
+    # Only the keys the class knows: the rest (another class's options) would just be logged and dropped.
+    config = {key: value for key, value in base_config.items() if key in accepted}
+    scheduler = _fresh_scheduler(class_name, json.dumps({**config, **switches, **options}, sort_keys=True))
     return SchedulerChoice(scheduler=scheduler, sampler=sampler_key, schedule=schedule_key)
+
+
+def _fresh_scheduler(class_name: str, config_json: str) -> SchedulerMixin:
+    # Some classes are slow to construct (KDPM2 spends seconds converting its 1000 training sigmas);
+    # build each configuration once and hand out copies, so jobs never share scheduler state.
+    return copy.deepcopy(_prototype(class_name, config_json))
+
+
+@functools.lru_cache(maxsize=64)
+def _prototype(class_name: str, config_json: str) -> SchedulerMixin:
+    return _scheduler_class(class_name).from_config(json.loads(config_json))
+
+
+def _class_for(sampler: str, recipe: SamplerRecipe, schedule: SigmaSchedule) -> str | None:
+    """The scheduler class that runs ``sampler`` on ``schedule``, or None when none can."""
+    if schedule.only_samplers and sampler not in schedule.only_samplers:
+        return None
+    if _accepts(recipe.scheduler_class, schedule.options):
+        return recipe.scheduler_class
+    if recipe.same_update_on_sigmas and _accepts(recipe.same_update_on_sigmas, schedule.options):
+        return recipe.same_update_on_sigmas
+    return None
+
+
+def _scheduler_class(class_name: str) -> type:
+    return LOCAL_SCHEDULER_CLASSES.get(class_name) or getattr(diffusers, class_name)
 
 
 def _missing_backends(class_name: str) -> list[str]:
     # diffusers exports a placeholder with a ``_backends`` list when an optional dependency is absent.
-    backends = getattr(getattr(diffusers, class_name), "_backends", None)
+    backends = getattr(_scheduler_class(class_name), "_backends", None)
     return [name for name in backends or () if name != "torch"]
 
 
@@ -184,4 +245,4 @@ def _accepts(class_name: str, options: Mapping[str, Any]) -> bool:
 
 
 def _init_parameters(class_name: str) -> set[str]:
-    return set(inspect.signature(getattr(diffusers, class_name).__init__).parameters)
+    return set(inspect.signature(_scheduler_class(class_name).__init__).parameters)

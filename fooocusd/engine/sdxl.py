@@ -35,12 +35,15 @@ from fooocusd.engine.conditioning import (
     encode_workloads,
     prompt_workloads,
 )
-from fooocusd.engine.denoise import GuidanceSettings, denoise, initial_latents, unet_noise_predictor
+from fooocusd.engine.denoise import GuidanceSettings, denoise, initial_latents
+from fooocusd.engine.img2img import ImageStart, prepare_image_start, vae_tiling
+from fooocusd.engine.job_components import JobComponents
 from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.engine.models import (
     SDXL_CONFIG_DIR,
     TINY_MODEL,
     ModelLocation,
+    ModelRoots,
     autov2,
     model_sha256,
     require_sdxl_checkpoint,
@@ -63,14 +66,16 @@ class SDXLEngine:
         self,
         location: ModelLocation,
         *,
-        models_dir: Path,
+        models_dir: ModelRoots,
         hash_cache: Path,
         device: str = "auto",
         dtype: str = "auto",
         attention: str = "sdpa",
         config_dir: Path = SDXL_CONFIG_DIR,
         configured_model: str = "",
+        allow_unsafe_pickle: bool = False,
     ) -> None:
+        self._allow_unsafe_pickle = allow_unsafe_pickle
         self._location = location
         self._default_location = location
         self._configured_model = configured_model
@@ -85,6 +90,7 @@ class SDXLEngine:
         self._base_scheduler_config: dict[str, Any] = {}
         self._sha256 = ""
         self._unreported_load_seconds: float | None = None
+        self._components = JobComponents(models_dir, hash_cache, config_dir=config_dir)
 
     # -- Engine protocol -----------------------------------------------------------------------
 
@@ -105,6 +111,10 @@ class SDXLEngine:
         started = time.perf_counter()
         try:
             self._switch_model_for(request.model)
+            # LoRAs, VAE and refiner for this image; outside inference mode, as adapters are injected.
+            self._components.prepare(
+                self._pipeline, request, base=self._location, device=self._device, dtype=self._dtype
+            )
             return self._generate(request, progress, should_stop, started)
         except torch.cuda.OutOfMemoryError as exc:
             self.free_memory()
@@ -161,7 +171,7 @@ class SDXLEngine:
         if name == self._location.name:
             return self._location
         try:
-            return resolve_model(name, self._models_dir)
+            return resolve_model(name, self._model_dirs, allow_pickle=self._allow_unsafe_pickle)
         except ModelNotFound as exc:
             raise InvalidInput(exc.message, hint=exc.hint, where=exc.where) from exc
 
@@ -180,6 +190,7 @@ class SDXLEngine:
         self._sha256 = model_sha256(location, self._hash_cache)
         self._base_scheduler_config = dict(pipeline.scheduler.config)
         self._pipeline = pipeline
+        self._components.attach(pipeline)
         self._unreported_load_seconds = time.perf_counter() - started
 
     def _from_single_file(self, path: Path) -> StableDiffusionXLPipeline:
@@ -254,38 +265,68 @@ class SDXLEngine:
             # Seeded on the CPU so that a seed gives the same image on every device.
             generator = torch.Generator(device="cpu").manual_seed(request.seed)
             scheduler = choice.scheduler
-            latents = initial_latents(
-                scheduler,
-                request.steps,
-                (
-                    1,
-                    pipeline.unet.config.in_channels,
-                    height // pipeline.vae_scale_factor,
-                    width // pipeline.vae_scale_factor,
-                ),
-                generator=generator,
-                device=self._device,
-                dtype=conditioning.positive.tokens.dtype,
-            )
+            task = request.image_task
+            if task is None:
+                start = ImageStart(
+                    initial_latents(
+                        scheduler,
+                        request.steps,
+                        (
+                            1,
+                            pipeline.unet.config.in_channels,
+                            height // pipeline.vae_scale_factor,
+                            width // pipeline.vae_scale_factor,
+                        ),
+                        generator=generator,
+                        device=self._device,
+                        dtype=conditioning.positive.tokens.dtype,
+                    ),
+                    0,
+                    None,
+                )
+            else:
+                start = prepare_image_start(
+                    pipeline,
+                    scheduler,
+                    task,
+                    request.steps,
+                    (width, height),
+                    seed=request.seed,
+                    generator=generator,
+                    dtype=conditioning.positive.tokens.dtype,
+                )
             latents = denoise(
-                unet_noise_predictor(pipeline.unet),
+                self._components.noise_predictor(
+                    pipeline,
+                    request,
+                    scheduler,
+                    conditioning,
+                    size=(width, height),
+                    start_index=start.start_index,
+                ),
                 scheduler,
-                latents,
+                start.latents,
                 conditioning,
                 settings,
                 generator=generator,
                 progress=progress,
                 should_stop=should_stop,
+                start_index=start.start_index,
+                blend=start.blend,
             )
             self._synchronize()
             timings["denoise"] = time.perf_counter() - mark
 
             mark = time.perf_counter()
-            image = _decode(pipeline, latents)
+            with vae_tiling(pipeline.vae, task is not None and task.tiled_vae):
+                image = _decode(pipeline, latents)
+            if task is not None and image.size != (request.width, request.height):
+                image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
             timings["decode"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - started + timings.get("load", 0.0)
         result = self._result(request, image, choice, timings)
         result.extra.update(_refinements_record(request, settings, positive_workloads, negative_workloads))
+        result.extra.update(self._components.record(request))
         return result
 
     def _encode(

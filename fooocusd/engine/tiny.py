@@ -19,6 +19,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from fooocusd.engine.models import SDXL_CONFIG_DIR
 
 TINY_SEED = 20_231_126
+TINY_REFINER = "tiny-random-refiner"
+"""A refiner-shaped tiny UNet (CLIP-G-only cross-attention, aesthetic-score time ids), for tests."""
+TINY_REFINER_SEED = 20_230_726
 TEXT_WIDTH_1 = 32
 TEXT_WIDTH_2 = 64
 TIME_EMBED_DIM = 8
@@ -50,6 +53,15 @@ def build_tiny_sdxl_pipeline(scheduler: SchedulerMixin) -> StableDiffusionXLPipe
     return pipeline
 
 
+def build_tiny_refiner_unet() -> UNet2DConditionModel:
+    """A deterministic tiny UNet shaped like the SDXL refiner's: it attends to the second text encoder
+    only, and its micro-conditioning has 5 numbers (original size, crop, aesthetic score)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_REFINER_SEED)
+        unet = _tiny_unet(cross_attention_dim=TEXT_WIDTH_2, time_ids=5)
+    return unet.eval()
+
+
 def tiny_render_size(width: int, height: int) -> tuple[int, int]:
     """The size tiny-random renders for a requested size: 1/8 of each side, a multiple of 16, at least 64."""
     return _shrink(width), _shrink(height)
@@ -59,7 +71,9 @@ def _shrink(side: int) -> int:
     return max(TINY_MIN_SIDE, round(side / TINY_SCALE / TINY_MULTIPLE) * TINY_MULTIPLE)
 
 
-def _tiny_unet() -> UNet2DConditionModel:
+def _tiny_unet(
+    cross_attention_dim: int = TEXT_WIDTH_1 + TEXT_WIDTH_2, time_ids: int = 6
+) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=32,
         in_channels=4,
@@ -73,10 +87,10 @@ def _tiny_unet() -> UNet2DConditionModel:
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=TIME_EMBED_DIM,
-        # 6 micro-conditioning numbers (original size, crop, target size), each embedded, plus the pooled
-        # output of the second text encoder.
-        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_WIDTH_2,
-        cross_attention_dim=TEXT_WIDTH_1 + TEXT_WIDTH_2,
+        # The micro-conditioning numbers (base: original size, crop, target size; refiner: original
+        # size, crop, aesthetic score), each embedded, plus the pooled output of the second text encoder.
+        projection_class_embeddings_input_dim=time_ids * TIME_EMBED_DIM + TEXT_WIDTH_2,
+        cross_attention_dim=cross_attention_dim,
         norm_num_groups=32,
     )
 

@@ -37,6 +37,7 @@ from watchdog.events import (
     EVENT_TYPE_CLOSED,
     EVENT_TYPE_CLOSED_NO_WRITE,
     EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
     EVENT_TYPE_MODIFIED,
     EVENT_TYPE_MOVED,
     EVENT_TYPE_OPENED,
@@ -100,18 +101,36 @@ _DIRECTORY = _Directory()
 
 
 class _EventHandler(FileSystemEventHandler):
-    def __init__(self, note: Callable[[str, bool, bool], None]) -> None:
+    """Forwards events to the watcher. ``note_writing`` is given only for native (inotify) watches:
+    they report a close after writing, so "written to but not closed yet" can be told apart from a pause.
+    Polling never sees a close, so polled folders rely on the settle time alone."""
+
+    def __init__(
+        self,
+        note: Callable[[str, bool, bool], None],
+        note_writing: Callable[[str, bool], None] | None = None,
+    ) -> None:
         self._note = note
+        self._note_writing = note_writing
 
     def dispatch(self, event: FileSystemEvent) -> None:
         if event.event_type in _READ_EVENTS:
             return
+        if self._note_writing is not None and not event.is_directory:
+            self._track_writer(event)
         activity = event.event_type in _WRITE_EVENTS
         if event.event_type == EVENT_TYPE_MOVED:
             self._note(os.fsdecode(event.src_path), event.is_directory, False)
             self._note(os.fsdecode(event.dest_path), event.is_directory, True)
         else:
             self._note(os.fsdecode(event.src_path), event.is_directory, activity)
+
+    def _track_writer(self, event: FileSystemEvent) -> None:
+        assert self._note_writing is not None
+        if event.event_type == EVENT_TYPE_MODIFIED:
+            self._note_writing(os.fsdecode(event.src_path), True)
+        elif event.event_type in (EVENT_TYPE_CLOSED, EVENT_TYPE_DELETED, EVENT_TYPE_MOVED):
+            self._note_writing(os.fsdecode(event.src_path), False)
 
 
 class InboxWatcher:
@@ -129,8 +148,10 @@ class InboxWatcher:
         extra_ignore: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
         mounts: list[Mount] | None = None,
+        open_write_wait_seconds: float = 120.0,
     ) -> None:
         self.inbox = Path(os.path.abspath(inbox))
+        self.open_write_wait_seconds = open_write_wait_seconds
         self.rescan_seconds = rescan_seconds
         self.polling: PollingMode = polling
         self.poll_interval_seconds = poll_interval_seconds
@@ -146,6 +167,8 @@ class InboxWatcher:
         self._dirty: dict[Path, bool] = {}
         self._dirty_dirs: set[Path] = set()
         self._handed_out: dict[Path, int] = {}
+        # Files written to (native events) whose writer has not closed them yet: since when.
+        self._writing: dict[Path, float] = {}
         self._next_rescan: float | None = None
         self._observers: list[BaseObserver] = []
         self._watches: list[tuple[Path, bool]] = []
@@ -162,8 +185,7 @@ class InboxWatcher:
             )
         mounts = read_mounts() if self._mounts is None else self._mounts
         decision = decide_polling(self.inbox, self.polling, mounts)
-        handler = _EventHandler(self._note)
-        main = self._start_observer(handler, self.inbox, decision.use_polling)
+        main = self._start_observer(self.inbox, decision.use_polling)
         if main is None:
             self.watch_mode = f"polling every {self.poll_interval_seconds:g} s (native events unavailable)"
         elif decision.use_polling:
@@ -171,7 +193,7 @@ class InboxWatcher:
         else:
             self.watch_mode = f"native events: {decision.reason}"
         if not decision.use_polling and main is not None and self.polling == "auto":
-            self._poll_network_submounts(handler, mounts)
+            self._poll_network_submounts(mounts)
         logger.info("watching {} ({})", self.inbox, self.watch_mode)
 
     def stop(self) -> None:
@@ -232,6 +254,7 @@ class InboxWatcher:
         key = Path(os.path.abspath(path))
         with self._lock:
             self._handed_out.pop(key, None)
+            self._writing.pop(key, None)
         self._tracker.forget(key)
 
     def watches(self) -> list[tuple[Path, bool]]:
@@ -273,6 +296,9 @@ class InboxWatcher:
                     if handed_inode == found.stat.inode:
                         continue
                     del self._handed_out[path]  # replaced by a new file: a new arrival
+            if not found.refusal and self._still_being_written(path, now):
+                self._tracker.observe(path, found.stat, now, activity=True)  # settles from the close on
+                continue
             if found.refusal or self._tracker.observe(path, found.stat, now, activity=activity):
                 self._tracker.forget(path)
                 with self._lock:
@@ -380,15 +406,41 @@ class InboxWatcher:
                 self._dirty[path] = self._dirty.get(path, False) or activity
         self._wakeup.set()
 
+    def _note_writing(self, raw_path: str, writing: bool) -> None:
+        path = Path(os.path.abspath(raw_path))
+        with self._lock:
+            if writing:
+                self._writing.setdefault(path, self._clock())
+            else:
+                self._writing.pop(path, None)
+
+    def _still_being_written(self, path: Path, now: float) -> bool:
+        """A writer that pauses longer than the settle time keeps its file open: wait for the close,
+        up to ``open_write_wait_seconds`` (a writer that never closes must not block the file forever)."""
+        with self._lock:
+            since = self._writing.get(path)
+            if since is None:
+                return False
+            if now - since < self.open_write_wait_seconds:
+                return True
+            del self._writing[path]
+        logger.warning(
+            "{} is still open for writing after {:.0f} s; taking it once it stops changing",
+            self._relpath(path),
+            now - since,
+        )
+        return False
+
     def _relpath(self, path: Path) -> str:
         return path.relative_to(self.inbox).as_posix()
 
-    def _start_observer(self, handler: _EventHandler, folder: Path, use_polling: bool) -> BaseObserver | None:
+    def _start_observer(self, folder: Path, use_polling: bool) -> BaseObserver | None:
         """Start one recursive observer; a native one that fails (inotify limits) falls back to
         polling. Returns None when the fallback was needed."""
         observer: BaseObserver = (
             PollingObserver(timeout=self.poll_interval_seconds) if use_polling else Observer()
         )
+        handler = _EventHandler(self._note, None if use_polling else self._note_writing)
         try:
             observer.schedule(handler, str(folder), recursive=True)
             observer.start()
@@ -402,13 +454,13 @@ class InboxWatcher:
                 exc,
             )
             _stop_quietly(observer)
-            self._start_observer(handler, folder, use_polling=True)
+            self._start_observer(folder, use_polling=True)
             return None
         self._observers.append(observer)
         self._watches.append((folder, use_polling))
         return observer
 
-    def _poll_network_submounts(self, handler: _EventHandler, mounts: Iterable[Mount]) -> None:
+    def _poll_network_submounts(self, mounts: Iterable[Mount]) -> None:
         # A local inbox may hold a network share mounted inside it: native events would miss
         # remote changes there, so that subtree gets a polling observer of its own.
         real_inbox = Path(os.path.realpath(self.inbox))
@@ -419,7 +471,7 @@ class InboxWatcher:
             folder = self.inbox / relpath
             if not reason or not folder.is_dir() or classify_dir(relpath, self.extra_ignore):
                 continue
-            self._start_observer(handler, folder, use_polling=True)
+            self._start_observer(folder, use_polling=True)
             logger.info("polling {} inside the inbox: {} ({})", folder, reason, mount.fs_type)
 
 

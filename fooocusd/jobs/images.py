@@ -6,7 +6,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fooocusd.errors import InvalidInput
 
@@ -30,16 +30,28 @@ _OTHER_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
 )
 
 
+_EXIF_ORIENTATION_TAG = 0x0112
+_SIDEWAYS_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     width: int
     height: int
     mode: str
     format: str  # "PNG", "JPEG" or "WEBP"
+    orientation: int = 1  # EXIF orientation; 1 = stored upright
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(width, height) once the EXIF orientation is applied, as the worker decodes it."""
+        if self.orientation in _SIDEWAYS_ORIENTATIONS:
+            return self.height, self.width
+        return self.width, self.height
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -74,10 +86,14 @@ def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
             with Image.open(path) as image:
                 width, height = image.size
                 _require_within_limit(width, height, max_pixels, path)
-                info = ImageInfo(
-                    width, height, image.mode, _FORMAT_ALIASES.get(image.format or "", image.format or "")
-                )
                 image.load()
+                info = ImageInfo(
+                    width,
+                    height,
+                    image.mode,
+                    _FORMAT_ALIASES.get(image.format or "", image.format or ""),
+                    _exif_orientation(image),
+                )
     except InvalidInput:
         raise
     except Image.DecompressionBombError as exc:
@@ -102,6 +118,11 @@ def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
     if width < 1 or height < 1:
         raise InvalidInput(f"{path.name} has no pixels ({width}×{height})", where=where, hint=_REEXPORT)
     return info
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    return value if isinstance(value, int) else 1
 
 
 def _require_accepted_content(head: bytes, path: Path) -> None:
@@ -132,3 +153,124 @@ def _require_within_limit(width: int, height: int, max_pixels: int, path: Path) 
             where=path.name,
             hint=f"shrink the image, or raise {_MAX_PIXELS_KEY} in the config if you trust its source",
         )
+
+
+# -- decoding for the worker -------------------------------------------------------------------
+
+NEUTRAL_BACKGROUND = (128, 128, 128)
+"""Transparent pixels are composited onto mid grey: it biases neither light nor dark results."""
+MASK_ASPECT_TOLERANCE = 0.01
+"""A mask whose aspect ratio differs from its image's by more than 1% is refused, not stretched."""
+
+
+def load_input_image(path: Path, max_pixels: int) -> Image.Image:
+    """The image at ``path`` as 8-bit RGB, upright, ready for the engine.
+
+    Checks it first (``inspect_image``). EXIF orientation is applied; CMYK and palette images
+    are converted; 16-bit images are scaled to 8 bits; transparency (RGBA, LA, palette with a
+    transparent colour) is composited onto ``NEUTRAL_BACKGROUND``.
+    """
+    inspect_image(path, max_pixels)
+    with _decoding(path, max_pixels) as image:
+        return to_rgb(ImageOps.exif_transpose(image))
+
+
+def load_mask(path: Path, size: tuple[int, int], max_pixels: int = 64_000_000) -> Image.Image:
+    """The mask at ``path`` as greyscale ("L"; white = repaint, black = keep), at ``size`` (w, h).
+
+    EXIF orientation is applied as for the image. Transparency counts as black (keep). A mask of
+    another size but the same aspect ratio (within 1%) is resized to ``size``; one of another
+    aspect ratio is refused, since stretching it would repaint the wrong place.
+    """
+    inspect_image(path, max_pixels)
+    with _decoding(path, max_pixels) as image:
+        upright = ImageOps.exif_transpose(image)
+        mask = _to_grey(upright)
+    if mask.size == size:
+        return mask
+    require_mask_fits(mask.size, size, path.name)
+    # Nearest keeps a hard-edged mask hard; the paste-back feathers it anyway.
+    return mask.resize(size, Image.Resampling.NEAREST)
+
+
+def require_mask_fits(mask_size: tuple[int, int], image_size: tuple[int, int], mask_name: str) -> None:
+    """Refuse a mask that cannot be scaled onto its image: aspect ratios more than 1% apart.
+
+    Sizes are upright (width, height). A mask of the same shape but another size is fine:
+    ``load_mask`` resizes it.
+    """
+    (mask_width, mask_height), (width, height) = mask_size, image_size
+    if abs((mask_width / mask_height) / (width / height) - 1.0) > MASK_ASPECT_TOLERANCE:
+        raise InvalidInput(
+            f"the mask {mask_name} is {mask_width}×{mask_height} but its image is {width}×{height}; "
+            "their shapes differ, so the mask cannot be scaled to fit",
+            where=mask_name,
+            hint="export the mask at the image's size (white = repaint, black = keep)",
+        )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB, transparency composited onto ``NEUTRAL_BACKGROUND``."""
+    if image.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
+        return _sixteen_bit_to_l(image).convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+    if image.mode in {"RGBa", "La"}:
+        image = image.convert("RGBA")
+    if image.mode in {"RGBA", "LA", "PA"}:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*NEUTRAL_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode == "F":
+        return image.convert("L").convert("RGB")
+    return image.convert("RGB")  # RGB, L, 1, CMYK (Pillow's own ink inversion), YCbCr, LAB...
+
+
+def _to_grey(image: Image.Image) -> Image.Image:
+    if image.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
+        return _sixteen_bit_to_l(image)
+    if image.mode == "L":
+        return image.copy()
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("L")
+    return image.convert("RGB").convert("L")
+
+
+def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit integer) greyscale → 8 bits, keeping the full 0–65535 range."""
+    return image.point(lambda value: value / 257 + 0.5).convert("L")  # + 0.5: round, not truncate
+
+
+class _decoding:
+    """``Image.open`` + ``load`` under our pixel limit, with decoding errors turned into ``InvalidInput``."""
+
+    def __init__(self, path: Path, max_pixels: int) -> None:
+        self.path = path
+        self.max_pixels = max_pixels
+        self.image: Image.Image | None = None
+
+    def __enter__(self) -> Image.Image:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(self.path)
+                _require_within_limit(image.width, image.height, self.max_pixels, self.path)
+                image.load()
+        except InvalidInput:
+            raise
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+            raise InvalidInput(
+                f"the image {self.path.name} is truncated or corrupt — re-export it ({exc})",
+                where=self.path.name,
+                hint=f"if it was still copying, drop it again once complete; otherwise {_REEXPORT}",
+            ) from exc
+        self.image = image
+        return image
+
+    def __exit__(self, *_: object) -> None:
+        if self.image is not None:
+            self.image.close()

@@ -2,18 +2,18 @@
 
 Every problem is an ``InvalidInput`` whose message, ``where`` and ``hint`` end up in the
 ``<name>.error.txt`` written next to the input in ``failed/`` (see ``error_report``).
-Image paths in the returned specs are relative to the inbox, in POSIX form.
+Image and mask paths in the returned specs are relative to the inbox, in POSIX form.
 """
 
 from __future__ import annotations
 
-import os
+from contextlib import nullcontext
 from pathlib import Path
 
 from fooocusd.errors import InvalidInput
-from fooocusd.jobs.images import ImageInfo, inspect_image
+from fooocusd.jobs.drop_files import DropFiles
 from fooocusd.jobs.resolve import normalise_image_action
-from fooocusd.jobs.spec import JobSpec
+from fooocusd.jobs.spec import JobSpec, image_attached_after_parsing
 from fooocusd.jobs.toml_format import parse_toml
 from fooocusd.jobs.txt_format import parse_txt
 
@@ -27,7 +27,8 @@ What the inbox accepts:
   name.toml        the same keys as TOML (prompt = "..."), or several [[job]] tables
   name.png/.jpg/.webp
                    an image alone is varied; next to name.txt or name.toml it is that
-                   job's input image; name.mask.png beside it marks the area to repaint
+                   job's input image (the prompt is then optional); name.mask.png beside
+                   it marks the area to repaint
 Lines starting with # in a .txt file are comments. Files must be saved as UTF-8."""
 README_POINTER = 'The README\'s "Job files" section describes every key, with examples.'
 
@@ -44,46 +45,39 @@ def load_drop(
 ) -> list[JobSpec]:
     """Read, parse and check one drop. Paths must still be at their place inside ``inbox``.
 
-    - a job file alone: its jobs; images it names are resolved relative to it and must stay in the inbox;
-    - a job file with an image: the image becomes the input of every job that names none;
+    - a job file alone: its jobs; a job needs a prompt unless it names an image. Images and masks
+      it names are resolved relative to it and must stay in the inbox;
+    - a job file with an image: the image becomes the input of every job that names none, and
+      those jobs need no prompt;
     - an image alone: one job that applies ``default_image_action`` to it;
-    - a mask needs its image, and makes ``inpaint`` the default action.
+    - a mask needs its image, goes with the jobs that use that image, and makes ``inpaint``
+      their default action. A mask must have its image's shape; the worker scales it to size.
     """
-    inbox_root = inbox.resolve()
-    action = _default_action(default_image_action, mask_path)
     if mask_path is not None and image_path is None:
         raise InvalidInput(
             f"the mask {mask_path.name} has no image to go with",
             where=mask_path.name,
             hint=f"drop the image beside it with the same name, e.g. {_image_name_for_mask(mask_path)}",
         )
-
-    paired: str | None = None
-    inspected: dict[Path, ImageInfo] = {}
-    if image_path is not None:
-        paired = _inbox_relative(image_path, inbox_root, key=image_path.name)
-        inspected[_resolve_inside(image_path, inbox_root, key=image_path.name)] = inspect_image(
-            image_path, max_image_pixels
-        )
-    mask: str | None = None
-    if mask_path is not None and image_path is not None:
-        _check_mask(mask_path, inspected[image_path.resolve()], inbox_root, max_image_pixels)
-        mask = _inbox_relative(mask_path, inbox_root, key=mask_path.name)
+    files = DropFiles(inbox, max_image_pixels)
+    paired = files.dropped(image_path, "image") if image_path is not None else None
+    paired_mask: str | None = None
+    if mask_path is not None and paired is not None:
+        paired_mask = files.dropped(mask_path, "mask")
+        files.require_mask_fits(paired_mask, paired, where=mask_path.name)
+    action = normalise_image_action(default_image_action)
 
     if spec_path is None:
         if paired is None:
             raise ValueError("load_drop needs a job file, an image, or both")
-        alone = {"prompt": "", "image": paired, "image_action": action}
-        return [JobSpec(**alone, mask=mask) if mask else JobSpec(**alone)]
+        alone = {"prompt": "", "image": paired, "image_action": "inpaint" if paired_mask else action}
+        return [JobSpec(**alone, mask=paired_mask) if paired_mask else JobSpec(**alone)]
 
-    specs = parse_job_file(spec_path, max_job_file_bytes=max_job_file_bytes)
-    attached = [
-        _attach_image(spec, spec_path, paired, action, inbox_root, max_image_pixels, inspected)
-        for spec in specs
-    ]
-    if mask is None:
-        return attached
-    return [spec if spec.mask else spec.model_copy(update={"mask": mask}) for spec in attached]
+    # With an image beside the file, every job gets an image below, so none needs a prompt.
+    # Without one, the parsers refuse a job that has neither, with their own precise message.
+    with image_attached_after_parsing() if paired is not None else nullcontext():
+        specs = parse_job_file(spec_path, max_job_file_bytes=max_job_file_bytes)
+    return [_with_inputs(spec, spec_path, files, paired, paired_mask, action) for spec in specs]
 
 
 def parse_job_file(path: Path, *, max_job_file_bytes: int) -> list[JobSpec]:
@@ -105,7 +99,15 @@ def parse_job_file(path: Path, *, max_job_file_bytes: int) -> list[JobSpec]:
         raise InvalidInput(f"cannot read {path.name}: {exc.strerror or exc}", where=path.name) from exc
     if len(data) > max_job_file_bytes:  # it grew after the size check
         raise _too_big(path, len(data), max_job_file_bytes)
-    return parser(decode_job_text(data, path.name), path.name)
+    text = decode_job_text(data, path.name)
+    try:
+        return parser(text, path.name)
+    except RecursionError as exc:  # tomllib recurses once per level of [[[…]]] or {a = {…}}
+        raise InvalidInput(
+            f"{path.name}: values are nested too deeply to read",
+            where=path.name,
+            hint="a job needs plain values: strings, numbers, and lists of them; remove the nesting",
+        ) from exc
 
 
 def decode_job_text(data: bytes, source_name: str) -> str:
@@ -167,83 +169,49 @@ def _too_big(path: Path, size: int, limit: int) -> InvalidInput:
     )
 
 
-def _default_action(configured: str, mask_path: Path | None) -> str:
-    return "inpaint" if mask_path is not None else normalise_image_action(configured)
-
-
-def _attach_image(
+def _with_inputs(
     spec: JobSpec,
     spec_path: Path,
+    files: DropFiles,
     paired: str | None,
-    action: str,
-    inbox_root: Path,
-    max_image_pixels: int,
-    inspected: dict[Path, ImageInfo],
+    paired_mask: str | None,
+    default_action: str,
 ) -> JobSpec:
-    if spec.image is None and paired is None:
-        if spec.image_action is not None:
-            raise InvalidInput(
-                f"{spec_path.name}: the job asks for image action '{spec.image_action}' but names no image",
-                where="action",
-                hint="add 'image: picture.png' (a file in the inbox), drop the image beside the job file "
-                "with the same name, or remove the action",
-            )
+    """``spec`` with its image and mask resolved (named ones checked) and its action decided."""
+    image = files.named(spec.image, spec_path, "image") if spec.image is not None else paired
+    if image is None:
+        _refuse_image_keys_without_image(spec, spec_path)
         return spec
-    if spec.image is None:
-        relative = paired
+    if spec.mask is not None:
+        mask = files.named(spec.mask, spec_path, "mask")
+        files.require_mask_fits(mask, image, where="mask")
     else:
-        named = _named_image_path(spec.image, spec_path)
-        target = _resolve_inside(named, inbox_root, key="image")
-        if not target.is_file():
-            prose = (
-                " If that line is prompt text, write it as 'prompt: image: ...'." if " " in spec.image else ""
-            )
-            raise InvalidInput(
-                f"{spec_path.name}: the image '{spec.image}' does not exist",
-                where="image",
-                hint="give the path relative to the job file, e.g. 'image: photos/cat.png', "
-                f"and drop the image before (or with) the job file.{prose}",
-            )
-        if target not in inspected:
-            inspected[target] = inspect_image(target, max_image_pixels)
-        relative = target.relative_to(inbox_root).as_posix()
-    return spec.model_copy(update={"image": relative, "image_action": spec.image_action or action})
+        mask = paired_mask if image == paired else None  # name.mask.png belongs to name.png only
+    update: dict[str, str] = {
+        "image": image,
+        "image_action": spec.image_action or ("inpaint" if mask is not None else default_action),
+    }
+    if mask is not None:
+        update["mask"] = mask
+    return spec.model_copy(update=update)
 
 
-def _named_image_path(value: str, spec_path: Path) -> Path:
-    named = Path(os.path.expanduser(value)) if value.startswith("~") else Path(value)
-    return named if named.is_absolute() else spec_path.parent / named
-
-
-def _resolve_inside(path: Path, inbox_root: Path, *, key: str) -> Path:
-    """The real path (symlinks followed); refused unless it lies inside the inbox."""
-    try:
-        real = path.resolve()
-    except (OSError, RuntimeError) as exc:  # symlink loops
-        raise InvalidInput(f"cannot resolve the image path {path}: {exc}", where=key) from exc
-    if not real.is_relative_to(inbox_root):
+def _refuse_image_keys_without_image(spec: JobSpec, spec_path: Path) -> None:
+    how = (
+        "add 'image: picture.png' (a file in the inbox) or drop the image beside the job file "
+        "with the same name"
+    )
+    if spec.image_action is not None:
         raise InvalidInput(
-            f"the image path '{path}' leads outside the inbox (to {real}); that is not allowed",
-            where=key,
-            hint="put the image inside the inbox and give its path relative to the job file, "
-            "without '..' and without links that point elsewhere",
+            f"{spec_path.name}: the job asks for image action '{spec.image_action}' but names no image",
+            where="action",
+            hint=f"{how}, or remove the action",
         )
-    return real
-
-
-def _inbox_relative(path: Path, inbox_root: Path, *, key: str) -> str:
-    return _resolve_inside(path, inbox_root, key=key).relative_to(inbox_root).as_posix()
-
-
-def _check_mask(mask_path: Path, image: ImageInfo, inbox_root: Path, max_image_pixels: int) -> None:
-    _resolve_inside(mask_path, inbox_root, key=mask_path.name)
-    mask = inspect_image(mask_path, max_image_pixels)
-    if (mask.width, mask.height) != (image.width, image.height):
+    if spec.mask is not None:
         raise InvalidInput(
-            f"the mask {mask_path.name} is {mask.width}×{mask.height} but its image is "
-            f"{image.width}×{image.height}",
-            where=mask_path.name,
-            hint="export the mask at exactly the image's size (white = repaint, black = keep)",
+            f"{spec_path.name}: the job names the mask '{spec.mask}' but no image for it",
+            where="mask",
+            hint=f"{how}, or remove the mask",
         )
 
 

@@ -4,6 +4,12 @@ Search directories are given in priority order; the first one holding ``<name>.t
 a user's preset folder placed before the bundled one overrides a bundled preset of the same name.
 A broken preset file is a ``ConfigError`` (the operator's file); a job asking for a preset that
 does not exist is ``InvalidInput`` (the job's fault).
+
+Models: a preset may name its checkpoint (``model``), ``refiner``, ``vae`` and ``loras`` by file
+name. A job that uses the preset (by its own ``preset`` key, its inbox subfolder or
+``generation.preset``) gets those files unless it names its own; the bundled ``default`` preset
+names none, so ``engine.model`` stays in charge. ``preset_check.check_preset_models`` makes sure
+the files exist before anything renders.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from fooocusd.jobs.resolve import (
     normalise_output_format,
     normalise_performance,
 )
-from fooocusd.jobs.spec import MAX_IMAGES, OutputFormat, Performance
+from fooocusd.jobs.spec import MAX_IMAGES, MAX_LORAS, LoraSpec, OutputFormat, Performance
 from fooocusd.jobs.toml_format import canonical_key, suggest
 from fooocusd.settings import GenerationSettings
 
@@ -53,6 +59,10 @@ class Preset(BaseModel):
     steps: int | None = Field(None, ge=1, le=200)
     images: int | None = Field(None, ge=1, le=MAX_IMAGES)
     output_format: OutputFormat | None = None
+    loras: list[LoraSpec] | None = Field(None, max_length=MAX_LORAS)
+    refiner: str | None = Field(None, max_length=500)
+    refiner_switch: float | None = Field(None, ge=0.1, le=1.0)
+    vae: str | None = Field(None, max_length=500)
 
     @field_validator("aspect", mode="before")
     @classmethod

@@ -2,7 +2,17 @@
 
 Precedence for every generation setting is job > preset > daemon defaults. A job field counts
 as "given" only when the job file actually set it (pydantic's ``model_fields_set``), so a job
-that leaves ``images`` or ``negative`` out still picks up the preset's value.
+that leaves ``images`` or ``negative`` out still picks up the preset's value. Two exceptions:
+
+- A fast performance mode (Extreme Speed, Lightning, Hyper-SD) forces its sampler, scheduler and
+  guidance over every layer, and adds its LoRA (see ``performance.py``). ``request.performance``
+  records the mode, so ``forced_settings(request.performance)`` tells what was overridden.
+- With ``engine.model = "tiny-random"`` (the built-in plumbing model) a preset's checkpoint,
+  refiner and VAE files are not used: they belong to real SDXL models. A job's own values still are.
+
+LoRAs are collected in order: the preset's, the performance mode's, then the job's. A later entry
+for the same file replaces the earlier one's weight (so a job can turn a preset's LoRA off with
+weight 0), and LoRAs of weight 0 are left out.
 """
 
 from __future__ import annotations
@@ -13,7 +23,17 @@ import re
 from typing import TYPE_CHECKING, Any, get_args
 
 from fooocusd.engine.base import GenerationRequest
-from fooocusd.jobs.spec import MAX_SEED, ImageAction, JobSpec, OutputFormat, Performance, parse_aspect
+from fooocusd.engine.models import TINY_MODEL
+from fooocusd.jobs.performance import forced_settings, performance_lora, steps_for
+from fooocusd.jobs.spec import (
+    MAX_SEED,
+    ImageAction,
+    JobSpec,
+    LoraSpec,
+    OutputFormat,
+    Performance,
+    parse_aspect,
+)
 from fooocusd.settings import GenerationSettings
 
 if TYPE_CHECKING:
@@ -30,13 +50,8 @@ SDXL_SIZES: tuple[tuple[int, int], ...] = (
     (1664, 576), (1728, 576),
 )  # fmt: skip
 
-PERFORMANCE_STEPS: dict[str, int] = {
-    "quality": 60,
-    "speed": 30,
-    "extreme_speed": 8,
-    "lightning": 4,
-    "hyper_sd": 4,
-}
+DEFAULT_REFINER_SWITCH = 0.8  # Fooocus's default_refiner_switch
+_NO_FILE = {"", "none", "default", "default (model)"}  # "no refiner" / "the checkpoint's own VAE"
 
 PERFORMANCE_NAMES: tuple[str, ...] = get_args(Performance)
 IMAGE_ACTIONS: tuple[str, ...] = get_args(ImageAction)
@@ -126,7 +141,8 @@ def resolve_requests(
 ) -> list[GenerationRequest]:
     """One concrete request per image. ``spec.seed`` must already be fixed (see ``fix_seed``).
 
-    ``model`` is the daemon's configured model; a preset's or the job's ``model`` replaces it.
+    ``model`` is the daemon's configured model (``engine.model``); a preset's or the job's
+    ``model`` replaces it, except that presets' files are ignored for ``tiny-random``.
     Image jobs (``spec.image`` set) get the same requests; the caller reads ``spec.image``
     and ``spec.image_action`` for the image step.
     """
@@ -139,6 +155,12 @@ def resolve_requests(
         if preset is not None and getattr(preset, field) is not None:
             return getattr(preset, field)
         return default
+
+    def pick_file(field: str) -> str:
+        if model == TINY_MODEL and field not in spec.model_fields_set:
+            return ""  # a preset's model files do not fit the built-in tiny model
+        value = pick(field, "")
+        return "" if value.strip().lower() in _NO_FILE else value
 
     width, height = parse_aspect(pick("aspect", defaults.aspect))
     performance = pick("performance", defaults.performance)
@@ -153,7 +175,7 @@ def resolve_requests(
         "cfg": float(pick("cfg", defaults.cfg)),
         "sampler": pick("sampler", defaults.sampler),
         "scheduler": pick("scheduler", defaults.scheduler),
-        "model": pick("model", model),
+        "model": pick_file("model") or model,
         "extra_prompts": tuple(spec.extra_prompts),
         "sharpness": float(pick("sharpness", defaults.sharpness)),
         "adaptive_cfg": float(pick("adaptive_cfg", defaults.adaptive_cfg)),
@@ -164,9 +186,36 @@ def resolve_requests(
         "styles": tuple(pick("styles", defaults.styles)),
         "performance": performance,
         "wildcards_in_order": spec.wildcards_in_order,
+        "loras": _merged_loras(preset.loras if preset else None, performance_lora(performance), spec.loras),
+        "refiner": pick_file("refiner"),
+        "refiner_switch": float(pick("refiner_switch", DEFAULT_REFINER_SWITCH)),
+        "vae": pick_file("vae"),
     }
+    shared.update(forced_settings(performance))
     seeds = image_seeds(spec.seed, count, increment=not spec.disable_seed_increment)
     return [GenerationRequest(seed=seed, **shared) for seed in seeds]
+
+
+def lora_key(name: str) -> str:
+    """Two spellings of one LoRA file (with or without ``.safetensors``, any case) share a key."""
+    return name.strip().lower().removesuffix(".safetensors")
+
+
+def _merged_loras(
+    preset_loras: list[LoraSpec] | None,
+    performance: tuple[str, float] | None,
+    job_loras: list[LoraSpec] | None,
+) -> tuple[tuple[str, float], ...]:
+    merged: dict[str, tuple[str, float]] = {}
+    layers = [
+        [(lora.name, lora.weight) for lora in preset_loras or ()],
+        [performance] if performance else [],
+        [(lora.name, lora.weight) for lora in job_loras or ()],
+    ]
+    for layer in layers:
+        for name, weight in layer:
+            merged[lora_key(name)] = (name, float(weight))  # keeps the first position, takes the new weight
+    return tuple(entry for entry in merged.values() if entry[1] != 0.0)
 
 
 def output_format_for(spec: JobSpec, preset: Preset | None, configured: str) -> str:
@@ -189,5 +238,5 @@ def _steps(spec: JobSpec, preset: Preset | None, defaults: GenerationSettings) -
         if steps is not None:
             return steps
         if performance is not None:
-            return PERFORMANCE_STEPS[performance]
-    return PERFORMANCE_STEPS[defaults.performance]
+            return steps_for(performance)
+    return steps_for(defaults.performance)

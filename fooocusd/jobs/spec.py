@@ -7,6 +7,9 @@ the daemon's configuration". ``resolve.py`` turns a spec into concrete generatio
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -15,9 +18,32 @@ MAX_SEED = 2**63 - 1
 MAX_IMAGES = 32
 Performance = Literal["quality", "speed", "extreme_speed", "lightning", "hyper_sd"]
 OutputFormat = Literal["png", "jpeg", "webp"]
+OutpaintDirection = Literal["left", "right", "top", "bottom"]
 ImageAction = Literal[
     "vary_subtle", "vary_strong", "upscale_1.5x", "upscale_2x", "upscale_fast_2x", "inpaint", "outpaint"
 ]
+
+_PROMPT_OPTIONAL: ContextVar[bool] = ContextVar("prompt_optional", default=False)
+
+
+@contextmanager
+def image_attached_after_parsing() -> Iterator[None]:
+    """Inside this block a job may have neither a prompt nor an image.
+
+    For a job file dropped with an image: the loader gives every parsed job that image right
+    after parsing. Everywhere else (specs read back from the journal included) the rule holds.
+    """
+    token = _PROMPT_OPTIONAL.set(True)
+    try:
+        yield
+    finally:
+        _PROMPT_OPTIONAL.reset(token)
+
+
+def prompt_is_optional() -> bool:
+    """True inside ``image_attached_after_parsing``."""
+    return _PROMPT_OPTIONAL.get()
+
 
 _ASPECT = re.compile(r"^\s*(\d{2,5})\s*[*x×,]\s*(\d{2,5})\s*$")
 _SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
@@ -84,6 +110,13 @@ class JobSpec(BaseModel):
     refiner: str | None = Field(None, max_length=500, description="Refiner checkpoint; 'none' turns it off.")
     refiner_switch: float | None = Field(None, ge=0.1, le=1.0, description="Fraction of steps before it.")
     vae: str | None = Field(None, max_length=500, description="VAE override file; 'default' = built-in.")
+    denoise: float | None = Field(None, gt=0.0, le=1.0, description="Image jobs: share of the steps re-run.")
+    upscale_factor: float | None = Field(None, ge=1.0, le=8.0, description="Upscale: custom factor.")
+    upscale_model: str | None = Field(None, max_length=500, description="Upscale: file in upscale_models.")
+    outpaint: list[OutpaintDirection] | None = Field(None, max_length=4, description="Sides to extend.")
+    outpaint_distance: float | None = Field(
+        None, gt=0.0, le=4096.0, description="Per side: a fraction (≤ 1) of that side, or pixels (> 1)."
+    )
 
     @field_validator("aspect")
     @classmethod
@@ -109,7 +142,7 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _needs_something_to_do(self) -> JobSpec:
-        if not self.prompt and self.image is None:
+        if not self.prompt and self.image is None and not prompt_is_optional():
             raise ValueError("a job needs a prompt (or an image to work from)")
         return self
 

@@ -63,6 +63,16 @@ KEY_HELP: dict[str, str] = {
     "name": "use a plain file name without '/' or '\\' and not starting with '.'",
     "image": "give the image's path relative to the job file, inside the inbox",
     "image_action": ACTION_HELP,
+    "loras": 'list LoRAs as [{ name = "x", weight = 0.8 }] or ["x:0.8"] (weights -2 to 2, at most 5)',
+    "refiner": "use a checkpoint file name from the models folder, or 'none'",
+    "refiner_switch": "use a number from 0.1 to 1 (0.8 is usual for the SDXL refiner; 1 = no refiner)",
+    "vae": "use a file name from the vae folder, or 'default' for the model's own",
+    "mask": "give the mask image's path (white = repaint), relative to the inbox",
+    "denoise": "use a number above 0 and at most 1 (vary: 0.5 subtle, 0.85 strong; upscale 0.382)",
+    "upscale_factor": "use a number from 1 to 8, e.g. 3 or 2.5",
+    "upscale_model": "use a file name from the upscale_models folder, e.g. RealESRGAN_x4plus",
+    "outpaint": 'list sides from left, right, top, bottom, e.g. ["left", "right"] or \'left, right\'',
+    "outpaint_distance": "use a fraction of the side (0.3 = 30%) or a number of pixels above 1 (e.g. 256)",
 }
 
 _NORMALISERS: dict[str, Callable[[str], str]] = {
@@ -105,9 +115,46 @@ def normalise_value(field: str, value: Any) -> Any:
         return None
     if field == "styles" and isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
+    if field == "loras":
+        return lora_entries(value)
+    if field == "outpaint":
+        return _outpaint_directions(value)
     if field in _NORMALISERS and isinstance(value, str):
         return _NORMALISERS[field](value)
     return value
+
+
+def lora_entries(value: Any) -> Any:
+    """``"x:0.8, y"``, ``["x:0.8", "y"]`` or ``[{name = "x", weight = 0.8}]`` → a list of LoRA tables.
+
+    A bare name has weight 1.0. The weight follows the last colon, so ``C:/loras/x.safetensors:0.5``
+    still works; text after a last colon that is not a number belongs to the name.
+    """
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list):
+        return value  # let validation report the wrong type
+    return [_lora_entry(item) if isinstance(item, str) else item for item in value]
+
+
+def _lora_entry(text: str) -> dict[str, Any]:
+    name, colon, weight = text.strip().rpartition(":")
+    if colon and name:
+        try:
+            return {"name": name.strip(), "weight": float(weight)}
+        except ValueError:
+            pass
+    return {"name": text.strip(), "weight": 1.0}
+
+
+def _outpaint_directions(value: Any) -> Any:
+    """``"left, right"``, ``"Left Right"`` or ``["left", "right"]`` → ``["left", "right"]`` (no repeats)."""
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[\s,]+", value) if part]
+    if not isinstance(value, list):
+        return value  # let validation report the wrong type
+    directions = [part.strip().lower() if isinstance(part, str) else part for part in value]
+    return list(dict.fromkeys(directions))
 
 
 def build_spec(

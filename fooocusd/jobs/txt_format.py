@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from fooocusd.errors import InvalidInput
-from fooocusd.jobs.spec import JobSpec
+from fooocusd.jobs.spec import JobSpec, prompt_is_optional
 from fooocusd.jobs.toml_format import build_spec, canonical_key, suggest
 
 # Option key as written (after canonical_key) → JobSpec field. ``prompt`` is the escape hatch.
@@ -45,6 +45,17 @@ TXT_OPTION_KEYS: dict[str, str] = {
     "image_action": "image_action",
     "disable_seed_increment": "disable_seed_increment",
     "wildcards_in_order": "wildcards_in_order",
+    "lora": "loras",
+    "loras": "loras",
+    "refiner": "refiner",
+    "refiner_switch": "refiner_switch",
+    "vae": "vae",
+    "mask": "mask",
+    "denoise": "denoise",
+    "upscale_factor": "upscale_factor",
+    "upscale_model": "upscale_model",
+    "outpaint": "outpaint",
+    "outpaint_distance": "outpaint_distance",
 }
 JOB_SEPARATOR = "---"
 
@@ -128,6 +139,11 @@ def _add_option(block: _Block, number: int, key: str, field_name: str, value: st
             where=f"line {number}",
             hint=f"write a value after the colon (e.g. 'seed: 42') or delete the line; {_ESCAPE_HINT}",
         )
+    if field_name == "loras" and field_name in block.options:
+        # 'lora: name:weight' may be repeated; the values are read as one comma-separated list.
+        first, first_key, earlier_value = block.options[field_name]
+        block.options[field_name] = (first, first_key, f"{earlier_value}, {value}")
+        return
     if field_name in block.options:
         earlier = block.options[field_name][0]
         raise InvalidInput(
@@ -139,7 +155,7 @@ def _add_option(block: _Block, number: int, key: str, field_name: str, value: st
 
 
 def _to_spec(block: _Block, source_name: str) -> JobSpec:
-    if not block.prompts and "image" not in block.options:
+    if not block.prompts and "image" not in block.options and not prompt_is_optional():
         keys = ", ".join(f"'{key}'" for _, key, _ in block.options.values())
         raise InvalidInput(
             f"{source_name}: {block.label} has options ({keys}) but no prompt",

@@ -142,6 +142,8 @@ class ImageFacts:
     full_negative_prompt: tuple[str, ...] = ()
     timings: Mapping[str, float] = field(default_factory=dict)
     created: datetime | None = None
+    components: Mapping[str, Any] = field(default_factory=dict)
+    """``loras``, ``refiner``, ``refiner_switch`` and ``vae`` (see ``component_facts``)."""
 
     @classmethod
     def from_generation(
@@ -192,6 +194,7 @@ class ImageFacts:
             full_negative_prompt=_string_tuple(generated.extra.get("full_negative_prompt")),
             timings=dict(generated.timings),
             created=created,
+            components=component_facts(request, generated),
         )
 
 
@@ -266,6 +269,7 @@ def build_record(facts: ImageFacts | None = None, /, **generation: Any) -> dict[
         "image_count": facts.image_count,
         "output_file": facts.output_name,
         "format": facts.fmt,
+        **component_facts_or_defaults(facts.components),
     }
 
 
@@ -299,8 +303,11 @@ def a1111_parameters(record: Mapping[str, Any]) -> str:
         ("Version", version_label()),
         ("Performance", FOOOCUS_PERFORMANCE_NAMES.get(record["performance"], record["performance"])),
     ]
+    pairs += a1111_component_pairs(record)
     if record.get("styles"):
         pairs.append(("Styles", ", ".join(record["styles"])))
+    if record.get("expanded_prompt"):  # Fooocus's label for the "Fooocus V2" prompt expansion
+        pairs.append(("Fooocus V2 Expansion", record["expanded_prompt"]))
     # The prompt line holds the styled/expanded text; keep what the user wrote as well.
     if raw_prompt and raw_prompt != positive:
         pairs.append(("Raw prompt", raw_prompt))
@@ -347,4 +354,68 @@ def fooocus_scheme(record: Mapping[str, Any]) -> str:
         "metadata_scheme": "fooocus",
         "version": version_label(),
     }
+    scheme.update(fooocus_component_keys(record))
+    if record.get("expanded_prompt"):
+        scheme["prompt_expansion"] = record["expanded_prompt"]
     return json.dumps(scheme, sort_keys=True, ensure_ascii=True)
+
+
+# -- LoRAs, refiner, VAE, ADM ------------------------------------------------------------------
+
+
+def component_facts(request: GenerationRequest, generated: GeneratedImage) -> dict[str, Any]:
+    """What the engine reports about LoRAs, refiner and VAE (``generated.extra``), else the request's."""
+    extra = generated.extra
+    facts: dict[str, Any] = {
+        "loras": [dict(entry) for entry in extra.get("loras", [])],
+        "refiner": dict(extra["refiner"]) if extra.get("refiner") else None,
+        "refiner_switch": float(extra.get("refiner_switch", request.refiner_switch)),
+        "vae": str(extra.get("vae") or request.vae or "default"),
+    }
+    if extra.get("vae_sha256"):
+        facts["vae_sha256"] = str(extra["vae_sha256"])
+        facts["vae_hash"] = short_hash(str(extra["vae_sha256"]))
+    return facts
+
+
+def component_facts_or_defaults(components: Mapping[str, Any]) -> dict[str, Any]:
+    return {"loras": [], "refiner": None, "refiner_switch": 1.0, "vae": "default", **components}
+
+
+def a1111_component_pairs(record: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """ADM guidance, refiner, VAE and LoRAs as A1111/Fooocus infotext keys."""
+    pairs: list[tuple[str, Any]] = []
+    adm = record.get("adm_guidance")
+    if adm:
+        pairs.append(("ADM Guidance", "(" + ", ".join(str(value) for value in adm) + ")"))
+    refiner = record.get("refiner")
+    if refiner:
+        pairs += [
+            ("Refiner", model_stem(refiner["name"])),
+            ("Refiner hash", refiner.get("hash", "")),
+            ("Refiner switch", refiner.get("switch", record.get("refiner_switch", ""))),
+        ]
+    if record.get("vae"):
+        pairs.append(("VAE", "Default (model)" if record["vae"] == "default" else model_stem(record["vae"])))
+    loras = record.get("loras") or []
+    if loras:
+        hashes = [f"{model_stem(entry['name'])}: {entry.get('hash', '')}" for entry in loras]
+        weights = [f"{model_stem(entry['name'])}: {entry['weight']}" for entry in loras]
+        pairs += [("Lora hashes", ", ".join(hashes)), ("Lora weights", ", ".join(weights))]
+    return pairs
+
+
+def fooocus_component_keys(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Fooocus's scheme keys for the refiner, VAE, LoRAs ([stem, weight, hash]) and ADM guidance."""
+    refiner = record.get("refiner")
+    keys: dict[str, Any] = {
+        "refiner_model": model_stem(refiner["name"]) if refiner else "None",
+        "refiner_switch": record.get("refiner_switch", 1.0),
+        "vae": "Default (model)" if record.get("vae", "default") == "default" else model_stem(record["vae"]),
+        "loras": [[model_stem(e["name"]), e["weight"], e.get("hash", "")] for e in record.get("loras") or []],
+    }
+    if refiner:
+        keys["refiner_model_hash"] = refiner.get("hash", "")
+    if record.get("adm_guidance"):
+        keys["adm_guidance"] = "(" + ", ".join(str(value) for value in record["adm_guidance"]) + ")"
+    return keys

@@ -31,8 +31,10 @@ _out = Console()
 
 def run(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     from fooocusd.service.daemon import Daemon  # torch and diffusers load only where needed
+    from fooocusd.service.reload import SettingsSource
 
-    daemon = Daemon(loaded.settings)
+    # SIGHUP (systemctl reload) reads the same file, environment and flags again.
+    daemon = Daemon(loaded.settings, settings_source=SettingsSource.from_loaded(loaded))
     previous = daemon.install_signal_handlers()
     try:
         daemon.run()

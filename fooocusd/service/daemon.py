@@ -19,12 +19,14 @@ from typing import Any
 from loguru import logger
 
 from fooocusd.engine.base import Engine
+from fooocusd.engine.expansion import PromptExpansion, build_prompt_expansion
 from fooocusd.engine.factory import create_engine
 from fooocusd.engine.styles import StyleLibrary, load_styles
 from fooocusd.intake.pairing import Pairer
 from fooocusd.intake.watcher import InboxWatcher
 from fooocusd.jobs.presets import load_all_presets, preset_search_dirs
 from fooocusd.journal.journal import Journal
+from fooocusd.service.extras import DaemonExtras
 from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders, prepare_folders
 from fooocusd.service.intake_refusals import as_takeable, refusal_for
@@ -36,6 +38,7 @@ from fooocusd.service.notify import (
     WorkerPulse,
 )
 from fooocusd.service.reconcile import reconcile
+from fooocusd.service.reload import Reloader, SettingsSource, apply_on_main_thread, apply_to_worker
 from fooocusd.service.worker import ProgressSink, Worker
 from fooocusd.settings import Settings
 
@@ -64,6 +67,7 @@ class Daemon:
         *,
         progress_sink: ProgressSink | None = None,
         notifier: Notifier | None = None,
+        settings_source: SettingsSource | None = None,
     ) -> None:
         self.settings = settings
         self.progress_sink = progress_sink
@@ -74,6 +78,9 @@ class Daemon:
         self.stop_now = threading.Event()
         self._wake_worker = threading.Event()
         self._worker_error: BaseException | None = None
+        # SIGHUP re-reads the settings from here; None (e.g. `once`): SIGHUP keeps its default.
+        self.reloader = Reloader(settings_source, self.notifier, on_result=self._count_reload)
+        self.extras: DaemonExtras | None = None  # metrics endpoint and post-job hooks, while running
 
     def run(self, *, drain: bool = False) -> Summary:
         folders = prepare_folders(self.settings)
@@ -83,10 +90,13 @@ class Daemon:
         styles = load_styles([folders.styles] if folders.styles else [])
         # Resolving the model comes first: without one, say where to put it and stop.
         engine = create_engine(self.settings.engine, folders.models, folders.cache)
+        expansion = build_prompt_expansion(self.settings.engine, folders.models)  # "Fooocus V2"
         # Stable across restarts, so the next start knows the running jobs it finds were its own.
         owner = f"{socket.gethostname()}:{folders.state}:{self.settings.engine.device}"
         journal = Journal.open(folders.journal_db, owner=owner)
+        self.extras = DaemonExtras(self.settings, folders.journal_db)
         try:
+            self.extras.start()
             self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
             self.notifier.status("checking the journal against the folders")
             reconcile(journal, folders)
@@ -94,9 +104,11 @@ class Daemon:
             self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
             self.notifier.status(f"loading the model {self.settings.engine.model or '(auto)'}")
             engine.load()
+            expansion.preload()  # a broken expansion folder stops the start, not a job later
             logger.info("ready: watching {}", folders.inbox)
-            return self._serve(folders, journal, engine, preset_dirs, styles, drain)
+            return self._serve(folders, journal, engine, preset_dirs, styles, drain, expansion=expansion)
         finally:
+            self.extras.stop()
             journal.close()
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
@@ -112,11 +124,19 @@ class Daemon:
             self.notifier.status("stopping: finishing the current image")
         self._wake_worker.set()
 
+    def request_reload(self, _signum: int | None = None, _frame: FrameType | None = None) -> None:
+        """SIGHUP: the main loop re-reads the configuration; the worker takes it between jobs."""
+        self.reloader.request()
+
     def install_signal_handlers(self) -> dict[int, Any]:
-        """Route SIGTERM and SIGINT to ``request_stop``; returns the previous handlers."""
-        return {
+        """Route SIGTERM and SIGINT to ``request_stop`` (and SIGHUP to ``request_reload`` when the
+        daemon knows where its settings came from); returns the previous handlers."""
+        handlers = {
             signum: signal.signal(signum, self.request_stop) for signum in (signal.SIGTERM, signal.SIGINT)
         }
+        if self.reloader.available:
+            handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.request_reload)
+        return handlers
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -128,6 +148,8 @@ class Daemon:
         preset_dirs: list[Path],
         styles: StyleLibrary,
         drain: bool,
+        *,
+        expansion: PromptExpansion | None = None,
     ) -> Summary:
         intake_settings = self.settings.intake
         watcher = InboxWatcher(
@@ -138,6 +160,7 @@ class Daemon:
             poll_interval_seconds=intake_settings.poll_interval_seconds,
             follow_symlinks=intake_settings.follow_symlinks,
             extra_ignore=intake_settings.ignore_patterns,
+            open_write_wait_seconds=intake_settings.open_write_wait_seconds,
         )
         pairer = Pairer(intake_settings.pair_wait_seconds)
         intake = IntakeStage(self.settings, folders, journal, preset_dirs, styles)
@@ -152,6 +175,8 @@ class Daemon:
             stop_now=self.stop_now,
             stop_after_image=self.stop_intake,
             progress_sink=self._on_progress,
+            events=self.extras.worker_events() if self.extras else None,
+            expansion=expansion,
         )
         reporter = ServiceReporter(self.notifier, self.pulse)
         worker_thread = threading.Thread(
@@ -160,11 +185,15 @@ class Daemon:
         watcher.start()
         worker_thread.start()
         self.notifier.ready()
+        if self.extras is not None:
+            self.extras.ready()
         last_stale_check = time.monotonic()
         try:
             while not self.stop_intake.is_set():
                 self._intake_once(watcher, pairer, intake)
                 finisher.finish_ready()
+                if self.reloader.requested():
+                    self._reload(folders, preset_dirs, intake, finisher, reporter)
                 reporter.tick(journal.status)
                 if time.monotonic() - last_stale_check > _STALE_CHECK_EVERY:
                     last_stale_check = time.monotonic()
@@ -222,6 +251,9 @@ class Daemon:
     def _work(self, worker: Worker) -> None:
         try:
             while not self.stop_intake.is_set():
+                plan = self.reloader.take_for_worker()  # between jobs: an image is never interrupted
+                if plan is not None:
+                    apply_to_worker(plan, worker)
                 self.pulse.job_started()
                 try:
                     ran = worker.run_one()
@@ -233,6 +265,28 @@ class Daemon:
         except BaseException as exc:  # surfaced on the main thread, which stops the daemon
             logger.exception("the worker stopped")
             self._worker_error = exc
+
+    def _reload(
+        self,
+        folders: Folders,
+        preset_dirs: list[Path],
+        intake: IntakeStage,
+        finisher: Finisher,
+        reporter: ServiceReporter,
+    ) -> None:
+        plan = self.reloader.reload(self.settings, folders, preset_dirs, reporter)
+        if plan is None:
+            return
+        hooks = self.extras.hooks if self.extras else None
+        apply_on_main_thread(
+            plan, intake=intake, finisher=finisher, pulse=self.pulse, hooks=hooks, previous=self.settings
+        )
+        self.settings = plan.settings
+        self._wake_worker.set()
+
+    def _count_reload(self, result: str) -> None:
+        if self.extras is not None:
+            self.extras.count_reload(result)
 
     def _on_progress(self, label: str, done_steps: int, total_steps: int) -> None:
         self.pulse.progressed(label, done_steps, total_steps)

@@ -65,7 +65,11 @@ def _model(settings: Settings) -> Check:
     from fooocusd.engine.models import resolve_model
 
     try:
-        location = resolve_model(settings.engine.model, settings.paths.resolved().models)
+        location = resolve_model(
+            settings.engine.model,
+            settings.paths.resolved().models,
+            allow_pickle=settings.engine.allow_unsafe_pickle,
+        )
     except FooocusdError as exc:
         return Check("model", "fail", exc.explain())
     path = getattr(location, "path", None)

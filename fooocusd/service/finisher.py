@@ -53,9 +53,9 @@ class Finisher:
                 if policy == "delete"
                 else str(unique_destination(target_dir, Path(file.source_path).name))
             )
-        self.journal.begin_finish(source.id, str(target_dir), finals)
-        crashpoint("after_begin_finish")
         if failed:
+            # Written before the moves are journaled: reconciliation only completes the moves, so
+            # a crash in between must not leave a failed input without its reason.
             first_final = next(value for value in finals.values() if value)
             report = _failure_report(source.relpath, jobs)
             publish_bytes(
@@ -65,6 +65,8 @@ class Finisher:
                 overwrite=True,
             )
             self.failed_inputs += 1
+        self.journal.begin_finish(source.id, str(target_dir), finals)
+        crashpoint("after_begin_finish")
         complete_moves(finals)
         self.journal.complete_finish(source.id)
         verdict = "failed" if failed else "done"

@@ -18,7 +18,7 @@ class Folders:
     done: Path
     failed: Path
     state: Path
-    models: Path
+    models: tuple[Path, ...]
     presets: Path | None
     styles: Path | None
     wildcards: Path | None

@@ -170,6 +170,9 @@ _COMMON_SERVICE = """\
 Type=notify
 NotifyAccess=main
 ExecStart={exec_start}
+# systemctl reload: re-read the configuration, presets and styles; applied between jobs,
+# nothing queued is lost. An invalid file is refused and the running settings stay.
+ExecReload=kill -HUP $MAINPID
 # Loading an SDXL checkpoint from a slow disk takes minutes; the daemon also asks for more
 # time (EXTEND_TIMEOUT_USEC) while it loads.
 TimeoutStartSec=10min

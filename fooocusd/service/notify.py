@@ -61,12 +61,21 @@ class Notifier:
     def stopping(self) -> None:
         self.send("STOPPING=1")
 
+    def reloading(self) -> None:
+        """Type=notify-reload needs the monotonic timestamp, or ``systemctl reload`` misbehaves."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
+
     def send(self, *fields: str) -> bool:
-        """Send one message; returns whether it went out. Never raises: systemd is optional."""
+        """Send one message; returns whether it went out. Never raises: systemd is optional.
+
+        Never blocks either: a stalled reader (the datagram queue holds only ~10 messages) must not
+        stall the daemon, so a full queue drops the message with a warning.
+        """
         if self._socket is None or self.address is None:
             return False
         try:
-            self._socket.sendto("\n".join(fields).encode("utf-8"), self.address)
+            self._socket.sendto("\n".join(fields).encode("utf-8"), socket.MSG_DONTWAIT, self.address)
             return True
         except OSError as exc:
             logger.warning("could not notify systemd at {!r}: {}", self.address, exc)
@@ -134,6 +143,7 @@ class ServiceReporter:
         self._last_status: float | None = None
         self._last_ping: float | None = None
         self._last_extension: float | None = None
+        self.note: str | None = None  # e.g. "reload refused: ...", kept in every STATUS= line
 
     def tick(self, journal_status: Callable[[], dict[str, Any]]) -> None:
         if not self.notifier.enabled:
@@ -168,4 +178,6 @@ class ServiceReporter:
         text = f"queued {counts.get('queued', 0)}, running {counts.get('running', 0)}"
         if self.pulse.label is not None:
             text += f"; {self.pulse.label}: step {self.pulse.done_steps}/{self.pulse.total_steps}"
+        if self.note:
+            text += f"; {self.note}"
         return text

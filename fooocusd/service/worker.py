@@ -22,9 +22,13 @@ from PIL import Image
 
 from fooocusd.crashpoints import crashpoint
 from fooocusd.engine.base import Engine, GenerationRequest
-from fooocusd.engine.prompt_syntax import WildcardLibrary, expand_prompts, parse_inline_loras
+from fooocusd.engine.expansion import PromptExpansion, apply_expansion, expansion_record
+from fooocusd.engine.image_actions import run_image_action, steps_for
+from fooocusd.engine.loras import with_inline_loras
+from fooocusd.engine.prompt_syntax import WildcardLibrary, expand_prompts
 from fooocusd.engine.styles import StyleLibrary, Workloads, compose_workloads
 from fooocusd.errors import FooocusdError, Interrupted, InvalidInput, OutOfMemory, TransientError
+from fooocusd.jobs.preset_check import check_preset_models
 from fooocusd.jobs.presets import load_preset
 from fooocusd.jobs.resolve import resolve_requests
 from fooocusd.jobs.spec import JobSpec
@@ -33,6 +37,8 @@ from fooocusd.outbox.metadata import build_record
 from fooocusd.outbox.naming import choose_free_name, name_fields, render_name
 from fooocusd.outbox.writer import extension_for, write_image_with_sidecar
 from fooocusd.service.folders import Folders
+from fooocusd.service.image_inputs import load_image_input
+from fooocusd.service.worker_events import NoWorkerEvents, WorkerEvents
 from fooocusd.settings import Settings
 
 ProgressSink = Callable[[str, int, int], None]
@@ -62,6 +68,8 @@ class Worker:
         stop_now: threading.Event,
         stop_after_image: threading.Event | None = None,
         progress_sink: ProgressSink | None = None,
+        events: WorkerEvents | None = None,
+        expansion: PromptExpansion | None = None,
     ) -> None:
         self.settings = settings
         self.folders = folders
@@ -72,13 +80,16 @@ class Worker:
         self.stop_now = stop_now
         self.stop_after_image = stop_after_image or threading.Event()
         self.progress_sink = progress_sink
+        self.expansion = expansion  # "Fooocus V2"; None: unavailable
         self.counts = WorkerCounts()
+        self.events: WorkerEvents = events if events is not None else NoWorkerEvents()
 
     def run_one(self) -> bool:
         """Run the next runnable job, if any. Returns whether one was run."""
         job = self.journal.claim_next_job(self.settings.journal.lease_seconds)
         if job is None:
             return False
+        self.events.on_job_started(job)
         source = self.journal.get_input(job.input_id)
         label = f"{source.relpath}" + (f" #{job.seq + 1}" if job.seq else "")
         logger.info("running {} (attempt {})", label, job.attempts)
@@ -109,14 +120,18 @@ class Worker:
 
     def _render(self, job, source, label: str) -> None:  # type: ignore[no-untyped-def]
         spec = JobSpec.model_validate_json(job.spec_json)
-        if spec.image is not None:
-            raise InvalidInput(
-                f"image action '{spec.image_action}' is not available in this version of fooocusd",
-                hint="drop a prompt file (.txt or .toml) without an image for now; "
-                "vary, upscale, image prompts and inpaint arrive in a later release",
-            )
+        image_input = (
+            load_image_input(spec, source, self.folders, self.settings) if spec.image is not None else None
+        )
         preset = load_preset(spec.preset or self.settings.generation.preset, self.preset_dirs)
+        check_preset_models(preset, spec, self.folders.models, self.settings.engine.model)
         requests = resolve_requests(spec, preset, self.settings.generation, self.settings.engine.model)
+        if image_input is not None:
+            action, given = image_input.job.action, spec.steps is not None
+            requests = [
+                dataclasses.replace(r, steps=steps_for(action, r.performance, r.steps, steps_given=given))
+                for r in requests
+            ]
         wildcards = WildcardLibrary(self.folders.wildcards)  # read per job: new files count at once
         styled = [self._with_styles(request, index, wildcards) for index, request in enumerate(requests)]
         requests = [request for request, _ in styled]
@@ -144,7 +159,17 @@ class Worker:
             _remove_orphan(target)
             crashpoint("before_generate")
             reporter = _Heartbeat(self, job.id, label, steps_before, total_steps)
-            image = self.engine.generate(request, progress=reporter, should_stop=reporter.should_stop)
+            if image_input is None:
+                image = self.engine.generate(request, progress=reporter, should_stop=reporter.should_stop)
+            else:
+                image = run_image_action(
+                    self.engine,
+                    request,
+                    image_input.job,
+                    image_input.context,
+                    progress=reporter,
+                    should_stop=reporter.should_stop,
+                )
             record = build_record(
                 job_id=job.id,
                 input_name=source.relpath,
@@ -166,22 +191,26 @@ class Worker:
                     request.adm_scaler_end,
                 ],
                 clip_skip=request.clip_skip,
-                expansion="requested, not available yet" if workloads.expansion else "off",
+                **expansion_record(workloads),
                 preset=preset.name,
                 model_file=image.model_path,
                 requested_width=request.width,
                 requested_height=request.height,
             )
+            if image_input is not None:
+                record.update(image_input.sidecar_fields(image))
             sha256 = self._publish(
                 job.id, index, image.image, record, target, fmt, stem, request, len(requests)
             )
             crashpoint("after_output_written")
             self.journal.complete_output(job.id, index, sha256)
+            self.events.on_image_done(job.id, image, target)
             crashpoint("after_output_recorded")
             self.counts.images_written += 1
             steps_before += request.steps
             logger.info("wrote {}", target)
-        self.journal.finish_job(job.id, "done", None)
+        if self.journal.finish_job(job.id, "done", None):  # False: it was cancelled meanwhile
+            self.events.on_job_finished(job.id, "done", None)
         crashpoint("after_job_done")
         self.counts.jobs_done += 1
 
@@ -190,17 +219,10 @@ class Worker:
     ) -> tuple[GenerationRequest, Workloads]:
         """Each image composes its own workloads from its own ``random.Random(seed)``.
 
-        Fooocus's order: inline LoRA tags (refused for now), then wildcards, then arrays (by
+        Fooocus's order: inline LoRA tags (into ``request.loras``), then wildcards, then arrays (by
         ``image_index``), then styles ("Random Style" draws from the same rng, after wildcards).
         """
-        _, loras = parse_inline_loras(request.prompt)
-        if loras:
-            tags = " ".join(lora.tag for lora in loras)
-            raise InvalidInput(
-                f"LoRAs are not supported yet (found {tags})",
-                where="prompt",
-                hint="remove the <lora:...> tag from the prompt; LoRA support arrives in a later release",
-            )
+        request = with_inline_loras(request)
         rng = random.Random(request.seed)
         expanded = expand_prompts(
             request.prompt,
@@ -219,6 +241,8 @@ class Worker:
             self.styles,
             rng,
         )
+        # Each image's own expansion, seeded by its seed, becomes its last positive workload.
+        workloads = apply_expansion(workloads, self.expansion, request.seed)
         styled = dataclasses.replace(
             request,
             prompt=expanded.prompt,  # the sidecar records the text this image really used
@@ -296,7 +320,8 @@ class Worker:
     # -- outcomes ------------------------------------------------------------------------------
 
     def _fail(self, job_id: int, label: str, error: str) -> None:
-        self.journal.finish_job(job_id, "failed", error)
+        if self.journal.finish_job(job_id, "failed", error):
+            self.events.on_job_finished(job_id, "failed", error)
         self.counts.jobs_failed += 1
         logger.error("{} failed: {}", label, error.splitlines()[0])
 
@@ -333,6 +358,7 @@ class _Heartbeat:
             self.cancelled = not alive
         if self.worker.progress_sink is not None:
             self.worker.progress_sink(self.label, done, self.total)
+        self.worker.events.on_step(self.job_id, step, _steps)
 
     def should_stop(self) -> bool:
         return self.cancelled or self.worker.stop_now.is_set()

@@ -1,0 +1,195 @@
+"""``PromptExpander``: extends a prompt with curated words, sampled from a GPT-2-class model.
+
+What it does, following Fooocus's documented behaviour ("Fooocus V2"):
+
+1. The prompt is cleaned: runs of spaces collapse, and spaces, commas, full stops and line
+   breaks are trimmed from both ends. The user's wording and case are kept. A comma is appended.
+2. The cleaned prompt (with its comma) is L tokens long in the expansion tokenizer. New tokens
+   are generated until the text is ``75 * ceil(L / 75)`` tokens long, the next 75-token boundary
+   (a whole CLIP chunk). When L is already on a boundary nothing is added. The model's context
+   length caps the target.
+3. Each new token is drawn by top-k sampling (k = 100) among the tokens ``CuratedVocabulary``
+   allows: curated words not yet in the text, and commas. If every curated word is used up
+   before the boundary, generation stops there.
+4. Sampling uses a CPU ``torch.Generator`` seeded with ``seed % 2**32`` (Fooocus reduces the
+   image seed to numpy's range the same way): the same prompt and seed always give the same text.
+
+``expand`` returns the **full expanded prompt** (the cleaned prompt, a comma, the added words),
+which is what Fooocus encodes as the last positive workload; ``expand_parts`` also returns the
+added words on their own and the token counts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TopKLogitsWarper,
+)
+
+from fooocusd.engine.expansion.tiny import build_tiny_model, build_tiny_tokenizer
+from fooocusd.engine.expansion.vocabulary import CuratedVocabulary, comma_token_id, word_token_ids
+from fooocusd.engine.expansion.words import allowed_words, load_word_list
+from fooocusd.errors import ConfigError, OutOfMemory
+
+CHUNK_TOKENS = 75
+TOP_K = 100
+SEED_RANGE = 2**32
+TINY_RANDOM = "tiny-random"
+_SPACE_RUNS = re.compile(r" {2,}")
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """One expansion. ``text`` is the full expanded prompt; ``added`` the new words alone."""
+
+    prompt: str
+    added: str
+    text: str
+    prompt_ids: tuple[int, ...]
+    generated_ids: tuple[int, ...]
+    target_tokens: int
+
+
+def clean_expansion_text(text: str) -> str:
+    """Collapse runs of spaces; trim spaces, commas, full stops and line breaks from both ends."""
+    return _SPACE_RUNS.sub(" ", text).strip(",. \r\n")
+
+
+def next_chunk_boundary(tokens: int) -> int:
+    """The next multiple of 75 at or above ``tokens``."""
+    return CHUNK_TOKENS * math.ceil(tokens / CHUNK_TOKENS)
+
+
+class PromptExpander:
+    """A tokenizer and causal language model that add curated words to prompts."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        model: PreTrainedModel,
+        *,
+        name: str,
+        words: tuple[str, ...] | None = None,
+        top_k: int = TOP_K,
+    ) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
+        self.model = model.eval()
+        self.top_k = top_k
+        vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        if len(tokenizer) > vocab_size:
+            raise ConfigError(
+                f"the expansion tokenizer of {name} has {len(tokenizer)} tokens but its model only "
+                f"{vocab_size}",
+                where=name,
+                hint="use a folder whose tokenizer and model belong together (a GPT-2-compatible model)",
+            )
+        self.word_ids = word_token_ids(tokenizer, allowed_words(words or load_word_list()))
+        if not self.word_ids:
+            raise ConfigError(
+                f"the expansion tokenizer of {name} spells none of the curated words as one token",
+                where=name,
+                hint="use a GPT-2-compatible model (byte-level BPE with a leading-space marker)",
+            )
+        self.vocabulary = CuratedVocabulary(self.word_ids.values(), comma_token_id(tokenizer), vocab_size)
+        self.top_k_warper = TopKLogitsWarper(top_k=top_k)
+        positions = getattr(model.config, "n_positions", None) or getattr(
+            model.config, "max_position_embeddings", None
+        )
+        self.max_tokens = int(positions) if positions else 1024
+
+    @classmethod
+    def from_folder(
+        cls, folder: Path, *, device: torch.device, dtype: torch.dtype, words: tuple[str, ...] | None = None
+    ) -> PromptExpander:
+        """Load a local GPT-2-compatible folder (config.json, weights, tokenizer files), offline."""
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ConfigError(
+                f"cannot load the prompt expansion model in {folder}: {exc}",
+                where=str(folder),
+                hint="the folder needs config.json, the weights (model.safetensors) and the tokenizer "
+                "files of a GPT-2-compatible model, e.g. from `hf download openai-community/gpt2 "
+                "config.json model.safetensors tokenizer.json tokenizer_config.json vocab.json merges.txt "
+                f"--local-dir {folder}`",
+            ) from exc
+        return cls(tokenizer, model.to(device), name=str(folder), words=words)
+
+    @classmethod
+    def tiny_random(cls, *, device: torch.device | None = None) -> PromptExpander:
+        """The built-in tiny random model: noise words, the whole code path."""
+        tokenizer = build_tiny_tokenizer()
+        model = build_tiny_model(len(tokenizer))
+        return cls(tokenizer, model.to(device or torch.device("cpu")), name=TINY_RANDOM)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def expand(self, prompt: str, seed: int) -> str:
+        """The full expanded prompt; an empty prompt stays empty."""
+        return self.expand_parts(prompt, seed).text
+
+    def expand_parts(self, prompt: str, seed: int) -> Expansion:
+        cleaned = clean_expansion_text(prompt)
+        if not cleaned:
+            return Expansion(prompt="", added="", text="", prompt_ids=(), generated_ids=(), target_tokens=0)
+        prompt_ids = tuple(int(i) for i in self.tokenizer(cleaned + ",")["input_ids"])
+        target = min(next_chunk_boundary(len(prompt_ids)), self.max_tokens)
+        try:
+            generated = self._sample(prompt_ids, max(0, target - len(prompt_ids)), seed)
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemory(
+                "the accelerator ran out of memory during prompt expansion",
+                hint='the job is retried; free memory or set engine.expansion = "off"',
+            ) from exc
+        added = clean_expansion_text(
+            self.tokenizer.decode(
+                list(generated), skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
+        )
+        text = f"{cleaned}, {added}" if added else cleaned
+        return Expansion(
+            prompt=cleaned,
+            added=added,
+            text=text,
+            prompt_ids=prompt_ids,
+            generated_ids=generated,
+            target_tokens=target,
+        )
+
+    @torch.inference_mode()
+    def _sample(self, prompt_ids: tuple[int, ...], new_tokens: int, seed: int) -> tuple[int, ...]:
+        if new_tokens <= 0:
+            return ()
+        # Sampled on the CPU from our own generator: deterministic per seed, and the global RNG
+        # (which the image engine and other threads rely on) is left alone.
+        generator = torch.Generator(device="cpu").manual_seed(int(seed) % SEED_RANGE)
+        sequence = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        step_input = sequence
+        cache = None
+        generated: list[int] = []
+        for _ in range(new_tokens):
+            if not self.vocabulary.words_left(sequence):
+                break  # every curated word is used: stop rather than add commas only
+            output = self.model(input_ids=step_input, cache=cache, use_cache=True)
+            cache = output.cache
+            scores = self.vocabulary(sequence, output.logits[:, -1, :].float())
+            scores = self.top_k_warper(sequence, scores)
+            probabilities = torch.softmax(scores, dim=-1).cpu()
+            token = torch.multinomial(probabilities, 1, generator=generator).to(self.device)
+            generated.append(int(token))
+            sequence = torch.cat([sequence, token], dim=1)
+            step_input = token
+        return tuple(generated)

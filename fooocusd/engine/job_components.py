@@ -1,0 +1,100 @@
+"""Per-job add-ons around the resident base model: LoRAs, the VAE override and the refiner.
+
+``SDXLEngine`` owns one ``JobComponents``. ``attach`` is called whenever a new base pipeline is
+loaded; ``prepare`` before each image (outside inference mode: adapters are injected there);
+``noise_predictor`` when the denoising loop starts; ``record`` for the image's metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fooocusd.engine.base import GenerationRequest
+from fooocusd.engine.conditioning import Conditioning
+from fooocusd.engine.denoise import NoisePredictor, unet_noise_predictor
+from fooocusd.engine.loras import AppliedLora, LoraAdapters
+from fooocusd.engine.model_dirs import ModelDirs
+from fooocusd.engine.models import ModelLocation, ModelRoots
+from fooocusd.engine.refiner import (
+    LoadedRefiner,
+    RefinerCache,
+    RefinerTimeIds,
+    refiner_record,
+    refiner_wanted,
+    switch_call,
+    switching_noise_predictor,
+)
+from fooocusd.engine.vae import VaeChoice, VaeOverrides
+
+
+class JobComponents:
+    """The LoRA adapters, VAE override and refiner chosen for the current image."""
+
+    def __init__(self, models: ModelRoots, hash_cache: Path, *, config_dir: Path) -> None:
+        model_dirs = ModelDirs.of(models)
+        self.loras = LoraAdapters(model_dirs, hash_cache)
+        self.vaes = VaeOverrides(model_dirs, hash_cache)
+        self.refiners = RefinerCache(model_dirs, hash_cache, base_config_dir=config_dir)
+        self._applied: list[AppliedLora] = []
+        self._vae = VaeChoice(name="default")
+        self._refiner: LoadedRefiner | None = None
+        self._refiner_step: int | None = None
+
+    def attach(self, pipeline: Any) -> None:
+        """A new base pipeline is resident: its adapters and VAE are its own."""
+        self.loras.forget()
+        self.vaes.attach(pipeline)
+
+    def prepare(
+        self,
+        pipeline: Any,
+        request: GenerationRequest,
+        *,
+        base: ModelLocation,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        """Activate the request's LoRAs, VAE and refiner. Raises ``InvalidInput`` for a bad name or file."""
+        self._applied = self.loras.apply(pipeline, request.loras)
+        self._vae = self.vaes.select(pipeline, request.vae)
+        self._refiner = None
+        self._refiner_step = None
+        if refiner_wanted(request.refiner, request.refiner_switch):
+            self._refiner = self.refiners.get(request.refiner, base=base, device=device, dtype=dtype)
+
+    def noise_predictor(
+        self,
+        pipeline: Any,
+        request: GenerationRequest,
+        scheduler: Any,
+        conditioning: Conditioning,
+        *,
+        size: tuple[int, int],
+        start_index: int = 0,
+    ) -> NoisePredictor:
+        """The base UNet's predictor, or one that hands over to the refiner at the switch step."""
+        total = len(scheduler.timesteps)
+        if self._refiner is None:
+            return unet_noise_predictor(pipeline.unet)
+        first = switch_call(total, request.steps, request.refiner_switch)
+        if first >= total:
+            self._refiner = None  # the switch falls after the last step: the refiner never runs
+            return unet_noise_predictor(pipeline.unet)
+        self._refiner_step = round(request.steps * request.refiner_switch)
+        width, height = size
+        tokens = conditioning.positive.tokens
+        time_ids = RefinerTimeIds.for_size(height, width, dtype=tokens.dtype, device=tokens.device)
+        return switching_noise_predictor(
+            pipeline.unet, self._refiner, first, time_ids, first_call_index=start_index
+        )
+
+    def record(self, request: GenerationRequest) -> dict[str, Any]:
+        """``loras``, ``refiner`` and ``vae`` facts for ``GeneratedImage.extra``."""
+        return {
+            "loras": [applied.record() for applied in self._applied],
+            **refiner_record(self._refiner, request.refiner, request.refiner_switch, self._refiner_step or 0),
+            **self._vae.record(),
+        }

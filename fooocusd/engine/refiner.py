@@ -1,0 +1,243 @@
+"""The refiner: a second UNet that takes over the last part of one sampling run (Fooocus's "joint" swap).
+
+The base UNet predicts noise for the first ``round(steps × refiner_switch)`` steps and the refiner
+UNet for the rest, inside the same scheduler run, so the sampler's state (its history, its noise)
+carries across the switch. Only the UNet of the refiner checkpoint is loaded: as in Fooocus, its
+conditioning is derived from the base model's text encoders.
+
+* An SDXL refiner attends to the second text encoder (CLIP-G) only — the last channels of the
+  base's token embeddings — and its micro-conditioning is (original h, w, crop top, left,
+  aesthetic score), with aesthetic score 6.0 for the positive side and 2.5 for the negative one
+  (diffusers' ``StableDiffusionXLImg2ImgPipeline._get_add_time_ids``).
+* Another SDXL base model used as refiner takes the base's conditioning unchanged.
+
+The refiner stays loaded between jobs and is reloaded only when a job names another one. A switch
+of 1.0, an empty name, or ``none`` means no refiner; so does naming the base model's own file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fooocusd.engine.denoise import NoisePredictor, unet_noise_predictor
+from fooocusd.engine.models import (
+    SDXL_CONFIG_DIR,
+    ModelLocation,
+    autov2,
+    checkpoint_family,
+    model_sha256,
+    resolve_model,
+)
+from fooocusd.engine.tiny import TINY_REFINER, build_tiny_refiner_unet
+from fooocusd.errors import InvalidInput, ModelNotFound
+
+REFINER_CONFIG_DIR = Path(__file__).parent / "configs" / "sdxl_refiner"
+"""The SDXL refiner 1.0 UNet config (no weights), for loading a single-file refiner offline."""
+NO_REFINER = frozenset({"", "none", "off", "no"})
+POSITIVE_AESTHETIC_SCORE = 6.0
+NEGATIVE_AESTHETIC_SCORE = 2.5
+
+
+@dataclass
+class LoadedRefiner:
+    """A refiner UNet ready on the device, and what the metadata says about it."""
+
+    name: str
+    path: Path | None
+    sha256: str
+    unet: torch.nn.Module
+    load_seconds: float = 0.0
+    key: tuple[str, str] = field(default=("", ""))
+
+    @property
+    def attends_to_clip_g_only(self) -> bool:
+        return _is_refiner_shaped(self.unet)
+
+    @property
+    def token_width(self) -> int:
+        return int(self.unet.config.cross_attention_dim)
+
+
+def refiner_wanted(name: str, switch: float) -> bool:
+    return name.strip().lower() not in NO_REFINER and switch < 1.0
+
+
+def switch_call(total_calls: int, steps: int, switch: float) -> int:
+    """The first model call that goes to the refiner.
+
+    Fooocus switches at step ``round(steps × switch)``; a second-order scheduler makes more than one
+    model call per step, so the step is scaled to the scheduler's own call count.
+    """
+    switch_step = round(steps * switch)
+    return round(total_calls * switch_step / steps)
+
+
+class RefinerCache:
+    """Holds at most one refiner UNet; loads another only when a job names a different one."""
+
+    def __init__(
+        self, models_dir: Path, hash_cache: Path, *, base_config_dir: Path = SDXL_CONFIG_DIR
+    ) -> None:
+        self._models_dir = models_dir
+        self._hash_cache = hash_cache
+        self._base_config_dir = base_config_dir
+        self._current: LoadedRefiner | None = None
+        self.loads = 0
+
+    def get(
+        self, name: str, *, base: ModelLocation, device: torch.device, dtype: torch.dtype
+    ) -> LoadedRefiner | None:
+        """The refiner called ``name`` on ``device``; None when it is the base model itself."""
+        location = self._locate(name.strip())
+        if location == base or (location.path is not None and location.path == base.path):
+            return None  # Fooocus: a refiner that is the base model is no refiner
+        key = (location.kind, str(location.path or location.name))
+        current = self._current
+        if current is not None and current.key == key:
+            current.unet.to(device=device, dtype=dtype)
+            return current
+        self._current = None  # free the old one before loading the next
+        started = time.perf_counter()
+        try:
+            unet = self._load_unet(location)
+        except ModelNotFound as exc:  # a job naming a refiner that cannot load can never succeed
+            raise InvalidInput(f"refiner: {exc.message}", where=exc.where, hint=exc.hint) from exc
+        unet = unet.to(device=device, dtype=dtype).eval()
+        self._current = LoadedRefiner(
+            name=location.name,
+            path=location.path,
+            sha256=model_sha256(location, self._hash_cache),
+            unet=unet,
+            load_seconds=time.perf_counter() - started,
+            key=key,
+        )
+        self.loads += 1
+        return self._current
+
+    def _locate(self, name: str) -> ModelLocation:
+        if name == TINY_REFINER:
+            return ModelLocation(kind="tiny", name=TINY_REFINER)
+        try:
+            return resolve_model(name, self._models_dir)
+        except ModelNotFound as exc:
+            raise InvalidInput(
+                f"refiner: {exc.message}", where=exc.where, hint=exc.hint or "check the refiner name"
+            ) from exc
+
+    def _load_unet(self, location: ModelLocation) -> torch.nn.Module:
+        from diffusers import UNet2DConditionModel
+
+        from fooocusd.engine.sdxl import _load_errors, _quiet_loading, offline_hub
+
+        if location.kind == "tiny":
+            return build_tiny_refiner_unet()
+        assert location.path is not None
+        if location.kind == "diffusers":
+            with offline_hub(), _quiet_loading(), _load_errors(location.path):
+                return UNet2DConditionModel.from_pretrained(
+                    str(location.path), subfolder="unet", local_files_only=True
+                )
+        family = checkpoint_family(location.path)
+        configs = {"sdxl": self._base_config_dir, "sdxl_refiner": REFINER_CONFIG_DIR}
+        if family not in configs:
+            what = "a Stable Diffusion 1.x/2.x model" if family == "sd1_or_sd2" else f"a {family} file"
+            raise InvalidInput(
+                f"refiner {location.path.name} is {what}; fooocusd refines with SDXL models only",
+                where=str(location.path),
+                hint="use the SDXL refiner (sd_xl_refiner_1.0.safetensors) or another SDXL checkpoint, "
+                "or set refiner = 'none'",
+            )
+        with offline_hub(), _quiet_loading(), _load_errors(location.path):
+            return UNet2DConditionModel.from_single_file(
+                str(location.path), config=str(configs[family]), subfolder="unet", local_files_only=True
+            )
+
+
+@dataclass(frozen=True)
+class RefinerTimeIds:
+    """The refiner's micro-conditioning for the negative and positive sides, each (1, 5)."""
+
+    negative: torch.Tensor
+    positive: torch.Tensor
+
+    @classmethod
+    def for_size(cls, height: int, width: int, *, dtype: torch.dtype, device: torch.device) -> RefinerTimeIds:
+        def ids(score: float) -> torch.Tensor:
+            return torch.tensor([[height, width, 0, 0, score]], dtype=dtype, device=device)
+
+        return cls(negative=ids(NEGATIVE_AESTHETIC_SCORE), positive=ids(POSITIVE_AESTHETIC_SCORE))
+
+    def batch(self, size: int) -> torch.Tensor:
+        # The loop batches (negative, positive) under CFG and the positive side alone without it.
+        return torch.cat([self.negative, self.positive]) if size == 2 else self.positive
+
+
+def switching_noise_predictor(
+    base_unet: torch.nn.Module,
+    refiner: LoadedRefiner,
+    first_refiner_call: int,
+    time_ids: RefinerTimeIds,
+    *,
+    first_call_index: int = 0,
+) -> NoisePredictor:
+    """Base UNet before model call ``first_refiner_call`` of the full schedule, the refiner from it on.
+
+    ``first_call_index`` is the schedule position of the first call (img2img starts part-way in).
+    """
+    base = unet_noise_predictor(base_unet)
+    refine = unet_noise_predictor(refiner.unet)
+    clip_g_only = refiner.attends_to_clip_g_only
+    width = refiner.token_width
+    calls = first_call_index
+
+    def predict(
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        tokens: torch.Tensor,
+        pooled: torch.Tensor,
+        base_time_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        nonlocal calls
+        index = calls
+        calls += 1
+        if index < first_refiner_call:
+            return base(model_input, timestep, tokens, pooled, base_time_ids)
+        if clip_g_only:
+            # The base's tokens are [CLIP-L | CLIP-G] side by side; the refiner reads CLIP-G alone.
+            return refine(
+                model_input, timestep, tokens[..., -width:], pooled, time_ids.batch(model_input.shape[0])
+            )
+        return refine(model_input, timestep, tokens, pooled, base_time_ids)
+
+    return predict
+
+
+def refiner_record(refiner: LoadedRefiner | None, requested: str, switch: float, step: int) -> dict[str, Any]:
+    """What the metadata says: the refiner used (name, hashes, switch) or that none ran."""
+    if refiner is None:
+        return {"refiner": None, "refiner_switch": switch, "refiner_requested": requested.strip()}
+    return {
+        "refiner": {
+            "name": refiner.name,
+            "sha256": refiner.sha256,
+            "hash": autov2(refiner.sha256),
+            "switch": switch,
+            "switch_step": step,
+        },
+        "refiner_switch": switch,
+    }
+
+
+def _is_refiner_shaped(unet: torch.nn.Module) -> bool:
+    """An SDXL refiner's added embedding is 5 time ids plus the pooled CLIP-G vector, whose width is
+    also its cross-attention width (2560 = 5 × 256 + 1280); a base UNet has 6 ids and attends to
+    CLIP-L + CLIP-G, so the same sum does not hold for it (2816 ≠ 5 × 256 + 2048)."""
+    config = unet.config
+    return config.projection_class_embeddings_input_dim == 5 * config.addition_time_embed_dim + int(
+        config.cross_attention_dim
+    )

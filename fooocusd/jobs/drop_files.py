@@ -1,0 +1,80 @@
+"""The pictures a drop uses: its paired image and mask, and any image or mask a job names by path.
+
+Each one is followed to its real path (symbolic links included), must lie inside the inbox, and
+must be a PNG, JPEG or WebP within the pixel limit. It is then known by its inbox-relative path in
+POSIX form, which is what job specs store and what the worker looks up (claim folder, then inbox).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from fooocusd.errors import InvalidInput
+from fooocusd.jobs.images import ImageInfo, inspect_image, require_mask_fits
+
+Role = Literal["image", "mask"]
+_EXAMPLES: dict[Role, str] = {"image": "photos/cat.png", "mask": "photos/cat-mask.png"}
+
+
+class DropFiles:
+    """Checks pictures for one drop; each file is inspected once however many jobs use it."""
+
+    def __init__(self, inbox: Path, max_image_pixels: int) -> None:
+        self.inbox_root = inbox.resolve()
+        self.max_image_pixels = max_image_pixels
+        self._inspected: dict[str, ImageInfo] = {}
+
+    def dropped(self, path: Path, role: Role) -> str:
+        """A picture that arrived as part of the drop (``cat.png``, ``cat.mask.png``)."""
+        relative = self._inside(path, role, where=path.name)
+        self._inspect(relative)
+        return relative
+
+    def named(self, value: str, job_file: Path, role: Role) -> str:
+        """The picture a job names in its ``image`` or ``mask`` key, relative to the job file."""
+        written = Path(os.path.expanduser(value)) if value.startswith("~") else Path(value)
+        path = written if written.is_absolute() else job_file.parent / written
+        relative = self._inside(path, role, where=role)
+        if not (self.inbox_root / relative).is_file():
+            prose = (
+                f" If that line is prompt text, write it as 'prompt: {role}: ...'." if " " in value else ""
+            )
+            raise InvalidInput(
+                f"{job_file.name}: the {role} '{value}' does not exist",
+                where=role,
+                hint=f"give the path relative to the job file, e.g. '{role}: {_EXAMPLES[role]}', "
+                f"and drop the {role} before (or with) the job file.{prose}",
+            )
+        self._inspect(relative)
+        return relative
+
+    def require_mask_fits(self, mask: str, image: str, *, where: str) -> None:
+        """The mask must have its image's shape (same aspect within 1%); the worker scales it to size."""
+        mask_size = self._inspected[mask].upright_size
+        image_size = self._inspected[image].upright_size
+        try:
+            require_mask_fits(mask_size, image_size, PurePosixPath(mask).name)
+        except InvalidInput as exc:
+            exc.where = where
+            raise
+
+    def _inside(self, path: Path, role: Role, *, where: str) -> str:
+        """``path`` as an inbox-relative POSIX path; refused unless its real location is in the inbox."""
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError) as exc:  # symlink loops
+            raise InvalidInput(f"cannot resolve the {role} path {path}: {exc}", where=where) from exc
+        if not real.is_relative_to(self.inbox_root):
+            raise InvalidInput(
+                f"the {role} path '{path}' leads outside the inbox (to {real}); that is not allowed",
+                where=where,
+                hint=f"put the {role} inside the inbox and give its path relative to the job file, "
+                "without '..' and without links that point elsewhere",
+            )
+        return real.relative_to(self.inbox_root).as_posix()
+
+    def _inspect(self, relative: str) -> None:
+        if relative not in self._inspected:
+            self._inspected[relative] = inspect_image(self.inbox_root / relative, self.max_image_pixels)

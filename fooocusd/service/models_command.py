@@ -1,0 +1,152 @@
+"""``fooocusd models list|fetch``: what model files the daemon can see, and downloading known ones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from fooocusd.engine.families import detect_family
+from fooocusd.engine.fetch import fetch, load_catalogue, lookup
+from fooocusd.engine.model_dirs import KINDS, ModelDirs, is_diffusers_folder, root_layout
+from fooocusd.engine.models import HASH_CACHE_NAME, autov2, cached_sha256, file_sha256, remember_sha256
+from fooocusd.errors import FooocusdError
+from fooocusd.service.folders import Folders
+from fooocusd.settings import LoadedSettings
+
+_MIN_WIDTH = 140
+
+
+@dataclass(frozen=True)
+class ModelFileRow:
+    kind: str
+    family: str
+    label: str
+    prediction: str
+    resolution: int | None
+    size: int
+    sha256: str
+    path: str
+
+
+def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Register ``models list`` and ``models fetch`` (called from ``cli.py``)."""
+    models = sub.add_parser("models", parents=parents, help="list model files, fetch known ones")
+    actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", parents=parents, help="every model file in the model folders")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument("--hash", action="store_true", help="compute missing SHA-256 hashes (slow)")
+    listing.set_defaults(handler=list_models)
+    fetching = actions.add_parser("fetch", parents=parents, help="download a file from the catalogue")
+    fetching.add_argument("name", help="catalogue name, e.g. juggernautXL_v8Rundiffusion")
+    fetching.add_argument("--force", action="store_true", help="download again even if the file exists")
+    fetching.set_defaults(handler=fetch_model)
+
+
+def list_models(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    dirs, hash_cache = _dirs_and_cache(loaded)
+    rows = model_rows(
+        dirs,
+        hash_cache,
+        compute_hashes=bool(getattr(args, "hash", False)),
+        allow_pickle=loaded.settings.engine.allow_unsafe_pickle,
+    )
+    roots = [{"path": str(root), "layout": root_layout(root)} for root in dirs.roots]
+    if getattr(args, "json", False):
+        print(json.dumps({"roots": roots, "files": [asdict(row) for row in rows]}, indent=2))
+        return 0
+    console = Console(width=max(Console().width, _MIN_WIDTH))
+    for root in roots:
+        console.print(f"models folder: {escape(root['path'])} ({root['layout']})")
+    if not rows:
+        console.print(
+            "no model files found; put them in the folders above, or `fooocusd models fetch NAME` "
+            f"(names: {', '.join(load_catalogue())})"
+        )
+        return 0
+    console.print(_table(rows))
+    return 0
+
+
+def fetch_model(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    catalogue = load_catalogue()
+    entry = lookup(args.name, catalogue)
+    dirs, hash_cache = _dirs_and_cache(loaded)
+    console = Console(stderr=True)
+    result = fetch(
+        entry,
+        dirs,
+        force=bool(getattr(args, "force", False)),
+        progress=sys.stderr.isatty(),
+        say=lambda message: console.print(escape(message)),
+    )
+    if result.sha256:
+        remember_sha256(result.path, result.sha256, hash_cache)
+    print(result.path)
+    return 0
+
+
+def model_rows(
+    dirs: ModelDirs, hash_cache: Path, *, compute_hashes: bool = False, allow_pickle: bool = False
+) -> list[ModelFileRow]:
+    """One row per model file or diffusers folder, kind by kind, in search order."""
+    rows: list[ModelFileRow] = []
+    seen: set[Path] = set()
+    for kind in KINDS:
+        for path in dirs.files(kind):
+            if path in seen:
+                continue
+            seen.add(path)
+            rows.append(_row(kind, path, hash_cache, compute_hashes, allow_pickle))
+    return rows
+
+
+def _row(kind: str, path: Path, hash_cache: Path, compute_hashes: bool, allow_pickle: bool) -> ModelFileRow:
+    try:
+        info = detect_family(path, allow_pickle=allow_pickle)
+        family, label = info.family, info.label
+        prediction, resolution = info.prediction or "", info.resolution
+    except FooocusdError:
+        family, label, prediction, resolution = "unreadable", "unreadable", "", None
+    if is_diffusers_folder(path):
+        size = sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+        sha256 = ""
+    else:
+        size = path.stat().st_size
+        sha256 = file_sha256(path, hash_cache) if compute_hashes else cached_sha256(path, hash_cache)
+    return ModelFileRow(kind, family, label, prediction, resolution, size, sha256, str(path))
+
+
+def _table(rows: list[ModelFileRow]) -> Table:
+    table = Table(show_lines=False)
+    for column in ("kind", "family", "size", "sha256", "path"):
+        table.add_column(column, no_wrap=column != "path", overflow="fold")
+    for row in rows:
+        table.add_row(
+            row.kind,
+            row.label,
+            _human_size(row.size),
+            autov2(row.sha256) if row.sha256 else "(--hash)",
+            escape(row.path),
+        )
+    return table
+
+
+def _dirs_and_cache(loaded: LoadedSettings) -> tuple[ModelDirs, Path]:
+    folders = Folders.from_paths(loaded.settings.paths.resolved())
+    return ModelDirs.of(folders.models), folders.cache / HASH_CACHE_NAME
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

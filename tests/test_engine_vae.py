@@ -1,0 +1,78 @@
+"""VAE override: a VAE file from the vae folder decodes instead of the model's own, cached."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fooocusd.engine.factory import create_engine
+from fooocusd.engine.model_dirs import ModelDirs
+from fooocusd.engine.sdxl import SDXLEngine
+from fooocusd.errors import InvalidInput
+from fooocusd.settings import EngineSettings
+from tests.engine_helpers import _vae_to_sgm, default_request
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> SDXLEngine:
+    root = tmp_path_factory.mktemp("vae") / "models"
+    built = create_engine(EngineSettings(model="tiny-random", device="cpu"), root, root.parent / "cache")
+    assert isinstance(built, SDXLEngine)
+    built.load()
+    assert built._pipeline is not None
+    folder = ModelDirs.of(root).folders("vae")[0]
+    folder.mkdir(parents=True)
+    changed = {key: value.clone() for key, value in built._pipeline.vae.state_dict().items()}
+    changed["decoder.conv_out.bias"] += 0.5  # a visibly different decoder
+    save_file(changed, str(folder / "warm_diffusers.safetensors"))
+    ldm = _vae_to_sgm(types.SimpleNamespace(vae=_with_state(built, changed)))  # type: ignore[arg-type]
+    save_file(
+        {f"first_stage_model.{k}": v.contiguous() for k, v in ldm.items()}, str(folder / "warm.safetensors")
+    )
+    save_file({"decoder.conv_out.bias": torch.zeros(7)}, str(folder / "wrong.safetensors"))
+    return built
+
+
+def _with_state(engine: SDXLEngine, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    assert engine._pipeline is not None
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_config(engine._pipeline.vae.config)
+    vae.load_state_dict(state)
+    return vae
+
+
+def _pixels(engine: SDXLEngine, **overrides: object) -> np.ndarray:
+    return np.asarray(engine.generate(default_request(steps=2, **overrides)).image)
+
+
+def test_vae_override_changes_the_decode_and_default_puts_the_own_vae_back(engine: SDXLEngine) -> None:
+    plain = _pixels(engine)
+    warm = engine.generate(default_request(steps=2, vae="warm"))
+    assert not np.array_equal(plain, np.asarray(warm.image))
+    assert warm.extra["vae"] == "warm" and len(warm.extra["vae_sha256"]) == 64
+    assert np.array_equal(plain, _pixels(engine, vae="default"))
+    assert np.array_equal(plain, _pixels(engine))
+
+
+def test_single_file_and_diffusers_layouts_decode_alike_and_the_override_is_cached(
+    engine: SDXLEngine,
+) -> None:
+    ldm = _pixels(engine, vae="warm")
+    loads = engine._components.vaes.loads
+    assert np.array_equal(ldm, _pixels(engine, vae="warm.safetensors"))
+    assert engine._components.vaes.loads == loads
+    assert np.array_equal(ldm, _pixels(engine, vae="warm_diffusers"))
+
+
+def test_missing_or_mismatched_vae_is_refused_with_a_hint(engine: SDXLEngine) -> None:
+    with pytest.raises(InvalidInput) as missing:
+        engine.generate(default_request(steps=1, vae="no_such_vae"))
+    assert "no_such_vae" in missing.value.message and "no_such_vae.safetensors" in missing.value.hint
+    with pytest.raises(InvalidInput, match="do not fit"):
+        engine.generate(default_request(steps=1, vae="wrong"))
+    assert "vae" in missing.value.where
