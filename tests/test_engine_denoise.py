@@ -422,3 +422,44 @@ def test_engine_rejects_an_out_of_range_refinement_as_invalid_input(engine: SDXL
     with pytest.raises(InvalidInput) as caught:
         engine.generate(_small(adm_scaler_end=2.0))
     assert caught.value.where == "adm_scaler_end"
+
+
+def test_unet_extras_of_several_providers_are_summed_or_combined() -> None:
+    from fooocusd.engine.denoise import merge_unet_extras
+
+    one = torch.ones(1, 2)
+    merged = merge_unet_extras(
+        [
+            {"down_block_additional_residuals": [one, one], "mid_block_additional_residual": one},
+            {"down_block_additional_residuals": [one, 2 * one], "added_cond_kwargs": {"image_embeds": [one]}},
+            {"mid_block_additional_residual": 3 * one, "cross_attention_kwargs": {"scale": 0.5}},
+            {},
+        ]
+    )
+    assert [t.tolist() for t in merged["down_block_additional_residuals"]] == [[[2.0, 2.0]], [[3.0, 3.0]]]
+    assert merged["mid_block_additional_residual"].tolist() == [[4.0, 4.0]]
+    assert merged["added_cond_kwargs"]["image_embeds"][0] is one
+    assert merged["cross_attention_kwargs"] == {"scale": 0.5}
+
+
+def test_unet_extras_see_each_call_in_schedule_order_and_reach_the_unet() -> None:
+    from fooocusd.engine.denoise import UNetCall, unet_noise_predictor
+
+    seen: list[int] = []
+    received: list[dict[str, object]] = []
+
+    def fake_unet(model_input, timestep, **kwargs):  # type: ignore[no-untyped-def]
+        received.append(kwargs)
+        return (model_input,)
+
+    def extras(call: UNetCall) -> dict[str, object]:
+        seen.append(call.index)
+        return {"added_cond_kwargs": {"image_embeds": call.index}} if call.index < 4 else {}
+
+    predict = unet_noise_predictor(fake_unet, [extras], first_call_index=3)  # type: ignore[arg-type]
+    x = torch.zeros(1, 4, 2, 2)
+    for _ in range(2):
+        predict(x, torch.tensor(1.0), torch.zeros(1, 2, 3), torch.zeros(1, 3), torch.zeros(1, 6))
+    assert seen == [3, 4]
+    assert received[0]["added_cond_kwargs"]["image_embeds"] == 3  # type: ignore[index]
+    assert "image_embeds" not in received[1]["added_cond_kwargs"]  # type: ignore[operator]

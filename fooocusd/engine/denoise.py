@@ -13,8 +13,9 @@ of the timesteps made before the loop, so the loop adds no host–device syncs o
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import SchedulerMixin
@@ -65,8 +66,33 @@ def _require(ok: bool, name: str, value: float, hint: str) -> None:
         raise InvalidInput(f"{name} {value} is out of range", where=name, hint=hint)
 
 
-def unet_noise_predictor(unet: torch.nn.Module) -> NoisePredictor:
-    """Call a diffusers SDXL UNet the way the stock pipeline does."""
+@dataclass(frozen=True)
+class UNetCall:
+    """One model call as the loop makes it; what ``UNetExtras`` providers see."""
+
+    index: int
+    """Position of this call in the full schedule (img2img starts part-way in)."""
+    model_input: torch.Tensor
+    timestep: torch.Tensor
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+    time_ids: torch.Tensor
+
+
+UNetExtras = Callable[[UNetCall], dict[str, Any]]
+"""Extra keyword arguments for one UNet call (ControlNet residuals, IP-Adapter image embeddings ...).
+
+Return ``{}`` to add nothing (e.g. after a "stop at" point). Results of several providers are merged:
+``down_block_additional_residuals`` and ``mid_block_additional_residual`` are summed, and
+``added_cond_kwargs`` / ``cross_attention_kwargs`` entries are combined.
+"""
+
+
+def unet_noise_predictor(
+    unet: torch.nn.Module, extras: Sequence[UNetExtras] = (), *, first_call_index: int = 0
+) -> NoisePredictor:
+    """Call a diffusers SDXL UNet the way the stock pipeline does, plus what ``extras`` add."""
+    calls = first_call_index
 
     def predict(
         model_input: torch.Tensor,
@@ -75,17 +101,45 @@ def unet_noise_predictor(unet: torch.nn.Module) -> NoisePredictor:
         pooled: torch.Tensor,
         time_ids: torch.Tensor,
     ) -> torch.Tensor:
+        nonlocal calls
+        call = UNetCall(calls, model_input, timestep, tokens, pooled, time_ids)
+        calls += 1
+        added = merge_unet_extras([provider(call) for provider in extras])
+        added_cond = {"text_embeds": pooled, "time_ids": time_ids, **added.pop("added_cond_kwargs", {})}
         return unet(
             model_input,
             timestep,
             encoder_hidden_states=tokens,
             timestep_cond=None,
-            cross_attention_kwargs=None,
-            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+            cross_attention_kwargs=added.pop("cross_attention_kwargs", None) or None,
+            added_cond_kwargs=added_cond,
             return_dict=False,
+            **added,
         )[0]
 
     return predict
+
+
+_SUMMED = ("down_block_additional_residuals", "mid_block_additional_residual")
+_COMBINED = ("added_cond_kwargs", "cross_attention_kwargs")
+
+
+def merge_unet_extras(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Merge the keyword arguments of several ``UNetExtras`` results for one call."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if key not in merged:
+                merged[key] = list(value) if key == _SUMMED[0] else dict(value) if key in _COMBINED else value
+            elif key == _SUMMED[0]:
+                merged[key] = [mine + theirs for mine, theirs in zip(merged[key], value, strict=True)]
+            elif key == _SUMMED[1]:
+                merged[key] = merged[key] + value
+            elif key in _COMBINED:
+                merged[key].update(value)
+            else:
+                raise ValueError(f"two UNet extras both set {key!r}")
+    return merged
 
 
 def initial_latents(

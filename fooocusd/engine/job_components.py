@@ -7,6 +7,7 @@ loaded; ``prepare`` before each image (outside inference mode: adapters are inje
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 
 from fooocusd.engine.base import GenerationRequest
 from fooocusd.engine.conditioning import Conditioning
-from fooocusd.engine.denoise import NoisePredictor, unet_noise_predictor
+from fooocusd.engine.denoise import NoisePredictor, UNetExtras, unet_noise_predictor
 from fooocusd.engine.loras import AppliedLora, LoraAdapters
 from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.engine.models import ModelLocation, ModelRoots
@@ -74,22 +75,25 @@ class JobComponents:
         *,
         size: tuple[int, int],
         start_index: int = 0,
+        extras: Sequence[UNetExtras] = (),
     ) -> NoisePredictor:
-        """The base UNet's predictor, or one that hands over to the refiner at the switch step."""
+        """The base UNet's predictor, or one that hands over to the refiner at the switch step.
+
+        ``extras`` (ControlNet, IP-Adapter ...) apply to the base UNet's calls only.
+        """
         total = len(scheduler.timesteps)
+        base = unet_noise_predictor(pipeline.unet, extras, first_call_index=start_index)
         if self._refiner is None:
-            return unet_noise_predictor(pipeline.unet)
+            return base
         first = switch_call(total, request.steps, request.refiner_switch)
         if first >= total:
             self._refiner = None  # the switch falls after the last step: the refiner never runs
-            return unet_noise_predictor(pipeline.unet)
+            return base
         self._refiner_step = round(request.steps * request.refiner_switch)
         width, height = size
         tokens = conditioning.positive.tokens
         time_ids = RefinerTimeIds.for_size(height, width, dtype=tokens.dtype, device=tokens.device)
-        return switching_noise_predictor(
-            pipeline.unet, self._refiner, first, time_ids, first_call_index=start_index
-        )
+        return switching_noise_predictor(base, self._refiner, first, time_ids, first_call_index=start_index)
 
     def record(self, request: GenerationRequest) -> dict[str, Any]:
         """``loras``, ``refiner`` and ``vae`` facts for ``GeneratedImage.extra``."""

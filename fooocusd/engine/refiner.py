@@ -178,18 +178,17 @@ class RefinerTimeIds:
 
 
 def switching_noise_predictor(
-    base_unet: torch.nn.Module,
+    base: NoisePredictor,
     refiner: LoadedRefiner,
     first_refiner_call: int,
     time_ids: RefinerTimeIds,
     *,
     first_call_index: int = 0,
 ) -> NoisePredictor:
-    """Base UNet before model call ``first_refiner_call`` of the full schedule, the refiner from it on.
+    """``base`` before model call ``first_refiner_call`` of the full schedule, the refiner from it on.
 
     ``first_call_index`` is the schedule position of the first call (img2img starts part-way in).
     """
-    base = unet_noise_predictor(base_unet)
     refine = unet_noise_predictor(refiner.unet)
     clip_g_only = refiner.attends_to_clip_g_only
     width = refiner.token_width
