@@ -34,6 +34,19 @@ class ImageTask:
 
 
 @dataclass(frozen=True)
+class ImagePrompt:
+    """A decoded image prompt for the engine (see ``JobSpec.image_prompts``); weight/stop_at resolved."""
+
+    kind: str
+    """image_prompt, face, pyracanny, cpds or depth."""
+    image: Image.Image
+    weight: float
+    stop_at: float
+    source: str = ""
+    """The inbox-relative file name, for metadata."""
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """Concrete settings for exactly one image. Nothing here is optional."""
 
@@ -67,6 +80,8 @@ class GenerationRequest:
     """Fraction of the steps after which the refiner takes over."""
     vae: str = ""
     """VAE override name; empty means the checkpoint's own VAE."""
+    image_prompts: tuple[ImagePrompt, ...] = ()
+    """IP-Adapter and ControlNet inputs, in the job's order."""
     image_task: ImageTask | None = None
     """Start from an image instead of noise (vary, upscale, inpaint, outpaint); None: text to image."""
 

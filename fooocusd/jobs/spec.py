@@ -71,6 +71,23 @@ class LoraSpec(BaseModel):
 
 
 MAX_LORAS = 5
+MAX_IMAGE_PROMPTS = 4
+ImagePromptType = Literal["image_prompt", "face", "pyracanny", "cpds", "depth"]
+
+
+class ImagePromptSpec(BaseModel):
+    """One image prompt slot: a reference image and how it steers the render.
+
+    ``image_prompt`` and ``face`` go through IP-Adapter; ``pyracanny``, ``cpds`` and ``depth`` through
+    ControlNet. ``None`` weight / stop_at take the type's default.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    image: str = Field(..., min_length=1, max_length=1000, description="Relative to the job file.")
+    type: ImagePromptType = "image_prompt"
+    weight: float | None = Field(None, ge=0.0, le=2.0)
+    stop_at: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class JobSpec(BaseModel):
@@ -110,6 +127,7 @@ class JobSpec(BaseModel):
     refiner: str | None = Field(None, max_length=500, description="Refiner checkpoint; 'none' turns it off.")
     refiner_switch: float | None = Field(None, ge=0.1, le=1.0, description="Fraction of steps before it.")
     vae: str | None = Field(None, max_length=500, description="VAE override file; 'default' = built-in.")
+    image_prompts: list[ImagePromptSpec] | None = Field(None, max_length=MAX_IMAGE_PROMPTS)
     denoise: float | None = Field(None, gt=0.0, le=1.0, description="Image jobs: share of the steps re-run.")
     upscale_factor: float | None = Field(None, ge=1.0, le=8.0, description="Upscale: custom factor.")
     upscale_model: str | None = Field(None, max_length=500, description="Upscale: file in upscale_models.")
