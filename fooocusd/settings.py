@@ -129,6 +129,21 @@ class EngineSettings(_Section):
     allow_unsafe_pickle: bool = Field(
         False, description="Load .ckpt/.pt/.pth/.bin checkpoints (pickles, which can run code); logged."
     )
+    vram: Literal["auto", "high", "low"] = Field(
+        "auto", description="low: stream the UNet, offload text encoders, tile VAE; auto: low under 10 GiB."
+    )
+    compile: Literal["off", "unet", "unet_full"] = Field(
+        "off", description="torch.compile the UNet's repeated blocks (unet) or the whole UNet (unet_full)."
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"] = Field(
+        "default", description="torch.compile mode; reduce-overhead adds CUDA graphs (one per image size)."
+    )
+    compile_dynamic: bool = Field(False, description="One dynamic-shape graph instead of one per image size.")
+    channels_last: bool = Field(True, description="channels_last UNet and VAE (CUDA only).")
+    fuse_qkv: bool = Field(True, description="Fused attention projections (CUDA only; off after a LoRA).")
+    vae_upcast: Literal["auto", "always", "never"] = Field(
+        "auto", description="VAE in fp32: auto = only for an fp16 pipeline whose VAE needs it."
+    )
 
 
 class GenerationSettings(_Section):
@@ -138,6 +153,9 @@ class GenerationSettings(_Section):
     )
     upscale_model: str = Field(
         "RealESRGAN_x4plus", description="Super-resolution model (.safetensors) in <models>/upscale_models."
+    )
+    inpaint_model: str = Field(
+        "", max_length=500, description="SDXL inpainting checkpoint for inpaint/outpaint; '' = base model."
     )
     negative: str = ""
     images: int = Field(1, ge=1, le=32)
@@ -186,6 +204,19 @@ class OutboxSettings(_Section):
         "move", description="move: to paths.done; delete; keep: leave a copy in paths.state/kept."
     )
     umask: int = Field(0o022, ge=0, le=0o777)
+    save_control_images: bool = Field(
+        False, description="Also save each ControlNet image prompt's preprocessed map beside the image."
+    )
+
+
+class ControlNetSettings(_Section):
+    canny: str = Field("controlnet-canny-sdxl-1.0", description="ControlNet for pyracanny image prompts.")
+    cpds: str = Field("", description="ControlNet for cpds image prompts; empty: none configured.")
+    depth: str = Field("controlnet-depth-sdxl-1.0", description="ControlNet for depth image prompts.")
+    depth_estimator: str = Field(
+        "Depth-Anything-V2-Small-hf", description="transformers depth model folder, in depth_estimator/."
+    )
+    softness: float = Field(0.25, ge=0.0, le=1.0, description="Fooocus's ControlNet softness.")
 
 
 class MetricsSettings(_Section):
@@ -258,6 +289,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     hooks: HooksSettings = Field(default_factory=HooksSettings)
+    controlnet: ControlNetSettings = Field(default_factory=ControlNetSettings)
 
     @classmethod
     def settings_customise_sources(

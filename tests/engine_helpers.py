@@ -226,3 +226,121 @@ def _drop_nonessential_index_entries(config_dir: Path) -> None:
         if index.get(name) == [None, None]:
             del index[name]
     index_file.write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
+# -- tiny SD 1.5 / SD 2.1 single-file checkpoints ----------------------------------------------------
+
+from diffusers import StableDiffusionPipeline  # noqa: E402 - appended section
+
+SHIPPED_CONFIGS = SDXL_CONFIG_DIR.parent
+"""``fooocusd/engine/configs``: ``sd15`` and ``sd21`` hold the SD 1.5 / SD 2.1 diffusers configs."""
+
+
+def shrunk_sd1x_config_dir(family: str, target: Path) -> Path:
+    """The shipped ``sd15``/``sd21`` folder with only the sizes made tiny (block types, projections,
+    tokenizer and scheduler kept), so a checkpoint built from it loads through the real code path."""
+    shutil.copytree(SHIPPED_CONFIGS / family, target)
+    width = 32 if family == "sd15" else 48
+    sizes: dict[str, dict[str, object]] = {
+        "unet": {
+            "block_out_channels": [16, 16, 32, 32],
+            "layers_per_block": 1,
+            "norm_num_groups": 8,
+            "cross_attention_dim": width,
+            "sample_size": 8,
+            "attention_head_dim": 4 if family == "sd15" else [2, 2, 4, 4],
+        },
+        "vae": {
+            "block_out_channels": [16] * 4,
+            "layers_per_block": 1,
+            "norm_num_groups": 8,
+            "sample_size": 64,
+        },
+        "text_encoder": {
+            "hidden_size": width,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "projection_dim": width,
+        },
+    }
+    for component, changes in sizes.items():
+        config_file = target / component / "config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config.update(changes)
+        config_file.write_text(json.dumps(config), encoding="utf-8")
+    return target
+
+
+def tiny_sd1x_pipeline(config_dir: Path, seed: int = 7) -> StableDiffusionPipeline:
+    """A deterministic random-weight ``StableDiffusionPipeline`` built from ``config_dir``."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    text_config = json.loads((config_dir / "text_encoder" / "config.json").read_text(encoding="utf-8"))
+    text_config = {k: v for k, v in text_config.items() if k not in {"architectures", "torch_dtype"}}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    pipeline = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=CLIPTokenizer.from_pretrained(config_dir / "tokenizer", local_files_only=True),
+        unet=unet.eval(),
+        scheduler=EulerDiscreteScheduler.from_pretrained(config_dir / "scheduler"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def open_clip_to_ldm(text_encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """SD 2.x stores its OpenCLIP ViT-H text tower in open_clip's own layout (fused q/k/v)."""
+    config = text_encoder.config  # type: ignore[attr-defined]
+    state = {key.removeprefix("text_model."): value for key, value in text_encoder.state_dict().items()}
+    state.pop("embeddings.position_ids", None)
+    out = {
+        "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+        "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+        "ln_final.weight": state.pop("final_layer_norm.weight"),
+        "ln_final.bias": state.pop("final_layer_norm.bias"),
+        "text_projection": torch.eye(config.hidden_size),  # real files carry one; unused
+    }
+    for layer in range(config.num_hidden_layers):
+        source, target = f"encoder.layers.{layer}.", f"transformer.resblocks.{layer}."
+        for kind in ("weight", "bias"):
+            out[f"{target}attn.in_proj_{kind}"] = torch.cat(
+                [state.pop(f"{source}self_attn.{proj}_proj.{kind}") for proj in ("q", "k", "v")]
+            )
+            out[f"{target}attn.out_proj.{kind}"] = state.pop(f"{source}self_attn.out_proj.{kind}")
+            out[f"{target}ln_1.{kind}"] = state.pop(f"{source}layer_norm1.{kind}")
+            out[f"{target}ln_2.{kind}"] = state.pop(f"{source}layer_norm2.{kind}")
+            out[f"{target}mlp.c_fc.{kind}"] = state.pop(f"{source}mlp.fc1.{kind}")
+            out[f"{target}mlp.c_proj.{kind}"] = state.pop(f"{source}mlp.fc2.{kind}")
+    if state:
+        raise KeyError(f"unconverted OpenCLIP keys: {sorted(state)}")
+    return out
+
+
+def save_ldm_checkpoint(pipeline: StableDiffusionPipeline, family: str, path: Path) -> None:
+    """The original (CompVis ldm) single-file layout SD 1.5 (``sd15``) / 2.1 (``sd21``) are published in."""
+    state = _prefixed("model.diffusion_model.", _unet_to_sgm(pipeline))  # type: ignore[arg-type]
+    state.update(_prefixed("first_stage_model.", _vae_to_sgm(pipeline)))  # type: ignore[arg-type]
+    if family == "sd15":
+        state.update(_prefixed("cond_stage_model.transformer.", _clip_to_sgm(pipeline)))  # type: ignore[arg-type]
+    else:
+        state.update(_prefixed("cond_stage_model.model.", open_clip_to_ldm(pipeline.text_encoder)))
+    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(path))
+
+
+def write_tiny_sd1x_checkpoint(family: str, folder: Path, name: str = "") -> tuple[Path, Path]:
+    """A tiny ``sd15``/``sd21`` checkpoint in ``folder`` and the shrunk config folder it loads with."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_dir = shrunk_sd1x_config_dir(family, folder / f"config_{family}")
+    checkpoint = folder / (name or f"tiny_{family}.safetensors")
+    save_ldm_checkpoint(tiny_sd1x_pipeline(config_dir), family, checkpoint)
+    return checkpoint, config_dir

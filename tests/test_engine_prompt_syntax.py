@@ -19,6 +19,7 @@ from fooocusd.engine.prompt_syntax import (
     tidy_prompt,
 )
 from fooocusd.engine.styles import load_styles
+from fooocusd.errors import InvalidInput
 from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.journal.journal import Journal
 from fooocusd.service.folders import Folders
@@ -99,16 +100,19 @@ def test_a_missing_or_empty_wildcard_leaves_the_bare_word(tmp_path: Path) -> Non
     assert text == "nowhere blank nowhere"
 
 
-def test_a_wildcard_cycle_stops_at_the_depth_limit_and_leaves_the_rest(tmp_path: Path) -> None:
+def test_a_wildcard_cycle_is_refused_at_the_depth_limit_naming_the_wildcard(tmp_path: Path) -> None:
     library = _wildcards(tmp_path, {"loop.txt": "x __loop__"})
-    text = apply_wildcards("__loop__", library, random.Random(0))
-    assert text == "x " * MAX_WILDCARD_DEPTH + "__loop__"
+    with pytest.raises(InvalidInput) as caught:
+        apply_wildcards("__loop__", library, random.Random(0))
+    assert f"more than {MAX_WILDCARD_DEPTH} levels deep" in caught.value.message
+    assert "__loop__" in caught.value.message and "__loop__" in (caught.value.hint or "")
 
 
-def test_a_self_doubling_wildcard_stops_growing_instead_of_exhausting_memory(tmp_path: Path) -> None:
+def test_a_self_doubling_wildcard_is_refused_instead_of_exhausting_memory(tmp_path: Path) -> None:
     library = _wildcards(tmp_path, {"twice.txt": "__twice__ and __twice__"})
-    text = apply_wildcards("__twice__", library, random.Random(0))
-    assert len(text) < 200_000 and "__twice__" in text
+    with pytest.raises(InvalidInput) as caught:
+        apply_wildcards("__twice__", library, random.Random(0))
+    assert "characters" in caught.value.message
 
 
 def test_no_wildcard_folder_means_every_wildcard_is_a_bare_word() -> None:

@@ -128,6 +128,21 @@ def test_fetch_downloads_into_the_kind_folder_of_the_first_root_and_verifies_it(
     assert not second.exists()
 
 
+def test_a_generic_repository_file_name_is_saved_under_the_entrys_own_name(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    hub.add("someone/encoder", "models/image_encoder/model.safetensors", PAYLOAD)
+    entry = _entry(
+        kind="clip_vision",
+        repo="someone/encoder",
+        file="models/image_encoder/model.safetensors",
+        save_as="clip_vision_vit_h.safetensors",
+    )
+    result = fetch(entry, ModelDirs.of(tmp_path))
+    assert result.path == tmp_path / "clip_vision" / "clip_vision_vit_h.safetensors"
+    assert result.path.read_bytes() == PAYLOAD
+
+
 def test_fetch_resumes_a_partial_download_with_a_range_request(hub: FakeHub, tmp_path: Path) -> None:
     hub.add("someone/misc", "fav/tiny_lora.safetensors", PAYLOAD)
     partial = tmp_path / "loras" / ".tiny_lora.safetensors.part"
@@ -208,7 +223,7 @@ def test_not_enough_disk_space_is_refused_before_downloading(
     assert not any(method == "GET" for method, _path, _range in hub.requests)
 
 
-def test_bundled_catalogue_names_every_preset_file_and_pins_nothing_unverified() -> None:
+def test_bundled_catalogue_names_every_preset_and_image_prompt_file_and_pins_nothing_unverified() -> None:
     catalogue = load_catalogue(CATALOGUE_FILE)
     expected = {
         "juggernautXL_v8Rundiffusion": "checkpoints",
@@ -223,6 +238,11 @@ def test_bundled_catalogue_names_every_preset_file_and_pins_nothing_unverified()
         "sdxl_lcm_lora": "loras",
         "sdxl_lightning_4step_lora": "loras",
         "sdxl_hyper_sd_4step_lora": "loras",
+        "ip-adapter-plus_sdxl_vit-h": "ipadapter",
+        "ip-adapter-plus-face_sdxl_vit-h": "ipadapter",
+        "clip_vision_vit_h": "clip_vision",
+        "controlnet-canny-sdxl-1.0": "controlnet",
+        "controlnet-depth-sdxl-1.0": "controlnet",
     }
     assert {name: entry.kind for name, entry in catalogue.items()} == expected
     for entry in catalogue.values():

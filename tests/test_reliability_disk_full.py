@@ -70,8 +70,11 @@ def _job_errors(box: Sandbox) -> list[str]:
     db_path = box.state / "journal.sqlite3"
     if not db_path.exists():
         return []
-    with sqlite3.connect(db_path) as db:
-        return [row[0] or "" for row in db.execute("SELECT error FROM jobs")]
+    try:
+        with sqlite3.connect(db_path) as db:
+            return [row[0] or "" for row in db.execute("SELECT error FROM jobs")]
+    except sqlite3.OperationalError:  # the daemon is still creating the schema
+        return []
 
 
 def _retry_config(box: Sandbox, max_attempts: int) -> None:

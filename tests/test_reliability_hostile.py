@@ -1,4 +1,4 @@
-"""Hostile inputs: each is refused with a plain reason (or, for wildcards, defused), nothing outside
+"""Hostile inputs: each is refused with a plain reason, nothing outside
 the inbox is touched, and the daemon carries on with the good job dropped beside them.
 
 Complements tests/test_daemon_bad_inputs.py (``name = "../../outside"``, ``image = "../../etc/passwd"``)
@@ -7,7 +7,6 @@ and tests/test_intake_watcher.py (FIFO and escaping link at the watcher level).
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import struct
@@ -75,6 +74,7 @@ def test_hostile_files_are_refused_with_reasons_and_the_good_job_still_runs(
         "bomb.png": "pixels",
         "link-out.txt": "symbolic link",
         "link-in.txt": "symbolic link",
+        "wild.txt": "levels deep",
     }
     sandbox.drop("escape-name.toml", 'prompt = "a cat"\nname = "../../../tmp/owned"\n')
     sandbox.drop("slash-name.txt", "a cat\nname: sub/../../x\n")
@@ -98,10 +98,7 @@ def test_hostile_files_are_refused_with_reasons_and_the_good_job_still_runs(
         assert not os.path.lexists(sandbox.inbox / name)
     assert (sandbox.failed / "link-out.txt").is_symlink(), "the link is moved, never what it points to"
     # The link into the inbox was refused, but the file it pointed to runs as itself.
-    assert sorted(p.name for p in sandbox.images()) == ["real_3_0.png", "wild_9_0.png"]
-    record = json.loads((sandbox.outbox / "wild_9_0.json").read_text(encoding="utf-8"))
-    assert "__w" in record["prompt"], "expansion stops at the depth limit and leaves the rest as written"
-    assert len(record["prompt"]) < 2000
+    assert sorted(p.name for p in sandbox.images()) == ["real_3_0.png"]
 
 
 @pytest.mark.parametrize(

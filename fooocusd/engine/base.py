@@ -31,6 +31,9 @@ class ImageTask:
     mask: Image.Image | None = None
     tiled_vae: bool = False
     """Encode and decode in tiles (large upscales), so any size fits in memory."""
+    inpaint_model: str = ""
+    """With a ``mask``: an SDXL inpainting checkpoint whose 9-channel UNet renders instead of the base
+    model's (``fooocusd.engine.inpaint_model``); "" or "none": the base model (masked img2img)."""
 
 
 @dataclass(frozen=True)

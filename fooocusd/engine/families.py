@@ -15,6 +15,9 @@ match wins:
    ``cond_stage_model.model.*`` (OpenCLIP ViT-H/14) → SD 2.x.
    Without text-encoder tensors, by the UNet's cross-attention width (``attn2.to_k`` input size):
    768 → SD 1.x, 1024 → SD 2.x, 1280 → SDXL refiner, 2048 → SDXL base.
+   An SDXL base whose UNet takes 9 input channels (``input_blocks.0.0.weight`` is 320×9×3×3: latents,
+   mask, masked-image latents) is an **SDXL inpainting** model; so is a diffusers folder whose
+   ``unet/config.json`` says ``in_channels: 9``.
 4. **VAE**: ``encoder.*`` + ``decoder.*`` (+ ``quant_conv``) and nothing else.
 5. **Embedding** (textual inversion): ``emb_params``, ``string_to_param.*``, ``clip_l``/``clip_g``.
 6. Anything else is **unknown**.
@@ -37,20 +40,32 @@ from typing import Any, Literal
 
 from fooocusd.errors import ModelNotFound
 
-Family = Literal["sdxl", "sdxl_refiner", "sd15", "sd2", "lora", "vae", "controlnet", "embedding", "unknown"]
+Family = Literal[
+    "sdxl", "sdxl_inpaint", "sdxl_refiner", "sd15", "sd2", "lora", "vae", "controlnet", "embedding", "unknown"
+]
 Prediction = Literal["epsilon", "v_prediction"]
 
 SAFE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
-FULL_CHECKPOINTS: frozenset[Family] = frozenset({"sdxl", "sdxl_refiner", "sd15", "sd2"})
+FULL_CHECKPOINTS: frozenset[Family] = frozenset({"sdxl", "sdxl_inpaint", "sdxl_refiner", "sd15", "sd2"})
 _MAX_HEADER_BYTES = 100_000_000
+UNET_INPUT_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+"""The UNet's first convolution in the single-file layout: its shape[1] is the input channel count."""
+INPAINT_CHANNELS = 9
 _CROSS_ATTENTION = re.compile(
     r"diffusion_model\.(input|middle|output)_blocks?\.[\d.]*transformer_blocks\.0\.attn2\.to_k\.weight$"
 )
 _WIDTH_TO_FAMILY: dict[int, Family] = {768: "sd15", 1024: "sd2", 1280: "sdxl_refiner", 2048: "sdxl"}
-_NATIVE_SIDE: dict[Family, int] = {"sdxl": 1024, "sdxl_refiner": 1024, "sd15": 512, "sd2": 768}
+_NATIVE_SIDE: dict[Family, int] = {
+    "sdxl": 1024,
+    "sdxl_inpaint": 1024,
+    "sdxl_refiner": 1024,
+    "sd15": 512,
+    "sd2": 768,
+}
 _LABELS: dict[Family, str] = {
     "sdxl": "SDXL",
+    "sdxl_inpaint": "SDXL inpainting",
     "sdxl_refiner": "SDXL refiner",
     "sd15": "SD 1.5",
     "sd2": "SD 2.x",
@@ -175,6 +190,8 @@ def family_from_header(header: CheckpointHeader, *, file_name: str = "") -> Fami
     if _is_lora(names):
         return FamilyInfo("lora", reason="LoRA tensors")
     family, reason = _full_checkpoint_family(header)
+    if family == "sdxl" and unet_input_channels(header) == INPAINT_CHANNELS:
+        family, reason = "sdxl_inpaint", f"{reason}; 9-channel UNet input (latents, mask, masked image)"
     if family is not None:
         return _with_prediction(family, header, file_name, reason)
     if _is_vae(names):
@@ -186,6 +203,12 @@ def family_from_header(header: CheckpointHeader, *, file_name: str = "") -> Fami
     return FamilyInfo("unknown", reason="no known tensor layout")
 
 
+def unet_input_channels(header: CheckpointHeader) -> int | None:
+    """The UNet's input channels (4 for text-to-image SDXL, 9 for inpainting); None without a UNet."""
+    shape = header.shapes.get(UNET_INPUT_KEY, ())
+    return shape[1] if len(shape) == 4 else None
+
+
 def diffusers_family(folder: Path) -> FamilyInfo:
     """Classify a diffusers-format folder from ``model_index.json`` and its component configs."""
     index = _read_json(folder / "model_index.json")
@@ -194,6 +217,8 @@ def diffusers_family(folder: Path) -> FamilyInfo:
         text_encoder = index.get("text_encoder")
         if not text_encoder or text_encoder == [None, None]:
             return FamilyInfo("sdxl_refiner", resolution=1024, prediction=_scheduler_prediction(folder))
+        if _read_json(folder / "unet" / "config.json").get("in_channels") == INPAINT_CHANNELS:
+            return FamilyInfo("sdxl_inpaint", resolution=1024, prediction=_scheduler_prediction(folder))
         return FamilyInfo("sdxl", resolution=1024, prediction=_scheduler_prediction(folder))
     if pipeline.startswith("StableDiffusion"):
         width = _read_json(folder / "text_encoder" / "config.json").get("hidden_size")

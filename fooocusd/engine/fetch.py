@@ -65,10 +65,12 @@ class CatalogueEntry:
     size: int = 0
     sha256: str = ""
     source: str = ""
+    save_as: str = ""
+    """File name in the kind folder when the repository's name is too generic (model.safetensors)."""
 
     @property
     def file_name(self) -> str:
-        return Path(self.file).name
+        return self.save_as or Path(self.file).name
 
 
 @dataclass(frozen=True)
@@ -168,9 +170,12 @@ def _entry(raw: Any, path: Path) -> CatalogueEntry:
             size=int(raw.get("size", 0)),
             sha256=str(raw.get("sha256", "")).lower(),
             source=str(raw.get("source", "")),
+            save_as=str(raw.get("save_as", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CatalogueError(f"broken entry in {path}: {raw!r} ({exc})") from exc
+    if entry.save_as and Path(entry.save_as).name != entry.save_as:
+        raise CatalogueError(f"broken entry {entry.name!r} in {path}: save_as must be a plain file name")
     if entry.kind not in kinds or (entry.sha256 and not _SHA256.fullmatch(entry.sha256)):
         raise CatalogueError(
             f"broken entry {entry.name!r} in {path}: kind must be one of {kinds}, sha256 64 hex"

@@ -13,21 +13,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from fooocusd.engine.base import (
     Engine,
     GeneratedImage,
     GenerationRequest,
+    ImagePrompt,
     ImageTask,
     ProgressCallback,
     StopCheck,
 )
+from fooocusd.engine.controlnet.models import CONTROL_TYPES
+from fooocusd.engine.controlnet.preprocess import fit_to_size
 from fooocusd.engine.img2img import VARY_STRENGTH, size_for_ceil, vary_size
 from fooocusd.engine.inpaint import (
     INPAINT_FIELD,
     OUTPAINT_FIELD,
     WORKING_CEIL,
+    Box,
     mask_bounding_box,
     paste_back,
     prefill,
@@ -65,6 +70,8 @@ class ImageJob:
     upscale_model: str = DEFAULT_UPSCALE_MODEL
     outpaint: tuple[str, ...] = ()
     outpaint_distance: float | None = None
+    inpaint_model: str = ""
+    """Inpaint/outpaint: SDXL inpainting checkpoint to render with; "" or "none": the base model."""
 
 
 @dataclass
@@ -167,6 +174,7 @@ def _inpaint(
 ) -> GeneratedImage:
     record: dict[str, Any] = {"action": job.action}
     image, mask = job.image, job.mask
+    padding = (0, 0, 0, 0)
     if job.action == "outpaint":
         if not job.outpaint:
             raise InvalidInput(
@@ -196,12 +204,44 @@ def _inpaint(
     start = prefill(crop, crop_mask) if strength > _FULL_STRENGTH else crop
     size = _working_size(crop.size)
     task = ImageTask(
-        "inpaint", resize_to(start, size), strength, mask=crop_mask.resize(size, Image.Resampling.NEAREST)
+        "inpaint",
+        resize_to(start, size),
+        strength,
+        mask=crop_mask.resize(size, Image.Resampling.NEAREST),
+        inpaint_model=job.inpaint_model,
+    )
+    request = dataclasses.replace(
+        request, image_prompts=aligned_control_prompts(request.image_prompts, job.image.size, padding, area)
     )
     generated = engine.generate(_with_task(request, size, task), progress=progress, should_stop=should_stop)
     final = paste_back(image, generated.image, mask, area)
     record.update(denoise=strength, working_area=list(area), working_size=list(size))
+    record["inpaint_model"] = generated.extra.get("inpaint_model")  # None: the base model repainted it
     return _finish(generated, final, record)
+
+
+def aligned_control_prompts(
+    prompts: tuple[ImagePrompt, ...],
+    source_size: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    area: Box,
+) -> tuple[ImagePrompt, ...]:
+    """``prompts`` with each ControlNet image turned into the part of the picture that is rendered.
+
+    A control image describes the whole input image (``source_size``): it is fitted to that size,
+    extended like the outpaint canvas (``padding``: left, top, right, bottom, edge pixels repeated)
+    and cropped to the working ``area``, so its edges/structure line up with the crop the engine
+    renders. IP-Adapter references are not spatial: they keep their whole image.
+    """
+    left, top, right, bottom = padding
+    aligned = []
+    for prompt in prompts:
+        if prompt.kind in CONTROL_TYPES:
+            pixels = np.asarray(fit_to_size(prompt.image, *source_size))
+            extended = np.pad(pixels, ((top, bottom), (left, right), (0, 0)), mode="edge")
+            prompt = dataclasses.replace(prompt, image=Image.fromarray(extended, "RGB").crop(area))
+        aligned.append(prompt)
+    return tuple(aligned)
 
 
 def _working_size(crop: tuple[int, int]) -> tuple[int, int]:

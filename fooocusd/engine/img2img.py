@@ -147,7 +147,7 @@ def prepare_image_start(
     if image.size != render_size:
         image = image.resize(render_size, Image.Resampling.LANCZOS)
     scheduled, start_step = strength_schedule(steps, task.strength)
-    device = pipeline.unet.device
+    device = pipeline.vae.device  # not the UNet's: low-VRAM mode stages the UNet in system memory
     scheduler.set_timesteps(scheduled, device=device)
     start_index = first_step_index(scheduler, start_step)
     clean = encode_image(pipeline.vae, pipeline.image_processor, image, tiled=task.tiled_vae)

@@ -246,7 +246,7 @@ class LoraAdapters:
             raise InvalidInput(
                 f"LoRA {file.name} ({file.path.name}) does not fit this model: {type(exc).__name__}: {exc}",
                 where=str(file.path),
-                hint="use a LoRA trained for SDXL; SD 1.5 and Flux LoRAs do not work on SDXL models",
+                hint=_wrong_family_hint(pipeline),
             ) from exc
         self._loaded[file.sha256] = adapter
         self.files_loaded += 1
@@ -259,6 +259,12 @@ class LoraAdapters:
             if sha256 in keep:
                 continue
             pipeline.delete_adapters(self._loaded.pop(sha256))
+
+
+def _wrong_family_hint(pipeline: Any) -> str:
+    if getattr(pipeline, "text_encoder_2", None) is not None:
+        return "use a LoRA trained for SDXL; SD 1.5 and Flux LoRAs do not work on SDXL models"
+    return "use a LoRA trained for this model's family (SD 1.5 or SD 2.x); SDXL LoRAs do not fit it"
 
 
 def too_many_loras(count: int) -> InvalidInput:

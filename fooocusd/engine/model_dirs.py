@@ -28,6 +28,8 @@ embeddings         ``embeddings`` (and ``<install>/embeddings`` for an A1111 ins
 clip_vision        ``clip_vision``
 ipadapter          ``ipadapter``
 prompt_expansion   ``prompt_expansion``
+face_detection     ``face_detection``
+depth_estimator    ``depth_estimator`` (transformers depth models, one folder each)
 =================  ==========================================================
 
 Search order for a name: every folder above, root by root, for the name as given (it may contain
@@ -56,6 +58,8 @@ ModelFileKind = Literal[
     "clip_vision",
     "ipadapter",
     "prompt_expansion",
+    "face_detection",
+    "depth_estimator",
 ]
 RootLayout = Literal["models folder", "fooocus", "a1111", "comfyui"]
 
@@ -69,6 +73,8 @@ SUBFOLDERS: dict[str, tuple[str, ...]] = {
     "clip_vision": ("clip_vision",),
     "ipadapter": ("ipadapter",),
     "prompt_expansion": ("prompt_expansion",),
+    "face_detection": ("face_detection",),
+    "depth_estimator": ("depth_estimator",),
 }
 KINDS: tuple[ModelFileKind, ...] = tuple(SUBFOLDERS)  # type: ignore[assignment]
 SAFE_SUFFIX = ".safetensors"
@@ -284,6 +290,8 @@ def _describe(kind: ModelFileKind) -> str:
         "clip_vision": "CLIP vision model",
         "ipadapter": "IP-Adapter",
         "prompt_expansion": "prompt expansion model",
+        "face_detection": "face detection model",
+        "depth_estimator": "depth estimator",
     }[kind] + " file"
 
 

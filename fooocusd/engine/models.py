@@ -109,6 +109,8 @@ def require_sdxl_checkpoint(path: Path) -> None:
         return
     what = {
         "sdxl_refiner": "an SDXL refiner checkpoint (it cannot start an image on its own)",
+        "sdxl_inpaint": "an SDXL inpainting checkpoint (it only repaints masked areas; set it as "
+        "[generation] inpaint_model or a job's inpaint_model instead)",
         "sd15": "a Stable Diffusion 1.x/2.x checkpoint (SD 1.5)",
         "sd2": "a Stable Diffusion 1.x/2.x checkpoint (SD 2.x)",
         "lora": "a LoRA, not a full checkpoint",

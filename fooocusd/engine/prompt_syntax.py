@@ -20,6 +20,8 @@ from pathlib import Path
 
 from loguru import logger
 
+from fooocusd.errors import InvalidInput
+
 WILDCARD_PATTERN = re.compile(r"__([\w-]+)__")
 ARRAY_PATTERN = re.compile(r"\[\[(.*?)\]\]")
 INLINE_LORA_PATTERN = re.compile(r"<lora:([^:<>]+?)(?::([+-]?(?:\d+(?:\.\d*)?|\.\d+)))?>")
@@ -119,7 +121,8 @@ def apply_wildcards(
 
     Each occurrence is replaced on its own (two ``__color__`` may differ). A missing or empty file
     leaves the bare name. Past the depth limit (a file that names itself, directly or not) or the
-    size limit, expansion stops with a warning and the rest is left as written.
+    size limit, the job is refused with ``InvalidInput``: a runaway wildcard is a mistake to fix,
+    not something to render half-expanded.
     """
     for _ in range(MAX_WILDCARD_DEPTH):
         names = WILDCARD_PATTERN.findall(text)
@@ -136,14 +139,19 @@ def apply_wildcards(
             word = lines[image_index % len(lines)] if in_order else rng.choice(lines)
             text = text.replace(f"__{name}__", word, 1)
         if len(text) > MAX_EXPANDED_CHARS:
-            logger.warning(
-                "wildcards grew the prompt past {} characters; stopped expanding", MAX_EXPANDED_CHARS
+            raise InvalidInput(
+                f"wildcards grew the prompt past {MAX_EXPANDED_CHARS:,} characters",
+                where="prompt",
+                hint="a wildcard file probably names itself more than once per line (e.g. "
+                "'__x__ and __x__' in x.txt); fix that file",
             )
-            return text
-    if WILDCARD_PATTERN.search(text):
-        logger.warning(
-            "wildcards are nested more than {} levels deep (a cycle?); the rest is left as written",
-            MAX_WILDCARD_DEPTH,
+    leftover = WILDCARD_PATTERN.search(text)
+    if leftover:
+        raise InvalidInput(
+            f"wildcards are nested more than {MAX_WILDCARD_DEPTH} levels deep, still at {leftover.group(0)} "
+            "(a wildcard file that names itself, directly or through others?)",
+            where="prompt",
+            hint=f"fix the wildcard files so that {leftover.group(0)} does not lead back to itself",
         )
     return text
 

@@ -28,6 +28,7 @@ from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 from safetensors import SafetensorError
 
+from fooocusd.engine.acceleration import AccelerationOptions, Accelerator
 from fooocusd.engine.base import GeneratedImage, GenerationRequest, ProgressCallback, StopCheck
 from fooocusd.engine.conditioning import (
     Conditioning,
@@ -35,8 +36,12 @@ from fooocusd.engine.conditioning import (
     encode_workloads,
     prompt_workloads,
 )
+from fooocusd.engine.controlnet.models import ControlNetConfig
 from fooocusd.engine.denoise import GuidanceSettings, denoise, initial_latents
+from fooocusd.engine.embeddings import Embeddings
+from fooocusd.engine.image_prompts import ImagePromptState, build_unet_extras
 from fooocusd.engine.img2img import ImageStart, prepare_image_start, vae_tiling
+from fooocusd.engine.inpaint_model import InpaintModelCache, attached
 from fooocusd.engine.job_components import JobComponents
 from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.engine.models import (
@@ -71,9 +76,11 @@ class SDXLEngine:
         device: str = "auto",
         dtype: str = "auto",
         attention: str = "sdpa",
+        acceleration: AccelerationOptions | None = None,
         config_dir: Path = SDXL_CONFIG_DIR,
         configured_model: str = "",
         allow_unsafe_pickle: bool = False,
+        controlnet: ControlNetConfig | None = None,
     ) -> None:
         self._allow_unsafe_pickle = allow_unsafe_pickle
         self._location = location
@@ -86,11 +93,19 @@ class SDXLEngine:
         self._attention = attention
         self._device = pick_device(device)
         self._dtype = pick_dtype(dtype, self._device)
+        self._accelerator = Accelerator(
+            acceleration or AccelerationOptions(), self._device, self._dtype, attention=attention
+        )
         self._pipeline: StableDiffusionXLPipeline | None = None
         self._base_scheduler_config: dict[str, Any] = {}
         self._sha256 = ""
         self._unreported_load_seconds: float | None = None
         self._components = JobComponents(models_dir, hash_cache, config_dir=config_dir)
+        self._image_prompts = ImagePromptState(self._model_dirs, hash_cache, controlnet)
+        self._embeddings = Embeddings(self._model_dirs, hash_cache, allow_unsafe_pickle=allow_unsafe_pickle)
+        self._inpaint_models = InpaintModelCache(
+            self._model_dirs, hash_cache, config_dir=config_dir, allow_pickle=allow_unsafe_pickle
+        )
 
     # -- Engine protocol -----------------------------------------------------------------------
 
@@ -125,6 +140,15 @@ class SDXLEngine:
             self.free_memory()
             raise _out_of_memory(request, exc) from exc
 
+    def unload(self) -> None:
+        """Drop the resident pipeline and its add-ons (LoRAs, VAE, refiner, embeddings, ControlNets)."""
+        self._pipeline = None
+        self._components = JobComponents(self._models_dir, self._hash_cache, config_dir=self._config_dir)
+        self._image_prompts = ImagePromptState(self._model_dirs, self._hash_cache, self._image_prompts.config)
+        self._embeddings.attach(None)
+        self._inpaint_models.clear()
+        self.free_memory()
+
     def free_memory(self) -> None:
         gc.collect()
         if self._device.type == "cuda":
@@ -143,6 +167,7 @@ class SDXLEngine:
             "device": str(self._device),
             "dtype": _dtype_name(self._dtype),
             "attention": self._attention,
+            "acceleration": self._accelerator.record(),
             "config_dir": str(self._config_dir),
             "reduced_size": self._location.is_tiny,
         }
@@ -191,6 +216,7 @@ class SDXLEngine:
         self._base_scheduler_config = dict(pipeline.scheduler.config)
         self._pipeline = pipeline
         self._components.attach(pipeline)
+        self._embeddings.attach(pipeline)
         self._unreported_load_seconds = time.perf_counter() - started
 
     def _from_single_file(self, path: Path) -> StableDiffusionXLPipeline:
@@ -210,13 +236,6 @@ class SDXLEngine:
             )
 
     def _prepare(self, pipeline: StableDiffusionXLPipeline) -> None:
-        pipeline.to(self._device)
-        if pipeline.unet.dtype != self._dtype:  # only tiny-random is built in fp32 regardless
-            pipeline.to(dtype=self._dtype)
-        # The SDXL VAE overflows in fp16 (its config says force_upcast). Rather than casting it to fp32
-        # and back on every decode as the pipeline would, keep it in fp32; we decode ourselves.
-        if self._dtype == torch.float16 and getattr(pipeline.vae.config, "force_upcast", False):
-            pipeline.vae.to(dtype=torch.float32)
         if self._attention == "xformers":
             try:
                 pipeline.enable_xformers_memory_efficient_attention()
@@ -226,6 +245,8 @@ class SDXLEngine:
                     where="engine.attention",
                     hint="install fooocusd[xformers] or set engine.attention = 'sdpa'",
                 ) from exc
+        # Placement (engine.vram), VAE precision, channels_last, fused QKV, torch.compile: acceleration.py.
+        self._accelerator.apply(pipeline)
         pipeline.set_progress_bar_config(disable=True)
 
     # -- generation ----------------------------------------------------------------------------
@@ -295,30 +316,55 @@ class SDXLEngine:
                     generator=generator,
                     dtype=conditioning.positive.tokens.dtype,
                 )
-            latents = denoise(
-                self._components.noise_predictor(
-                    pipeline,
-                    request,
-                    scheduler,
-                    conditioning,
-                    size=(width, height),
-                    start_index=start.start_index,
-                ),
-                scheduler,
-                start.latents,
-                conditioning,
-                settings,
-                generator=generator,
-                progress=progress,
-                should_stop=should_stop,
-                start_index=start.start_index,
-                blend=start.blend,
+            # An SDXL inpainting model renders instead of the base UNet (inpaint_model.py).
+            inpainting = self._inpaint_models.start(
+                pipeline,
+                request,
+                (width, height),
+                device=self._device,
+                dtype=conditioning.positive.tokens.dtype,
             )
+            unet_owner = pipeline if inpainting is None else inpainting.pipeline
+            image_prompts = build_unet_extras(
+                self._image_prompts,
+                unet_owner,
+                request,
+                conditioning,
+                scheduler,
+                size=(width, height),
+                device=self._device,
+                dtype=conditioning.positive.tokens.dtype,
+            )
+            with attached(inpainting):
+                latents = denoise(
+                    self._components.noise_predictor(
+                        unet_owner,
+                        request,
+                        scheduler,
+                        conditioning,
+                        size=(width, height),
+                        start_index=start.start_index,
+                        extras=image_prompts.extras,
+                    ),
+                    scheduler,
+                    start.latents,
+                    conditioning,
+                    settings,
+                    generator=generator,
+                    progress=progress,
+                    should_stop=should_stop,
+                    start_index=start.start_index,
+                    # An inpainting UNet sees the known region in its input: nothing to re-impose.
+                    blend=start.blend if inpainting is None else None,
+                )
             self._synchronize()
             timings["denoise"] = time.perf_counter() - mark
 
             mark = time.perf_counter()
-            with vae_tiling(pipeline.vae, task is not None and task.tiled_vae):
+            with (
+                vae_tiling(pipeline.vae, task is not None and task.tiled_vae),
+                self._accelerator.decode_context(pipeline.vae),
+            ):
                 image = _decode(pipeline, latents)
             if task is not None and image.size != (request.width, request.height):
                 image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
@@ -327,6 +373,10 @@ class SDXLEngine:
         result = self._result(request, image, choice, timings)
         result.extra.update(_refinements_record(request, settings, positive_workloads, negative_workloads))
         result.extra.update(self._components.record(request))
+        result.extra.update(image_prompts.record)
+        if inpainting is not None:
+            result.extra.update(inpainting.record)
+        result.extra.update(model_family="sdxl", embeddings=self._embeddings.record())
         return result
 
     def _encode(
@@ -336,14 +386,24 @@ class SDXLEngine:
         positive_workloads: tuple[str, ...],
         negative_workloads: tuple[str, ...] | None,
     ) -> Conditioning:
-        """Text embeddings per workload plus the ADM ids; ``negative_workloads`` None skips the negative."""
+        """Text embeddings per workload plus the ADM ids; ``negative_workloads`` None skips the negative.
+
+        ``embedding:name`` references are rewritten to their loaded tokens here (``embeddings.py``).
+        """
+        self._embeddings.start_image()
         positive = encode_workloads(
-            pipeline, positive_workloads, clip_skip=request.clip_skip, device=self._device
+            pipeline,
+            self._embeddings.rewrite(pipeline, positive_workloads),
+            clip_skip=request.clip_skip,
+            device=self._device,
         )
         negative = None
         if negative_workloads is not None:
             negative = encode_workloads(
-                pipeline, negative_workloads, clip_skip=request.clip_skip, device=self._device
+                pipeline,
+                self._embeddings.rewrite(pipeline, negative_workloads),
+                clip_skip=request.clip_skip,
+                device=self._device,
             )
         width, height = self._render_size(request)
         time_ids = adm_time_ids(

@@ -48,6 +48,27 @@ def move_durably(src: Path, dst: Path) -> None:
     _fsync_parents(src, dst)
 
 
+def copy_durably(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` (never overwriting it), fsynced before it appears; ``src`` stays.
+
+    For a file several claims need (a picture several job files name). Raises like
+    ``move_durably``: ``FileExistsError``, ``FileNotFoundError``, ``OSError`` for non-regular files."""
+    src, dst = Path(src), Path(dst)
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "destination already exists", str(dst))
+    info = os.lstat(src)
+    if not stat_mode.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, "only regular files can be copied", str(src))
+    temp = dst.parent / f"{TEMP_PREFIX}{dst.name}.{secrets.token_hex(4)}.part"
+    try:
+        _copy_and_fsync(src, temp)
+        _publish_no_clobber(temp, dst)
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+    fsync_dir(dst.parent)
+
+
 def unique_destination(folder: Path, name: str) -> Path:
     """A path in ``folder`` that does not exist yet: ``name``, then ``stem-1.ext``, ``stem-2.ext``…
 
@@ -79,17 +100,7 @@ def move_to_unique(src: Path, folder: Path, name: str | None = None, attempts: i
 
 
 def _move_across_filesystems(src: Path, dst: Path) -> None:
-    info = os.lstat(src)
-    if not stat_mode.S_ISREG(info.st_mode):
-        raise OSError(errno.EINVAL, "only regular files can be copied across filesystems", str(src))
-    temp = dst.parent / f"{TEMP_PREFIX}{dst.name}.{secrets.token_hex(4)}.part"
-    try:
-        _copy_and_fsync(src, temp)
-        _publish_no_clobber(temp, dst)
-    except BaseException:
-        _remove_quietly(temp)
-        raise
-    fsync_dir(dst.parent)
+    copy_durably(src, dst)
     os.unlink(src)
     fsync_dir(src.parent)
 

@@ -20,6 +20,18 @@ Rules, applied on every ``release`` call:
 * waiting for a partner that exists but never becomes ready (a zero-byte placeholder left
   behind, a FIFO) ends after ``partner_timeout_seconds``; the file then goes alone.
 
+Files a job file *names* (``image = "photos/cat.png"``, ``mask``, image prompts; see ``named_by``)
+go with that job file, whatever their stem:
+
+* while a held job file names a file, that file is never released as a drop of its own;
+* a job file waits for the files it names: while one is on disk but still arriving (up to
+  ``partner_timeout_seconds``), or for ``pair_wait_seconds`` while one is not there at all (sync
+  tools deliver in any order); then it is released without it and intake fails it, naming the file;
+* a named file goes with the job file that names it (``Drop.named``), marked ``shared`` when other
+  held job files name it too: intake then copies it into the claim instead of moving it, and the
+  last job file to go takes the file itself. Groups are released in path order, so two daemons
+  sharing an inbox agree on which job file that is.
+
 Only JOB, IMAGE and MASK files are offered, plus conflict copies the caller decided to process
 (``intake.conflict_copies = "process"``), which pair as what they are a copy of
 (``Ready.conflict_kind``). Everything else (UNSUPPORTED, refusals) goes straight to the caller's
@@ -42,14 +54,25 @@ _PAIRABLE = frozenset({Kind.JOB, Kind.IMAGE, Kind.MASK})
 
 
 @dataclass(frozen=True)
+class NamedFile:
+    """A file a job of the drop names by path. ``shared``: other waiting job files name it too."""
+
+    ready: Ready
+    shared: bool = False
+
+
+@dataclass(frozen=True)
 class Drop:
     spec: Ready | None = None
     image: Ready | None = None
     mask: Ready | None = None
+    named: tuple[NamedFile, ...] = ()
 
     @property
     def parts(self) -> list[Ready]:
-        return [part for part in (self.spec, self.image, self.mask) if part is not None]
+        """Every file of the drop: spec, image, mask, then the files its jobs name."""
+        own = [part for part in (self.spec, self.image, self.mask) if part is not None]
+        return [*own, *(named.ready for named in self.named)]
 
     @property
     def is_orphan_mask(self) -> bool:
@@ -61,6 +84,7 @@ class Drop:
 class _Held:
     ready: Ready
     since: float
+    names: frozenset[Path] = frozenset()  # for a job file: the files its jobs name
 
 
 @dataclass
@@ -107,9 +131,12 @@ class Pairer:
         clock: Callable[[], float] = time.monotonic,
         *,
         partner_timeout_seconds: float | None = 3600.0,
+        named_by: Callable[[Path], Iterable[Path]] | None = None,
     ) -> None:
+        """``named_by(job_file)``: the files its jobs name (absolute paths); None: stems only."""
         self.pair_wait_seconds = pair_wait_seconds
         self.partner_timeout_seconds = partner_timeout_seconds
+        self._named_by = named_by
         self._clock = clock
         self._groups: dict[tuple[Path, str], _Group] = {}
         # Released files still on disk are not "a partner that is still arriving".
@@ -128,7 +155,8 @@ class Pairer:
             group = self._groups.setdefault(_group_key(item, kind), _Group())
             bucket = _bucket(group, kind)
             bucket[:] = [held for held in bucket if held.ready.path != item.path]
-            bucket.append(_Held(item, now))
+            names = self._names(item.path) if kind is Kind.JOB else frozenset()
+            bucket.append(_Held(item, now, names))
             bucket.sort(key=lambda held: held.ready.path.name)
 
     def release(self, now: float | None = None, exists: Callable[[Path], bool] | None = None) -> list[Drop]:
@@ -138,11 +166,13 @@ class Pairer:
         disk = _DiskLookup(exists)
         self._released = {path for path in self._released if disk.has(path.parent, path.name)}
         drops: list[Drop] = []
-        for key in list(self._groups):
-            group = self._groups[key]
+        for key in sorted(self._groups):  # path order: daemons sharing an inbox decide alike
+            group = self._groups.get(key)
+            if group is None:
+                continue
             drops.extend(self._release_group(key, group, now, disk))
-            if not group.all():
-                del self._groups[key]
+        for key in [key for key, group in self._groups.items() if not group.all()]:
+            del self._groups[key]
         return drops
 
     def held(self) -> list[Ready]:
@@ -184,6 +214,8 @@ class Pairer:
                 )
 
             # Cheap time checks come first: they spare the disk checks for most held files.
+            if spec and self._waits_for_named(spec, now, disk):
+                break
             if spec and image:
                 if (
                     mask is None
@@ -199,8 +231,10 @@ class Pairer:
                 if mask and not image_arriving and now - spec.since < self.pair_wait_seconds:
                     break
                 drop = Drop(spec=spec.ready)
+            if spec is not None:
+                drop = Drop(drop.spec, drop.image, drop.mask, self._named_files(spec, drop))
             elif image:
-                if now - image.since < self.pair_wait_seconds:
+                if now - image.since < self.pair_wait_seconds or self._is_named(image.ready.path):
                     break
                 if not self._gave_up(image.since, now) and (
                     arriving(_spec_names(stem)) or (mask is None and arriving(_mask_names(stem)))
@@ -209,7 +243,7 @@ class Pairer:
                 drop = Drop(image=image.ready, mask=mask.ready if mask else None)
             else:
                 assert mask is not None
-                if now - mask.since < self.pair_wait_seconds:
+                if now - mask.since < self.pair_wait_seconds or self._is_named(mask.ready.path):
                     break
                 if not self._gave_up(mask.since, now) and (
                     arriving(_image_names(stem)) or arriving(_spec_names(stem))
@@ -221,13 +255,78 @@ class Pairer:
         return drops
 
     def _take(self, group: _Group, drop: Drop) -> None:
-        taken = {part.path for part in drop.parts}
-        for bucket in (group.specs, group.images, group.masks):
-            bucket[:] = [held for held in bucket if held.ready.path not in taken]
+        # A shared named file stays held: the other job files that name it still need it.
+        taken = {part.path for part in drop.parts} - {n.ready.path for n in drop.named if n.shared}
+        for candidate in [group, *(self._group_holding(n.ready.path) for n in drop.named)]:
+            if candidate is None:
+                continue
+            for bucket in (candidate.specs, candidate.images, candidate.masks):
+                bucket[:] = [held for held in bucket if held.ready.path not in taken]
         self._released.update(taken)
+
+    # -- files named by job files ----------------------------------------------------------------
+
+    def _names(self, job_file: Path) -> frozenset[Path]:
+        if self._named_by is None:
+            return frozenset()
+        try:
+            return frozenset(_normal(path) for path in self._named_by(job_file))
+        except Exception:  # an unreadable job file names nothing; intake fails it with the reason
+            return frozenset()
+
+    def _held_specs(self) -> list[_Held]:
+        return [held for group in self._groups.values() for held in group.specs]
+
+    def _is_named(self, path: Path) -> bool:
+        """A held job file names ``path``: it goes with that job file, never alone."""
+        wanted = _normal(path)
+        return any(wanted in held.names for held in self._held_specs())
+
+    def _held_file(self, path: Path) -> _Held | None:
+        wanted = _normal(path)
+        for group in self._groups.values():
+            for held in group.all():
+                if _normal(held.ready.path) == wanted:
+                    return held
+        return None
+
+    def _group_holding(self, path: Path) -> _Group | None:
+        wanted = _normal(path)
+        for group in self._groups.values():
+            if any(_normal(held.ready.path) == wanted for held in group.all()):
+                return group
+        return None
+
+    def _waits_for_named(self, spec: _Held, now: float, disk: _DiskLookup) -> bool:
+        """A named file is still arriving, or not there yet and the spec has not waited long enough."""
+        for path in spec.names:
+            if self._held_file(path) is not None:
+                continue
+            on_disk = disk.has(path.parent, path.name) and path not in self._released
+            if on_disk and not self._gave_up(spec.since, now):
+                return True
+            if not on_disk and now - spec.since < self.pair_wait_seconds:
+                return True
+        return False
+
+    def _named_files(self, spec: _Held, drop: Drop) -> tuple[NamedFile, ...]:
+        own = {_normal(part.path) for part in drop.parts}
+        others = [held for held in self._held_specs() if held is not spec]
+        named: list[NamedFile] = []
+        for path in sorted(spec.names - own):
+            held = self._held_file(path)
+            if held is None:
+                continue  # missing: intake fails the job file and names the file
+            named.append(NamedFile(held.ready, shared=any(path in other.names for other in others)))
+        return tuple(named)
 
     def _gave_up(self, since: float, now: float) -> bool:
         return self.partner_timeout_seconds is not None and now - since >= self.partner_timeout_seconds
+
+
+def _normal(path: Path) -> Path:
+    """Absolute, with ``.`` and ``..`` folded (links are not followed), for comparing named paths."""
+    return Path(os.path.normpath(os.path.abspath(path)))
 
 
 def _pairing_kind(item: Ready) -> Kind | None:

@@ -13,9 +13,29 @@ from typing import Literal
 
 from fooocusd.errors import InvalidInput
 from fooocusd.jobs.images import ImageInfo, inspect_image, require_mask_fits
+from fooocusd.jobs.spec import JobSpec
 
-Role = Literal["image", "mask"]
-_EXAMPLES: dict[Role, str] = {"image": "photos/cat.png", "mask": "photos/cat-mask.png"}
+Role = Literal["image", "mask", "image prompt"]
+_EXAMPLES: dict[Role, str] = {
+    "image": "photos/cat.png",
+    "mask": "photos/cat-mask.png",
+    "image prompt": "refs/pose.png pyracanny",
+}
+
+
+def paths_named_by(spec: JobSpec) -> list[str]:
+    """The paths a parsed (not yet resolved) job names, as written: every key that names an inbox file.
+
+    Intake uses it to wait for, and hold back, files a job file names before they are resolved;
+    a new key that names a file belongs here too."""
+    written = [spec.image, spec.mask, *(slot.image for slot in spec.image_prompts or ())]
+    return [value for value in written if value]
+
+
+def resolve_written_path(value: str, job_file: Path) -> Path:
+    """Where a path written in a job file points: relative to the job file, ``~`` expanded."""
+    written = Path(os.path.expanduser(value)) if value.startswith("~") else Path(value)
+    return written if written.is_absolute() else job_file.parent / written
 
 
 class DropFiles:
@@ -25,6 +45,8 @@ class DropFiles:
         self.inbox_root = inbox.resolve()
         self.max_image_pixels = max_image_pixels
         self._inspected: dict[str, ImageInfo] = {}
+        # Every file a job named by path (inbox-relative): intake claims these with the drop.
+        self.named_files: list[str] = []
 
     def dropped(self, path: Path, role: Role) -> str:
         """A picture that arrived as part of the drop (``cat.png``, ``cat.mask.png``)."""
@@ -34,8 +56,7 @@ class DropFiles:
 
     def named(self, value: str, job_file: Path, role: Role) -> str:
         """The picture a job names in its ``image`` or ``mask`` key, relative to the job file."""
-        written = Path(os.path.expanduser(value)) if value.startswith("~") else Path(value)
-        path = written if written.is_absolute() else job_file.parent / written
+        path = resolve_written_path(value, job_file)
         relative = self._inside(path, role, where=role)
         if not (self.inbox_root / relative).is_file():
             prose = (
@@ -48,6 +69,8 @@ class DropFiles:
                 f"and drop the {role} before (or with) the job file.{prose}",
             )
         self._inspect(relative)
+        if relative not in self.named_files:
+            self.named_files.append(relative)
         return relative
 
     def require_mask_fits(self, mask: str, image: str, *, where: str) -> None:

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from fooocusd.errors import InvalidInput
-from fooocusd.jobs.drop_files import DropFiles
+from fooocusd.jobs.drop_files import DropFiles, resolve_written_path
 from fooocusd.jobs.resolve import normalise_image_action
 from fooocusd.jobs.spec import JobSpec, image_attached_after_parsing
 from fooocusd.jobs.toml_format import parse_toml
@@ -42,11 +42,15 @@ def load_drop(
     max_job_file_bytes: int,
     max_image_pixels: int,
     default_image_action: str,
+    files: DropFiles | None = None,
 ) -> list[JobSpec]:
     """Read, parse and check one drop. Paths must still be at their place inside ``inbox``.
 
+    Pass ``files`` to learn afterwards which inbox files the jobs name (``files.named_files``):
+    intake claims them together with the drop.
+
     - a job file alone: its jobs; a job needs a prompt unless it names an image. Images and masks
-      it names are resolved relative to it and must stay in the inbox;
+      it names are resolved relative to it and must lie in the inbox (intake claims them with it);
     - a job file with an image: the image becomes the input of every job that names none, and
       those jobs need no prompt;
     - an image alone: one job that applies ``default_image_action`` to it;
@@ -59,7 +63,7 @@ def load_drop(
             where=mask_path.name,
             hint=f"drop the image beside it with the same name, e.g. {_image_name_for_mask(mask_path)}",
         )
-    files = DropFiles(inbox, max_image_pixels)
+    files = files if files is not None else DropFiles(inbox, max_image_pixels)
     paired = files.dropped(image_path, "image") if image_path is not None else None
     paired_mask: str | None = None
     if mask_path is not None and paired is not None:
@@ -177,8 +181,14 @@ def _with_inputs(
     paired_mask: str | None,
     default_action: str,
 ) -> JobSpec:
-    """``spec`` with its image and mask resolved (named ones checked) and its action decided."""
-    image = files.named(spec.image, spec_path, "image") if spec.image is not None else paired
+    """``spec`` with its image, mask and image prompts resolved (named ones checked), its action decided."""
+    spec = _with_image_prompt_files(spec, spec_path, files, paired)
+    if spec.image is not None:
+        image = files.named(spec.image, spec_path, "image")
+    elif paired is not None and _uses_paired_only_as_image_prompt(spec, paired):
+        image = None
+    else:
+        image = paired
     if image is None:
         _refuse_image_keys_without_image(spec, spec_path)
         return spec
@@ -194,6 +204,43 @@ def _with_inputs(
     if mask is not None:
         update["mask"] = mask
     return spec.model_copy(update=update)
+
+
+def _with_image_prompt_files(spec: JobSpec, spec_path: Path, files: DropFiles, paired: str | None) -> JobSpec:
+    """Each image prompt's file resolved relative to the job file, inside the inbox, checked."""
+    if not spec.image_prompts:
+        return spec
+    slots = []
+    for slot in spec.image_prompts:
+        written = resolve_written_path(slot.image, spec_path)
+        if paired is not None and _same_file(written, files.inbox_root / paired):
+            relative = paired  # the image dropped beside the job file: already part of the drop
+        else:
+            relative = files.named(slot.image, spec_path, "image prompt")
+        slots.append(slot.model_copy(update={"image": relative}))
+    return spec.model_copy(update={"image_prompts": slots})
+
+
+def _uses_paired_only_as_image_prompt(spec: JobSpec, paired: str) -> bool:
+    """``sketch.txt`` + ``sketch.png`` whose job uses ``sketch.png`` as an image prompt: the image is
+    then a reference, not an input to vary, unless the job asks for an action or a mask."""
+    used = any(slot.image == paired for slot in spec.image_prompts or ())
+    if not used or spec.image_action is not None or spec.mask is not None:
+        return False
+    if not spec.prompt:
+        raise InvalidInput(
+            f"the job uses {paired} as an image prompt but has no prompt",
+            where="image_prompts",
+            hint="add a prompt line describing the picture, or an 'action' to apply to the image as well",
+        )
+    return True
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return first.resolve() == second.resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def _refuse_image_keys_without_image(spec: JobSpec, spec_path: Path) -> None:

@@ -121,16 +121,22 @@ class JobSpec(BaseModel):
     priority: int = Field(0, ge=-100, le=100, description="Higher runs first.")
     name: str | None = Field(None, max_length=120, description="Output file stem; default: input stem.")
     image: str | None = Field(None, description="Input image, relative to the job file.")
-    mask: str | None = Field(None, description="Inpaint mask (white = repaint), relative to the inbox.")
+    mask: str | None = Field(None, description="Inpaint mask (white = repaint), relative to the job file.")
     image_action: ImageAction | None = None
     loras: list[LoraSpec] | None = Field(None, max_length=MAX_LORAS, description="Up to 5, plus inline tags.")
     refiner: str | None = Field(None, max_length=500, description="Refiner checkpoint; 'none' turns it off.")
     refiner_switch: float | None = Field(None, ge=0.1, le=1.0, description="Fraction of steps before it.")
     vae: str | None = Field(None, max_length=500, description="VAE override file; 'default' = built-in.")
     image_prompts: list[ImagePromptSpec] | None = Field(None, max_length=MAX_IMAGE_PROMPTS)
+    save_control_images: bool | None = Field(
+        None, description="Save the ControlNet maps beside the image; None: outbox.save_control_images."
+    )
     denoise: float | None = Field(None, gt=0.0, le=1.0, description="Image jobs: share of the steps re-run.")
     upscale_factor: float | None = Field(None, ge=1.0, le=8.0, description="Upscale: custom factor.")
     upscale_model: str | None = Field(None, max_length=500, description="Upscale: file in upscale_models.")
+    inpaint_model: str | None = Field(
+        None, max_length=500, description="Inpaint/outpaint: SDXL inpainting checkpoint; 'none' = base model."
+    )
     outpaint: list[OutpaintDirection] | None = Field(None, max_length=4, description="Sides to extend.")
     outpaint_distance: float | None = Field(
         None, gt=0.0, le=4096.0, description="Per side: a fraction (≤ 1) of that side, or pixels (> 1)."

@@ -33,6 +33,7 @@ KEY_ALIASES: dict[str, str] = {
     "action": "image_action",
     "negative_prompt": "negative",
     "aspect_ratio": "aspect",
+    "image_prompt": "image_prompts",
 }
 RANDOM_SEED_WORDS = frozenset({"random", "-1"})
 
@@ -67,12 +68,18 @@ KEY_HELP: dict[str, str] = {
     "refiner": "use a checkpoint file name from the models folder, or 'none'",
     "refiner_switch": "use a number from 0.1 to 1 (0.8 is usual for the SDXL refiner; 1 = no refiner)",
     "vae": "use a file name from the vae folder, or 'default' for the model's own",
-    "mask": "give the mask image's path (white = repaint), relative to the inbox",
+    "mask": "give the mask image's path (white = repaint), relative to the job file",
     "denoise": "use a number above 0 and at most 1 (vary: 0.5 subtle, 0.85 strong; upscale 0.382)",
     "upscale_factor": "use a number from 1 to 8, e.g. 3 or 2.5",
     "upscale_model": "use a file name from the upscale_models folder, e.g. RealESRGAN_x4plus",
+    "inpaint_model": "use an SDXL inpainting checkpoint from the models folder, or 'none' for the base model",
     "outpaint": 'list sides from left, right, top, bottom, e.g. ["left", "right"] or \'left, right\'',
     "outpaint_distance": "use a fraction of the side (0.3 = 30%) or a number of pixels above 1 (e.g. 256)",
+    "save_control_images": "use true or false",
+    "image_prompts": 'list up to 4, e.g. [{ image = "ref.png", type = "pyracanny", weight = 0.6, '
+    "stop_at = 0.5 }] "
+    'or ["ref.png pyracanny 0.6 0.5"]; types: image_prompt, face, pyracanny, cpds, depth; weight 0-2, '
+    "stop_at 0-1",
 }
 
 _NORMALISERS: dict[str, Callable[[str], str]] = {
@@ -117,6 +124,8 @@ def normalise_value(field: str, value: Any) -> Any:
         return [part.strip() for part in value.split(",") if part.strip()]
     if field == "loras":
         return lora_entries(value)
+    if field == "image_prompts":
+        return image_prompt_entries(value)
     if field == "outpaint":
         return _outpaint_directions(value)
     if field in _NORMALISERS and isinstance(value, str):
@@ -145,6 +154,66 @@ def _lora_entry(text: str) -> dict[str, Any]:
         except ValueError:
             pass
     return {"name": text.strip(), "weight": 1.0}
+
+
+IMAGE_PROMPT_TYPE_WORDS: dict[str, str] = {
+    "imageprompt": "image_prompt",
+    "ip": "image_prompt",
+    "face": "face",
+    "faceswap": "face",
+    "pyracanny": "pyracanny",
+    "canny": "pyracanny",
+    "cpds": "cpds",
+    "depth": "depth",
+}
+_LAST_WORD = re.compile(r"^(.*\S)\s+(\S+)$")
+
+
+def image_prompt_entries(value: Any) -> Any:
+    """Image prompt slots as tables. A text entry reads ``path [type] [weight [stop_at]]``
+    (``"refs/pose.png pyracanny 0.6 0.5"``); a text value may hold several entries, one per line.
+    Type spellings are loose: ``PyraCanny``, ``Image Prompt``, ``FaceSwap``, ``canny``."""
+    if isinstance(value, str):
+        value = [line for line in value.splitlines() if line.strip()]
+    if not isinstance(value, list):
+        return value  # let validation report the wrong type
+    entries = []
+    for item in value:
+        if isinstance(item, str):
+            item = _image_prompt_entry(item)
+        elif isinstance(item, dict) and isinstance(item.get("type"), str):
+            item = {**item, "type": _image_prompt_type(item["type"]) or item["type"]}
+        entries.append(item)
+    return entries
+
+
+def _image_prompt_type(word: str) -> str | None:
+    return IMAGE_PROMPT_TYPE_WORDS.get(re.sub(r"[\s_\-]+", "", word.lower()))
+
+
+def _image_prompt_entry(text: str) -> dict[str, Any]:
+    rest = text.strip()
+    numbers: list[float] = []
+    kind: str | None = None
+    while (match := _LAST_WORD.match(rest)) is not None:
+        head, last = match.groups()
+        try:
+            number = float(last)
+        except ValueError:
+            number = None
+        if number is not None and kind is None and len(numbers) < 2:
+            numbers.insert(0, number)
+        elif kind is None and _image_prompt_type(last) is not None:
+            kind = _image_prompt_type(last)
+        else:
+            break
+        rest = head
+    entry: dict[str, Any] = {"image": rest}
+    if kind is not None:
+        entry["type"] = kind
+    for name, number in zip(("weight", "stop_at"), numbers, strict=False):
+        entry[name] = number
+    return entry
 
 
 def _outpaint_directions(value: Any) -> Any:

@@ -54,8 +54,11 @@ TXT_OPTION_KEYS: dict[str, str] = {
     "denoise": "denoise",
     "upscale_factor": "upscale_factor",
     "upscale_model": "upscale_model",
+    "inpaint_model": "inpaint_model",
     "outpaint": "outpaint",
     "outpaint_distance": "outpaint_distance",
+    "image_prompts": "image_prompts",
+    "save_control_images": "save_control_images",
 }
 JOB_SEPARATOR = "---"
 
@@ -143,6 +146,11 @@ def _add_option(block: _Block, number: int, key: str, field_name: str, value: st
         # 'lora: name:weight' may be repeated; the values are read as one comma-separated list.
         first, first_key, earlier_value = block.options[field_name]
         block.options[field_name] = (first, first_key, f"{earlier_value}, {value}")
+        return
+    if field_name == "image_prompts" and field_name in block.options:
+        # 'image prompt: ref.png pyracanny 0.6' may be repeated, one slot per line.
+        first, first_key, earlier_value = block.options[field_name]
+        block.options[field_name] = (first, first_key, f"{earlier_value}\n{value}")
         return
     if field_name in block.options:
         earlier = block.options[field_name][0]

@@ -174,9 +174,12 @@ class Journal:
         """
         if not files:
             raise ValueError("an input needs at least one file")
-        roles = [role for role, _, _ in files]
+        roles = [role for role, _, _ in files if role in ("spec", "image", "mask")]
         if len(set(roles)) != len(roles):
-            raise ValueError(f"each file role may appear once per input, got {roles}")
+            raise ValueError(f"the roles spec, image and mask may appear once per input, got {roles}")
+        claimed_paths = [str(claimed) for _, _, claimed in files]
+        if len(set(claimed_paths)) != len(claimed_paths):
+            raise ValueError(f"each file needs its own claimed path, got {claimed_paths}")
         for spec_json, _ in specs:
             json.loads(spec_json)  # refuse garbage now rather than when a worker picks it up
         now = self._clock()
@@ -608,6 +611,21 @@ class Journal:
             _event(
                 conn, now, "finished", f"in {current.final_dir}" if current.final_dir else "deleted", input_id
             )
+
+    def retarget_final_path(self, input_id: int, claimed_path: Path | str, final_path: Path | str) -> None:
+        """While finishing, before the move: another process took the recorded target name
+        (daemons sharing done/ and failed/), so the file goes to ``final_path`` instead."""
+        now = self._clock()
+        with self._write() as conn:
+            current = _require_input(conn, input_id)
+            _require_input_state(current, InputState.FINISHING, "change where a file goes")
+            updated = conn.execute(
+                "UPDATE input_files SET final_path = ? WHERE input_id = ? AND claimed_path = ?",
+                (str(final_path), input_id, str(claimed_path)),
+            ).rowcount
+            if updated != 1:
+                raise ValueError(f"{claimed_path} is not a claimed file of input {input_id}")
+            _event(conn, now, "retargeted", f"name taken meanwhile; moving to {final_path}", input_id)
 
     def inputs_finishing(self) -> list[InputRow]:
         """Inputs whose final moves were recorded but not confirmed (for start-up reconciliation)."""

@@ -40,7 +40,8 @@ class OutputState(StrEnum):
 
 
 TERMINAL_JOB_STATES: frozenset[JobState] = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
-FileRole = Literal["spec", "image", "mask"]
+# spec/image/mask: the drop itself (at most one each); named/shared: files its jobs name by path.
+FileRole = Literal["spec", "image", "mask", "named", "shared"]
 Outcome = Literal["done", "failed"]
 
 

@@ -98,7 +98,27 @@ _V1: tuple[str, ...] = (
     "CREATE INDEX events_by_job ON events (job_id, id)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+# Files a job names by path ("named": moved into the claim; "shared": copied, because other job
+# files waiting in the inbox name it too) may be several per input: unique by claimed path instead.
+_V2: tuple[str, ...] = (
+    """
+    CREATE TABLE input_files_v2 (
+        id           INTEGER PRIMARY KEY,
+        input_id     INTEGER NOT NULL REFERENCES inputs (id) ON DELETE CASCADE,
+        role         TEXT    NOT NULL CHECK (role IN ('spec', 'image', 'mask', 'named', 'shared')),
+        source_path  TEXT    NOT NULL,
+        claimed_path TEXT    NOT NULL,
+        final_path   TEXT,
+        UNIQUE (input_id, claimed_path)
+    )
+    """,
+    "INSERT INTO input_files_v2 (id, input_id, role, source_path, claimed_path, final_path)"
+    " SELECT id, input_id, role, source_path, claimed_path, final_path FROM input_files",
+    "DROP TABLE input_files",
+    "ALTER TABLE input_files_v2 RENAME TO input_files",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 """``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -375,6 +375,10 @@ def component_facts(request: GenerationRequest, generated: GeneratedImage) -> di
     if extra.get("vae_sha256"):
         facts["vae_sha256"] = str(extra["vae_sha256"])
         facts["vae_hash"] = short_hash(str(extra["vae_sha256"]))
+    if extra.get("model_family"):  # sdxl, sd15 or sd2 (engine/router.py)
+        facts["model_family"] = str(extra["model_family"])
+    if extra.get("embeddings"):  # textual inversions the prompts used: name, sha256, hash
+        facts["embeddings"] = [dict(entry) for entry in extra["embeddings"]]
     return facts
 
 

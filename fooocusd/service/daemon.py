@@ -89,7 +89,7 @@ class Daemon:
         load_all_presets(preset_dirs)  # a broken preset file stops the start, not a job later
         styles = load_styles([folders.styles] if folders.styles else [])
         # Resolving the model comes first: without one, say where to put it and stop.
-        engine = create_engine(self.settings.engine, folders.models, folders.cache)
+        engine = create_engine(self.settings.engine, folders.models, folders.cache, self.settings.controlnet)
         expansion = build_prompt_expansion(self.settings.engine, folders.models)  # "Fooocus V2"
         # Stable across restarts, so the next start knows the running jobs it finds were its own.
         owner = f"{socket.gethostname()}:{folders.state}:{self.settings.engine.device}"
@@ -162,8 +162,8 @@ class Daemon:
             extra_ignore=intake_settings.ignore_patterns,
             open_write_wait_seconds=intake_settings.open_write_wait_seconds,
         )
-        pairer = Pairer(intake_settings.pair_wait_seconds)
         intake = IntakeStage(self.settings, folders, journal, preset_dirs, styles)
+        pairer = Pairer(intake_settings.pair_wait_seconds, named_by=intake.files_named_by)
         finisher = Finisher(self.settings, folders, journal)
         worker = Worker(
             self.settings,

@@ -24,8 +24,22 @@ def quarantine(files: list[Path], failed_dir: Path, subdir: str, report: str, um
     target.mkdir(parents=True, exist_ok=True)
     destinations = [unique_destination(target, path.name) for path in files]
     publish_bytes(error_file_for(destinations[0]), report.encode("utf-8"), umask=umask, overwrite=True)
-    for source, destination in zip(files, destinations, strict=True):
-        if source.exists() or source.is_symlink():
+    for number, (source, destination) in enumerate(zip(files, destinations, strict=True)):
+        try:
             move_durably(source, destination)
+        except FileNotFoundError:
+            if number == 0:
+                return _let_go(destinations[0])
+        except FileExistsError:
+            if number == 0 and not (source.exists() or source.is_symlink()):
+                return _let_go(destinations[0])
+            raise
     logger.warning("failed: {} → {}", ", ".join(p.name for p in files), destinations[0].parent)
     return destinations
+
+
+def _let_go(first_destination: Path) -> list[Path]:
+    """The input was taken meanwhile (another daemon on the same inbox): it is not ours to fail."""
+    if not first_destination.exists():  # else the report there belongs to whoever moved it
+        error_file_for(first_destination).unlink(missing_ok=True)
+    return []

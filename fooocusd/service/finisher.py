@@ -1,12 +1,14 @@
 """Moving claimed inputs out of the state folder once all their jobs have ended.
 
 Targets are recorded in the journal (``finishing``) before anything moves, so a crash half-way
-is completed by start-up reconciliation with the same names.
+is completed by start-up reconciliation with the same names. Daemons sharing done/ and failed/
+may pick the same free name at once: the loser records the next free one, then moves there.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from loguru import logger
@@ -67,14 +69,33 @@ class Finisher:
             self.failed_inputs += 1
         self.journal.begin_finish(source.id, str(target_dir), finals)
         crashpoint("after_begin_finish")
-        complete_moves(finals)
+
+        def retarget(claimed: str, taken: Path, final: Path) -> None:
+            retarget_in_journal(self.journal, source.id)(claimed, taken, final)
+            if failed and str(taken) == first_final:  # the report goes with the first file
+                umask = self.settings.outbox.umask
+                publish_bytes(error_file_for(final), report.encode("utf-8"), umask=umask, overwrite=True)
+
+        complete_moves(finals, retarget)
         self.journal.complete_finish(source.id)
         verdict = "failed" if failed else "done"
         logger.info("{} {} → {}", source.relpath, verdict, target_dir if policy != "delete" else "deleted")
 
 
-def complete_moves(finals: dict[str, str | None]) -> None:
-    """Idempotent: safe to run again after a crash at any point."""
+Retarget = Callable[[str, Path, Path], None]
+"""``(claimed, taken_target, new_target)``: record the new target before the file moves there."""
+
+
+def retarget_in_journal(journal: Journal, input_id: int) -> Retarget:
+    def retarget(claimed: str, _taken: Path, final: Path) -> None:
+        journal.retarget_final_path(input_id, claimed, final)
+
+    return retarget
+
+
+def complete_moves(finals: dict[str, str | None], retarget: Retarget | None = None) -> None:
+    """Idempotent: safe to run again after a crash at any point. Without ``retarget``, a target
+    name someone else took meanwhile raises ``FileExistsError``."""
     for claimed, final in finals.items():
         claimed_path = Path(claimed)
         if not claimed_path.exists():
@@ -82,10 +103,23 @@ def complete_moves(finals: dict[str, str | None]) -> None:
         if final is None:
             claimed_path.unlink()
         else:
-            move_durably(claimed_path, Path(final))
+            _move_to_target(claimed, Path(final), retarget)
         parent = claimed_path.parent
         if parent.exists() and not any(parent.iterdir()):
             shutil.rmtree(parent, ignore_errors=True)
+
+
+def _move_to_target(claimed: str, final: Path, retarget: Retarget | None, attempts: int = 100) -> None:
+    for _ in range(attempts):
+        try:
+            move_durably(Path(claimed), final)
+            return
+        except FileExistsError:
+            if retarget is None:
+                raise
+        taken, final = final, unique_destination(final.parent, final.name)
+        retarget(claimed, taken, final)
+    raise FileExistsError(f"no free name for {final.name} in {final.parent} after {attempts} tries")
 
 
 def _failure_report(relpath: str, jobs) -> str:  # type: ignore[no-untyped-def]

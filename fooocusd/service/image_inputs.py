@@ -1,8 +1,8 @@
 """The worker's side of image jobs: find the claimed input image (and mask), decode them, describe the job.
 
 A claimed input's files live in ``<state>/processing/<claim>/`` while its jobs run; the journal
-records each file's role and where it came from. An image a job file names by path but that was
-not part of the claim is read from the inbox.
+records each file's role and where it came from. Files a job names by path are claimed with it
+(roles ``named``/``shared``); one that somehow was not is read from the inbox.
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ def load_image_input(spec: JobSpec, source: InputRow, folders: Folders, settings
         upscale_model=spec.upscale_model or settings.generation.upscale_model,
         outpaint=tuple(spec.outpaint or ()),
         outpaint_distance=spec.outpaint_distance,
+        inpaint_model=(
+            spec.inpaint_model if spec.inpaint_model is not None else settings.generation.inpaint_model
+        ),
     )
     context = ImageActionContext(
         model_dirs=ModelDirs.of(folders.models),
@@ -77,10 +80,11 @@ def claimed_path(source: InputRow, role: str, relpath: str, inbox: Path) -> Path
     A file the job names by path that is not the claimed one (``image: other.png`` beside a
     claimed ``cat.png``) is read from the inbox; the lone claimed file of that role is the last resort.
     """
-    same_role = [file for file in source.files if file.role == role]
-    for file in same_role:
+    # Any role: a file the job names by path is claimed as 'named' or 'shared', not as 'image'.
+    for file in source.files:
         if _inbox_relative(file.source_path, inbox) == relpath and file.claimed_path.exists():
             return file.claimed_path
+    same_role = [file for file in source.files if file.role == role]
     candidate = inbox / relpath
     if candidate.is_file():
         return candidate

@@ -10,12 +10,23 @@ The order of a claim is what makes a crash at any instant harmless:
 After a crash between 2 and 4, start-up reconciliation looks at the files: moved means the
 claim completes, still in the inbox means the claim is dropped and intake sees the file again.
 A job therefore never runs without its input safely claimed, and never runs twice.
+
+Files a job names by path (``image = "photos/cat.png"``) are claimed with it, under
+``processing/<key>/named/<inbox path>``: moved (role ``named``), or copied (role ``shared``) when
+other job files waiting in the inbox name the same file; the last of them moves it.
+
+Several daemons may share one inbox: the claim is a rename, so only one wins. The loser sees the
+file vanish, puts back whatever it had already moved, and lets go quietly (its journal keeps an
+``abandoned`` row for the record, with no jobs).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import re
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,18 +36,33 @@ from loguru import logger
 from fooocusd.crashpoints import crashpoint
 from fooocusd.engine.styles import StyleLibrary
 from fooocusd.errors import ConfigError, InvalidInput
-from fooocusd.intake.claim import move_durably, move_to_unique
+from fooocusd.intake.claim import copy_durably, move_durably, move_to_unique
 from fooocusd.intake.pairing import Drop
-from fooocusd.jobs.loader import error_report, load_drop
+from fooocusd.intake.watcher import Ready
+from fooocusd.jobs.drop_files import DropFiles, paths_named_by, resolve_written_path
+from fooocusd.jobs.loader import error_report, load_drop, parse_job_file
 from fooocusd.jobs.presets import load_preset, preset_for_subfolder
 from fooocusd.jobs.resolve import fix_seed
-from fooocusd.jobs.spec import JobSpec
+from fooocusd.jobs.spec import JobSpec, image_attached_after_parsing
 from fooocusd.journal.journal import Journal
+from fooocusd.journal.rows import FileRole
 from fooocusd.service.failing import quarantine
 from fooocusd.service.folders import Folders
 from fooocusd.settings import Settings
 
 ACCEPTED = ".txt, .toml, .png, .jpg, .jpeg, .webp"
+NAMED_FOLDER = "named"  # inside a claim folder: the files the jobs name, by their inbox path
+
+
+@dataclass(frozen=True)
+class _ClaimFile:
+    role: FileRole
+    source: Path
+    destination: Path
+
+    @property
+    def copied(self) -> bool:
+        return self.role == "shared"
 
 
 @dataclass
@@ -66,27 +92,52 @@ class IntakeStage:
 
     def take(self, drop: Drop) -> None:
         """Handle one settled drop. Never raises for bad input: it ends in failed/."""
-        files = [part for part in (drop.spec, drop.image, drop.mask) if part is not None]
-        relpath = files[0].relpath
+        relpath = _first(drop).relpath
+        if not _first(drop).path.exists():
+            logger.info("{} is gone (another fooocusd took it, or it was removed); skipped", relpath)
+            return
+        # Files the drop may carry away: its own, and those it names that no other waiting job needs.
+        movable = [part.path for part in drop.parts if part.path not in _shared_paths(drop)]
         if drop.is_orphan_mask:
             image_name = PurePosixPath(relpath).name.replace(".mask", "", 1)
             self.refuse(
-                files[0].path,
+                _first(drop).path,
                 relpath,
                 f"{relpath} is an inpaint mask, but no image with the same name arrived",
                 f"put the image ({image_name}) next to it, then drop the mask again",
             )
             return
+        pictures = DropFiles(self.folders.inbox, self.settings.intake.max_image_pixels)
         try:
-            specs = self._validated_specs(drop)
+            specs = self._validated_specs(drop, pictures)
         except InvalidInput as exc:
-            self._fail([part.path for part in files], relpath, error_report(exc, PurePosixPath(relpath).name))
+            if not _first(drop).path.exists():  # taken meanwhile: not ours to fail
+                logger.info("{} vanished while it was read; skipped", relpath)
+                return
+            self._fail(movable, relpath, error_report(exc, PurePosixPath(relpath).name))
             return
-        sha256, size = _digest([part.path for part in files])
+        files = self._claim_files(drop, pictures.named_files)
+        sha256, size = _digest([file.source for file in files])
         if self.settings.intake.duplicates == "skip" and self._seen_before(sha256):
-            self._skip_duplicate([part.path for part in files], relpath)
+            self._skip_duplicate([file.source for file in files if not file.copied], relpath)
             return
-        self._claim(drop, specs, sha256, size)
+        self._claim(drop, files, specs, sha256, size)
+
+    def files_named_by(self, job_file: Path) -> list[Path]:
+        """The inbox files the jobs of ``job_file`` name, as written (they may not exist yet).
+
+        For the pairer, which holds those files back for the job file and waits for late ones.
+        A job file that does not parse still names its files (they go to failed/ with it), as
+        far as its ``image``/``mask`` lines can be read."""
+        limit = self.settings.intake.max_job_file_bytes
+        try:
+            with image_attached_after_parsing():  # a job may lack a prompt here; load_drop checks that
+                specs = parse_job_file(job_file, max_job_file_bytes=limit)
+        except InvalidInput:
+            written = _paths_written_in_broken_job_file(job_file, limit)
+        else:
+            written = [value for spec in specs for value in paths_named_by(spec)]
+        return [resolve_written_path(value, job_file) for value in written]
 
     def _seen_before(self, sha256: str) -> bool:
         """Queued, running or succeeded before. A copy of an input that failed is run again."""
@@ -102,7 +153,7 @@ class IntakeStage:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _validated_specs(self, drop: Drop) -> list[JobSpec]:
+    def _validated_specs(self, drop: Drop, pictures: DropFiles) -> list[JobSpec]:
         intake = self.settings.intake
         specs = load_drop(
             drop.spec.path if drop.spec else None,
@@ -112,6 +163,7 @@ class IntakeStage:
             max_job_file_bytes=intake.max_job_file_bytes,
             max_image_pixels=intake.max_image_pixels,
             default_image_action=self.settings.generation.image_action,
+            files=pictures,
         )
         routed = preset_for_subfolder(_first(drop).relpath, self.preset_dirs)
         fixed: list[JobSpec] = []
@@ -135,30 +187,56 @@ class IntakeStage:
             fixed.append(fix_seed(spec, self._rng))
         return fixed
 
-    def _claim(self, drop: Drop, specs: list[JobSpec], sha256: str, size: int) -> None:
-        key = uuid.uuid4().hex
-        claim_dir = self.folders.processing / key
-        parts = [("spec", drop.spec), ("image", drop.image), ("mask", drop.mask)]
-        files = [(role, part.path, claim_dir / part.path.name) for role, part in parts if part is not None]
+    def _claim_files(self, drop: Drop, named: list[str]) -> list[_ClaimFile]:
+        """The drop's own files, then each file its jobs name (once, in the order first named)."""
+        claim_dir = self.folders.processing / uuid.uuid4().hex
+        parts: list[tuple[FileRole, Ready | None]] = [
+            ("spec", drop.spec),
+            ("image", drop.image),
+            ("mask", drop.mask),
+        ]
+        files = [_ClaimFile(role, part.path, claim_dir / part.path.name) for role, part in parts if part]
+        own = {_normal(file.source) for file in files}
+        shared = {_normal(path) for path in _shared_paths(drop)}
+        for relative in named:
+            source = self.folders.inbox / relative
+            if _normal(source) in own:
+                continue  # the job names its own paired image (image = "cat.png" in cat.toml)
+            role: FileRole = "shared" if _normal(source) in shared else "named"
+            files.append(_ClaimFile(role, source, claim_dir / NAMED_FOLDER / relative))
+        return files
+
+    def _claim(
+        self, drop: Drop, files: list[_ClaimFile], specs: list[JobSpec], sha256: str, size: int
+    ) -> None:
+        claim_dir = files[0].destination.parent
         relpath = _first(drop).relpath
         input_id = self.journal.begin_claim(
-            key=key,
+            key=claim_dir.name,
             relpath=relpath,
             sha256=sha256,
             size=size,
-            files=files,
+            files=[(file.role, file.source, file.destination) for file in files],
             # Only what the file set: unset fields must keep deferring to the preset and config.
             specs=[(spec.model_dump_json(exclude_unset=True), spec.priority) for spec in specs],
         )
         crashpoint("after_begin_claim")
         claim_dir.mkdir(parents=True, exist_ok=True)
+        placed: list[_ClaimFile] = []
         try:
-            for _role, source, destination in files:
-                move_durably(source, destination)
+            for file in files:
+                file.destination.parent.mkdir(parents=True, exist_ok=True)
+                (copy_durably if file.copied else move_durably)(file.source, file.destination)
+                placed.append(file)
                 crashpoint("after_claim_move")
-        except FileNotFoundError:
-            self.journal.abandon_claim(input_id, "the file vanished before it could be claimed")
-            logger.info("{} vanished before it was claimed; it will be taken when it returns", relpath)
+        except FileNotFoundError as exc:
+            _put_back(placed, claim_dir)
+            gone = Path(exc.filename) if exc.filename else files[len(placed)].source
+            self.journal.abandon_claim(input_id, f"{gone.name} vanished before it could be claimed")
+            if placed:
+                logger.info("{} vanished while {} was claimed; put its files back", gone.name, relpath)
+            else:  # the usual case: another fooocusd on the same inbox took the file first
+                logger.debug("{} was taken by someone else before this daemon could claim it", relpath)
             return
         self.journal.complete_claim(input_id)
         crashpoint("after_complete_claim")
@@ -167,6 +245,9 @@ class IntakeStage:
         logger.info("queued {} ({} job{})", relpath, len(specs), "" if len(specs) == 1 else "s")
 
     def _fail(self, paths: list[Path], relpath: str, report: str) -> None:
+        if not paths[0].exists() and not paths[0].is_symlink():
+            logger.info("{} is gone (another fooocusd took it, or it was removed); not failed", relpath)
+            return
         subdir = str(PurePosixPath(relpath).parent)
         quarantine(
             paths, self.folders.failed, "" if subdir == "." else subdir, report, self.settings.outbox.umask
@@ -190,8 +271,43 @@ def _first_set(*candidates: list[str] | None) -> list[str]:
     return next((list(c) for c in candidates if c is not None), [])
 
 
-def _first(drop: Drop):  # type: ignore[no-untyped-def]
-    return drop.spec or drop.image or drop.mask
+def _first(drop: Drop) -> Ready:
+    first = drop.spec or drop.image or drop.mask
+    assert first is not None, "a drop has at least one file"
+    return first
+
+
+def _shared_paths(drop: Drop) -> set[Path]:
+    return {named.ready.path for named in drop.named if named.shared}
+
+
+def _normal(path: Path) -> Path:
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
+_NAMING_LINE = re.compile(r"""^\s*(?:image|mask)\s*[:=]\s*["']?([^"'#\n]+?)["']?\s*$""", re.MULTILINE)
+
+
+def _paths_written_in_broken_job_file(job_file: Path, limit: int) -> list[str]:
+    """``image``/``mask`` values of a job file the parsers refused (best effort, never raises)."""
+    try:
+        if job_file.stat().st_size > limit:
+            return []
+        text = job_file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [match.group(1).strip() for match in _NAMING_LINE.finditer(text)]
+
+
+def _put_back(placed: list[_ClaimFile], claim_dir: Path) -> None:
+    """Undo a claim that lost a file half-way: moved files return to the inbox, copies go."""
+    for file in reversed(placed):
+        if file.copied:
+            file.destination.unlink(missing_ok=True)
+        else:
+            file.source.parent.mkdir(parents=True, exist_ok=True)
+            move_to_unique(file.destination, file.source.parent, file.source.name)
+    shutil.rmtree(claim_dir, ignore_errors=True)
 
 
 def _digest(paths: list[Path]) -> tuple[str, int]:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 from loguru import logger
 
-from fooocusd.intake.claim import move_durably
+from fooocusd.intake.claim import copy_durably, move_durably
 from fooocusd.journal.journal import Journal
 from fooocusd.outbox.atomic import cleanup_stale_temps
-from fooocusd.service.finisher import complete_moves
+from fooocusd.service.finisher import complete_moves, retarget_in_journal
 from fooocusd.service.folders import Folders
 from fooocusd.service.requeue import restore_input_files
+
+_SHARED_TEMP_MIN_AGE_SECONDS = 3600.0
 
 
 def reconcile(journal: Journal, folders: Folders) -> None:
@@ -26,8 +28,10 @@ def reconcile(journal: Journal, folders: Folders) -> None:
         logger.warning("took back {} job(s) interrupted by a crash", len(requeued))
     _settle_outputs(journal)
     for folder in {folders.outbox, folders.processing, folders.done, folders.failed}:
+        # Other daemons sharing outbox/done/failed may be writing a temp right now; processing/ is ours.
+        min_age = 0.0 if folder == folders.processing else _SHARED_TEMP_MIN_AGE_SECONDS
         for directory in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-            cleanup_stale_temps(directory)
+            cleanup_stale_temps(directory, min_age_seconds=min_age)
 
 
 def _settle_claims(journal: Journal) -> None:
@@ -45,10 +49,12 @@ def _settle_claims(journal: Journal) -> None:
             continue
         for file in movable:
             Path(file.claimed_path).parent.mkdir(parents=True, exist_ok=True)
-            move_durably(Path(file.source_path), Path(file.claimed_path))
+            # 'shared': other job files in the inbox name it too, so the claim holds a copy.
+            place = copy_durably if file.role == "shared" else move_durably
+            place(Path(file.source_path), Path(file.claimed_path))
         for file in files:
             # A cross-filesystem move that crashed after the copy leaves the source behind.
-            if Path(file.claimed_path).exists() and Path(file.source_path).exists():
+            if file.role != "shared" and Path(file.claimed_path).exists() and Path(file.source_path).exists():
                 Path(file.source_path).unlink()
         journal.complete_claim(source.id)
         logger.info("completed the interrupted claim of {}", source.relpath)
@@ -57,7 +63,7 @@ def _settle_claims(journal: Journal) -> None:
 def _settle_finishes(journal: Journal) -> None:
     for source in journal.inputs_finishing():
         files = journal.files_for_input(source.id)
-        complete_moves({f.claimed_path: f.final_path for f in files})
+        complete_moves({f.claimed_path: f.final_path for f in files}, retarget_in_journal(journal, source.id))
         journal.complete_finish(source.id)
 
 

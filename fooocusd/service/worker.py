@@ -38,6 +38,13 @@ from fooocusd.outbox.naming import choose_free_name, name_fields, render_name
 from fooocusd.outbox.writer import extension_for, write_image_with_sidecar
 from fooocusd.service.folders import Folders
 from fooocusd.service.image_inputs import load_image_input
+from fooocusd.service.image_prompt_inputs import (
+    image_prompt_fields,
+    load_image_prompts,
+    save_control_images,
+    take_control_images,
+    wants_control_images,
+)
 from fooocusd.service.worker_events import NoWorkerEvents, WorkerEvents
 from fooocusd.settings import Settings
 
@@ -123,6 +130,7 @@ class Worker:
         image_input = (
             load_image_input(spec, source, self.folders, self.settings) if spec.image is not None else None
         )
+        image_prompts = load_image_prompts(spec, source, self.folders, self.settings)
         preset = load_preset(spec.preset or self.settings.generation.preset, self.preset_dirs)
         check_preset_models(preset, spec, self.folders.models, self.settings.engine.model)
         requests = resolve_requests(spec, preset, self.settings.generation, self.settings.engine.model)
@@ -132,6 +140,8 @@ class Worker:
                 dataclasses.replace(r, steps=steps_for(action, r.performance, r.steps, steps_given=given))
                 for r in requests
             ]
+        if image_prompts:
+            requests = [dataclasses.replace(r, image_prompts=image_prompts) for r in requests]
         wildcards = WildcardLibrary(self.folders.wildcards)  # read per job: new files count at once
         styled = [self._with_styles(request, index, wildcards) for index, request in enumerate(requests)]
         requests = [request for request, _ in styled]
@@ -170,6 +180,7 @@ class Worker:
                     progress=reporter,
                     should_stop=reporter.should_stop,
                 )
+            control_images = take_control_images(image)
             record = build_record(
                 job_id=job.id,
                 input_name=source.relpath,
@@ -199,6 +210,11 @@ class Worker:
             )
             if image_input is not None:
                 record.update(image_input.sidecar_fields(image))
+            record.update(image_prompt_fields(image))
+            if control_images and wants_control_images(spec, self.settings):
+                record["control_images"] = save_control_images(
+                    control_images, target, umask=self.settings.outbox.umask
+                )
             sha256 = self._publish(
                 job.id, index, image.image, record, target, fmt, stem, request, len(requests)
             )

@@ -1,0 +1,485 @@
+"""fooocusd's own speed and memory benchmark, driven through ``SDXLEngine`` on random weights.
+
+Builds SDXL base from the configs fooocusd ships with random weights directly on the device (no
+download), writes it as a single-file checkpoint like those users download (plus a second copy
+under another name, for the model switch) and two random LoRAs of the real shapes, then drives the
+engine through its public interface (``load``, ``generate``, ``describe``) and measures:
+
+* start to ready: engine load (from the page cache, with hashing) + the first image;
+* latency of one 1024², 30-step image (median of N after a warm-up), Fooocus's refinements
+  (sharpness 2, adaptive CFG 7, ADM 1.5/0.8/0.3) on and off, and one 512², 20-step image;
+* throughput of a queue of 4 images (sequential: the worker does not batch jobs yet);
+* peak memory (``torch.cuda.max_memory_allocated``) resident, and in low-VRAM mode;
+* switching LoRA (first load of a file, and back to an already loaded one) and switching model;
+* prompt-expansion latency (GPT-2 small's shape, random weights);
+* each optimisation on its own against a plain engine (all off): channels_last, fused QKV, fp16
+  instead of bf16, xformers (when importable), regional torch.compile (cold, then warm disk cache).
+
+    python bench/fooocusd_bench.py --device cuda --size full --out DIR      # GPU machine
+    python bench/fooocusd_bench.py --device cpu --size tiny --out DIR       # plumbing check on a CPU
+
+``--size tiny`` uses a tiny random SDXL at 1/8 of the resolutions and 6 (4) steps: it proves the
+script end to end and its numbers are not performance figures. Writes ``fooocusd_bench.json`` and
+``fooocusd_bench.md`` into ``--out`` after every case, so a run cut short still leaves what it
+measured. Cases that would start after ``--budget-s`` seconds are skipped and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+PROCESS_START = time.perf_counter()
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import fooocusd  # noqa: E402
+from fooocusd.engine.acceleration import AccelerationOptions  # noqa: E402
+from fooocusd.engine.base import GenerationRequest  # noqa: E402
+from fooocusd.engine.models import SDXL_CONFIG_DIR, ModelLocation  # noqa: E402
+from fooocusd.engine.sdxl import SDXLEngine, _default_scheduler  # noqa: E402
+
+IMPORTS_S = time.perf_counter() - PROCESS_START
+OFF = AccelerationOptions(vram="high", channels_last=False, fuse_qkv=False, layout_on_cpu=True)
+"""The plain engine every optimisation is measured against: eager, no layout changes, no fusion."""
+LORA_RANK = 8
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+class Bench:
+    """Runs the cases and keeps the report on disk up to date."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = torch.device("cuda" if args.device == "cuda" else "cpu")
+        self.dtype = getattr(torch, args.dtype) if args.dtype != "auto" else _auto_dtype(self.device)
+        self.tiny = args.size == "tiny"
+        self.big, self.small = (128, 64) if self.tiny else (1024, 512)
+        self.steps, self.small_steps = (6, 4) if self.tiny else (30, 20)
+        self.work = Path(args.workdir or tempfile.mkdtemp(prefix="fooocusd-bench-"))
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+        self.report: dict[str, Any] = {
+            "label": "CPU, tiny random model: a plumbing check, NOT a performance figure"
+            if self.tiny
+            else "full-size SDXL architecture, random weights",
+            "device": str(self.device),
+            "device_name": _device_name(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "size": args.size,
+            "runs": args.runs,
+            "versions": _versions(),
+            "imports_s": round(IMPORTS_S, 2),
+            "cases": {},
+        }
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def case(self, name: str, run: Callable[[], dict[str, Any]]) -> None:
+        elapsed = time.perf_counter() - self.started
+        if elapsed > self.args.budget_s:
+            self.report["cases"][name] = {"skipped": f"time budget: {elapsed:.0f} s > {self.args.budget_s} s"}
+        else:
+            print(f"[{elapsed:6.1f} s] {name}", flush=True)
+            try:
+                self.report["cases"][name] = run()
+            except Exception as exc:  # a failing case must not lose the others
+                self.report["cases"][name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            _free()
+        self.save()
+
+    def save(self) -> None:
+        self.report["wall_s"] = round(time.perf_counter() - self.started, 1)
+        out = self.args.out
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "fooocusd_bench.json").write_text(json.dumps(self.report, indent=2, default=str) + "\n")
+        (out / "fooocusd_bench.md").write_text(markdown(self.report))
+
+    # -- building blocks --------------------------------------------------------------------
+
+    def engine(self, options: AccelerationOptions = OFF, **overrides: Any) -> SDXLEngine:
+        location = overrides.pop("location", self.location)
+        return SDXLEngine(
+            location,
+            models_dir=self.work / "models",
+            hash_cache=self.work / "hashes.json",
+            device=str(self.device),
+            dtype=str(overrides.pop("dtype", self.dtype)).removeprefix("torch."),
+            attention=overrides.pop("attention", "sdpa"),
+            acceleration=options,
+            config_dir=self.config_dir,
+        )
+
+    def request(self, **overrides: Any) -> GenerationRequest:
+        request = GenerationRequest(
+            prompt="a lighthouse on a rocky coast at dusk",
+            negative="blurry, text",
+            seed=1,
+            width=self.big,
+            height=self.big,
+            steps=self.steps,
+            cfg=7.0,
+            sampler="dpmpp_2m_sde_gpu",
+            scheduler="karras",
+            model="",
+            sharpness=2.0,
+        )
+        return replace(request, **overrides)
+
+    def timed(self, engine: SDXLEngine, request: GenerationRequest, runs: int) -> list[float]:
+        seconds = []
+        for index in range(runs):
+            self.sync()
+            mark = time.perf_counter()
+            engine.generate(replace(request, seed=request.seed + index + 1))
+            self.sync()
+            seconds.append(round(time.perf_counter() - mark, 4))
+        return seconds
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+    def resident_gib(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        return round(torch.cuda.memory_allocated() / 2**30, 2)
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def setup(self) -> dict[str, Any]:
+        from tests.engine_helpers import save_sgm_checkpoint, write_tiny_checkpoint
+
+        mark = time.perf_counter()
+        source = build_source(self.tiny, self.device, self.dtype)
+        built_s = time.perf_counter() - mark
+        params = sum(p.numel() for p in source.unet.parameters())
+        checkpoints = self.work / "models" / "checkpoints"
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        first = checkpoints / "sdxl-random-a.safetensors"
+        self.config_dir = self.work / "tiny-config" if self.tiny else SDXL_CONFIG_DIR
+        mark = time.perf_counter()
+        if self.tiny:
+            write_tiny_checkpoint(source, first, self.config_dir)
+        else:
+            save_sgm_checkpoint(source, first)
+        written_s = time.perf_counter() - mark
+        second = checkpoints / "sdxl-random-b.safetensors"
+        if not second.exists():
+            os.link(first, second)  # the same bytes under another name: a switch reloads it
+        loras = self.work / "models" / "loras"
+        loras.mkdir(parents=True, exist_ok=True)
+        for seed, name in ((1, "bench_a"), (2, "bench_b")):
+            write_random_lora(source, loras / f"{name}.safetensors", seed)
+        del source
+        self.location = ModelLocation(kind="single_file", name=first.stem, path=first)
+        self.other = second.stem
+        return {
+            "build_s": round(built_s, 2),
+            "unet_params_m": round(params / 1e6, 2),
+            "write_checkpoint_s": round(written_s, 2),
+            "checkpoint_bytes": first.stat().st_size,
+        }
+
+    # -- cases ------------------------------------------------------------------------------
+
+    def defaults(self) -> dict[str, Any]:
+        """The engine as the daemon runs it by default, start to ready, then latency and memory."""
+        options = replace(AccelerationOptions(vram="high"), layout_on_cpu=self.tiny)
+        self.reset_peak()
+        mark = time.perf_counter()
+        engine = self.engine(options)
+        engine.load()
+        load_s = time.perf_counter() - mark
+        resident = self.resident_gib()
+        engine.generate(self.request())
+        self.sync()
+        ready_s = time.perf_counter() - mark
+        on = self.timed(engine, self.request(), self.args.runs)
+        off = self.timed(engine, self.request(sharpness=0.0, adaptive_cfg=30.0, **_NO_ADM), self.args.runs)
+        peak = self.peak_gib()
+        small = self.request(width=self.small, height=self.small, steps=self.small_steps)
+        self.timed(engine, small, 1)
+        small_s = self.timed(engine, small, self.args.runs)
+        queue_mark = time.perf_counter()
+        self.timed(engine, self.request(), 4)
+        queue_s = (time.perf_counter() - queue_mark) / 4
+        return {
+            "acceleration": engine.describe()["acceleration"],
+            "load_and_hash_s": round(load_s, 2),
+            "start_to_ready_s": round(ready_s, 2),
+            "process_start_to_ready_s": round(IMPORTS_S + ready_s, 2),
+            f"latency_{self.big}_{self.steps}_refinements_on_s": _summary(on),
+            f"latency_{self.big}_{self.steps}_refinements_off_s": _summary(off),
+            "refinement_cost_pct": round(100 * (statistics.median(on) / statistics.median(off) - 1), 1),
+            f"latency_{self.small}_{self.small_steps}_s": _summary(small_s),
+            "queue_of_4_s_per_image": round(queue_s, 3),
+            "resident_gib": resident,
+            "peak_gib": peak,
+        }
+
+    def switches(self) -> dict[str, Any]:
+        """LoRA and model switches, each as the extra time of an image over a plain one (512², 4 steps)."""
+        engine = self.engine(replace(AccelerationOptions(vram="high"), layout_on_cpu=self.tiny))
+        engine.load()
+        quick = self.request(width=self.small, height=self.small, steps=4)
+        self.timed(engine, quick, 1)
+        plain = statistics.median(self.timed(engine, quick, 3))
+        first_a = self.timed(engine, replace(quick, loras=(("bench_a", 1.0),)), 1)[0]
+        first_b = self.timed(engine, replace(quick, loras=(("bench_b", 1.0),)), 1)[0]
+        back_a = self.timed(engine, replace(quick, loras=(("bench_a", 1.0),)), 2)
+        with_lora = statistics.median(back_a)
+        to_other = self.timed(engine, replace(quick, model=self.other), 1)[0]
+        to_first = self.timed(engine, replace(quick, model=self.location.name), 1)[0]
+        return {
+            "image_s": round(plain, 4),
+            "lora_first_load_s": round(first_b - with_lora, 3),
+            "lora_first_load_incl_unfuse_s": round(first_a - plain, 3),
+            "lora_switch_loaded_s": round(back_a[0] - with_lora, 3),
+            "lora_per_image_cost_s": round(with_lora - plain, 4),
+            "model_switch_s": round(to_other - plain, 2),
+            "model_switch_back_s": round(to_first - plain, 2),
+            "note": "switch times are the extra time of one image over a plain one; a LoRA is applied "
+            "as unfused peft layers, so 'lora_per_image_cost_s' is its per-step cost",
+        }
+
+    def expansion(self) -> dict[str, Any]:
+        from expansion_latency import build_expander, measure
+
+        model = "tiny-random" if self.tiny else "gpt2-random"
+        expander = build_expander(model, self.device, self.dtype)
+        return {"model": model, **measure(expander, count=10, warmup=2)}
+
+    def variant(self, options: AccelerationOptions, **overrides: Any) -> dict[str, Any]:
+        """One optimisation on its own: start to ready (load + first image) and 1024²/30 latency."""
+        self.reset_peak()
+        mark = time.perf_counter()
+        engine = self.engine(options, **overrides)
+        engine.load()
+        engine.generate(self.request())
+        self.sync()
+        ready = time.perf_counter() - mark
+        runs = self.timed(engine, self.request(), self.args.runs)
+        return {
+            "acceleration": engine.describe()["acceleration"],
+            "start_to_ready_s": round(ready, 2),
+            f"latency_{self.big}_{self.steps}_s": _summary(runs),
+            "peak_gib": self.peak_gib(),
+        }
+
+    def compiled(self, target: str) -> dict[str, Any]:
+        """torch.compile, cold (empty cache folder) and warm (same folder, dynamo forgotten)."""
+        cache = self.work / f"compile-cache-{target}"
+        options = replace(OFF, compile=target, cache_dir=cache)
+        cold = self.variant(options)
+        torch._dynamo.reset()
+        _free()
+        warm = self.variant(options)
+        return {"cold": cold, "warm_cache": warm}
+
+    def low_vram(self) -> dict[str, Any]:
+        steps = min(self.args.low_vram_steps, self.steps)
+        self.reset_peak()
+        mark = time.perf_counter()
+        engine = self.engine(AccelerationOptions(vram="low"))
+        engine.load()
+        load_s = time.perf_counter() - mark
+        resident = self.resident_gib()
+        runs = self.timed(engine, self.request(steps=steps), 2)
+        return {
+            "acceleration": engine.describe()["acceleration"],
+            "load_s": round(load_s, 2),
+            "resident_gib": resident,
+            f"latency_{self.big}_{steps}_steps_s": runs,
+            "peak_gib": self.peak_gib(),
+        }
+
+    def run(self) -> None:
+        self.case("setup", self.setup)
+        if "setup" not in self.report["cases"] or "error" in self.report["cases"]["setup"]:
+            return
+        self.case("defaults", self.defaults)
+        self.case("low_vram", self.low_vram)
+        self.case("switches", self.switches)
+        self.case("expansion", self.expansion)
+        self.case("plain", lambda: self.variant(OFF))
+        self.case("channels_last", lambda: self.variant(replace(OFF, channels_last=True)))
+        self.case("fuse_qkv", lambda: self.variant(replace(OFF, fuse_qkv=True)))
+        self.case("compile_unet_blocks", lambda: self.compiled("unet"))
+        if _xformers_importable():
+            self.case("xformers", lambda: self.variant(OFF, attention="xformers"))
+        other = "float16" if self.dtype == torch.bfloat16 else "bfloat16"
+        if self.device.type == "cuda" or other == "bfloat16":  # (fp16 on a CPU is not worth timing)
+            self.case(other, lambda: self.variant(OFF, dtype=other))
+        if self.args.compile_full:
+            self.case("compile_unet_full", lambda: self.compiled("unet_full"))
+
+
+_NO_ADM = {"adm_scaler_positive": 1.0, "adm_scaler_negative": 1.0, "adm_scaler_end": 0.0}
+
+
+def build_source(tiny: bool, device: torch.device, dtype: torch.dtype) -> Any:
+    """The pipeline whose random weights become the checkpoint: real SDXL on the device, or tiny-random."""
+    if tiny:
+        from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
+
+        return build_tiny_sdxl_pipeline(_default_scheduler(SDXL_CONFIG_DIR))
+    from engine_fullsize import build_fullsize
+
+    return build_fullsize(str(device), dtype)
+
+
+def write_random_lora(pipeline: Any, path: Path, seed: int) -> None:
+    """A rank-8 LoRA on every UNet attention projection, in the diffusers layout, with random weights."""
+    from diffusers import StableDiffusionXLPipeline
+
+    generator = torch.Generator().manual_seed(seed)
+    layers: dict[str, torch.Tensor] = {}
+    for name, module in pipeline.unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(LORA_TARGETS):
+            down = torch.randn(LORA_RANK, module.in_features, generator=generator) * 0.01
+            up = torch.randn(module.out_features, LORA_RANK, generator=generator) * 0.01
+            layers[f"{name}.lora_A.weight"], layers[f"{name}.lora_B.weight"] = down, up
+    scratch = path.parent / f".{path.stem}-save"
+    StableDiffusionXLPipeline.save_lora_weights(scratch, unet_lora_layers=layers, weight_name=path.name)
+    (scratch / path.name).replace(path)
+    scratch.rmdir()
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# fooocusd benchmark",
+        "",
+        f"**{report['label']}**",
+        "",
+        f"Device: {report['device_name']} ({report['device']}), dtype {report['dtype']}, "
+        f"{report['runs']} measured runs per latency after one warm-up; wall {report.get('wall_s')} s. "
+        f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.",
+        "",
+        "| case | measure | value |",
+        "|---|---|---|",
+    ]
+    for case, values in report["cases"].items():
+        for key, value in _flatten(values):
+            lines.append(f"| {case} | {key} | {_cell(value)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if key == "acceleration" and isinstance(value, dict):
+            applied = [k for k in ("channels_last", "fuse_qkv") if value.get(k)]
+            label = f"vram {value.get('vram')}, vae {value.get('vae_dtype')}, compile {value.get('compile')}"
+            rows.append((prefix + key, ", ".join([label, *applied])))
+        elif isinstance(value, dict) and not {"median", "runs"} <= set(value):
+            rows.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            rows.append((prefix + key, value))
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict) and "median" in value:
+        return f"median {value['median']} (runs {', '.join(str(r) for r in value['runs'])})"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    return str(value).replace("|", "/")
+
+
+def _summary(runs: list[float]) -> dict[str, Any]:
+    return {"median": round(statistics.median(runs), 4), "runs": runs}
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
+def _auto_dtype(device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+
+
+def _xformers_importable() -> bool:
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {
+        "fooocusd": fooocusd.__version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--size", choices=["full", "tiny"], default="full")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    parser.add_argument("--runs", type=int, default=3, help="measured runs per latency (median reported)")
+    parser.add_argument("--low-vram-steps", type=int, default=10, help="steps of the low-VRAM images")
+    parser.add_argument("--compile-full", action="store_true", help="also compile the whole UNet (minutes)")
+    parser.add_argument("--budget-s", type=float, default=360.0, help="start no case after this many seconds")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="checkpoints and caches (default: a temp dir)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder for fooocusd_bench.json and .md")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch sees no CUDA GPU")
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # tiny tensors: more threads only wait on each other
+    Bench(args).run()
+    print((args.out / "fooocusd_bench.md").read_text(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""Speed and memory options for the resident SDXL pipeline, applied once per loaded model.
+
+``SDXLEngine._prepare`` hands every freshly loaded pipeline to ``Accelerator.apply``, which
+
+1. places it: everything on the device (``vram = "high"``), or the low-VRAM stages of
+   ``low_vram.py`` (``"low"``; ``"auto"`` picks low on CUDA GPUs with less than 10 GiB);
+2. sets the VAE's precision: a bf16 VAE runs as it is, an fp16 SDXL VAE (whose config asks for
+   ``force_upcast``: it overflows in fp16) stays in fp32 so that we never cast it back and forth
+   per decode as the stock pipeline does (``vae_upcast``);
+3. on CUDA, stores the UNet and VAE ``channels_last`` and fuses the UNet's attention projections
+   (one Q·K·V matmul for self-attention, one K·V for cross-attention). The fused weight is the only
+   copy: ``to_q``/``to_k``/``to_v`` become views into it, so fusing costs no memory. peft injects
+   LoRA layers into ``to_q``/``to_k``/``to_v``, which the fused processor bypasses, so the fused
+   processors are swapped back out the first time a LoRA is loaded on the pipeline;
+4. compiles the UNet's repeated transformer blocks (``compile = "unet"``, regional compilation) or the
+   whole UNet (``"unet_full"``) with ``torch.compile``. Shapes are static per aspect-ratio bucket
+   (automatic dynamic shapes off, recompile limits raised so that all of Fooocus's 26 buckets at
+   batch 1 and 2 stay compiled), unless ``compile_dynamic``. Compiled artefacts are cached under the
+   configured cache folder (inductor's FX-graph and autograd caches, plus torch's portable "mega
+   cache" loaded at start and saved at exit), so a restart does not compile again. A failed
+   compilation falls back to eager with a warning instead of failing jobs.
+
+Steps 3 and 4 change numerics within float rounding; step 3 is skipped on the CPU (where it does
+not pay off) unless ``layout_on_cpu``, which tests and the CPU benchmark use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from loguru import logger
+from torch import nn
+
+from fooocusd.engine.low_vram import StageOffload, install_low_vram, small_decode_tiles
+
+if TYPE_CHECKING:
+    from fooocusd.settings import EngineSettings
+
+LOW_VRAM_BELOW_BYTES = 10 * 2**30
+RECOMPILE_LIMIT = 256
+"""Graphs per code object: 26 aspect buckets × batch 1/2 × the UNet's two block widths, with room."""
+ACCUMULATED_RECOMPILE_LIMIT = 8192
+COMPILE_CACHE_FOLDER = "torch_compile"
+MEGA_CACHE_NAME = "mega_cache.bin"
+VRAM_MODES = ("auto", "high", "low")
+COMPILE_TARGETS = ("off", "unet", "unet_full")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+VAE_UPCAST = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class AccelerationOptions:
+    """What the configuration asks for (``[engine]`` keys of the same names)."""
+
+    vram: str = "auto"
+    compile: str = "off"
+    compile_mode: str = "default"
+    compile_dynamic: bool = False
+    channels_last: bool = True
+    fuse_qkv: bool = True
+    vae_upcast: str = "auto"
+    cache_dir: Path | None = None
+    """Compiled artefacts go to ``<cache_dir>/torch_compile``; None leaves torch's defaults."""
+    layout_on_cpu: bool = False
+    """Apply channels_last and fused QKV on the CPU too (tests, the CPU benchmark)."""
+
+    @classmethod
+    def from_settings(cls, engine: EngineSettings, cache_dir: Path | None) -> AccelerationOptions:
+        return cls(
+            vram=engine.vram,
+            compile=engine.compile,
+            compile_mode=engine.compile_mode,
+            compile_dynamic=engine.compile_dynamic,
+            channels_last=engine.channels_last,
+            fuse_qkv=engine.fuse_qkv,
+            vae_upcast=engine.vae_upcast,
+            cache_dir=cache_dir,
+        )
+
+
+@dataclass
+class AccelerationPlan:
+    """What is actually applied on this device, and why anything asked for is not."""
+
+    vram: str
+    vae_dtype: torch.dtype
+    channels_last: bool
+    fuse_qkv: bool
+    compile: str
+    compile_mode: str
+    compile_dynamic: bool
+    notes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "vram": self.vram,
+            "vae_dtype": str(self.vae_dtype).removeprefix("torch."),
+            "channels_last": self.channels_last,
+            "fuse_qkv": self.fuse_qkv,
+            "compile": self.compile,
+            "compile_mode": self.compile_mode if self.compile != "off" else "",
+            "compile_dynamic": self.compile_dynamic if self.compile != "off" else False,
+            "notes": list(self.notes),
+        }
+
+
+def resolve_vram(setting: str, device: torch.device, total_memory: int | None = None) -> str:
+    """``vram`` → "high" or "low". ``auto`` is low on a CUDA GPU with less than 10 GiB."""
+    if setting in ("high", "low"):
+        return setting
+    if device.type != "cuda":
+        return "high"
+    if total_memory is None:
+        total_memory = torch.cuda.get_device_properties(device).total_memory
+    return "low" if total_memory < LOW_VRAM_BELOW_BYTES else "high"
+
+
+def vae_dtype_for(setting: str, dtype: torch.dtype, *, force_upcast: bool) -> torch.dtype:
+    """The VAE's dtype: ``auto`` keeps an fp16 pipeline's force_upcast VAE in fp32, else the pipeline's."""
+    if setting == "always":
+        return torch.float32
+    if setting == "never":
+        return dtype
+    return torch.float32 if dtype == torch.float16 and force_upcast else dtype
+
+
+def plan_acceleration(
+    options: AccelerationOptions,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    attention: str = "sdpa",
+    vae_force_upcast: bool = False,
+    total_memory: int | None = None,
+) -> AccelerationPlan:
+    vram = resolve_vram(options.vram, device, total_memory)
+    layout_pays = device.type == "cuda" or options.layout_on_cpu
+    plan = AccelerationPlan(
+        vram=vram,
+        vae_dtype=vae_dtype_for(options.vae_upcast, dtype, force_upcast=vae_force_upcast),
+        channels_last=options.channels_last and layout_pays,
+        fuse_qkv=options.fuse_qkv and layout_pays,
+        compile=options.compile,
+        compile_mode=options.compile_mode,
+        compile_dynamic=options.compile_dynamic,
+    )
+    if plan.fuse_qkv and attention != "sdpa":
+        plan.fuse_qkv = False
+        plan.notes.append(f"fuse_qkv off: the fused processor is PyTorch SDPA, attention is {attention}")
+    if plan.fuse_qkv and vram == "low":
+        plan.fuse_qkv = False
+        plan.notes.append("fuse_qkv off: low-VRAM mode streams weights, fusing would not pay")
+    if plan.compile != "off" and vram == "low":
+        plan.compile = "off"
+        plan.notes.append("compile off: not combined with low-VRAM mode's layer streaming")
+    return plan
+
+
+class Accelerator:
+    """Applies one ``AccelerationPlan`` to each pipeline the engine loads."""
+
+    def __init__(
+        self,
+        options: AccelerationOptions,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        attention: str = "sdpa",
+    ) -> None:
+        self.options = options
+        self.device = device
+        self.dtype = dtype
+        self.attention = attention
+        self.plan: AccelerationPlan | None = None
+        self.offload: StageOffload | None = None
+
+    def apply(self, pipeline: Any) -> AccelerationPlan:
+        force_upcast = bool(getattr(pipeline.vae.config, "force_upcast", False))
+        plan = plan_acceleration(
+            self.options, self.device, self.dtype, attention=self.attention, vae_force_upcast=force_upcast
+        )
+        if plan.vram == "high":
+            pipeline.to(self.device)
+        if pipeline.unet.dtype != self.dtype:  # only tiny-random is built in fp32 regardless
+            pipeline.to(dtype=self.dtype)
+        if pipeline.vae.dtype != plan.vae_dtype:
+            pipeline.vae.to(dtype=plan.vae_dtype)
+        if plan.channels_last:
+            pipeline.unet.to(memory_format=torch.channels_last)
+            pipeline.vae.to(memory_format=torch.channels_last)
+        if plan.fuse_qkv:
+            fuse_qkv(pipeline.unet)
+            unfuse_before_loras(pipeline)
+        self.offload = install_low_vram(pipeline, self.device) if plan.vram == "low" else None
+        if plan.compile != "off":
+            plan.compile = compile_unet(
+                pipeline.unet,
+                whole=plan.compile == "unet_full",
+                mode=plan.compile_mode,
+                dynamic=plan.compile_dynamic,
+                cache_dir=self.options.cache_dir,
+            )
+        self.plan = plan
+        return plan
+
+    def decode_context(self, vae: Any) -> contextlib.AbstractContextManager[None]:
+        """Around a VAE decode: small tiles in low-VRAM mode, nothing otherwise."""
+        if self.plan is not None and self.plan.vram == "low":
+            return small_decode_tiles(vae)
+        return contextlib.nullcontext()
+
+    def record(self) -> dict[str, Any]:
+        return self.plan.record() if self.plan is not None else {}
+
+
+# -- fused QKV -----------------------------------------------------------------------------------
+
+
+def fuse_qkv(unet: Any) -> None:
+    """diffusers' fused projections, with the separate Q/K/V weights turned into views of the fused one."""
+    unet.fuse_qkv_projections()
+    for module in unet.modules():
+        if getattr(module, "fused_projections", False):
+            _share_fused_storage(module)
+
+
+def _share_fused_storage(attention: Any) -> None:
+    if hasattr(attention, "to_qkv"):
+        fused, parts = attention.to_qkv, (attention.to_q, attention.to_k, attention.to_v)
+    elif hasattr(attention, "to_kv"):
+        fused, parts = attention.to_kv, (attention.to_k, attention.to_v)
+    else:
+        return
+    sizes = [part.out_features for part in parts]
+    for part, weight in zip(parts, fused.weight.detach().split(sizes), strict=True):
+        part.weight = nn.Parameter(weight, requires_grad=False)
+    if fused.bias is not None:
+        for part, bias in zip(parts, fused.bias.detach().split(sizes), strict=True):
+            part.bias = nn.Parameter(bias, requires_grad=False)
+
+
+def qkv_fused(unet: Any) -> bool:
+    """Whether every attention layer of ``unet`` runs the fused processor."""
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    processors = unet.attn_processors.values()
+    return bool(processors) and all(isinstance(proc, FusedAttnProcessor2_0) for proc in processors)
+
+
+def unfuse_qkv(unet: Any) -> bool:
+    """Back to the separate projections, unless something else (an IP-Adapter) replaced the processors."""
+    if not qkv_fused(unet):
+        return False
+    unet.unfuse_qkv_projections()
+    return True
+
+
+def unfuse_before_loras(pipeline: Any) -> None:
+    """Make ``pipeline.load_lora_weights`` unfuse the UNet first: LoRA layers sit on to_q/to_k/to_v."""
+    load = pipeline.load_lora_weights
+    if getattr(load, "unfuses_qkv", False):
+        return
+
+    def load_lora_weights(*args: Any, **kwargs: Any) -> Any:
+        if unfuse_qkv(pipeline.unet):
+            logger.info("fused attention projections turned off for this model: a LoRA was loaded")
+        return load(*args, **kwargs)
+
+    load_lora_weights.unfuses_qkv = True  # type: ignore[attr-defined]
+    pipeline.load_lora_weights = load_lora_weights
+
+
+# -- torch.compile ---------------------------------------------------------------------------------
+
+
+def compile_unet(unet: Any, *, whole: bool, mode: str, dynamic: bool, cache_dir: Path | None) -> str:
+    """Compile ``unet`` in place; returns what was compiled ("unet_blocks" or "unet_full")."""
+    if cache_dir is not None:
+        load_compile_artifacts(configure_compile_cache(cache_dir))
+    configure_dynamo(dynamic=dynamic)
+    kwargs: dict[str, Any] = {"mode": mode, "dynamic": dynamic}
+    if not whole and getattr(unet, "_repeated_blocks", None) and hasattr(unet, "compile_repeated_blocks"):
+        unet.compile_repeated_blocks(**kwargs)
+        return "unet_blocks"
+    unet.compile(**kwargs)
+    return "unet_full"
+
+
+def configure_dynamo(*, dynamic: bool) -> None:
+    """Recompile limits that hold every aspect bucket; static shapes unless ``dynamic``."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    dynamo_config.accumulated_recompile_limit = max(
+        dynamo_config.accumulated_recompile_limit, ACCUMULATED_RECOMPILE_LIMIT
+    )
+    # Static shapes: one specialised graph per bucket. Otherwise the second size seen turns every
+    # dimension dynamic (slower kernels), and CUDA graphs still record one graph per size.
+    dynamo_config.automatic_dynamic_shapes = dynamic
+    dynamo_config.suppress_errors = True  # a graph that fails to compile runs eagerly, with a warning
+    if dynamic:
+        import torch.fx.experimental._config as fx_config
+
+        fx_config.use_duck_shape = False  # width and height may be equal without being the same symbol
+
+
+def configure_compile_cache(cache_dir: Path) -> Path:
+    """Inductor's on-disk caches (FX graphs, autograd, Triton kernels) go to ``<cache_dir>/torch_compile``."""
+    folder = cache_dir / COMPILE_CACHE_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
+    os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "1"
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    if hasattr(inductor_config, "autograd_cache"):
+        inductor_config.autograd_cache = True
+    _save_at_exit(folder)
+    return folder
+
+
+def load_compile_artifacts(folder: Path) -> bool:
+    """Preload torch's portable compile cache saved by an earlier run; False when there is none."""
+    path = folder / MEGA_CACHE_NAME
+    loader = getattr(torch.compiler, "load_cache_artifacts", None)
+    if loader is None or not path.is_file():
+        return False
+    try:
+        loader(path.read_bytes())
+    except Exception as exc:  # a stale or foreign cache only costs a recompilation
+        logger.warning("ignoring the compile cache {}: {}: {}", path, type(exc).__name__, exc)
+        return False
+    return True
+
+
+def save_compile_artifacts(folder: Path) -> bool:
+    """Write torch's portable compile cache (atomically); False when there is nothing to save."""
+    saver = getattr(torch.compiler, "save_cache_artifacts", None)
+    if saver is None:
+        return False
+    try:
+        saved = saver()
+    except Exception as exc:
+        logger.warning("could not save the compile cache: {}: {}", type(exc).__name__, exc)
+        return False
+    if not saved or not saved[0]:
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{MEGA_CACHE_NAME}.{os.getpid()}.partial"
+    partial.write_bytes(saved[0])
+    os.replace(partial, folder / MEGA_CACHE_NAME)
+    return True
+
+
+_registered_exit_saves: set[Path] = set()
+
+
+def _save_at_exit(folder: Path) -> None:
+    if folder not in _registered_exit_saves:
+        _registered_exit_saves.add(folder)
+        atexit.register(save_compile_artifacts, folder)

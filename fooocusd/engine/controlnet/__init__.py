@@ -1,0 +1,1 @@
+"""ControlNet image prompts: PyraCanny, CPDS and depth (preprocessors, models, application)."""
