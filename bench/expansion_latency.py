@@ -28,9 +28,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fooocusd
+from fooocusd.engine.devices import pick_device, pick_dtype
 from fooocusd.engine.expansion import PromptExpander
 from fooocusd.engine.expansion.tiny import build_tiny_tokenizer
-from fooocusd.engine.sdxl import pick_device, pick_dtype
 
 GPT2_VOCAB = 50257
 PROMPTS = (

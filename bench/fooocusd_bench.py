@@ -348,9 +348,33 @@ def build_source(tiny: bool, device: torch.device, dtype: torch.dtype) -> Any:
         from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
 
         return build_tiny_sdxl_pipeline(_default_scheduler(SDXL_CONFIG_DIR))
-    from engine_fullsize import build_fullsize
-
     return build_fullsize(str(device), dtype)
+
+
+def build_fullsize(device: str, dtype: torch.dtype) -> Any:
+    """SDXL base at full size from the configs fooocusd ships, random weights, built on ``device``."""
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    config = SDXL_CONFIG_DIR
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config / "vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder"))
+        text_encoder_2 = CLIPTextModelWithProjection(
+            CLIPTextConfig.from_pretrained(config / "text_encoder_2")
+        )
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=CLIPTokenizer.from_pretrained(config / "tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(config / "tokenizer_2"),
+        unet=unet,
+        scheduler=_default_scheduler(config),
+        add_watermarker=False,
+    )
+    return pipeline.to(dtype=dtype)
 
 
 def write_random_lora(pipeline: Any, path: Path, seed: int) -> None:

@@ -76,7 +76,7 @@ def save_sgm_checkpoint(pipeline: StableDiffusionXLPipeline, checkpoint: Path) -
     state.update(_prefixed("model.diffusion_model.", _unet_to_sgm(pipeline)))
     state.update(_prefixed("first_stage_model.", _vae_to_sgm(pipeline)))
     state.update(_prefixed("conditioner.embedders.0.transformer.", _clip_to_sgm(pipeline)))
-    state.update(_prefixed("conditioner.embedders.1.model.", _open_clip_to_sgm(pipeline)))
+    state.update(_prefixed("conditioner.embedders.1.model.", open_clip_to_ldm(pipeline.text_encoder_2)))
     save_file(
         {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}, str(checkpoint)
     )
@@ -189,34 +189,6 @@ def _clip_to_sgm(pipeline: StableDiffusionXLPipeline) -> dict[str, torch.Tensor]
     }
 
 
-def _open_clip_to_sgm(pipeline: StableDiffusionXLPipeline) -> dict[str, torch.Tensor]:
-    encoder = pipeline.text_encoder_2
-    state = {key.removeprefix("text_model."): value for key, value in encoder.state_dict().items()}
-    out = {
-        "positional_embedding": state.pop("embeddings.position_embedding.weight"),
-        "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
-        "ln_final.weight": state.pop("final_layer_norm.weight"),
-        "ln_final.bias": state.pop("final_layer_norm.bias"),
-        "text_projection": state.pop("text_projection.weight").T,
-    }
-    state.pop("embeddings.position_ids", None)
-    for layer in range(encoder.config.num_hidden_layers):
-        source = f"encoder.layers.{layer}."
-        target = f"transformer.resblocks.{layer}."
-        for kind in ("weight", "bias"):
-            out[f"{target}attn.in_proj_{kind}"] = torch.cat(
-                [state.pop(f"{source}self_attn.{proj}_proj.{kind}") for proj in ("q", "k", "v")]
-            )
-            out[f"{target}attn.out_proj.{kind}"] = state.pop(f"{source}self_attn.out_proj.{kind}")
-            out[f"{target}ln_1.{kind}"] = state.pop(f"{source}layer_norm1.{kind}")
-            out[f"{target}ln_2.{kind}"] = state.pop(f"{source}layer_norm2.{kind}")
-            out[f"{target}mlp.c_fc.{kind}"] = state.pop(f"{source}mlp.fc1.{kind}")
-            out[f"{target}mlp.c_proj.{kind}"] = state.pop(f"{source}mlp.fc2.{kind}")
-    if state:
-        raise KeyError(f"unconverted OpenCLIP keys: {sorted(state)}")
-    return out
-
-
 def _drop_nonessential_index_entries(config_dir: Path) -> None:
     # save_pretrained lists optional components (image encoder, feature extractor) as null; harmless,
     # but keep the folder as close to the shipped one as possible.
@@ -299,16 +271,21 @@ def tiny_sd1x_pipeline(config_dir: Path, seed: int = 7) -> StableDiffusionPipeli
 
 
 def open_clip_to_ldm(text_encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """SD 2.x stores its OpenCLIP ViT-H text tower in open_clip's own layout (fused q/k/v)."""
+    """An OpenCLIP text tower (SDXL's second encoder, SD 2.x's only one) in open_clip's layout (fused q/k/v).
+
+    SDXL's encoder carries its projection; SD 2.x's has none, and gets an identity (real files carry
+    one, unused).
+    """
     config = text_encoder.config  # type: ignore[attr-defined]
     state = {key.removeprefix("text_model."): value for key, value in text_encoder.state_dict().items()}
     state.pop("embeddings.position_ids", None)
+    projection = state.pop("text_projection.weight", None)
     out = {
         "positional_embedding": state.pop("embeddings.position_embedding.weight"),
         "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
         "ln_final.weight": state.pop("final_layer_norm.weight"),
         "ln_final.bias": state.pop("final_layer_norm.bias"),
-        "text_projection": torch.eye(config.hidden_size),  # real files carry one; unused
+        "text_projection": torch.eye(config.hidden_size) if projection is None else projection.T,
     }
     for layer in range(config.num_hidden_layers):
         source, target = f"encoder.layers.{layer}.", f"transformer.resblocks.{layer}."

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from fooocusd.engine.families import CheckpointHeader, detect_family, family_from_header
 from fooocusd.engine.models import checkpoint_family
-from tests.engine_helpers import _clip_to_sgm, _unet_to_sgm, _vae_to_sgm
+from tests.engine_helpers import save_ldm_checkpoint, shrunk_sd1x_config_dir, tiny_sd1x_pipeline
 
 CONFIGS = Path(__file__).resolve().parent.parent / "fooocusd" / "engine" / "configs"
 UNET_SD = "model.diffusion_model."
@@ -163,102 +161,6 @@ def test_shipped_configs_have_the_published_architecture(
 # -- tiny single-file round trips through the shipped configs --------------------------------------
 
 
-def _shrunk_config_dir(family: str, target: Path) -> Path:
-    """The shipped folder with only the sizes made tiny; block types, projections, scheduler kept."""
-    shutil.copytree(CONFIGS / family, target)
-    width = 32 if family == "sd15" else 48
-    sizes = {
-        "unet": {
-            "block_out_channels": [16, 16, 32, 32],
-            "layers_per_block": 1,
-            "norm_num_groups": 8,
-            "cross_attention_dim": width,
-            "sample_size": 8,
-            "attention_head_dim": 4 if family == "sd15" else [2, 2, 4, 4],
-        },
-        "vae": {
-            "block_out_channels": [16] * 4,
-            "layers_per_block": 1,
-            "norm_num_groups": 8,
-            "sample_size": 64,
-        },
-        "text_encoder": {
-            "hidden_size": width,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "projection_dim": width,
-        },
-    }
-    for component, changes in sizes.items():
-        config_file = target / component / "config.json"
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        config.update(changes)
-        config_file.write_text(json.dumps(config), encoding="utf-8")
-    return target
-
-
-def _tiny_pipeline(config_dir: Path) -> StableDiffusionPipeline:
-    text_config = json.loads((config_dir / "text_encoder" / "config.json").read_text(encoding="utf-8"))
-    text_config = {k: v for k, v in text_config.items() if k not in {"architectures", "torch_dtype"}}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
-    pipeline = StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=CLIPTokenizer.from_pretrained(config_dir / "tokenizer", local_files_only=True),
-        unet=unet.eval(),
-        scheduler=EulerDiscreteScheduler.from_pretrained(config_dir / "scheduler"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def _open_clip_to_ldm(text_encoder: CLIPTextModel) -> dict[str, torch.Tensor]:
-    """SD 2.x stores its OpenCLIP ViT-H text tower in open_clip's own layout (fused q/k/v)."""
-    state = {key.removeprefix("text_model."): value for key, value in text_encoder.state_dict().items()}
-    state.pop("embeddings.position_ids", None)
-    out = {
-        "positional_embedding": state.pop("embeddings.position_embedding.weight"),
-        "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
-        "ln_final.weight": state.pop("final_layer_norm.weight"),
-        "ln_final.bias": state.pop("final_layer_norm.bias"),
-        "text_projection": torch.eye(text_encoder.config.hidden_size),  # real files carry one; unused
-    }
-    for layer in range(text_encoder.config.num_hidden_layers):
-        source, target = f"encoder.layers.{layer}.", f"transformer.resblocks.{layer}."
-        for kind in ("weight", "bias"):
-            out[f"{target}attn.in_proj_{kind}"] = torch.cat(
-                [state.pop(f"{source}self_attn.{proj}_proj.{kind}") for proj in ("q", "k", "v")]
-            )
-            out[f"{target}attn.out_proj.{kind}"] = state.pop(f"{source}self_attn.out_proj.{kind}")
-            out[f"{target}ln_1.{kind}"] = state.pop(f"{source}layer_norm1.{kind}")
-            out[f"{target}ln_2.{kind}"] = state.pop(f"{source}layer_norm2.{kind}")
-            out[f"{target}mlp.c_fc.{kind}"] = state.pop(f"{source}mlp.fc1.{kind}")
-            out[f"{target}mlp.c_proj.{kind}"] = state.pop(f"{source}mlp.fc2.{kind}")
-    assert not state, sorted(state)
-    return out
-
-
-def _save_ldm_checkpoint(pipeline: StableDiffusionPipeline, family: str, path: Path) -> None:
-    """The original (CompVis ldm) single-file layout that SD 1.5 / 2.1 checkpoints are published in."""
-    state = {UNET_SD + k: v for k, v in _unet_to_sgm(pipeline).items()}
-    state.update({"first_stage_model." + k: v for k, v in _vae_to_sgm(pipeline).items()})
-    if family == "sd15":
-        state.update({"cond_stage_model.transformer." + k: v for k, v in _clip_to_sgm(pipeline).items()})
-    else:
-        state.update(
-            {"cond_stage_model.model." + k: v for k, v in _open_clip_to_ldm(pipeline.text_encoder).items()}
-        )
-    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(path))
-
-
 @pytest.mark.parametrize(
     ("family", "detected", "prediction"), [("sd15", "sd15", "epsilon"), ("sd21", "sd2", "v_prediction")]
 )
@@ -266,10 +168,10 @@ def test_tiny_ldm_checkpoint_loads_offline_through_the_shipped_configs(
     tmp_path: Path, family: str, detected: str, prediction: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    config_dir = _shrunk_config_dir(family, tmp_path / "config")
-    original = _tiny_pipeline(config_dir)
+    config_dir = shrunk_sd1x_config_dir(family, tmp_path / "config")
+    original = tiny_sd1x_pipeline(config_dir)
     checkpoint = tmp_path / f"tiny_{family}.safetensors"
-    _save_ldm_checkpoint(original, family, checkpoint)
+    save_ldm_checkpoint(original, family, checkpoint)
     assert detect_family(checkpoint).family == detected
 
     loaded = StableDiffusionPipeline.from_single_file(

@@ -200,6 +200,26 @@ def test_cleanup_removes_only_stale_fooocusd_temp_files(tmp_path: Path) -> None:
     )
 
 
+def test_cleanup_removes_this_instances_young_temps_but_not_another_instances(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(atomic, "_temp_owner", "")
+    atomic.set_temp_owner("abc123")
+    mine = temp_path_for(tmp_path / "cat.png")
+    atomic.set_temp_owner("def456")
+    theirs = temp_path_for(tmp_path / "dog.png")
+    atomic.set_temp_owner("")
+    untagged = temp_path_for(tmp_path / "owl.png")
+    for path in (mine, theirs, untagged):
+        path.write_bytes(b"x")
+    assert atomic.temp_owner_of(mine.name) == "abc123" and atomic.temp_owner_of(untagged.name) == ""
+
+    removed = cleanup_stale_temps(tmp_path, min_age_seconds=3600, own_tag="abc123")
+
+    assert removed == [mine]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([theirs.name, untagged.name])
+
+
 def test_cleanup_of_a_missing_folder_is_a_no_op(tmp_path: Path) -> None:
     assert cleanup_stale_temps(tmp_path / "nope") == []
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from fooocusd.engine.families import PICKLE_SUFFIXES, SAFE_SUFFIX
-from fooocusd.engine.model_dirs import ModelDirs
+from fooocusd.engine.model_dirs import ModelDirs, put_file_into, searched_folders
 from fooocusd.engine.models import PICKLE_SETTING, autov2, file_sha256
 from fooocusd.errors import InvalidInput, ModelNotFound
 
@@ -137,12 +137,11 @@ class Embeddings:
         if found is not None and found.is_file():
             return found
         folders = self._model_dirs.folders("embeddings")
-        stem = Path(name).name
         raise InvalidInput(
             f"embedding {name!r} (written embedding:{name} in the prompt) was not found",
-            where="looked in " + (", ".join(str(folder) for folder in folders) or "no models folder"),
-            hint=f"put {stem if Path(stem).suffix else stem + SAFE_SUFFIX} into "
-            f"{folders[0] if folders else 'the embeddings folder'}, or correct the name in the prompt",
+            where=searched_folders(folders),
+            hint=f"{put_file_into(name, folders, no_folder='the embeddings folder')}, "
+            "or correct the name in the prompt",
         )
 
 

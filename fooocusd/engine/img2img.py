@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from fooocusd.engine.base import ImageTask
-from fooocusd.engine.denoise import StepBlend
+from fooocusd.engine.denoise import StepBlend, initial_latents
 from fooocusd.engine.inpaint import HoldKnownRegion, latent_repaint_mask
 
 VARY_STRENGTH = {"vary_subtle": 0.5, "vary_strong": 0.85}
@@ -160,3 +160,28 @@ def prepare_image_start(
     # The inpaint "energy" noise has its own generator so the main noise sequence stays the seed's.
     energy = torch.Generator(device="cpu").manual_seed((seed + 1) % 2**63)
     return ImageStart(latents, start_index, HoldKnownRegion(scheduler, clean, repaint, energy))
+
+
+def start_for(
+    pipeline: Any,
+    scheduler: SchedulerMixin,
+    task: ImageTask | None,
+    steps: int,
+    render_size: tuple[int, int],
+    *,
+    seed: int,
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> ImageStart:
+    """Where the loop starts: the scheduler's noise at ``render_size`` for text to image, else the
+    image task's noised latents (``prepare_image_start``)."""
+    if task is not None:
+        return prepare_image_start(
+            pipeline, scheduler, task, steps, render_size, seed=seed, generator=generator, dtype=dtype
+        )
+    width, height = render_size
+    factor = pipeline.vae_scale_factor
+    shape = (1, pipeline.unet.config.in_channels, height // factor, width // factor)
+    latents = initial_latents(scheduler, steps, shape, generator=generator, device=device, dtype=dtype)
+    return ImageStart(latents, 0, None)

@@ -23,7 +23,6 @@ renders without them (the sidecar says so).
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +34,12 @@ from loguru import logger
 from PIL import Image
 
 from fooocusd.engine.base import GenerationRequest, ImageTask
+from fooocusd.engine.extra_unet import ExtraUNetCache, LoadedUNet, load_unet
 from fooocusd.engine.families import INPAINT_CHANNELS, detect_family
 from fooocusd.engine.img2img import encode_image
 from fooocusd.engine.inpaint import latent_repaint_mask, repaint_area
 from fooocusd.engine.model_dirs import ModelDirs
-from fooocusd.engine.models import ModelLocation, autov2, model_sha256, resolve_model
+from fooocusd.engine.models import ModelLocation, autov2, resolve_model
 from fooocusd.errors import InvalidInput, ModelNotFound
 
 NO_INPAINT_MODEL = frozenset({"", "none", "off", "no"})
@@ -52,16 +52,8 @@ def inpaint_model_wanted(name: str) -> bool:
     return name.strip().lower() not in NO_INPAINT_MODEL
 
 
-@dataclass
-class LoadedInpaintModel:
+class LoadedInpaintModel(LoadedUNet):
     """An inpainting UNet on the device, and what the metadata says about it."""
-
-    name: str
-    path: Path | None
-    sha256: str
-    unet: torch.nn.Module
-    key: tuple[str, str]
-    load_seconds: float = 0.0
 
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "sha256": self.sha256, "hash": autov2(self.sha256)}
@@ -163,14 +155,17 @@ class InpaintModelCache:
         self, model_dirs: ModelDirs, hash_cache: Path, *, config_dir: Path, allow_pickle: bool = False
     ) -> None:
         self._model_dirs = model_dirs
-        self._hash_cache = hash_cache
         self._config_dir = config_dir
         self._allow_pickle = allow_pickle
-        self._current: LoadedInpaintModel | None = None
-        self.loads = 0
+        self._cache = ExtraUNetCache(hash_cache, LoadedInpaintModel, setting="inpaint_model")
+
+    @property
+    def loads(self) -> int:
+        """How many inpainting UNets were read from disk so far."""
+        return self._cache.loads
 
     def clear(self) -> None:
-        self._current = None
+        self._cache.clear()
 
     def start(
         self,
@@ -200,30 +195,9 @@ class InpaintModelCache:
     def get(self, name: str, *, device: torch.device, dtype: torch.dtype) -> LoadedInpaintModel:
         """The inpainting UNet called ``name`` on ``device``; ``InvalidInput`` when it cannot be used."""
         location = self._locate(name.strip())
-        key = (location.kind, str(location.path or location.name))
-        current = self._current
-        if current is not None and current.key == key:
-            current.unet.to(device=device, dtype=dtype)
-            return current
-        self._current = None  # free the old one before loading the next
-        started = time.perf_counter()
-        # Parameters made under the engine's inference mode would be inference tensors for good.
-        with torch.inference_mode(False):
-            try:
-                unet = load_inpaint_unet(location, self._config_dir)
-            except ModelNotFound as exc:  # a job naming a model that cannot load can never succeed
-                raise InvalidInput(f"inpaint_model: {exc.message}", where=exc.where, hint=exc.hint) from exc
-            unet = unet.to(device=device, dtype=dtype).eval()
-        self._current = LoadedInpaintModel(
-            name=location.name,
-            path=location.path,
-            sha256=model_sha256(location, self._hash_cache),
-            unet=unet,
-            key=key,
-            load_seconds=time.perf_counter() - started,
+        return self._cache.get(
+            location, lambda found: load_inpaint_unet(found, self._config_dir), device=device, dtype=dtype
         )
-        self.loads += 1
-        return self._current
 
     def _locate(self, name: str) -> ModelLocation:
         try:
@@ -252,25 +226,9 @@ def load_inpaint_unet(location: ModelLocation, config_dir: Path) -> torch.nn.Mod
     channels (the only difference); only its ``model.diffusion_model.*`` tensors are read.
     Raises ``ModelNotFound`` (unreadable) or ``InvalidInput`` (not an inpainting model).
     """
-    from diffusers import UNet2DConditionModel
-
-    from fooocusd.engine.sdxl import _load_errors, _quiet_loading, offline_hub
-
     assert location.path is not None
-    path = location.path
-    _require_inpainting_model(path)
-    with offline_hub(), _quiet_loading(), _load_errors(path):
-        if location.kind == "diffusers":
-            unet = UNet2DConditionModel.from_pretrained(str(path), subfolder="unet", local_files_only=True)
-        else:
-            unet = UNet2DConditionModel.from_single_file(
-                str(path),
-                config=str(config_dir),
-                subfolder="unet",
-                local_files_only=True,
-                in_channels=INPAINT_CHANNELS,
-            )
-    return unet
+    _require_inpainting_model(location.path)
+    return load_unet(location, config_dir, in_channels=INPAINT_CHANNELS)
 
 
 def _require_inpainting_model(path: Path) -> None:

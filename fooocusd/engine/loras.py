@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from fooocusd.engine.base import GenerationRequest
 from fooocusd.engine.families import PICKLE_SUFFIXES, SAFE_SUFFIX
-from fooocusd.engine.model_dirs import ModelDirs
+from fooocusd.engine.model_dirs import ModelDirs, put_file_into, searched_folders
 from fooocusd.engine.models import autov2, file_sha256
 from fooocusd.engine.prompt_syntax import parse_inline_loras
 from fooocusd.errors import InvalidInput, ModelNotFound
@@ -102,12 +102,11 @@ def find_lora(model_dirs: ModelDirs, name: str) -> Path:
     if pickled is not None:
         raise _pickle_refused(pickled.name)
     folders = model_dirs.folders("loras")
-    stem = Path(cleaned).name
     raise InvalidInput(
         f"LoRA {cleaned!r} was not found",
-        where="looked in " + (", ".join(str(folder) for folder in folders) or "no models folder"),
-        hint=f"put {stem if Path(stem).suffix else stem + SAFE_SUFFIX} into "
-        f"{folders[0] if folders else 'the loras folder'}, or run fooocusd models fetch {stem}",
+        where=searched_folders(folders),
+        hint=f"{put_file_into(cleaned, folders, no_folder='the loras folder')}, "
+        f"or run fooocusd models fetch {Path(cleaned).name}",
     )
 
 

@@ -147,7 +147,7 @@ class ModelDirs:
         folders = self.folders(kind)
         raise ModelNotFound(
             f"{_describe(kind)} {name!r} was not found",
-            where=f"looked in {', '.join(str(folder) for folder in folders) or 'no models folder'}",
+            where=searched_folders(folders),
             hint=f"put {_with_suffix(name)} into {folders[0] if folders else 'a models folder'} "
             "(paths.models lists the model folders)",
         )
@@ -293,6 +293,18 @@ def _describe(kind: ModelFileKind) -> str:
         "face_detection": "face detection model",
         "depth_estimator": "depth estimator",
     }[kind] + " file"
+
+
+def searched_folders(folders: Sequence[Path]) -> str:
+    """An error's ``where`` for a file that is in none of ``folders``."""
+    return "looked in " + (", ".join(str(folder) for folder in folders) or "no models folder")
+
+
+def put_file_into(name: str, folders: Sequence[Path], *, no_folder: str) -> str:
+    """The start of a not-found hint: ``put <file name>.safetensors into <first folder>``."""
+    stem = Path(name).name
+    file_name = stem if Path(stem).suffix else stem + SAFE_SUFFIX
+    return f"put {file_name} into {folders[0] if folders else no_folder}"
 
 
 def _with_suffix(name: str) -> str:

@@ -18,11 +18,12 @@ arbitrary code, unless ``engine.allow_unsafe_pickle`` is set; then they load thr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,7 +32,7 @@ from loguru import logger
 
 from fooocusd.engine.families import PICKLE_SUFFIXES, SAFE_SUFFIX, detect_family
 from fooocusd.engine.model_dirs import ModelDirs, is_diffusers_folder
-from fooocusd.errors import ModelNotFound
+from fooocusd.errors import InvalidInput, ModelNotFound
 
 TINY_MODEL = "tiny-random"
 SDXL_CONFIG_DIR = Path(__file__).parent / "configs" / "sdxl_base"
@@ -85,6 +86,19 @@ def resolve_model(model: str, models: ModelRoots, *, allow_pickle: bool = False)
         f"in their subfolders, and with the suffixes {', '.join(CHECKPOINT_SUFFIXES[1:])})",
         hint=_put_it_here_hint(dirs),
     )
+
+
+@contextlib.contextmanager
+def job_model_errors(*, configured: bool) -> Iterator[None]:
+    """A model that cannot be found or loaded: ``ModelNotFound`` (a configuration error) when it is the
+    configured ``engine.model``, ``InvalidInput`` when only a job names it (that job can never succeed as
+    it is, so it fails and the daemon goes on)."""
+    try:
+        yield
+    except ModelNotFound as exc:
+        if configured:
+            raise
+        raise InvalidInput(exc.message, hint=exc.hint, where=exc.where) from exc
 
 
 def checkpoint_family(path: Path) -> CheckpointFamily:

@@ -17,22 +17,15 @@ of 1.0, an empty name, or ``none`` means no refiner; so does naming the base mod
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fooocusd.engine.denoise import NoisePredictor, unet_noise_predictor
-from fooocusd.engine.models import (
-    SDXL_CONFIG_DIR,
-    ModelLocation,
-    autov2,
-    checkpoint_family,
-    model_sha256,
-    resolve_model,
-)
+from fooocusd.engine.extra_unet import ExtraUNetCache, LoadedUNet, load_unet
+from fooocusd.engine.models import SDXL_CONFIG_DIR, ModelLocation, autov2, checkpoint_family, resolve_model
 from fooocusd.engine.tiny import TINY_REFINER, build_tiny_refiner_unet
 from fooocusd.errors import InvalidInput, ModelNotFound
 
@@ -43,16 +36,8 @@ POSITIVE_AESTHETIC_SCORE = 6.0
 NEGATIVE_AESTHETIC_SCORE = 2.5
 
 
-@dataclass
-class LoadedRefiner:
+class LoadedRefiner(LoadedUNet):
     """A refiner UNet ready on the device, and what the metadata says about it."""
-
-    name: str
-    path: Path | None
-    sha256: str
-    unet: torch.nn.Module
-    load_seconds: float = 0.0
-    key: tuple[str, str] = field(default=("", ""))
 
     @property
     def attends_to_clip_g_only(self) -> bool:
@@ -84,10 +69,13 @@ class RefinerCache:
         self, models_dir: Path, hash_cache: Path, *, base_config_dir: Path = SDXL_CONFIG_DIR
     ) -> None:
         self._models_dir = models_dir
-        self._hash_cache = hash_cache
         self._base_config_dir = base_config_dir
-        self._current: LoadedRefiner | None = None
-        self.loads = 0
+        self._cache = ExtraUNetCache(hash_cache, LoadedRefiner, setting="refiner")
+
+    @property
+    def loads(self) -> int:
+        """How many refiner UNets were read from disk so far."""
+        return self._cache.loads
 
     def get(
         self, name: str, *, base: ModelLocation, device: torch.device, dtype: torch.dtype
@@ -96,28 +84,7 @@ class RefinerCache:
         location = self._locate(name.strip())
         if location == base or (location.path is not None and location.path == base.path):
             return None  # Fooocus: a refiner that is the base model is no refiner
-        key = (location.kind, str(location.path or location.name))
-        current = self._current
-        if current is not None and current.key == key:
-            current.unet.to(device=device, dtype=dtype)
-            return current
-        self._current = None  # free the old one before loading the next
-        started = time.perf_counter()
-        try:
-            unet = self._load_unet(location)
-        except ModelNotFound as exc:  # a job naming a refiner that cannot load can never succeed
-            raise InvalidInput(f"refiner: {exc.message}", where=exc.where, hint=exc.hint) from exc
-        unet = unet.to(device=device, dtype=dtype).eval()
-        self._current = LoadedRefiner(
-            name=location.name,
-            path=location.path,
-            sha256=model_sha256(location, self._hash_cache),
-            unet=unet,
-            load_seconds=time.perf_counter() - started,
-            key=key,
-        )
-        self.loads += 1
-        return self._current
+        return self._cache.get(location, self._load_unet, device=device, dtype=dtype)
 
     def _locate(self, name: str) -> ModelLocation:
         if name == TINY_REFINER:
@@ -130,18 +97,11 @@ class RefinerCache:
             ) from exc
 
     def _load_unet(self, location: ModelLocation) -> torch.nn.Module:
-        from diffusers import UNet2DConditionModel
-
-        from fooocusd.engine.sdxl import _load_errors, _quiet_loading, offline_hub
-
         if location.kind == "tiny":
             return build_tiny_refiner_unet()
         assert location.path is not None
         if location.kind == "diffusers":
-            with offline_hub(), _quiet_loading(), _load_errors(location.path):
-                return UNet2DConditionModel.from_pretrained(
-                    str(location.path), subfolder="unet", local_files_only=True
-                )
+            return load_unet(location, None)
         family = checkpoint_family(location.path)
         configs = {"sdxl": self._base_config_dir, "sdxl_refiner": REFINER_CONFIG_DIR}
         if family not in configs:
@@ -152,10 +112,7 @@ class RefinerCache:
                 hint="use the SDXL refiner (sd_xl_refiner_1.0.safetensors) or another SDXL checkpoint, "
                 "or set refiner = 'none'",
             )
-        with offline_hub(), _quiet_loading(), _load_errors(location.path):
-            return UNet2DConditionModel.from_single_file(
-                str(location.path), config=str(configs[family]), subfolder="unet", local_files_only=True
-            )
+        return load_unet(location, configs[family])
 
 
 @dataclass(frozen=True)

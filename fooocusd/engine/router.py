@@ -18,10 +18,10 @@ from typing import Any
 
 from fooocusd.engine.base import GeneratedImage, GenerationRequest, ProgressCallback, StopCheck
 from fooocusd.engine.families import FamilyInfo, detect_family
-from fooocusd.engine.models import ModelLocation
+from fooocusd.engine.models import ModelLocation, job_model_errors
+from fooocusd.engine.request_checks import validate_request
 from fooocusd.engine.sd1x import SD1X_CONFIG_DIRS, SD1X_FAMILIES, SD1xEngine
-from fooocusd.engine.sdxl import SDXLEngine, _validate
-from fooocusd.errors import InvalidInput, ModelNotFound
+from fooocusd.engine.sdxl import SDXLEngine
 
 _SDXL = FamilyInfo("sdxl", "epsilon", 1024, reason="built-in tiny-random")
 
@@ -51,19 +51,13 @@ class FamilyRouter(SDXLEngine):
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> GeneratedImage:
-        _validate(request)
+        validate_request(request)
         target = self._target_location(request.model)
-        try:
+        with job_model_errors(configured=target == self._default_location):
             info = self._family_of(target)
-            if info.family not in SD1X_FAMILIES:
-                self._drop_sd1x()
-            else:
+            if info.family in SD1X_FAMILIES:
                 return self._activate_sd1x(target, info).generate(request, progress, should_stop)
-        except ModelNotFound as exc:
-            if target == self._default_location:
-                raise
-            # A job naming a model that cannot be loaded can never succeed as it is.
-            raise InvalidInput(exc.message, hint=exc.hint, where=exc.where) from exc
+            self._drop_sd1x()
         return super().generate(request, progress, should_stop)
 
     def describe(self) -> dict[str, Any]:

@@ -23,11 +23,8 @@ prompts (IP-Adapter, ControlNet: fooocusd's are SDXL models) are refused with ``
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,23 +32,26 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
-from safetensors import SafetensorError
 
 from fooocusd.engine.base import GeneratedImage, GenerationRequest, ProgressCallback, StopCheck
 from fooocusd.engine.conditioning import Conditioning, prompt_workloads
-from fooocusd.engine.denoise import GuidanceSettings, denoise, initial_latents, unet_noise_predictor
+from fooocusd.engine.decode import at_requested_size, decode_latents
+from fooocusd.engine.denoise import GuidanceSettings, denoise, unet_noise_predictor
+from fooocusd.engine.devices import dtype_name, free_device_memory, synchronize
 from fooocusd.engine.embeddings import Embeddings
 from fooocusd.engine.families import FamilyInfo
-from fooocusd.engine.img2img import ImageStart, prepare_image_start, vae_tiling
+from fooocusd.engine.img2img import start_for, vae_tiling
 from fooocusd.engine.loras import AppliedLora, LoraAdapters
 from fooocusd.engine.model_dirs import ModelDirs
-from fooocusd.engine.models import ModelLocation, autov2, model_sha256
+from fooocusd.engine.models import ModelLocation, model_sha256
+from fooocusd.engine.out_of_memory import out_of_memory_retryable
+from fooocusd.engine.pipeline_loading import enable_attention, load_errors, offline_hub, quiet_loading
 from fooocusd.engine.refiner import refiner_wanted
+from fooocusd.engine.render_record import NO_ADM_RECORD, guidance_record, model_facts, rendered_image
 from fooocusd.engine.samplers import SchedulerChoice, build_scheduler
 from fooocusd.engine.sd1x_conditioning import encode_sd1x_workloads, sd1x_conditioning
-from fooocusd.engine.sdxl import _quiet_loading, offline_hub
 from fooocusd.engine.vae import VaeChoice, VaeOverrides
-from fooocusd.errors import ConfigError, Interrupted, InvalidInput, ModelNotFound, OutOfMemory
+from fooocusd.errors import Interrupted, InvalidInput, ModelNotFound
 
 CONFIGS = Path(__file__).parent / "configs"
 SD1X_CONFIG_DIRS: dict[str, Path] = {"sd15": CONFIGS / "sd15", "sd2": CONFIGS / "sd21"}
@@ -158,24 +158,15 @@ class SD1xEngine:
         if should_stop is not None and should_stop():
             raise Interrupted("stopped before the first step because shutdown was requested")
         started = time.perf_counter()
-        try:
+        with out_of_memory_retryable(request, self.free_memory):
             rendered = self.render_latents(request, progress, should_stop)
-        except torch.cuda.OutOfMemoryError as exc:
-            self.free_memory()
-            raise _out_of_memory(request, exc) from exc
-        except RuntimeError as exc:
-            if "out of memory" not in str(exc).lower():
-                raise
-            self.free_memory()
-            raise _out_of_memory(request, exc) from exc
         pipeline = self._pipeline
         assert pipeline is not None
         mark = time.perf_counter()
         task = request.image_task
         with torch.inference_mode(), vae_tiling(pipeline.vae, task is not None and task.tiled_vae):
-            image = _decode(pipeline, rendered.latents)
-        if task is not None and image.size != (request.width, request.height):
-            image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
+            image = decode_latents(pipeline, rendered.latents, latent_statistics=False)
+        image = at_requested_size(image, request)
         timings = {**rendered.timings, "decode": time.perf_counter() - mark}
         timings["total"] = time.perf_counter() - started + timings.get("load", 0.0)
         return self._result(request, image, rendered, timings)
@@ -212,7 +203,17 @@ class SD1xEngine:
             timings["encode"] = time.perf_counter() - mark
             mark = time.perf_counter()
             generator = torch.Generator(device="cpu").manual_seed(request.seed)  # same image on any device
-            start = self._start(request, choice.scheduler, conditioning, (width, height), generator)
+            start = start_for(
+                pipeline,
+                choice.scheduler,
+                request.image_task,
+                request.steps,
+                (width, height),
+                seed=request.seed,
+                generator=generator,
+                device=self._device,
+                dtype=conditioning.positive.tokens.dtype,
+            )
             latents = denoise(
                 unet_noise_predictor(pipeline.unet, first_call_index=start.start_index),
                 choice.scheduler,
@@ -225,19 +226,14 @@ class SD1xEngine:
                 start_index=start.start_index,
                 blend=start.blend,
             )
-            if self._device.type == "cuda":
-                torch.cuda.synchronize(self._device)
+            synchronize(self._device)
             timings["denoise"] = time.perf_counter() - mark
-        record = _refinements_record(request, settings, positive_workloads, negative_workloads)
+        record = guidance_record(request, settings, positive_workloads, negative_workloads, adm=NO_ADM_RECORD)
         record.update(_components_record(applied, vae), embeddings=self.embeddings.record())
         return RenderedLatents(latents, choice, (width, height), timings, record)
 
     def free_memory(self) -> None:
-        gc.collect()
-        if self._device.type == "cuda":
-            torch.cuda.empty_cache()
-        elif self._device.type == "mps":
-            torch.mps.empty_cache()
+        free_device_memory(self._device)
 
     def unload(self) -> None:
         """Drop the pipeline (and its adapters, VAE override and embeddings) and free the memory."""
@@ -249,17 +245,13 @@ class SD1xEngine:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "model": self._location.name,
-            "model_kind": self._location.kind,
-            "model_path": str(self._location.path or ""),
-            "model_sha256": self._sha256,
-            "model_hash": autov2(self._sha256),
+            **model_facts(self._location, self._sha256),
             "model_family": self._info.family,
             "model_family_label": self._info.label,
             "prediction_type": self._info.prediction,
             "loaded": self._pipeline is not None,
             "device": str(self._device),
-            "dtype": str(self._dtype).removeprefix("torch."),
+            "dtype": dtype_name(self._dtype),
             "attention": self._attention,
             "config_dir": str(self._config_dir),
             "reduced_size": False,
@@ -277,7 +269,7 @@ class SD1xEngine:
         path = self._location.path
         if path is None:
             raise ModelNotFound(f"{self._location.name} has no file to load", where="engine.model")
-        with offline_hub(), _quiet_loading(), _load_errors(path, self._info.label):
+        with offline_hub(), quiet_loading(), load_errors(path, self._info.label, self._info.label):
             if self._location.kind == "diffusers":
                 pipeline = StableDiffusionPipeline.from_pretrained(
                     str(path), local_files_only=True, dtype=self._dtype, safety_checker=None,
@@ -291,15 +283,7 @@ class SD1xEngine:
         pipeline.to(self._device)
         if pipeline.unet.dtype != self._dtype:
             pipeline.to(dtype=self._dtype)
-        if self._attention == "xformers":
-            try:
-                pipeline.enable_xformers_memory_efficient_attention()
-            except (ImportError, ModuleNotFoundError, ValueError) as exc:
-                raise ConfigError(
-                    f"engine.attention = 'xformers' but xformers cannot be used: {exc}",
-                    where="engine.attention",
-                    hint="install fooocusd[xformers] or set engine.attention = 'sdpa'",
-                ) from exc
+        enable_attention(pipeline, self._attention)
         pipeline.set_progress_bar_config(disable=True)
         scheduler_config = dict(pipeline.scheduler.config)
         if self._info.prediction is not None:
@@ -337,30 +321,6 @@ class SD1xEngine:
         negative = encode(negative_workloads) if negative_workloads is not None else None
         return sd1x_conditioning(positive, negative)
 
-    def _start(
-        self,
-        request: GenerationRequest,
-        scheduler: Any,
-        conditioning: Conditioning,
-        size: tuple[int, int],
-        generator: torch.Generator,
-    ) -> ImageStart:
-        pipeline = self._pipeline
-        assert pipeline is not None
-        dtype = conditioning.positive.tokens.dtype
-        if request.image_task is not None:
-            return prepare_image_start(
-                pipeline, scheduler, request.image_task, request.steps, size,
-                seed=request.seed, generator=generator, dtype=dtype,
-            )  # fmt: skip
-        width, height = size
-        factor = pipeline.vae_scale_factor
-        shape = (1, pipeline.unet.config.in_channels, height // factor, width // factor)
-        latents = initial_latents(
-            scheduler, request.steps, shape, generator=generator, device=self._device, dtype=dtype
-        )
-        return ImageStart(latents, 0, None)
-
     def _result(
         self,
         request: GenerationRequest,
@@ -368,82 +328,27 @@ class SD1xEngine:
         rendered: RenderedLatents,
         timings: dict[str, float],
     ) -> GeneratedImage:
-        return GeneratedImage(
-            image=image,
-            width=image.width,
-            height=image.height,
-            model_name=self._location.name,
-            model_path=str(self._location.path or ""),
-            model_sha256=self._sha256,
-            device=str(self._device),
-            dtype=str(self._dtype).removeprefix("torch."),
-            timings={key: round(value, 4) for key, value in timings.items()},
-            extra={
-                "scheduler_class": rendered.choice.class_name,
-                "sampler": rendered.choice.sampler,
-                "scheduler": rendered.choice.schedule,
-                "requested_size": [request.width, request.height],
-                "reduced_size": False,
-                "extra_prompts_mode": "separate",
+        result = rendered_image(
+            request,
+            image,
+            rendered.choice,
+            timings,
+            location=self._location,
+            sha256=self._sha256,
+            device=self._device,
+            dtype=self._dtype,
+            reduced_size=False,
+        )
+        result.extra.update(
+            {
                 "model_family": self._info.family,
                 "model_family_label": self._info.label,
                 "prediction_type": self._info.prediction,
                 **rendered.record,
-            },
+            }
         )
-
-
-def _out_of_memory(request: GenerationRequest, exc: BaseException) -> OutOfMemory:
-    return OutOfMemory(
-        f"the accelerator ran out of memory rendering {request.width}x{request.height}: {exc}",
-        hint="the job is retried after freeing memory; if it keeps failing, close other GPU programs, "
-        "use a smaller size, or set engine.dtype = 'float16'",
-    )
-
-
-def _decode(pipeline: StableDiffusionPipeline, latents: torch.Tensor) -> Image.Image:
-    vae = pipeline.vae
-    latents = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
-    pixels = vae.decode(latents, return_dict=False)[0]
-    return pipeline.image_processor.postprocess(pixels, output_type="pil")[0]
-
-
-def _refinements_record(
-    request: GenerationRequest,
-    settings: GuidanceSettings,
-    positive_workloads: tuple[str, ...],
-    negative_workloads: tuple[str, ...],
-) -> dict[str, Any]:
-    return {
-        "sharpness": request.sharpness,
-        "sharpness_applied": settings.uses_cfg and request.sharpness > 0.0,
-        "adaptive_cfg": request.adaptive_cfg,
-        "adaptive_cfg_applied": settings.uses_cfg and request.cfg > request.adaptive_cfg,
-        "adm_applied": False,  # SD 1.x/2.x UNets take no size ids
-        "clip_skip": request.clip_skip,
-        "positive_workloads": len(positive_workloads),
-        "negative_workloads": len(negative_workloads) if settings.uses_cfg else 0,
-        "full_prompt": list(positive_workloads),
-        "full_negative_prompt": list(negative_workloads),
-    }
+        return result
 
 
 def _components_record(applied: list[AppliedLora], vae: VaeChoice) -> dict[str, Any]:
     return {"loras": [item.record() for item in applied], "refiner": None, **vae.record()}
-
-
-@contextlib.contextmanager
-def _load_errors(path: Path, label: str) -> Iterator[None]:
-    try:
-        yield
-    except (torch.cuda.OutOfMemoryError, ConfigError):
-        raise
-    except FileNotFoundError as exc:
-        raise ModelNotFound(f"cannot read {path}: {exc}", where=str(path), hint="check the path") from exc
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as exc:
-        raise ModelNotFound(
-            f"could not load {path.name} as an {label} model: {type(exc).__name__}: {exc}",
-            where=str(path),
-            hint=f"make sure it is a complete {label} checkpoint (.safetensors) or diffusers folder; "
-            "a partial download is the usual cause, so download it again",
-        ) from exc

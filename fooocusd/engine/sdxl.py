@@ -16,17 +16,13 @@ refinements off the loop reproduces ``StableDiffusionXLPipeline.__call__`` exact
 from __future__ import annotations
 
 import contextlib
-import gc
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
-from safetensors import SafetensorError
 
 from fooocusd.engine.acceleration import AccelerationOptions, Accelerator
 from fooocusd.engine.base import GeneratedImage, GenerationRequest, ProgressCallback, StopCheck
@@ -37,10 +33,19 @@ from fooocusd.engine.conditioning import (
     prompt_workloads,
 )
 from fooocusd.engine.controlnet.models import ControlNetConfig
-from fooocusd.engine.denoise import GuidanceSettings, denoise, initial_latents
+from fooocusd.engine.decode import at_requested_size, decode_latents
+from fooocusd.engine.denoise import GuidanceSettings, denoise
+from fooocusd.engine.devices import (
+    dtype_name,
+    free_device_memory,
+    pick_device,
+    pick_dtype,
+    single_cpu_thread,
+    synchronize,
+)
 from fooocusd.engine.embeddings import Embeddings
 from fooocusd.engine.image_prompts import ImagePromptState, build_unet_extras
-from fooocusd.engine.img2img import ImageStart, prepare_image_start, vae_tiling
+from fooocusd.engine.img2img import start_for, vae_tiling
 from fooocusd.engine.inpaint_model import InpaintModelCache, attached
 from fooocusd.engine.job_components import JobComponents
 from fooocusd.engine.model_dirs import ModelDirs
@@ -49,19 +54,23 @@ from fooocusd.engine.models import (
     TINY_MODEL,
     ModelLocation,
     ModelRoots,
-    autov2,
+    job_model_errors,
     model_sha256,
     require_sdxl_checkpoint,
     resolve_model,
 )
+from fooocusd.engine.out_of_memory import out_of_memory_retryable
+from fooocusd.engine.pipeline_loading import enable_attention, load_errors, offline_hub, quiet_loading
+from fooocusd.engine.render_record import (
+    guidance_record,
+    model_facts,
+    rendered_image,
+    sdxl_adm_record,
+)
+from fooocusd.engine.request_checks import validate_request
 from fooocusd.engine.samplers import SchedulerChoice, build_scheduler
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline, tiny_render_size
-from fooocusd.errors import ConfigError, Interrupted, InvalidInput, ModelNotFound, OutOfMemory
-
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-_MIN_SIDE, _MAX_SIDE, _SIDE_MULTIPLE = 64, 4096, 8
-_MAX_STEPS = 200
-_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+from fooocusd.errors import Interrupted
 
 
 class SDXLEngine:
@@ -120,25 +129,17 @@ class SDXLEngine:
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> GeneratedImage:
-        _validate(request)
+        validate_request(request)
         if should_stop is not None and should_stop():
             raise Interrupted("stopped before the first step because shutdown was requested")
         started = time.perf_counter()
-        try:
+        with out_of_memory_retryable(request, self.free_memory):
             self._switch_model_for(request.model)
             # LoRAs, VAE and refiner for this image; outside inference mode, as adapters are injected.
             self._components.prepare(
                 self._pipeline, request, base=self._location, device=self._device, dtype=self._dtype
             )
             return self._generate(request, progress, should_stop, started)
-        except torch.cuda.OutOfMemoryError as exc:
-            self.free_memory()
-            raise _out_of_memory(request, exc) from exc
-        except RuntimeError as exc:
-            if "out of memory" not in str(exc).lower():
-                raise
-            self.free_memory()
-            raise _out_of_memory(request, exc) from exc
 
     def unload(self) -> None:
         """Drop the resident pipeline and its add-ons (LoRAs, VAE, refiner, embeddings, ControlNets)."""
@@ -150,22 +151,14 @@ class SDXLEngine:
         self.free_memory()
 
     def free_memory(self) -> None:
-        gc.collect()
-        if self._device.type == "cuda":
-            torch.cuda.empty_cache()
-        elif self._device.type == "mps":
-            torch.mps.empty_cache()
+        free_device_memory(self._device)
 
     def describe(self) -> dict[str, Any]:
         return {
-            "model": self._location.name,
-            "model_kind": self._location.kind,
-            "model_path": str(self._location.path or ""),
-            "model_sha256": self._sha256,
-            "model_hash": autov2(self._sha256),
+            **model_facts(self._location, self._sha256),
             "loaded": self._pipeline is not None,
             "device": str(self._device),
-            "dtype": _dtype_name(self._dtype),
+            "dtype": dtype_name(self._dtype),
             "attention": self._attention,
             "acceleration": self._accelerator.record(),
             "config_dir": str(self._config_dir),
@@ -181,13 +174,8 @@ class SDXLEngine:
         self._pipeline = None
         self.free_memory()
         self._location = target
-        try:
+        with job_model_errors(configured=target == self._default_location):
             self._load(target)
-        except ModelNotFound as exc:
-            if target == self._default_location:
-                raise
-            # A job naming a model that cannot be loaded can never succeed as it is.
-            raise InvalidInput(exc.message, hint=exc.hint, where=exc.where) from exc
 
     def _target_location(self, requested: str) -> ModelLocation:
         name = requested.strip()
@@ -195,10 +183,8 @@ class SDXLEngine:
             return self._default_location
         if name == self._location.name:
             return self._location
-        try:
+        with job_model_errors(configured=False):
             return resolve_model(name, self._model_dirs, allow_pickle=self._allow_unsafe_pickle)
-        except ModelNotFound as exc:
-            raise InvalidInput(exc.message, hint=exc.hint, where=exc.where) from exc
 
     def _load(self, location: ModelLocation) -> None:
         started = time.perf_counter()
@@ -220,7 +206,7 @@ class SDXLEngine:
         self._unreported_load_seconds = time.perf_counter() - started
 
     def _from_single_file(self, path: Path) -> StableDiffusionXLPipeline:
-        with offline_hub(), _quiet_loading(), _load_errors(path):
+        with offline_hub(), quiet_loading(), load_errors(path):
             return StableDiffusionXLPipeline.from_single_file(
                 str(path),
                 config=str(self._config_dir),
@@ -230,21 +216,13 @@ class SDXLEngine:
             )
 
     def _from_folder(self, path: Path) -> StableDiffusionXLPipeline:
-        with offline_hub(), _quiet_loading(), _load_errors(path):
+        with offline_hub(), quiet_loading(), load_errors(path):
             return StableDiffusionXLPipeline.from_pretrained(
                 str(path), local_files_only=True, dtype=self._dtype, add_watermarker=False
             )
 
     def _prepare(self, pipeline: StableDiffusionXLPipeline) -> None:
-        if self._attention == "xformers":
-            try:
-                pipeline.enable_xformers_memory_efficient_attention()
-            except (ImportError, ModuleNotFoundError, ValueError) as exc:
-                raise ConfigError(
-                    f"engine.attention = 'xformers' but xformers cannot be used: {exc}",
-                    where="engine.attention",
-                    hint="install fooocusd[xformers] or set engine.attention = 'sdpa'",
-                ) from exc
+        enable_attention(pipeline, self._attention)
         # Placement (engine.vram), VAE precision, channels_last, fused QKV, torch.compile: acceleration.py.
         self._accelerator.apply(pipeline)
         pipeline.set_progress_bar_config(disable=True)
@@ -287,35 +265,17 @@ class SDXLEngine:
             generator = torch.Generator(device="cpu").manual_seed(request.seed)
             scheduler = choice.scheduler
             task = request.image_task
-            if task is None:
-                start = ImageStart(
-                    initial_latents(
-                        scheduler,
-                        request.steps,
-                        (
-                            1,
-                            pipeline.unet.config.in_channels,
-                            height // pipeline.vae_scale_factor,
-                            width // pipeline.vae_scale_factor,
-                        ),
-                        generator=generator,
-                        device=self._device,
-                        dtype=conditioning.positive.tokens.dtype,
-                    ),
-                    0,
-                    None,
-                )
-            else:
-                start = prepare_image_start(
-                    pipeline,
-                    scheduler,
-                    task,
-                    request.steps,
-                    (width, height),
-                    seed=request.seed,
-                    generator=generator,
-                    dtype=conditioning.positive.tokens.dtype,
-                )
+            start = start_for(
+                pipeline,
+                scheduler,
+                task,
+                request.steps,
+                (width, height),
+                seed=request.seed,
+                generator=generator,
+                device=self._device,
+                dtype=conditioning.positive.tokens.dtype,
+            )
             # An SDXL inpainting model renders instead of the base UNet (inpaint_model.py).
             inpainting = self._inpaint_models.start(
                 pipeline,
@@ -357,7 +317,7 @@ class SDXLEngine:
                     # An inpainting UNet sees the known region in its input: nothing to re-impose.
                     blend=start.blend if inpainting is None else None,
                 )
-            self._synchronize()
+            synchronize(self._device)
             timings["denoise"] = time.perf_counter() - mark
 
             mark = time.perf_counter()
@@ -365,13 +325,16 @@ class SDXLEngine:
                 vae_tiling(pipeline.vae, task is not None and task.tiled_vae),
                 self._accelerator.decode_context(pipeline.vae),
             ):
-                image = _decode(pipeline, latents)
-            if task is not None and image.size != (request.width, request.height):
-                image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
+                image = decode_latents(pipeline, latents, latent_statistics=True)
+            image = at_requested_size(image, request)
             timings["decode"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - started + timings.get("load", 0.0)
         result = self._result(request, image, choice, timings)
-        result.extra.update(_refinements_record(request, settings, positive_workloads, negative_workloads))
+        result.extra.update(
+            guidance_record(
+                request, settings, positive_workloads, negative_workloads, adm=sdxl_adm_record(request)
+            )
+        )
         result.extra.update(self._components.record(request))
         result.extra.update(image_prompts.record)
         if inpainting is not None:
@@ -420,17 +383,13 @@ class SDXLEngine:
         # tiny-random's tensors are far too small to split across threads: on a busy CPU, torch's
         # worker threads wait on each other at every op and a 1-second job takes a minute.
         if self._location.is_tiny and self._device.type == "cpu":
-            return _single_cpu_thread()
+            return single_cpu_thread()
         return contextlib.nullcontext()
 
     def _render_size(self, request: GenerationRequest) -> tuple[int, int]:
         if self._location.is_tiny:
             return tiny_render_size(request.width, request.height)
         return request.width, request.height
-
-    def _synchronize(self) -> None:
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
 
     def _result(
         self,
@@ -439,247 +398,26 @@ class SDXLEngine:
         choice: SchedulerChoice,
         timings: dict[str, float],
     ) -> GeneratedImage:
-        return GeneratedImage(
-            image=image,
-            width=image.width,
-            height=image.height,
-            model_name=self._location.name,
-            model_path=str(self._location.path or ""),
-            model_sha256=self._sha256,
-            device=str(self._device),
-            dtype=_dtype_name(self._dtype),
-            timings={key: round(value, 4) for key, value in timings.items()},
-            extra={
-                "scheduler_class": choice.class_name,
-                "sampler": choice.sampler,
-                "scheduler": choice.schedule,
-                "requested_size": [request.width, request.height],
-                "reduced_size": self._location.is_tiny,
-                "extra_prompts_mode": "separate",
-            },
+        return rendered_image(
+            request,
+            image,
+            choice,
+            timings,
+            location=self._location,
+            sha256=self._sha256,
+            device=self._device,
+            dtype=self._dtype,
+            reduced_size=self._location.is_tiny,
         )
 
 
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def pick_device(setting: str) -> torch.device:
-    """``engine.device`` → a torch device. ``auto``: cuda, else mps, else cpu."""
-    value = setting.strip().lower()
-    if value == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(value)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"engine.device = {setting!r} is not a device name",
-            where="engine.device",
-            hint="use auto, cpu, cuda, cuda:N or mps",
-        ) from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"engine.device = {setting!r} but this torch build sees no CUDA GPU",
-            where="engine.device",
-            hint="check the NVIDIA driver (nvidia-smi) and that torch has CUDA support, or use auto/cpu",
-        )
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(
-            f"engine.device = {setting!r} but only {torch.cuda.device_count()} CUDA device(s) exist",
-            where="engine.device",
-            hint="use cuda:0 .. cuda:N-1, or auto",
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(
-            f"engine.device = {setting!r} but Apple MPS is not available here",
-            where="engine.device",
-            hint="use auto or cpu",
-        )
-    if device.type not in {"cpu", "cuda", "mps"}:
-        raise ConfigError(
-            f"engine.device = {setting!r} is not supported",
-            where="engine.device",
-            hint="use auto, cpu, cuda or mps",
-        )
-    return device
-
-
-def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """``engine.dtype`` → a torch dtype.
-
-    ``auto``: bf16 on Ampere or newer CUDA, fp16 on older CUDA and on MPS, fp32 on CPU.
-    """
-    if setting != "auto":
-        if setting not in _DTYPES:
-            raise ConfigError(
-                f"engine.dtype = {setting!r} is not supported",
-                where="engine.dtype",
-                hint=f"use auto or one of {', '.join(_DTYPES)}",
-            )
-        return _DTYPES[setting]
-    if device.type == "cuda":
-        major, _minor = torch.cuda.get_device_capability(device)
-        return torch.bfloat16 if major >= 8 else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
-
-
-@contextlib.contextmanager
-def offline_hub() -> Iterator[None]:
-    """Force the Hugging Face hub offline (no downloads, no telemetry) while loading.
-
-    huggingface_hub and diffusers read these switches once, at import time, so the module-level
-    copies are patched along with the environment.
-    """
-    import diffusers.utils.hub_utils as diffusers_hub
-    import huggingface_hub.constants as hub_constants
-
-    patched = [
-        (hub_constants, "HF_HUB_OFFLINE", True),
-        (hub_constants, "HF_HUB_DISABLE_TELEMETRY", True),
-        (diffusers_hub, "HF_HUB_OFFLINE", True),
-        (diffusers_hub, "HF_HUB_DISABLE_TELEMETRY", True),
-    ]
-    saved_env = {key: os.environ.get(key) for key in _OFFLINE_ENV}
-    saved_attrs = [
-        (module, name, getattr(module, name)) for module, name, _ in patched if hasattr(module, name)
-    ]
-    os.environ.update(_OFFLINE_ENV)
-    for module, name, value in patched:
-        setattr(module, name, value)
-    try:
-        yield
-    finally:
-        for module, name, value in saved_attrs:
-            setattr(module, name, value)
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
-def _single_cpu_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """No progress bars or cast warnings from diffusers while loading: a daemon's log is not a terminal."""
-    from diffusers.utils import logging as diffusers_logging
-
-    verbosity = diffusers_logging.get_verbosity()
-    bars_were_enabled = diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
-        if bars_were_enabled:
-            diffusers_logging.enable_progress_bar()
-
-
-@contextlib.contextmanager
-def _load_errors(path: Path) -> Iterator[None]:
-    """Turn loader exceptions into a ModelNotFound that names the file and what to do."""
-    try:
-        yield
-    except (torch.cuda.OutOfMemoryError, ConfigError):
-        raise
-    except FileNotFoundError as exc:
-        raise ModelNotFound(f"cannot read {path}: {exc}", where=str(path), hint="check the path") from exc
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as exc:
-        raise ModelNotFound(
-            f"could not load {path.name} as an SDXL model: {type(exc).__name__}: {exc}",
-            where=str(path),
-            hint="make sure it is a complete SDXL base checkpoint (.safetensors) or diffusers folder; "
-            "a partial download is the usual cause, so download it again",
-        ) from exc
-
-
 def _default_scheduler(config_dir: Path) -> Any:
     from diffusers import EulerDiscreteScheduler
 
     return EulerDiscreteScheduler.from_pretrained(config_dir, subfolder="scheduler", local_files_only=True)
-
-
-def _decode(pipeline: StableDiffusionXLPipeline, latents: torch.Tensor) -> Image.Image:
-    vae = pipeline.vae
-    latents = latents.to(device=vae.device, dtype=vae.dtype)
-    mean = getattr(vae.config, "latents_mean", None)
-    std = getattr(vae.config, "latents_std", None)
-    if mean is not None and std is not None:
-        mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
-        std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents)
-        latents = latents * std_t / vae.config.scaling_factor + mean_t
-    else:
-        latents = latents / vae.config.scaling_factor
-    pixels = vae.decode(latents, return_dict=False)[0]
-    return pipeline.image_processor.postprocess(pixels, output_type="pil")[0]
-
-
-def _refinements_record(
-    request: GenerationRequest,
-    settings: GuidanceSettings,
-    positive_workloads: tuple[str, ...],
-    negative_workloads: tuple[str, ...],
-) -> dict[str, Any]:
-    """What the loop applied, for the outbox's metadata."""
-    return {
-        "sharpness": request.sharpness,
-        "sharpness_applied": settings.uses_cfg and request.sharpness > 0.0,
-        "adaptive_cfg": request.adaptive_cfg,
-        "adaptive_cfg_applied": settings.uses_cfg and request.cfg > request.adaptive_cfg,
-        "adm_scaler_positive": request.adm_scaler_positive,
-        "adm_scaler_negative": request.adm_scaler_negative,
-        "adm_scaler_end": request.adm_scaler_end,
-        "clip_skip": request.clip_skip,
-        "positive_workloads": len(positive_workloads),
-        "negative_workloads": len(negative_workloads) if settings.uses_cfg else 0,
-        "full_prompt": list(positive_workloads),
-        "full_negative_prompt": list(negative_workloads),
-    }
-
-
-def _validate(request: GenerationRequest) -> None:
-    for label, side in (("width", request.width), ("height", request.height)):
-        if not (_MIN_SIDE <= side <= _MAX_SIDE) or side % _SIDE_MULTIPLE:
-            raise InvalidInput(
-                f"{label} {side} is not usable",
-                where=label,
-                hint=f"use a multiple of {_SIDE_MULTIPLE} between {_MIN_SIDE} and {_MAX_SIDE}, e.g. 1152*896",
-            )
-    if not 1 <= request.steps <= _MAX_STEPS:
-        raise InvalidInput(
-            f"steps {request.steps} is out of range", where="steps", hint=f"use 1 to {_MAX_STEPS}"
-        )
-    if request.cfg < 1.0:
-        raise InvalidInput(
-            f"cfg {request.cfg} is below 1.0", where="cfg", hint="use 1.0 to 30 (Fooocus default 4.0)"
-        )
-
-
-def _out_of_memory(request: GenerationRequest, exc: BaseException) -> OutOfMemory:
-    return OutOfMemory(
-        f"the accelerator ran out of memory rendering {request.width}x{request.height}: {exc}",
-        hint="the job is retried after freeing memory; if it keeps failing, close other GPU programs, "
-        "use a smaller size, or set engine.dtype = 'float16'",
-    )
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 __all__ = ["TINY_MODEL", "SDXLEngine", "offline_hub", "pick_device", "pick_dtype"]

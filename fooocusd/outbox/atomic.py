@@ -38,10 +38,32 @@ def file_mode(umask: int) -> int:
     return 0o666 & ~umask & ~0o111
 
 
+_temp_owner = ""
+
+
+def set_temp_owner(tag: str) -> None:
+    """Mark this process's temp files with ``tag`` (one per state folder, so one per daemon instance).
+
+    At start-up a daemon removes its own leftover temps at once, but leaves young temps of other
+    instances sharing the outbox alone: they may be writing them right now.
+    """
+    global _temp_owner
+    if tag and not tag.isalnum():
+        raise ValueError(f"temp owner tag must be alphanumeric, got {tag!r}")
+    _temp_owner = tag
+
+
+def temp_owner_of(name: str) -> str:
+    """The owner tag in a temp file name ('' for untagged temps)."""
+    token = name.removesuffix(TEMP_SUFFIX).rsplit(".", 1)[-1]
+    return token.split("-", 1)[0] if "-" in token else ""
+
+
 def temp_path_for(final: Path) -> Path:
     """A fresh hidden temp name beside ``final``."""
     stem = final.name.encode("utf-8")[:_MAX_TEMP_STEM_BYTES].decode("utf-8", "ignore")
-    return final.with_name(f"{TEMP_PREFIX}{stem}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    owner = f"{_temp_owner}-" if _temp_owner else ""
+    return final.with_name(f"{TEMP_PREFIX}{stem}.{owner}{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
 def is_temp_name(name: str) -> bool:
@@ -181,11 +203,13 @@ def cleanup_stale_temps(
     min_age_seconds: float = 0.0,
     recursive: bool = False,
     clock: Callable[[], float] = time.time,
+    own_tag: str = "",
 ) -> list[Path]:
     """Delete temp files a crash left behind in ``folder``; return what was removed.
 
     With several daemons sharing one outbox, pass ``min_age_seconds`` so a temp that another
-    process is writing right now is left alone.
+    process is writing right now is left alone; temps tagged ``own_tag`` (this instance's, see
+    ``set_temp_owner``) are removed whatever their age.
     """
     if not folder.is_dir():
         return []
@@ -199,7 +223,8 @@ def cleanup_stale_temps(
             info = path.lstat()
         except FileNotFoundError:
             continue
-        if not path.is_file() or path.is_symlink() or now - info.st_mtime < min_age_seconds:
+        mine = bool(own_tag) and temp_owner_of(path.name) == own_tag
+        if not path.is_file() or path.is_symlink() or (not mine and now - info.st_mtime < min_age_seconds):
             continue
         if _remove_quietly(path):
             removed.append(path)

@@ -10,7 +10,7 @@ from loguru import logger
 
 from fooocusd.intake.claim import copy_durably, move_durably
 from fooocusd.journal.journal import Journal
-from fooocusd.outbox.atomic import cleanup_stale_temps
+from fooocusd.outbox.atomic import cleanup_stale_temps, set_temp_owner
 from fooocusd.service.finisher import complete_moves, retarget_in_journal
 from fooocusd.service.folders import Folders
 from fooocusd.service.requeue import restore_input_files
@@ -18,7 +18,14 @@ from fooocusd.service.requeue import restore_input_files
 _SHARED_TEMP_MIN_AGE_SECONDS = 3600.0
 
 
+def instance_tag(state: Path) -> str:
+    """A short tag naming this daemon instance: its state folder (each instance has its own journal)."""
+    return hashlib.sha256(str(state.resolve()).encode("utf-8")).hexdigest()[:8]
+
+
 def reconcile(journal: Journal, folders: Folders) -> None:
+    tag = instance_tag(folders.state)
+    set_temp_owner(tag)  # before anything is published, so our own leftovers are recognisable
     _settle_claims(journal)
     _settle_finishes(journal)
     for source in journal.inputs_reopening():
@@ -31,7 +38,7 @@ def reconcile(journal: Journal, folders: Folders) -> None:
         # Other daemons sharing outbox/done/failed may be writing a temp right now; processing/ is ours.
         min_age = 0.0 if folder == folders.processing else _SHARED_TEMP_MIN_AGE_SECONDS
         for directory in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-            cleanup_stale_temps(directory, min_age_seconds=min_age)
+            cleanup_stale_temps(directory, min_age_seconds=min_age, own_tag=tag)
 
 
 def _settle_claims(journal: Journal) -> None:

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from fooocusd.engine.controlnet.preprocess import DepthEstimator
 from fooocusd.engine.model_dirs import SAFE_SUFFIX, ModelDirs
 from fooocusd.engine.models import SDXL_CONFIG_DIR, file_sha256, folder_sha256
+from fooocusd.engine.pipeline_loading import reported_failures
 from fooocusd.errors import InvalidInput, ModelNotFound
 
 CONTROL_TYPES = ("pyracanny", "cpds", "depth")
@@ -178,7 +179,7 @@ class ControlNetModels:
 def _load_control_net(path: Path, setting: str) -> Any:
     from diffusers import ControlNetModel, ControlNetUnionModel
 
-    from fooocusd.engine.sdxl import offline_hub
+    from fooocusd.engine.pipeline_loading import offline_hub
 
     with offline_hub(), _load_errors(path, setting):
         if path.is_dir():
@@ -227,19 +228,16 @@ def _tensor_names(path: Path) -> set[str]:
         return set(handle.keys())
 
 
-@contextlib.contextmanager
-def _load_errors(path: Path, setting: str) -> Iterator[None]:
-    try:
-        yield
-    except InvalidInput:
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as exc:
-        raise InvalidInput(
+def _load_errors(path: Path, setting: str) -> contextlib.AbstractContextManager[None]:
+    def explain(exc: BaseException) -> InvalidInput:
+        return InvalidInput(
             f"could not load the ControlNet {path.name}: {type(exc).__name__}: {exc}",
             where=f"controlnet.{setting}",
             hint="it must be an SDXL ControlNet (a diffusers folder or one .safetensors file); "
             "a partial download is the usual cause, so download it again",
-        ) from exc
+        )
+
+    return reported_failures(explain, passthrough=(InvalidInput,))
 
 
 @contextlib.contextmanager

@@ -160,7 +160,7 @@ def apply_expansion(workloads: Workloads, expansion: PromptExpansion | None, see
 
 def build_prompt_expansion(settings: EngineSettings, models_dir: Path) -> PromptExpansion:
     """The expansion ``engine.expansion`` asks for. Raises ``ConfigError`` for a missing folder."""
-    from fooocusd.engine.sdxl import pick_device, pick_dtype  # torch device rules live with the engine
+    from fooocusd.engine.devices import pick_device, pick_dtype
 
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)

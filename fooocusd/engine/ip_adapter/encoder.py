@@ -73,7 +73,7 @@ def load_image_encoder(
         # Built outside inference mode: its weights must be ordinary tensors, usable in any later job.
         with torch.inference_mode(False):
             if path.is_dir():
-                from fooocusd.engine.sdxl import offline_hub
+                from fooocusd.engine.pipeline_loading import offline_hub
 
                 with offline_hub():
                     model = CLIPVisionModelWithProjection.from_pretrained(

@@ -113,26 +113,27 @@ class AdapterInstaller:
 def _load(pipeline: Any, files: tuple[Path, ...]) -> None:
     from safetensors import SafetensorError
 
-    from fooocusd.engine.sdxl import offline_hub
+    from fooocusd.engine.pipeline_loading import offline_hub, reported_failures
 
-    try:
-        # Outside inference mode: the adapter weights must be ordinary tensors, reusable in any later job.
-        with torch.inference_mode(False), offline_hub(), _quiet():
-            pipeline.load_ip_adapter(
-                [str(path.parent) for path in files],
-                subfolder=[""] * len(files),
-                weight_name=[path.name for path in files],
-                image_encoder_folder=None,
-                local_files_only=True,
-            )
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+    def explain(exc: BaseException) -> InvalidInput:
         bad = ", ".join(path.name for path in files)
-        raise InvalidInput(
+        return InvalidInput(
             f"could not load the IP-Adapter {bad}: {type(exc).__name__}: {exc}",
             where=", ".join(str(path) for path in files),
             hint="use the SDXL 'plus' IP-Adapter files for the ViT-H encoder (.safetensors) from "
             "h94/IP-Adapter; a partial download is the usual cause, so download it again",
-        ) from exc
+        )
+
+    failures = (OSError, ValueError, KeyError, RuntimeError, SafetensorError)
+    # Outside inference mode: the adapter weights must be ordinary tensors, reusable in any later job.
+    with reported_failures(explain, failures=failures), torch.inference_mode(False), offline_hub(), _quiet():
+        pipeline.load_ip_adapter(
+            [str(path.parent) for path in files],
+            subfolder=[""] * len(files),
+            weight_name=[path.name for path in files],
+            image_encoder_folder=None,
+            local_files_only=True,
+        )
 
 
 @contextlib.contextmanager
