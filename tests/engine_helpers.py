@@ -321,3 +321,18 @@ def write_tiny_sd1x_checkpoint(family: str, folder: Path, name: str = "") -> tup
     checkpoint = folder / (name or f"tiny_{family}.safetensors")
     save_ldm_checkpoint(tiny_sd1x_pipeline(config_dir), family, checkpoint)
     return checkpoint, config_dir
+
+
+def save_tiny_canny_controlnet(models: Path) -> None:
+    """A tiny random SDXL ControlNet (from tiny-random's UNet) at ``models/controlnet/tiny-canny``."""
+    from diffusers import ControlNetModel, EulerDiscreteScheduler
+
+    from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
+
+    unet = build_tiny_sdxl_pipeline(EulerDiscreteScheduler()).unet
+    torch.manual_seed(7)
+    net = ControlNetModel.from_unet(unet)
+    with torch.no_grad():  # from_unet zero-initialises the output convolutions: wake them up
+        for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            block.weight.normal_(0.0, 0.5)
+    net.save_pretrained(models / "controlnet" / "tiny-canny")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import ControlNetModel, ControlNetUnionModel
+from diffusers import ControlNetUnionModel
 from PIL import Image, ImageDraw
 
 from fooocusd.engine.base import GeneratedImage, ImagePrompt
@@ -21,7 +21,7 @@ from fooocusd.engine.sdxl import SDXLEngine
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
 from fooocusd.errors import InvalidInput
 from tests.daemon_harness import Sandbox
-from tests.engine_helpers import default_request
+from tests.engine_helpers import default_request, save_tiny_canny_controlnet
 
 STEPS = 4
 
@@ -35,13 +35,8 @@ def _reference_image() -> Image.Image:
 def _save_tiny_control_nets(models: Path) -> None:
     from diffusers import EulerDiscreteScheduler
 
+    save_tiny_canny_controlnet(models)
     unet = build_tiny_sdxl_pipeline(EulerDiscreteScheduler()).unet
-    torch.manual_seed(7)
-    net = ControlNetModel.from_unet(unet)
-    with torch.no_grad():  # from_unet zero-initialises the output convolutions: wake them up
-        for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
-            block.weight.normal_(0.0, 0.5)
-    net.save_pretrained(models / "controlnet" / "tiny-canny")
     torch.manual_seed(8)
     # from_unet keeps the union transformer at SDXL's width (320); the tiny UNet's first block is 32 wide.
     union = ControlNetUnionModel.from_config(

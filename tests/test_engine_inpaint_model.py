@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from diffusers import ControlNetModel, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 from PIL import Image, ImageDraw
 
 from fooocusd.engine.base import ImagePrompt
@@ -34,7 +34,7 @@ from fooocusd.engine.sdxl import SDXLEngine
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
 from fooocusd.errors import InvalidInput, ModelNotFound
 from tests.daemon_harness import Sandbox
-from tests.engine_helpers import default_request, save_sgm_checkpoint
+from tests.engine_helpers import default_request, save_sgm_checkpoint, save_tiny_canny_controlnet
 from tests.image_helpers import drawn_scene
 
 STEPS = 2
@@ -84,16 +84,6 @@ def _tiny_config_dir(target: Path) -> Path:
     return target
 
 
-def _save_tiny_canny(models: Path) -> None:
-    unet = build_tiny_sdxl_pipeline(EulerDiscreteScheduler()).unet
-    torch.manual_seed(7)
-    net = ControlNetModel.from_unet(unet)
-    with torch.no_grad():  # from_unet zero-initialises the output convolutions: wake them up
-        for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
-            block.weight.normal_(0.0, 0.5)
-    net.save_pretrained(models / "controlnet" / "tiny-canny")
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
@@ -103,7 +93,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _save_single_file(
         checkpoints / f"{BASE_FILE}.safetensors", build_tiny_sdxl_pipeline(EulerDiscreteScheduler()).unet
     )
-    _save_tiny_canny(root)
+    save_tiny_canny_controlnet(root)
     return root
 
 
