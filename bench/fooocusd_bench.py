@@ -8,12 +8,20 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
 * start to ready: engine load (from the page cache, with hashing) + the first image;
 * latency of one 1024², 30-step image (median of N after a warm-up), Fooocus's refinements
   (sharpness 2, adaptive CFG 7, ADM 1.5/0.8/0.3) on and off, and one 512², 20-step image;
-* throughput of a queue of 4 images (sequential: the worker does not batch jobs yet);
+* throughput of a queue of 4 images through ``generate`` one by one, and of 4 images in one UNet
+  batch (``generate_batch``), eager and under regional torch.compile;
+* the whole daemon (watcher, journal, worker, engine, outbox) on a queue of prompt files
+  (``queue_throughput.py``): steady-state seconds per image with batches of 4 and background
+  writes, eager and compiled (the compiled daemon starts on the compile cache the ``fast`` case
+  filled), and one by one with inline writes, as before batching and overlap;
 * peak memory (``torch.cuda.max_memory_allocated``) resident, and in low-VRAM mode;
 * switching LoRA (first load of a file, and back to an already loaded one) and switching model;
 * prompt-expansion latency (GPT-2 small's shape, random weights);
 * each optimisation on its own against a plain engine (all off): channels_last, fused QKV, fp16
-  instead of bf16, xformers (when importable), regional torch.compile (cold, then warm disk cache).
+  instead of bf16, xformers (when importable), regional torch.compile (cold, then warm disk cache);
+* fp8 UNet weights (``engine.quantize = "fp8"``) against the default engine: the same 3 seeds rendered
+  with and without fp8, latency of both, and how far the decoded images and the final latents move
+  (PSNR, max abs difference). Reports "unsupported" (with the reason) where fp8 cannot run.
 
     python bench/fooocusd_bench.py --device cuda --size full --out DIR      # GPU machine
     python bench/fooocusd_bench.py --device cpu --size tiny --out DIR       # plumbing check on a CPU
@@ -29,6 +37,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -42,6 +51,7 @@ from typing import Any
 
 PROCESS_START = time.perf_counter()
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +133,7 @@ class Bench:
             attention=overrides.pop("attention", "sdpa"),
             acceleration=options,
             config_dir=self.config_dir,
+            batch_size=overrides.pop("batch_size", "auto"),
         )
 
     def request(self, **overrides: Any) -> GenerationRequest:
@@ -291,6 +302,69 @@ class Bench:
             "peak_gib": self.peak_gib(),
         }
 
+    def fp8(self) -> dict[str, Any]:
+        """The same seeds with and without fp8 UNet weights: latency, and how far images and latents move."""
+        seeds = (1, 2, 3)
+        base = replace(AccelerationOptions(vram="high"), layout_on_cpu=self.tiny)
+        variants = (("baseline", base), ("fp8", replace(base, quantize="fp8", quantize_on_cpu=self.tiny)))
+        # fp8 scales from bfloat16 weights; on the CPU (fp32 by default) both renders use bfloat16.
+        dtype = torch.bfloat16 if self.device.type == "cpu" else self.dtype
+        report: dict[str, Any] = {"dtype": str(dtype).removeprefix("torch.")}
+        renders: dict[str, dict[str, list[Any]]] = {}
+        for label, options in variants:
+            self.reset_peak()
+            engine = self.engine(options, dtype=dtype)
+            engine.load()
+            plan = engine.describe()["acceleration"]
+            if label == "fp8" and plan["quantize"] != "fp8":
+                report["unsupported"] = "; ".join(plan["notes"]) or "fp8 was not applied"
+                return report
+            resident = self.resident_gib()
+            renders[label] = self.seeded(engine, seeds)
+            report[label] = {
+                "acceleration": plan,
+                f"latency_{self.big}_{self.steps}_s": _summary(renders[label]["seconds"]),
+                "resident_gib": resident,
+                "peak_gib": self.peak_gib(),
+            }
+            del engine
+            _free()
+        baseline, fp8 = renders["baseline"], renders["fp8"]
+        speedup = statistics.median(baseline["seconds"]) / statistics.median(fp8["seconds"])
+        report["speedup"] = round(speedup, 3)
+        report["image_difference"] = _differences(baseline["images"], fp8["images"], peak=255.0)
+        report["latent_difference"] = _differences(baseline["latents"], fp8["latents"])
+        report["note"] = (
+            "random weights: the differences show fp8 rounding through the sampler's steps, not image "
+            "quality; eager fp8 (no compile) scales every Linear input on the fly"
+        )
+        return report
+
+    def seeded(self, engine: SDXLEngine, seeds: tuple[int, ...]) -> dict[str, Any]:
+        """Warm up, then render each seed once: seconds, decoded pixels (float) and final latents."""
+        engine.generate(self.request(seed=seeds[0] + 100))
+        vae = engine._pipeline.vae  # type: ignore[union-attr]
+        captured: list[torch.Tensor] = []
+        decode = vae.decode
+
+        def capturing_decode(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            captured.append(latents.detach().float().cpu())
+            return decode(latents, *args, **kwargs)
+
+        vae.decode = capturing_decode
+        seconds, images = [], []
+        try:
+            for seed in seeds:
+                self.sync()
+                mark = time.perf_counter()
+                image = engine.generate(self.request(seed=seed)).image
+                self.sync()
+                seconds.append(round(time.perf_counter() - mark, 4))
+                images.append(torch.from_numpy(np.asarray(image, dtype=np.float32)))
+        finally:
+            vae.decode = decode
+        return {"seconds": seconds, "images": images, "latents": captured}
+
     def compiled(self, target: str) -> dict[str, Any]:
         """torch.compile, cold (empty cache folder) and warm (same folder, dynamo forgotten)."""
         cache = self.work / f"compile-cache-{target}"
@@ -300,6 +374,75 @@ class Bench:
         _free()
         warm = self.variant(options)
         return {"cold": cold, "warm_cache": warm}
+
+    def batched(self, options: AccelerationOptions = OFF, size: int = 4) -> dict[str, Any]:
+        """``size`` images in one UNet batch (different seeds and prompts), per image, against one alone."""
+        self.reset_peak()
+        mark = time.perf_counter()
+        engine = self.engine(options, batch_size=size)
+        engine.load()
+        prompts = ("a lighthouse on a rocky coast at dusk", "a red fox in fresh snow", "an old tram, rain")
+        requests = [self.request(seed=10 + i, prompt=prompts[i % len(prompts)]) for i in range(size)]
+        engine.generate_batch(requests)  # warm-up (and compilation, when compiled)
+        self.sync()
+        ready = time.perf_counter() - mark
+        self.timed(engine, self.request(), 1)  # warm-up of the single-image shape
+        alone = self.timed(engine, self.request(), self.args.runs)
+        per_image = []
+        for run in range(self.args.runs):
+            batch = [replace(request, seed=request.seed + 100 * (run + 1)) for request in requests]
+            self.sync()
+            started = time.perf_counter()
+            engine.generate_batch(batch)
+            self.sync()
+            per_image.append(round((time.perf_counter() - started) / size, 4))
+        small = self.request(width=self.small, height=self.small, steps=self.small_steps)
+        self.timed(engine, small, 1)
+        small_s = self.timed(engine, small, self.args.runs)
+        return {
+            "acceleration": engine.describe()["acceleration"],
+            "start_to_ready_s": round(ready, 2),
+            f"latency_{self.big}_{self.steps}_alone_s": _summary(alone),
+            f"batch_of_{size}_s_per_image": _summary(per_image),
+            f"latency_{self.small}_{self.small_steps}_s": _summary(small_s),
+            "peak_gib": self.peak_gib(),
+        }
+
+    def fast(self) -> dict[str, Any]:
+        """Regional compile + channels_last + fused QKV + batches of 4, compiled cold into the cache
+        folder the daemon of the ``queue_compiled`` case reads, so that case starts warm."""
+        options = replace(
+            AccelerationOptions(vram="high", compile="unet", cache_dir=self.queue_cache()),
+            layout_on_cpu=self.tiny,
+        )
+        return self.batched(options)
+
+    def queue_cache(self) -> Path:
+        return self.work / "queue-compiled" / "state" / "cache"
+
+    def queue(self, name: str, **engine_settings: Any) -> dict[str, Any]:
+        """The whole daemon on a queue of one-image prompt files (``queue_throughput.py``)."""
+        from queue_throughput import measure_queue
+
+        work = self.work / name
+        model = "tiny-random" if self.tiny else str(self.location.path)
+        batch = engine_settings.pop("batch_size", 4 if not self.tiny else 2)
+        background = engine_settings.pop("background_writes", True)
+        result = measure_queue(
+            work,
+            model=model,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            jobs=self.args.queue_jobs,
+            width=1024,
+            height=1024,
+            steps=self.steps,
+            settings={
+                "engine": {"batch_size": batch, **engine_settings},
+                "outbox": {"background_writes": background},
+            },
+        )
+        return {"batch_size": batch, "background_writes": background, **engine_settings, **result}
 
     def low_vram(self) -> dict[str, Any]:
         steps = min(self.args.low_vram_steps, self.steps)
@@ -319,11 +462,24 @@ class Bench:
         }
 
     def run(self) -> None:
+        # Most telling first: a GPU session may end before the last cases.
         self.case("setup", self.setup)
         if "setup" not in self.report["cases"] or "error" in self.report["cases"]["setup"]:
             return
         self.case("defaults", self.defaults)
+        self.case(
+            "batch_4",
+            lambda: self.batched(replace(AccelerationOptions(vram="high"), layout_on_cpu=self.tiny)),
+        )
+        self.case("queue", lambda: self.queue("queue"))
+        self.case("fast_compiled_batch_4", self.fast)
+        self.case("queue_compiled", lambda: self.queue("queue-compiled", compile="unet"))
+        self.case("fp8", self.fp8)
         self.case("low_vram", self.low_vram)
+        self.case(
+            "queue_one_by_one_inline",
+            lambda: self.queue("queue-inline", batch_size=1, background_writes=False),
+        )
         self.case("switches", self.switches)
         self.case("expansion", self.expansion)
         self.case("plain", lambda: self.variant(OFF))
@@ -419,6 +575,8 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         if key == "acceleration" and isinstance(value, dict):
             applied = [k for k in ("channels_last", "fuse_qkv") if value.get(k)]
             label = f"vram {value.get('vram')}, vae {value.get('vae_dtype')}, compile {value.get('compile')}"
+            if value.get("quantize", "off") != "off":
+                label += f", {value['quantize']} ({value.get('quantized_layers')} layers)"
             rows.append((prefix + key, ", ".join([label, *applied])))
         elif isinstance(value, dict) and not {"median", "runs"} <= set(value):
             rows.extend(_flatten(value, f"{prefix}{key}."))
@@ -437,6 +595,19 @@ def _cell(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(str(item) for item in value)
     return str(value).replace("|", "/")
+
+
+def _differences(
+    reference: list[torch.Tensor], other: list[torch.Tensor], peak: float | None = None
+) -> dict[str, Any]:
+    """PSNR (dB; peak: 255 for pixels, else the reference's value range) and max abs difference, per seed."""
+    psnr, max_abs = [], []
+    for ref, out in zip(reference, other, strict=True):
+        error = (out - ref).pow(2).mean().item()
+        top = peak if peak is not None else (ref.max() - ref.min()).item()
+        psnr.append(round(10 * math.log10(top**2 / error), 2) if error > 0 else float("inf"))
+        max_abs.append(round((out - ref).abs().max().item(), 4))
+    return {"psnr_db": psnr, "max_abs": max_abs, "min_psnr_db": min(psnr), "worst_max_abs": max(max_abs)}
 
 
 def _summary(runs: list[float]) -> dict[str, Any]:
@@ -489,6 +660,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     parser.add_argument("--runs", type=int, default=3, help="measured runs per latency (median reported)")
     parser.add_argument("--low-vram-steps", type=int, default=10, help="steps of the low-VRAM images")
+    parser.add_argument("--queue-jobs", type=int, default=12, help="prompt files per daemon queue case")
     parser.add_argument("--compile-full", action="store_true", help="also compile the whole UNet (minutes)")
     parser.add_argument("--budget-s", type=float, default=360.0, help="start no case after this many seconds")
     parser.add_argument(

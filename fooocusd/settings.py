@@ -144,6 +144,20 @@ class EngineSettings(_Section):
     vae_upcast: Literal["auto", "always", "never"] = Field(
         "auto", description="VAE in fp32: auto = only for an fp16 pipeline whose VAE needs it."
     )
+    quantize: Literal["off", "fp8", "auto"] = Field(
+        "auto",
+        description="fp8 UNet Linear weights (torchao, CUDA 8.9+); auto = off until fp8 quality is measured.",
+    )
+    batch_size: Literal["auto"] | int = Field(
+        "auto", description="Images per UNet batch, 1..16; auto = 4 on a CUDA GPU in high-VRAM mode, else 1."
+    )
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size_in_range(cls, value: Literal["auto"] | int) -> Literal["auto"] | int:
+        if value != "auto" and not 1 <= value <= 16:
+            raise ValueError("batch_size must be 'auto' or a whole number from 1 to 16")
+        return value
 
 
 class GenerationSettings(_Section):
@@ -206,6 +220,9 @@ class OutboxSettings(_Section):
     umask: int = Field(0o022, ge=0, le=0o777)
     save_control_images: bool = Field(
         False, description="Also save each ControlNet image prompt's preprocessed map beside the image."
+    )
+    background_writes: bool = Field(
+        True, description="Encode and write each image on a background thread while the next one renders."
     )
 
 

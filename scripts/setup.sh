@@ -26,5 +26,6 @@ if ! python -c "import torch, torchvision" 2>/dev/null; then
     # shellcheck disable=SC2086
     python -m pip install --quiet ${FOOOCUSD_TORCH:-"torch<=2.14.1" torchvision}
 fi
-python -m pip install --quiet -e ".[test]"
+# fp8: torchao, so that the fp8 quantisation tests run on the CPU too (engine.quantize).
+python -m pip install --quiet -e ".[test,fp8]"
 echo "$want" > "$STAMP"

@@ -14,12 +14,14 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import save_file
 
 from fooocusd.engine.base import GenerationRequest
 from fooocusd.engine.models import SDXL_CONFIG_DIR
+from fooocusd.engine.sdxl import SDXLEngine
 
 _UNET_RESNET_PARTS = {
     "norm1": "in_layers.0",
@@ -336,3 +338,39 @@ def save_tiny_canny_controlnet(models: Path) -> None:
         for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
             block.weight.normal_(0.0, 0.5)
     net.save_pretrained(models / "controlnet" / "tiny-canny")
+
+
+# -- tiny-random engines with acceleration options ------------------------------------------------
+
+
+def tiny_engine_with(root: Path, dtype: str = "auto", **options: object) -> SDXLEngine:
+    """A loaded tiny-random ``SDXLEngine`` on the CPU with the given ``AccelerationOptions``."""
+    from fooocusd.engine.acceleration import AccelerationOptions
+    from fooocusd.engine.models import TINY_MODEL, ModelLocation
+
+    engine = SDXLEngine(
+        ModelLocation(kind="tiny", name=TINY_MODEL),
+        models_dir=root / "models",
+        hash_cache=root / "hashes.json",
+        device="cpu",
+        dtype=dtype,
+        acceleration=AccelerationOptions(**options),  # type: ignore[arg-type]
+    )
+    engine.load()
+    return engine
+
+
+def pixels_of(engine: SDXLEngine, request: GenerationRequest) -> np.ndarray:
+    """The rendered image as int16 pixels, ready for subtraction."""
+    return np.asarray(engine.generate(request).image).astype(np.int16)
+
+
+def models_root_with_ink_lora(root: Path) -> Path:
+    """``root`` whose loras folder holds the small diffusers-layout LoRA ``ink``."""
+    from fooocusd.engine.model_dirs import ModelDirs
+    from tests import test_engine_loras as lora_files
+
+    loras = ModelDirs.of(root / "models").folders("loras")[0]
+    loras.mkdir(parents=True)
+    lora_files.write_diffusers_lora(loras, "ink", seed=1)
+    return root

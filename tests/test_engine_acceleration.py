@@ -19,43 +19,23 @@ from fooocusd.engine.acceleration import (
     resolve_vram,
     vae_dtype_for,
 )
-from fooocusd.engine.base import GenerationRequest
 from fooocusd.engine.low_vram import StageOffload, small_decode_tiles
-from fooocusd.engine.model_dirs import ModelDirs
-from fooocusd.engine.models import TINY_MODEL, ModelLocation
 from fooocusd.engine.sdxl import SDXLEngine
 from fooocusd.settings import EngineSettings
-from tests import test_engine_loras as lora_files
-from tests.engine_helpers import default_request
+from tests.engine_helpers import default_request, models_root_with_ink_lora, pixels_of, tiny_engine_with
 
 CUDA = torch.device("cuda")  # only ever a label here: nothing is moved to it
 CPU = torch.device("cpu")
 GIB = 2**30
 
 
-def _engine(root: Path, **options: object) -> SDXLEngine:
-    engine = SDXLEngine(
-        ModelLocation(kind="tiny", name=TINY_MODEL),
-        models_dir=root / "models",
-        hash_cache=root / "hashes.json",
-        device="cpu",
-        acceleration=AccelerationOptions(**options),  # type: ignore[arg-type]
-    )
-    engine.load()
-    return engine
-
-
-def _pixels(engine: SDXLEngine, request: GenerationRequest) -> np.ndarray:
-    return np.asarray(engine.generate(request).image).astype(np.int16)
+_engine = tiny_engine_with
+_pixels = pixels_of
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("acceleration")
-    loras = ModelDirs.of(root / "models").folders("loras")[0]
-    loras.mkdir(parents=True)
-    lora_files.write_diffusers_lora(loras, "ink", seed=1)
-    return root
+    return models_root_with_ink_lora(tmp_path_factory.mktemp("acceleration"))
 
 
 @pytest.fixture(scope="module")

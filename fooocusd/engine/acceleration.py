@@ -12,7 +12,13 @@
    copy: ``to_q``/``to_k``/``to_v`` become views into it, so fusing costs no memory. peft injects
    LoRA layers into ``to_q``/``to_k``/``to_v``, which the fused processor bypasses, so the fused
    processors are swapped back out the first time a LoRA is loaded on the pipeline;
-4. compiles the UNet's repeated transformer blocks (``compile = "unet"``, regional compilation) or the
+4. with ``quantize = "fp8"`` on a CUDA GPU of compute capability 8.9+ with torchao installed, gives
+   the UNet's transformer Linear layers fp8 weights and activations (``quantization.py``; LoRAs run
+   beside them in bfloat16). fp8 replaces fused QKV (the LoRAs must find separate projections) and is
+   not combined with low-VRAM mode. Anywhere else it falls back to no quantisation, with a plan note
+   and one warning, never a failed job. ``quantize = "auto"`` is off until fp8's quality on real SDXL
+   weights has been measured (``devices.FP8_QUALITY_MEASURED``);
+5. compiles the UNet's repeated transformer blocks (``compile = "unet"``, regional compilation) or the
    whole UNet (``"unet_full"``) with ``torch.compile``. Shapes are static per aspect-ratio bucket
    (automatic dynamic shapes off, recompile limits raised so that all of Fooocus's 26 buckets at
    batch 1 and 2 stay compiled), unless ``compile_dynamic``. Compiled artefacts are cached under the
@@ -20,8 +26,11 @@
    cache" loaded at start and saved at exit), so a restart does not compile again. A failed
    compilation falls back to eager with a warning instead of failing jobs.
 
-Steps 3 and 4 change numerics within float rounding; step 3 is skipped on the CPU (where it does
-not pay off) unless ``layout_on_cpu``, which tests and the CPU benchmark use.
+Steps 3 and 5 change numerics within float rounding, step 4 within fp8 rounding; steps 3 and 4 are
+skipped on the CPU (where they do not pay off) unless ``layout_on_cpu``/``quantize_on_cpu``, which
+tests and the CPU benchmark use.
+
+Which dtype, VRAM mode and quantisation the hardware supports is decided by ``devices.hardware_plan``.
 """
 
 from __future__ import annotations
@@ -37,12 +46,13 @@ import torch
 from loguru import logger
 from torch import nn
 
+from fooocusd.engine.devices import TORCHAO_MISSING, HardwareFacts, auto_vram, probe_hardware
 from fooocusd.engine.low_vram import StageOffload, install_low_vram, small_decode_tiles
+from fooocusd.engine.quantization import fp8_layer_count, quantize_unet_fp8
 
 if TYPE_CHECKING:
     from fooocusd.settings import EngineSettings
 
-LOW_VRAM_BELOW_BYTES = 10 * 2**30
 RECOMPILE_LIMIT = 256
 """Graphs per code object: 26 aspect buckets × batch 1/2 × the UNet's two block widths, with room."""
 ACCUMULATED_RECOMPILE_LIMIT = 8192
@@ -52,6 +62,7 @@ VRAM_MODES = ("auto", "high", "low")
 COMPILE_TARGETS = ("off", "unet", "unet_full")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 VAE_UPCAST = ("auto", "always", "never")
+QUANTIZE_MODES = ("off", "fp8", "auto")
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,9 @@ class AccelerationOptions:
     """Compiled artefacts go to ``<cache_dir>/torch_compile``; None leaves torch's defaults."""
     layout_on_cpu: bool = False
     """Apply channels_last and fused QKV on the CPU too (tests, the CPU benchmark)."""
+    quantize: str = "off"
+    quantize_on_cpu: bool = False
+    """Apply fp8 on the CPU too, where it is slow: to check its numerics (tests, the CPU benchmark)."""
 
     @classmethod
     def from_settings(cls, engine: EngineSettings, cache_dir: Path | None) -> AccelerationOptions:
@@ -81,6 +95,7 @@ class AccelerationOptions:
             fuse_qkv=engine.fuse_qkv,
             vae_upcast=engine.vae_upcast,
             cache_dir=cache_dir,
+            quantize=engine.quantize,
         )
 
 
@@ -95,6 +110,9 @@ class AccelerationPlan:
     compile: str
     compile_mode: str
     compile_dynamic: bool
+    quantize: str = "off"
+    """"fp8" or "off": what the UNet's transformer Linear layers run in."""
+    quantized_layers: int = 0
     notes: list[str] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
@@ -106,6 +124,8 @@ class AccelerationPlan:
             "compile": self.compile,
             "compile_mode": self.compile_mode if self.compile != "off" else "",
             "compile_dynamic": self.compile_dynamic if self.compile != "off" else False,
+            "quantize": self.quantize,
+            "quantized_layers": self.quantized_layers,
             "notes": list(self.notes),
         }
 
@@ -118,7 +138,7 @@ def resolve_vram(setting: str, device: torch.device, total_memory: int | None = 
         return "high"
     if total_memory is None:
         total_memory = torch.cuda.get_device_properties(device).total_memory
-    return "low" if total_memory < LOW_VRAM_BELOW_BYTES else "high"
+    return auto_vram(device.type, total_memory)
 
 
 def vae_dtype_for(setting: str, dtype: torch.dtype, *, force_upcast: bool) -> torch.dtype:
@@ -138,7 +158,11 @@ def plan_acceleration(
     attention: str = "sdpa",
     vae_force_upcast: bool = False,
     total_memory: int | None = None,
+    hardware: HardwareFacts | None = None,
 ) -> AccelerationPlan:
+    """What to apply on ``device``; ``hardware`` (read from torch when None) decides what it supports."""
+    if hardware is not None and total_memory is None:
+        total_memory = hardware.total_memory
     vram = resolve_vram(options.vram, device, total_memory)
     layout_pays = device.type == "cuda" or options.layout_on_cpu
     plan = AccelerationPlan(
@@ -159,7 +183,45 @@ def plan_acceleration(
     if plan.compile != "off" and vram == "low":
         plan.compile = "off"
         plan.notes.append("compile off: not combined with low-VRAM mode's layer streaming")
+    plan.quantize, quantize_note = resolve_quantize(options, device, dtype, vram, hardware)
+    if quantize_note:
+        plan.notes.append(quantize_note)
+    if plan.quantize == "fp8" and plan.fuse_qkv:
+        plan.fuse_qkv = False
+        plan.notes.append("fuse_qkv off: fp8 quantises the separate projections, where LoRAs attach")
     return plan
+
+
+def resolve_quantize(
+    options: AccelerationOptions,
+    device: torch.device,
+    dtype: torch.dtype,
+    vram: str,
+    hardware: HardwareFacts | None = None,
+) -> tuple[str, str]:
+    """``quantize`` → ("fp8" or "off", a note saying why fp8 was asked for and is not used, or "")."""
+    if options.quantize == "off":
+        return "off", ""
+    facts = hardware or probe_hardware(device)
+    plan = facts.plan()
+    if options.quantize == "auto" and not plan.fp8:
+        return "off", ""
+    if options.quantize == "auto" and plan.quantize_auto != "fp8":
+        return "off", (
+            "quantize auto = off: fp8's quality on real SDXL weights is not measured yet; "
+            'quantize = "fp8" turns it on'
+        )
+    unsupported = plan.fp8_unsupported
+    if device.type == "cpu" and options.quantize_on_cpu:
+        unsupported = "" if facts.torchao_available else TORCHAO_MISSING
+    if unsupported:
+        return "off", f"quantize off: {unsupported}"
+    if dtype != torch.bfloat16:
+        name = str(dtype).removeprefix("torch.")
+        return "off", f'quantize off: fp8 weights need engine.dtype = "bfloat16" (or auto), not {name}'
+    if vram == "low":
+        return "off", "quantize off: not combined with low-VRAM mode's layer streaming"
+    return "fp8", ""
 
 
 class Accelerator:
@@ -197,6 +259,10 @@ class Accelerator:
         if plan.fuse_qkv:
             fuse_qkv(pipeline.unet)
             unfuse_before_loras(pipeline)
+        if plan.quantize == "fp8":
+            apply_fp8(pipeline.unet, plan)
+        if self.options.quantize == "fp8" and plan.quantize == "off":
+            warn_once(plan.notes)
         self.offload = install_low_vram(pipeline, self.device) if plan.vram == "low" else None
         if plan.compile != "off":
             plan.compile = compile_unet(
@@ -217,6 +283,37 @@ class Accelerator:
 
     def record(self) -> dict[str, Any]:
         return self.plan.record() if self.plan is not None else {}
+
+
+# -- fp8 -------------------------------------------------------------------------------------------
+
+_warned: set[str] = set()
+
+
+def apply_fp8(unet: Any, plan: AccelerationPlan) -> None:
+    """fp8 transformer Linears on ``unet``; a failure leaves the UNet usable and says so in the plan."""
+    try:
+        result = quantize_unet_fp8(unet)
+    except (ImportError, RuntimeError, AssertionError, ValueError) as exc:
+        plan.quantized_layers = fp8_layer_count(unet)
+        plan.quantize = "fp8" if plan.quantized_layers else "off"
+        plan.notes.append(f"quantize failed, bfloat16 kept: {type(exc).__name__}: {exc}"[:300])
+        return
+    plan.quantized_layers = result.layers
+    logger.info(
+        "fp8 weights on {} UNet layers ({:.2f} GiB saved; {} left in bfloat16)",
+        result.layers,
+        result.bytes_saved / 2**30,
+        len(result.skipped),
+    )
+
+
+def warn_once(notes: list[str]) -> None:
+    """Log each quantisation fallback once per process (every model load would repeat it)."""
+    for note in notes:
+        if note.startswith("quantize") and note not in _warned:
+            _warned.add(note)
+            logger.warning('engine.quantize = "fp8" is not used: {}', note.removeprefix("quantize off: "))
 
 
 # -- fused QKV -----------------------------------------------------------------------------------

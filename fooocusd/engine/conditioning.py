@@ -44,8 +44,8 @@ from fooocusd.errors import InvalidInput
 class PromptEmbeddings:
     """One side (positive or negative) of the text conditioning."""
 
-    tokens: torch.Tensor  # (1, 77 · blocks, width of CLIP-L + CLIP-G); a long workload takes several
-    pooled: torch.Tensor  # (1, CLIP-G projection width), from the first workload
+    tokens: torch.Tensor  # (images, 77 · blocks, width of CLIP-L + CLIP-G); a long workload takes several
+    pooled: torch.Tensor  # (images, CLIP-G projection width), from the first workload
 
     @property
     def workloads(self) -> int:
@@ -54,7 +54,7 @@ class PromptEmbeddings:
 
 @dataclass(frozen=True)
 class AdmTimeIds:
-    """SDXL added time ids, each of shape (1, 6)."""
+    """SDXL added time ids, each of shape (images, 6)."""
 
     emphasized_positive: torch.Tensor
     emphasized_negative: torch.Tensor
@@ -227,3 +227,39 @@ def match_sequence_lengths(first: torch.Tensor, second: torch.Tensor) -> tuple[t
         return first, second
     common = math.lcm(first_length, second_length)
     return first.repeat(1, common // first_length, 1), second.repeat(1, common // second_length, 1)
+
+
+def stack_conditionings(items: Sequence[Conditioning]) -> Conditioning:
+    """The conditionings of N images as one batch of N rows per side, for one denoising run.
+
+    Token sequences (positive and negative of every image) are tiled to their common least
+    multiple length, which changes nothing but the shapes (see ``match_sequence_lengths``); the
+    ADM ids are the first image's, repeated: a batch shares its size and scalers.
+    """
+    if not items:
+        raise ValueError("stack_conditionings needs at least one conditioning")
+    if len(items) == 1:
+        return items[0]
+    if len({item.negative is None for item in items}) != 1:
+        raise ValueError("a batch must use CFG for every image or for none")
+    sides = [item.positive for item in items] + [item.negative for item in items if item.negative is not None]
+    common = math.lcm(*(side.tokens.shape[1] for side in sides))
+
+    def stacked(embeddings: Sequence[PromptEmbeddings]) -> PromptEmbeddings:
+        return PromptEmbeddings(
+            tokens=torch.cat([e.tokens.repeat(1, common // e.tokens.shape[1], 1) for e in embeddings]),
+            pooled=torch.cat([e.pooled for e in embeddings]),
+        )
+
+    negatives = [item.negative for item in items if item.negative is not None]
+    ids = items[0].time_ids
+    rows = len(items)
+    return Conditioning(
+        positive=stacked([item.positive for item in items]),
+        negative=stacked(negatives) if negatives else None,
+        time_ids=AdmTimeIds(
+            emphasized_positive=ids.emphasized_positive.repeat(rows, 1),
+            emphasized_negative=ids.emphasized_negative.repeat(rows, 1),
+            consistent=ids.consistent.repeat(rows, 1),
+        ),
+    )

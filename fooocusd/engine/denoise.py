@@ -6,6 +6,11 @@ the same latents. Per step: one UNet call on the batch (uncond, cond) — or (co
 Fooocus's shortcut, which then also skips sharpness — then the scheduler's ``step`` with the
 seeded generator.
 
+Batches: ``latents`` may hold N images (``conditioning`` then has N rows per side, see
+``conditioning.stack_conditionings``); the UNet sees 2N rows (N uncond, then N cond) and every
+guidance operation works per image. ``generator`` is then a list of N per-image generators, which
+diffusers' ``randn_tensor`` draws from row by row, so each image's per-step noise is its own seed's.
+
 Step-dependent numbers (progress p, α, the ADM switch, σ) are computed on the host from one copy
 of the timesteps made before the loop, so the loop adds no host–device syncs of its own.
 """
@@ -30,6 +35,8 @@ from fooocusd.engine.guidance import (
     sharpen_noise_prediction,
     sharpness_weight,
 )
+from fooocusd.engine.host_schedule import HostSchedule
+from fooocusd.engine.step_noise import noise_pinned_step
 from fooocusd.errors import Interrupted, InvalidInput
 
 NoisePredictor = Callable[
@@ -164,7 +171,7 @@ def denoise(
     conditioning: Conditioning,
     settings: GuidanceSettings,
     *,
-    generator: torch.Generator,
+    generator: torch.Generator | list[torch.Generator],
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     start_index: int = 0,
@@ -177,8 +184,9 @@ def denoise(
     """
     use_cfg = settings.uses_cfg and conditioning.negative is not None
     batch = _UNetBatch.build(conditioning, use_cfg)
-    timesteps = scheduler.timesteps
-    host_timesteps = [float(t) for t in timesteps.tolist()]  # the loop's only device→host copy
+    schedule = HostSchedule.take(scheduler)  # the loop's only device→host copy; the scheduler runs on the CPU
+    timesteps, host_timesteps = schedule.device_timesteps, schedule.values
+    step = noise_pinned_step(scheduler)
     sharpening = use_cfg and settings.sharpness > 0.0
     sigmas = noise_levels(scheduler.alphas_cumprod, host_timesteps) if sharpening else []
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
@@ -190,7 +198,7 @@ def denoise(
     for index, timestep in enumerate(timesteps[start_index:], start=start_index):
         now = host_timesteps[index]
         model_input = torch.cat([latents] * 2) if use_cfg else latents
-        model_input = scheduler.scale_model_input(model_input, timestep)
+        model_input = scheduler.scale_model_input(model_input, schedule.host_timesteps[index])
         time_ids = (
             batch.emphasized_ids if uses_emphasized_adm(now, settings.adm_end) else batch.consistent_ids
         )
@@ -201,13 +209,13 @@ def denoise(
             if sharpening:
                 cond = _sharpen(
                     cond,
-                    model_input[1:],
+                    model_input.chunk(2)[1],  # the cond rows (one per image)
                     sigmas[index],
                     sharpness_weight(settings.sharpness, p),
                     prediction_type,
                 )
             output = guided_noise_prediction(uncond, cond, settings.cfg, settings.adaptive_cfg, p)
-        latents = scheduler.step(output, timestep, latents, **step_options, return_dict=False)[0]
+        latents = step(output, schedule.host_timesteps[index], latents, **step_options, return_dict=False)[0]
         if blend is not None:
             latents = blend(latents, index + 1)
         _after_step(index + 1 - start_index, total, progress, should_stop)

@@ -1,16 +1,136 @@
-"""Torch devices and dtypes: reading ``engine.device``/``engine.dtype``, freeing and syncing memory."""
+"""Torch devices and dtypes: reading ``engine.device``/``engine.dtype``, freeing and syncing memory.
+
+What the hardware can run fast is decided in one pure function, ``hardware_plan``, from the
+device's facts (CUDA compute capability, memory, whether torchao is installed); ``probe_hardware``
+reads those facts from torch. The ``auto`` values of ``engine.dtype``, ``engine.vram`` and
+``engine.quantize`` all come from it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.metadata
+import importlib.util
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from fooocusd.errors import ConfigError
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+Capability = tuple[int, int]
+BF16_FROM: Capability = (8, 0)
+"""Ampere: bfloat16 tensor cores. Older CUDA GPUs get float16 (with an fp32 SDXL VAE)."""
+FP8_FROM: Capability = (8, 9)
+"""Ada Lovelace and Hopper: float8 tensor cores (``torch._scaled_mm``)."""
+LOW_VRAM_BELOW_BYTES = 10 * 2**30
+"""``engine.vram = "auto"`` streams the UNet on CUDA GPUs with less memory than this."""
+TORCHAO_MIN_VERSION = (0, 18)
+TORCHAO_MISSING = "fp8 weights need torchao 0.18 or newer: pip install 'fooocusd[fp8]'"
+FP8_QUALITY_MEASURED = False
+"""``quantize = "auto"`` turns fp8 on only once its quality on real SDXL weights has been measured."""
+
+
+@dataclass(frozen=True)
+class HardwarePlan:
+    """What the ``auto`` settings become on one device, and whether fp8 weights can run there."""
+
+    dtype: torch.dtype
+    vram: str
+    fp8_unsupported: str
+    """Why fp8 cannot run here, in plain words; empty when it can."""
+    quantize_auto: str
+    """What ``engine.quantize = "auto"`` becomes: "off" or "fp8"."""
+
+    @property
+    def fp8(self) -> bool:
+        return not self.fp8_unsupported
+
+
+def hardware_plan(
+    capability: Capability | None,
+    total_memory: int | None,
+    torchao_available: bool,
+    *,
+    device_type: str | None = None,
+) -> HardwarePlan:
+    """The fast defaults for a device; ``capability`` None means no CUDA GPU (``device_type`` cpu or mps)."""
+    kind = device_type or ("cuda" if capability is not None else "cpu")
+    if kind == "cuda" and capability is not None:
+        dtype = torch.bfloat16 if capability >= BF16_FROM else torch.float16
+    elif kind == "mps":
+        dtype = torch.float16
+    else:
+        dtype = torch.float32
+    vram = auto_vram(kind, total_memory)
+    fp8_unsupported = _fp8_unsupported(kind, capability, torchao_available)
+    quantize_auto = "fp8" if not fp8_unsupported and FP8_QUALITY_MEASURED else "off"
+    return HardwarePlan(dtype=dtype, vram=vram, fp8_unsupported=fp8_unsupported, quantize_auto=quantize_auto)
+
+
+def auto_vram(device_type: str, total_memory: int | None) -> str:
+    """``engine.vram = "auto"``: "low" on a CUDA GPU with less than 10 GiB, else "high"."""
+    small = total_memory is not None and total_memory < LOW_VRAM_BELOW_BYTES
+    return "low" if device_type == "cuda" and small else "high"
+
+
+def _fp8_unsupported(kind: str, capability: Capability | None, torchao_available: bool) -> str:
+    if kind != "cuda" or capability is None:
+        return f"fp8 weights need an NVIDIA GPU (Ada or Hopper); this device is {kind}"
+    if capability < FP8_FROM:
+        major, minor = capability
+        return (
+            f"fp8 weights need CUDA compute capability 8.9 or newer (RTX 40xx, L4, L40, H100); "
+            f"this GPU has {major}.{minor}"
+        )
+    if not torchao_available:
+        return TORCHAO_MISSING
+    return ""
+
+
+@dataclass(frozen=True)
+class HardwareFacts:
+    """What ``hardware_plan`` is decided from, as read from torch for one device."""
+
+    device_type: str
+    capability: Capability | None
+    total_memory: int | None
+    torchao_available: bool
+
+    def plan(self) -> HardwarePlan:
+        return hardware_plan(
+            self.capability, self.total_memory, self.torchao_available, device_type=self.device_type
+        )
+
+
+def probe_hardware(device: torch.device) -> HardwareFacts:
+    """The facts of ``device``; imports nothing heavy (torchao is looked up, not imported)."""
+    if device.type != "cuda":
+        return HardwareFacts(device.type, None, None, torchao_available())
+    properties = torch.cuda.get_device_properties(device)
+    return HardwareFacts(
+        "cuda", (properties.major, properties.minor), properties.total_memory, torchao_available()
+    )
+
+
+def torchao_available() -> bool:
+    """Whether torchao (the ``fp8`` extra) is installed in a version fooocusd's fp8 path was written for."""
+    if importlib.util.find_spec("torchao") is None:
+        return False
+    try:
+        version = importlib.metadata.version("torchao")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return _version_tuple(version) >= TORCHAO_MIN_VERSION
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """``"0.18.0+cu126"`` → ``(0, 18)``; an unreadable version → ``()`` (treated as too old)."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else ()
 
 
 def pick_device(setting: str) -> torch.device:
@@ -60,7 +180,7 @@ def pick_device(setting: str) -> torch.device:
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     """``engine.dtype`` → a torch dtype.
 
-    ``auto``: bf16 on Ampere or newer CUDA, fp16 on older CUDA and on MPS, fp32 on CPU.
+    ``auto`` (``hardware_plan``): bf16 on Ampere or newer CUDA, fp16 on older CUDA and on MPS, fp32 on CPU.
     """
     if setting != "auto":
         if setting not in DTYPES:
@@ -70,12 +190,8 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
                 hint=f"use auto or one of {', '.join(DTYPES)}",
             )
         return DTYPES[setting]
-    if device.type == "cuda":
-        major, _minor = torch.cuda.get_device_capability(device)
-        return torch.bfloat16 if major >= 8 else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
+    capability = tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None
+    return hardware_plan(capability, None, False, device_type=device.type).dtype  # type: ignore[arg-type]
 
 
 def dtype_name(dtype: torch.dtype) -> str:

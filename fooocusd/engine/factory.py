@@ -40,4 +40,5 @@ def create_engine(
         configured_model=engine_settings.model,
         allow_unsafe_pickle=allow_pickle,
         controlnet=ControlNetConfig.from_settings(controlnet or ControlNetSettings()),
+        batch_size=engine_settings.batch_size,
     )

@@ -93,7 +93,14 @@ class JobComponents:
         width, height = size
         tokens = conditioning.positive.tokens
         time_ids = RefinerTimeIds.for_size(height, width, dtype=tokens.dtype, device=tokens.device)
-        return switching_noise_predictor(base, self._refiner, first, time_ids, first_call_index=start_index)
+        return switching_noise_predictor(
+            base,
+            self._refiner,
+            first,
+            time_ids,
+            first_call_index=start_index,
+            cfg=conditioning.negative is not None,
+        )
 
     def record(self, request: GenerationRequest) -> dict[str, Any]:
         """``loras``, ``refiner`` and ``vae`` facts for ``GeneratedImage.extra``."""

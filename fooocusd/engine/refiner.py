@@ -129,9 +129,17 @@ class RefinerTimeIds:
 
         return cls(negative=ids(NEGATIVE_AESTHETIC_SCORE), positive=ids(POSITIVE_AESTHETIC_SCORE))
 
-    def batch(self, size: int) -> torch.Tensor:
-        # The loop batches (negative, positive) under CFG and the positive side alone without it.
-        return torch.cat([self.negative, self.positive]) if size == 2 else self.positive
+    def batch(self, size: int, cfg: bool | None = None) -> torch.Tensor:
+        """Ids for ``size`` UNet rows: (negatives, positives) under CFG, positives alone without.
+
+        ``cfg`` None reads a size of 2 as one image under CFG (the single-image loop).
+        """
+        if cfg is None:
+            cfg = size == 2
+        if not cfg:
+            return self.positive.repeat(size, 1)
+        images = size // 2
+        return torch.cat([self.negative.repeat(images, 1), self.positive.repeat(images, 1)])
 
 
 def switching_noise_predictor(
@@ -141,10 +149,12 @@ def switching_noise_predictor(
     time_ids: RefinerTimeIds,
     *,
     first_call_index: int = 0,
+    cfg: bool | None = None,
 ) -> NoisePredictor:
     """``base`` before model call ``first_refiner_call`` of the full schedule, the refiner from it on.
 
-    ``first_call_index`` is the schedule position of the first call (img2img starts part-way in).
+    ``first_call_index`` is the schedule position of the first call (img2img starts part-way in);
+    ``cfg`` says whether the loop batches negatives with positives (None: only for a single image).
     """
     refine = unet_noise_predictor(refiner.unet)
     clip_g_only = refiner.attends_to_clip_g_only
@@ -166,7 +176,7 @@ def switching_noise_predictor(
         if clip_g_only:
             # The base's tokens are [CLIP-L | CLIP-G] side by side; the refiner reads CLIP-G alone.
             return refine(
-                model_input, timestep, tokens[..., -width:], pooled, time_ids.batch(model_input.shape[0])
+                model_input, timestep, tokens[..., -width:], pooled, time_ids.batch(model_input.shape[0], cfg)
             )
         return refine(model_input, timestep, tokens, pooled, base_time_ids)
 

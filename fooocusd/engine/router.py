@@ -7,6 +7,9 @@ non-checkpoints such as a LoRA named as the model are refused there with the rea
 needs the other family, the resident model is dropped and its memory freed *before* the next
 one loads.
 
+Batching (``batching.py``): SDXL requests get the SDXL engine's batch keys (family included);
+SD 1.x/2.x requests get None and render one at a time, so ``batch_limit`` is the SDXL engine's.
+
 A model that cannot be loaded is ``ModelNotFound`` (a configuration error) when it is the
 configured ``engine.model``, and ``InvalidInput`` (the job fails, the daemon goes on) when only a
 job names it.
@@ -14,14 +17,17 @@ job names it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fooocusd.engine.base import GeneratedImage, GenerationRequest, ProgressCallback, StopCheck
+from fooocusd.engine.batching import BatchKey, render_alone_reason, require_shared_key
 from fooocusd.engine.families import FamilyInfo, detect_family
 from fooocusd.engine.models import ModelLocation, job_model_errors
 from fooocusd.engine.request_checks import validate_request
 from fooocusd.engine.sd1x import SD1X_CONFIG_DIRS, SD1X_FAMILIES, SD1xEngine
 from fooocusd.engine.sdxl import SDXLEngine
+from fooocusd.errors import FooocusdError
 
 _SDXL = FamilyInfo("sdxl", "epsilon", 1024, reason="built-in tiny-random")
 
@@ -59,6 +65,32 @@ class FamilyRouter(SDXLEngine):
                 return self._activate_sd1x(target, info).generate(request, progress, should_stop)
             self._drop_sd1x()
         return super().generate(request, progress, should_stop)
+
+    def batch_key(self, request: GenerationRequest) -> BatchKey | None:
+        """The SDXL engine's key (with the family) for an SDXL model; None for SD 1.x/2.x (rendered alone)."""
+        if render_alone_reason(request) is not None:
+            return None
+        try:
+            target = self._target_location(request.model)
+            family = self._family_of(target).family
+        except (FooocusdError, OSError):
+            return None  # generate reports the unusable model for this request alone
+        if family in SD1X_FAMILIES:
+            return None
+        return self._key_for(request, target, family=family)
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> list[GeneratedImage]:
+        requests = list(requests)
+        if len(requests) <= 1:
+            return [self.generate(request, progress, should_stop) for request in requests]
+        require_shared_key(requests, [self.batch_key(request) for request in requests])
+        self._drop_sd1x()  # equal keys: every request is an SDXL one
+        return self._render(requests, progress, should_stop)
 
     def describe(self) -> dict[str, Any]:
         if self._sd1x is not None:

@@ -105,12 +105,12 @@ class SeededDPMSolverSDEScheduler(DPMSolverSDEScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
         s_noise: float = 1.0,
     ) -> Any:
         if self.noise_sampler is None and self.noise_sampler_seed is None and generator is not None:
-            self.noise_sampler_seed = int(torch.randint(0, _SEED_RANGE, (1,), generator=generator).item())
+            self.noise_sampler_seed = _tree_seed(generator)
         with warnings.catch_warnings():
             # torchsde notes float rounding at the tree's lower end (σmin as float32 vs float64); harmless.
             warnings.filterwarnings("ignore", message="Should have ta>=t0", category=UserWarning)
@@ -120,6 +120,15 @@ class SeededDPMSolverSDEScheduler(DPMSolverSDEScheduler):
         super().set_timesteps(*args, **kwargs)
         # set_timesteps drops the tree; the next run draws its tree seed from its own generator.
         self.noise_sampler_seed = self.config.noise_sampler_seed
+
+
+def _tree_seed(generator: torch.Generator | list[torch.Generator]) -> int | list[int]:
+    """The Brownian tree's seed: one per image for a batch (diffusers then grows one tree per row,
+    each the same as that image's own tree alone), one number for a single generator."""
+    if isinstance(generator, list):
+        seeds = [_tree_seed(one) for one in generator]
+        return seeds[0] if len(seeds) == 1 else seeds  # type: ignore[return-value]
+    return int(torch.randint(0, _SEED_RANGE, (1,), generator=generator).item())
 
 
 LOCAL_SCHEDULER_CLASSES: dict[str, type] = {

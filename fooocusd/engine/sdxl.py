@@ -11,12 +11,21 @@ resident at a time).
 Denoising runs our own loop (``denoise.py``) with Fooocus's sharpness, adaptive CFG and ADM
 scaling; each prompt line is encoded as its own workload (``conditioning.py``). With those
 refinements off the loop reproduces ``StableDiffusionXLPipeline.__call__`` exactly.
+
+Batches (``batching.py``): ``generate_batch`` renders several requests with one batch key in one
+denoising run, each image with its own prompts, seed and per-step noise, and returns the same pixels
+as ``generate`` would for each (within float rounding of the wider UNet batch). ``generate(r)`` is
+``generate_batch([r])[0]``: both share one code path. The VAE decodes image by image: at SDXL sizes a
+decode is compute-bound per image, so batching it saves little and would multiply its peak memory
+(several GiB per 1024² image) by the batch size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +33,23 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
-from fooocusd.engine.acceleration import AccelerationOptions, Accelerator
+from fooocusd.engine.acceleration import AccelerationOptions, Accelerator, resolve_vram
 from fooocusd.engine.base import GeneratedImage, GenerationRequest, ProgressCallback, StopCheck
+from fooocusd.engine.batching import (
+    BatchKey,
+    prompt_block_counts,
+    render_alone_reason,
+    request_batch_key,
+    require_shared_key,
+    resolve_batch_size,
+    sequence_class,
+)
 from fooocusd.engine.conditioning import (
     Conditioning,
     adm_time_ids,
     encode_workloads,
     prompt_workloads,
+    stack_conditionings,
 )
 from fooocusd.engine.controlnet.models import ControlNetConfig
 from fooocusd.engine.decode import at_requested_size, decode_latents
@@ -70,7 +89,7 @@ from fooocusd.engine.render_record import (
 from fooocusd.engine.request_checks import validate_request
 from fooocusd.engine.samplers import SchedulerChoice, build_scheduler
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline, tiny_render_size
-from fooocusd.errors import Interrupted
+from fooocusd.errors import FooocusdError, Interrupted
 
 
 class SDXLEngine:
@@ -90,8 +109,10 @@ class SDXLEngine:
         configured_model: str = "",
         allow_unsafe_pickle: bool = False,
         controlnet: ControlNetConfig | None = None,
+        batch_size: str | int = "auto",
     ) -> None:
         self._allow_unsafe_pickle = allow_unsafe_pickle
+        self._batch_size = batch_size
         self._location = location
         self._default_location = location
         self._configured_model = configured_model
@@ -129,17 +150,48 @@ class SDXLEngine:
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> GeneratedImage:
-        validate_request(request)
-        if should_stop is not None and should_stop():
-            raise Interrupted("stopped before the first step because shutdown was requested")
-        started = time.perf_counter()
-        with out_of_memory_retryable(request, self.free_memory):
-            self._switch_model_for(request.model)
-            # LoRAs, VAE and refiner for this image; outside inference mode, as adapters are injected.
-            self._components.prepare(
-                self._pipeline, request, base=self._location, device=self._device, dtype=self._dtype
-            )
-            return self._generate(request, progress, should_stop, started)
+        return self._render([request], progress, should_stop)[0]
+
+    # -- batching (batching.py) ----------------------------------------------------------------
+
+    def batch_limit(self) -> int:
+        """Images per batch: ``engine.batch_size`` ("auto": 4 on CUDA in high-VRAM mode); low-VRAM: 1."""
+        plan = self._accelerator.plan
+        vram = plan.vram if plan is not None else resolve_vram(self._accelerator.options.vram, self._device)
+        return resolve_batch_size(self._batch_size, device=self._device, vram=vram)
+
+    def batch_key(self, request: GenerationRequest) -> BatchKey | None:
+        """Equal keys may share a batch; None: render alone (image actions, image prompts, refiner)."""
+        if render_alone_reason(request) is not None:
+            return None
+        try:
+            target = self._target_location(request.model)
+        except FooocusdError:
+            return None  # generate reports the unusable model for this request alone
+        return self._key_for(request, target, family="sdxl")
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> list[GeneratedImage]:
+        """One image per request, in order, from one denoising run. ``ValueError`` when the requests'
+        batch keys differ (naming the field); ``OutOfMemory`` as ``generate`` (retry them singly)."""
+        requests = list(requests)
+        if len(requests) > 1:
+            require_shared_key(requests, [self.batch_key(request) for request in requests])
+        return self._render(requests, progress, should_stop) if requests else []
+
+    def _key_for(self, request: GenerationRequest, target: ModelLocation, *, family: str) -> BatchKey | None:
+        block_counts = prompt_block_counts(request, with_negative=request.cfg > 1.0)
+        return request_batch_key(
+            request,
+            family=family,
+            model=target,
+            render_size=_render_size_on(target, request),
+            sequence_class=sequence_class(block_counts),
+        )
 
     def unload(self) -> None:
         """Drop the resident pipeline and its add-ons (LoRAs, VAE, refiner, embeddings, ControlNets)."""
@@ -229,24 +281,46 @@ class SDXLEngine:
 
     # -- generation ----------------------------------------------------------------------------
 
+    def _render(
+        self,
+        requests: list[GenerationRequest],
+        progress: ProgressCallback | None,
+        should_stop: StopCheck | None,
+    ) -> list[GeneratedImage]:
+        """The one code path of ``generate`` and ``generate_batch``: ``requests`` share a batch key
+        (checked by the caller) or are a single request of any kind."""
+        for request in requests:
+            validate_request(request)
+        if should_stop is not None and should_stop():
+            raise Interrupted("stopped before the first step because shutdown was requested")
+        started = time.perf_counter()
+        first = requests[0]
+        with out_of_memory_retryable(first, self.free_memory):
+            self._switch_model_for(first.model)
+            # LoRAs, VAE and refiner (shared by the batch); outside inference mode, as adapters are injected.
+            self._components.prepare(
+                self._pipeline, first, base=self._location, device=self._device, dtype=self._dtype
+            )
+            return self._generate(requests, progress, should_stop, started)
+
     def _generate(
         self,
-        request: GenerationRequest,
+        requests: list[GenerationRequest],
         progress: ProgressCallback | None,
         should_stop: StopCheck | None,
         started: float,
-    ) -> GeneratedImage:
+    ) -> list[GeneratedImage]:
         pipeline = self._pipeline
         assert pipeline is not None
+        request = requests[0]  # what the batch shares: the key guarantees it is the same for all
+        count = len(requests)
         choice = build_scheduler(request.sampler, request.scheduler, self._base_scheduler_config)
         pipeline.scheduler = choice.scheduler
         width, height = self._render_size(request)
-        timings: dict[str, float] = {}
-        if self._unreported_load_seconds is not None:
-            timings["load"] = self._unreported_load_seconds
-            self._unreported_load_seconds = None
+        load_seconds = self._unreported_load_seconds
+        self._unreported_load_seconds = None
 
-        positive_workloads, negative_workloads = prompt_workloads(request)
+        workloads = [prompt_workloads(each) for each in requests]
         settings = GuidanceSettings(
             cfg=request.cfg,
             sharpness=request.sharpness,
@@ -254,28 +328,32 @@ class SDXLEngine:
             adm_end=request.adm_scaler_end,
         )
         with torch.inference_mode(), self._thread_policy():
-            mark = time.perf_counter()
-            conditioning = self._encode(
-                pipeline, request, positive_workloads, negative_workloads if settings.uses_cfg else None
-            )
-            timings["encode"] = time.perf_counter() - mark
+            encoded = [
+                self._encode_timed(pipeline, each, *workloads[i], settings) for i, each in enumerate(requests)
+            ]
+            conditioning = stack_conditionings([each.conditioning for each in encoded])
 
             mark = time.perf_counter()
-            # Seeded on the CPU so that a seed gives the same image on every device.
-            generator = torch.Generator(device="cpu").manual_seed(request.seed)
+            # Seeded on the CPU so that a seed gives the same image on every device; one per image.
+            generators = [torch.Generator(device="cpu").manual_seed(each.seed) for each in requests]
             scheduler = choice.scheduler
             task = request.image_task
-            start = start_for(
-                pipeline,
-                scheduler,
-                task,
-                request.steps,
-                (width, height),
-                seed=request.seed,
-                generator=generator,
-                device=self._device,
-                dtype=conditioning.positive.tokens.dtype,
-            )
+            starts = [
+                start_for(
+                    pipeline,
+                    scheduler,
+                    each.image_task,
+                    each.steps,
+                    (width, height),
+                    seed=each.seed,
+                    generator=generator,
+                    device=self._device,
+                    dtype=conditioning.positive.tokens.dtype,
+                )
+                for each, generator in zip(requests, generators, strict=True)
+            ]
+            start = starts[0]  # image tasks (start part-way, blend) render alone
+            latents = torch.cat([each.latents for each in starts]) if count > 1 else start.latents
             # An SDXL inpainting model renders instead of the base UNet (inpaint_model.py).
             inpainting = self._inpaint_models.start(
                 pipeline,
@@ -307,10 +385,10 @@ class SDXLEngine:
                         extras=image_prompts.extras,
                     ),
                     scheduler,
-                    start.latents,
+                    latents,
                     conditioning,
                     settings,
-                    generator=generator,
+                    generator=generators[0] if count == 1 else generators,
                     progress=progress,
                     should_stop=should_stop,
                     start_index=start.start_index,
@@ -318,29 +396,65 @@ class SDXLEngine:
                     blend=start.blend if inpainting is None else None,
                 )
             synchronize(self._device)
-            timings["denoise"] = time.perf_counter() - mark
+            denoise_seconds = time.perf_counter() - mark
 
-            mark = time.perf_counter()
-            with (
-                vae_tiling(pipeline.vae, task is not None and task.tiled_vae),
-                self._accelerator.decode_context(pipeline.vae),
-            ):
-                image = decode_latents(pipeline, latents, latent_statistics=True)
-            image = at_requested_size(image, request)
-            timings["decode"] = time.perf_counter() - mark
-        timings["total"] = time.perf_counter() - started + timings.get("load", 0.0)
-        result = self._result(request, image, choice, timings)
-        result.extra.update(
-            guidance_record(
-                request, settings, positive_workloads, negative_workloads, adm=sdxl_adm_record(request)
+            tiled = task is not None and task.tiled_vae
+            decoded = [
+                self._decode_timed(pipeline, latents[i : i + 1], each, tiled)
+                for i, each in enumerate(requests)
+            ]
+        shared_seconds = (time.perf_counter() - started) / count
+        results: list[GeneratedImage] = []
+        for index, each in enumerate(requests):
+            image, decode_seconds = decoded[index]
+            timings = {
+                **({"load": load_seconds} if index == 0 and load_seconds is not None else {}),
+                "encode": encoded[index].seconds,
+                "denoise": denoise_seconds / count,  # the shared run, split evenly
+                "decode": decode_seconds,
+            }
+            timings["total"] = shared_seconds + timings.get("load", 0.0)
+            result = self._result(each, image, choice, timings)
+            positive_workloads, negative_workloads = workloads[index]
+            result.extra.update(
+                guidance_record(
+                    each, settings, positive_workloads, negative_workloads, adm=sdxl_adm_record(each)
+                )
             )
-        )
-        result.extra.update(self._components.record(request))
-        result.extra.update(image_prompts.record)
-        if inpainting is not None:
-            result.extra.update(inpainting.record)
-        result.extra.update(model_family="sdxl", embeddings=self._embeddings.record())
-        return result
+            result.extra.update(self._components.record(each))
+            result.extra.update(image_prompts.record)
+            if inpainting is not None:
+                result.extra.update(inpainting.record)
+            result.extra.update(model_family="sdxl", embeddings=encoded[index].embeddings, batch_size=count)
+            results.append(result)
+        return results
+
+    def _encode_timed(
+        self,
+        pipeline: StableDiffusionXLPipeline,
+        request: GenerationRequest,
+        positive_workloads: tuple[str, ...],
+        negative_workloads: tuple[str, ...],
+        settings: GuidanceSettings,
+    ) -> _EncodedImage:
+        """One image's conditioning, with the embeddings its prompts used and the seconds it took."""
+        mark = time.perf_counter()
+        negative = negative_workloads if settings.uses_cfg else None
+        conditioning = self._encode(pipeline, request, positive_workloads, negative)
+        return _EncodedImage(conditioning, self._embeddings.record(), time.perf_counter() - mark)
+
+    def _decode_timed(
+        self,
+        pipeline: StableDiffusionXLPipeline,
+        latents: torch.Tensor,
+        request: GenerationRequest,
+        tiled: bool,
+    ) -> tuple[Image.Image, float]:
+        """One image's latents → its picture at the request's size, and the seconds it took."""
+        mark = time.perf_counter()
+        with vae_tiling(pipeline.vae, tiled), self._accelerator.decode_context(pipeline.vae):
+            image = decode_latents(pipeline, latents, latent_statistics=True)
+        return at_requested_size(image, request), time.perf_counter() - mark
 
     def _encode(
         self,
@@ -387,9 +501,7 @@ class SDXLEngine:
         return contextlib.nullcontext()
 
     def _render_size(self, request: GenerationRequest) -> tuple[int, int]:
-        if self._location.is_tiny:
-            return tiny_render_size(request.width, request.height)
-        return request.width, request.height
+        return _render_size_on(self._location, request)
 
     def _result(
         self,
@@ -412,6 +524,19 @@ class SDXLEngine:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _EncodedImage:
+    conditioning: Conditioning
+    embeddings: list[dict[str, str]]
+    seconds: float
+
+
+def _render_size_on(location: ModelLocation, request: GenerationRequest) -> tuple[int, int]:
+    if location.is_tiny:
+        return tiny_render_size(request.width, request.height)
+    return request.width, request.height
 
 
 def _default_scheduler(config_dir: Path) -> Any:

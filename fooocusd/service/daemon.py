@@ -262,6 +262,7 @@ class Daemon:
                 if not ran:
                     self._wake_worker.wait(_TICK)
                     self._wake_worker.clear()
+            worker.close()  # the last image still lands; jobs held for a batch go back to the queue
         except BaseException as exc:  # surfaced on the main thread, which stops the daemon
             logger.exception("the worker stopped")
             self._worker_error = exc

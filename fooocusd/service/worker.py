@@ -1,52 +1,55 @@
-"""The GPU worker: takes one job at a time from the journal and renders its images.
+"""The GPU worker: takes jobs from the journal and renders their images.
 
 Each image is planned in the journal (its name reserved) before it is generated, and marked
 complete only once its sidecar is on disk, so a crash at any point re-renders exactly the
 images that are missing, under the same names, and never duplicates one.
+
+Two things keep the GPU busy:
+
+* Batching: pending images whose requests share the engine's ``batch_key`` render in one UNet
+  batch, up to ``batch_limit(engine)``; the images of the next queued jobs may join a batch.
+* Background writes: a finished image is encoded, written and recorded by the publisher thread
+  while the next one renders. One publication at most is outstanding; a job is finished only
+  after all of its publications succeeded, and a failed one is charged to its own job.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import random
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
 from PIL import Image
 
 from fooocusd.crashpoints import crashpoint
-from fooocusd.engine.base import Engine, GenerationRequest
-from fooocusd.engine.expansion import PromptExpansion, apply_expansion, expansion_record
-from fooocusd.engine.image_actions import run_image_action, steps_for
-from fooocusd.engine.loras import with_inline_loras
-from fooocusd.engine.prompt_syntax import WildcardLibrary, expand_prompts
-from fooocusd.engine.styles import StyleLibrary, Workloads, compose_workloads
+from fooocusd.engine import batching
+from fooocusd.engine.base import Engine, GeneratedImage, GenerationRequest
+from fooocusd.engine.expansion import PromptExpansion
+from fooocusd.engine.image_actions import run_image_action
+from fooocusd.engine.prompt_syntax import WildcardLibrary
+from fooocusd.engine.styles import StyleLibrary, Workloads
 from fooocusd.errors import FooocusdError, Interrupted, InvalidInput, OutOfMemory, TransientError
-from fooocusd.jobs.preset_check import check_preset_models
-from fooocusd.jobs.presets import load_preset
-from fooocusd.jobs.resolve import resolve_requests
-from fooocusd.jobs.spec import JobSpec
 from fooocusd.journal.journal import Journal
-from fooocusd.outbox.metadata import build_record
+from fooocusd.journal.rows import JobRow, JobState
 from fooocusd.outbox.naming import choose_free_name, name_fields, render_name
 from fooocusd.outbox.writer import extension_for, write_image_with_sidecar
+from fooocusd.service.batch_plan import BatchItem, first_key, take_matching
 from fooocusd.service.folders import Folders
-from fooocusd.service.image_inputs import load_image_input
 from fooocusd.service.image_prompt_inputs import (
-    image_prompt_fields,
-    load_image_prompts,
     save_control_images,
     take_control_images,
     wants_control_images,
 )
+from fooocusd.service.job_prep import PreparedJob, PrepContext, job_label, prepare_job, with_styles
+from fooocusd.service.publisher import Publisher
 from fooocusd.service.worker_events import NoWorkerEvents, WorkerEvents
-from fooocusd.settings import Settings
+from fooocusd.settings import OutboxSettings, Settings
 
 ProgressSink = Callable[[str, int, int], None]
 """``sink(label, done_steps, total_steps)`` for terminal progress bars."""
@@ -60,6 +63,15 @@ class WorkerCounts:
     jobs_done: int = 0
     jobs_failed: int = 0
     images_written: int = 0
+
+
+@dataclass(frozen=True)
+class _Publication:
+    """What the worker needs back when a publication settles."""
+
+    run: PreparedJob
+    index: int
+    generated: GeneratedImage
 
 
 class Worker:
@@ -90,236 +102,289 @@ class Worker:
         self.expansion = expansion  # "Fooocus V2"; None: unavailable
         self.counts = WorkerCounts()
         self.events: WorkerEvents = events if events is not None else NoWorkerEvents()
+        self.claimed: list[PreparedJob] = []
+        """Jobs this worker holds (state 'running') whose outcome is not recorded yet, in order."""
+        self._publisher: Publisher[_Publication] | None = None
+
+    # -- the public loop -----------------------------------------------------------------------
 
     def run_one(self) -> bool:
-        """Run the next runnable job, if any. Returns whether one was run."""
-        job = self.journal.claim_next_job(self.settings.journal.lease_seconds)
-        if job is None:
-            return False
-        self.events.on_job_started(job)
-        source = self.journal.get_input(job.input_id)
-        label = f"{source.relpath}" + (f" #{job.seq + 1}" if job.seq else "")
-        logger.info("running {} (attempt {})", label, job.attempts)
+        """Run the next runnable job, if any. Returns whether there was anything to do.
+
+        The last image of the job may still be publishing when this returns; it is settled before
+        the next image is handed over, and before the worker goes idle (no further job) or closes.
+        """
         try:
-            self._render(job, source, label)
+            head = self._next_to_render()
+            if head is None:
+                job = self._claim()
+                if job is None:
+                    return self._settle()
+                head = self._admit(job)
+            if head is not None:
+                self._render_job(head)
+            self._look_ahead()
         except Interrupted:
-            current = self.journal.get_job(job.id)
-            if current is not None and current.state == "running":
-                self.journal.release_interrupted(job.id)
-                logger.info("{} interrupted by shutdown; it stays queued", label)
-            else:
-                logger.info("{} cancelled", label)
-        except InvalidInput as exc:
-            self._fail(job.id, label, exc.explain())
-        except OutOfMemory as exc:
-            self.engine.free_memory()
-            self._retry_or_fail(job, label, exc.explain())
-        except TransientError as exc:
-            self._retry_or_fail(job, label, exc.explain())
-        except FooocusdError as exc:
-            self._fail(job.id, label, exc.explain())
-        except Exception as exc:  # an engine bug must not kill the daemon; retry, then fail
-            logger.exception("unexpected error in {}", label)
-            self._retry_or_fail(job, label, f"internal error: {type(exc).__name__}: {exc}")
+            self._release_all()
         return True
 
-    # -- one job -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Before stopping: settle the last publication, put every job still held back in the queue."""
+        self._release_all()
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
 
-    def _render(self, job, source, label: str) -> None:  # type: ignore[no-untyped-def]
-        spec = JobSpec.model_validate_json(job.spec_json)
-        image_input = (
-            load_image_input(spec, source, self.folders, self.settings) if spec.image is not None else None
+    # -- taking jobs ---------------------------------------------------------------------------
+
+    def _next_to_render(self) -> PreparedJob | None:
+        return next((run for run in self.claimed if not run.ended and run.to_render), None)
+
+    def _claim(self) -> JobRow | None:
+        return self.journal.claim_next_job(self.settings.journal.lease_seconds)
+
+    def _admit(self, job: JobRow) -> PreparedJob | None:
+        """Prepare a claimed job; None when it ended at once (its own error, or nothing left to render)."""
+        self.events.on_job_started(job)
+        source = self.journal.get_input(job.input_id)
+        label = job_label(job, source)
+        logger.info("running {} (attempt {})", label, job.attempts)
+        try:
+            run = prepare_job(job, source, self._prep_context())
+        except Exception as exc:
+            self._record_outcome(job, label, exc)
+            return None
+        self.claimed.append(run)
+        if not run.to_publish:
+            self._finish(run)
+            return None
+        return run
+
+    def _look_ahead(self) -> None:
+        """Claim the next job now, so the last publication overlaps its first render; idle: settle."""
+        if self._next_to_render() is not None:
+            return
+        job = None if self.stop_after_image.is_set() else self._claim()
+        if job is None:
+            self._settle()
+        else:
+            self._admit(job)
+
+    def _prep_context(self) -> PrepContext:
+        return PrepContext(
+            self.settings, self.folders, self.journal, self.preset_dirs, self.styles, self.expansion
         )
-        image_prompts = load_image_prompts(spec, source, self.folders, self.settings)
-        preset = load_preset(spec.preset or self.settings.generation.preset, self.preset_dirs)
-        check_preset_models(preset, spec, self.folders.models, self.settings.engine.model)
-        requests = resolve_requests(spec, preset, self.settings.generation, self.settings.engine.model)
-        if image_input is not None:
-            action, given = image_input.job.action, spec.steps is not None
-            requests = [
-                dataclasses.replace(r, steps=steps_for(action, r.performance, r.steps, steps_given=given))
-                for r in requests
-            ]
-        if image_prompts:
-            requests = [dataclasses.replace(r, image_prompts=image_prompts) for r in requests]
-        wildcards = WildcardLibrary(self.folders.wildcards)  # read per job: new files count at once
-        styled = [self._with_styles(request, index, wildcards) for index, request in enumerate(requests)]
-        requests = [request for request, _ in styled]
-        relpath = PurePosixPath(source.relpath)
-        out_dir = self.folders.outbox / relpath.parent
-        stem = spec.name or relpath.stem
-        if spec.name is None and len(self.journal.jobs_for_input(source.id)) > 1:
-            stem = f"{stem}-{job.seq + 1}"  # the jobs of one file get names of their own
-        fmt = spec.output_format or self.settings.outbox.format
-        done = {row.image_index: row for row in self.journal.outputs_for(job.id)}
-        total_steps = sum(request.steps for request in requests)
-        steps_before = 0
-        for index, request in enumerate(requests):
-            row = done.get(index)
-            if row is not None and row.state == "complete":
-                steps_before += request.steps
-                continue
-            if self.stop_after_image.is_set():
-                raise Interrupted("stopping: the remaining images stay queued")
-            target = (
-                Path(row.path)
-                if row is not None
-                else self._plan_name(job.id, index, out_dir, stem, fmt, request, len(requests))
-            )
-            _remove_orphan(target)
-            crashpoint("before_generate")
-            reporter = _Heartbeat(self, job.id, label, steps_before, total_steps)
-            if image_input is None:
-                image = self.engine.generate(request, progress=reporter, should_stop=reporter.should_stop)
-            else:
-                image = run_image_action(
-                    self.engine,
-                    request,
-                    image_input.job,
-                    image_input.context,
-                    progress=reporter,
-                    should_stop=reporter.should_stop,
-                )
-            control_images = take_control_images(image)
-            record = build_record(
-                job_id=job.id,
-                input_name=source.relpath,
-                input_sha256=source.sha256,
-                request=request,
-                generated=image,
-                image_index=index,
-                image_count=len(requests),
-                output_name=target.name,
-                fmt=fmt,
-            )
-            workloads = styled[index][1]
-            record.update(
-                styles_applied=workloads.styles_applied,
-                adaptive_cfg=request.adaptive_cfg,
-                adm_guidance=[
-                    request.adm_scaler_positive,
-                    request.adm_scaler_negative,
-                    request.adm_scaler_end,
-                ],
-                clip_skip=request.clip_skip,
-                **expansion_record(workloads),
-                preset=preset.name,
-                model_file=image.model_path,
-                requested_width=request.width,
-                requested_height=request.height,
-            )
-            if image_input is not None:
-                record.update(image_input.sidecar_fields(image))
-            record.update(image_prompt_fields(image))
-            if control_images and wants_control_images(spec, self.settings):
-                record["control_images"] = save_control_images(
-                    control_images, target, umask=self.settings.outbox.umask
-                )
-            sha256 = self._publish(
-                job.id, index, image.image, record, target, fmt, stem, request, len(requests)
-            )
-            crashpoint("after_output_written")
-            self.journal.complete_output(job.id, index, sha256)
-            self.events.on_image_done(job.id, image, target)
-            crashpoint("after_output_recorded")
-            self.counts.images_written += 1
-            steps_before += request.steps
-            logger.info("wrote {}", target)
-        if self.journal.finish_job(job.id, "done", None):  # False: it was cancelled meanwhile
-            self.events.on_job_finished(job.id, "done", None)
-        crashpoint("after_job_done")
-        self.counts.jobs_done += 1
 
     def _with_styles(
         self, request: GenerationRequest, image_index: int, wildcards: WildcardLibrary
     ) -> tuple[GenerationRequest, Workloads]:
-        """Each image composes its own workloads from its own ``random.Random(seed)``.
+        return with_styles(request, image_index, wildcards, self.styles, self.expansion)
 
-        Fooocus's order: inline LoRA tags (into ``request.loras``), then wildcards, then arrays (by
-        ``image_index``), then styles ("Random Style" draws from the same rng, after wildcards).
-        """
-        request = with_inline_loras(request)
-        rng = random.Random(request.seed)
-        expanded = expand_prompts(
-            request.prompt,
-            request.extra_prompts,
-            request.negative,
-            wildcards=wildcards,
-            rng=rng,
-            image_index=image_index,
-            wildcards_in_order=request.wildcards_in_order,
-        )
-        workloads = compose_workloads(
-            expanded.prompt,
-            expanded.extra_prompts,
-            expanded.negative,
-            request.styles,
-            self.styles,
-            rng,
-        )
-        # Each image's own expansion, seeded by its seed, becomes its last positive workload.
-        workloads = apply_expansion(workloads, self.expansion, request.seed)
-        styled = dataclasses.replace(
-            request,
-            prompt=expanded.prompt,  # the sidecar records the text this image really used
-            extra_prompts=expanded.extra_prompts,
-            negative=expanded.negative,
-            positive_workloads=tuple(workloads.positive),
-            negative_workloads=tuple(workloads.negative),
-        )
-        return styled, workloads
+    # -- rendering -----------------------------------------------------------------------------
 
-    def _publish(
+    def _render_job(self, head: PreparedJob) -> None:
+        while not head.ended and head.to_render:
+            if self.stop_after_image.is_set():
+                raise Interrupted("stopping: the remaining images stay queued")
+            self._render_batch(self._gather(head))
+
+    def _key_of(self, request: GenerationRequest) -> Hashable | None:
+        return batching.batch_key(self.engine, request)
+
+    def _gather(self, head: PreparedJob) -> list[BatchItem]:
+        """The head job's next images, topped up with the next images of other jobs that fit."""
+        limit = batching.batch_limit(self.engine)
+        key = first_key(head, self._key_of)
+        items = take_matching(head, key, limit, self._key_of)
+        if key is None:
+            return items
+        for run in self.claimed:
+            if len(items) >= limit:
+                return items
+            if run is not head and first_key(run, self._key_of) == key:
+                items += take_matching(run, key, limit - len(items), self._key_of)
+        while len(items) < limit and not self.stop_after_image.is_set():
+            job = self._claim()
+            if job is None:
+                break
+            run = self._admit(job)
+            if run is None:
+                continue
+            if first_key(run, self._key_of) != key:
+                break  # held: it renders next
+            items += take_matching(run, key, limit - len(items), self._key_of)
+        return items
+
+    def _render_batch(self, items: list[BatchItem]) -> None:
+        targets: dict[BatchItem, Path] = {}
+        for item in items:
+            target = self._reserve(item)
+            if target is not None:
+                targets[item] = target
+        items = [item for item in items if item in targets]
+        if not items:
+            return
+        reporter = _BatchProgress(self, items)
+        try:
+            images = self._generate(items, reporter)
+        except Interrupted:
+            if self.stop_now.is_set() or not reporter.all_cancelled():
+                raise
+            for run in reporter.runs:
+                self._end_run(run, Interrupted("cancelled"))
+            return
+        except Exception as exc:
+            if len(items) == 1:
+                self._end_run(items[0].run, exc)
+                return
+            logger.warning(
+                "a batch of {} images failed ({}); rendering them one by one", len(items), _first_line(exc)
+            )
+            for item in items:
+                if not item.run.ended:
+                    self._render_batch([item])
+            return
+        for item, image in zip(items, images, strict=True):
+            run = item.run
+            run.steps_done += item.request.steps
+            if run.ended:
+                continue
+            if run.cancelled:
+                self._end_run(run, Interrupted("cancelled"))  # its images are dropped
+                continue
+            self._hand_over(item, image, targets[item], batch_size=len(items))
+
+    def _reserve(self, item: BatchItem) -> Path | None:
+        """The image's reserved name (planned now if need be); None when that failed its job."""
+        run, index = item.run, item.index
+        row = run.planned.get(index)
+        try:
+            if row is None:
+                row = self.journal.plan_output(run.job_id, index, self._free_name(run, index, run.out_dir))
+                run.planned[index] = row
+        except Exception as exc:
+            self._end_run(run, exc)
+            return None
+        target = Path(row.path)
+        _remove_orphan(target)
+        crashpoint("before_generate")
+        return target
+
+    def _generate(self, items: list[BatchItem], reporter: _BatchProgress) -> list[GeneratedImage]:
+        if len(items) > 1:
+            requests = [item.request for item in items]
+            return batching.generate_batch(
+                self.engine, requests, progress=reporter, should_stop=reporter.should_stop
+            )
+        [item] = items
+        image_input = item.run.image_input
+        if image_input is None:
+            return [self.engine.generate(item.request, progress=reporter, should_stop=reporter.should_stop)]
+        image = run_image_action(
+            self.engine,
+            item.request,
+            image_input.job,
+            image_input.context,
+            progress=reporter,
+            should_stop=reporter.should_stop,
+        )
+        return [image]
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    @property
+    def publisher(self) -> Publisher[_Publication]:
+        background = self.settings.outbox.background_writes
+        current = self._publisher
+        if current is None or (current.background != background and not current.busy):
+            if current is not None:
+                current.close()
+            self._publisher = current = Publisher(background=background)
+        return current
+
+    def _hand_over(self, item: BatchItem, image: GeneratedImage, target: Path, *, batch_size: int) -> None:
+        run, index = item.run, item.index
+        control_images = take_control_images(image)
+        record = run.record_for(index, image, target, batch_size)
+        if control_images and wants_control_images(run.spec, self.settings):
+            record["control_images"] = save_control_images(
+                control_images, target, umask=self.settings.outbox.umask
+            )
+        self._settle()  # at most one publication outstanding
+        if run.ended:
+            return  # its previous image could not be published: the job is already retried or failed
+        outbox = self.settings.outbox
+        publisher = self.publisher
+
+        def publish() -> Path:
+            return self._write_and_record(run, index, image.image, record, target, outbox)
+
+        publisher.submit(publish, _Publication(run, index, image))
+        if not publisher.background:
+            self._settle()
+
+    def _write_and_record(
         self,
-        job_id: int,
+        run: PreparedJob,
         index: int,
         image: Image.Image,
         record: dict[str, Any],
         target: Path,
-        fmt: str,
-        stem: str,
-        request: GenerationRequest,
-        count: int,
-    ) -> str:
-        """Publish under the reserved name; if someone took it meanwhile, reserve another."""
-        outbox = self.settings.outbox
+        outbox: OutboxSettings,
+    ) -> Path:
+        """On the publisher thread: publish under the reserved name (another one if someone took it)."""
         for _ in range(_NAME_RACE_RETRIES):
             try:
                 _, _, sha256 = write_image_with_sidecar(
                     image,
                     record,
                     target,
-                    fmt=fmt,
+                    fmt=run.fmt,
                     quality=outbox.quality,
                     embed_metadata=outbox.embed_metadata,
                     umask=outbox.umask,
                 )
-                return sha256
+                break
             except FileExistsError:
-                target = self._plan_name(
-                    job_id, index, target.parent, stem, fmt, request, count, replace=True
-                )
+                target = self._free_name(run, index, target.parent)
+                self.journal.plan_output(run.job_id, index, target, replace=True)
                 record["output_file"] = target.name
-        raise TransientError(f"could not find a free output name in {target.parent}")
+        else:
+            raise TransientError(f"could not find a free output name in {target.parent}")
+        crashpoint("after_output_written")
+        self.journal.complete_output(run.job_id, index, sha256)
+        crashpoint("after_output_recorded")
+        return target
 
-    def _plan_name(
-        self,
-        job_id: int,
-        index: int,
-        out_dir: Path,
-        stem: str,
-        fmt: str,
-        request: GenerationRequest,
-        count: int = 1,
-        *,
-        replace: bool = False,
-    ) -> Path:
+    def _settle(self) -> bool:
+        """Take the outcome of the outstanding publication, if any; returns whether there was one."""
+        settled = self._publisher.settle() if self._publisher is not None else None
+        if settled is None:
+            return False
+        run, index = settled.context.run, settled.context.index
+        if settled.error is not None:
+            if run.ended:
+                logger.warning("{}: image {} not written: {}", run.label, index, _first_line(settled.error))
+            else:
+                self._end_run(run, settled.error)
+            return True
+        target: Path = settled.result
+        run.to_publish.discard(index)
+        self.counts.images_written += 1
+        self.events.on_image_done(run.job_id, settled.context.generated, target)
+        logger.info("wrote {}", target)
+        if not run.ended and not run.to_publish:
+            self._finish(run)
+        return True
+
+    def _free_name(self, run: PreparedJob, index: int, out_dir: Path) -> Path:
+        request = run.requests[index]
         fields = name_fields(
-            stem=stem,
+            stem=run.stem,
             seed=request.seed,
             index=index,
-            count=count,
-            job_id=job_id,
+            count=len(run.requests),
+            job_id=run.job_id,
             finished=datetime.now(),
             width=request.width,
             height=request.height,
@@ -329,11 +394,52 @@ class Worker:
         )
         base = render_name(self.settings.outbox.name_template, fields)
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = choose_free_name(out_dir, base, extension_for(fmt), taken=self.journal.is_path_reserved)
-        self.journal.plan_output(job_id, index, path, replace=replace)
-        return path
+        return choose_free_name(out_dir, base, extension_for(run.fmt), taken=self.journal.is_path_reserved)
 
     # -- outcomes ------------------------------------------------------------------------------
+
+    def _finish(self, run: PreparedJob) -> None:
+        self._forget(run)
+        if self.journal.finish_job(run.job_id, "done", None):  # False: it was cancelled meanwhile
+            self.events.on_job_finished(run.job_id, "done", None)
+        crashpoint("after_job_done")
+        self.counts.jobs_done += 1
+
+    def _end_run(self, run: PreparedJob, exc: BaseException) -> None:
+        self._forget(run)
+        self._record_outcome(run.job, run.label, exc)
+
+    def _forget(self, run: PreparedJob) -> None:
+        run.ended = True
+        if run in self.claimed:
+            self.claimed.remove(run)
+
+    def _release_all(self) -> None:
+        """Shutdown: the last publication still lands; every job still held goes back to the queue."""
+        self._settle()
+        for run in list(self.claimed):
+            self._end_run(run, Interrupted("stopping"))
+
+    def _record_outcome(self, job: JobRow, label: str, exc: BaseException) -> None:
+        if isinstance(exc, Interrupted):
+            current = self.journal.get_job(job.id)
+            if current is not None and current.state == JobState.RUNNING:
+                self.journal.release_interrupted(job.id)
+                logger.info("{} interrupted by shutdown; it stays queued", label)
+            else:
+                logger.info("{} cancelled", label)
+        elif isinstance(exc, InvalidInput):
+            self._fail(job.id, label, exc.explain())
+        elif isinstance(exc, OutOfMemory):
+            self.engine.free_memory()
+            self._retry_or_fail(job, label, exc.explain())
+        elif isinstance(exc, TransientError):
+            self._retry_or_fail(job, label, exc.explain())
+        elif isinstance(exc, FooocusdError):
+            self._fail(job.id, label, exc.explain())
+        else:  # an engine bug must not kill the daemon; retry, then fail
+            logger.opt(exception=exc).error("unexpected error in {}", label)
+            self._retry_or_fail(job, label, f"internal error: {type(exc).__name__}: {exc}")
 
     def _fail(self, job_id: int, label: str, error: str) -> None:
         if self.journal.finish_job(job_id, "failed", error):
@@ -341,7 +447,7 @@ class Worker:
         self.counts.jobs_failed += 1
         logger.error("{} failed: {}", label, error.splitlines()[0])
 
-    def _retry_or_fail(self, job, label: str, error: str) -> None:  # type: ignore[no-untyped-def]
+    def _retry_or_fail(self, job: JobRow, label: str, error: str) -> None:
         settings = self.settings.journal
         if job.attempts >= settings.max_attempts:
             self._fail(job.id, label, f"{error}\n(gave up after {job.attempts} attempts)")
@@ -351,33 +457,47 @@ class Worker:
         logger.warning("{} will be retried in {:.0f} s: {}", label, delay, error.splitlines()[0])
 
 
-class _Heartbeat:
-    """Per-step progress: throttled journal heartbeats, terminal progress, cancel detection."""
+class _BatchProgress:
+    """Per-step progress of one batch: throttled heartbeats for every held job, terminal progress,
+    step events for the batch's jobs, cancel detection."""
 
-    def __init__(self, worker: Worker, job_id: int, label: str, offset: int, total: int) -> None:
+    def __init__(self, worker: Worker, items: list[BatchItem]) -> None:
         self.worker = worker
-        self.job_id = job_id
-        self.label = label
-        self.offset = offset
-        self.total = total
-        self.cancelled = False
+        self.runs = list(dict.fromkeys(item.run for item in items))
+        self.images_of = Counter(item.run.job_id for item in items)
+        head = self.runs[0]
+        self.head = head
+        others = len(self.runs) - 1
+        self.label = head.label + (f" (+{others} job(s) in the batch)" if others else "")
         self._last = 0.0
 
-    def __call__(self, step: int, _steps: int) -> None:
-        done = self.offset + step
+    def _done(self, run: PreparedJob, step: int) -> int:
+        return run.steps_done + step * self.images_of.get(run.job_id, 0)
+
+    def __call__(self, step: int, steps: int) -> None:
+        worker = self.worker
         now = time.monotonic()
-        if now - self._last >= _HEARTBEAT_EVERY or step == _steps:
+        if now - self._last >= _HEARTBEAT_EVERY or step == steps:
             self._last = now
-            alive = self.worker.journal.heartbeat(
-                self.job_id, done, self.total, self.worker.settings.journal.lease_seconds
-            )
-            self.cancelled = not alive
-        if self.worker.progress_sink is not None:
-            self.worker.progress_sink(self.label, done, self.total)
-        self.worker.events.on_step(self.job_id, step, _steps)
+            lease = worker.settings.journal.lease_seconds
+            for run in [*worker.claimed]:  # waiting jobs keep their lease too
+                if not worker.journal.heartbeat(run.job_id, self._done(run, step), run.total_steps, lease):
+                    run.cancelled = True
+        if worker.progress_sink is not None:
+            worker.progress_sink(self.label, self._done(self.head, step), self.head.total_steps)
+        for run in self.runs:
+            worker.events.on_step(run.job_id, step, steps)
+
+    def all_cancelled(self) -> bool:
+        return all(run.cancelled for run in self.runs)
 
     def should_stop(self) -> bool:
-        return self.cancelled or self.worker.stop_now.is_set()
+        return self.all_cancelled() or self.worker.stop_now.is_set()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = exc.explain() if isinstance(exc, FooocusdError) else f"{type(exc).__name__}: {exc}"
+    return (text.splitlines() or [""])[0]
 
 
 def _remove_orphan(target: Path) -> None:

@@ -1,0 +1,157 @@
+"""Steady-state throughput of the whole daemon on a queue of prompt files.
+
+Runs the real daemon in-process (``Daemon.run(drain=True)``: watcher, intake, journal, worker,
+engine, outbox) on N prompt files dropped at once, and reads the finishing times of the images it
+wrote. The first batch carries the model load and warm-up, so the steady-state figure is
+
+    (time the last image was written − time the first batch was written) / (images after the first batch)
+
+which includes everything a user waits for per image: denoising, VAE decode, PNG encoding, fsync'd
+writes of image and sidecar, journal updates, and whatever of that the worker overlaps.
+
+    python bench/queue_throughput.py --model tiny-random --device cpu --jobs 6 --out /tmp/queue
+    python bench/queue_throughput.py --model /path/sdxl.safetensors --device cuda --jobs 12 \
+        --set engine.batch_size=4 --out DIR
+
+``--set section.key=value`` (repeatable) adds TOML settings, e.g. ``outbox.background_writes=false``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROMPTS = (
+    "a lighthouse on a rocky coast at dusk",
+    "a red fox in fresh snow, morning light",
+    "an old tram in a narrow street, rain",
+    "a bowl of ramen on a wooden table, steam",
+)
+
+
+def measure_queue(
+    work: Path,
+    *,
+    model: str,
+    device: str,
+    dtype: str = "auto",
+    jobs: int = 8,
+    width: int = 1024,
+    height: int = 1024,
+    steps: int = 30,
+    settings: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Drop ``jobs`` one-image prompt files, run the daemon until drained, and time the outputs."""
+    from fooocusd.service.daemon import Daemon
+    from fooocusd.settings import load_settings
+
+    work.mkdir(parents=True, exist_ok=True)
+    folders = {name: work / name for name in ("inbox", "outbox", "done", "failed", "state")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    sections: dict[str, dict[str, Any]] = {
+        "paths": {**{name: str(path) for name, path in folders.items()}, "models": str(work / "models")},
+        "intake": {"settle_seconds": 0.2, "rescan_seconds": 1.0, "polling": "never"},
+        "engine": {"model": model, "device": device, "dtype": dtype, "expansion": "off"},
+        "generation": {"performance": "speed", "aspect": f"{width}*{height}"},
+    }
+    for section, values in (settings or {}).items():
+        sections.setdefault(section, {}).update(values)
+    config = work / "fooocusd.toml"
+    config.write_text(_toml(sections), encoding="utf-8")
+    for index in range(jobs):
+        text = f"{PROMPTS[index % len(PROMPTS)]}\nseed: {index + 1}\nsteps: {steps}\n"
+        (folders["inbox"] / f"job-{index:03d}.txt").write_text(text, encoding="utf-8")
+
+    loaded = load_settings(config, environ={}).settings
+    started = time.time()
+    summary = Daemon(loaded).run(drain=True)
+    wall = time.time() - started
+    return {"wall_s": round(wall, 2), **_outputs(folders["outbox"], jobs), "summary": str(summary)}
+
+
+def _outputs(outbox: Path, jobs: int) -> dict[str, Any]:
+    sidecars = sorted(outbox.rglob("*.json"))
+    records = [json.loads(path.read_text(encoding="utf-8")) for path in sidecars]
+    finished = sorted(path.stat().st_mtime for path in sidecars)
+    batch = max((int(record.get("batch_size", 1) or 1) for record in records), default=1)
+    result: dict[str, Any] = {"images": len(records), "expected": jobs, "largest_batch": batch}
+    after_first = len(finished) - batch
+    if after_first > 0:
+        per_image = (finished[-1] - finished[batch - 1]) / after_first
+        result["steady_s_per_image"] = round(per_image, 3)
+        result["images_per_hour"] = round(3600 / per_image) if per_image > 0 else None
+    totals = [record.get("timings", {}).get("total") for record in records]
+    totals = [value for value in totals if isinstance(value, int | float)]
+    if totals:
+        result["engine_total_s_median"] = round(statistics.median(totals), 3)
+    return result
+
+
+def _toml(sections: dict[str, dict[str, Any]]) -> str:
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``section.key=value`` pairs; the value is read as JSON when it parses (numbers, booleans)."""
+    sections: dict[str, dict[str, Any]] = {}
+    for item in items:
+        dotted, _, raw = item.partition("=")
+        section, _, key = dotted.partition(".")
+        if not key or not raw:
+            raise SystemExit(f"--set expects section.key=value, got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        sections.setdefault(section, {})[key] = value
+    return sections
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="tiny-random")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--jobs", type=int, default=6)
+    parser.add_argument("--size", type=int, default=1024, help="square image size in pixels")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="section.key=value")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="fooocusd-queue-"))
+    result = measure_queue(
+        work,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        jobs=args.jobs,
+        width=args.size,
+        height=args.size,
+        steps=args.steps,
+        settings=parse_sets(args.sets),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "queue_throughput.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
