@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -195,12 +196,29 @@ def _inductor_unusable() -> str:
 
 @pytest.mark.slow
 @pytest.mark.skipif(bool(_inductor_unusable()), reason=_inductor_unusable() or "inductor usable")
-def test_compiled_unet_blocks_match_eager(
+def test_compiled_unet_blocks_match_eager_and_compile_once_per_image_size(
     root: Path, plain: SDXLEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Matching eager, artefacts in the cache folder, and no recompilation per step, per job (other
+    seed, prompt, guidance numbers) or beyond one set of graphs per aspect bucket."""
+    from torch._dynamo.utils import counters
+
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))
+    torch._dynamo.reset()
     compiled = _engine(root, compile="unet", cache_dir=tmp_path)
-    request = default_request(steps=2, width=512, height=512)
-    assert np.abs(_pixels(compiled, request) - _pixels(plain, request)).max() <= 2
+
+    def graphs() -> int:
+        return counters["stats"]["unique_graphs"]
+
+    square = default_request(steps=3, width=512, height=512)
+    assert np.abs(_pixels(compiled, square) - _pixels(plain, square)).max() <= 2
     assert compiled.describe()["acceleration"]["compile"] == "unet_blocks"
     assert any((tmp_path / COMPILE_CACHE_FOLDER).iterdir())  # inductor wrote its artefacts there
+    per_size = graphs()
+    assert per_size > 0
+    compiled.generate(replace(square, seed=5, prompt="a harbour at night", cfg=5.0, sharpness=4.0))
+    assert graphs() == per_size
+    wide = replace(square, width=1152, height=896)
+    compiled.generate(wide)
+    compiled.generate(replace(wide, seed=9, prompt="another prompt"))
+    assert graphs() == 2 * per_size

@@ -138,8 +138,10 @@ def test_out_of_memory_in_a_batch_is_the_retryable_out_of_memory(
     pipeline = engine._pipeline
     assert pipeline is not None
     monkeypatch.setattr(pipeline.unet, "forward", exhausted)
+    monkeypatch.setattr(engine, "_batch_ceiling", 0)  # restored afterwards for the other tests
     with pytest.raises(OutOfMemory):
         generate_batch(engine, _three_requests())
+    assert batch_limit(engine) == 1  # a batch of 3 ran out: batches of at most 3 // 2 from now on
 
 
 # -- keys ------------------------------------------------------------------------------------------
@@ -240,6 +242,12 @@ def test_sd1x_models_render_alone_and_cannot_be_batched(tmp_path: Path) -> None:
 def test_batch_size_auto_is_four_on_a_gpu_in_high_vram_mode_and_one_elsewhere() -> None:
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert resolve_batch_size("auto", device=cuda, vram="high") == 4
+    gib = 2**30
+    assert resolve_batch_size("auto", device=cuda, vram="high", total_memory=80 * gib) == 4
+    assert resolve_batch_size("auto", device=cuda, vram="high", total_memory=24 * gib) == 4
+    assert resolve_batch_size("auto", device=cuda, vram="high", total_memory=16 * gib) == 2
+    assert resolve_batch_size("auto", device=cuda, vram="high", total_memory=12 * gib) == 1
+    assert resolve_batch_size(8, device=cuda, vram="high", total_memory=12 * gib) == 8  # as configured
     assert resolve_batch_size("auto", device=cuda, vram="low") == 1
     assert resolve_batch_size("auto", device=cpu, vram="high") == 1
     assert resolve_batch_size(3, device=cpu, vram="high") == 3

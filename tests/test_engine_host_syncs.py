@@ -8,7 +8,7 @@ and a stand-in noise predictor, then again as a plain CPU run: the latents must 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from typing import Any
 
@@ -17,7 +17,8 @@ import torch
 import torchsde._brownian.brownian_interval as brownian_interval
 
 from fooocusd.engine.conditioning import Conditioning, PromptEmbeddings, adm_time_ids
-from fooocusd.engine.denoise import GuidanceSettings, NoisePredictor, denoise, initial_latents
+from fooocusd.engine.denoise import GuidanceSettings, NoisePredictor, StepBlend, denoise, initial_latents
+from fooocusd.engine.inpaint import HoldKnownRegion
 from fooocusd.engine.models import SDXL_CONFIG_DIR
 from fooocusd.engine.refiner import LoadedRefiner, RefinerTimeIds, switching_noise_predictor
 from fooocusd.engine.samplers import SAMPLERS, build_scheduler
@@ -98,6 +99,7 @@ def _run(
     *,
     settings: GuidanceSettings = REFINED,
     predictor: NoisePredictor = stand_in_predictor,
+    blend: Callable[[Any, str], StepBlend] | None = None,
 ) -> torch.Tensor:
     device = "cuda" if audit is not None else "cpu"
     with audit if audit is not None else nullcontext():
@@ -113,6 +115,7 @@ def _run(
                 device=torch.device(device),
                 dtype=torch.float32,
             )
+            hold = blend(scheduler, device) if blend is not None else None
         with audit.phase("loop") if audit is not None else nullcontext():
             result = denoise(
                 predictor,
@@ -122,6 +125,7 @@ def _run(
                 settings,
                 generator=generator,
                 progress=audit.step_done if audit is not None else None,
+                blend=hold,
             )
     return result
 
@@ -242,6 +246,24 @@ def test_refiner_switch_mid_run_makes_no_host_sync(base_config: dict[str, Any]) 
         audit = HostSyncAudit()
         audited = _run("dpmpp_2m_sde_gpu", "karras", base_config, audit, predictor=switching(audit))
         plain = _run("dpmpp_2m_sde_gpu", "karras", base_config, None, predictor=switching(None))
+    assert torch.equal(audited, plain)
+    assert audit.findings("loop") == [], _describe(audit)
+
+
+@pytest.mark.parametrize(("sampler", "schedule"), [("dpmpp_2m_sde_gpu", "karras"), ("ddpm", "normal")])
+def test_inpaint_hold_of_the_known_region_makes_no_host_sync(
+    sampler: str, schedule: str, base_config: dict[str, Any]
+) -> None:
+    def hold(scheduler: Any, device: str) -> StepBlend:
+        generator = torch.Generator().manual_seed(5)
+        known = torch.randn(LATENT, generator=generator).to(device)
+        repaint = torch.zeros(1, 1, LATENT[2], LATENT[3])
+        repaint[..., 2:6, 2:6] = 1.0
+        return HoldKnownRegion(scheduler, known, repaint.to(device), torch.Generator().manual_seed(6))
+
+    audit = HostSyncAudit()
+    audited = _run(sampler, schedule, base_config, audit, blend=hold)
+    plain = _run(sampler, schedule, base_config, None, blend=hold)
     assert torch.equal(audited, plain)
     assert audit.findings("loop") == [], _describe(audit)
 

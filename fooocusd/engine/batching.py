@@ -44,6 +44,10 @@ from fooocusd.engine.weighting import TOKENS_PER_CHUNK, parse_weights
 
 MAX_BATCH_SIZE = 16
 AUTO_BATCH_SIZE_ON_GPU = 4
+AUTO_BATCH_BY_MEMORY = ((22 * 2**30, 4), (15 * 2**30, 2))
+"""``auto`` by the GPU's total memory: one 1024² SDXL image peaks near 9 GiB with about 7 GiB of it
+resident weights, and each further image in the batch adds about 2 GiB of activations (CFG rows
+included), so 4 fit from 22 GiB (24 GB cards and up) and 2 from 15 GiB (16 GB cards)."""
 """``batch_size = "auto"`` on a CUDA GPU in high-VRAM mode; 1 everywhere else."""
 SHARED_SEQUENCE_CLASS = 0
 """Images whose own block LCM is 1, 2 or 4: any batch of them is at most 4 × 77 tokens long."""
@@ -210,12 +214,19 @@ def _shipped_tokenizer() -> CLIPTokenizer:
 # -- sizes -----------------------------------------------------------------------------------------
 
 
-def resolve_batch_size(setting: str | int, *, device: torch.device, vram: str) -> int:
-    """``engine.batch_size`` → images per batch: low-VRAM mode 1; ``auto`` 4 on CUDA, else 1."""
+def resolve_batch_size(
+    setting: str | int, *, device: torch.device, vram: str, total_memory: int | None = None
+) -> int:
+    """``engine.batch_size`` → images per batch: low-VRAM mode 1; ``auto`` on CUDA by the card's memory
+    (``AUTO_BATCH_BY_MEMORY``; 4 when the memory is not known), else 1."""
     if vram == "low":
         return 1
     if setting == "auto":
-        return AUTO_BATCH_SIZE_ON_GPU if device.type == "cuda" else 1
+        if device.type != "cuda":
+            return 1
+        if total_memory is None:
+            return AUTO_BATCH_SIZE_ON_GPU
+        return next((size for floor, size in AUTO_BATCH_BY_MEMORY if total_memory >= floor), 1)
     size = int(setting)
     if not 1 <= size <= MAX_BATCH_SIZE:
         raise ValueError(f"batch_size must be 'auto' or 1 to {MAX_BATCH_SIZE}, got {setting!r}")

@@ -116,6 +116,13 @@ def probe_hardware(device: torch.device) -> HardwareFacts:
     )
 
 
+def device_total_memory(device: torch.device) -> int | None:
+    """The accelerator's total memory in bytes; None for the CPU and other devices."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.get_device_properties(device).total_memory)
+
+
 def torchao_available() -> bool:
     """Whether torchao (the ``fp8`` extra) is installed in a version fooocusd's fp8 path was written for."""
     if importlib.util.find_spec("torchao") is None:

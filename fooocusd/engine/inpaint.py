@@ -132,8 +132,23 @@ class HoldKnownRegion:
         if next_index >= len(timesteps):
             target = self.known
         else:
-            noise = randn_tensor(
-                self.known.shape, generator=self.generator, device=self.known.device, dtype=self.known.dtype
-            )
-            target = self.scheduler.add_noise(self.known, noise, timesteps[next_index : next_index + 1])
+            # Without host syncs: the noise is drawn on the CPU generator and copied from pinned
+            # memory without blocking, and the scheduler's add_noise (linear in sample and noise)
+            # is evaluated on host scalars, where the loop keeps the scheduler's state.
+            noise = pinned_randn(self.known.shape, self.generator, self.known.device, self.known.dtype)
+            step = timesteps[next_index : next_index + 1].cpu()
+            one, zero = torch.ones(1), torch.zeros(1)
+            signal_scale = float(self.scheduler.add_noise(one, zero, step))
+            noise_scale = float(self.scheduler.add_noise(zero, one, step))
+            target = self.known * signal_scale + noise * noise_scale
         return self.repaint * latents + (1.0 - self.repaint) * target.to(latents.dtype)
+
+
+def pinned_randn(
+    shape: torch.Size, generator: torch.Generator, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``randn_tensor``'s values from a CPU generator, reaching a CUDA device without a blocking copy."""
+    host = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)

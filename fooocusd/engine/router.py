@@ -90,7 +90,7 @@ class FamilyRouter(SDXLEngine):
             return [self.generate(request, progress, should_stop) for request in requests]
         require_shared_key(requests, [self.batch_key(request) for request in requests])
         self._drop_sd1x()  # equal keys: every request is an SDXL one
-        return self._render(requests, progress, should_stop)
+        return self._render_batch(requests, progress, should_stop)
 
     def describe(self) -> dict[str, Any]:
         if self._sd1x is not None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
+from loguru import logger
 from PIL import Image
 
 from fooocusd.engine.acceleration import AccelerationOptions, Accelerator, resolve_vram
@@ -55,6 +56,7 @@ from fooocusd.engine.controlnet.models import ControlNetConfig
 from fooocusd.engine.decode import at_requested_size, decode_latents
 from fooocusd.engine.denoise import GuidanceSettings, denoise
 from fooocusd.engine.devices import (
+    device_total_memory,
     dtype_name,
     free_device_memory,
     pick_device,
@@ -89,7 +91,7 @@ from fooocusd.engine.render_record import (
 from fooocusd.engine.request_checks import validate_request
 from fooocusd.engine.samplers import SchedulerChoice, build_scheduler
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline, tiny_render_size
-from fooocusd.errors import FooocusdError, Interrupted
+from fooocusd.errors import FooocusdError, Interrupted, OutOfMemory
 
 
 class SDXLEngine:
@@ -113,6 +115,7 @@ class SDXLEngine:
     ) -> None:
         self._allow_unsafe_pickle = allow_unsafe_pickle
         self._batch_size = batch_size
+        self._batch_ceiling = 0  # > 0 after a batch ran out of memory: its half
         self._location = location
         self._default_location = location
         self._configured_model = configured_model
@@ -155,10 +158,13 @@ class SDXLEngine:
     # -- batching (batching.py) ----------------------------------------------------------------
 
     def batch_limit(self) -> int:
-        """Images per batch: ``engine.batch_size`` ("auto": 4 on CUDA in high-VRAM mode); low-VRAM: 1."""
+        """Images per batch: ``engine.batch_size`` ("auto": by the GPU's memory in high-VRAM mode);
+        low-VRAM: 1; never more than a batch that has run out of memory here, halved."""
         plan = self._accelerator.plan
         vram = plan.vram if plan is not None else resolve_vram(self._accelerator.options.vram, self._device)
-        return resolve_batch_size(self._batch_size, device=self._device, vram=vram)
+        total = device_total_memory(self._device)
+        size = resolve_batch_size(self._batch_size, device=self._device, vram=vram, total_memory=total)
+        return min(size, self._batch_ceiling) if self._batch_ceiling else size
 
     def batch_key(self, request: GenerationRequest) -> BatchKey | None:
         """Equal keys may share a batch; None: render alone (image actions, image prompts, refiner)."""
@@ -181,7 +187,26 @@ class SDXLEngine:
         requests = list(requests)
         if len(requests) > 1:
             require_shared_key(requests, [self.batch_key(request) for request in requests])
-        return self._render(requests, progress, should_stop) if requests else []
+        return self._render_batch(requests, progress, should_stop) if requests else []
+
+    def _render_batch(
+        self,
+        requests: list[GenerationRequest],
+        progress: ProgressCallback | None,
+        should_stop: StopCheck | None,
+    ) -> list[GeneratedImage]:
+        """``_render``, and a batch that runs out of memory halves the batches that follow."""
+        try:
+            return self._render(requests, progress, should_stop)
+        except OutOfMemory:
+            if len(requests) > 1:
+                self._batch_ceiling = len(requests) // 2
+                logger.warning(
+                    "a batch of {} images ran out of GPU memory: batches of at most {} from now on",
+                    len(requests),
+                    self._batch_ceiling,
+                )
+            raise
 
     def _key_for(self, request: GenerationRequest, target: ModelLocation, *, family: str) -> BatchKey | None:
         block_counts = prompt_block_counts(request, with_negative=request.cfg > 1.0)

@@ -16,8 +16,6 @@ Two things keep the GPU busy:
 from __future__ import annotations
 
 import threading
-import time
-from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +38,7 @@ from fooocusd.journal.rows import JobRow, JobState
 from fooocusd.outbox.naming import choose_free_name, name_fields, render_name
 from fooocusd.outbox.writer import extension_for, write_image_with_sidecar
 from fooocusd.service.batch_plan import BatchItem, first_key, take_matching
+from fooocusd.service.batch_progress import BatchProgress
 from fooocusd.service.folders import Folders
 from fooocusd.service.image_prompt_inputs import (
     save_control_images,
@@ -55,7 +54,6 @@ ProgressSink = Callable[[str, int, int], None]
 """``sink(label, done_steps, total_steps)`` for terminal progress bars."""
 
 _NAME_RACE_RETRIES = 5
-_HEARTBEAT_EVERY = 0.5
 
 
 @dataclass
@@ -224,7 +222,7 @@ class Worker:
         items = [item for item in items if item in targets]
         if not items:
             return
-        reporter = _BatchProgress(self, items)
+        reporter = BatchProgress(self, items)
         try:
             images = self._generate(items, reporter)
         except Interrupted:
@@ -270,7 +268,7 @@ class Worker:
         crashpoint("before_generate")
         return target
 
-    def _generate(self, items: list[BatchItem], reporter: _BatchProgress) -> list[GeneratedImage]:
+    def _generate(self, items: list[BatchItem], reporter: BatchProgress) -> list[GeneratedImage]:
         if len(items) > 1:
             requests = [item.request for item in items]
             return batching.generate_batch(
@@ -455,44 +453,6 @@ class Worker:
         delay = settings.retry_backoff_seconds * 2 ** (job.attempts - 1)
         self.journal.retry_later(job.id, delay, error)
         logger.warning("{} will be retried in {:.0f} s: {}", label, delay, error.splitlines()[0])
-
-
-class _BatchProgress:
-    """Per-step progress of one batch: throttled heartbeats for every held job, terminal progress,
-    step events for the batch's jobs, cancel detection."""
-
-    def __init__(self, worker: Worker, items: list[BatchItem]) -> None:
-        self.worker = worker
-        self.runs = list(dict.fromkeys(item.run for item in items))
-        self.images_of = Counter(item.run.job_id for item in items)
-        head = self.runs[0]
-        self.head = head
-        others = len(self.runs) - 1
-        self.label = head.label + (f" (+{others} job(s) in the batch)" if others else "")
-        self._last = 0.0
-
-    def _done(self, run: PreparedJob, step: int) -> int:
-        return run.steps_done + step * self.images_of.get(run.job_id, 0)
-
-    def __call__(self, step: int, steps: int) -> None:
-        worker = self.worker
-        now = time.monotonic()
-        if now - self._last >= _HEARTBEAT_EVERY or step == steps:
-            self._last = now
-            lease = worker.settings.journal.lease_seconds
-            for run in [*worker.claimed]:  # waiting jobs keep their lease too
-                if not worker.journal.heartbeat(run.job_id, self._done(run, step), run.total_steps, lease):
-                    run.cancelled = True
-        if worker.progress_sink is not None:
-            worker.progress_sink(self.label, self._done(self.head, step), self.head.total_steps)
-        for run in self.runs:
-            worker.events.on_step(run.job_id, step, steps)
-
-    def all_cancelled(self) -> bool:
-        return all(run.cancelled for run in self.runs)
-
-    def should_stop(self) -> bool:
-        return self.all_cancelled() or self.worker.stop_now.is_set()
 
 
 def _first_line(exc: BaseException) -> str:
