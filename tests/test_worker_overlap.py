@@ -3,6 +3,7 @@ the worker layer: the engine is a fake, the journal, outbox and writer are real)
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -302,3 +303,36 @@ def test_stopping_during_a_batch_puts_every_claimed_job_back_in_the_queue(setup)
     assert engine.batches == [[1, 2]]
     assert _states(journal, fox, owl) == [("queued", 0), ("queued", 0)]
     assert list(folders.outbox.glob("*.png")) == []
+
+
+def test_a_reload_prepares_a_job_held_ahead_again_and_leaves_a_started_one_alone(setup) -> None:  # type: ignore[no-untyped-def]
+    settings, folders, journal = setup
+    settings.generation.negative = "old negative"
+    fox = _queue(journal, "fox", JobSpec(prompt="a fox", seed=1, images=2))
+    owl = _queue(journal, "owl", JobSpec(prompt="an owl", seed=3))
+    worker = _worker(setup, Batching(limit=1))
+    worker.run_one()  # the fox renders; the owl is claimed ahead and prepared with the old settings
+    assert [(run.job_id, run.started) for run in worker.claimed] == [(fox, True), (owl, False)]
+
+    reloaded = settings.model_copy(deep=True)
+    reloaded.generation.negative = "new negative"
+    worker.adopt_settings(reloaded, load_styles())
+    _drain(worker)
+
+    assert _states(journal, fox, owl) == [("done", 1), ("done", 1)]
+    negatives = {p.name: json.loads(p.read_text())["negative"] for p in folders.outbox.glob("*.json")}
+    assert negatives == {
+        "fox_1_0.json": "old negative",
+        "fox_2_1.json": "old negative",
+        "owl_3_0.json": "new negative",
+    }
+
+
+def test_no_job_is_claimed_while_a_reload_waits_to_be_applied(setup) -> None:  # type: ignore[no-untyped-def]
+    _, _, journal = setup
+    fox = _queue(journal, "fox", JobSpec(prompt="a fox", seed=1))
+    worker = _worker(setup, OneAtATime())
+    worker.may_claim = lambda: False
+
+    assert worker.run_one() is False
+    assert _states(journal, fox) == [("queued", 0)]

@@ -178,6 +178,8 @@ class Daemon:
             events=self.extras.worker_events() if self.extras else None,
             expansion=expansion,
         )
+        # A job claimed while a reload waits would be prepared with the old settings.
+        worker.may_claim = lambda: not self.reloader.staged_for_worker()
         reporter = ServiceReporter(self.notifier, self.pulse)
         worker_thread = threading.Thread(
             target=self._work, args=(worker,), name="fooocusd-worker", daemon=True

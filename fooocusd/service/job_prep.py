@@ -51,6 +51,8 @@ class PreparedJob:
     """Image indices whose outputs are not yet complete (rendering, rendered or being written)."""
     steps_done: int = 0
     total_steps: int = 0
+    started: bool = False
+    """An image of it has been handed to the engine (it then keeps the settings it was prepared with)."""
     cancelled: bool = False
     ended: bool = False
     """Its outcome (done, failed, retried, released, cancelled) is recorded; nothing more is done for it."""

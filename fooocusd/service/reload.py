@@ -186,6 +186,11 @@ class Reloader:
         self._report("applied")
         return plan
 
+    def staged_for_worker(self) -> bool:
+        """Whether a plan waits for the worker (it then claims no further job until it applied it)."""
+        with self._lock:
+            return self._for_worker is not None or self._requested.is_set()
+
     def take_for_worker(self) -> ReloadPlan | None:
         """The newest plan the worker has not applied yet (called between its jobs)."""
         with self._lock:
@@ -218,4 +223,4 @@ def apply_on_main_thread(
 
 def apply_to_worker(plan: ReloadPlan, worker: Worker) -> None:
     """On the worker thread, between jobs."""
-    worker.settings, worker.styles = plan.settings, plan.styles
+    worker.adopt_settings(plan.settings, plan.styles)

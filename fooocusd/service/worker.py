@@ -103,6 +103,8 @@ class Worker:
         self.claimed: list[PreparedJob] = []
         """Jobs this worker holds (state 'running') whose outcome is not recorded yet, in order."""
         self._publisher: Publisher[_Publication] | None = None
+        self.may_claim: Callable[[], bool] = lambda: True
+        """False while the daemon has a reload waiting: no new job is claimed until it is applied."""
 
     # -- the public loop -----------------------------------------------------------------------
 
@@ -126,6 +128,20 @@ class Worker:
             self._release_all()
         return True
 
+    def adopt_settings(self, settings: Settings, styles: StyleLibrary) -> None:
+        """A reload, between ``run_one`` calls: jobs held ahead that have not started rendering are
+        prepared again with the new settings, presets and styles; a started job keeps its own."""
+        self.settings, self.styles = settings, styles
+        for run in list(self.claimed):
+            if run.started or run.ended:
+                continue
+            try:
+                fresh = prepare_job(run.job, run.source, self._prep_context())
+            except Exception as exc:
+                self._end_run(run, exc)
+                continue
+            self.claimed[self.claimed.index(run)] = fresh
+
     def close(self) -> None:
         """Before stopping: settle the last publication, put every job still held back in the queue."""
         self._release_all()
@@ -139,6 +155,8 @@ class Worker:
         return next((run for run in self.claimed if not run.ended and run.to_render), None)
 
     def _claim(self) -> JobRow | None:
+        if not self.may_claim():
+            return None
         return self.journal.claim_next_job(self.settings.journal.lease_seconds)
 
     def _admit(self, job: JobRow) -> PreparedJob | None:
@@ -222,6 +240,8 @@ class Worker:
         items = [item for item in items if item in targets]
         if not items:
             return
+        for item in items:
+            item.run.started = True
         reporter = BatchProgress(self, items)
         try:
             images = self._generate(items, reporter)
