@@ -19,6 +19,8 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
 * prompt-expansion latency (GPT-2 small's shape, random weights);
 * each optimisation on its own against a plain engine (all off): channels_last, fused QKV, fp16
   instead of bf16, xformers (when importable), regional torch.compile (cold, then warm disk cache);
+* the whole UNet compiled with CUDA graphs: cold, at 512² too, and a fresh daemon process starting
+  on its saved compile cache (process start to the first image); regional compile alone;
 * fp8 UNet weights (``engine.quantize = "fp8"``) against the default engine: the same 3 seeds rendered
   with and without fp8, latency of both, and how far the decoded images and the final latents move
   (PSNR, max abs difference). Reports "unsupported" (with the reason) where fp8 cannot run.
@@ -26,10 +28,12 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
     python bench/fooocusd_bench.py --device cuda --size full --out DIR      # GPU machine
     python bench/fooocusd_bench.py --device cpu --size tiny --out DIR       # plumbing check on a CPU
 
-``--size tiny`` uses a tiny random SDXL at 1/8 of the resolutions and 6 (4) steps: it proves the
-script end to end and its numbers are not performance figures. Writes ``fooocusd_bench.json`` and
-``fooocusd_bench.md`` into ``--out`` after every case, so a run cut short still leaves what it
-measured. Cases that would start after ``--budget-s`` seconds are skipped and say so.
+``--cases a,b,c`` runs those cases in that order (``setup`` first; it reuses a ``--workdir`` it
+already filled). ``--size tiny`` uses a tiny random SDXL at 1/8 of the resolutions and 6 (4) steps:
+it proves the script end to end and its numbers are not performance figures. Writes
+``fooocusd_bench.json`` and ``fooocusd_bench.md`` into ``--out`` after every case, so a run cut
+short still leaves what it measured. Cases that would start after ``--budget-s`` seconds are skipped
+and say so.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ from fooocusd.engine.models import SDXL_CONFIG_DIR, ModelLocation  # noqa: E402
 from fooocusd.engine.sdxl import SDXLEngine, _default_scheduler  # noqa: E402
 
 IMPORTS_S = time.perf_counter() - PROCESS_START
-OFF = AccelerationOptions(vram="high", channels_last=False, fuse_qkv=False, layout_on_cpu=True)
+OFF = AccelerationOptions(vram="high", compile="off", channels_last=False, fuse_qkv=False, layout_on_cpu=True)
 """The plain engine every optimisation is measured against: eager, no layout changes, no fusion."""
 LORA_RANK = 8
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -84,6 +88,7 @@ class Bench:
         self.work = Path(args.workdir or tempfile.mkdtemp(prefix="fooocusd-bench-"))
         self.work.mkdir(parents=True, exist_ok=True)
         self.started = time.perf_counter()
+        self.kept: SDXLEngine | None = None
         self.report: dict[str, Any] = {
             "label": "CPU, tiny random model: a plumbing check, NOT a performance figure"
             if self.tiny
@@ -185,30 +190,33 @@ class Bench:
     def setup(self) -> dict[str, Any]:
         from tests.engine_helpers import save_sgm_checkpoint, write_tiny_checkpoint
 
+        checkpoints = self.work / "models" / "checkpoints"
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        first = checkpoints / "sdxl-random-a.safetensors"
+        second = checkpoints / "sdxl-random-b.safetensors"
+        loras = self.work / "models" / "loras"
+        self.config_dir = self.work / "tiny-config" if self.tiny else SDXL_CONFIG_DIR
+        self.location = ModelLocation(kind="single_file", name=first.stem, path=first)
+        self.other = second.stem
+        done = (first, second, loras / "bench_a.safetensors", loras / "bench_b.safetensors")
+        if all(path.exists() for path in done) and (not self.tiny or self.config_dir.is_dir()):
+            return {"reused": str(self.work), "checkpoint_bytes": first.stat().st_size}
         mark = time.perf_counter()
         source = build_source(self.tiny, self.device, self.dtype)
         built_s = time.perf_counter() - mark
         params = sum(p.numel() for p in source.unet.parameters())
-        checkpoints = self.work / "models" / "checkpoints"
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        first = checkpoints / "sdxl-random-a.safetensors"
-        self.config_dir = self.work / "tiny-config" if self.tiny else SDXL_CONFIG_DIR
         mark = time.perf_counter()
         if self.tiny:
             write_tiny_checkpoint(source, first, self.config_dir)
         else:
             save_sgm_checkpoint(source, first)
         written_s = time.perf_counter() - mark
-        second = checkpoints / "sdxl-random-b.safetensors"
         if not second.exists():
             os.link(first, second)  # the same bytes under another name: a switch reloads it
-        loras = self.work / "models" / "loras"
         loras.mkdir(parents=True, exist_ok=True)
         for seed, name in ((1, "bench_a"), (2, "bench_b")):
             write_random_lora(source, loras / f"{name}.safetensors", seed)
         del source
-        self.location = ModelLocation(kind="single_file", name=first.stem, path=first)
-        self.other = second.stem
         return {
             "build_s": round(built_s, 2),
             "unet_params_m": round(params / 1e6, 2),
@@ -274,8 +282,9 @@ class Bench:
             "lora_per_image_cost_s": round(with_lora - plain, 4),
             "model_switch_s": round(to_other - plain, 2),
             "model_switch_back_s": round(to_first - plain, 2),
-            "note": "switch times are the extra time of one image over a plain one; a LoRA is applied "
-            "as unfused peft layers, so 'lora_per_image_cost_s' is its per-step cost",
+            "lora_folded": bool(engine._components.loras.folded),
+            "note": "switch times are the extra time of one image over a plain one; folded LoRAs "
+            "(lora_folded) pay at the switch and cost ~0 per image, peft layers pay per step",
         }
 
     def expansion(self) -> dict[str, Any]:
@@ -285,8 +294,9 @@ class Bench:
         expander = build_expander(model, self.device, self.dtype)
         return {"model": model, **measure(expander, count=10, warmup=2)}
 
-    def variant(self, options: AccelerationOptions, **overrides: Any) -> dict[str, Any]:
-        """One optimisation on its own: start to ready (load + first image) and 1024²/30 latency."""
+    def variant(self, options: AccelerationOptions, keep: bool = False, **overrides: Any) -> dict[str, Any]:
+        """One optimisation on its own: start to ready (load + first image) and 1024²/30 latency.
+        ``keep`` leaves the engine in ``self.kept`` for a following case."""
         self.reset_peak()
         mark = time.perf_counter()
         engine = self.engine(options, **overrides)
@@ -295,6 +305,8 @@ class Bench:
         self.sync()
         ready = time.perf_counter() - mark
         runs = self.timed(engine, self.request(), self.args.runs)
+        if keep:
+            self.kept = engine
         return {
             "acceleration": engine.describe()["acceleration"],
             "start_to_ready_s": round(ready, 2),
@@ -461,38 +473,128 @@ class Bench:
             "peak_gib": self.peak_gib(),
         }
 
-    def run(self) -> None:
-        # Most telling first: a GPU session may end before the last cases.
-        self.case("setup", self.setup)
-        if "setup" not in self.report["cases"] or "error" in self.report["cases"]["setup"]:
-            return
-        self.case("defaults", self.defaults)
-        self.case(
-            "batch_4",
-            lambda: self.batched(replace(AccelerationOptions(vram="high"), layout_on_cpu=self.tiny)),
+    def compiled_latency(self, target: str, mode: str) -> dict[str, Any]:
+        """``compile = target`` in ``mode`` on top of the defaults, cold: start to ready (load + the
+        first 1024² image, which compiles), then latency. The engine stays for ``compiled_small``,
+        and the compile cache is saved at once, for the ``warm_start`` process to read."""
+        from fooocusd.engine.acceleration import COMPILE_CACHE_FOLDER, save_compile_artifacts
+
+        self.compiled_cache = self.work / f"compile-cache-{target}-{mode}"
+        options = replace(
+            AccelerationOptions(vram="high", compile=target, compile_mode=mode),
+            cache_dir=self.compiled_cache,
+            layout_on_cpu=self.tiny,
         )
-        self.case("queue", lambda: self.queue("queue"))
-        self.case("fast_compiled_batch_4", self.fast)
-        self.case("queue_compiled", lambda: self.queue("queue-compiled", compile="unet"))
-        self.case("fp8", self.fp8)
-        self.case("low_vram", self.low_vram)
-        self.case(
-            "queue_one_by_one_inline",
-            lambda: self.queue("queue-inline", batch_size=1, background_writes=False),
+        self.compiled_settings = {"compile": target, "compile_mode": mode}
+        result = self.variant(options, keep=True)
+        result["cache_saved"] = save_compile_artifacts(self.compiled_cache / COMPILE_CACHE_FOLDER)
+        return result
+
+    def compiled_small(self) -> dict[str, Any]:
+        """The compiled engine of ``compiled_latency`` at 512², 20 steps: the first image compiles."""
+        engine = self.kept
+        if engine is None:
+            return {"skipped": "no compiled engine (its case did not run)"}
+        small = self.request(width=self.small, height=self.small, steps=self.small_steps)
+        first = self.timed(engine, small, 1)[0]
+        runs = self.timed(engine, small, self.args.runs)
+        self.kept = None
+        return {
+            f"first_{self.small}_{self.small_steps}_incl_compile_s": first,
+            f"latency_{self.small}_{self.small_steps}_s": _summary(runs),
+            "peak_gib": self.peak_gib(),
+        }
+
+    def warm_start(self) -> dict[str, Any]:
+        """A fresh daemon process on the compile cache ``compiled_latency`` saved: process start to
+        the first image written (imports, load + hash, compiled graphs from disk), then its queue."""
+        import subprocess
+
+        cache = getattr(self, "compiled_cache", None)
+        if cache is None:
+            return {"skipped": "no compile cache (compiled_latency did not run)"}
+        out = self.work / "warm-start-report"
+        command = [
+            sys.executable,
+            str(ROOT / "bench" / "queue_throughput.py"),
+            "--model",
+            "tiny-random" if self.tiny else str(self.location.path),
+            "--device",
+            str(self.device),
+            "--jobs",
+            str(self.args.warm_start_jobs),
+            "--size",
+            "1024",  # tiny-random renders its own fraction of it
+            "--steps",
+            str(self.steps),
+            "--workdir",
+            str(self.work / "warm-start"),
+            "--out",
+            str(out),
+            "--set",
+            "engine.batch_size=1",
+            *(f"--set=engine.{key}={value}" for key, value in self.compiled_settings.items()),
+        ]
+        environment = {**os.environ, "CACHE_DIRECTORY": str(cache)}
+        mark = time.perf_counter()
+        done = subprocess.run(
+            command, env=environment, capture_output=True, text=True, timeout=self.args.warm_start_timeout_s
         )
-        self.case("switches", self.switches)
-        self.case("expansion", self.expansion)
-        self.case("plain", lambda: self.variant(OFF))
-        self.case("channels_last", lambda: self.variant(replace(OFF, channels_last=True)))
-        self.case("fuse_qkv", lambda: self.variant(replace(OFF, fuse_qkv=True)))
-        self.case("compile_unet_blocks", lambda: self.compiled("unet"))
-        if _xformers_importable():
-            self.case("xformers", lambda: self.variant(OFF, attention="xformers"))
+        wall = round(time.perf_counter() - mark, 2)
+        if done.returncode != 0:
+            return {"error": f"exit {done.returncode}: {done.stderr[-400:]}", "wall_s": wall}
+        report = json.loads((out / "queue_throughput.json").read_text())
+        return {**self.compiled_settings, "batch_size": 1, "process_wall_s": wall, **report}
+
+    def cases(self) -> dict[str, Callable[[], dict[str, Any]]]:
+        """Every case by name, in the default order: most telling first (a GPU session may end early)."""
+        defaults = replace(AccelerationOptions(vram="high"), layout_on_cpu=self.tiny)
         other = "float16" if self.dtype == torch.bfloat16 else "bfloat16"
+        cases: dict[str, Callable[[], dict[str, Any]]] = {
+            "setup": self.setup,
+            "defaults": self.defaults,
+            "batch_4": lambda: self.batched(defaults),
+            "queue": lambda: self.queue("queue"),
+            "fast_compiled_batch_4": self.fast,
+            "queue_compiled": lambda: self.queue("queue-compiled", compile="unet"),
+            "compiled_full_graphs": lambda: self.compiled_latency("unet_full", "reduce-overhead"),
+            "warm_start": self.warm_start,
+            "compiled_full_graphs_small": self.compiled_small,
+            "compiled_blocks": lambda: self.compiled_latency("unet", "default"),
+            "fp8": self.fp8,
+            "low_vram": self.low_vram,
+            "queue_one_by_one_inline": lambda: self.queue(
+                "queue-inline", batch_size=1, background_writes=False
+            ),
+            "switches": self.switches,
+            "expansion": self.expansion,
+            "plain": lambda: self.variant(OFF),
+            "channels_last": lambda: self.variant(replace(OFF, channels_last=True)),
+            "fuse_qkv": lambda: self.variant(replace(OFF, fuse_qkv=True)),
+            "compile_unet_blocks": lambda: self.compiled("unet"),
+        }
+        if _xformers_importable():
+            cases["xformers"] = lambda: self.variant(OFF, attention="xformers")
         if self.device.type == "cuda" or other == "bfloat16":  # (fp16 on a CPU is not worth timing)
-            self.case(other, lambda: self.variant(OFF, dtype=other))
-        if self.args.compile_full:
-            self.case("compile_unet_full", lambda: self.compiled("unet_full"))
+            cases[other] = lambda: self.variant(OFF, dtype=other)
+        cases["compile_unet_full"] = lambda: self.compiled("unet_full")
+        return cases
+
+    def run(self) -> None:
+        cases = self.cases()
+        if self.args.cases:
+            wanted = [name.strip() for name in self.args.cases.split(",") if name.strip()]
+            unknown = sorted(set(wanted) - set(cases))
+            if unknown:
+                raise SystemExit(f"unknown cases {unknown}; known: {', '.join(cases)}")
+        else:
+            wanted = [name for name in cases if name != "compile_unet_full" or self.args.compile_full]
+        if wanted[:1] != ["setup"]:
+            wanted.insert(0, "setup")
+        for name in wanted:
+            self.case(name, cases[name])
+            if name == "setup" and "error" in self.report["cases"]["setup"]:
+                return
 
 
 _NO_ADM = {"adm_scaler_positive": 1.0, "adm_scaler_negative": 1.0, "adm_scaler_end": 0.0}
@@ -662,6 +764,9 @@ def main() -> int:
     parser.add_argument("--low-vram-steps", type=int, default=10, help="steps of the low-VRAM images")
     parser.add_argument("--queue-jobs", type=int, default=12, help="prompt files per daemon queue case")
     parser.add_argument("--compile-full", action="store_true", help="also compile the whole UNet (minutes)")
+    parser.add_argument("--cases", default="", help="comma-separated cases, in order")
+    parser.add_argument("--warm-start-jobs", type=int, default=6, help="jobs of warm_start's daemon")
+    parser.add_argument("--warm-start-timeout-s", type=float, default=150.0)
     parser.add_argument("--budget-s", type=float, default=360.0, help="start no case after this many seconds")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="checkpoints and caches (default: a temp dir)"

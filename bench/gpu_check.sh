@@ -6,7 +6,11 @@
 #   gpu.txt                         nvidia-smi's name, memory and driver
 #   anchor.json, anchor.log         shared/bench/anchor_sdxl.py: stock StableDiffusionXLPipeline, fp16
 #   fooocusd_bench.json/.md, bench.log   bench/fooocusd_bench.py --size full
-# Time: about 9 minutes at most (anchor ≤ 150 s, our bench ≤ 390 s, start-up and wheels aside).
+# Time: under 9 minutes (anchor ≤ 110 s, our bench ≤ 420 s, wheels aside).
+#
+# Environment: CASES (the bench's --cases; empty: this script's order), BUDGET_S (start no case
+# after it, default 330), BENCH_TIMEOUT_S (default 420), SKIP_ANCHOR=1 (a follow-up call on the
+# same warm machine: its workdir /tmp/fooocusd-bench already holds the checkpoint).
 set -u
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -21,20 +25,27 @@ fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1 || true
 
-anchor=""
-for candidate in "${ANCHOR:-}" shared/bench/anchor_sdxl.py .bench-anchor/anchor_sdxl.py ../shared/bench/anchor_sdxl.py; do
-    if [ -n "$candidate" ] && [ -f "$candidate" ]; then anchor=$candidate; break; fi
-done
-if [ -n "$anchor" ]; then
-    timeout 150 python3 "$anchor" --out "$OUT/anchor.json" >"$OUT/anchor.log" 2>&1 \
-        || echo "anchor exited with status $? (see anchor.log)" | tee -a "$OUT/anchor.log"
-else
-    echo "anchor_sdxl.py not found: copy ../shared/bench/anchor_sdxl.py into .bench-anchor/ and carry it" \
-        | tee "$OUT/anchor.log"
+if [ "${SKIP_ANCHOR:-0}" != 1 ]; then
+    anchor=""
+    for candidate in "${ANCHOR:-}" shared/bench/anchor_sdxl.py .bench-anchor/anchor_sdxl.py ../shared/bench/anchor_sdxl.py; do
+        if [ -n "$candidate" ] && [ -f "$candidate" ]; then anchor=$candidate; break; fi
+    done
+    if [ -n "$anchor" ]; then
+        timeout 110 python3 "$anchor" --out "$OUT/anchor.json" >"$OUT/anchor.log" 2>&1 \
+            || echo "anchor exited with status $? (see anchor.log)" | tee -a "$OUT/anchor.log"
+    else
+        echo "anchor_sdxl.py not found: copy ../shared/bench/anchor_sdxl.py into .bench-anchor/ and carry it" \
+            | tee "$OUT/anchor.log"
+    fi
 fi
 
-timeout 390 python3 bench/fooocusd_bench.py --device cuda --size full --budget-s 330 \
+# The targets first: eager defaults, the whole UNet compiled with CUDA graphs (1024², then
+# a fresh daemon process starting on its disk cache, then 512²), the daemon's batched queue, low VRAM.
+CASES=${CASES:-setup,defaults,compiled_full_graphs,warm_start,compiled_full_graphs_small,queue,low_vram,compiled_blocks,fp8,batch_4,switches,expansion}
+timeout "${BENCH_TIMEOUT_S:-420}" python3 bench/fooocusd_bench.py --device cuda --size full \
+    --budget-s "${BUDGET_S:-330}" --queue-jobs 12 --warm-start-jobs 4 --cases "$CASES" \
     --workdir /tmp/fooocusd-bench --out "$OUT" >"$OUT/bench.log" 2>&1
 status=$?
-tail -n 60 "$OUT/bench.log"
+[ -f "$OUT/anchor.json" ] && cat "$OUT/anchor.json"
+tail -n 70 "$OUT/bench.log"
 exit $status

@@ -132,8 +132,10 @@ class EngineSettings(_Section):
     vram: Literal["auto", "high", "low"] = Field(
         "auto", description="low: stream the UNet, offload text encoders, tile VAE; auto: low under 10 GiB."
     )
-    compile: Literal["off", "unet", "unet_full"] = Field(
-        "off", description="torch.compile the UNet's repeated blocks (unet) or the whole UNet (unet_full)."
+    compile: Literal["auto", "off", "unet", "unet_full"] = Field(
+        "auto",
+        description="torch.compile the UNet's repeated blocks (unet) or the whole UNet (unet_full); "
+        "auto = unet on a CUDA GPU with Triton, off elsewhere.",
     )
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"] = Field(
         "default", description="torch.compile mode; reduce-overhead adds CUDA graphs (one per image size)."

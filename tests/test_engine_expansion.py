@@ -9,10 +9,12 @@ else, so only the constrained decoding keeps them out of the text.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from fooocusd.engine.expansion import PromptExpander, PromptExpansion, build_prompt_expansion
+from fooocusd.engine.expansion.expander import cache_argument
 from fooocusd.engine.expansion.vocabulary import CuratedVocabulary
 from fooocusd.engine.expansion.words import WORDS_FILE, allowed_words, load_word_list
 from fooocusd.engine.styles import Workloads
@@ -146,6 +149,31 @@ def test_logits_processor_bans_repeats_and_a_second_comma_but_allows_unused_word
     after_comma = processor(torch.tensor([[6, 3, 1]]), scores.clone())
     assert torch.isfinite(after_comma[0]).tolist() == [False, False, False, False, True, True, False, False]
     assert not processor.words_left(torch.tensor([[3, 4, 5, 1]]))
+
+
+class PastKeyValuesApi(torch.nn.Module):
+    """The model as transformers before 5.2x called it: ``past_key_values`` in and out, not ``cache``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls = 0
+
+    def forward(
+        self, input_ids: torch.Tensor, past_key_values: object = None, use_cache: bool = True
+    ) -> SimpleNamespace:
+        self.calls += 1
+        name = cache_argument(self.model)
+        output = self.model(input_ids=input_ids, use_cache=use_cache, **{name: past_key_values})
+        return SimpleNamespace(logits=output.logits, past_key_values=getattr(output, name))
+
+
+def test_expansion_runs_on_transformers_that_name_the_cache_past_key_values(expander: PromptExpander) -> None:
+    legacy = copy.copy(expander)
+    legacy.model = PastKeyValuesApi(expander.model)
+    assert cache_argument(legacy.model) == "past_key_values"
+    assert legacy.expand(PROMPT, 1234) == expander.expand(PROMPT, 1234)
+    assert legacy.model.calls > 1
 
 
 # -- seeds ---------------------------------------------------------------------------------------

@@ -133,8 +133,37 @@ def test_fp8_falls_back_without_torchao_on_the_cpu_with_fp16_and_in_low_vram_mod
 
 
 def test_quantize_off_never_looks_at_the_hardware() -> None:
-    plan = plan_acceleration(AccelerationOptions(quantize="off"), CUDA, torch.bfloat16, total_memory=80 * GIB)
+    chosen = AccelerationOptions(quantize="off", compile="off")  # compile = "auto" does look
+    plan = plan_acceleration(chosen, CUDA, torch.bfloat16, total_memory=80 * GIB)
     assert plan.quantize == "off" and not any("quantize" in note for note in plan.notes)
+
+
+@pytest.mark.parametrize("capability", [T4, A100, RTX_4090, H100])
+def test_compile_auto_is_regional_on_gpus_triton_builds_for(capability: tuple[int, int]) -> None:
+    assert hardware_plan(capability, 24 * GIB, True).compile_auto == "unet"
+    auto = AccelerationOptions(compile="auto")
+    plan = plan_acceleration(auto, CUDA, torch.bfloat16, hardware=_gpu(capability))
+    assert plan.compile == "unet" and plan.record()["compile"] == "unet"
+
+
+def test_compile_auto_is_off_on_the_cpu_old_gpus_without_triton_and_in_low_vram_mode() -> None:
+    assert hardware_plan(None, None, True).compile_auto == "off"
+    assert hardware_plan((6, 1), 12 * GIB, True).compile_auto == "off"  # Pascal: Triton builds nothing
+    assert hardware_plan(H100, 80 * GIB, True, triton_available=False).compile_auto == "off"
+    assert hardware_plan(RTX_4090, 8 * GIB, True).compile_auto == "off"  # low VRAM streams layers
+    for facts in (HardwareFacts("cpu", None, None, True), _gpu(H100, 8)):
+        device = CUDA if facts.device_type == "cuda" else CPU
+        plan = plan_acceleration(AccelerationOptions(compile="auto"), device, torch.float32, hardware=facts)
+        assert plan.compile == "off"
+    explicit = plan_acceleration(AccelerationOptions(compile="unet"), CPU, torch.float32)
+    assert explicit.compile == "unet"  # asked for by name, it is honoured on the CPU too
+
+
+def test_fp8_without_compile_says_it_runs_slower_eagerly() -> None:
+    eager = _plan_fp8(_gpu(H100), compile="off")
+    assert eager.quantize == "fp8" and acceleration.FP8_EAGER_NOTE in eager.notes
+    compiled = _plan_fp8(_gpu(H100), compile="auto")
+    assert compiled.compile == "unet" and acceleration.FP8_EAGER_NOTE not in compiled.notes
 
 
 def test_probing_the_cpu_reads_no_gpu_and_finds_torchao_without_importing_it() -> None:
@@ -144,9 +173,10 @@ def test_probing_the_cpu_reads_no_gpu_and_finds_torchao_without_importing_it() -
     assert facts.plan().dtype == torch.float32
 
 
-def test_settings_default_to_auto_dtype_auto_quantize_and_no_compile(tmp_path: Path) -> None:
+def test_settings_default_to_auto_dtype_quantize_and_compile(tmp_path: Path) -> None:
     settings = EngineSettings()
-    assert (settings.dtype, settings.quantize, settings.compile) == ("auto", "auto", "off")
+    assert (settings.dtype, settings.quantize, settings.compile) == ("auto", "auto", "auto")
+    assert AccelerationOptions.from_settings(settings, tmp_path).compile == "auto"
     options = AccelerationOptions.from_settings(EngineSettings(quantize="fp8"), tmp_path)
     assert options.quantize == "fp8"
 

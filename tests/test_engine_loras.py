@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import save_file
 
+from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
 from fooocusd.engine.factory import create_engine
 from fooocusd.engine.loras import MAX_LORAS_PER_IMAGE, LoraAdapters, lora_layout
 from fooocusd.engine.model_dirs import ModelDirs
@@ -157,6 +160,91 @@ def test_the_same_lora_twice_counts_as_one_with_the_weights_summed(engine: SDXLE
     assert [(entry["name"], entry["weight"]) for entry in twice.extra["loras"]] == [("ink", 1.0)]
 
 
+# -- folding active LoRAs into the UNet's weights ---------------------------------------------
+
+
+@contextmanager
+def lora_calls(module: torch.nn.Module) -> Iterator[list[str]]:
+    """Names of ``module``'s peft ``lora_A`` layers as they run (one entry per call)."""
+    calls: list[str] = []
+    handles = [
+        layer.register_forward_hook(lambda *_, name=name: calls.append(name))
+        for name, layer in module.named_modules()
+        if ".lora_A." in f"{name}."
+    ]
+    assert handles, "no LoRA layers to watch: load the LoRAs first"
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_active_loras_are_folded_into_the_unet_so_its_lora_layers_never_run(engine: SDXLEngine) -> None:
+    pipeline = engine._pipeline
+    assert pipeline is not None
+    engine.generate(default_request(steps=1, loras=(("ink", 1.0), ("pastel", 0.5))))  # loads both
+    engine.generate(default_request(steps=1))
+    with lora_calls(pipeline.unet) as unet_calls, lora_calls(pipeline.text_encoder) as text_calls:
+        engine.generate(default_request(steps=2, loras=(("ink", 1.0), ("pastel", 0.5))))
+    folded = engine._components.loras.folded
+    assert [weight for _, weight in folded] == [1.0, 0.5]
+    assert unet_calls == []  # no per-step LoRA matmuls: the deltas are in the weights
+    assert text_calls  # the text encoders keep peft's layers (they run once per prompt)
+
+
+def test_folded_loras_give_the_image_peft_layers_give(engine: SDXLEngine) -> None:
+    loras = (("ink", 0.8), ("pastel", -0.5))
+    folded = _pixels(engine, loras=loras)  # (loads both LoRAs first)
+    engine._components.loras.fold = False
+    try:
+        pipeline = engine._pipeline
+        assert pipeline is not None
+        with lora_calls(pipeline.unet) as unet_calls:
+            layered = _pixels(engine, loras=loras)
+        assert unet_calls  # the peft layers ran this time
+    finally:
+        engine._components.loras.fold = True
+    assert np.abs(folded.astype(int) - layered.astype(int)).max() <= 2
+
+
+def test_many_lora_switches_leave_the_base_weights_bit_for_bit_as_loaded(engine: SDXLEngine) -> None:
+    pipeline = engine._pipeline
+    assert pipeline is not None
+    engine.generate(default_request(steps=1))
+    before = {name: p.detach().clone() for name, p in pipeline.unet.named_parameters() if "lora_" not in name}
+    plain = _pixels(engine)
+    switches = [(("ink", 1.0),), (("pastel", 0.37),), (("ink", -1.3), ("pastel", 0.9)), (("ink", 0.1),)]
+    for loras in switches * 5:
+        engine.generate(default_request(steps=1, loras=loras))
+    assert np.array_equal(_pixels(engine), plain)
+    # (peft moves a wrapped layer's weight to ``<layer>.base_layer.weight`` at the first LoRA)
+    after = {name.replace(".base_layer", ""): p for name, p in pipeline.unet.named_parameters()}
+    assert all(torch.equal(after[name.replace(".base_layer", "")], value) for name, value in before.items())
+
+
+def test_loras_stay_unfolded_on_fp8_and_streamed_weights() -> None:
+    cpu = torch.device("cpu")
+    high = plan_acceleration(AccelerationOptions(vram="high", compile="off"), cpu, torch.float32)
+    low = plan_acceleration(AccelerationOptions(vram="low", compile="off"), cpu, torch.float32)
+    assert high.folds_loras and not low.folds_loras
+    high.quantize = "fp8"
+    assert not high.folds_loras
+
+
+def test_low_vram_engine_runs_loras_as_peft_layers(models: Path) -> None:
+    settings = EngineSettings(model="tiny-random", device="cpu", vram="low")
+    low = create_engine(settings, models, models.parent / "cache-low")
+    assert isinstance(low, SDXLEngine)
+    low.load()
+    assert low._pipeline is not None and not low._components.loras.fold
+    low.generate(default_request(steps=1, loras=(("ink", 1.0),)))  # loads it
+    with lora_calls(low._pipeline.unet) as unet_calls:
+        with_lora = np.asarray(low.generate(default_request(steps=2, loras=(("ink", 1.0),))).image)
+    assert unet_calls and low._components.loras.folded == ()
+    assert not np.array_equal(with_lora, np.asarray(low.generate(default_request(steps=2)).image))
+
+
 def test_missing_lora_names_the_file_and_the_folders_and_how_to_fetch_it(engine: SDXLEngine) -> None:
     with pytest.raises(InvalidInput) as caught:
         engine.generate(default_request(steps=1, loras=(("no_such_style", 1.0),)))
@@ -210,7 +298,8 @@ def test_least_recently_used_adapters_are_deleted_beyond_the_cache_bound(models:
         def enable_lora(self) -> None: ...
         def set_adapters(self, names: list[str], weights: list[float]) -> None: ...
 
-    adapters = LoraAdapters(ModelDirs.of(models), models.parent / "cache" / "lru.json", capacity=8)
+    cache = models.parent / "cache" / "lru.json"
+    adapters = LoraAdapters(ModelDirs.of(models), cache, capacity=8, fold=False)  # no UNet to fold into
     adapters._capacity = 2  # the public bound is 8 per image; shrink it to see evictions with three files
     pipeline = FakePipeline()
     adapters.apply(pipeline, [("ink", 1.0)])

@@ -26,6 +26,8 @@ BF16_FROM: Capability = (8, 0)
 """Ampere: bfloat16 tensor cores. Older CUDA GPUs get float16 (with an fp32 SDXL VAE)."""
 FP8_FROM: Capability = (8, 9)
 """Ada Lovelace and Hopper: float8 tensor cores (``torch._scaled_mm``)."""
+TRITON_FROM: Capability = (7, 0)
+"""Volta: the oldest GPUs Triton (torch.compile's GPU code generator) builds kernels for."""
 LOW_VRAM_BELOW_BYTES = 10 * 2**30
 """``engine.vram = "auto"`` streams the UNet on CUDA GPUs with less memory than this."""
 TORCHAO_MIN_VERSION = (0, 18)
@@ -44,6 +46,8 @@ class HardwarePlan:
     """Why fp8 cannot run here, in plain words; empty when it can."""
     quantize_auto: str
     """What ``engine.quantize = "auto"`` becomes: "off" or "fp8"."""
+    compile_auto: str = "off"
+    """What ``engine.compile = "auto"`` becomes: "unet" (regional) on a CUDA GPU with Triton, else "off"."""
 
     @property
     def fp8(self) -> bool:
@@ -56,8 +60,13 @@ def hardware_plan(
     torchao_available: bool,
     *,
     device_type: str | None = None,
+    triton_available: bool = True,
 ) -> HardwarePlan:
-    """The fast defaults for a device; ``capability`` None means no CUDA GPU (``device_type`` cpu or mps)."""
+    """The fast defaults for a device; ``capability`` None means no CUDA GPU (``device_type`` cpu or mps).
+
+    Regional compilation is the compile default: on an H100 it took 1024²/30 steps from 2.13 s to
+    1.68 s for about 8 s of compiling (bench/results/h100-2026-11-26). The whole UNet under CUDA graphs
+    is faster still (1.16 s) but compiles for about 100 s per image size, so it stays opt-in."""
     kind = device_type or ("cuda" if capability is not None else "cpu")
     if kind == "cuda" and capability is not None:
         dtype = torch.bfloat16 if capability >= BF16_FROM else torch.float16
@@ -68,7 +77,14 @@ def hardware_plan(
     vram = auto_vram(kind, total_memory)
     fp8_unsupported = _fp8_unsupported(kind, capability, torchao_available)
     quantize_auto = "fp8" if not fp8_unsupported and FP8_QUALITY_MEASURED else "off"
-    return HardwarePlan(dtype=dtype, vram=vram, fp8_unsupported=fp8_unsupported, quantize_auto=quantize_auto)
+    compiles = kind == "cuda" and capability is not None and capability >= TRITON_FROM and triton_available
+    return HardwarePlan(
+        dtype=dtype,
+        vram=vram,
+        fp8_unsupported=fp8_unsupported,
+        quantize_auto=quantize_auto,
+        compile_auto="unet" if compiles and vram == "high" else "off",
+    )
 
 
 def auto_vram(device_type: str, total_memory: int | None) -> str:
@@ -99,10 +115,15 @@ class HardwareFacts:
     capability: Capability | None
     total_memory: int | None
     torchao_available: bool
+    triton_available: bool = True
 
     def plan(self) -> HardwarePlan:
         return hardware_plan(
-            self.capability, self.total_memory, self.torchao_available, device_type=self.device_type
+            self.capability,
+            self.total_memory,
+            self.torchao_available,
+            device_type=self.device_type,
+            triton_available=self.triton_available,
         )
 
 
@@ -112,7 +133,11 @@ def probe_hardware(device: torch.device) -> HardwareFacts:
         return HardwareFacts(device.type, None, None, torchao_available())
     properties = torch.cuda.get_device_properties(device)
     return HardwareFacts(
-        "cuda", (properties.major, properties.minor), properties.total_memory, torchao_available()
+        "cuda",
+        (properties.major, properties.minor),
+        properties.total_memory,
+        torchao_available(),
+        triton_available=importlib.util.find_spec("triton") is not None,
     )
 
 

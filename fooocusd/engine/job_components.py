@@ -44,9 +44,11 @@ class JobComponents:
         self._refiner: LoadedRefiner | None = None
         self._refiner_step: int | None = None
 
-    def attach(self, pipeline: Any) -> None:
-        """A new base pipeline is resident: its adapters and VAE are its own."""
+    def attach(self, pipeline: Any, *, fold_loras: bool = True) -> None:
+        """A new base pipeline is resident: its adapters and VAE are its own. ``fold_loras``: whether
+        its UNet's weights may take the active LoRAs in (``AccelerationPlan.folds_loras``)."""
         self.loras.forget()
+        self.loras.fold = fold_loras
         self.vaes.attach(pipeline)
 
     def prepare(

@@ -4,7 +4,9 @@ Each LoRA file becomes one peft adapter on the pipeline (``load_lora_weights``; 
 kohya files). Adapters stay loaded between jobs, keyed by the file's SHA-256 (through the engine's
 hash cache, so an unchanged file is never re-read to hash it), with a least-recently-used bound;
 a job only switches which adapters are active and at what weight (``set_adapters``), or turns
-them all off (``disable_lora``). The base model is never reloaded for a LoRA change.
+them all off (``disable_lora``). The base model is never reloaded for a LoRA change. Where
+``fold`` is set (the engine's default outside fp8 and low-VRAM mode), the active UNet adapters are
+then folded into the UNet's weights (``lora_merge.py``), so they cost nothing per step.
 
 The same file named twice in one image (under two spellings, or once by a preset and once by the
 job) is one adapter whose weight is the sum of both: that is exactly what stacking the same LoRA
@@ -23,6 +25,7 @@ from typing import Any, Literal
 
 from fooocusd.engine.base import GenerationRequest
 from fooocusd.engine.families import PICKLE_SUFFIXES, SAFE_SUFFIX
+from fooocusd.engine.lora_merge import FoldedUNetLoras
 from fooocusd.engine.model_dirs import ModelDirs, put_file_into, searched_folders
 from fooocusd.engine.models import autov2, file_sha256
 from fooocusd.engine.prompt_syntax import parse_inline_loras
@@ -173,13 +176,23 @@ def read_lora(path: Path) -> dict[str, Any]:
 class LoraAdapters:
     """The LoRA adapters loaded on one pipeline, and which of them the current image uses."""
 
-    def __init__(self, model_dirs: ModelDirs, hash_cache: Path, capacity: int = ADAPTER_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        model_dirs: ModelDirs,
+        hash_cache: Path,
+        capacity: int = ADAPTER_CACHE_SIZE,
+        *,
+        fold: bool = True,
+    ) -> None:
         if capacity < MAX_LORAS_PER_IMAGE:
             raise ValueError(f"capacity {capacity} cannot hold one image's {MAX_LORAS_PER_IMAGE} LoRAs")
         self._model_dirs = model_dirs
         self._hash_cache = hash_cache
         self._capacity = capacity
         self._loaded: OrderedDict[str, str] = OrderedDict()  # sha256 → adapter name, oldest first
+        self._folded = FoldedUNetLoras()
+        self.fold = fold
+        """Fold the active UNet adapters into its weights (off for fp8 weights and low-VRAM mode)."""
         self.files_loaded = 0
         """How many times a LoRA file was read and injected (cache misses)."""
 
@@ -191,6 +204,12 @@ class LoraAdapters:
     def forget(self) -> None:
         """The pipeline was replaced: its adapters went with it."""
         self._loaded.clear()
+        self._folded.forget()
+
+    @property
+    def folded(self) -> tuple[tuple[str, float], ...]:
+        """The (adapter, weight) pairs folded into the UNet's weights now."""
+        return self._folded.folded
 
     def resolve(self, loras: Sequence[tuple[str, float]]) -> list[tuple[LoraFile, float]]:
         """Find and hash every LoRA; the same file twice becomes one entry with the summed weight."""
@@ -217,6 +236,7 @@ class LoraAdapters:
         """Make exactly ``loras`` active on ``pipeline`` at their weights; returns what was applied."""
         wanted = self.resolve(loras)
         if not wanted:
+            self._folded.restore()
             if self._loaded:
                 pipeline.disable_lora()
             return []
@@ -227,6 +247,10 @@ class LoraAdapters:
         self._evict(pipeline, keep={item.file.sha256 for item in applied})
         pipeline.enable_lora()
         pipeline.set_adapters([item.adapter for item in applied], [item.weight for item in applied])
+        if self.fold:
+            self._folded.fold(pipeline.unet, [(item.adapter, item.weight) for item in applied])
+        else:
+            self._folded.restore()
         return applied
 
     def _ensure_loaded(self, pipeline: Any, file: LoraFile) -> str:

@@ -278,7 +278,8 @@ class SDXLEngine:
         self._sha256 = model_sha256(location, self._hash_cache)
         self._base_scheduler_config = dict(pipeline.scheduler.config)
         self._pipeline = pipeline
-        self._components.attach(pipeline)
+        plan = self._accelerator.plan
+        self._components.attach(pipeline, fold_loras=plan is None or plan.folds_loras)
         self._embeddings.attach(pipeline)
         self._unreported_load_seconds = time.perf_counter() - started
 

@@ -21,10 +21,12 @@ added words on their own and the token counts.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -179,12 +181,13 @@ class PromptExpander:
         sequence = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         step_input = sequence
         cache = None
+        cache_name = cache_argument(self.model)
         generated: list[int] = []
         for _ in range(new_tokens):
             if not self.vocabulary.words_left(sequence):
                 break  # every curated word is used: stop rather than add commas only
-            output = self.model(input_ids=step_input, cache=cache, use_cache=True)
-            cache = output.cache
+            output = self.model(input_ids=step_input, use_cache=True, **{cache_name: cache})
+            cache = getattr(output, cache_name)
             scores = self.vocabulary(sequence, output.logits[:, -1, :].float())
             scores = self.top_k_warper(sequence, scores)
             probabilities = torch.softmax(scores, dim=-1).cpu()
@@ -193,3 +196,10 @@ class PromptExpander:
             sequence = torch.cat([sequence, token], dim=1)
             step_input = token
         return tuple(generated)
+
+
+def cache_argument(model: Any) -> str:
+    """The key-value cache's argument (and output field) name: ``cache`` from transformers 5.2x on,
+    ``past_key_values`` before."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"

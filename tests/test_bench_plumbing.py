@@ -1,0 +1,50 @@
+"""The benchmark that runs on the GPU machine keeps working: its CPU plumbing run, on tiny-random.
+
+GPU time is scarce (one short call per session), so a case that broke since the last GPU run would
+waste it. This runs the script end to end on the CPU with a few cases and checks the report it
+writes; the figures themselves are not performance numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "fooocusd_bench.py"),
+        "--device=cpu",
+        "--size=tiny",
+        "--runs=1",
+        "--queue-jobs=2",
+        "--cases=defaults,queue,low_vram",
+        f"--workdir={tmp_path / 'work'}",
+        f"--out={out}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "fooocusd_bench.json").read_text())
+    cases = report["cases"]
+    assert list(cases) == ["setup", "defaults", "queue", "low_vram"]  # setup comes first, unasked
+    assert not [name for name, case in cases.items() if "error" in case or "skipped" in case], cases
+    assert cases["defaults"]["latency_128_6_refinements_on_s"]["median"] > 0
+    assert cases["queue"]["images"] == 2 and cases["queue"]["first_image_s"] > 0
+    assert cases["low_vram"]["acceleration"]["vram"] == "low"
+    markdown = (out / "fooocusd_bench.md").read_text()
+    assert "| defaults | start_to_ready_s |" in markdown
+
+    setup_only = [*[part for part in command if not part.startswith("--cases=")], "--cases=setup"]
+    again = subprocess.run(setup_only, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rerun = json.loads((out / "fooocusd_bench.json").read_text())["cases"]["setup"]
+    assert rerun["reused"] == str(tmp_path / "work")  # a follow-up call skips building the model
