@@ -42,8 +42,8 @@ fi
 # What the 2026-11-26 run left unmeasured first (docs/benchmarks.md): the regional-compile default
 # cold and from a fresh daemon process on its cache (start ≤ 30 s), the defaults (now compiled),
 # compiled batches and the daemon's queue with them (≤ 0.75 s), folded LoRAs, fp8 under compile,
-# expansion; then the whole UNet under CUDA graphs again and low VRAM.
-CASES=${CASES:-setup,compiled_blocks,warm_start,defaults,queue,batch_4,switches,fp8,expansion,compiled_full_graphs,compiled_full_graphs_small,low_vram}
+# expansion, regional compile with CUDA graphs; then the whole UNet under CUDA graphs again, low VRAM.
+CASES=${CASES:-setup,compiled_blocks,warm_start,defaults,queue,batch_4,switches,fp8,expansion,compiled_blocks_graphs,compiled_full_graphs,compiled_full_graphs_small,low_vram}
 timeout "${BENCH_TIMEOUT_S:-420}" python3 bench/fooocusd_bench.py --device cuda --size full \
     --budget-s "${BUDGET_S:-330}" --queue-jobs 12 --warm-start-jobs 4 --cases "$CASES" \
     --workdir /tmp/fooocusd-bench --out "$OUT" >"$OUT/bench.log" 2>&1
