@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from fooocusd.cli import main
+from fooocusd.service.doctor import run_checks
+from fooocusd.settings import load_settings
 from tests.daemon_harness import REPO, Sandbox
 
 
@@ -110,9 +112,16 @@ def test_cancel_of_an_unknown_job_is_a_clear_error(
 def test_doctor_reports_each_check(sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["doctor", "--config", str(sandbox.config)])
     out = capsys.readouterr().out
-    for check in ("torch", "folder layout", "inbox folder", "model", "inotify"):
+    for check in ("torch", "speed settings", "folder layout", "inbox folder", "model", "inotify"):
         assert check in out
     assert code == 0, out
+
+
+def test_doctor_says_what_the_auto_speed_settings_become_here(sandbox: Sandbox) -> None:
+    settings = load_settings(sandbox.config, environ={}).settings
+    speed = next(check for check in run_checks(settings) if check.name == "speed settings")
+    assert speed.level == "ok"
+    assert speed.detail.startswith("cpu: float32, vram high, compile off, batches of 1, fp8 off")
 
 
 def test_log_json_writes_one_json_object_per_line(sandbox: Sandbox) -> None:

@@ -22,7 +22,7 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [_torch(), *_folders(settings), _model(settings), _inotify()]
+    return [_torch(), _speed(settings), *_folders(settings), _model(settings), _inotify()]
 
 
 def _torch() -> Check:
@@ -36,6 +36,32 @@ def _torch() -> Check:
     return Check(
         "torch", "warn", f"torch {torch.__version__}, no CUDA device: generation runs on the CPU (slow)"
     )
+
+
+def _speed(settings: Settings) -> Check:
+    """What the engine's ``auto`` speed settings become on this machine, and why anything asked is not."""
+    try:
+        from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
+        from fooocusd.engine.batching import resolve_batch_size
+        from fooocusd.engine.devices import device_total_memory, dtype_name, pick_device, pick_dtype
+
+        engine = settings.engine
+        device = pick_device(engine.device)
+        dtype = pick_dtype(engine.dtype, device)
+        memory = device_total_memory(device)
+        options = AccelerationOptions.from_settings(engine, None)
+        plan = plan_acceleration(options, device, dtype, total_memory=memory)
+        batch = resolve_batch_size(engine.batch_size, device=device, vram=plan.vram, total_memory=memory)
+    except (FooocusdError, ImportError, RuntimeError, ValueError) as exc:
+        return Check("speed settings", "warn", f"cannot tell: {type(exc).__name__}: {exc}")
+    detail = (
+        f"{device.type}: {dtype_name(dtype)}, vram {plan.vram}, compile {plan.compile}, batches of {batch}, "
+        f"fp8 {plan.quantize}"
+    )
+    asked_for_speed = engine.compile != "off" or engine.quantize == "fp8"
+    missing = [note for note in plan.notes if note.startswith(("compile off", "quantize off"))]
+    level: Literal["ok", "warn"] = "warn" if device.type == "cuda" and asked_for_speed and missing else "ok"
+    return Check("speed settings", level, "; ".join([detail, *plan.notes]))
 
 
 def _folders(settings: Settings) -> list[Check]:
