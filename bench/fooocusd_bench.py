@@ -19,8 +19,13 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
 * prompt-expansion latency (GPT-2 small's shape, random weights);
 * each optimisation on its own against a plain engine (all off): channels_last, fused QKV, fp16
   instead of bf16, xformers (when importable), regional torch.compile (cold, then warm disk cache);
+* the UNet replayed as captured CUDA graphs (``engine.cuda_graphs = "on"``; ``graphs``: over regional
+  compile, ``graphs_eager``: without compile; ``queue_graphs``: the daemon's queue with them), with
+  the allocator's peak reserved memory (the graphs' pool) beside the peak allocated;
 * the whole UNet compiled with CUDA graphs: cold, at 512² too, and a fresh daemon process starting
   on its saved compile cache (process start to the first image); regional compile alone;
+* fp8 matmuls alone at the UNet's transformer shapes, bf16 against ``torch._scaled_mm`` with and
+  without on-the-fly input scaling, and torchao's weights (``fp8_matmul``, ``fp8_matmul.py``);
 * fp8 UNet weights (``engine.quantize = "fp8"``) against the default engine: the same 3 seeds rendered
   with and without fp8, latency of both, and how far the decoded images and the final latents move
   (PSNR, max abs difference). Reports "unsupported" (with the reason) where fp8 cannot run.
@@ -72,6 +77,8 @@ from fooocusd.engine.sdxl import SDXLEngine, _default_scheduler  # noqa: E402
 IMPORTS_S = time.perf_counter() - PROCESS_START
 OFF = AccelerationOptions(vram="high", compile="off", channels_last=False, fuse_qkv=False, layout_on_cpu=True)
 """The plain engine every optimisation is measured against: eager, no layout changes, no fusion."""
+PHASES = ("encode", "denoise", "decode")
+"""``GeneratedImage.timings`` parts: text encoders, the denoising loop, VAE decode + image."""
 KEEP_COMPILED_ENGINE = frozenset({"warm_start", "compiled_full_graphs_small"})
 """Cases before which the engine ``compiled_latency`` kept stays resident (the small-size case uses it)."""
 LORA_RANK = 8
@@ -83,6 +90,7 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.phases: dict[str, float] = {}
         self.device = torch.device("cuda" if args.device == "cuda" else "cpu")
         self.dtype = getattr(torch, args.dtype) if args.dtype != "auto" else _auto_dtype(self.device)
         self.tiny = args.size == "tiny"
@@ -164,13 +172,18 @@ class Bench:
         return replace(request, **overrides)
 
     def timed(self, engine: SDXLEngine, request: GenerationRequest, runs: int) -> list[float]:
-        seconds = []
+        """Seconds per image; ``self.phases`` then holds the median encode/denoise/decode split."""
+        seconds, phases = [], []
         for index in range(runs):
             self.sync()
             mark = time.perf_counter()
-            engine.generate(replace(request, seed=request.seed + index + 1))
+            image = engine.generate(replace(request, seed=request.seed + index + 1))
             self.sync()
             seconds.append(round(time.perf_counter() - mark, 4))
+            phases.append(image.timings)
+        self.phases = {
+            name: round(statistics.median(each.get(name, 0.0) for each in phases), 4) for name in PHASES
+        }
         return seconds
 
     def sync(self) -> None:
@@ -185,6 +198,12 @@ class Bench:
         if self.device.type != "cuda":
             return None
         return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+    def peak_reserved_gib(self) -> float | None:
+        """The caching allocator's most held: allocations, free blocks and CUDA graph pools."""
+        if self.device.type != "cuda":
+            return None
+        return round(torch.cuda.max_memory_reserved() / 2**30, 2)
 
     def resident_gib(self) -> float | None:
         if self.device.type != "cuda":
@@ -245,6 +264,7 @@ class Bench:
         self.sync()
         ready_s = time.perf_counter() - mark
         on = self.timed(engine, self.request(), self.args.runs)
+        on_phases = self.phases
         off = self.timed(engine, self.request(sharpness=0.0, adaptive_cfg=30.0, **_NO_ADM), self.args.runs)
         peak = self.peak_gib()
         small = self.request(width=self.small, height=self.small, steps=self.small_steps)
@@ -261,6 +281,7 @@ class Bench:
             f"latency_{self.big}_{self.steps}_refinements_on_s": _summary(on),
             f"latency_{self.big}_{self.steps}_refinements_off_s": _summary(off),
             "refinement_cost_pct": round(100 * (statistics.median(on) / statistics.median(off) - 1), 1),
+            f"phases_{self.big}_{self.steps}_refinements_on_s": on_phases,
             f"latency_{self.small}_{self.small_steps}_s": _summary(small_s),
             "queue_of_4_s_per_image": round(queue_s, 3),
             "resident_gib": resident,
@@ -276,8 +297,8 @@ class Bench:
         plain = statistics.median(self.timed(engine, quick, 3))
         first_a = self.timed(engine, replace(quick, loras=(("bench_a", 1.0),)), 1)[0]
         first_b = self.timed(engine, replace(quick, loras=(("bench_b", 1.0),)), 1)[0]
-        back_a = self.timed(engine, replace(quick, loras=(("bench_a", 1.0),)), 2)
-        with_lora = statistics.median(back_a)
+        back_a = self.timed(engine, replace(quick, loras=(("bench_a", 1.0),)), 3)
+        with_lora = statistics.median(back_a[1:])  # the first image back on ``bench_a`` pays the switch
         folded = bool(engine._components.loras.folded)
         to_other = self.timed(engine, replace(quick, model=self.other), 1)[0]
         to_first = self.timed(engine, replace(quick, model=self.location.name), 1)[0]
@@ -359,6 +380,12 @@ class Bench:
         )
         return report
 
+    def fp8_matmul(self) -> dict[str, Any]:
+        """The UNet's transformer matmuls alone: bf16 against fp8 ways (``fp8_matmul.py``), ms per call."""
+        from fp8_matmul import measure_fp8_matmul
+
+        return measure_fp8_matmul(self.device, tiny=self.tiny, runs=self.args.runs * 7)
+
     def seeded(self, engine: SDXLEngine, seeds: tuple[int, ...]) -> dict[str, Any]:
         """Warm up, then render each seed once: seconds, decoded pixels (float) and final latents."""
         engine.generate(self.request(seed=seeds[0] + 100))
@@ -407,6 +434,7 @@ class Bench:
         ready = time.perf_counter() - mark
         self.timed(engine, self.request(), 1)  # warm-up of the single-image shape
         alone = self.timed(engine, self.request(), self.args.runs)
+        alone_phases = self.phases
         per_image = []
         for run in range(self.args.runs):
             batch = [replace(request, seed=request.seed + 100 * (run + 1)) for request in requests]
@@ -422,9 +450,12 @@ class Bench:
             "acceleration": engine.describe()["acceleration"],
             "start_to_ready_s": round(ready, 2),
             f"latency_{self.big}_{self.steps}_alone_s": _summary(alone),
+            f"phases_{self.big}_{self.steps}_alone_s": alone_phases,
             f"batch_of_{size}_s_per_image": _summary(per_image),
             f"latency_{self.small}_{self.small_steps}_s": _summary(small_s),
+            f"phases_{self.small}_{self.small_steps}_s": self.phases,
             "peak_gib": self.peak_gib(),
+            "peak_reserved_gib": self.peak_reserved_gib(),
         }
 
     def fast(self) -> dict[str, Any]:
@@ -565,15 +596,18 @@ class Bench:
             "setup": self.setup,
             "defaults": self.defaults,
             "batch_4": lambda: self.batched(defaults),
+            "graphs": lambda: self.batched(replace(defaults, cuda_graphs="on")),
+            "graphs_eager": lambda: self.batched(replace(defaults, compile="off", cuda_graphs="on")),
+            "queue_graphs": lambda: self.queue("queue-graphs", cuda_graphs="on"),
             "queue": lambda: self.queue("queue"),
             "fast_compiled_batch_4": self.fast,
             "queue_compiled": lambda: self.queue("queue-compiled", compile="unet"),
             "compiled_full_graphs": lambda: self.compiled_latency("unet_full", "reduce-overhead"),
-            "compiled_blocks_graphs": lambda: self.compiled_latency("unet", "reduce-overhead"),
             "warm_start": self.warm_start,
             "compiled_full_graphs_small": self.compiled_small,
             "compiled_blocks": lambda: self.compiled_latency("unet", "default"),
             "fp8": self.fp8,
+            "fp8_matmul": self.fp8_matmul,
             "low_vram": self.low_vram,
             "queue_one_by_one_inline": lambda: self.queue(
                 "queue-inline", batch_size=1, background_writes=False
@@ -691,7 +725,13 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
             label = f"vram {value.get('vram')}, vae {value.get('vae_dtype')}, compile {value.get('compile')}"
             if value.get("quantize", "off") != "off":
                 label += f", {value['quantize']} ({value.get('quantized_layers')} layers)"
+            if value.get("cuda_graphs"):
+                label += (
+                    f", CUDA graphs ({value.get('cuda_graph_captures', 0)} captured, "
+                    f"{len(value.get('cuda_graph_eager_buckets', []))} left eager)"
+                )
             rows.append((prefix + key, ", ".join([label, *applied])))
+            rows.extend((f"{prefix}{key}.note", note) for note in value.get("cuda_graph_eager_buckets", []))
         elif isinstance(value, dict) and not {"median", "runs"} <= set(value):
             rows.extend(_flatten(value, f"{prefix}{key}."))
         else:

@@ -10,7 +10,9 @@
 #
 # Environment: CASES (the bench's --cases; empty: this script's order), BUDGET_S (start no case
 # after it, default 330), BENCH_TIMEOUT_S (default 420), SKIP_ANCHOR=1 (a follow-up call on the
-# same warm machine: its workdir /tmp/fooocusd-bench already holds the checkpoint).
+# same warm machine: its workdir /tmp/fooocusd-bench already holds the checkpoint), ANCHOR_ARGS (extra
+# anchor flags: "--compile --compile-mode default --only-compiled" times stock torch.compile, about
+# 2 minutes), ANCHOR_TIMEOUT_S (default 110), SKIP_BENCH=1 (the anchor alone).
 set -u
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -31,7 +33,9 @@ if [ "${SKIP_ANCHOR:-0}" != 1 ]; then
         if [ -n "$candidate" ] && [ -f "$candidate" ]; then anchor=$candidate; break; fi
     done
     if [ -n "$anchor" ]; then
-        timeout 110 python3 "$anchor" --out "$OUT/anchor.json" >"$OUT/anchor.log" 2>&1 \
+        # shellcheck disable=SC2086  # ANCHOR_ARGS is a list of flags
+        timeout "${ANCHOR_TIMEOUT_S:-110}" python3 "$anchor" ${ANCHOR_ARGS:-} --out "$OUT/anchor.json" \
+            >"$OUT/anchor.log" 2>&1 \
             || echo "anchor exited with status $? (see anchor.log)" | tee -a "$OUT/anchor.log"
     else
         echo "anchor_sdxl.py not found: copy ../shared/bench/anchor_sdxl.py into .bench-anchor/ and carry it" \
@@ -39,11 +43,16 @@ if [ "${SKIP_ANCHOR:-0}" != 1 ]; then
     fi
 fi
 
-# What the 2026-11-26 run left unmeasured first (docs/benchmarks.md): the regional-compile default
-# cold and from a fresh daemon process on its cache (start ≤ 30 s), the defaults (now compiled),
-# compiled batches and the daemon's queue with them (≤ 0.75 s), folded LoRAs, fp8 under compile,
-# expansion, regional compile with CUDA graphs; then the whole UNet under CUDA graphs again, low VRAM.
-CASES=${CASES:-setup,compiled_blocks,warm_start,defaults,queue,batch_4,switches,fp8,expansion,compiled_blocks_graphs,compiled_full_graphs,compiled_full_graphs_small,low_vram}
+# What is unmeasured first (docs/benchmarks.md): CUDA graphs of the UNet over regional compile
+# (1024², batch of 4, 512²), the daemon's queue with them, graphs without compile, where fp8's
+# matmuls lose their speed (fp8_matmul, seconds); then the whole
+# UNet under torch.compile's CUDA graphs again (its 2026-11-27 run was cut off), warm start, fp8.
+if [ "${SKIP_BENCH:-0}" = 1 ]; then
+    [ -f "$OUT/anchor.json" ] && cat "$OUT/anchor.json"
+    tail -n 20 "$OUT/anchor.log"
+    exit 0
+fi
+CASES=${CASES:-setup,graphs,queue_graphs,graphs_eager,fp8_matmul,compiled_full_graphs,compiled_full_graphs_small,warm_start,fp8,low_vram}
 timeout "${BENCH_TIMEOUT_S:-420}" python3 bench/fooocusd_bench.py --device cuda --size full \
     --budget-s "${BUDGET_S:-330}" --queue-jobs 12 --warm-start-jobs 4 --cases "$CASES" \
     --workdir /tmp/fooocusd-bench --out "$OUT" >"$OUT/bench.log" 2>&1

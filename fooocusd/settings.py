@@ -150,6 +150,11 @@ class EngineSettings(_Section):
         "auto",
         description="fp8 UNet Linear weights (torchao, CUDA 8.9+); auto = off until fp8 quality is measured.",
     )
+    cuda_graphs: Literal["off", "on"] = Field(
+        "off",
+        description="Replay the base UNet as captured CUDA graphs, one per input shape (NVIDIA GPUs, "
+        "high-VRAM mode).",
+    )
     batch_size: Literal["auto"] | int = Field(
         "auto", description="Images per UNet batch, 1..16; auto = 4 on a CUDA GPU in high-VRAM mode, else 1."
     )

@@ -27,7 +27,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "--size=tiny",
         "--runs=1",
         "--queue-jobs=2",
-        "--cases=defaults,queue,low_vram",
+        "--cases=defaults,queue,low_vram,fp8_matmul",
         f"--workdir={tmp_path / 'work'}",
         f"--out={out}",
     ]
@@ -35,11 +35,15 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "fooocusd_bench.json").read_text())
     cases = report["cases"]
-    assert list(cases) == ["setup", "defaults", "queue", "low_vram"]  # setup comes first, unasked
+    assert list(cases) == ["setup", "defaults", "queue", "low_vram", "fp8_matmul"]  # setup first, unasked
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case], cases
     assert cases["defaults"]["latency_128_6_refinements_on_s"]["median"] > 0
     assert cases["queue"]["images"] == 2 and cases["queue"]["first_image_s"] > 0
     assert cases["low_vram"]["acceleration"]["vram"] == "low"
+    assert set(cases["defaults"]["phases_128_6_refinements_on_s"]) == {"encode", "denoise", "decode"}
+    for shape, methods in cases["fp8_matmul"].items():
+        timings = [methods[name] for name in ("bf16", "scaled_mm", "rowwise_eager", "rowwise_compiled")]
+        assert all(isinstance(ms, float) and ms > 0 for ms in timings), (shape, methods)
     markdown = (out / "fooocusd_bench.md").read_text()
     assert "| defaults | start_to_ready_s |" in markdown
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ from torch import nn
 from fooocusd.engine.devices import TORCHAO_MISSING, HardwareFacts, auto_vram, probe_hardware
 from fooocusd.engine.low_vram import StageOffload, install_low_vram, small_decode_tiles
 from fooocusd.engine.quantization import fp8_layer_count, quantize_unet_fp8
+from fooocusd.engine.unet_graphs import CudaGraphBackend, GraphBackend, UNetGraphs
 
 if TYPE_CHECKING:
     from fooocusd.settings import EngineSettings
@@ -64,6 +66,8 @@ COMPILE_TARGETS = ("auto", "off", "unet", "unet_full")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 VAE_UPCAST = ("auto", "always", "never")
 QUANTIZE_MODES = ("off", "fp8", "auto")
+CUDA_GRAPH_MODES = ("off", "on")
+COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class AccelerationOptions:
     quantize: str = "off"
     quantize_on_cpu: bool = False
     """Apply fp8 on the CPU too, where it is slow: to check its numerics (tests, the CPU benchmark)."""
+    cuda_graphs: str = "off"
 
     @classmethod
     def from_settings(cls, engine: EngineSettings, cache_dir: Path | None) -> AccelerationOptions:
@@ -97,6 +102,7 @@ class AccelerationOptions:
             vae_upcast=engine.vae_upcast,
             cache_dir=cache_dir,
             quantize=engine.quantize,
+            cuda_graphs=engine.cuda_graphs,
         )
 
 
@@ -114,6 +120,8 @@ class AccelerationPlan:
     quantize: str = "off"
     """"fp8" or "off": what the UNet's transformer Linear layers run in."""
     quantized_layers: int = 0
+    cuda_graphs: bool = False
+    """Whether the base UNet's calls replay captured CUDA graphs (``unet_graphs.py``)."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -132,6 +140,7 @@ class AccelerationPlan:
             "compile_dynamic": self.compile_dynamic if self.compile != "off" else False,
             "quantize": self.quantize,
             "quantized_layers": self.quantized_layers,
+            "cuda_graphs": self.cuda_graphs,
             "notes": list(self.notes),
         }
 
@@ -191,6 +200,9 @@ def plan_acceleration(
     if plan.compile != "off" and vram == "low":
         plan.compile = "off"
         plan.notes.append("compile off: not combined with low-VRAM mode's layer streaming")
+    if plan.compile == "unet" and plan.compile_mode in COMPILE_MODES_WITH_GRAPHS:
+        plan.notes.append(regional_graphs_note(plan.compile_mode))
+        plan.compile_mode = "default"
     plan.quantize, quantize_note = resolve_quantize(options, device, dtype, vram, hardware)
     if quantize_note:
         plan.notes.append(quantize_note)
@@ -199,7 +211,31 @@ def plan_acceleration(
         plan.notes.append("fuse_qkv off: fp8 quantises the separate projections, where LoRAs attach")
     if plan.quantize == "fp8" and plan.compile == "off":
         plan.notes.append(FP8_EAGER_NOTE)
+    plan.cuda_graphs, graphs_note = resolve_cuda_graphs(options.cuda_graphs, device, plan)
+    if graphs_note:
+        plan.notes.append(graphs_note)
     return plan
+
+
+def resolve_cuda_graphs(setting: str, device: torch.device, plan: AccelerationPlan) -> tuple[bool, str]:
+    """``cuda_graphs`` → (on or off, a note saying why "on" is not used, or "")."""
+    if setting != "on":
+        return False, ""
+    if device.type != "cuda":
+        return False, f"cuda_graphs off: CUDA graphs need an NVIDIA GPU, the device is {device.type}"
+    if plan.vram == "low":
+        return False, "cuda_graphs off: not combined with low-VRAM mode's layer streaming"
+    if plan.compile != "off" and plan.compile_mode in COMPILE_MODES_WITH_GRAPHS:
+        return False, f"cuda_graphs off: compile_mode {plan.compile_mode} records its own CUDA graphs"
+    return True, ""
+
+
+def regional_graphs_note(mode: str) -> str:
+    return (
+        f"compile_mode {mode} → default: regional compilation runs one compiled block many times per "
+        "step, and each run's CUDA graph overwrites the previous block's output (it failed so on an "
+        f'H100); compile = "unet_full" keeps {mode}, cuda_graphs = "on" adds CUDA graphs to "unet"'
+    )
 
 
 FP8_EAGER_NOTE = (
@@ -257,6 +293,8 @@ class Accelerator:
         self.attention = attention
         self.plan: AccelerationPlan | None = None
         self.offload: StageOffload | None = None
+        self.graphs: UNetGraphs | None = None
+        self.graph_backend: Callable[[torch.device], GraphBackend] = CudaGraphBackend
 
     def apply(self, pipeline: Any) -> AccelerationPlan:
         force_upcast = bool(getattr(pipeline.vae.config, "force_upcast", False))
@@ -288,8 +326,13 @@ class Accelerator:
                 dynamic=plan.compile_dynamic,
                 cache_dir=self.options.cache_dir,
             )
+        self.graphs = UNetGraphs(pipeline.unet, self.graph_backend(self.device)) if plan.cuda_graphs else None
         self.plan = plan
         return plan
+
+    def drop_graphs(self) -> None:
+        """The resident UNet is going: its graphs (and the memory they hold) go with it."""
+        self.graphs = None
 
     def decode_context(self, vae: Any) -> contextlib.AbstractContextManager[None]:
         """Around a VAE decode: small tiles in low-VRAM mode, nothing otherwise."""
@@ -298,7 +341,9 @@ class Accelerator:
         return contextlib.nullcontext()
 
     def record(self) -> dict[str, Any]:
-        return self.plan.record() if self.plan is not None else {}
+        if self.plan is None:
+            return {}
+        return {**self.plan.record(), **(self.graphs.record() if self.graphs is not None else {})}
 
 
 # -- fp8 -------------------------------------------------------------------------------------------

@@ -101,30 +101,37 @@ def unet_noise_predictor(
     """Call a diffusers SDXL UNet the way the stock pipeline does, plus what ``extras`` add."""
     calls = first_call_index
 
-    def predict(
-        model_input: torch.Tensor,
-        timestep: torch.Tensor,
-        tokens: torch.Tensor,
-        pooled: torch.Tensor,
-        time_ids: torch.Tensor,
-    ) -> torch.Tensor:
+    def predict(*inputs: torch.Tensor) -> torch.Tensor:
         nonlocal calls
-        call = UNetCall(calls, model_input, timestep, tokens, pooled, time_ids)
+        call = UNetCall(calls, *inputs)
         calls += 1
         added = merge_unet_extras([provider(call) for provider in extras])
-        added_cond = {"text_embeds": pooled, "time_ids": time_ids, **added.pop("added_cond_kwargs", {})}
-        return unet(
-            model_input,
-            timestep,
-            encoder_hidden_states=tokens,
-            timestep_cond=None,
-            cross_attention_kwargs=added.pop("cross_attention_kwargs", None) or None,
-            added_cond_kwargs=added_cond,
-            return_dict=False,
-            **added,
-        )[0]
+        return call_unet(unet, *inputs, **added)
 
     return predict
+
+
+def call_unet(
+    unet: torch.nn.Module,
+    model_input: torch.Tensor,
+    timestep: torch.Tensor,
+    tokens: torch.Tensor,
+    pooled: torch.Tensor,
+    time_ids: torch.Tensor,
+    **added: Any,
+) -> torch.Tensor:
+    """One SDXL UNet call, as the stock pipeline makes it; ``added``: merged ``UNetExtras``."""
+    added_cond = {"text_embeds": pooled, "time_ids": time_ids, **added.pop("added_cond_kwargs", {})}
+    return unet(
+        model_input,
+        timestep,
+        encoder_hidden_states=tokens,
+        timestep_cond=None,
+        cross_attention_kwargs=added.pop("cross_attention_kwargs", None) or None,
+        added_cond_kwargs=added_cond,
+        return_dict=False,
+        **added,
+    )[0]
 
 
 _SUMMED = ("down_block_additional_residuals", "mid_block_additional_residual")

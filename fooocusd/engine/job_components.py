@@ -28,6 +28,7 @@ from fooocusd.engine.refiner import (
     switch_call,
     switching_noise_predictor,
 )
+from fooocusd.engine.unet_graphs import UNetGraphs
 from fooocusd.engine.vae import VaeChoice, VaeOverrides
 
 
@@ -78,13 +79,16 @@ class JobComponents:
         size: tuple[int, int],
         start_index: int = 0,
         extras: Sequence[UNetExtras] = (),
+        graphs: UNetGraphs | None = None,
     ) -> NoisePredictor:
         """The base UNet's predictor, or one that hands over to the refiner at the switch step.
 
-        ``extras`` (ControlNet, IP-Adapter ...) apply to the base UNet's calls only.
+        ``extras`` (ControlNet, IP-Adapter ...) apply to the base UNet's calls only. ``graphs``
+        replays the base UNet's calls when nothing a CUDA graph cannot see is in play.
         """
         total = len(scheduler.timesteps)
-        base = unet_noise_predictor(pipeline.unet, extras, first_call_index=start_index)
+        graphed = graphs.predictor(pipeline.unet) if graphs is not None and not extras else None
+        base = graphed or unet_noise_predictor(pipeline.unet, extras, first_call_index=start_index)
         if self._refiner is None:
             return base
         first = switch_call(total, request.steps, request.refiner_switch)

@@ -221,6 +221,7 @@ class SDXLEngine:
     def unload(self) -> None:
         """Drop the resident pipeline and its add-ons (LoRAs, VAE, refiner, embeddings, ControlNets)."""
         self._pipeline = None
+        self._accelerator.drop_graphs()
         self._components = JobComponents(self._models_dir, self._hash_cache, config_dir=self._config_dir)
         self._image_prompts = ImagePromptState(self._model_dirs, self._hash_cache, self._image_prompts.config)
         self._embeddings.attach(None)
@@ -249,6 +250,7 @@ class SDXLEngine:
         if target == self._location and self._pipeline is not None:
             return
         self._pipeline = None
+        self._accelerator.drop_graphs()
         self.free_memory()
         self._location = target
         with job_model_errors(configured=target == self._default_location):
@@ -409,6 +411,7 @@ class SDXLEngine:
                         size=(width, height),
                         start_index=start.start_index,
                         extras=image_prompts.extras,
+                        graphs=self._accelerator.graphs,
                     ),
                     scheduler,
                     latents,
