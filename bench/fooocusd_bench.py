@@ -511,7 +511,7 @@ class Bench:
             "peak_gib": self.peak_gib(),
         }
 
-    def compiled_latency(self, target: str, mode: str) -> dict[str, Any]:
+    def compiled_latency(self, target: str, mode: str, cuda_graphs: str = "off") -> dict[str, Any]:
         """``compile = target`` in ``mode`` on top of the defaults, cold: start to ready (load + the
         first 1024² image, which compiles), then latency. The engine stays for ``compiled_small``,
         and the compile cache is saved at once, for the ``warm_start`` process to read."""
@@ -519,11 +519,11 @@ class Bench:
 
         self.compiled_cache = self.work / f"compile-cache-{target}-{mode}"
         options = replace(
-            AccelerationOptions(vram="high", compile=target, compile_mode=mode),
+            AccelerationOptions(vram="high", compile=target, compile_mode=mode, cuda_graphs=cuda_graphs),
             cache_dir=self.compiled_cache,
             layout_on_cpu=self.tiny,
         )
-        self.compiled_settings = {"compile": target, "compile_mode": mode}
+        self.compiled_settings = {"compile": target, "compile_mode": mode, "cuda_graphs": cuda_graphs}
         result = self.variant(options, keep=True)
         result["cache_saved"] = save_compile_artifacts(self.compiled_cache / COMPILE_CACHE_FOLDER)
         return result
@@ -606,6 +606,7 @@ class Bench:
             "warm_start": self.warm_start,
             "compiled_full_graphs_small": self.compiled_small,
             "compiled_blocks": lambda: self.compiled_latency("unet", "default"),
+            "compiled_blocks_cuda_graphs": lambda: self.compiled_latency("unet", "default", cuda_graphs="on"),
             "fp8": self.fp8,
             "fp8_matmul": self.fp8_matmul,
             "low_vram": self.low_vram,

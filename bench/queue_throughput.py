@@ -32,6 +32,8 @@ from typing import Any  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fooocusd.service.notify import Notifier  # noqa: E402 - light (loguru only)
+
 PROMPTS = (
     "a lighthouse on a rocky coast at dusk",
     "a red fox in fresh snow, morning light",
@@ -80,11 +82,29 @@ def measure_queue(
         (folders["inbox"] / f"job-{index:03d}.txt").write_text(text, encoding="utf-8")
 
     loaded = load_settings(config, environ={}).settings
+    notifier = ReadyClock()
     started = time.time()
-    summary = Daemon(loaded).run(drain=True)
+    summary = Daemon(loaded, notifier=notifier).run(drain=True)
     wall = time.time() - started
     result = {"wall_s": round(wall, 2), **_outputs(folders["outbox"], jobs, started, process_started)}
+    if notifier.ready_at is not None:
+        result["ready_s"] = round(notifier.ready_at - started, 2)
+        if process_started is not None:
+            result["process_start_to_ready_s"] = round(notifier.ready_at - process_started, 2)
     return {**result, "summary": str(summary)}
+
+
+class ReadyClock(Notifier):
+    """No systemd socket; remembers when the daemon said READY=1 (after load and warm-up)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.ready_at: float | None = None
+
+    def ready(self) -> None:
+        if self.ready_at is None:
+            self.ready_at = time.time()
+        super().ready()
 
 
 def _outputs(outbox: Path, jobs: int, started: float, process_started: float | None = None) -> dict[str, Any]:

@@ -150,6 +150,11 @@ class EngineSettings(_Section):
         "auto",
         description="fp8 UNet Linear weights (torchao, CUDA 8.9+); auto = off until fp8 quality is measured.",
     )
+    warm_up: bool = Field(
+        True,
+        description="At start, render one discarded image at generation.aspect when compile or CUDA "
+        "graphs are on, so that the daemon reports ready once the first job will not wait for compiling.",
+    )
     cuda_graphs: Literal["off", "on"] = Field(
         "off",
         description="Replay the base UNet as captured CUDA graphs, one per input shape (NVIDIA GPUs, "

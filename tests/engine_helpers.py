@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -374,3 +375,24 @@ def models_root_with_ink_lora(root: Path) -> Path:
     loras.mkdir(parents=True)
     lora_files.write_diffusers_lora(loras, "ink", seed=1)
     return root
+
+
+# -- CUDA graphs without a GPU ---------------------------------------------------------------
+
+
+class ReplayByRerun:
+    """A CUDA graph's contract without a GPU: replay recomputes from the static inputs into one output."""
+
+    def __init__(self, corrupt: bool = False, fail: str = "") -> None:
+        self.corrupt = corrupt
+        self.fail = fail
+
+    def capture(self, run: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
+        if self.fail:
+            raise RuntimeError(self.fail)
+        output = run()
+
+        def replay() -> None:
+            output.copy_(run() * (0.0 if self.corrupt else 1.0))
+
+        return replay, output

@@ -39,6 +39,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case], cases
     assert cases["defaults"]["latency_128_6_refinements_on_s"]["median"] > 0
     assert cases["queue"]["images"] == 2 and cases["queue"]["first_image_s"] > 0
+    assert 0 < cases["queue"]["ready_s"] <= cases["queue"]["first_image_s"]  # READY=1 came first
     assert cases["low_vram"]["acceleration"]["vram"] == "low"
     assert set(cases["defaults"]["phases_128_6_refinements_on_s"]) == {"encode", "denoise", "decode"}
     for shape, methods in cases["fp8_matmul"].items():

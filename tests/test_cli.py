@@ -121,7 +121,9 @@ def test_doctor_says_what_the_auto_speed_settings_become_here(sandbox: Sandbox) 
     settings = load_settings(sandbox.config, environ={}).settings
     speed = next(check for check in run_checks(settings) if check.name == "speed settings")
     assert speed.level == "ok"
-    assert speed.detail.startswith("cpu: float32, vram high, compile off, batches of 1, fp8 off")
+    assert speed.detail.startswith(
+        "cpu: float32, vram high, compile off, CUDA graphs off, batches of 1, fp8 off, warm-up render off"
+    )
 
 
 def test_log_json_writes_one_json_object_per_line(sandbox: Sandbox) -> None:

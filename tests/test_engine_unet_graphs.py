@@ -8,7 +8,6 @@ real: the tiny-random SDXL UNet, the engine, the bucket bookkeeping, the checks,
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +21,10 @@ from fooocusd.engine.denoise import call_unet
 from fooocusd.engine.devices import HardwareFacts
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
 from fooocusd.engine.unet_graphs import UNetGraphs, active_adapter_layers
-from tests.engine_helpers import default_request, tiny_engine_with
+from tests.engine_helpers import ReplayByRerun, default_request, tiny_engine_with
 
 CUDA = torch.device("cuda")  # a label for the planner only
 H100 = HardwareFacts("cuda", (9, 0), 80 * 2**30, True)
-
-
-class ReplayByRerun:
-    """A CUDA graph's contract without a GPU: replay recomputes from the static inputs into one output."""
-
-    def __init__(self, corrupt: bool = False, fail: str = "") -> None:
-        self.corrupt = corrupt
-        self.fail = fail
-
-    def capture(self, run: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
-        if self.fail:
-            raise RuntimeError(self.fail)
-        output = run()
-
-        def replay() -> None:
-            output.copy_(run() * (0.0 if self.corrupt else 1.0))
-
-        return replay, output
 
 
 @pytest.fixture(scope="module")

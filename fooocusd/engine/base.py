@@ -118,6 +118,10 @@ class Engine(Protocol):
         """Render one image. Raises ``InvalidInput`` or ``TransientError``/``OutOfMemory``."""
         ...
 
+    def warm_up(self, request: GenerationRequest, should_stop: StopCheck | None = None) -> float | None:
+        """Render ``request`` once and drop it, where that spares the first job a wait (compiling);
+        the seconds it took, or None when there was nothing to warm."""
+
     def free_memory(self) -> None:
         """Release cached accelerator memory (called before retrying after an OOM)."""
 

@@ -66,6 +66,10 @@ class FamilyRouter(SDXLEngine):
             self._drop_sd1x()
         return super().generate(request, progress, should_stop)
 
+    def warm_up(self, request: GenerationRequest, should_stop: StopCheck | None = None) -> float | None:
+        """The SDXL engine's warm-up; an SD 1.x/2.x model resident has nothing compiled to warm."""
+        return None if self._sd1x is not None else super().warm_up(request, should_stop)
+
     def batch_key(self, request: GenerationRequest) -> BatchKey | None:
         """The SDXL engine's key (with the family) for an SDXL model; None for SD 1.x/2.x (rendered alone)."""
         if render_alone_reason(request) is not None:

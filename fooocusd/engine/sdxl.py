@@ -228,6 +228,16 @@ class SDXLEngine:
         self._inpaint_models.clear()
         self.free_memory()
 
+    def warm_up(self, request: GenerationRequest, should_stop: StopCheck | None = None) -> float | None:
+        """One discarded render when the first image would otherwise compile the UNet or capture its
+        CUDA graphs (for ``request``'s size, batch of one), so that the daemon is ready when it says so."""
+        plan = self._accelerator.plan
+        if self._pipeline is None or plan is None or (plan.compile == "off" and not plan.cuda_graphs):
+            return None
+        mark = time.perf_counter()
+        self.generate(request, should_stop=should_stop)
+        return time.perf_counter() - mark
+
     def free_memory(self) -> None:
         free_device_memory(self._device)
 

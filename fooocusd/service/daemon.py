@@ -18,10 +18,11 @@ from typing import Any
 
 from loguru import logger
 
-from fooocusd.engine.base import Engine
+from fooocusd.engine.base import Engine, GenerationRequest
 from fooocusd.engine.expansion import PromptExpansion, build_prompt_expansion
 from fooocusd.engine.factory import create_engine
 from fooocusd.engine.styles import StyleLibrary, load_styles
+from fooocusd.errors import FooocusdError
 from fooocusd.intake.pairing import Pairer
 from fooocusd.intake.watcher import InboxWatcher
 from fooocusd.jobs.presets import load_all_presets, preset_search_dirs
@@ -39,6 +40,7 @@ from fooocusd.service.notify import (
 )
 from fooocusd.service.reconcile import reconcile
 from fooocusd.service.reload import Reloader, SettingsSource, apply_on_main_thread, apply_to_worker
+from fooocusd.service.warm_up import warm_up, warm_up_request
 from fooocusd.service.worker import ProgressSink, Worker
 from fooocusd.settings import Settings
 
@@ -105,11 +107,29 @@ class Daemon:
             self.notifier.status(f"loading the model {self.settings.engine.model or '(auto)'}")
             engine.load()
             expansion.preload()  # a broken expansion folder stops the start, not a job later
+            if self.settings.engine.warm_up:
+                self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
+                self.notifier.status("warming up: compiling the UNet or reading its compiled code back")
+                request = self._warm_up_request(folders, preset_dirs, styles, expansion)
+                warm_up(engine, request, should_stop=self.stop_intake.is_set)
             logger.info("ready: watching {}", folders.inbox)
             return self._serve(folders, journal, engine, preset_dirs, styles, drain, expansion=expansion)
         finally:
             self.extras.stop()
             journal.close()
+
+    def _warm_up_request(
+        self,
+        folders: Folders,
+        preset_dirs: list[Path],
+        styles: StyleLibrary,
+        expansion: PromptExpansion,
+    ) -> GenerationRequest | None:
+        try:
+            return warm_up_request(self.settings, folders, preset_dirs, styles, expansion)
+        except (FooocusdError, ValueError) as exc:  # jobs will meet, and report, the same problem
+            logger.warning("no warm-up render: the default job cannot be prepared: {}", exc)
+            return None
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         """First signal: finish the current image, then stop. Second: abandon it too."""

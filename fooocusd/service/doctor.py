@@ -54,12 +54,15 @@ def _speed(settings: Settings) -> Check:
         batch = resolve_batch_size(engine.batch_size, device=device, vram=plan.vram, total_memory=memory)
     except (FooocusdError, ImportError, RuntimeError, ValueError) as exc:
         return Check("speed settings", "warn", f"cannot tell: {type(exc).__name__}: {exc}")
+    warm = "on" if engine.warm_up and (plan.compile != "off" or plan.cuda_graphs) else "off"
     detail = (
-        f"{device.type}: {dtype_name(dtype)}, vram {plan.vram}, compile {plan.compile}, batches of {batch}, "
-        f"fp8 {plan.quantize}"
+        f"{device.type}: {dtype_name(dtype)}, vram {plan.vram}, compile {plan.compile}, "
+        f"CUDA graphs {'on' if plan.cuda_graphs else 'off'}, batches of {batch}, fp8 {plan.quantize}, "
+        f"warm-up render {warm}"
     )
-    asked_for_speed = engine.compile != "off" or engine.quantize == "fp8"
-    missing = [note for note in plan.notes if note.startswith(("compile off", "quantize off"))]
+    asked_for_speed = engine.compile != "off" or engine.quantize == "fp8" or engine.cuda_graphs == "on"
+    refused = ("compile off", "quantize off", "cuda_graphs off")
+    missing = [note for note in plan.notes if note.startswith(refused)]
     level: Literal["ok", "warn"] = "warn" if device.type == "cuda" and asked_for_speed and missing else "ok"
     return Check("speed settings", level, "; ".join([detail, *plan.notes]))
 
