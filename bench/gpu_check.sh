@@ -46,14 +46,15 @@ fi
 # What is unmeasured first (docs/benchmarks.md): CUDA graphs of the UNet over regional compile
 # (1024², batch of 4, 512²), the daemon's queue with them, graphs without compile, where fp8's
 # matmuls lose their speed (fp8_matmul, seconds), a fresh daemon on regional compile + CUDA graphs
-# (start to READY=1 after the warm-up render); then the whole UNet under torch.compile's CUDA graphs
-# again (its 2026-11-27 run was cut off), fp8.
+# (start to READY=1 after the warm-up render), fp8, low VRAM; last the whole UNet under
+# torch.compile's CUDA graphs (about 150 s: its 2026-11-27 run was cut off; BUDGET_S usually stops
+# before it, so a follow-up call can run it alone).
 if [ "${SKIP_BENCH:-0}" = 1 ]; then
     [ -f "$OUT/anchor.json" ] && cat "$OUT/anchor.json"
     tail -n 20 "$OUT/anchor.log"
     exit 0
 fi
-CASES=${CASES:-setup,graphs,queue_graphs,graphs_eager,fp8_matmul,compiled_blocks_cuda_graphs,warm_start,compiled_full_graphs,compiled_full_graphs_small,fp8,low_vram}
+CASES=${CASES:-setup,graphs,queue_graphs,graphs_eager,fp8_matmul,compiled_blocks_cuda_graphs,warm_start,fp8,low_vram,compiled_full_graphs,compiled_full_graphs_small}
 timeout "${BENCH_TIMEOUT_S:-420}" python3 bench/fooocusd_bench.py --device cuda --size full \
     --budget-s "${BUDGET_S:-330}" --queue-jobs 12 --warm-start-jobs 4 --cases "$CASES" \
     --workdir /tmp/fooocusd-bench --out "$OUT" >"$OUT/bench.log" 2>&1
