@@ -50,7 +50,7 @@ def test_an_engine_with_cuda_graphs_warms_the_shape_its_first_default_job_then_r
     graphs = engine._accelerator.graphs = UNetGraphs(engine._pipeline.unet, ReplayByRerun())  # type: ignore[union-attr]
     request = _default_job_request(sandbox)
 
-    seconds = warm_up(engine, request)
+    seconds = warm_up(engine, lambda: request)
 
     assert seconds is not None and seconds > 0
     assert (graphs.captures, graphs.replays) == (1, WARM_UP_STEPS)
@@ -58,19 +58,22 @@ def test_an_engine_with_cuda_graphs_warms_the_shape_its_first_default_job_then_r
     assert (graphs.captures, graphs.replays) == (1, WARM_UP_STEPS + 30)
 
 
-def test_an_eager_engine_has_nothing_to_warm_and_renders_nothing(
-    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_an_eager_engine_has_nothing_to_warm_and_neither_prepares_nor_renders_a_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = tiny_engine_with(tmp_path)
     rendered: list[GenerationRequest] = []
     monkeypatch.setattr(engine, "generate", lambda request, **_: rendered.append(request))
 
-    assert warm_up(engine, _default_job_request(sandbox)) is None
+    def never_prepared() -> GenerationRequest:
+        raise AssertionError("the warm-up job was prepared (prompt expansion ran) for nothing")
+
+    assert warm_up(engine, never_prepared) is None
     assert rendered == []
 
 
 class _FailingEngine:
-    def warm_up(self, request: GenerationRequest, should_stop: Any = None) -> float | None:
+    def warm_up(self, request_for: Any, should_stop: Any = None) -> float | None:
         raise RuntimeError("CUDA error: out of memory")
 
 
@@ -78,7 +81,7 @@ def test_a_failed_warm_up_is_a_warning_not_a_failed_start(sandbox: Sandbox) -> N
     warnings: list[str] = []
     sink = logger.add(warnings.append, level="WARNING", format="{message}")
     try:
-        assert warm_up(_FailingEngine(), _default_job_request(sandbox)) is None  # type: ignore[arg-type]
+        assert warm_up(_FailingEngine(), lambda: _default_job_request(sandbox)) is None  # type: ignore[arg-type]
     finally:
         logger.remove(sink)
     assert any("warm-up render failed" in line and "out of memory" in line for line in warnings)
@@ -91,7 +94,11 @@ def test_the_daemon_warms_up_before_it_serves_unless_told_not_to(
     settings = sandbox.settings()
     settings = settings.model_copy(update={"engine": settings.engine.model_copy(update={"warm_up": enabled})})
     calls: list[GenerationRequest] = []
-    monkeypatch.setattr(SDXLEngine, "warm_up", lambda self, request, should_stop=None: calls.append(request))
+
+    def recording(self: SDXLEngine, request_for: Any, should_stop: Any = None) -> None:
+        calls.append(request_for())
+
+    monkeypatch.setattr(SDXLEngine, "warm_up", recording)
 
     Daemon(settings).run(drain=True)
 

@@ -66,7 +66,6 @@ COMPILE_TARGETS = ("auto", "off", "unet", "unet_full")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 VAE_UPCAST = ("auto", "always", "never")
 QUANTIZE_MODES = ("off", "fp8", "auto")
-CUDA_GRAPH_MODES = ("off", "on")
 COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
 
 

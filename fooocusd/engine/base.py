@@ -107,7 +107,7 @@ class GeneratedImage:
 
 class Engine(Protocol):
     def load(self) -> None:
-        """Load weights and warm up. Called once before the first job."""
+        """Load weights. Called once before the first job (``warm_up`` follows, when configured)."""
 
     def generate(
         self,
@@ -118,9 +118,12 @@ class Engine(Protocol):
         """Render one image. Raises ``InvalidInput`` or ``TransientError``/``OutOfMemory``."""
         ...
 
-    def warm_up(self, request: GenerationRequest, should_stop: StopCheck | None = None) -> float | None:
-        """Render ``request`` once and drop it, where that spares the first job a wait (compiling);
-        the seconds it took, or None when there was nothing to warm."""
+    def warm_up(
+        self, request_for: Callable[[], GenerationRequest | None], should_stop: StopCheck | None = None
+    ) -> float | None:
+        """Render ``request_for()`` once and drop it, where that spares the first job a wait
+        (compiling); the seconds it took, or None when there was nothing to warm. ``request_for`` is
+        called only then (making the request runs prompt expansion)."""
 
     def free_memory(self) -> None:
         """Release cached accelerator memory (called before retrying after an OOM)."""

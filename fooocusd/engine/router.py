@@ -17,7 +17,7 @@ job names it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fooocusd.engine.base import GeneratedImage, GenerationRequest, ProgressCallback, StopCheck
@@ -66,9 +66,11 @@ class FamilyRouter(SDXLEngine):
             self._drop_sd1x()
         return super().generate(request, progress, should_stop)
 
-    def warm_up(self, request: GenerationRequest, should_stop: StopCheck | None = None) -> float | None:
+    def warm_up(
+        self, request_for: Callable[[], GenerationRequest | None], should_stop: StopCheck | None = None
+    ) -> float | None:
         """The SDXL engine's warm-up; an SD 1.x/2.x model resident has nothing compiled to warm."""
-        return None if self._sd1x is not None else super().warm_up(request, should_stop)
+        return None if self._sd1x is not None else super().warm_up(request_for, should_stop)
 
     def batch_key(self, request: GenerationRequest) -> BatchKey | None:
         """The SDXL engine's key (with the family) for an SDXL model; None for SD 1.x/2.x (rendered alone)."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,11 +228,16 @@ class SDXLEngine:
         self._inpaint_models.clear()
         self.free_memory()
 
-    def warm_up(self, request: GenerationRequest, should_stop: StopCheck | None = None) -> float | None:
+    def warm_up(
+        self, request_for: Callable[[], GenerationRequest | None], should_stop: StopCheck | None = None
+    ) -> float | None:
         """One discarded render when the first image would otherwise compile the UNet or capture its
-        CUDA graphs (for ``request``'s size, batch of one), so that the daemon is ready when it says so."""
+        CUDA graphs (for the request's size, batch of one), so that the daemon is ready when it says so."""
         plan = self._accelerator.plan
         if self._pipeline is None or plan is None or (plan.compile == "off" and not plan.cuda_graphs):
+            return None
+        request = request_for()
+        if request is None:
             return None
         mark = time.perf_counter()
         self.generate(request, should_stop=should_stop)

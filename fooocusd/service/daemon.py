@@ -110,8 +110,11 @@ class Daemon:
             if self.settings.engine.warm_up:
                 self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
                 self.notifier.status("warming up: compiling the UNet or reading its compiled code back")
-                request = self._warm_up_request(folders, preset_dirs, styles, expansion)
-                warm_up(engine, request, should_stop=self.stop_intake.is_set)
+                warm_up(
+                    engine,
+                    lambda: self._warm_up_request(folders, preset_dirs, styles, expansion),
+                    should_stop=self.stop_intake.is_set,
+                )
             logger.info("ready: watching {}", folders.inbox)
             return self._serve(folders, journal, engine, preset_dirs, styles, drain, expansion=expansion)
         finally:

@@ -11,6 +11,7 @@ preset's LoRAs) at two steps moves it before that point.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from loguru import logger
@@ -49,15 +50,13 @@ def warm_up_request(
 
 def warm_up(
     engine: Engine,
-    request: GenerationRequest | None,
+    request_for: Callable[[], GenerationRequest | None],
     should_stop: StopCheck | None = None,
 ) -> float | None:
-    """Render ``request`` if the engine has something to warm; its seconds, or None (nothing to
-    warm, no request, or it failed: the first job then compiles instead and reports its own errors)."""
-    if request is None:
-        return None
+    """Render ``request_for()`` if the engine has something to warm; its seconds, or None (nothing
+    to warm, no request, or it failed: the first job then compiles instead and reports its errors)."""
     try:
-        seconds = engine.warm_up(request, should_stop)
+        seconds = engine.warm_up(request_for, should_stop)
     except Interrupted:
         logger.info("warm-up render stopped: the daemon is stopping")
         return None
@@ -66,5 +65,5 @@ def warm_up(
         logger.warning("the warm-up render failed, the first job will compile instead: {}", reason)
         return None
     if seconds is not None:
-        logger.info("warmed up in {:.1f} s: {}×{} compiled and ready", seconds, request.width, request.height)
+        logger.info("warmed up in {:.1f} s: the default job's shape is compiled and ready", seconds)
     return seconds
