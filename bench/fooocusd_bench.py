@@ -446,7 +446,9 @@ class Bench:
         small = self.request(width=self.small, height=self.small, steps=self.small_steps)
         self.timed(engine, small, 1)
         small_s = self.timed(engine, small, self.args.runs)
+        agreement = self.graphs_agreement(engine)
         return {
+            **agreement,
             "acceleration": engine.describe()["acceleration"],
             "start_to_ready_s": round(ready, 2),
             f"latency_{self.big}_{self.steps}_alone_s": _summary(alone),
@@ -466,6 +468,25 @@ class Bench:
             layout_on_cpu=self.tiny,
         )
         return self.batched(options)
+
+    def graphs_agreement(self, engine: SDXLEngine) -> dict[str, Any]:
+        """With CUDA graphs on: one seed rendered through the graphs and without them (same engine),
+        and how far the pixels move (the capture check compares one UNet call; this, a whole image)."""
+        accelerator = engine._accelerator
+        graphs = accelerator.graphs
+        if graphs is None:
+            return {}
+        request = self.request(seed=77)
+        pixels = []
+        try:
+            for use in (graphs, None):
+                accelerator.graphs = use
+                pixels.append(torch.from_numpy(np.asarray(engine.generate(request).image, dtype=np.float32)))
+        except Exception as exc:  # the case's timings stand without this check
+            return {"graphs_vs_eager": f"error: {type(exc).__name__}: {exc}"[:300]}
+        finally:
+            accelerator.graphs = graphs
+        return {"graphs_vs_eager": _differences([pixels[1]], [pixels[0]], peak=255.0)}
 
     def queue_cache(self) -> Path:
         return self.work / "queue-compiled" / "state" / "cache"
