@@ -18,11 +18,10 @@ from typing import Any
 
 from loguru import logger
 
-from fooocusd.engine.base import Engine, GenerationRequest
+from fooocusd.engine.base import Engine
 from fooocusd.engine.expansion import PromptExpansion, build_prompt_expansion
 from fooocusd.engine.factory import create_engine
 from fooocusd.engine.styles import StyleLibrary, load_styles
-from fooocusd.errors import FooocusdError
 from fooocusd.intake.pairing import Pairer
 from fooocusd.intake.watcher import InboxWatcher
 from fooocusd.jobs.presets import load_all_presets, preset_search_dirs
@@ -112,7 +111,7 @@ class Daemon:
                 self.notifier.status("warming up: compiling the UNet or reading its compiled code back")
                 warm_up(
                     engine,
-                    lambda: self._warm_up_request(folders, preset_dirs, styles, expansion),
+                    lambda: warm_up_request(self.settings, folders, preset_dirs, styles, expansion),
                     should_stop=self.stop_intake.is_set,
                 )
             logger.info("ready: watching {}", folders.inbox)
@@ -120,19 +119,6 @@ class Daemon:
         finally:
             self.extras.stop()
             journal.close()
-
-    def _warm_up_request(
-        self,
-        folders: Folders,
-        preset_dirs: list[Path],
-        styles: StyleLibrary,
-        expansion: PromptExpansion,
-    ) -> GenerationRequest | None:
-        try:
-            return warm_up_request(self.settings, folders, preset_dirs, styles, expansion)
-        except (FooocusdError, ValueError) as exc:  # jobs will meet, and report, the same problem
-            logger.warning("no warm-up render: the default job cannot be prepared: {}", exc)
-            return None
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         """First signal: finish the current image, then stop. Second: abandon it too."""

@@ -60,7 +60,7 @@ def warm_up(
     except Interrupted:
         logger.info("warm-up render stopped: the daemon is stopping")
         return None
-    except Exception as exc:  # never fatal: the first job retries the same work and says what is wrong
+    except Exception as exc:  # never fatal (nor is preparing the job): the first job meets and reports it
         reason = f"{type(exc).__name__}: {exc}"
         logger.warning("the warm-up render failed, the first job will compile instead: {}", reason)
         return None
