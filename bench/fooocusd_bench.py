@@ -13,7 +13,9 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
 * the whole daemon (watcher, journal, worker, engine, outbox) on a queue of prompt files
   (``queue_throughput.py``): steady-state seconds per image with batches of 4 and background
   writes, eager and compiled (the compiled daemon starts on the compile cache the ``fast`` case
-  filled), and one by one with inline writes, as before batching and overlap;
+  filled), with the VAE decode left to the publisher thread (``overlap_decode``, the default on a
+  GPU) and without (``queue_decode_at_once``), and one by one with inline writes, as before
+  batching and overlap;
 * peak memory (``torch.cuda.max_memory_allocated``) resident, and in low-VRAM mode;
 * switching LoRA (first load of a file, and back to an already loaded one) and switching model;
 * prompt-expansion latency (GPT-2 small's shape, random weights);
@@ -621,6 +623,7 @@ class Bench:
             "graphs_eager": lambda: self.batched(replace(defaults, compile="off", cuda_graphs="on")),
             "queue_graphs": lambda: self.queue("queue-graphs", cuda_graphs="on"),
             "queue": lambda: self.queue("queue"),
+            "queue_decode_at_once": lambda: self.queue("queue-decode-at-once", overlap_decode="off"),
             "fast_compiled_batch_4": self.fast,
             "queue_compiled": lambda: self.queue("queue-compiled", compile="unet"),
             "compiled_full_graphs": lambda: self.compiled_latency("unet_full", "reduce-overhead"),

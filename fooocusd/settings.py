@@ -160,6 +160,11 @@ class EngineSettings(_Section):
         description="Replay the base UNet as captured CUDA graphs, one per input shape (NVIDIA GPUs, "
         "high-VRAM mode).",
     )
+    overlap_decode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Decode a finished image on the publisher thread while the next job denoises; "
+        "auto = on for a CUDA GPU with 16 GiB or more in high-VRAM mode.",
+    )
     batch_size: Literal["auto"] | int = Field(
         "auto", description="Images per UNet batch, 1..16; auto = 4 on a CUDA GPU in high-VRAM mode, else 1."
     )
@@ -234,7 +239,7 @@ class OutboxSettings(_Section):
         False, description="Also save each ControlNet image prompt's preprocessed map beside the image."
     )
     background_writes: bool = Field(
-        True, description="Encode and write each image on a background thread while the next one renders."
+        True, description="Encode and write each image on a background thread while the next ones render."
     )
 
 

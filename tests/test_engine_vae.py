@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,3 +77,17 @@ def test_missing_or_mismatched_vae_is_refused_with_a_hint(engine: SDXLEngine) ->
     with pytest.raises(InvalidInput, match="do not fit"):
         engine.generate(default_request(steps=1, vae="wrong"))
     assert "vae" in missing.value.where
+
+
+def test_a_deferred_decode_keeps_its_own_vae_when_the_next_job_picks_another(
+    engine: SDXLEngine, tmp_path: Path
+) -> None:
+    settings = EngineSettings(model="tiny-random", device="cpu", overlap_decode="on")
+    overlapping = create_engine(settings, engine._models_dir, tmp_path / "cache")
+    overlapping.load()
+    own_vae = np.asarray(overlapping.generate(default_request(steps=2)).finished())
+
+    pending = overlapping.generate_batch([default_request(steps=2)], defer_decode=True)[0]  # type: ignore[attr-defined]
+    overlapping.generate_batch([default_request(steps=2, seed=9, vae="warm")], defer_decode=True)  # type: ignore[attr-defined]
+
+    assert np.array_equal(np.asarray(pending.finished()), own_vae)

@@ -6,12 +6,15 @@ import errno
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
+import fooocusd.engine.sdxl as sdxl_module
 from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
 from tests.reliability_checks import (
     assert_every_input_ended_exactly_once,
@@ -162,9 +165,12 @@ def test_disk_full_during_a_background_write_retries_only_that_job(
 _VOLATILE = {"timings", "created"}
 
 
-def _outputs_of_a_run(root: Path, background: bool) -> dict[str, tuple[bytes, dict]]:  # type: ignore[type-arg]
+def _outputs_of_a_run(root: Path, background: bool, engine: str = "") -> dict[str, tuple[bytes, dict]]:  # type: ignore[type-arg]
     box = Sandbox(root)
     box.write_config(f"[outbox]\nbackground_writes = {str(background).lower()}\n")
+    if engine:
+        text = box.config.read_text(encoding="utf-8")
+        box.config.write_text(text.replace('device = "cpu"', f'device = "cpu"\n{engine}'), encoding="utf-8")
     box.drop("fox.txt", "a fox in snow\nseed: 9\nimages: 2\nsteps: 2\n")
     box.drop("owl.txt", "an owl at night\nseed: 4\nsteps: 2\n")
     assert box.drain().ok
@@ -186,6 +192,30 @@ def test_background_writes_on_and_off_give_the_same_images_and_sidecars(tmp_path
     for name in inline:
         assert background[name][0] == inline[name][0], f"{name}: pixels differ"
         assert background[name][1] == inline[name][1], f"{name}: sidecar differs"
+
+
+def test_decodes_overlapped_with_the_next_render_give_the_same_images_on_the_publisher_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decode_threads: list[str] = []
+    real_decode = sdxl_module.decode_latents
+
+    def recording_decode(*args: Any, **kwargs: Any) -> Image.Image:
+        decode_threads.append(threading.current_thread().name)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(sdxl_module, "decode_latents", recording_decode)
+    at_once = _outputs_of_a_run(tmp_path / "at_once", background=True)
+    at_once_threads, decode_threads[:] = list(decode_threads), []
+    overlapped = _outputs_of_a_run(tmp_path / "overlapped", background=True, engine='overlap_decode = "on"')
+
+    assert sorted(overlapped) == sorted(at_once) == ["fox_10_1.png", "fox_9_0.png", "owl_4_0.png"]
+    for name in at_once:
+        assert overlapped[name][0] == at_once[name][0], f"{name}: pixels differ"
+        assert overlapped[name][1] == at_once[name][1], f"{name}: sidecar differs"
+    assert len(decode_threads) == len(at_once_threads) == 3
+    assert all(name.startswith("fooocusd-publisher") for name in decode_threads), decode_threads
+    assert not any(name.startswith("fooocusd-publisher") for name in at_once_threads), at_once_threads
 
 
 def test_shutdown_while_a_batch_renders_leaves_all_its_jobs_queued(sandbox: Sandbox) -> None:

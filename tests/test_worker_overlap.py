@@ -38,12 +38,35 @@ def test_publisher_runs_the_work_on_its_own_thread_and_returns_its_context() -> 
     assert not publisher.busy and publisher.settle() is None
 
 
-def test_publisher_refuses_a_second_publication_before_the_first_is_settled() -> None:
-    publisher: Publisher[int] = Publisher(background=True)
+def test_publisher_refuses_a_publication_beyond_its_depth_until_the_oldest_is_settled() -> None:
+    publisher: Publisher[int] = Publisher(background=True, depth=2)
     publisher.submit(lambda: 1, 1)
-    with pytest.raises(RuntimeError, match="settle the previous publication"):
-        publisher.submit(lambda: 2, 2)
+    publisher.submit(lambda: 2, 2)
+    assert publisher.full
+    with pytest.raises(RuntimeError, match="settle a publication first: 2 are outstanding"):
+        publisher.submit(lambda: 3, 3)
+    settled = publisher.settle()
+    assert settled is not None and (settled.context, settled.result) == (1, 1)
+    publisher.submit(lambda: 3, 3)
+    assert [publisher.settle().context, publisher.settle().context] == [2, 3]  # type: ignore[union-attr]
     publisher.close()
+
+
+def test_publisher_settles_in_hand_over_order_and_without_waiting_only_what_has_ended() -> None:
+    release = threading.Event()
+    publisher: Publisher[str] = Publisher(background=True, depth=3)
+    publisher.submit(lambda: release.wait(timeout=10), "slow")
+    publisher.submit(lambda: "quick", "quick")
+
+    assert publisher.settle(wait=False) is None, "the oldest has not ended: nothing is taken"
+    release.set()
+    outcomes = [publisher.settle(), publisher.settle()]
+    publisher.close()
+
+    assert [(each.context, each.result) for each in outcomes if each is not None] == [
+        ("slow", True),
+        ("quick", "quick"),
+    ]
 
 
 def test_publisher_hands_back_a_failure_with_the_context_it_was_given() -> None:
@@ -204,6 +227,33 @@ def test_an_image_is_written_while_the_next_one_renders(setup, monkeypatch: pyte
     assert sorted(p.name for p in folders.outbox.glob("*.png")) == ["fox_1_0.png", "fox_2_1.png"]
 
 
+def test_every_image_of_a_batch_is_written_while_the_next_batch_renders(  # type: ignore[no-untyped-def]
+    setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, folders, journal = setup
+    jobs = [_queue(journal, name, JobSpec(prompt=name, seed=seed)) for seed, name in enumerate("abcdef", 1)]
+    second_batch_started = threading.Event()
+    overlapped: dict[str, bool] = {}
+    real_write = worker_module.write_image_with_sidecar
+
+    def write_waiting_for_the_next_batch(image: Image.Image, record: dict, target: Path, **kw: Any):  # type: ignore[no-untyped-def,type-arg]
+        if record["seed"] <= 3:
+            overlapped[target.stem] = second_batch_started.wait(timeout=5)
+        return real_write(image, record, target, **kw)
+
+    monkeypatch.setattr(worker_module, "write_image_with_sidecar", write_waiting_for_the_next_batch)
+    engine = Batching(
+        limit=3, on_generate=lambda request: second_batch_started.set() if request.seed == 4 else None
+    )
+
+    _drain(_worker(setup, engine))
+
+    assert engine.batches == [[1, 2, 3], [4, 5, 6]]
+    assert overlapped == {"a_1_0": True, "b_2_0": True, "c_3_0": True}, "the render waited for a write"
+    assert _states(journal, *jobs) == [("done", 1)] * 6
+    assert len(list(folders.outbox.glob("*.png"))) == 6
+
+
 def test_without_background_writes_each_image_is_written_before_the_next_render(setup) -> None:  # type: ignore[no-untyped-def]
     settings, folders, journal = setup
     settings.outbox.background_writes = False
@@ -241,6 +291,39 @@ def test_a_failed_background_write_is_charged_to_its_own_job_not_the_next(  # ty
     _drain(worker)
     assert _states(journal, fox, owl) == [("done", 2), ("done", 1)]
     assert sorted(p.name for p in folders.outbox.glob("*.png")) == ["fox_1_0.png", "owl_2_0.png"]
+
+
+def test_a_failed_write_in_a_batch_retries_its_job_for_the_missing_image_only(  # type: ignore[no-untyped-def]
+    setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, folders, journal = setup
+    fox = _queue(journal, "fox", JobSpec(prompt="a fox", seed=1, images=2))
+    real_write = worker_module.write_image_with_sidecar
+    real_submit = Publisher.submit
+    both_handed_over = threading.Event()
+    refusals: list[str] = []
+
+    def counting_submit(self: Publisher[Any], work: Callable[[], Any], context: Any) -> None:
+        real_submit(self, work, context)
+        if self.full:
+            both_handed_over.set()
+
+    def full_once_for_the_first_image(image: Image.Image, record: dict, target: Path, **kw: Any):  # type: ignore[no-untyped-def,type-arg]
+        if record["image_index"] == 0 and not refusals:
+            refusals.append(target.name)
+            assert both_handed_over.wait(timeout=5)  # the failure is known only after image 1 was handed over
+            raise TransientError("disk full while writing", hint="free some space")
+        return real_write(image, record, target, **kw)
+
+    monkeypatch.setattr(Publisher, "submit", counting_submit)
+    monkeypatch.setattr(worker_module, "write_image_with_sidecar", full_once_for_the_first_image)
+    engine = Batching(limit=2)
+    _drain(_worker(setup, engine))
+
+    assert engine.batches == [[1, 2]]
+    assert engine.seeds == [1], "the retry renders only the image that was not written"
+    assert _states(journal, fox) == [("done", 2)]
+    assert sorted(p.name for p in folders.outbox.glob("*.png")) == ["fox_1_0.png", "fox_2_1.png"]
 
 
 def test_a_failed_batch_is_rendered_again_one_by_one_so_only_the_bad_job_fails(setup) -> None:  # type: ignore[no-untyped-def]

@@ -48,7 +48,13 @@ import torch
 from loguru import logger
 from torch import nn
 
-from fooocusd.engine.devices import TORCHAO_MISSING, HardwareFacts, auto_vram, probe_hardware
+from fooocusd.engine.devices import (
+    TORCHAO_MISSING,
+    HardwareFacts,
+    auto_vram,
+    device_total_memory,
+    probe_hardware,
+)
 from fooocusd.engine.low_vram import StageOffload, install_low_vram, small_decode_tiles
 from fooocusd.engine.quantization import fp8_layer_count, quantize_unet_fp8
 from fooocusd.engine.unet_graphs import CudaGraphBackend, GraphBackend, UNetGraphs
@@ -67,6 +73,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "ma
 VAE_UPCAST = ("auto", "always", "never")
 QUANTIZE_MODES = ("off", "fp8", "auto")
 COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
+OVERLAP_DECODE_FROM_BYTES = 16 * 2**30
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class AccelerationOptions:
     quantize_on_cpu: bool = False
     """Apply fp8 on the CPU too, where it is slow: to check its numerics (tests, the CPU benchmark)."""
     cuda_graphs: str = "off"
+    overlap_decode: str = "auto"
 
     @classmethod
     def from_settings(cls, engine: EngineSettings, cache_dir: Path | None) -> AccelerationOptions:
@@ -102,6 +110,7 @@ class AccelerationOptions:
             cache_dir=cache_dir,
             quantize=engine.quantize,
             cuda_graphs=engine.cuda_graphs,
+            overlap_decode=engine.overlap_decode,
         )
 
 
@@ -121,6 +130,8 @@ class AccelerationPlan:
     quantized_layers: int = 0
     cuda_graphs: bool = False
     """Whether the base UNet's calls replay captured CUDA graphs (``unet_graphs.py``)."""
+    overlap_decode: bool = False
+    """Whether a text-to-image decode may run beside the next render (``decode_lane.py``)."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -140,6 +151,7 @@ class AccelerationPlan:
             "quantize": self.quantize,
             "quantized_layers": self.quantized_layers,
             "cuda_graphs": self.cuda_graphs,
+            "overlap_decode": self.overlap_decode,
             "notes": list(self.notes),
         }
 
@@ -213,7 +225,33 @@ def plan_acceleration(
     plan.cuda_graphs, graphs_note = resolve_cuda_graphs(options.cuda_graphs, device, plan)
     if graphs_note:
         plan.notes.append(graphs_note)
+    plan.overlap_decode, overlap_note = resolve_overlap_decode(
+        options.overlap_decode, device, vram, total_memory
+    )
+    if overlap_note:
+        plan.notes.append(overlap_note)
     return plan
+
+
+def resolve_overlap_decode(
+    setting: str, device: torch.device, vram: str, total_memory: int | None = None
+) -> tuple[bool, str]:
+    """``overlap_decode`` → (on or off, a note saying why "on" is not used, or ""). ``auto``: on for
+    a CUDA GPU with ``OVERLAP_DECODE_FROM_BYTES`` or more (the decode's working memory comes on top
+    of the next render's), off on the CPU (the two would only share its cores)."""
+    if setting == "off":
+        return False, ""
+    if vram == "low":
+        note = "overlap_decode off: low-VRAM mode moves the VAE on and off the GPU around each decode"
+        return False, note if setting == "on" else ""
+    if setting == "on":
+        return True, ""
+    if device.type != "cuda":
+        return False, ""
+    if total_memory is None:
+        with contextlib.suppress(RuntimeError, AssertionError):  # no driver: memory unknown, off
+            total_memory = device_total_memory(device)
+    return total_memory is not None and total_memory >= OVERLAP_DECODE_FROM_BYTES, ""
 
 
 def resolve_cuda_graphs(setting: str, device: torch.device, plan: AccelerationPlan) -> tuple[bool, str]:
@@ -294,6 +332,8 @@ class Accelerator:
         self.offload: StageOffload | None = None
         self.graphs: UNetGraphs | None = None
         self.graph_backend: Callable[[torch.device], GraphBackend] = CudaGraphBackend
+        self.before_capture: Callable[[], None] = lambda: None
+        """Handed to ``UNetGraphs``: runs before each CUDA graph capture."""
 
     def apply(self, pipeline: Any) -> AccelerationPlan:
         force_upcast = bool(getattr(pipeline.vae.config, "force_upcast", False))
@@ -325,7 +365,10 @@ class Accelerator:
                 dynamic=plan.compile_dynamic,
                 cache_dir=self.options.cache_dir,
             )
-        self.graphs = UNetGraphs(pipeline.unet, self.graph_backend(self.device)) if plan.cuda_graphs else None
+        self.graphs = None
+        if plan.cuda_graphs:
+            backend = self.graph_backend(self.device)
+            self.graphs = UNetGraphs(pipeline.unet, backend, before_capture=self.before_capture)
         self.plan = plan
         return plan
 

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from fooocusd.engine.decode_lane import DeferredImage
+
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(step_done, total_steps)`` after each denoising step."""
 
@@ -91,9 +93,13 @@ class GenerationRequest:
 
 @dataclass
 class GeneratedImage:
-    """One finished image and the facts the outbox records about how it was made."""
+    """One image and the facts the outbox records about how it was made.
 
-    image: Image.Image
+    ``image`` is a ``DeferredImage`` only where the caller asked the engine to defer the decode
+    (``decode_lane.py``); ``finished()`` gives the picture either way.
+    """
+
+    image: Image.Image | DeferredImage
     width: int
     height: int
     model_name: str
@@ -103,6 +109,15 @@ class GeneratedImage:
     dtype: str
     timings: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def finished(self) -> Image.Image:
+        """The picture: a deferred decode runs now (on this thread, once), and its time is recorded."""
+        if isinstance(self.image, DeferredImage):
+            deferred = self.image
+            self.image = deferred.result()
+            self.timings["decode"] = round(deferred.seconds, 4)
+            self.timings["total"] = round(self.timings.get("total", 0.0) + deferred.seconds, 4)
+        return self.image
 
 
 class Engine(Protocol):

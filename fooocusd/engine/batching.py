@@ -82,16 +82,43 @@ def generate_batch(
     requests: Sequence[GenerationRequest],
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    *,
+    defer_decode: bool = False,
 ) -> list[GeneratedImage]:
     """One GeneratedImage per request, in order.
 
-    Engines without a native ``generate_batch`` method get a loop of ``generate``.
+    Engines without a native ``generate_batch`` method get a loop of ``generate``. ``defer_decode``:
+    an engine that ``defers_decode`` may hand images back with their decode still to run
+    (``GeneratedImage.finished()``, ``decode_lane.py``).
     """
     method = getattr(engine, "generate_batch", None)
     if callable(method):
-        results: list[GeneratedImage] = method(list(requests), progress=progress, should_stop=should_stop)
+        deferral = {"defer_decode": True} if defer_decode and defers_decode(engine) else {}
+        results: list[GeneratedImage] = method(
+            list(requests), progress=progress, should_stop=should_stop, **deferral
+        )
         return results
     return [engine.generate(request, progress, should_stop) for request in requests]
+
+
+def generate_one(
+    engine: Any,
+    request: GenerationRequest,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    *,
+    defer_decode: bool = False,
+) -> GeneratedImage:
+    """``engine.generate(request)``, or with ``defer_decode`` where the engine ``defers_decode``."""
+    if defer_decode and defers_decode(engine):
+        return generate_batch(engine, [request], progress, should_stop, defer_decode=True)[0]
+    image: GeneratedImage = engine.generate(request, progress, should_stop)
+    return image
+
+
+def defers_decode(engine: object) -> bool:
+    """Whether ``engine`` can hand text-to-image results back before their decode has run."""
+    return bool(getattr(engine, "defers_decode", False))
 
 
 # -- keys ------------------------------------------------------------------------------------------

@@ -10,14 +10,15 @@ from PIL import Image
 from fooocusd.engine.base import GenerationRequest
 
 
-def decode_latents(pipeline: Any, latents: torch.Tensor, *, latent_statistics: bool) -> Image.Image:
+def decode_latents(
+    vae: Any, image_processor: Any, latents: torch.Tensor, *, latent_statistics: bool
+) -> Image.Image:
     """Undo the VAE's latent normalisation, decode, and post-process to RGB.
 
     ``latent_statistics``: an SDXL VAE whose config carries ``latents_mean``/``latents_std`` is
     de-normalised with them (the inverse of ``img2img.encode_image``); SD 1.x/2.x latents are only
-    scaled by ``scaling_factor``.
+    scaled by ``scaling_factor``. ``vae`` and ``image_processor`` are a pipeline's.
     """
-    vae = pipeline.vae
     latents = latents.to(device=vae.device, dtype=vae.dtype)
     mean = getattr(vae.config, "latents_mean", None) if latent_statistics else None
     std = getattr(vae.config, "latents_std", None) if latent_statistics else None
@@ -28,7 +29,7 @@ def decode_latents(pipeline: Any, latents: torch.Tensor, *, latent_statistics: b
     else:
         latents = latents / vae.config.scaling_factor
     pixels = vae.decode(latents, return_dict=False)[0]
-    return pipeline.image_processor.postprocess(pixels, output_type="pil")[0]
+    return image_processor.postprocess(pixels, output_type="pil")[0]
 
 
 def at_requested_size(image: Image.Image, request: GenerationRequest) -> Image.Image:

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from fooocusd.engine.base import GeneratedImage, GenerationRequest
+from fooocusd.engine.decode_lane import DeferredImage
 from fooocusd.engine.denoise import GuidanceSettings
 from fooocusd.engine.devices import dtype_name
 from fooocusd.engine.models import ModelLocation, autov2
@@ -28,7 +29,7 @@ def model_facts(location: ModelLocation, sha256: str) -> dict[str, Any]:
 
 def rendered_image(
     request: GenerationRequest,
-    image: Image.Image,
+    image: Image.Image | DeferredImage,
     choice: SchedulerChoice,
     timings: dict[str, float],
     *,
@@ -38,11 +39,13 @@ def rendered_image(
     dtype: torch.dtype,
     reduced_size: bool,
 ) -> GeneratedImage:
-    """The finished image with the facts every family records (model, device, sampler, timings)."""
+    """The image (or its pending decode) with the facts every family records (model, device, sampler,
+    timings)."""
+    width, height = image.size
     return GeneratedImage(
         image=image,
-        width=image.width,
-        height=image.height,
+        width=width,
+        height=height,
         model_name=location.name,
         model_path=str(location.path or ""),
         model_sha256=sha256,

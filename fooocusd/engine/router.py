@@ -57,6 +57,16 @@ class FamilyRouter(SDXLEngine):
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> GeneratedImage:
+        return self._generate_one(request, progress, should_stop, defer_decode=False)
+
+    def _generate_one(
+        self,
+        request: GenerationRequest,
+        progress: ProgressCallback | None,
+        should_stop: StopCheck | None,
+        *,
+        defer_decode: bool,
+    ) -> GeneratedImage:
         validate_request(request)
         target = self._target_location(request.model)
         with job_model_errors(configured=target == self._default_location):
@@ -64,6 +74,8 @@ class FamilyRouter(SDXLEngine):
             if info.family in SD1X_FAMILIES:
                 return self._activate_sd1x(target, info).generate(request, progress, should_stop)
             self._drop_sd1x()
+        if defer_decode:
+            return super().generate_batch([request], progress, should_stop, defer_decode=True)[0]
         return super().generate(request, progress, should_stop)
 
     def warm_up(
@@ -90,13 +102,18 @@ class FamilyRouter(SDXLEngine):
         requests: Sequence[GenerationRequest],
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
+        *,
+        defer_decode: bool = False,
     ) -> list[GeneratedImage]:
         requests = list(requests)
         if len(requests) <= 1:
-            return [self.generate(request, progress, should_stop) for request in requests]
+            return [
+                self._generate_one(request, progress, should_stop, defer_decode=defer_decode)
+                for request in requests
+            ]
         require_shared_key(requests, [self.batch_key(request) for request in requests])
         self._drop_sd1x()  # equal keys: every request is an SDXL one
-        return self._render_batch(requests, progress, should_stop)
+        return self._render_batch(requests, progress, should_stop, defer_decode)
 
     def describe(self) -> dict[str, Any]:
         if self._sd1x is not None:

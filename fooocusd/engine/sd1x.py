@@ -165,7 +165,9 @@ class SD1xEngine:
         mark = time.perf_counter()
         task = request.image_task
         with torch.inference_mode(), vae_tiling(pipeline.vae, task is not None and task.tiled_vae):
-            image = decode_latents(pipeline, rendered.latents, latent_statistics=False)
+            image = decode_latents(
+                pipeline.vae, pipeline.image_processor, rendered.latents, latent_statistics=False
+            )
         image = at_requested_size(image, request)
         timings = {**rendered.timings, "decode": time.perf_counter() - mark}
         timings["total"] = time.perf_counter() - started + timings.get("load", 0.0)

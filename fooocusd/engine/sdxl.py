@@ -54,6 +54,7 @@ from fooocusd.engine.conditioning import (
 )
 from fooocusd.engine.controlnet.models import ControlNetConfig
 from fooocusd.engine.decode import at_requested_size, decode_latents
+from fooocusd.engine.decode_lane import DecodeLane, DeferredImage
 from fooocusd.engine.denoise import GuidanceSettings, denoise
 from fooocusd.engine.devices import (
     device_total_memory,
@@ -139,6 +140,8 @@ class SDXLEngine:
         self._inpaint_models = InpaintModelCache(
             self._model_dirs, hash_cache, config_dir=config_dir, allow_pickle=allow_unsafe_pickle
         )
+        self._decode_lane = DecodeLane()
+        self._accelerator.before_capture = self._decode_lane.drain  # a capture has the GPU to itself
 
     # -- Engine protocol -----------------------------------------------------------------------
 
@@ -166,6 +169,12 @@ class SDXLEngine:
         size = resolve_batch_size(self._batch_size, device=self._device, vram=vram, total_memory=total)
         return min(size, self._batch_ceiling) if self._batch_ceiling else size
 
+    @property
+    def defers_decode(self) -> bool:
+        """Whether ``generate_batch(..., defer_decode=True)`` may leave decodes to the caller's thread."""
+        plan = self._accelerator.plan
+        return plan is not None and plan.overlap_decode
+
     def batch_key(self, request: GenerationRequest) -> BatchKey | None:
         """Equal keys may share a batch; None: render alone (image actions, image prompts, refiner)."""
         if render_alone_reason(request) is not None:
@@ -181,23 +190,29 @@ class SDXLEngine:
         requests: Sequence[GenerationRequest],
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
+        *,
+        defer_decode: bool = False,
     ) -> list[GeneratedImage]:
         """One image per request, in order, from one denoising run. ``ValueError`` when the requests'
-        batch keys differ (naming the field); ``OutOfMemory`` as ``generate`` (retry them singly)."""
+        batch keys differ (naming the field); ``OutOfMemory`` as ``generate`` (retry them singly).
+
+        ``defer_decode``: where ``overlap_decode`` is on, text-to-image results come back with their
+        decode still to run (``GeneratedImage.finished()``, ``decode_lane.py``)."""
         requests = list(requests)
         if len(requests) > 1:
             require_shared_key(requests, [self.batch_key(request) for request in requests])
-        return self._render_batch(requests, progress, should_stop) if requests else []
+        return self._render_batch(requests, progress, should_stop, defer_decode) if requests else []
 
     def _render_batch(
         self,
         requests: list[GenerationRequest],
         progress: ProgressCallback | None,
         should_stop: StopCheck | None,
+        defer_decode: bool = False,
     ) -> list[GeneratedImage]:
         """``_render``, and a batch that runs out of memory halves the batches that follow."""
         try:
-            return self._render(requests, progress, should_stop)
+            return self._render(requests, progress, should_stop, defer_decode)
         except OutOfMemory:
             if len(requests) > 1:
                 self._batch_ceiling = len(requests) // 2
@@ -220,6 +235,7 @@ class SDXLEngine:
 
     def unload(self) -> None:
         """Drop the resident pipeline and its add-ons (LoRAs, VAE, refiner, embeddings, ControlNets)."""
+        self._decode_lane.drain()
         self._pipeline = None
         self._accelerator.drop_graphs()
         self._components = JobComponents(self._models_dir, self._hash_cache, config_dir=self._config_dir)
@@ -264,6 +280,7 @@ class SDXLEngine:
         target = self._target_location(requested)
         if target == self._location and self._pipeline is not None:
             return
+        self._decode_lane.drain()
         self._pipeline = None
         self._accelerator.drop_graphs()
         self.free_memory()
@@ -329,6 +346,7 @@ class SDXLEngine:
         requests: list[GenerationRequest],
         progress: ProgressCallback | None,
         should_stop: StopCheck | None,
+        defer_decode: bool = False,
     ) -> list[GeneratedImage]:
         """The one code path of ``generate`` and ``generate_batch``: ``requests`` share a batch key
         (checked by the caller) or are a single request of any kind."""
@@ -338,13 +356,21 @@ class SDXLEngine:
             raise Interrupted("stopped before the first step because shutdown was requested")
         started = time.perf_counter()
         first = requests[0]
+        defer = defer_decode and self._overlaps_decode(first)
+        if not defer:
+            self._decode_lane.drain()  # this render uses the VAE itself
         with out_of_memory_retryable(first, self.free_memory):
             self._switch_model_for(first.model)
             # LoRAs, VAE and refiner (shared by the batch); outside inference mode, as adapters are injected.
             self._components.prepare(
                 self._pipeline, first, base=self._location, device=self._device, dtype=self._dtype
             )
-            return self._generate(requests, progress, should_stop, started)
+            return self._generate(requests, progress, should_stop, started, defer)
+
+    def _overlaps_decode(self, request: GenerationRequest) -> bool:
+        """Whether this request's decode may run after the render, beside the next one: with
+        ``overlap_decode`` on, for text to image (an image task encodes and tiles with the VAE)."""
+        return self.defers_decode and request.image_task is None
 
     def _generate(
         self,
@@ -352,6 +378,7 @@ class SDXLEngine:
         progress: ProgressCallback | None,
         should_stop: StopCheck | None,
         started: float,
+        defer: bool,
     ) -> list[GeneratedImage]:
         pipeline = self._pipeline
         assert pipeline is not None
@@ -444,7 +471,9 @@ class SDXLEngine:
 
             tiled = task is not None and task.tiled_vae
             decoded = [
-                self._decode_timed(pipeline, latents[i : i + 1], each, tiled)
+                (self._defer_decode(pipeline, latents[i : i + 1], each), None)
+                if defer
+                else self._decode_timed(pipeline, latents[i : i + 1], each, tiled)
                 for i, each in enumerate(requests)
             ]
         shared_seconds = (time.perf_counter() - started) / count
@@ -455,7 +484,7 @@ class SDXLEngine:
                 **({"load": load_seconds} if index == 0 and load_seconds is not None else {}),
                 "encode": encoded[index].seconds,
                 "denoise": denoise_seconds / count,  # the shared run, split evenly
-                "decode": decode_seconds,
+                **({"decode": decode_seconds} if decode_seconds is not None else {}),  # deferred: later
             }
             timings["total"] = shared_seconds + timings.get("load", 0.0)
             result = self._result(each, image, choice, timings)
@@ -497,8 +526,27 @@ class SDXLEngine:
         """One image's latents → its picture at the request's size, and the seconds it took."""
         mark = time.perf_counter()
         with vae_tiling(pipeline.vae, tiled), self._accelerator.decode_context(pipeline.vae):
-            image = decode_latents(pipeline, latents, latent_statistics=True)
+            image = decode_latents(pipeline.vae, pipeline.image_processor, latents, latent_statistics=True)
         return at_requested_size(image, request), time.perf_counter() - mark
+
+    def _defer_decode(
+        self, pipeline: StableDiffusionXLPipeline, latents: torch.Tensor, request: GenerationRequest
+    ) -> DeferredImage:
+        """One text-to-image result's decode, to run on whichever thread first needs the picture; it
+        keeps this job's VAE even if the next job picks another."""
+        vae, processor = pipeline.vae, pipeline.image_processor
+        scale = pipeline.vae_scale_factor
+        size = (latents.shape[-1] * scale, latents.shape[-2] * scale)
+
+        def decode() -> Image.Image:
+            with (
+                torch.inference_mode(),
+                self._thread_policy(),
+                out_of_memory_retryable(request, self.free_memory),
+            ):
+                return decode_latents(vae, processor, latents, latent_statistics=True)
+
+        return self._decode_lane.defer(decode, size)
 
     def _encode(
         self,
@@ -550,7 +598,7 @@ class SDXLEngine:
     def _result(
         self,
         request: GenerationRequest,
-        image: Image.Image,
+        image: Image.Image | DeferredImage,
         choice: SchedulerChoice,
         timings: dict[str, float],
     ) -> GeneratedImage:

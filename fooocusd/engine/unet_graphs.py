@@ -121,7 +121,16 @@ def active_adapter_layers(unet: torch.nn.Module) -> int:
 class UNetGraphs:
     """The captured graphs of one resident UNet, and the buckets that stay eager."""
 
-    def __init__(self, unet: torch.nn.Module, backend: GraphBackend, *, max_graphs: int = MAX_GRAPHS) -> None:
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        backend: GraphBackend,
+        *,
+        max_graphs: int = MAX_GRAPHS,
+        before_capture: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``before_capture`` runs before each capture (the engine finishes its deferred decodes
+        there, ``decode_lane.py``, so that a capture has the GPU to itself)."""
         self.unet = unet
         self._backend = backend
         self._max_graphs = max_graphs
@@ -130,6 +139,7 @@ class UNetGraphs:
         self._fingerprint: int | None = None
         self.captures = 0
         self.replays = 0
+        self._before_capture = before_capture
 
     def predictor(self, unet: torch.nn.Module) -> NoisePredictor | None:
         """A predictor that replays graphs for ``unet``, or None when it must run eagerly now."""
@@ -177,6 +187,7 @@ class UNetGraphs:
         return captured
 
     def _capture(self, key: BucketKey, inputs: Inputs) -> CapturedCall | None:
+        self._before_capture()
         static: Inputs = tuple(value.clone() for value in inputs)  # type: ignore[assignment]
 
         def run() -> torch.Tensor:

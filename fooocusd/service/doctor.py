@@ -58,7 +58,7 @@ def _speed(settings: Settings) -> Check:
     detail = (
         f"{device.type}: {dtype_name(dtype)}, vram {plan.vram}, compile {plan.compile}, "
         f"CUDA graphs {'on' if plan.cuda_graphs else 'off'}, batches of {batch}, fp8 {plan.quantize}, "
-        f"warm-up render {warm}"
+        f"warm-up render {warm}, decode beside the next render {'on' if plan.overlap_decode else 'off'}"
     )
     asked_for_speed = engine.compile != "off" or engine.quantize == "fp8" or engine.cuda_graphs == "on"
     refused = ("compile off", "quantize off", "cuda_graphs off")

@@ -1,13 +1,16 @@
-"""One publication (encode, fsync'd writes, journal record) at a time, beside the GPU worker.
+"""Publications (decode, encode, fsync'd writes, journal record) in order, beside the GPU worker.
 
-The worker hands over a publication and goes on rendering; before it hands over the next one it
-takes the outcome of the previous one (``settle``). So at most one finished image waits in memory,
-and every failure comes back to the worker thread together with the context it was handed with,
-to be charged to the job it belongs to. ``background=False`` runs each publication at once, inline.
+The worker hands over a publication and goes on rendering. Up to ``depth`` publications may be
+outstanding, so every image of a batch is handed over at once and all of them are written while
+the next batch renders; handing over one more first waits for the oldest. The worker takes each
+outcome back (``settle``) in the order it handed them over, on its own thread, so every failure
+comes back together with the context it was handed with, to be charged to the job it belongs to.
+``background=False`` runs each publication at once, inline.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,20 +29,28 @@ class Settled(Generic[C]):
 
 
 class Publisher(Generic[C]):
-    def __init__(self, *, background: bool) -> None:
+    def __init__(self, *, background: bool, depth: int = 1) -> None:
+        if depth < 1:
+            raise ValueError("a publisher needs room for at least one publication")
         self.background = background
+        self.depth = depth
         self._executor: ThreadPoolExecutor | None = None
-        self._outstanding: tuple[C, Future[Any]] | None = None
+        self._outstanding: deque[tuple[C, Future[Any]]] = deque()
 
     @property
     def busy(self) -> bool:
         """A publication was handed over and its outcome not yet taken."""
-        return self._outstanding is not None
+        return bool(self._outstanding)
+
+    @property
+    def full(self) -> bool:
+        """``depth`` publications are outstanding: settle the oldest before handing over another."""
+        return len(self._outstanding) >= self.depth
 
     def submit(self, work: Callable[[], Any], context: C) -> None:
-        """Start ``work``; the previous publication must have been settled first."""
-        if self._outstanding is not None:
-            raise RuntimeError("settle the previous publication before handing over the next one")
+        """Start ``work`` after the publications already handed over; there must be room for it."""
+        if self.full:
+            raise RuntimeError(f"settle a publication first: {self.depth} are outstanding")
         future: Future[Any]
         if self.background:
             if self._executor is None:
@@ -51,14 +62,16 @@ class Publisher(Generic[C]):
                 future.set_result(work())
             except Exception as exc:
                 future.set_exception(exc)
-        self._outstanding = (context, future)
+        self._outstanding.append((context, future))
 
-    def settle(self) -> Settled[C] | None:
-        """Wait for the outstanding publication, if any, and return how it ended."""
-        if self._outstanding is None:
+    def settle(self, *, wait: bool = True) -> Settled[C] | None:
+        """How the oldest outstanding publication ended; ``wait=False``: None unless it has ended."""
+        if not self._outstanding:
             return None
-        context, future = self._outstanding
-        self._outstanding = None
+        context, future = self._outstanding[0]
+        if not wait and not future.done():
+            return None
+        self._outstanding.popleft()
         error = future.exception()
         if error is not None:
             return Settled(context, error=error)
@@ -66,9 +79,8 @@ class Publisher(Generic[C]):
 
     def close(self) -> None:
         """Stop the background thread. Settle first: an unsettled publication is waited for and dropped."""
-        if self._outstanding is not None:
-            self._outstanding[1].exception()
-            self._outstanding = None
+        while self._outstanding:
+            self._outstanding.popleft()[1].exception()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

@@ -9,8 +9,9 @@ Two things keep the GPU busy:
 * Batching: pending images whose requests share the engine's ``batch_key`` render in one UNet
   batch, up to ``batch_limit(engine)``; the images of the next queued jobs may join a batch.
 * Background writes: a finished image is encoded, written and recorded by the publisher thread
-  while the next one renders. One publication at most is outstanding; a job is finished only
-  after all of its publications succeeded, and a failed one is charged to its own job.
+  while the next ones render. Up to one batch of publications is outstanding, so a batch's images
+  are all handed over at once; a job is finished only after all of its publications succeeded,
+  and a failed one is charged to its own job.
 """
 
 from __future__ import annotations
@@ -111,15 +112,16 @@ class Worker:
     def run_one(self) -> bool:
         """Run the next runnable job, if any. Returns whether there was anything to do.
 
-        The last image of the job may still be publishing when this returns; it is settled before
-        the next image is handed over, and before the worker goes idle (no further job) or closes.
+        The job's last images may still be publishing when this returns; they are settled once the
+        publisher has no room for the next image, or when the worker goes idle (no further job) or
+        closes.
         """
         try:
             head = self._next_to_render()
             if head is None:
                 job = self._claim()
                 if job is None:
-                    return self._settle()
+                    return self._settle_all()
                 head = self._admit(job)
             if head is not None:
                 self._render_job(head)
@@ -182,7 +184,7 @@ class Worker:
             return
         job = None if self.stop_after_image.is_set() else self._claim()
         if job is None:
-            self._settle()
+            self._settle_all()
         else:
             self._admit(job)
 
@@ -289,15 +291,20 @@ class Worker:
         return target
 
     def _generate(self, items: list[BatchItem], reporter: BatchProgress) -> list[GeneratedImage]:
+        """The batch's images; text to image may come back with the decode left to the publisher."""
         if len(items) > 1:
             requests = [item.request for item in items]
             return batching.generate_batch(
-                self.engine, requests, progress=reporter, should_stop=reporter.should_stop
+                self.engine, requests, progress=reporter, should_stop=reporter.should_stop, defer_decode=True
             )
         [item] = items
         image_input = item.run.image_input
         if image_input is None:
-            return [self.engine.generate(item.request, progress=reporter, should_stop=reporter.should_stop)]
+            return [
+                batching.generate_one(
+                    self.engine, item.request, reporter, reporter.should_stop, defer_decode=True
+                )
+            ]
         image = run_image_action(
             self.engine,
             item.request,
@@ -312,30 +319,39 @@ class Worker:
 
     @property
     def publisher(self) -> Publisher[_Publication]:
+        """Room for one batch of outstanding publications (a new publisher once the old one is idle,
+        when ``background_writes`` or the engine's batch size changed)."""
         background = self.settings.outbox.background_writes
+        depth = batching.batch_limit(self.engine)
         current = self._publisher
-        if current is None or (current.background != background and not current.busy):
+        if current is None or (
+            (current.background, current.depth) != (background, depth) and not current.busy
+        ):
             if current is not None:
                 current.close()
-            self._publisher = current = Publisher(background=background)
+            self._publisher = current = Publisher(background=background, depth=depth)
         return current
 
     def _hand_over(self, item: BatchItem, image: GeneratedImage, target: Path, *, batch_size: int) -> None:
         run, index = item.run, item.index
         control_images = take_control_images(image)
-        record = run.record_for(index, image, target, batch_size)
+        saved_controls = None
         if control_images and wants_control_images(run.spec, self.settings):
-            record["control_images"] = save_control_images(
-                control_images, target, umask=self.settings.outbox.umask
-            )
-        self._settle()  # at most one publication outstanding
-        if run.ended:
-            return  # its previous image could not be published: the job is already retried or failed
-        outbox = self.settings.outbox
+            saved_controls = save_control_images(control_images, target, umask=self.settings.outbox.umask)
         publisher = self.publisher
+        self._settle_finished()
+        while publisher.full:
+            self._settle()
+        if run.ended:
+            return  # an earlier image could not be published: the job is already retried or failed
+        outbox = self.settings.outbox
 
         def publish() -> Path:
-            return self._write_and_record(run, index, image.image, record, target, outbox)
+            picture = image.finished()  # a deferred decode runs here, beside the next render
+            record = run.record_for(index, image, target, batch_size)
+            if saved_controls is not None:
+                record["control_images"] = saved_controls
+            return self._write_and_record(run, index, picture, record, target, outbox)
 
         publisher.submit(publish, _Publication(run, index, image))
         if not publisher.background:
@@ -374,9 +390,22 @@ class Worker:
         crashpoint("after_output_recorded")
         return target
 
-    def _settle(self) -> bool:
-        """Take the outcome of the outstanding publication, if any; returns whether there was one."""
-        settled = self._publisher.settle() if self._publisher is not None else None
+    def _settle_all(self) -> bool:
+        """Wait for every outstanding publication and take its outcome; returns whether there was one."""
+        settled_any = False
+        while self._settle():
+            settled_any = True
+        return settled_any
+
+    def _settle_finished(self) -> None:
+        """Take the outcomes of the publications that have ended, oldest first, without waiting."""
+        while self._settle(wait=False):
+            pass
+
+    def _settle(self, *, wait: bool = True) -> bool:
+        """Take the outcome of the oldest outstanding publication (``wait=False``: only if it has
+        ended); returns whether there was one."""
+        settled = self._publisher.settle(wait=wait) if self._publisher is not None else None
         if settled is None:
             return False
         run, index = settled.context.run, settled.context.index
@@ -433,8 +462,8 @@ class Worker:
             self.claimed.remove(run)
 
     def _release_all(self) -> None:
-        """Shutdown: the last publication still lands; every job still held goes back to the queue."""
-        self._settle()
+        """Shutdown: the publications handed over still land; every job still held goes back to the queue."""
+        self._settle_all()
         for run in list(self.claimed):
             self._end_run(run, Interrupted("stopping"))
 
