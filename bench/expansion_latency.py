@@ -14,6 +14,7 @@ its own seed; the first ``--warmup`` runs are not counted. Writes ``expansion_la
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -31,6 +32,7 @@ import fooocusd
 from fooocusd.engine.devices import pick_device, pick_dtype
 from fooocusd.engine.expansion import PromptExpander
 from fooocusd.engine.expansion.tiny import build_tiny_tokenizer
+from fooocusd.engine.unet_graphs import CudaGraphBackend
 
 GPT2_VOCAB = 50257
 PROMPTS = (
@@ -56,8 +58,18 @@ def build_expander(model: str, device: torch.device, dtype: torch.dtype) -> Prom
         tokenizer = build_tiny_tokenizer()
         torch.manual_seed(0)
         network = GPT2LMHeadModel(GPT2Config(vocab_size=GPT2_VOCAB)).eval()
-        return PromptExpander(tokenizer, network.to(device=device, dtype=dtype), name=model)
+        backend = CudaGraphBackend(device) if device.type == "cuda" else None
+        return PromptExpander(
+            tokenizer, network.to(device=device, dtype=dtype), name=model, graph_backend=backend
+        )
     return PromptExpander.from_folder(Path(model).expanduser(), device=device, dtype=dtype)
+
+
+def through_the_models_forward(expander: PromptExpander) -> PromptExpander:
+    """The same expander without the static GPT-2 step: the model's own forward, growing cache."""
+    twin = copy.copy(expander)
+    twin.static_step = None
+    return twin
 
 
 def percentile(values: list[float], fraction: float) -> float:

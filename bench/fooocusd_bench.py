@@ -18,7 +18,8 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
   batching and overlap;
 * peak memory (``torch.cuda.max_memory_allocated``) resident, and in low-VRAM mode;
 * switching LoRA (first load of a file, and back to an already loaded one) and switching model;
-* prompt-expansion latency (GPT-2 small's shape, random weights);
+* prompt-expansion latency (GPT-2 small's shape, random weights): the static-cache step (CUDA
+  graphs on a GPU) against the model's own forward with a growing cache;
 * each optimisation on its own against a plain engine (all off): channels_last, fused QKV, fp16
   instead of bf16, xformers (when importable), regional torch.compile (cold, then warm disk cache);
 * the UNet replayed as captured CUDA graphs (``engine.cuda_graphs = "on"``; ``graphs``: over regional
@@ -318,11 +319,21 @@ class Bench:
         }
 
     def expansion(self) -> dict[str, Any]:
-        from expansion_latency import build_expander, measure
+        from expansion_latency import build_expander, measure, through_the_models_forward
 
         model = "tiny-random" if self.tiny else "gpt2-random"
         expander = build_expander(model, self.device, self.dtype)
-        return {"model": model, **measure(expander, count=10, warmup=2)}
+        static = measure(expander, count=10, warmup=2)
+        growing = measure(through_the_models_forward(expander), count=10, warmup=2)
+        step = expander.static_step
+        return {
+            "model": model,
+            **static,
+            "static_step": step is not None,
+            "step_graph_captures": step.captures if step is not None else 0,
+            "models_forward": {key: growing[key] for key in ("median_s", "ms_per_token")},
+            "speedup": round(growing["median_s"] / static["median_s"], 2) if static["median_s"] else None,
+        }
 
     def variant(self, options: AccelerationOptions, keep: bool = False, **overrides: Any) -> dict[str, Any]:
         """One optimisation on its own: start to ready (load + first image) and 1024²/30 latency.

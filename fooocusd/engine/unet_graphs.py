@@ -194,14 +194,9 @@ class UNetGraphs:
             return call_unet(self.unet, *static)
 
         try:
-            reference = run().clone()
-            replay, output = self._backend.capture(run)
-            replay()
-            mismatch = capture_mismatch(output, reference)
-        except (RuntimeError, AssertionError) as exc:  # torch.OutOfMemoryError is a RuntimeError
-            return self._stay_eager(key, f"capture failed: {type(exc).__name__}: {exc}"[:300])
-        if mismatch:
-            return self._stay_eager(key, mismatch)
+            replay, output = capture_checked(self._backend, run)
+        except CaptureRefused as refusal:
+            return self._stay_eager(key, str(refusal))
         self.captures += 1
         return CapturedCall(static, replay, output)
 
@@ -210,6 +205,28 @@ class UNetGraphs:
         self._eager[key] = note
         logger.warning("CUDA graph not used for UNet inputs {}", note)
         return None
+
+
+class CaptureRefused(Exception):
+    """A capture that failed, or whose replay does not give the eager result; the message says how."""
+
+
+def capture_checked(
+    backend: GraphBackend, run: Callable[[], torch.Tensor]
+) -> tuple[Callable[[], None], torch.Tensor]:
+    """Capture ``run`` and check one replay against an eager run: (replay, its output tensor).
+    Raises ``CaptureRefused`` when the capture errs (out of memory, an operation that cannot be
+    captured) or the replay differs."""
+    try:
+        reference = run().clone()
+        replay, output = backend.capture(run)
+        replay()
+        mismatch = capture_mismatch(output, reference)
+    except (RuntimeError, AssertionError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        raise CaptureRefused(f"capture failed: {type(exc).__name__}: {exc}"[:300]) from exc
+    if mismatch:
+        raise CaptureRefused(mismatch)
+    return replay, output
 
 
 def capture_mismatch(output: torch.Tensor, reference: torch.Tensor) -> str:

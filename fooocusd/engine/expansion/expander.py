@@ -14,6 +14,11 @@ What it does, following Fooocus's documented behaviour ("Fooocus V2"):
 4. Sampling uses a CPU ``torch.Generator`` seeded with ``seed % 2**32`` (Fooocus reduces the
    image seed to numpy's range the same way): the same prompt and seed always give the same text.
 
+The model only computes logits; the vocabulary rule, top-k and the draw run on the host, one copy
+of the logits per token. A GPT-2 model runs over a preallocated key/value cache with one CUDA graph
+per cache length on a GPU (``static_step.py``); any other causal language model runs through its
+own forward with a growing cache.
+
 ``expand`` returns the **full expanded prompt** (the cleaned prompt, a comma, the added words),
 which is what Fooocus encodes as the last positive workload; ``expand_parts`` also returns the
 added words on their own and the token counts.
@@ -37,9 +42,16 @@ from transformers import (
     TopKLogitsWarper,
 )
 
+from fooocusd.engine.expansion.static_step import StaticGPT2, supports
 from fooocusd.engine.expansion.tiny import build_tiny_model, build_tiny_tokenizer
-from fooocusd.engine.expansion.vocabulary import CuratedVocabulary, comma_token_id, word_token_ids
+from fooocusd.engine.expansion.vocabulary import (
+    CuratedVocabulary,
+    VocabularyState,
+    comma_token_id,
+    word_token_ids,
+)
 from fooocusd.engine.expansion.words import allowed_words, load_word_list
+from fooocusd.engine.unet_graphs import CudaGraphBackend, GraphBackend
 from fooocusd.errors import ConfigError, OutOfMemory
 
 CHUNK_TOKENS = 75
@@ -82,7 +94,9 @@ class PromptExpander:
         name: str,
         words: tuple[str, ...] | None = None,
         top_k: int = TOP_K,
+        graph_backend: GraphBackend | None = None,
     ) -> None:
+        """``graph_backend``: records the GPT-2 step as a graph (``CudaGraphBackend`` on a GPU)."""
         self.name = name
         self.tokenizer = tokenizer
         self.model = model.eval()
@@ -108,6 +122,7 @@ class PromptExpander:
             model.config, "max_position_embeddings", None
         )
         self.max_tokens = int(positions) if positions else 1024
+        self.static_step = StaticGPT2(self.model, graph_backend) if not supports(self.model) else None
 
     @classmethod
     def from_folder(
@@ -126,7 +141,8 @@ class PromptExpander:
                 "config.json model.safetensors tokenizer.json tokenizer_config.json vocab.json merges.txt "
                 f"--local-dir {folder}`",
             ) from exc
-        return cls(tokenizer, model.to(device), name=str(folder), words=words)
+        backend = CudaGraphBackend(device) if device.type == "cuda" else None
+        return cls(tokenizer, model.to(device), name=str(folder), words=words, graph_backend=backend)
 
     @classmethod
     def tiny_random(cls, *, device: torch.device | None = None) -> PromptExpander:
@@ -178,24 +194,45 @@ class PromptExpander:
         # Sampled on the CPU from our own generator: deterministic per seed, and the global RNG
         # (which the image engine and other threads rely on) is left alone.
         generator = torch.Generator(device="cpu").manual_seed(int(seed) % SEED_RANGE)
-        sequence = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        step_input = sequence
-        cache = None
-        cache_name = cache_argument(self.model)
+        state = VocabularyState(self.vocabulary, prompt_ids)
+        steps = self.static_step or _GrowingCacheSteps(self.model)
+        logits = steps.start(prompt_ids, len(prompt_ids) + new_tokens)
+        no_ids = torch.empty((1, 0), dtype=torch.long)  # top-k looks at the scores only
         generated: list[int] = []
-        for _ in range(new_tokens):
-            if not self.vocabulary.words_left(sequence):
+        for index in range(new_tokens):
+            if not state.words_left:
                 break  # every curated word is used: stop rather than add commas only
-            output = self.model(input_ids=step_input, use_cache=True, **{cache_name: cache})
-            cache = getattr(output, cache_name)
-            scores = self.vocabulary(sequence, output.logits[:, -1, :].float())
-            scores = self.top_k_warper(sequence, scores)
-            probabilities = torch.softmax(scores, dim=-1).cpu()
-            token = torch.multinomial(probabilities, 1, generator=generator).to(self.device)
-            generated.append(int(token))
-            sequence = torch.cat([sequence, token], dim=1)
-            step_input = token
+            scores = self.top_k_warper(no_ids, state.mask(logits[None]))
+            token = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
+            generated.append(token)
+            state.add(token)
+            if index + 1 < new_tokens:
+                logits = steps.step(token)
         return tuple(generated)
+
+
+class _GrowingCacheSteps:
+    """Next-token logits through the model's own forward and growing cache (any causal LM)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self._cache_name = cache_argument(model)
+        self._cache: Any = None
+
+    def start(self, prompt_ids: tuple[int, ...], length: int) -> torch.Tensor:
+        self._cache = None
+        return self._logits(list(prompt_ids))
+
+    def step(self, token: int) -> torch.Tensor:
+        return self._logits([token])
+
+    def _logits(self, ids: list[int]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        inputs = torch.tensor([ids], dtype=torch.long, device=device)
+        output = self.model(input_ids=inputs, use_cache=True, **{self._cache_name: self._cache})
+        self._cache = getattr(output, self._cache_name)
+        logits: torch.Tensor = output.logits[0, -1].float().cpu()
+        return logits
 
 
 def cache_argument(model: Any) -> str:

@@ -49,6 +49,36 @@ class CuratedVocabulary(LogitsProcessor):
         return scores.masked_fill(~self.allowed(input_ids), float("-inf"))  # type: ignore[return-value]
 
 
+class VocabularyState:
+    """``CuratedVocabulary``'s rule for one growing sequence, kept on the host and updated per token
+    (the same mask ``allowed`` computes from the whole sequence, without a pass over it each step)."""
+
+    def __init__(self, vocabulary: CuratedVocabulary, prompt_ids: Iterable[int]) -> None:
+        ids = list(prompt_ids)
+        self.comma_id = vocabulary.comma_id
+        self._allowed = vocabulary._word_mask.clone()
+        self._allowed[ids] = False
+        self._words_left = int(self._allowed.sum())
+        self._last = ids[-1] if ids else -1
+
+    @property
+    def words_left(self) -> bool:
+        """Whether any curated word is still unused."""
+        return self._words_left > 0
+
+    def add(self, token: int) -> None:
+        if self._allowed[token]:
+            self._allowed[token] = False
+            self._words_left -= 1
+        self._last = token
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` (1, vocab) with every token that may not come next at ``-inf``."""
+        allowed = self._allowed.clone()
+        allowed[self.comma_id] = self._last != self.comma_id
+        return scores.masked_fill(~allowed, float("-inf"))
+
+
 def word_token_ids(tokenizer: PreTrainedTokenizerBase, words: Iterable[str]) -> dict[str, int]:
     """word → token id, for each word that the tokenizer spells as one token after a space."""
     found: dict[str, int] = {}
