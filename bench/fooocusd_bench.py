@@ -22,6 +22,12 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
   graphs on a GPU) against the model's own forward with a growing cache;
 * each optimisation on its own against a plain engine (all off): channels_last, fused QKV, fp16
   instead of bf16, xformers (when importable), regional torch.compile (cold, then warm disk cache);
+  and the defaults without channels_last (``batch_4_nchw`` against ``batch_4``): under regional
+  compile the resnet blocks run eagerly, and where torch's CUDA GroupNorm has no channels_last
+  kernel it returns a contiguous tensor that the next convolution converts back;
+* where a batch of 4 spends the device's time (``profile``): the top kernels of one render
+  (8 denoising steps) by self device time, and the share per kind (attention, convolution, matmul,
+  normalisation, layout copies, compiled Triton kernels, the rest) (``kernel_profile.py``);
 * the UNet replayed as captured CUDA graphs (``engine.cuda_graphs = "on"``; ``graphs``: over regional
   compile, ``graphs_eager``: without compile; ``queue_graphs``: the daemon's queue with them), with
   the allocator's peak reserved memory (the graphs' pool) beside the peak allocated;
@@ -81,6 +87,7 @@ IMPORTS_S = time.perf_counter() - PROCESS_START
 OFF = AccelerationOptions(vram="high", compile="off", channels_last=False, fuse_qkv=False, layout_on_cpu=True)
 """The plain engine every optimisation is measured against: eager, no layout changes, no fusion."""
 PHASES = ("encode", "denoise", "decode")
+PROFILED_STEPS = 8
 """``GeneratedImage.timings`` parts: text encoders, the denoising loop, VAE decode + image."""
 KEEP_COMPILED_ENGINE = frozenset({"warm_start", "compiled_full_graphs_small"})
 """Cases before which the engine ``compiled_latency`` kept stays resident (the small-size case uses it)."""
@@ -334,6 +341,27 @@ class Bench:
             "models_forward": {key: growing[key] for key in ("median_s", "ms_per_token")},
             "speedup": round(growing["median_s"] / static["median_s"], 2) if static["median_s"] else None,
         }
+
+    def profile(self) -> dict[str, Any]:
+        """Where a batch of 4 at full size spends the device's time (``kernel_profile.py``): one
+        render of the defaults (text encoding, 8 denoising steps, 4 decodes) under ``torch.profiler``,
+        after a warm-up render that compiles."""
+        from kernel_profile import kernel_table
+        from torch.profiler import ProfilerActivity, profile
+
+        engine = self.engine(replace(AccelerationOptions(vram="high"), layout_on_cpu=self.tiny), batch_size=4)
+        engine.load()
+        requests = [self.request(seed=20 + i, steps=PROFILED_STEPS) for i in range(4)]
+        engine.generate_batch(requests)
+        self.sync()
+        on_device = self.device.type == "cuda"
+        activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_device else [])]
+        with profile(activities=activities) as profiled:
+            engine.generate_batch(requests)
+            self.sync()
+        table = kernel_table(profiled.key_averages(), device=on_device)
+        acceleration = engine.describe()["acceleration"]
+        return {"acceleration": acceleration, "batch_size": 4, "steps": PROFILED_STEPS, **table}
 
     def variant(self, options: AccelerationOptions, keep: bool = False, **overrides: Any) -> dict[str, Any]:
         """One optimisation on its own: start to ready (load + first image) and 1024²/30 latency.
@@ -630,6 +658,8 @@ class Bench:
             "setup": self.setup,
             "defaults": self.defaults,
             "batch_4": lambda: self.batched(defaults),
+            "batch_4_nchw": lambda: self.batched(replace(defaults, channels_last=False)),
+            "profile": self.profile,
             "graphs": lambda: self.batched(replace(defaults, cuda_graphs="on")),
             "graphs_eager": lambda: self.batched(replace(defaults, compile="off", cuda_graphs="on")),
             "queue_graphs": lambda: self.queue("queue-graphs", cuda_graphs="on"),

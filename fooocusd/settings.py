@@ -163,7 +163,7 @@ class EngineSettings(_Section):
     overlap_decode: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Decode a finished image on the publisher thread while the next job denoises; "
-        "auto = on for a CUDA GPU with 16 GiB or more in high-VRAM mode.",
+        "auto = on for a CUDA GPU with 20 GiB or more in high-VRAM mode.",
     )
     batch_size: Literal["auto"] | int = Field(
         "auto", description="Images per UNet batch, 1..16; auto = 4 on a CUDA GPU in high-VRAM mode, else 1."

@@ -27,7 +27,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "--size=tiny",
         "--runs=1",
         "--queue-jobs=2",
-        "--cases=defaults,queue,low_vram,fp8_matmul",
+        "--cases=defaults,queue,low_vram,fp8_matmul,expansion,profile",
         f"--workdir={tmp_path / 'work'}",
         f"--out={out}",
     ]
@@ -35,7 +35,15 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "fooocusd_bench.json").read_text())
     cases = report["cases"]
-    assert list(cases) == ["setup", "defaults", "queue", "low_vram", "fp8_matmul"]  # setup first, unasked
+    assert list(cases) == [  # setup first, unasked
+        "setup",
+        "defaults",
+        "queue",
+        "low_vram",
+        "fp8_matmul",
+        "expansion",
+        "profile",
+    ]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case], cases
     assert cases["defaults"]["latency_128_6_refinements_on_s"]["median"] > 0
     assert cases["queue"]["images"] == 2 and cases["queue"]["first_image_s"] > 0
@@ -45,6 +53,11 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
     for shape, methods in cases["fp8_matmul"].items():
         timings = [methods[name] for name in ("bf16", "scaled_mm", "rowwise_eager", "rowwise_compiled")]
         assert all(isinstance(ms, float) and ms > 0 for ms in timings), (shape, methods)
+    assert cases["expansion"]["static_step"] is True
+    assert cases["expansion"]["median_s"] > 0 and cases["expansion"]["models_forward"]["median_s"] > 0
+    assert cases["profile"]["clock"] == "cpu" and len(cases["profile"]["top"]) == 25
+    assert 99 <= sum(cases["profile"]["by_kind_pct"].values()) <= 101
+    assert "convolution" in cases["profile"]["by_kind_pct"]
     markdown = (out / "fooocusd_bench.md").read_text()
     assert "| defaults | start_to_ready_s |" in markdown
 

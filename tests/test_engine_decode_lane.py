@@ -128,13 +128,14 @@ def test_a_cuda_graph_capture_first_runs_the_before_capture_hook_and_a_replay_do
     ("device", "memory", "vram", "expected"),
     [
         (CUDA, 80 * GIB, "high", True),
-        (CUDA, 16 * GIB, "high", True),
+        (CUDA, 20 * GIB, "high", True),
+        (CUDA, 16 * GIB, "high", False),
         (CUDA, 12 * GIB, "high", False),
         (CUDA, 80 * GIB, "low", False),
         (torch.device("cpu"), None, "high", False),
     ],
 )
-def test_overlap_decode_auto_is_on_only_for_a_cuda_gpu_with_16_gib_in_high_vram_mode(
+def test_overlap_decode_auto_is_on_only_for_a_cuda_gpu_with_20_gib_in_high_vram_mode(
     device: torch.device, memory: int | None, vram: str, expected: bool
 ) -> None:
     hardware = HardwareFacts(device.type, (9, 0) if device.type == "cuda" else None, memory, True)

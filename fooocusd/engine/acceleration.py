@@ -73,7 +73,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "ma
 VAE_UPCAST = ("auto", "always", "never")
 QUANTIZE_MODES = ("off", "fp8", "auto")
 COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
-OVERLAP_DECODE_FROM_BYTES = 16 * 2**30
+OVERLAP_DECODE_FROM_BYTES = 20 * 2**30
 
 
 @dataclass(frozen=True)

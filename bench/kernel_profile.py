@@ -1,0 +1,71 @@
+"""Where the device's time goes during a render: the top operators by self time, and by kind.
+
+Used by ``fooocusd_bench.py``'s ``profile`` case (a batch of 4 at 1024², the GPU-bound case) on
+``torch.profiler`` results. On a GPU it ranks kernels by self device time; on a CPU, operators by
+self CPU time (a plumbing check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+NORMALISATION = (
+    "group_norm",
+    "layer_norm",
+    "groupnorm",
+    "layernorm",
+    "welford",
+    "rowwisemoments",
+    "fusedparams",
+)
+KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("triton (compiled)", ("triton",)),  # first: fused kernels' names mention what they fused
+    ("attention", ("flash", "fmha", "attention", "sdpa", "efficient_attention")),
+    ("normalisation", NORMALISATION),
+    ("convolution", ("conv", "cudnn", "implicit_gemm", "xmma_fprop", "sm90_xmma")),
+    ("matmul", ("gemm", "cutlass", "matmul", "addmm", "mm", "nvjet")),
+    ("layout copy", ("copy", "contiguous", "memcpy", "transpose", "permute", "nchw", "nhwc")),
+)
+
+
+def kind_of(name: str) -> str:
+    """A kernel's or operator's kind, from its name; "elementwise and other" when none matches."""
+    lowered = name.lower()
+    for kind, needles in KINDS:
+        if any(needle in lowered for needle in needles):
+            return kind
+    return "elementwise and other"
+
+
+def self_time_us(event: Any, device: bool) -> float:
+    """An averaged profiler event's self time in µs, on the device or the CPU (torch renamed the
+    device field from ``self_cuda_time_total``)."""
+    if not device:
+        return float(event.self_cpu_time_total)
+    value = getattr(event, "self_device_time_total", None)
+    if value is None:
+        value = getattr(event, "self_cuda_time_total", 0.0)
+    return float(value)
+
+
+def kernel_table(events: Iterable[Any], *, device: bool, top: int = 25) -> dict[str, Any]:
+    """The ``top`` events by self time, and the total per kind, in ms and % of the whole."""
+    timed = [(event.key, self_time_us(event, device), int(event.count)) for event in events]
+    timed = [row for row in timed if row[1] > 0]
+    total = sum(us for _, us, _ in timed) or 1.0
+    by_kind: dict[str, float] = {}
+    for name, us, _ in timed:
+        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + us
+    timed.sort(key=lambda row: row[1], reverse=True)
+    return {
+        "clock": "device" if device else "cpu",
+        "total_ms": round(total / 1000, 2),
+        "by_kind_pct": {
+            kind: round(100 * us / total, 1) for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1])
+        },
+        "top": [
+            {"name": name[:90], "ms": round(us / 1000, 3), "calls": calls, "pct": round(100 * us / total, 1)}
+            for name, us, calls in timed[:top]
+        ],
+    }
