@@ -98,6 +98,24 @@ def test_drain_waits_for_a_decode_that_another_thread_is_running() -> None:
     assert deferred.result().getpixel((0, 0)) == (5, 0, 0)
 
 
+def test_a_deferred_image_its_caller_dropped_is_never_decoded() -> None:
+    lane = DecodeLane()
+    ran: list[str] = []
+
+    def decode(name: str) -> Image.Image:
+        ran.append(name)
+        return _picture(1)
+
+    kept = lane.defer(lambda: decode("kept"), (4, 4))
+    dropped = lane.defer(lambda: decode("dropped"), (4, 4))  # a cancelled job's image
+    assert lane.pending == 2
+    del dropped
+    assert lane.pending == 1
+    lane.drain()
+
+    assert ran == ["kept"] and kept.done
+
+
 @torch.inference_mode()
 def test_a_cuda_graph_capture_first_runs_the_before_capture_hook_and_a_replay_does_not() -> None:
     unet = build_tiny_sdxl_pipeline(EulerDiscreteScheduler()).unet.eval()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from PIL import Image
@@ -76,27 +77,31 @@ class DeferredImage:
 
 class DecodeLane:
     """The decodes one engine has handed out and not yet run. Used from the render thread only;
-    the decodes themselves may run on any thread."""
+    the decodes themselves may run on any thread. It holds them weakly: a result its caller dropped
+    (a cancelled job's image) is never decoded."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: list[DeferredImage] = []
+        self._pending: list[weakref.ref[DeferredImage]] = []
 
     @property
     def pending(self) -> int:
-        """Decodes handed out that have not run yet."""
-        self._pending = [each for each in self._pending if not each.done]
-        return len(self._pending)
+        """Decodes handed out, still wanted, that have not run yet."""
+        return len(self._still_pending())
 
     def defer(self, decode: Callable[[], Image.Image], size: tuple[int, int]) -> DeferredImage:
         """Hand out ``decode`` to run later; ``size`` is the (width, height) it will produce."""
-        self._pending = [each for each in self._pending if not each.done]
         deferred = DeferredImage(decode, self._lock, size)
-        self._pending.append(deferred)
+        self._pending = [weakref.ref(each) for each in self._still_pending()]
+        self._pending.append(weakref.ref(deferred))
         return deferred
 
     def drain(self) -> None:
         """Run, or wait for, every decode handed out so far, oldest first (the VAE is then free)."""
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._still_pending(), []
         for each in pending:
             each.settle_quietly()
+
+    def _still_pending(self) -> list[DeferredImage]:
+        alive = (ref() for ref in self._pending)
+        return [each for each in alive if each is not None and not each.done]
