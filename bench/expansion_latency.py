@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import fooocusd
 from fooocusd.engine.devices import pick_device, pick_dtype
 from fooocusd.engine.expansion import PromptExpander
-from fooocusd.engine.expansion.tiny import build_tiny_tokenizer
+from fooocusd.engine.expansion.tiny import build_tiny_model, build_tiny_tokenizer
 from fooocusd.engine.unet_graphs import CudaGraphBackend
 
 GPT2_VOCAB = 50257
@@ -55,14 +55,34 @@ def build_expander(model: str, device: torch.device, dtype: torch.dtype) -> Prom
     if model == "tiny-random":
         return PromptExpander.tiny_random(device=device)
     if model == "gpt2-random":
-        tokenizer = build_tiny_tokenizer()
-        torch.manual_seed(0)
-        network = GPT2LMHeadModel(GPT2Config(vocab_size=GPT2_VOCAB)).eval()
         backend = CudaGraphBackend(device) if device.type == "cuda" else None
         return PromptExpander(
-            tokenizer, network.to(device=device, dtype=dtype), name=model, graph_backend=backend
+            build_tiny_tokenizer(),
+            gpt2_small_random().to(device=device, dtype=dtype),
+            name=model,
+            graph_backend=backend,
         )
     return PromptExpander.from_folder(Path(model).expanduser(), device=device, dtype=dtype)
+
+
+def gpt2_small_random() -> GPT2LMHeadModel:
+    """GPT-2 small's architecture and vocabulary width, seeded random weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(GPT2Config(vocab_size=GPT2_VOCAB)).eval()
+
+
+def write_expander_folder(model: str, folder: Path, dtype: torch.dtype) -> Path:
+    """``model`` ("tiny-random" or "gpt2-random") as a folder ``engine.expansion`` loads like a
+    user's: config.json, model.safetensors and the tokenizer files. Kept when it is already there."""
+    if (folder / "config.json").is_file():
+        return folder
+    tokenizer = build_tiny_tokenizer()
+    network = build_tiny_model(len(tokenizer)) if model == "tiny-random" else gpt2_small_random()
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    network.to(dtype=dtype).save_pretrained(folder)
+    return folder
 
 
 def through_the_models_forward(expander: PromptExpander) -> PromptExpander:

@@ -15,7 +15,9 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
   writes, eager and compiled (the compiled daemon starts on the compile cache the ``fast`` case
   filled), with the VAE decode left to the publisher thread (``overlap_decode``, the default on a
   GPU) and without (``queue_decode_at_once``), and one by one with inline writes, as before
-  batching and overlap;
+  batching and overlap; and with every job asking for "Fooocus V2" (a random GPT-2 small loaded
+  from a folder): expanded ahead on their own thread (``queue_expansion``) and when each job is
+  prepared (``queue_expansion_inline``), against ``queue`` (no expansion);
 * peak memory (``torch.cuda.max_memory_allocated``) resident, and in low-VRAM mode;
 * switching LoRA (first load of a file, and back to an already loaded one) and switching model;
 * prompt-expansion latency (GPT-2 small's shape, random weights): the static-cache step (CUDA
@@ -532,11 +534,22 @@ class Bench:
     def queue_cache(self) -> Path:
         return self.work / "queue-compiled" / "state" / "cache"
 
-    def queue(self, name: str, **engine_settings: Any) -> dict[str, Any]:
-        """The whole daemon on a queue of one-image prompt files (``queue_throughput.py``)."""
+    def queue(self, name: str, *, expansion: bool = False, **engine_settings: Any) -> dict[str, Any]:
+        """The whole daemon on a queue of one-image prompt files (``queue_throughput.py``).
+        ``expansion``: every job asks for "Fooocus V2", expanded by a random GPT-2 small (the
+        tiny one on ``--size tiny``) loaded from a folder, as a user's would be."""
         from queue_throughput import measure_queue
 
         work = self.work / name
+        generation: dict[str, Any] = {}
+        if expansion:
+            from expansion_latency import write_expander_folder
+
+            model = "tiny-random" if self.tiny else "gpt2-random"
+            folders = self.work / "models" / "prompt_expansion"
+            folder = write_expander_folder(model, folders / model, self.dtype)
+            engine_settings["expansion"] = str(folder)
+            generation["styles"] = ["Fooocus V2"]
         model = "tiny-random" if self.tiny else str(self.location.path)
         batch = engine_settings.pop("batch_size", 4 if not self.tiny else 2)
         background = engine_settings.pop("background_writes", True)
@@ -552,6 +565,7 @@ class Bench:
             settings={
                 "engine": {"batch_size": batch, **engine_settings},
                 "outbox": {"background_writes": background},
+                "generation": generation,
             },
         )
         return {"batch_size": batch, "background_writes": background, **engine_settings, **result}
@@ -665,6 +679,10 @@ class Bench:
             "queue_graphs": lambda: self.queue("queue-graphs", cuda_graphs="on"),
             "queue": lambda: self.queue("queue"),
             "queue_decode_at_once": lambda: self.queue("queue-decode-at-once", overlap_decode="off"),
+            "queue_expansion": lambda: self.queue("queue-expansion", expansion=True, expand_ahead="on"),
+            "queue_expansion_inline": lambda: self.queue(
+                "queue-expansion-inline", expansion=True, expand_ahead="off"
+            ),
             "fast_compiled_batch_4": self.fast,
             "queue_compiled": lambda: self.queue("queue-compiled", compile="unet"),
             "compiled_full_graphs": lambda: self.compiled_latency("unet_full", "reduce-overhead"),

@@ -113,6 +113,9 @@ def _outputs(outbox: Path, jobs: int, started: float, process_started: float | N
     finished = sorted(path.stat().st_mtime for path in sidecars)
     batch = max((int(record.get("batch_size", 1) or 1) for record in records), default=1)
     result: dict[str, Any] = {"images": len(records), "expected": jobs, "largest_batch": batch}
+    expanded = sum(record.get("expansion") == "fooocus_v2" for record in records)
+    if expanded:
+        result["expanded_images"] = expanded
     if finished:
         result["first_image_s"] = round(finished[0] - started, 2)
         if process_started is not None:

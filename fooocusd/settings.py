@@ -165,6 +165,11 @@ class EngineSettings(_Section):
         description="Decode a finished image on the publisher thread while the next job denoises; "
         "auto = on for a CUDA GPU with 20 GiB or more in high-VRAM mode.",
     )
+    expand_ahead: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Expand the prompts of the next queued jobs on a thread of their own while the "
+        "current batch renders; auto = on where the expansion model runs on a GPU.",
+    )
     batch_size: Literal["auto"] | int = Field(
         "auto", description="Images per UNet batch, 1..16; auto = 4 on a CUDA GPU in high-VRAM mode, else 1."
     )

@@ -48,6 +48,22 @@ def test_jobs_run_highest_priority_first_then_in_arrival_order(tmp_path: Path, j
     assert journal.claim_next_job(lease_seconds=60) is None
 
 
+def test_next_runnable_jobs_lists_the_claim_order_without_claiming(
+    tmp_path: Path, journal: Journal, clock: FakeClock
+) -> None:
+    add_input(journal, tmp_path, "a.txt", [(spec_json("a0"), 0), (spec_json("a1"), 0)])
+    add_input(journal, tmp_path, "b.txt", [(spec_json("b0"), 10)])
+    add_input(journal, tmp_path, "c.txt", [(spec_json("c0"), 0)])
+    journal.retry_later(_claim(journal).id, 30, "busy")  # b0 waits 30 s: not runnable now
+
+    ahead = journal.next_runnable_jobs(limit=2)
+    assert [job.spec().prompt for job in ahead] == ["a0", "a1"]
+    assert all(job.state == JobState.QUEUED for job in journal.next_runnable_jobs(limit=10))
+    assert [_claim(journal).spec().prompt for _ in range(2)] == ["a0", "a1"]
+    clock.now += 31
+    assert [job.spec().prompt for job in journal.next_runnable_jobs(limit=10)] == ["b0", "c0"]
+
+
 def test_claim_marks_the_job_running_with_a_lease_for_this_owner(
     tmp_path: Path, journal: Journal, clock: FakeClock
 ) -> None:

@@ -25,10 +25,15 @@ What a graph cannot see, it must not be used for:
 
 Each capture is checked once against the eager output of the same inputs; a mismatch or an error
 (out of memory, an operation that cannot be captured) leaves that bucket eager, with a note.
+
+Every capture holds ``CAPTURE_LOCK``, and so does GPU work another thread runs beside the renders
+(prompt expansions prepared ahead): a capture never overlaps it, nor another capture (PyTorch
+records every graph of a process on one shared capture stream).
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +53,9 @@ Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
 """``(model_input, timestep, tokens, pooled, time_ids)``, as ``NoisePredictor`` takes them."""
 BucketKey = tuple[tuple[tuple[int, ...], torch.dtype], ...]
 
+CAPTURE_LOCK = threading.RLock()
+"""Held by each CUDA graph capture and by side GPU work (an expansion prepared ahead): never both."""
+
 
 class GraphBackend(Protocol):
     """Records ``run`` once; returns the function that replays it and the tensor it writes to."""
@@ -63,17 +71,18 @@ class CudaGraphBackend:
         self.pool = torch.cuda.graph_pool_handle()
 
     def capture(self, run: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
-        current = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            run()  # lazy initialisation (cuBLAS workspaces, compiled regions' guards) stays out of the graph
-        current.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: another thread's CUDA call (a decode, a copy) must not break this capture.
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            output = run()
-        return graph.replay, output
+        with CAPTURE_LOCK:
+            current = torch.cuda.current_stream(self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                run()  # lazy initialisation (cuBLAS workspaces, compiled regions' guards) stays out
+            current.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: another thread's CUDA call (a decode, a copy) must not break this capture.
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                output = run()
+            return graph.replay, output
 
 
 @dataclass

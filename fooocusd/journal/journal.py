@@ -60,6 +60,9 @@ _UNSETTLED_JOB_SQL = (
     "(j.state NOT IN ('done', 'failed', 'cancelled') OR (j.lease_owner IS NOT NULL AND j.lease_expires > ?))"
 )
 
+# Queued jobs in the order they are claimed: highest priority, then oldest. One parameter: now.
+_RUNNABLE_NOW_SQL = "state = 'queued' AND not_before <= ? ORDER BY priority DESC, id"
+
 
 class JournalError(FooocusdError):
     """The requested change is not possible in the current state (the message says why)."""
@@ -275,8 +278,7 @@ class Journal:
                 "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, started = ?,"
                 " updated = ?, finished = NULL, attempts = attempts + 1,"
                 " progress_step = 0, progress_total = 0"
-                " WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND not_before <= ?"
-                "             ORDER BY priority DESC, id LIMIT 1)"
+                f" WHERE id = (SELECT id FROM jobs WHERE {_RUNNABLE_NOW_SQL} LIMIT 1)"
                 " RETURNING *",
                 (self.owner, now + lease_seconds, now, now, now),
             ).fetchone()
@@ -285,6 +287,15 @@ class Journal:
             job = job_from_row(row)
             _event(conn, now, "started", f"attempt {job.attempts} on {self.owner}", job.input_id, job.id)
             return job
+
+    def next_runnable_jobs(self, limit: int) -> list[JobRow]:
+        """The jobs ``claim_next_job`` would hand out next, in that order, without claiming them
+        (the worker prepares their prompt expansions ahead; another process may still take them)."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT * FROM jobs WHERE {_RUNNABLE_NOW_SQL} LIMIT ?", (self._clock(), limit)
+            ).fetchall()
+            return [job_from_row(row) for row in rows]
 
     def heartbeat(self, job_id: int, step: int, total: int, lease_seconds: float) -> bool:
         """Report progress and extend the lease. False means "stop": the job was cancelled, or

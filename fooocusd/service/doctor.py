@@ -52,13 +52,17 @@ def _speed(settings: Settings) -> Check:
         options = AccelerationOptions.from_settings(engine, None)
         plan = plan_acceleration(options, device, dtype, total_memory=memory)
         batch = resolve_batch_size(engine.batch_size, device=device, vram=plan.vram, total_memory=memory)
+        from fooocusd.service.expansion_ahead import expands_ahead_on
+
+        ahead = expands_ahead_on(engine.expand_ahead, device)
     except (FooocusdError, ImportError, RuntimeError, ValueError) as exc:
         return Check("speed settings", "warn", f"cannot tell: {type(exc).__name__}: {exc}")
     warm = "on" if engine.warm_up and (plan.compile != "off" or plan.cuda_graphs) else "off"
     detail = (
         f"{device.type}: {dtype_name(dtype)}, vram {plan.vram}, compile {plan.compile}, "
         f"CUDA graphs {'on' if plan.cuda_graphs else 'off'}, batches of {batch}, fp8 {plan.quantize}, "
-        f"warm-up render {warm}, decode beside the next render {'on' if plan.overlap_decode else 'off'}"
+        f"warm-up render {warm}, decode beside the next render {'on' if plan.overlap_decode else 'off'}, "
+        f"prompt expansion ahead of the render {'on' if ahead else 'off'}"
     )
     asked_for_speed = engine.compile != "off" or engine.quantize == "fp8" or engine.cuda_graphs == "on"
     refused = ("compile off", "quantize off", "cuda_graphs off")

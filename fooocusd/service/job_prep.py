@@ -116,9 +116,7 @@ def prepare_job(job: JobRow, source: InputRow, context: PrepContext) -> Prepared
     spec = JobSpec.model_validate_json(job.spec_json)
     image_input = load_image_input(spec, source, folders, settings) if spec.image is not None else None
     image_prompts = load_image_prompts(spec, source, folders, settings)
-    preset = load_preset(spec.preset or settings.generation.preset, context.preset_dirs)
-    check_preset_models(preset, spec, folders.models, settings.engine.model)
-    requests = resolve_requests(spec, preset, settings.generation, settings.engine.model)
+    preset, requests = _resolve(spec, context)
     if image_input is not None:
         action, given = image_input.job.action, spec.steps is not None
         requests = [
@@ -161,6 +159,28 @@ def prepare_job(job: JobRow, source: InputRow, context: PrepContext) -> Prepared
         steps_done=sum(final_requests[i].steps for i in range(len(requests)) if i not in missing),
         total_steps=sum(request.steps for request in final_requests),
     )
+
+
+def expand_ahead(job: JobRow, context: PrepContext) -> None:
+    """Run the prompt expansions ``prepare_job`` will ask for, so that they are remembered
+    (``PromptExpansion.ahead``). A job whose spec or preset is broken is skipped: preparing it
+    reports that."""
+    try:
+        spec = JobSpec.model_validate_json(job.spec_json)
+        _preset, requests = _resolve(spec, context)
+    except Exception:
+        return
+    wildcards = WildcardLibrary(context.folders.wildcards)
+    for index, request in enumerate(requests):
+        with_styles(request, index, wildcards, context.styles, context.expansion)
+
+
+def _resolve(spec: JobSpec, context: PrepContext) -> tuple[Preset, list[GenerationRequest]]:
+    """The job's preset and one request per image (before styles, wildcards and expansion)."""
+    settings = context.settings
+    preset = load_preset(spec.preset or settings.generation.preset, context.preset_dirs)
+    check_preset_models(preset, spec, context.folders.models, settings.engine.model)
+    return preset, resolve_requests(spec, preset, settings.generation, settings.engine.model)
 
 
 def with_styles(

@@ -12,6 +12,9 @@ Two things keep the GPU busy:
   while the next ones render. Up to one batch of publications is outstanding, so a batch's images
   are all handed over at once; a job is finished only after all of its publications succeeded,
   and a failed one is charged to its own job.
+* Expansion ahead (``engine.expand_ahead``): before each render, the next queued jobs' prompt
+  expansions are handed to a thread of their own (``expansion_ahead.py``), so preparing those jobs
+  later does not wait for them.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from fooocusd.outbox.naming import choose_free_name, name_fields, render_name
 from fooocusd.outbox.writer import extension_for, write_image_with_sidecar
 from fooocusd.service.batch_plan import BatchItem, first_key, take_matching
 from fooocusd.service.batch_progress import BatchProgress
+from fooocusd.service.expansion_ahead import ExpansionAhead, expands_ahead
 from fooocusd.service.folders import Folders
 from fooocusd.service.image_prompt_inputs import (
     save_control_images,
@@ -104,6 +108,7 @@ class Worker:
         self.claimed: list[PreparedJob] = []
         """Jobs this worker holds (state 'running') whose outcome is not recorded yet, in order."""
         self._publisher: Publisher[_Publication] | None = None
+        self._expansion_ahead: ExpansionAhead | None = None
         self.may_claim: Callable[[], bool] = lambda: True
         """False while the daemon has a reload waiting: no new job is claimed until it is applied."""
 
@@ -150,6 +155,9 @@ class Worker:
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None
+        if self._expansion_ahead is not None:
+            self._expansion_ahead.close()
+            self._expansion_ahead = None
 
     # -- taking jobs ---------------------------------------------------------------------------
 
@@ -187,6 +195,21 @@ class Worker:
             self._settle_all()
         else:
             self._admit(job)
+
+    def _offer_next_jobs(self) -> None:
+        """Before a render: the jobs claimed next get their prompt expansions run meanwhile."""
+        wanted = expands_ahead(self.settings.engine.expand_ahead, self.expansion)
+        ahead = self._expansion_ahead
+        if not wanted:
+            if ahead is not None:
+                ahead.close()
+                self._expansion_ahead = None
+            return
+        if ahead is None:
+            assert self.expansion is not None
+            ahead = self._expansion_ahead = ExpansionAhead(self.expansion)
+        limit = max(2, batching.batch_limit(self.engine))
+        ahead.offer(self.journal.next_runnable_jobs(limit), self._prep_context())
 
     def _prep_context(self) -> PrepContext:
         return PrepContext(
@@ -245,6 +268,7 @@ class Worker:
         for item in items:
             item.run.started = True
         reporter = BatchProgress(self, items)
+        self._offer_next_jobs()
         try:
             images = self._generate(items, reporter)
         except Interrupted:

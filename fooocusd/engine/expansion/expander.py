@@ -19,6 +19,11 @@ of the logits per token. A GPT-2 model runs over a preallocated key/value cache 
 per cache length on a GPU (``static_step.py``); any other causal language model runs through its
 own forward with a growing cache.
 
+Expansions run one at a time, from any thread. On a CUDA GPU they run on the expander's own stream,
+so the per-token copy of the logits waits for the expansion's kernels only, not for a render that
+another thread has queued on the default stream; and they hold ``unet_graphs.CAPTURE_LOCK``, so an
+expansion prepared ahead never overlaps a graph capture.
+
 ``expand`` returns the **full expanded prompt** (the cleaned prompt, a comma, the added words),
 which is what Fooocus encodes as the last positive workload; ``expand_parts`` also returns the
 added words on their own and the token counts.
@@ -26,9 +31,12 @@ added words on their own and the token counts.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +59,7 @@ from fooocusd.engine.expansion.vocabulary import (
     word_token_ids,
 )
 from fooocusd.engine.expansion.words import allowed_words, load_word_list
-from fooocusd.engine.unet_graphs import CudaGraphBackend, GraphBackend
+from fooocusd.engine.unet_graphs import CAPTURE_LOCK, CudaGraphBackend, GraphBackend
 from fooocusd.errors import ConfigError, OutOfMemory
 
 CHUNK_TOKENS = 75
@@ -123,6 +131,11 @@ class PromptExpander:
         )
         self.max_tokens = int(positions) if positions else 1024
         self.static_step = StaticGPT2(self.model, graph_backend) if not supports(self.model) else None
+        self._lock = threading.Lock()
+        self._stream: torch.cuda.Stream | None = None
+        if self.device.type == "cuda":
+            self._stream = torch.cuda.Stream(self.device)
+            torch.cuda.current_stream(self.device).synchronize()  # the weights' copies have landed
 
     @classmethod
     def from_folder(
@@ -166,7 +179,8 @@ class PromptExpander:
         prompt_ids = tuple(int(i) for i in self.tokenizer(cleaned + ",")["input_ids"])
         target = min(next_chunk_boundary(len(prompt_ids)), self.max_tokens)
         try:
-            generated = self._sample(prompt_ids, max(0, target - len(prompt_ids)), seed)
+            with self._running():
+                generated = self._sample(prompt_ids, max(0, target - len(prompt_ids)), seed)
         except torch.OutOfMemoryError as exc:
             raise OutOfMemory(
                 "the accelerator ran out of memory during prompt expansion",
@@ -186,6 +200,16 @@ class PromptExpander:
             generated_ids=generated,
             target_tokens=target,
         )
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """One expansion at a time; on a CUDA GPU on the expander's stream, never beside a capture."""
+        with self._lock:
+            if self._stream is None:
+                yield
+                return
+            with CAPTURE_LOCK, torch.cuda.stream(self._stream):
+                yield
 
     @torch.inference_mode()
     def _sample(self, prompt_ids: tuple[int, ...], new_tokens: int, seed: int) -> tuple[int, ...]:

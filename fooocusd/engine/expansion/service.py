@@ -13,12 +13,20 @@
 
 ``PromptExpansion.apply`` adds the expanded prompt as the last positive workload, as Fooocus does,
 and returns ``ExpandedWorkloads`` carrying what the sidecar records (``expansion_record``).
+
+Expansions are remembered by (prompt, seed), the last ``MEMO_SIZE`` of them: the same prompt and
+seed always give the same text, so a job prepared again (a reload, a retry) or prepared ahead
+(``service/expansion_ahead.py``, inside ``ahead()``) is not expanded twice. An expansion prepared
+ahead gives way to one a job needs now.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +34,7 @@ from typing import Any
 import torch
 from loguru import logger
 
-from fooocusd.engine.expansion.expander import TINY_RANDOM, PromptExpander
+from fooocusd.engine.expansion.expander import TINY_RANDOM, Expansion, PromptExpander
 from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.engine.styles import Workloads
 from fooocusd.errors import ConfigError
@@ -39,6 +47,8 @@ STATUS_NOT_REQUESTED = "off"
 STATUS_NO_MODEL = "unavailable (no model)"
 STATUS_SWITCHED_OFF = 'unavailable (engine.expansion = "off")'
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+MEMO_SIZE = 512
+"""Expansions remembered: a few queues' worth of (prompt, seed) pairs, a few hundred bytes each."""
 GET_A_MODEL = (
     "hf download openai-community/gpt2 config.json model.safetensors tokenizer.json tokenizer_config.json "
     "vocab.json merges.txt --local-dir {folder}/gpt2"
@@ -96,6 +106,16 @@ class PromptExpansion:
         self.dtype = dtype
         self._expander: PromptExpander | None = None
         self._lock = threading.Lock()
+        self._memo: OrderedDict[tuple[str, int], Expansion] = OrderedDict()
+        self._expanding = threading.Lock()
+        self._wanted_now = threading.Condition()
+        self._waiting_now = 0
+        """Threads waiting for an expansion they need now (expansions ahead wait for them)."""
+        self._local = threading.local()
+        self.expanded = 0
+        """Expansions run (not remembered ones)."""
+        self.expanded_ahead = 0
+        """Of those, the ones run inside ``ahead()``."""
 
     @property
     def enabled(self) -> bool:
@@ -140,7 +160,7 @@ class PromptExpansion:
         expander = self.load()
         if expander is None:
             return dataclasses.replace(plain, expansion_status=self.unavailable)
-        expansion = expander.expand_parts(workloads.expansion_prompt, seed)
+        expansion = self._expansion(expander, workloads.expansion_prompt, seed)
         if not expansion.text:
             return dataclasses.replace(plain, expansion_status=STATUS_NOT_REQUESTED)
         return dataclasses.replace(
@@ -151,6 +171,48 @@ class PromptExpansion:
             expansion_text=expansion.added,
             expanded_prompt=expansion.text,
         )
+
+
+    @contextlib.contextmanager
+    def ahead(self) -> Iterator[None]:
+        """Expansions this thread asks for inside the block are preparations for later jobs: they
+        are remembered, and each waits while another thread waits for an expansion it needs now."""
+        self._local.ahead = True
+        try:
+            yield
+        finally:
+            self._local.ahead = False
+
+    def _expansion(self, expander: PromptExpander, prompt: str, seed: int) -> Expansion:
+        key = (prompt, seed)
+        ahead = getattr(self._local, "ahead", False)
+        if not ahead:
+            with self._wanted_now:
+                self._waiting_now += 1
+        try:
+            while True:
+                if ahead:
+                    with self._wanted_now:
+                        self._wanted_now.wait_for(lambda: self._waiting_now == 0)
+                with self._expanding:
+                    remembered = self._memo.get(key)
+                    if remembered is not None:
+                        self._memo.move_to_end(key)
+                        return remembered
+                    if ahead and self._waiting_now:
+                        continue  # a job needs one now: it goes first
+                    expansion = expander.expand_parts(prompt, seed)
+                    self.expanded += 1
+                    self.expanded_ahead += ahead
+                    self._memo[key] = expansion
+                    while len(self._memo) > MEMO_SIZE:
+                        self._memo.popitem(last=False)
+                    return expansion
+        finally:
+            if not ahead:
+                with self._wanted_now:
+                    self._waiting_now -= 1
+                    self._wanted_now.notify_all()
 
 
 def apply_expansion(workloads: Workloads, expansion: PromptExpansion | None, seed: int) -> Workloads:
