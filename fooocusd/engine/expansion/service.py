@@ -172,7 +172,6 @@ class PromptExpansion:
             expanded_prompt=expansion.text,
         )
 
-
     @contextlib.contextmanager
     def ahead(self) -> Iterator[None]:
         """Expansions this thread asks for inside the block are preparations for later jobs: they
