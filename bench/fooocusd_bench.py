@@ -464,12 +464,17 @@ class Bench:
         warm = self.variant(options)
         return {"cold": cold, "warm_cache": warm}
 
-    def batched(self, options: AccelerationOptions = OFF, size: int = 4) -> dict[str, Any]:
-        """``size`` images in one UNet batch (different seeds and prompts), per image, against one alone."""
+    def batched(
+        self, options: AccelerationOptions = OFF, size: int = 4, *, also_compile: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """``size`` images in one UNet batch (different seeds and prompts), per image, against one alone.
+        ``also_compile``: UNet module classes compiled too, beside regional compile's transformer
+        blocks (an experiment: the engine has no setting for it yet)."""
         self.reset_peak()
         mark = time.perf_counter()
         engine = self.engine(options, batch_size=size)
         engine.load()
+        compiled_also = compile_modules(engine, also_compile) if also_compile else {}
         prompts = ("a lighthouse on a rocky coast at dusk", "a red fox in fresh snow", "an old tram, rain")
         requests = [self.request(seed=10 + i, prompt=prompts[i % len(prompts)]) for i in range(size)]
         engine.generate_batch(requests)  # warm-up (and compilation, when compiled)
@@ -492,6 +497,7 @@ class Bench:
         agreement = self.graphs_agreement(engine)
         return {
             **agreement,
+            **compiled_also,
             "acceleration": engine.describe()["acceleration"],
             "start_to_ready_s": round(ready, 2),
             f"latency_{self.big}_{self.steps}_alone_s": _summary(alone),
@@ -673,6 +679,7 @@ class Bench:
             "defaults": self.defaults,
             "batch_4": lambda: self.batched(defaults),
             "batch_4_nchw": lambda: self.batched(replace(defaults, channels_last=False)),
+            "batch_4_resnets_compiled": lambda: self.batched(defaults, also_compile=RESNET_MODULES),
             "profile": self.profile,
             "graphs": lambda: self.batched(replace(defaults, cuda_graphs="on")),
             "graphs_eager": lambda: self.batched(replace(defaults, compile="off", cuda_graphs="on")),
@@ -846,6 +853,27 @@ def _differences(
         psnr.append(round(10 * math.log10(top**2 / error), 2) if error > 0 else float("inf"))
         max_abs.append(round((out - ref).abs().max().item(), 4))
     return {"psnr_db": psnr, "max_abs": max_abs, "min_psnr_db": min(psnr), "worst_max_abs": max(max_abs)}
+
+
+RESNET_MODULES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+"""The UNet's convolution blocks: GroupNorm, SiLU, convolutions, the residual add (eager under
+regional compile, which compiles the transformer blocks only)."""
+
+
+def compile_modules(engine: SDXLEngine, classes: tuple[str, ...]) -> dict[str, Any]:
+    """Compile every UNet module of these classes the way regional compile compiles its blocks
+    (same mode, static shapes); the first render then compiles them."""
+    plan = engine._accelerator.plan
+    unet = engine._pipeline.unet  # type: ignore[union-attr]
+    if plan is None or plan.compile == "off":
+        return {"also_compiled": "nothing: compile is off"}
+    counts: dict[str, int] = {}
+    for module in unet.modules():
+        name = type(module).__name__
+        if name in classes:
+            module.compile(mode=plan.compile_mode, dynamic=plan.compile_dynamic)
+            counts[name] = counts.get(name, 0) + 1
+    return {"also_compiled": counts}
 
 
 def _summary(runs: list[float]) -> dict[str, Any]:

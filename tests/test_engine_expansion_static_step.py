@@ -54,6 +54,15 @@ def test_static_step_logits_match_the_models_own_forward(overrides: dict[str, ob
         torch.testing.assert_close(static, reference, rtol=1e-4, atol=1e-5)
 
 
+def test_with_candidates_the_step_returns_only_their_logits_in_their_order() -> None:
+    model = _gpt2()
+    candidates = (250, 3, 17, 299, 0, 128)
+    step = StaticGPT2(model, candidates=candidates)
+    for static, reference in zip(_static_logits(step), _reference_logits(model), strict=True):
+        assert static.shape == (len(candidates),)
+        torch.testing.assert_close(static, reference[list(candidates)], rtol=1e-4, atol=1e-5)
+
+
 def test_a_second_sequence_in_the_same_cache_ignores_what_the_first_left_there() -> None:
     model = _gpt2()
     step = StaticGPT2(model)
@@ -101,13 +110,16 @@ def test_only_plain_gpt2_takes_the_static_path() -> None:
 
 def test_the_host_side_vocabulary_state_allows_what_the_logits_processor_allows() -> None:
     vocabulary = CuratedVocabulary(range(10, 60), comma_id=1, vocab_size=80)
+    candidates = list(vocabulary.candidate_ids)
+    assert candidates == [1, *range(10, 60)]
     sequence = [3, 12, 1]
     state = VocabularyState(vocabulary, sequence)
     generator = torch.Generator().manual_seed(0)
     for _ in range(60):
-        scores = torch.zeros(1, 80)
-        expected = vocabulary(torch.tensor([sequence]), scores.clone())
-        assert torch.equal(state.mask(scores), expected)
+        expected = vocabulary(torch.tensor([sequence]), torch.zeros(1, 80))
+        outside = [token for token in range(80) if token not in candidates]
+        assert torch.isinf(expected[0, outside]).all(), "only candidates are ever allowed"
+        assert torch.equal(state.mask(torch.zeros(1, len(candidates))), expected[:, candidates])
         assert state.words_left == vocabulary.words_left(torch.tensor([sequence]))
         if not state.words_left:
             break

@@ -14,10 +14,12 @@ What it does, following Fooocus's documented behaviour ("Fooocus V2"):
 4. Sampling uses a CPU ``torch.Generator`` seeded with ``seed % 2**32`` (Fooocus reduces the
    image seed to numpy's range the same way): the same prompt and seed always give the same text.
 
-The model only computes logits; the vocabulary rule, top-k and the draw run on the host, one copy
-of the logits per token. A GPT-2 model runs over a preallocated key/value cache with one CUDA graph
-per cache length on a GPU (``static_step.py``); any other causal language model runs through its
-own forward with a growing cache.
+The model only computes logits, and only the candidates' (the curated words' tokens and the comma:
+nothing else can be drawn); the vocabulary rule, top-k and the draw run on the host, one copy of
+those few hundred logits per token. The draw takes one uniform number from the generator per
+token. A GPT-2 model runs over a preallocated key/value cache with one CUDA graph per cache length
+on a GPU (``static_step.py``); any other causal language model runs through its own forward with a
+growing cache.
 
 Expansions run one at a time, from any thread. On a CUDA GPU they run on the expander's own stream,
 so the per-token copy of the logits waits for the expansion's kernels only, not for a render that
@@ -130,7 +132,10 @@ class PromptExpander:
             model.config, "max_position_embeddings", None
         )
         self.max_tokens = int(positions) if positions else 1024
-        self.static_step = StaticGPT2(self.model, graph_backend) if not supports(self.model) else None
+        candidates = self.vocabulary.candidate_ids
+        self.static_step = (
+            StaticGPT2(self.model, graph_backend, candidates) if not supports(self.model) else None
+        )
         self._lock = threading.Lock()
         self._stream: torch.cuda.Stream | None = None
         if self.device.type == "cuda":
@@ -219,7 +224,8 @@ class PromptExpander:
         # (which the image engine and other threads rely on) is left alone.
         generator = torch.Generator(device="cpu").manual_seed(int(seed) % SEED_RANGE)
         state = VocabularyState(self.vocabulary, prompt_ids)
-        steps = self.static_step or _GrowingCacheSteps(self.model)
+        candidates = self.vocabulary.candidate_ids
+        steps = self.static_step or _GrowingCacheSteps(self.model, candidates)
         logits = steps.start(prompt_ids, len(prompt_ids) + new_tokens)
         no_ids = torch.empty((1, 0), dtype=torch.long)  # top-k looks at the scores only
         generated: list[int] = []
@@ -227,7 +233,11 @@ class PromptExpander:
             if not state.words_left:
                 break  # every curated word is used: stop rather than add commas only
             scores = self.top_k_warper(no_ids, state.mask(logits[None]))
-            token = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
+            # One uniform draw per token (with replacement: the same for a single draw); without
+            # replacement, torch draws one exponential per candidate.
+            probabilities = torch.softmax(scores, dim=-1)
+            drawn = int(torch.multinomial(probabilities, 1, replacement=True, generator=generator))
+            token = candidates[drawn]
             generated.append(token)
             state.add(token)
             if index + 1 < new_tokens:
@@ -238,10 +248,11 @@ class PromptExpander:
 class _GrowingCacheSteps:
     """Next-token logits through the model's own forward and growing cache (any causal LM)."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, candidates: tuple[int, ...]) -> None:
         self.model = model
         self._cache_name = cache_argument(model)
         self._cache: Any = None
+        self._candidates = torch.tensor(candidates, device=next(model.parameters()).device)
 
     def start(self, prompt_ids: tuple[int, ...], length: int) -> torch.Tensor:
         self._cache = None
@@ -255,7 +266,7 @@ class _GrowingCacheSteps:
         inputs = torch.tensor([ids], dtype=torch.long, device=device)
         output = self.model(input_ids=inputs, use_cache=True, **{self._cache_name: self._cache})
         self._cache = getattr(output, self._cache_name)
-        logits: torch.Tensor = output.logits[0, -1].float().cpu()
+        logits: torch.Tensor = output.logits[0, -1, self._candidates].float().cpu()
         return logits
 
 

@@ -7,9 +7,12 @@ key/value buffers sized for the whole expansion (its 75-token target), and each 
 buffer with a mask up to the current position. Every step then has the same shapes, so on a CUDA
 GPU the step is recorded once as a CUDA graph (``unet_graphs.GraphBackend``) and replayed per token.
 
-The model's own modules do the work (embeddings, layer norms, projections, MLPs, the LM head); only
-the attention's cache and mask are ours, with ``scaled_dot_product_attention`` and the layer's own
-scaling. The logits match transformers' forward within float rounding. Each capture is checked
+The model's own modules do the work (embeddings, layer norms, projections, MLPs, the LM head's
+weights); only the attention's cache and mask are ours, with ``scaled_dot_product_attention`` and
+the layer's own scaling. Given ``candidates`` (the only tokens the expansion may sample), the LM head
+computes just those rows, for the last position only: GPT-2's head is 50,257 rows, 45 % of a token's
+multiply-adds, and the logits copied to the host shrink to a few hundred. The logits match
+transformers' forward within float rounding. Each capture is checked
 against the eager step; a mismatch or a capture error leaves that cache length eager, with a
 warning. Only plain GPT-2 (``model_type`` "gpt2", no cross-attention or reordered upcast attention)
 takes this path; ``supports`` says why another model does not.
@@ -18,7 +21,7 @@ takes this path; ``supports`` says why another model does not.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,11 +66,23 @@ class _Cache:
 class StaticGPT2:
     """Next-token logits for one sequence at a time: ``start(prompt_ids)``, then ``step(token)``."""
 
-    def __init__(self, model: torch.nn.Module, backend: GraphBackend | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        backend: GraphBackend | None = None,
+        candidates: Sequence[int] | None = None,
+    ) -> None:
+        """``candidates``: the token ids whose logits the steps return, in that order (None: all)."""
         reason = supports(model)
         if reason:
             raise ValueError(f"the static expansion step needs plain GPT-2: {reason}")
         self.model = model
+        head = model.lm_head
+        bias = getattr(head, "bias", None)
+        with torch.no_grad():
+            rows = None if candidates is None else torch.tensor(list(candidates), device=head.weight.device)
+            self._head_weight = head.weight if rows is None else head.weight[rows].contiguous()
+            self._head_bias = bias if bias is None or rows is None else bias[rows]
         self._backend = backend
         self._caches: OrderedDict[int, _Cache] = OrderedDict()
         self._cache: _Cache | None = None
@@ -82,19 +97,19 @@ class StaticGPT2:
     @torch.inference_mode()
     def start(self, prompt_ids: tuple[int, ...], length: int) -> torch.Tensor:
         """Run the prompt into a cache of ``length`` positions; the logits after its last token
-        (float32, on the CPU, shape (vocab,))."""
+        (float32, on the CPU, shape (candidates,))."""
         if not 0 < len(prompt_ids) <= length:
             raise ValueError(f"a prompt of {len(prompt_ids)} tokens does not fit a cache of {length}")
         self._cache = self._cache_of(length)
         tokens = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         positions = torch.arange(len(prompt_ids), device=self.device)
-        logits = self._forward(self._cache, tokens, positions)[0, -1]
+        logits = self._forward(self._cache, tokens, positions)
         self._next_position = len(prompt_ids)
         return logits.to("cpu", torch.float32, copy=True)  # a replay rewrites its output
 
     @torch.inference_mode()
     def step(self, token: int) -> torch.Tensor:
-        """Append ``token``; the logits for the position after it (float32, CPU, shape (vocab,))."""
+        """Append ``token``; the logits for the position after it (float32, CPU, (candidates,))."""
         cache = self._cache
         if cache is None:
             raise RuntimeError("start() a sequence before stepping it")
@@ -105,7 +120,7 @@ class StaticGPT2:
         self._next_position += 1
         logits = self._replayed(cache)
         if logits is None:
-            logits = self._forward(cache, cache.token, cache.position)[0, -1]
+            logits = self._forward(cache, cache.token, cache.position)
         return logits.to("cpu", torch.float32, copy=True)  # a replay rewrites its output
 
     def _replayed(self, cache: _Cache) -> torch.Tensor | None:
@@ -126,7 +141,7 @@ class StaticGPT2:
 
         def run() -> torch.Tensor:
             # Each run writes this step's key and value at the same position: repeating it is harmless.
-            return self._forward(cache, cache.token, cache.position)[0, -1]
+            return self._forward(cache, cache.token, cache.position)
 
         try:
             cache.replay, cache.output = capture_checked(self._backend, run)
@@ -159,8 +174,8 @@ class StaticGPT2:
         return cache
 
     def _forward(self, cache: _Cache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Logits (1, len(positions), vocab) for ``tokens`` at ``positions``, writing their keys and
-        values into ``cache``; each position attends to the cache up to itself."""
+        """The candidates' logits after the last of ``tokens`` (at ``positions``), writing their keys
+        and values into ``cache``; each position attends to the cache up to itself."""
         transformer = self.model.transformer
         length = cache.keys[0].shape[2]
         # (queries, cache length): a query sees the cached positions up to and including its own.
@@ -172,8 +187,8 @@ class StaticGPT2:
             )
             hidden = hidden + attended
             hidden = hidden + block.mlp(block.ln_2(hidden))
-        logits: torch.Tensor = self.model.lm_head(transformer.ln_f(hidden))
-        return logits
+        last = transformer.ln_f(hidden[0, -1])
+        return functional.linear(last, self._head_weight, self._head_bias)
 
 
 def _attention(

@@ -1,6 +1,9 @@
 """The logits processor that keeps expansion inside the curated vocabulary.
 
-At each step only these tokens may be sampled:
+Only the candidates (the curated words' tokens and the comma, ``CuratedVocabulary.candidate_ids``)
+can ever be sampled, so the expander computes and samples their logits alone: a few hundred
+scores per token instead of the model's whole vocabulary (50,257 for GPT-2). At each step only
+these tokens may be sampled:
 
 * tokens of the curated words (each word with its leading space, as one token of the expansion
   tokenizer), unless the token is already in the sequence, prompt included (no repeats);
@@ -30,6 +33,9 @@ class CuratedVocabulary(LogitsProcessor):
         self.vocab_size = vocab_size
         self._word_mask = torch.zeros(vocab_size, dtype=torch.bool)
         self._word_mask[sorted(self.word_token_ids)] = True
+        self.candidate_ids: tuple[int, ...] = tuple(sorted({*self.word_token_ids, comma_id}))
+        """Every token that may ever be sampled, ascending: the words' tokens and the comma."""
+        self.candidate_index = {token: index for index, token in enumerate(self.candidate_ids)}
 
     def allowed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """A boolean mask, shape (batch, vocab): which tokens may come next."""
@@ -50,14 +56,19 @@ class CuratedVocabulary(LogitsProcessor):
 
 
 class VocabularyState:
-    """``CuratedVocabulary``'s rule for one growing sequence, kept on the host and updated per token
-    (the same mask ``allowed`` computes from the whole sequence, without a pass over it each step)."""
+    """``CuratedVocabulary``'s rule for one growing sequence, over the candidates' scores only (in
+    ``candidate_ids`` order), kept on the host and updated per token (the mask ``allowed`` computes
+    from the whole sequence, restricted to the candidates, without a pass over it each step)."""
 
     def __init__(self, vocabulary: CuratedVocabulary, prompt_ids: Iterable[int]) -> None:
         ids = list(prompt_ids)
         self.comma_id = vocabulary.comma_id
-        self._allowed = vocabulary._word_mask.clone()
-        self._allowed[ids] = False
+        self._index = vocabulary.candidate_index
+        self._comma = self._index[self.comma_id]
+        self._allowed = torch.ones(len(vocabulary.candidate_ids), dtype=torch.bool)
+        self._allowed[self._comma] = False  # the comma's turn is decided per step
+        used = [self._index[token] for token in ids if token in self._index]
+        self._allowed[used] = False
         self._words_left = int(self._allowed.sum())
         self._last = ids[-1] if ids else -1
 
@@ -67,15 +78,16 @@ class VocabularyState:
         return self._words_left > 0
 
     def add(self, token: int) -> None:
-        if self._allowed[token]:
-            self._allowed[token] = False
+        index = self._index.get(token)
+        if index is not None and self._allowed[index]:
+            self._allowed[index] = False
             self._words_left -= 1
         self._last = token
 
     def mask(self, scores: torch.Tensor) -> torch.Tensor:
-        """``scores`` (1, vocab) with every token that may not come next at ``-inf``."""
+        """The candidates' ``scores`` (1, candidates) with each that may not come next at ``-inf``."""
         allowed = self._allowed.clone()
-        allowed[self.comma_id] = self._last != self.comma_id
+        allowed[self._comma] = self._last != self.comma_id
         return scores.masked_fill(~allowed, float("-inf"))
 
 
