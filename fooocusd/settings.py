@@ -168,7 +168,7 @@ class EngineSettings(_Section):
     expand_ahead: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Expand the prompts of the next queued jobs on a thread of their own while the "
-        "current batch renders; auto = on where the expansion model runs on a GPU.",
+        "current batch renders; auto = on where the expansion model runs on an NVIDIA GPU.",
     )
     batch_size: Literal["auto"] | int = Field(
         "auto", description="Images per UNet batch, 1..16; auto = 4 on a CUDA GPU in high-VRAM mode, else 1."

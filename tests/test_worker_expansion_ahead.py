@@ -137,11 +137,12 @@ def test_two_threads_expanding_at_once_get_what_one_thread_gets() -> None:
     [
         ("auto", "cuda", True),
         ("auto", "cpu", False),
+        ("auto", "mps", False),
         ("on", "cpu", True),
         ("off", "cuda", False),
     ],
 )
-def test_expand_ahead_auto_is_on_only_where_the_expansion_runs_on_a_gpu(
+def test_expand_ahead_auto_is_on_only_where_the_expansion_runs_on_an_nvidia_gpu(
     setting: str, device: str, expected: bool
 ) -> None:
     assert expands_ahead_on(setting, torch.device(device)) is expected

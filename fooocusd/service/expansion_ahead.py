@@ -9,8 +9,9 @@ preparing those jobs later finds them done. Nothing is claimed or written here: 
 cancelled, taken by another process or changed by a reload meanwhile only costs a wasted expansion,
 and an expansion a job needs now goes first.
 
-``engine.expand_ahead``: "auto" is on where the expansion model runs on a GPU (on a CPU it would only
-share the render's cores), "on" and "off" always and never.
+``engine.expand_ahead``: "auto" is on where the expansion model runs on an NVIDIA GPU, on a CUDA
+stream of its own (on a CPU it would only share the render's cores; Apple's MPS backend is not
+made for two threads at once), "on" and "off" always and never.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def expands_ahead(setting: str, expansion: PromptExpansion | None) -> bool:
 
 def expands_ahead_on(setting: str, device: torch.device) -> bool:
     """``engine.expand_ahead = setting`` for an expansion model on ``device``."""
-    return setting == "on" or (setting == "auto" and device.type != "cpu")
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 class ExpansionAhead:
