@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,8 @@ from typing import Any
 import pytest
 
 from fooocusd.errors import ConfigError, InvalidInput
+from fooocusd.outbox import folder_names
+from fooocusd.outbox.folder_names import FolderNames
 from fooocusd.outbox.naming import (
     MAX_NAME_BYTES,
     TEMPLATE_FIELDS,
@@ -157,3 +160,79 @@ def test_free_name_treats_case_variants_as_taken(tmp_path: Path) -> None:
 
 def test_free_name_in_a_missing_folder_is_the_plain_name(tmp_path: Path) -> None:
     assert choose_free_name(tmp_path / "new", "cat", "webp") == tmp_path / "new" / "cat.webp"
+
+
+# -- kept listings (FolderNames) ------------------------------------------------------------------
+
+
+def _touch_folder(folder: Path, modified_ns: int) -> None:
+    os.utime(folder, ns=(modified_ns, modified_ns))
+
+
+def test_a_kept_listing_is_made_once_while_the_folder_is_unchanged(tmp_path: Path) -> None:
+    names = FolderNames()
+    (tmp_path / "Cat.png").write_bytes(b"")
+    assert choose_free_name(tmp_path, "cat", "png", names=names) == tmp_path / "cat-1.png"
+    assert choose_free_name(tmp_path, "dog", "png", names=names) == tmp_path / "dog.png"
+    assert names.listings == 1
+
+
+def test_a_chosen_name_is_taken_at_once_before_anything_is_written(tmp_path: Path) -> None:
+    names = FolderNames()
+    assert choose_free_name(tmp_path, "cat", "png", names=names) == tmp_path / "cat.png"
+    assert choose_free_name(tmp_path, "Cat", "png", names=names) == tmp_path / "Cat-1.png"
+    assert names.listings == 1
+
+
+def test_a_folder_someone_else_changed_is_listed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(folder_names, "RELIST_COST_FACTOR", 0.0)
+    names = FolderNames()
+    _touch_folder(tmp_path, 1_000_000_000)
+    assert choose_free_name(tmp_path, "cat", "png", names=names) == tmp_path / "cat.png"
+    (tmp_path / "DOG.JSON").write_bytes(b"")  # a case variant of dog.png's sidecar
+    _touch_folder(tmp_path, 2_000_000_000)
+    assert choose_free_name(tmp_path, "dog", "png", names=names) == tmp_path / "dog-1.png"
+    assert names.listings == 2
+
+
+def test_a_changed_folder_waits_its_turn_but_exact_names_are_always_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(folder_names, "RELIST_COST_FACTOR", 1e12)
+    names = FolderNames()
+    assert choose_free_name(tmp_path, "cat", "png", names=names) == tmp_path / "cat.png"
+    (tmp_path / "dog.json").write_bytes(b"")
+    _touch_folder(tmp_path, 3_000_000_000)
+    assert choose_free_name(tmp_path, "dog", "png", names=names) == tmp_path / "dog-1.png"
+    assert names.listings == 1, "listed once: the next listing is not due yet"
+
+
+def test_an_exact_name_that_appeared_within_the_clock_granularity_is_still_seen(tmp_path: Path) -> None:
+    names = FolderNames()
+    _touch_folder(tmp_path, 1_000_000_000)
+    assert names.existing(tmp_path) == set()
+    (tmp_path / "cat.json").write_bytes(b"")
+    _touch_folder(tmp_path, 1_000_000_000)  # the folder's time did not move
+    assert choose_free_name(tmp_path, "cat", "png", names=names) == tmp_path / "cat-1.png"
+    assert names.listings == 1
+
+
+def test_kept_listings_are_bounded_least_recently_used_first(tmp_path: Path) -> None:
+    names = FolderNames(max_folders=2)
+    folders = [tmp_path / name for name in ("a", "b", "c")]
+    for folder in folders:
+        folder.mkdir()
+    for folder in (folders[0], folders[1], folders[0], folders[2], folders[0]):
+        names.existing(folder)
+    assert names.listings == 3, "a kept, b kept, then c pushes b out; a stays the most recent"
+    names.existing(folders[1])
+    assert names.listings == 4
+
+
+def test_a_missing_folder_has_no_names_and_is_not_kept(tmp_path: Path) -> None:
+    names = FolderNames()
+    assert names.existing(tmp_path / "new") == set()
+    names.add(tmp_path / "new", "cat.png")
+    assert names.listings == 0

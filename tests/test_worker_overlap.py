@@ -19,6 +19,7 @@ from fooocusd.errors import Interrupted, InvalidInput, TransientError
 from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.jobs.spec import JobSpec
 from fooocusd.journal.journal import Journal
+from fooocusd.outbox import folder_names
 from fooocusd.service.folders import Folders
 from fooocusd.service.publisher import Publisher
 from fooocusd.service.worker import Worker
@@ -419,3 +420,19 @@ def test_no_job_is_claimed_while_a_reload_waits_to_be_applied(setup) -> None:  #
 
     assert worker.run_one() is False
     assert _states(journal, fox) == [("queued", 0)]
+
+
+def test_a_queue_into_a_large_folder_lists_it_once_and_never_reuses_a_name(  # type: ignore[no-untyped-def]
+    setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(folder_names, "RELIST_COST_FACTOR", 1e12)  # as if listing took very long
+    _, folders, journal = setup
+    folders.outbox.mkdir(parents=True, exist_ok=True)
+    (folders.outbox / "FOX_1_0.png").write_bytes(b"someone else's")  # a case variant of job 1's name
+    jobs = [_queue(journal, f"fox{i}", JobSpec(prompt="a fox", seed=1, name="fox")) for i in range(4)]
+    worker = _worker(setup, OneAtATime())
+    _drain(worker)
+    assert _states(journal, *jobs) == [("done", 1)] * 4
+    written = sorted(path.name for path in folders.outbox.glob("fox*.png"))
+    assert written == ["fox_1_0-1.png", "fox_1_0-2.png", "fox_1_0-3.png", "fox_1_0-4.png"]
+    assert worker._folder_names.listings == 1

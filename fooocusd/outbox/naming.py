@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fooocusd.errors import ConfigError, InvalidInput, TransientError
+from fooocusd.outbox.folder_names import FolderNames, list_casefolded
 
 TEMPLATE_FIELDS: dict[str, str] = {
     "stem": "input file name without extension (or the job's name)",
@@ -259,33 +260,33 @@ def choose_free_name(
     base: str,
     ext: str,
     taken: Callable[[Path], bool] = lambda _path: False,
+    names: FolderNames | None = None,
 ) -> Path:
     """First of ``base.ext``, ``base-1.ext``, ``base-2.ext``… that is free.
 
     A name is taken when ``taken(path)`` says so (e.g. reserved in the journal), or when the
     image or its ``.json`` sidecar exists, compared case-insensitively so that names stay
-    distinct on Windows and macOS sync targets.
+    distinct on Windows and macOS sync targets. ``names`` keeps the folder's listing between
+    calls and takes the chosen name into it (``folder_names.py``); without it the folder is listed
+    each time.
     """
     suffix = ext if ext.startswith(".") else f".{ext}"
-    existing = _existing_names_casefolded(folder)
+    existing = names.existing(folder) if names is not None else list_casefolded(folder)
     for attempt in range(MAX_NAME_ATTEMPTS):
         candidate_base = base if attempt == 0 else f"{base}-{attempt}"
         candidate = folder / f"{candidate_base}{suffix}"
         sidecar = sidecar_path_for(candidate)
         if candidate.name.casefold() in existing or sidecar.name.casefold() in existing:
             continue
+        if candidate.exists() or sidecar.exists():  # a kept listing may predate them
+            continue
         if taken(candidate):
             continue
+        if names is not None:
+            names.add(folder, candidate.name, sidecar.name)
         return candidate
     raise TransientError(
         f"no free output name for {base}{suffix} in {folder} after {MAX_NAME_ATTEMPTS} tries",
         hint="tidy up the outbox, or add {date}_{time} or {job} to outbox.name_template",
         where=str(folder),
     )
-
-
-def _existing_names_casefolded(folder: Path) -> set[str]:
-    try:
-        return {entry.name.casefold() for entry in folder.iterdir()}
-    except FileNotFoundError:
-        return set()

@@ -39,6 +39,7 @@ from fooocusd.engine.styles import StyleLibrary, Workloads
 from fooocusd.errors import FooocusdError, Interrupted, InvalidInput, OutOfMemory, TransientError
 from fooocusd.journal.journal import Journal
 from fooocusd.journal.rows import JobRow, JobState
+from fooocusd.outbox.folder_names import FolderNames
 from fooocusd.outbox.naming import choose_free_name, name_fields, render_name
 from fooocusd.outbox.writer import extension_for, write_image_with_sidecar
 from fooocusd.service.batch_plan import BatchItem, first_key, take_matching
@@ -109,6 +110,8 @@ class Worker:
         """Jobs this worker holds (state 'running') whose outcome is not recorded yet, in order."""
         self._publisher: Publisher[_Publication] | None = None
         self._expansion_ahead: ExpansionAhead | None = None
+        self._folder_names = FolderNames()
+        """The output folders' names, kept between name choices (``_free_name``)."""
         self.may_claim: Callable[[], bool] = lambda: True
         """False while the daemon has a reload waiting: no new job is claimed until it is applied."""
 
@@ -465,7 +468,9 @@ class Worker:
         )
         base = render_name(self.settings.outbox.name_template, fields)
         out_dir.mkdir(parents=True, exist_ok=True)
-        return choose_free_name(out_dir, base, extension_for(run.fmt), taken=self.journal.is_path_reserved)
+        extension = extension_for(run.fmt)
+        reserved = self.journal.is_path_reserved
+        return choose_free_name(out_dir, base, extension, taken=reserved, names=self._folder_names)
 
     # -- outcomes ------------------------------------------------------------------------------
 
