@@ -233,3 +233,40 @@ def test_configured_umask_wins_over_a_stricter_process_umask(tmp_path: Path) -> 
 
     assert stat.S_IMODE(final.stat().st_mode) == 0o644
     assert stat.S_IMODE(final.parent.stat().st_mode) == 0o755
+
+
+def test_start_up_removes_crash_leftover_temps_in_every_subfolder_and_spares_other_daemons(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fooocusd.journal import Journal
+    from fooocusd.service.folders import Folders
+    from fooocusd.service.reconcile import instance_tag, reconcile
+    from fooocusd.settings import PathsSettings
+
+    monkeypatch.setattr(atomic, "_temp_owner", "")
+    paths = PathsSettings(
+        inbox=tmp_path / "inbox",
+        outbox=tmp_path / "outbox",
+        done=tmp_path / "done",
+        failed=tmp_path / "failed",
+        state=tmp_path / "state",
+    )
+    folders = Folders.from_paths(paths.resolved())
+    folders.state.mkdir(parents=True)
+    atomic.set_temp_owner(instance_tag(folders.state))
+    mine = [
+        temp_path_for(folders.outbox / "portraits" / "2026" / "cat.png"),
+        temp_path_for(folders.done / "a.txt"),
+    ]
+    atomic.set_temp_owner("other1")
+    theirs = temp_path_for(folders.outbox / "portraits" / "dog.png")
+    kept = [folders.outbox / "portraits" / "2026" / "cat.png", theirs]
+    for path in [*mine, *kept]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+    with Journal.open(folders.journal_db, owner="test") as journal:
+        reconcile(journal, folders)
+
+    assert [path.exists() for path in mine] == [False, False]
+    assert all(path.exists() for path in kept)
