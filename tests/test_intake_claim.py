@@ -160,6 +160,30 @@ def test_unique_destination_keeps_the_extension_and_never_reuses_a_name(tmp_path
     assert unique_destination(tmp_path, "dangling.txt") == tmp_path / "dangling-1.txt"
 
 
+def test_unique_destination_after_a_long_run_of_the_same_name_is_the_next_one(tmp_path: Path) -> None:
+    (tmp_path / "job.txt").write_text("0")
+    for counter in range(1, 1000):
+        (tmp_path / f"job-{counter}.txt").write_text(str(counter))
+    checks: list[str] = []
+    real_lexists = os.path.lexists
+
+    def counting(path: str | os.PathLike[str]) -> bool:
+        checks.append(str(path))
+        return real_lexists(path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os.path, "lexists", counting)
+        assert unique_destination(tmp_path, "job.txt") == tmp_path / "job-1000.txt"
+    assert len(checks) <= 25, "doubling, then bisecting: not one check per existing name"
+
+
+def test_unique_destination_with_a_gap_returns_a_free_name(tmp_path: Path) -> None:
+    for name in ("job.txt", "job-1.txt", "job-3.txt", "job-4.txt"):
+        (tmp_path / name).write_text("x")
+    found = unique_destination(tmp_path, "job.txt")
+    assert found.name in {"job-2.txt", "job-5.txt"} and not found.exists()
+
+
 def test_move_to_unique_picks_the_next_free_name(folders: tuple[Path, Path]) -> None:
     inbox, done = folders
     (done / "cat.png").write_bytes(b"older")

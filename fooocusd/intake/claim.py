@@ -70,19 +70,35 @@ def copy_durably(src: Path, dst: Path) -> None:
 
 
 def unique_destination(folder: Path, name: str) -> Path:
-    """A path in ``folder`` that does not exist yet: ``name``, then ``stem-1.ext``, ``stem-2.ext``…
+    """A path in ``folder`` that does not exist yet: ``name``, else a free ``stem-N.ext``.
+
+    The variants of one name are usually a run (``stem-1`` … ``stem-n``, a script that always
+    drops ``job.txt``), so the search doubles N until a free one, then bisects back to the first
+    free one after the run: about 2·log2(n) checks instead of n (20,000 same-named inputs in
+    ``done/`` took 0.42 s per file by counting up). Where variants were deleted from the middle it
+    may return an earlier gap; it always returns a name that does not exist.
 
     Callers must still publish without clobbering (``move_durably`` does), because another
     process may take the name between this check and the move; see ``move_to_unique``."""
     folder = Path(folder)
-    candidate = folder / name
     suffix = Path(name).suffix
     stem = name[: -len(suffix)] if suffix else name
-    counter = 0
-    while os.path.lexists(candidate):
-        counter += 1
-        candidate = folder / f"{stem}-{counter}{suffix}"
-    return candidate
+
+    def variant(counter: int) -> Path:
+        return folder / (name if counter == 0 else f"{stem}-{counter}{suffix}")
+
+    if not os.path.lexists(variant(0)):
+        return variant(0)
+    taken, free = 0, 1
+    while os.path.lexists(variant(free)):
+        taken, free = free, free * 2
+    while free - taken > 1:
+        middle = (taken + free) // 2
+        if os.path.lexists(variant(middle)):
+            taken = middle
+        else:
+            free = middle
+    return variant(free)
 
 
 def move_to_unique(src: Path, folder: Path, name: str | None = None, attempts: int = 100) -> Path:
