@@ -10,7 +10,7 @@ GPU the step is recorded once as a CUDA graph (``unet_graphs.GraphBackend``) and
 The model's own modules do the work (embeddings, layer norms, projections, MLPs, the LM head's
 weights); only the attention's cache and mask are ours, with ``scaled_dot_product_attention`` and
 the layer's own scaling. Given ``candidates`` (the only tokens the expansion may sample), the LM head
-computes just those rows, for the last position only: GPT-2's head is 50,257 rows, 45 % of a token's
+computes just those rows, for the last position only: GPT-2's head is 50,257 rows, 31 % of a token's
 multiply-adds, and the logits copied to the host shrink to a few hundred. The logits match
 transformers' forward within float rounding. Each capture is checked
 against the eager step; a mismatch or a capture error leaves that cache length eager, with a
