@@ -32,7 +32,7 @@ import fooocusd
 from fooocusd.engine.devices import pick_device, pick_dtype
 from fooocusd.engine.expansion import PromptExpander
 from fooocusd.engine.expansion.tiny import build_tiny_model, build_tiny_tokenizer
-from fooocusd.engine.unet_graphs import CudaGraphBackend
+from fooocusd.engine.graph_capture import CudaGraphBackend
 
 GPT2_VOCAB = 50257
 PROMPTS = (

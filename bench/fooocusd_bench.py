@@ -22,11 +22,16 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
 * switching LoRA (first load of a file, and back to an already loaded one) and switching model;
 * prompt-expansion latency (GPT-2 small's shape, random weights): the static-cache step (CUDA
   graphs on a GPU) against the model's own forward with a growing cache;
+* the text encoders' seconds per image (``encoding``): every line encoded afresh, a new prompt with
+  the negative kept from earlier jobs, and a prompt kept too (``encoding_cache.py``); the latency
+  cases give each run a prompt of its own, so their figures include encoding a new prompt; and
+  with the encoders replayed as CUDA graphs (``encoding_graphs``, ``encoder_graphs.py``);
 * each optimisation on its own against a plain engine (all off): channels_last, fused QKV, fp16
   instead of bf16, xformers (when importable), regional torch.compile (cold, then warm disk cache);
   and the defaults without channels_last (``batch_4_nchw`` against ``batch_4``): under regional
   compile the resnet blocks run eagerly, and where torch's CUDA GroupNorm has no channels_last
-  kernel it returns a contiguous tensor that the next convolution converts back;
+  kernel it returns a contiguous tensor that the next convolution converts back; and with cuDNN
+  timing its convolution algorithms per shape (``batch_4_cudnn_benchmark``);
 * where a batch of 4 spends the device's time (``profile``): the top kernels of one render
   (8 denoising steps) by self device time, and the share per kind (attention, convolution, matmul,
   normalisation, layout copies, compiled Triton kernels, the rest) (``kernel_profile.py``);
@@ -103,6 +108,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.phases: dict[str, float] = {}
+        self.prompts_made = 0
         self.device = torch.device("cuda" if args.device == "cuda" else "cpu")
         self.dtype = getattr(torch, args.dtype) if args.dtype != "auto" else _auto_dtype(self.device)
         self.tiny = args.size == "tiny"
@@ -184,12 +190,17 @@ class Bench:
         return replace(request, **overrides)
 
     def timed(self, engine: SDXLEngine, request: GenerationRequest, runs: int) -> list[float]:
-        """Seconds per image; ``self.phases`` then holds the median encode/denoise/decode split."""
+        """Seconds per image; ``self.phases`` then holds the median encode/denoise/decode split.
+
+        Each run has a prompt of its own (the negative stays), as a queue of new jobs would: a
+        repeated prompt would come from the engine's kept encodings and hide the encoders' cost."""
         seconds, phases = [], []
         for index in range(runs):
             self.sync()
             mark = time.perf_counter()
-            image = engine.generate(replace(request, seed=request.seed + index + 1))
+            image = engine.generate(
+                replace(request, seed=request.seed + index + 1, prompt=self.new_prompt(request.prompt))
+            )
             self.sync()
             seconds.append(round(time.perf_counter() - mark, 4))
             phases.append(image.timings)
@@ -197,6 +208,11 @@ class Bench:
             name: round(statistics.median(each.get(name, 0.0) for each in phases), 4) for name in PHASES
         }
         return seconds
+
+    def new_prompt(self, prompt: str) -> str:
+        """``prompt`` with a number never used before: text the engine has not encoded yet."""
+        self.prompts_made += 1
+        return f"{prompt}, take {self.prompts_made}"
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -344,6 +360,42 @@ class Bench:
             "speedup": round(growing["median_s"] / static["median_s"], 2) if static["median_s"] else None,
         }
 
+    def encoding(self, cuda_graphs: str = "off") -> dict[str, Any]:
+        """Seconds per image in the text encoders (the ``encode`` timing of a one-step 512² image):
+        everything encoded afresh (every image before the kept encodings), a new prompt with the
+        negative kept (a queue of new jobs), and nothing new (the images of one job); each once with
+        one line per side and once with three (a prompt and two style lines; three negatives).
+        ``cuda_graphs = "on"`` replays the encoders (and the UNet) as CUDA graphs."""
+        options = AccelerationOptions(vram="high", cuda_graphs=cuda_graphs)
+        engine = self.engine(replace(options, layout_on_cpu=self.tiny))
+        engine.load()
+        base = self.request(width=self.small, height=self.small, steps=1)
+        styled = replace(
+            base,
+            extra_prompts=("cinematic still, dramatic light", "highly detailed, sharp focus"),
+            negative="blurry, text\nlow quality, jpeg artefacts\ncartoon, drawing",
+        )
+        engine.generate(base)  # warm: the first call of each encoder sets up its kernels
+        report: dict[str, Any] = {}
+        for label, request in (("one_line", base), ("three_lines", styled)):
+            for mode in ("fresh", "negative_kept", "all_kept"):
+                engine.encodings.clear()
+                if mode != "fresh":  # what earlier jobs left: the negative, or the whole request
+                    engine.generate(request if mode == "all_kept" else replace(request, prompt="earlier"))
+                seconds = []
+                for index in range(max(3, self.args.runs)):
+                    if mode == "fresh":
+                        engine.encodings.clear()
+                    prompt = request.prompt if mode == "all_kept" else self.new_prompt(request.prompt)
+                    image = engine.generate(replace(request, seed=request.seed + index, prompt=prompt))
+                    seconds.append(image.timings["encode"])
+                report[f"{label}_{mode}_s"] = _summary(seconds)
+        report["aten_ops_per_line"] = _encoder_ops(engine)
+        report["acceleration"] = engine.describe()["acceleration"]
+        report["kept_encodings"] = len(engine.encodings)
+        report["kept_mib"] = round(engine.encodings.bytes_held / 2**20, 2)
+        return report
+
     def profile(self) -> dict[str, Any]:
         """Where a batch of 4 at full size spends the device's time (``kernel_profile.py``): one
         render of the defaults (text encoding, 8 denoising steps, 4 decodes) under ``torch.profiler``,
@@ -485,7 +537,10 @@ class Bench:
         alone_phases = self.phases
         per_image = []
         for run in range(self.args.runs):
-            batch = [replace(request, seed=request.seed + 100 * (run + 1)) for request in requests]
+            batch = [
+                replace(request, seed=request.seed + 100 * (run + 1), prompt=self.new_prompt(request.prompt))
+                for request in requests
+            ]  # new prompts, as a queue of new jobs has: kept encodings would hide the encoders' cost
             self.sync()
             started = time.perf_counter()
             engine.generate_batch(batch)
@@ -508,6 +563,18 @@ class Bench:
             "peak_gib": self.peak_gib(),
             "peak_reserved_gib": self.peak_reserved_gib(),
         }
+
+    def cudnn_benchmarked(self, options: AccelerationOptions) -> dict[str, Any]:
+        """``batched`` with cuDNN timing its convolution algorithms for each new shape
+        (``torch.backends.cudnn.benchmark``) instead of picking them by its heuristics: faster
+        kernels, against the time the first image of each size spends trying them (its
+        ``start_to_ready_s``)."""
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            return self.batched(options)
+        finally:
+            torch.backends.cudnn.benchmark = before
 
     def fast(self) -> dict[str, Any]:
         """Regional compile + channels_last + fused QKV + batches of 4, compiled cold into the cache
@@ -680,6 +747,7 @@ class Bench:
             "batch_4": lambda: self.batched(defaults),
             "batch_4_nchw": lambda: self.batched(replace(defaults, channels_last=False)),
             "batch_4_resnets_compiled": lambda: self.batched(defaults, also_compile=RESNET_MODULES),
+            "batch_4_cudnn_benchmark": lambda: self.cudnn_benchmarked(defaults),
             "profile": self.profile,
             "graphs": lambda: self.batched(replace(defaults, cuda_graphs="on")),
             "graphs_eager": lambda: self.batched(replace(defaults, compile="off", cuda_graphs="on")),
@@ -705,6 +773,8 @@ class Bench:
             ),
             "switches": self.switches,
             "expansion": self.expansion,
+            "encoding": self.encoding,
+            "encoding_graphs": lambda: self.encoding(cuda_graphs="on"),
             "plain": lambda: self.variant(OFF),
             "channels_last": lambda: self.variant(replace(OFF, channels_last=True)),
             "fuse_qkv": lambda: self.variant(replace(OFF, fuse_qkv=True)),
@@ -874,6 +944,26 @@ def compile_modules(engine: SDXLEngine, classes: tuple[str, ...]) -> dict[str, A
             module.compile(mode=plan.compile_mode, dynamic=plan.compile_dynamic)
             counts[name] = counts.get(name, 0) + 1
     return {"also_compiled": counts}
+
+
+def _encoder_ops(engine: SDXLEngine) -> int:
+    """PyTorch operations one prompt line's encoding dispatches (both encoders, eager): each is a
+    kernel launch or a host-side step Python pays for."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fooocusd.engine.conditioning import encode_workloads
+
+    class Counting(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            Counting.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    pipeline = engine._pipeline
+    with torch.inference_mode(), Counting():
+        encode_workloads(pipeline, ["a line never encoded before"], clip_skip=2, device=engine._device)
+    return Counting.calls
 
 
 def _summary(runs: list[float]) -> dict[str, Any]:

@@ -78,7 +78,8 @@ def measure_queue(
     config = work / "fooocusd.toml"
     config.write_text(_toml(sections), encoding="utf-8")
     for index in range(jobs):
-        text = f"{PROMPTS[index % len(PROMPTS)]}\nseed: {index + 1}\nsteps: {steps}\n"
+        # Each job's own prompt text: repeated prompts would come from the engine's kept encodings.
+        text = f"{PROMPTS[index % len(PROMPTS)]}, job {index + 1}\nseed: {index + 1}\nsteps: {steps}\n"
         (folders["inbox"] / f"job-{index:03d}.txt").write_text(text, encoding="utf-8")
 
     loaded = load_settings(config, environ={}).settings

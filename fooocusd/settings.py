@@ -157,8 +157,8 @@ class EngineSettings(_Section):
     )
     cuda_graphs: Literal["off", "on"] = Field(
         "off",
-        description="Replay the base UNet as captured CUDA graphs, one per input shape (NVIDIA GPUs, "
-        "high-VRAM mode).",
+        description="Replay the base UNet (one graph per input shape) and the text encoders as "
+        "captured CUDA graphs (NVIDIA GPUs, high-VRAM mode).",
     )
     overlap_decode: Literal["auto", "on", "off"] = Field(
         "auto",

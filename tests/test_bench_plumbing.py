@@ -27,7 +27,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "--size=tiny",
         "--runs=1",
         "--queue-jobs=2",
-        "--cases=defaults,queue,low_vram,fp8_matmul,expansion,profile,queue_expansion",
+        "--cases=defaults,queue,low_vram,fp8_matmul,expansion,profile,queue_expansion,encoding",
         f"--workdir={tmp_path / 'work'}",
         f"--out={out}",
     ]
@@ -44,6 +44,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "expansion",
         "profile",
         "queue_expansion",
+        "encoding",
     ]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case], cases
     assert cases["defaults"]["latency_128_6_refinements_on_s"]["median"] > 0
@@ -58,6 +59,9 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
     assert cases["expansion"]["median_s"] > 0 and cases["expansion"]["models_forward"]["median_s"] > 0
     assert cases["profile"]["clock"] == "cpu" and len(cases["profile"]["top"]) == 25
     assert 99 <= sum(cases["profile"]["by_kind_pct"].values()) <= 101
+    encoding = cases["encoding"]
+    assert encoding["one_line_all_kept_s"]["median"] < encoding["one_line_fresh_s"]["median"]
+    assert encoding["kept_encodings"] > 0
     assert "convolution" in cases["profile"]["by_kind_pct"]
     expanded = cases["queue_expansion"]
     assert expanded["expanded_images"] == 2 and expanded["expand_ahead"] == "on", expanded

@@ -186,7 +186,10 @@ def test_active_loras_are_folded_into_the_unet_so_its_lora_layers_never_run(engi
     engine.generate(default_request(steps=1, loras=(("ink", 1.0), ("pastel", 0.5))))  # loads both
     engine.generate(default_request(steps=1))
     with lora_calls(pipeline.unet) as unet_calls, lora_calls(pipeline.text_encoder) as text_calls:
-        engine.generate(default_request(steps=2, loras=(("ink", 1.0), ("pastel", 0.5))))
+        # A prompt not encoded before: an encoding kept from the first image would skip the encoders.
+        engine.generate(
+            default_request(prompt="a harbour at noon", steps=2, loras=(("ink", 1.0), ("pastel", 0.5)))
+        )
     folded = engine._components.loras.folded
     assert [weight for _, weight in folded] == [1.0, 0.5]
     assert unet_calls == []  # no per-step LoRA matmuls: the deltas are in the weights
@@ -323,3 +326,19 @@ def test_inline_lora_tag_runs_end_to_end_and_the_sidecar_lists_it_with_its_hash(
     assert [(entry["name"], entry["weight"]) for entry in record["loras"]] == [("ink", 0.6)]
     assert len(record["loras"][0]["sha256"]) == 64
     assert record["loras"][0]["hash"] == record["loras"][0]["sha256"][:10]
+
+
+def test_a_prompt_kept_encoded_without_loras_is_encoded_again_under_each_text_encoder_lora(
+    engine: SDXLEngine,
+) -> None:
+    pipeline = engine._pipeline
+    assert pipeline is not None
+    _pixels(engine, loras=(("ink", 1.0),))  # loads the adapter
+    engine.encodings.clear()
+    _pixels(engine)  # the default prompt and negative, encoded without a LoRA
+    for weight in (1.0, 0.5):  # the weight changes the text encoders' output too
+        with lora_calls(pipeline.text_encoder) as text_calls:
+            inked = _pixels(engine, loras=(("ink", weight),))
+        assert text_calls, f"ink at {weight}: the encoding kept without it was reused"
+        engine.encodings.clear()
+        assert np.array_equal(_pixels(engine, loras=(("ink", weight),)), inked)

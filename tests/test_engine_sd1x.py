@@ -228,3 +228,19 @@ def test_sd15_lora_changes_the_render_and_turning_it_off_restores_it(
     assert with_lora.image.tobytes() != plain.image.tobytes()
     assert [entry["name"] for entry in with_lora.extra["loras"]] == ["tiny_sd15_lora"]
     assert router.generate(request).image.tobytes() == plain.image.tobytes()
+
+
+def test_sd15_encodes_a_repeated_negative_once_and_the_image_stays_the_same(tiny: TinyModels) -> None:
+    engine = _sd15_engine(tiny)
+    first = engine.render_latents(_request(prompt="a red fox in snow", negative="blurry")).latents
+    runs: list[int] = []
+    assert engine._pipeline is not None
+    hook = engine._pipeline.text_encoder.register_forward_hook(lambda *_: runs.append(1))
+    try:
+        engine.render_latents(_request(prompt="an old tram", negative="blurry"))
+        assert len(runs) == 1  # the new prompt only
+        again = engine.render_latents(_request(prompt="a red fox in snow", negative="blurry")).latents
+    finally:
+        hook.remove()
+    assert len(runs) == 1
+    assert torch.equal(again, first)

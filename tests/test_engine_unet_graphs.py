@@ -19,8 +19,9 @@ from torch import nn
 from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
 from fooocusd.engine.denoise import call_unet
 from fooocusd.engine.devices import HardwareFacts
+from fooocusd.engine.graph_capture import active_adapter_layers
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
-from fooocusd.engine.unet_graphs import UNetGraphs, active_adapter_layers
+from fooocusd.engine.unet_graphs import UNetGraphs
 from tests.engine_helpers import ReplayByRerun, default_request, tiny_engine_with
 
 CUDA = torch.device("cuda")  # a label for the planner only

@@ -55,9 +55,11 @@ from fooocusd.engine.devices import (
     device_total_memory,
     probe_hardware,
 )
+from fooocusd.engine.encoder_graphs import EncoderGraphs
+from fooocusd.engine.graph_capture import CudaGraphBackend, GraphBackend
 from fooocusd.engine.low_vram import StageOffload, install_low_vram, small_decode_tiles
 from fooocusd.engine.quantization import fp8_layer_count, quantize_unet_fp8
-from fooocusd.engine.unet_graphs import CudaGraphBackend, GraphBackend, UNetGraphs
+from fooocusd.engine.unet_graphs import UNetGraphs
 
 if TYPE_CHECKING:
     from fooocusd.settings import EngineSettings
@@ -331,9 +333,10 @@ class Accelerator:
         self.plan: AccelerationPlan | None = None
         self.offload: StageOffload | None = None
         self.graphs: UNetGraphs | None = None
+        self.encoder_graphs: EncoderGraphs | None = None
         self.graph_backend: Callable[[torch.device], GraphBackend] = CudaGraphBackend
         self.before_capture: Callable[[], None] = lambda: None
-        """Handed to ``UNetGraphs``: runs before each CUDA graph capture."""
+        """Handed to ``UNetGraphs`` and ``EncoderGraphs``: runs before each CUDA graph capture."""
 
     def apply(self, pipeline: Any) -> AccelerationPlan:
         force_upcast = bool(getattr(pipeline.vae.config, "force_upcast", False))
@@ -365,16 +368,18 @@ class Accelerator:
                 dynamic=plan.compile_dynamic,
                 cache_dir=self.options.cache_dir,
             )
-        self.graphs = None
+        self.drop_graphs()
         if plan.cuda_graphs:
             backend = self.graph_backend(self.device)
             self.graphs = UNetGraphs(pipeline.unet, backend, before_capture=self.before_capture)
+            self.encoder_graphs = EncoderGraphs(backend, before_capture=self.before_capture)
         self.plan = plan
         return plan
 
     def drop_graphs(self) -> None:
-        """The resident UNet is going: its graphs (and the memory they hold) go with it."""
+        """The resident pipeline is going: its graphs (and the memory they hold) go with it."""
         self.graphs = None
+        self.encoder_graphs = None
 
     def decode_context(self, vae: Any) -> contextlib.AbstractContextManager[None]:
         """Around a VAE decode: small tiles in low-VRAM mode, nothing otherwise."""
@@ -385,7 +390,9 @@ class Accelerator:
     def record(self) -> dict[str, Any]:
         if self.plan is None:
             return {}
-        return {**self.plan.record(), **(self.graphs.record() if self.graphs is not None else {})}
+        graphs = self.graphs.record() if self.graphs is not None else {}
+        encoder_graphs = self.encoder_graphs.record() if self.encoder_graphs is not None else {}
+        return {**self.plan.record(), **graphs, **encoder_graphs}
 
 
 # -- fp8 -------------------------------------------------------------------------------------------

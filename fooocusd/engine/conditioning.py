@@ -19,15 +19,16 @@ w): "emphasized" ids claim an original size scaled by 1.5 (positive) or 0.8 (neg
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
 from transformers import PreTrainedTokenizerBase
 
 from fooocusd.engine.base import GenerationRequest
+from fooocusd.engine.encoder_graphs import EncoderGraphs, EncoderOutputs, encoder_outputs
+from fooocusd.engine.encoding_cache import EncodingCache
 from fooocusd.engine.guidance import LAST_TRAINING_TIMESTEP
 from fooocusd.engine.weighting import (
     TokenChunk,
@@ -94,19 +95,32 @@ def encode_workloads(
     *,
     clip_skip: int,
     device: torch.device,
+    cache: EncodingCache | None = None,
+    encoder_state: Hashable = (),
+    graphs: EncoderGraphs | None = None,
 ) -> PromptEmbeddings:
     """Encode each workload with both text encoders; token blocks concatenated in order.
 
     A workload may carry weights (``(word:1.3)``) and may be longer than 75 tokens: it then takes
     several 77-token blocks (see ``weighting.py``). The pooled vector is the first block's.
+    ``cache`` keeps each workload's encoding for later images; ``encoder_state`` names what else
+    changes the text encoders' output for the pipeline it is attached to (the active LoRAs).
+    ``graphs`` replays the encoders' calls as CUDA graphs where it can.
     """
     if not workloads:
         raise ValueError("at least one workload is needed (use [''] for an empty prompt)")
     check_clip_skip(pipeline, clip_skip)
+    state = (encoder_state, len(pipeline.tokenizer), len(pipeline.tokenizer_2))  # embeddings add tokens
     blocks: list[torch.Tensor] = []
     pooled: torch.Tensor | None = None
     for text in workloads:
-        block, block_pooled = _encode_one(pipeline, text, clip_skip)
+        if cache is None:
+            block, block_pooled = _encode_one(pipeline, text, clip_skip, graphs)
+        else:
+            block, block_pooled = cache.encoded(
+                ("sdxl", text, clip_skip, state),
+                lambda text=text: _encode_one(pipeline, text, clip_skip, graphs),
+            )
         blocks.append(block)
         if pooled is None:
             pooled = block_pooled
@@ -119,7 +133,7 @@ def encode_workloads(
 
 
 def _encode_one(
-    pipeline: StableDiffusionXLPipeline, text: str, clip_skip: int
+    pipeline: StableDiffusionXLPipeline, text: str, clip_skip: int, graphs: EncoderGraphs | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One workload: weighted, in as many 77-token chunks as it needs, both encoders side by side."""
     spans = parse_weights(text)
@@ -139,21 +153,26 @@ def _encode_one(
         chunks = chunks + [empty] * (chunk_count - len(chunks))  # both encoders need as many chunks
         # One chunk at a time: a batch may round differently, and the first block of a long prompt
         # must stay exactly what the prompt cut at 75 tokens gives.
-        outputs = [_run_encoder(encoder, chunk) for chunk in chunks]
-        if outputs[0][0].ndim == 2:  # CLIP-G's projected pooled vector: the first chunk's
-            pooled = outputs[0][0]
-        encoded = torch.cat([output.hidden_states[-clip_skip] for output in outputs])
+        outputs = [_run_encoder(encoder, chunk, clip_skip, graphs) for chunk in chunks]
+        first = outputs[0][1]
+        if first.ndim == 2:  # CLIP-G's projected pooled vector: the first chunk's
+            pooled = first
+        encoded = torch.cat([hidden for hidden, _ in outputs])
         if any(chunk.weighted for chunk in chunks):
-            reference = _run_encoder(encoder, empty).hidden_states[-clip_skip]
+            reference = _run_encoder(encoder, empty, clip_skip, graphs)[0]
             encoded = apply_token_weights(encoded, reference, chunks)
         hidden.append(encoded.reshape(1, -1, encoded.shape[-1]))
     assert pooled is not None, "the second text encoder must return a pooled projection"
     return torch.cat(hidden, dim=-1), pooled
 
 
-def _run_encoder(encoder: torch.nn.Module, chunk: TokenChunk) -> Any:
+def _run_encoder(
+    encoder: torch.nn.Module, chunk: TokenChunk, clip_skip: int, graphs: EncoderGraphs | None
+) -> EncoderOutputs:
     ids = torch.tensor([chunk.ids], dtype=torch.long, device=encoder.device)
-    return encoder(ids, output_hidden_states=True)
+    if graphs is None:
+        return encoder_outputs(encoder, ids, clip_skip)
+    return graphs.outputs(encoder, ids, clip_skip)
 
 
 def _token_chunks(

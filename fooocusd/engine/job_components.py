@@ -16,7 +16,7 @@ import torch
 from fooocusd.engine.base import GenerationRequest
 from fooocusd.engine.conditioning import Conditioning
 from fooocusd.engine.denoise import NoisePredictor, UNetExtras, unet_noise_predictor
-from fooocusd.engine.loras import AppliedLora, LoraAdapters
+from fooocusd.engine.loras import AppliedLora, LoraAdapters, text_encoder_state
 from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.engine.models import ModelLocation, ModelRoots
 from fooocusd.engine.refiner import (
@@ -68,6 +68,11 @@ class JobComponents:
         self._refiner_step = None
         if refiner_wanted(request.refiner, request.refiner_switch):
             self._refiner = self.refiners.get(request.refiner, base=base, device=device, dtype=dtype)
+
+    @property
+    def text_encoder_state(self) -> tuple[tuple[str, float], ...]:
+        """The active LoRAs, which may change the text encoders' output (``EncodingCache`` keys)."""
+        return text_encoder_state(self._applied)
 
     def noise_predictor(
         self,

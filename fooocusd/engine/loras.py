@@ -84,6 +84,11 @@ class AppliedLora:
         }
 
 
+def text_encoder_state(applied: Sequence[AppliedLora]) -> tuple[tuple[str, float], ...]:
+    """What the active LoRAs change in the text encoders' output: each file and its weight."""
+    return tuple((item.file.sha256, item.weight) for item in applied)
+
+
 def find_lora(model_dirs: ModelDirs, name: str) -> Path:
     """The ``.safetensors`` file for ``name`` in the LoRA folders (by path, or by stem in a subfolder)."""
     cleaned = name.strip()

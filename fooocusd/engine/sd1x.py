@@ -39,9 +39,10 @@ from fooocusd.engine.decode import at_requested_size, decode_latents
 from fooocusd.engine.denoise import GuidanceSettings, denoise, unet_noise_predictor
 from fooocusd.engine.devices import dtype_name, free_device_memory, synchronize
 from fooocusd.engine.embeddings import Embeddings
+from fooocusd.engine.encoding_cache import EncodingCache
 from fooocusd.engine.families import FamilyInfo
 from fooocusd.engine.img2img import start_for, vae_tiling
-from fooocusd.engine.loras import AppliedLora, LoraAdapters
+from fooocusd.engine.loras import AppliedLora, LoraAdapters, text_encoder_state
 from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.engine.models import ModelLocation, model_sha256
 from fooocusd.engine.out_of_memory import out_of_memory_retryable
@@ -134,6 +135,8 @@ class SD1xEngine:
         self.loras = LoraAdapters(model_dirs, hash_cache)
         self.vaes = VaeOverrides(model_dirs, hash_cache)
         self.embeddings = Embeddings(model_dirs, hash_cache, allow_unsafe_pickle=allow_unsafe_pickle)
+        self.encodings = EncodingCache()
+        self._applied: list[AppliedLora] = []
 
     @property
     def location(self) -> ModelLocation:
@@ -189,6 +192,7 @@ class SD1xEngine:
             timings["load"] = self._unreported_load_seconds
             self._unreported_load_seconds = None
         applied = self.loras.apply(pipeline, request.loras)  # outside inference mode: adapters inject
+        self._applied = applied
         vae = self.vaes.select(pipeline, request.vae)
         choice = build_scheduler(request.sampler, request.scheduler, self._base_scheduler_config)
         pipeline.scheduler = choice.scheduler
@@ -235,6 +239,7 @@ class SD1xEngine:
         return RenderedLatents(latents, choice, (width, height), timings, record)
 
     def free_memory(self) -> None:
+        self.encodings.clear()  # after running out of memory, every megabyte counts
         free_device_memory(self._device)
 
     def unload(self) -> None:
@@ -243,6 +248,7 @@ class SD1xEngine:
         self.loras.forget()
         self.vaes = VaeOverrides(self._model_dirs, self._hash_cache)  # a fresh one drops the cached override
         self.embeddings.attach(None)
+        self.encodings.attach(None)
         self.free_memory()
 
     def describe(self) -> dict[str, Any]:
@@ -296,6 +302,7 @@ class SD1xEngine:
         self.loras.forget()
         self.vaes.attach(pipeline)
         self.embeddings.attach(pipeline)
+        self.encodings.attach(pipeline)
         self._unreported_load_seconds = time.perf_counter() - started
 
     # -- generation ----------------------------------------------------------------------------
@@ -317,6 +324,8 @@ class SD1xEngine:
                 clip_skip=request.clip_skip,
                 family=self._info.family,
                 device=self._device,
+                cache=self.encodings,
+                encoder_state=text_encoder_state(self._applied),
             )
 
         positive = encode(positive_workloads)

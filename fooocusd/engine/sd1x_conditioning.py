@@ -17,12 +17,13 @@ These UNets take no pooled text vector and no size ids (ADM guidance is SDXL-onl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
 
 from fooocusd.engine.conditioning import AdmTimeIds, Conditioning, PromptEmbeddings
+from fooocusd.engine.encoding_cache import EncodingCache
 from fooocusd.engine.weighting import apply_token_weights, chunk_tokens, empty_chunk, parse_weights
 from fooocusd.errors import InvalidInput
 
@@ -51,14 +52,24 @@ def encode_sd1x_workloads(
     clip_skip: int,
     family: str,
     device: torch.device,
+    cache: EncodingCache | None = None,
+    encoder_state: Hashable = (),
 ) -> PromptEmbeddings:
-    """Encode each workload with the pipeline's text encoder; token blocks concatenated in order."""
+    """Encode each workload with the pipeline's text encoder; token blocks concatenated in order.
+
+    ``cache`` and ``encoder_state``: as for SDXL's ``encode_workloads``."""
     if not workloads:
         raise ValueError("at least one workload is needed (use [''] for an empty prompt)")
     encoder = pipeline.text_encoder
     check_sd1x_clip_skip(encoder, clip_skip, family)
     layer = clip_skip - dropped_layers(family)
-    blocks = [_encode_one(pipeline, text, layer) for text in workloads]
+    state = (encoder_state, len(pipeline.tokenizer))  # embeddings add tokens
+    blocks = [
+        _encode_one(pipeline, text, layer)
+        if cache is None
+        else cache.encoded(("sd1x", text, layer, state), lambda text=text: _encode_one(pipeline, text, layer))
+        for text in workloads
+    ]
     tokens = torch.cat(blocks, dim=1).to(dtype=encoder.dtype, device=device)
     return PromptEmbeddings(tokens=tokens, pooled=_placeholder(tokens))
 

@@ -47,6 +47,7 @@ from fooocusd.engine.batching import (
 )
 from fooocusd.engine.conditioning import (
     Conditioning,
+    PromptEmbeddings,
     adm_time_ids,
     encode_workloads,
     prompt_workloads,
@@ -66,6 +67,7 @@ from fooocusd.engine.devices import (
     synchronize,
 )
 from fooocusd.engine.embeddings import Embeddings
+from fooocusd.engine.encoding_cache import EncodingCache
 from fooocusd.engine.image_prompts import ImagePromptState, build_unet_extras
 from fooocusd.engine.img2img import start_for, vae_tiling
 from fooocusd.engine.inpaint_model import InpaintModelCache, attached
@@ -137,6 +139,8 @@ class SDXLEngine:
         self._components = JobComponents(models_dir, hash_cache, config_dir=config_dir)
         self._image_prompts = ImagePromptState(self._model_dirs, hash_cache, controlnet)
         self._embeddings = Embeddings(self._model_dirs, hash_cache, allow_unsafe_pickle=allow_unsafe_pickle)
+        self.encodings = EncodingCache()
+        """Workloads encoded for earlier images of the resident pipeline (negatives, style lines)."""
         self._inpaint_models = InpaintModelCache(
             self._model_dirs, hash_cache, config_dir=config_dir, allow_pickle=allow_unsafe_pickle
         )
@@ -241,6 +245,7 @@ class SDXLEngine:
         self._components = JobComponents(self._models_dir, self._hash_cache, config_dir=self._config_dir)
         self._image_prompts = ImagePromptState(self._model_dirs, self._hash_cache, self._image_prompts.config)
         self._embeddings.attach(None)
+        self.encodings.attach(None)
         self._inpaint_models.clear()
         self.free_memory()
 
@@ -260,6 +265,7 @@ class SDXLEngine:
         return time.perf_counter() - mark
 
     def free_memory(self) -> None:
+        self.encodings.clear()  # after running out of memory, every megabyte counts
         free_device_memory(self._device)
 
     def describe(self) -> dict[str, Any]:
@@ -315,6 +321,7 @@ class SDXLEngine:
         plan = self._accelerator.plan
         self._components.attach(pipeline, fold_loras=plan is None or plan.folds_loras)
         self._embeddings.attach(pipeline)
+        self.encodings.attach(pipeline)
         self._unreported_load_seconds = time.perf_counter() - started
 
     def _from_single_file(self, path: Path) -> StableDiffusionXLPipeline:
@@ -560,20 +567,21 @@ class SDXLEngine:
         ``embedding:name`` references are rewritten to their loaded tokens here (``embeddings.py``).
         """
         self._embeddings.start_image()
-        positive = encode_workloads(
-            pipeline,
-            self._embeddings.rewrite(pipeline, positive_workloads),
-            clip_skip=request.clip_skip,
-            device=self._device,
-        )
-        negative = None
-        if negative_workloads is not None:
-            negative = encode_workloads(
+        state = self._components.text_encoder_state
+
+        def encode(workloads: tuple[str, ...]) -> PromptEmbeddings:
+            return encode_workloads(
                 pipeline,
-                self._embeddings.rewrite(pipeline, negative_workloads),
+                self._embeddings.rewrite(pipeline, workloads),
                 clip_skip=request.clip_skip,
                 device=self._device,
+                cache=self.encodings,
+                encoder_state=state,
+                graphs=self._accelerator.encoder_graphs,
             )
+
+        positive = encode(positive_workloads)
+        negative = encode(negative_workloads) if negative_workloads is not None else None
         width, height = self._render_size(request)
         time_ids = adm_time_ids(
             height,

@@ -23,7 +23,7 @@ growing cache.
 
 Expansions run one at a time, from any thread. On a CUDA GPU they run on the expander's own stream,
 so the per-token copy of the logits waits for the expansion's kernels only, not for a render that
-another thread has queued on the default stream; and they hold ``unet_graphs.CAPTURE_LOCK``, so an
+another thread has queued on the default stream; and they hold ``graph_capture.CAPTURE_LOCK``, so an
 expansion prepared ahead never overlaps a graph capture.
 
 ``expand`` returns the **full expanded prompt** (the cleaned prompt, a comma, the added words),
@@ -61,7 +61,7 @@ from fooocusd.engine.expansion.vocabulary import (
     word_token_ids,
 )
 from fooocusd.engine.expansion.words import allowed_words, load_word_list
-from fooocusd.engine.unet_graphs import CAPTURE_LOCK, CudaGraphBackend, GraphBackend
+from fooocusd.engine.graph_capture import CAPTURE_LOCK, CudaGraphBackend, GraphBackend
 from fooocusd.errors import ConfigError, OutOfMemory
 
 CHUNK_TOKENS = 75

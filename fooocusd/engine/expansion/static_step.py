@@ -5,7 +5,7 @@ cache, GPT-2 small took 12 ms per token on an H100 (docs/benchmarks.md), nearly 
 kernel launches, about half a second per expanded prompt. Here the same model runs over
 key/value buffers sized for the whole expansion (its 75-token target), and each step attends to the
 buffer with a mask up to the current position. Every step then has the same shapes, so on a CUDA
-GPU the step is recorded once as a CUDA graph (``unet_graphs.GraphBackend``) and replayed per token.
+GPU the step is recorded once as a CUDA graph (``graph_capture.GraphBackend``) and replayed per token.
 
 The model's own modules do the work (embeddings, layer norms, projections, MLPs, the LM head's
 weights); only the attention's cache and mask are ours, with ``scaled_dot_product_attention`` and
@@ -28,7 +28,7 @@ import torch
 from loguru import logger
 from torch.nn import functional
 
-from fooocusd.engine.unet_graphs import CaptureRefused, GraphBackend, capture_checked
+from fooocusd.engine.graph_capture import CaptureRefused, GraphBackend, capture_checked
 
 MAX_CACHES = 4
 """Cache lengths kept (with their graphs); prompts of up to 75 tokens all use the first, 75."""
