@@ -31,7 +31,8 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
   and the defaults without channels_last (``batch_4_nchw`` against ``batch_4``): under regional
   compile the resnet blocks run eagerly, and where torch's CUDA GroupNorm has no channels_last
   kernel it returns a contiguous tensor that the next convolution converts back; and with cuDNN
-  timing its convolution algorithms per shape (``batch_4_cudnn_benchmark``);
+  timing its convolution algorithms per shape (``batch_4_cudnn_benchmark``); and batches of 8
+  (``batch_8``: whether a large card gains per image from more than ``batch_size = "auto"``'s 4);
 * where a batch of 4 spends the device's time (``profile``): the top kernels of one render
   (8 denoising steps) by self device time, and the share per kind (attention, convolution, matmul,
   normalisation, layout copies, compiled Triton kernels, the rest) (``kernel_profile.py``);
@@ -365,8 +366,9 @@ class Bench:
         everything encoded afresh (every image before the kept encodings), a new prompt with the
         negative kept (a queue of new jobs), and nothing new (the images of one job); each once with
         one line per side and once with three (a prompt and two style lines; three negatives).
-        ``cuda_graphs = "on"`` replays the encoders (and the UNet) as CUDA graphs."""
-        options = AccelerationOptions(vram="high", cuda_graphs=cuda_graphs)
+        ``cuda_graphs = "on"`` replays the encoders (and the UNet) as CUDA graphs. The UNet is not
+        compiled: only the encoders' time is measured, and compiling would only cost GPU time."""
+        options = AccelerationOptions(vram="high", compile="off", cuda_graphs=cuda_graphs)
         engine = self.engine(replace(options, layout_on_cpu=self.tiny))
         engine.load()
         base = self.request(width=self.small, height=self.small, steps=1)
@@ -748,6 +750,7 @@ class Bench:
             "batch_4_nchw": lambda: self.batched(replace(defaults, channels_last=False)),
             "batch_4_resnets_compiled": lambda: self.batched(defaults, also_compile=RESNET_MODULES),
             "batch_4_cudnn_benchmark": lambda: self.cudnn_benchmarked(defaults),
+            "batch_8": lambda: self.batched(defaults, size=8),
             "profile": self.profile,
             "graphs": lambda: self.batched(replace(defaults, cuda_graphs="on")),
             "graphs_eager": lambda: self.batched(replace(defaults, compile="off", cuda_graphs="on")),
