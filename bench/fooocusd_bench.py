@@ -26,6 +26,8 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
   the negative kept from earlier jobs, and a prompt kept too (``encoding_cache.py``); the latency
   cases give each run a prompt of its own, so their figures include encoding a new prompt; and
   with the encoders replayed as CUDA graphs (``encoding_graphs``, ``encoder_graphs.py``);
+* decoded pixels to a PIL image (``postprocess``): diffusers' host-side NumPy conversion against
+  fooocusd's 8-bit quantisation on the device (``decode.pixels_to_image``, the same bytes);
 * each optimisation on its own against a plain engine (all off): channels_last, fused QKV, fp16
   instead of bf16, xformers (when importable), regional torch.compile (cold, then warm disk cache);
   and the defaults without channels_last (``batch_4_nchw`` against ``batch_4``): under regional
@@ -396,6 +398,36 @@ class Bench:
         report["acceleration"] = engine.describe()["acceleration"]
         report["kept_encodings"] = len(engine.encodings)
         report["kept_mib"] = round(engine.encodings.bytes_held / 2**20, 2)
+        return report
+
+    def postprocess(self) -> dict[str, Any]:
+        """Decoded pixels → a PIL image at 1024² (``--size tiny``: 128²), milliseconds per image:
+        diffusers' ``postprocess`` (float copy, NumPy scaling and rounding on the host) against
+        ``decode.pixels_to_image`` (8-bit on the device; the same bytes)."""
+        from diffusers.image_processor import VaeImageProcessor
+
+        from fooocusd.engine.decode import pixels_to_image
+
+        processor = VaeImageProcessor(vae_scale_factor=8)
+        generator = torch.Generator().manual_seed(0)
+        pixels = torch.randn(1, 3, self.big, self.big, generator=generator).to(self.device, self.dtype)
+        report: dict[str, Any] = {"dtype": str(self.dtype).removeprefix("torch.")}
+        for name, convert in (
+            ("diffusers_ms", lambda: processor.postprocess(pixels, output_type="pil")[0]),
+            ("on_device_ms", lambda: pixels_to_image(processor, pixels)),
+        ):
+            convert()
+            seconds = []
+            for _ in range(max(5, self.args.runs)):
+                self.sync()
+                started = time.perf_counter()
+                convert()
+                seconds.append(time.perf_counter() - started)
+            report[name] = round(1000 * statistics.median(seconds), 2)
+        ours = pixels_to_image(processor, pixels)
+        theirs = processor.postprocess(pixels, output_type="pil")[0]
+        same = ours.size == theirs.size and np.array_equal(np.asarray(ours), np.asarray(theirs))
+        report["same_bytes"] = bool(same)
         return report
 
     def profile(self) -> dict[str, Any]:
@@ -777,6 +809,7 @@ class Bench:
             "switches": self.switches,
             "expansion": self.expansion,
             "encoding": self.encoding,
+            "postprocess": self.postprocess,
             "encoding_graphs": lambda: self.encoding(cuda_graphs="on"),
             "plain": lambda: self.variant(OFF),
             "channels_last": lambda: self.variant(replace(OFF, channels_last=True)),

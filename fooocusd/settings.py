@@ -155,10 +155,10 @@ class EngineSettings(_Section):
         description="At start, render one discarded image at generation.aspect when compile or CUDA "
         "graphs are on, so that the daemon reports ready once the first job will not wait for compiling.",
     )
-    cuda_graphs: Literal["off", "on"] = Field(
+    cuda_graphs: Literal["auto", "off", "on"] = Field(
         "off",
         description="Replay the base UNet (one graph per input shape) and the text encoders as "
-        "captured CUDA graphs (NVIDIA GPUs, high-VRAM mode).",
+        "captured CUDA graphs (NVIDIA GPUs, high-VRAM mode); auto: wherever they can be used.",
     )
     overlap_decode: Literal["auto", "on", "off"] = Field(
         "auto",

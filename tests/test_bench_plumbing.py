@@ -27,7 +27,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "--size=tiny",
         "--runs=1",
         "--queue-jobs=2",
-        "--cases=defaults,queue,low_vram,fp8_matmul,expansion,profile,queue_expansion,encoding",
+        "--cases=defaults,queue,low_vram,fp8_matmul,expansion,profile,queue_expansion,encoding,postprocess",
         f"--workdir={tmp_path / 'work'}",
         f"--out={out}",
     ]
@@ -45,6 +45,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "profile",
         "queue_expansion",
         "encoding",
+        "postprocess",
     ]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case], cases
     assert cases["defaults"]["latency_128_6_refinements_on_s"]["median"] > 0
@@ -62,6 +63,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
     encoding = cases["encoding"]
     assert encoding["one_line_all_kept_s"]["median"] < encoding["one_line_fresh_s"]["median"]
     assert encoding["kept_encodings"] > 0
+    assert cases["postprocess"]["same_bytes"] is True
     assert "convolution" in cases["profile"]["by_kind_pct"]
     expanded = cases["queue_expansion"]
     assert expanded["expanded_images"] == 2 and expanded["expand_ahead"] == "on", expanded

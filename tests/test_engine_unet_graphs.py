@@ -182,3 +182,23 @@ def test_regional_compile_drops_a_compile_mode_whose_cuda_graphs_break_it(mode: 
     assert (plan.compile, plan.compile_mode, plan.cuda_graphs) == ("unet", "default", True)
     assert any(note.startswith(f"compile_mode {mode} → default") for note in plan.notes), plan.notes
     assert plan_acceleration(whole, CUDA, torch.bfloat16, hardware=H100).compile_mode == mode
+
+
+def test_auto_cuda_graphs_are_on_wherever_on_would_be_used_and_silently_off_elsewhere() -> None:
+    auto = AccelerationOptions(vram="high", cuda_graphs="auto")
+    planned = plan_acceleration(auto, CUDA, torch.bfloat16, hardware=H100)
+    assert planned.cuda_graphs and not any("cuda_graphs" in note for note in planned.notes)
+    elsewhere = [
+        (AccelerationOptions(vram="low", cuda_graphs="auto"), CUDA, H100),
+        (
+            AccelerationOptions(
+                vram="high", cuda_graphs="auto", compile="unet_full", compile_mode="reduce-overhead"
+            ),
+            CUDA,
+            H100,
+        ),
+        (auto, torch.device("cpu"), HardwareFacts("cpu", None, None, True)),
+    ]
+    for options, device, hardware in elsewhere:
+        plan = plan_acceleration(options, device, torch.bfloat16, hardware=hardware)
+        assert not plan.cuda_graphs and not any("cuda_graphs" in note for note in plan.notes), plan.notes

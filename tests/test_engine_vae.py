@@ -91,3 +91,24 @@ def test_a_deferred_decode_keeps_its_own_vae_when_the_next_job_picks_another(
     overlapping.generate_batch([default_request(steps=2, seed=9, vae="warm")], defer_decode=True)  # type: ignore[attr-defined]
 
     assert np.array_equal(np.asarray(pending.finished()), own_vae)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_decoded_pixels_become_the_bytes_diffusers_postprocess_gives(
+    dtype: torch.dtype, channels: int
+) -> None:
+    from diffusers.image_processor import VaeImageProcessor
+
+    from fooocusd.engine.decode import pixels_to_image
+
+    processor = VaeImageProcessor(vae_scale_factor=8)
+    pixels = torch.randn(1, channels, 48, 40, generator=torch.Generator().manual_seed(3)) * 0.8
+    # out of range, the ends, and values that land half-way between two 8-bit levels
+    edge = torch.tensor([-1.5, -1.0, 1.0, 1.5, 0.0, 1 / 255 - 1, 2 * 0.5 / 255 - 1, 2 * 2.5 / 255 - 1])
+    pixels[0, 0, 0, : len(edge)] = edge
+    pixels = pixels.to(dtype)
+    expected = processor.postprocess(pixels, output_type="pil")[0]
+    image = pixels_to_image(processor, pixels)
+    assert (image.mode, image.size) == (expected.mode, expected.size)
+    assert np.array_equal(np.asarray(image), np.asarray(expected))

@@ -257,15 +257,19 @@ def resolve_overlap_decode(
 
 
 def resolve_cuda_graphs(setting: str, device: torch.device, plan: AccelerationPlan) -> tuple[bool, str]:
-    """``cuda_graphs`` → (on or off, a note saying why "on" is not used, or "")."""
-    if setting != "on":
+    """``cuda_graphs`` → (on or off, a note saying why "on" is not used, or ""). ``auto`` is "on"
+    wherever "on" would be used, and off without a note elsewhere."""
+    if setting == "off":
         return False, ""
+    refusal = ""
     if device.type != "cuda":
-        return False, f"cuda_graphs off: CUDA graphs need an NVIDIA GPU, the device is {device.type}"
-    if plan.vram == "low":
-        return False, "cuda_graphs off: not combined with low-VRAM mode's layer streaming"
-    if plan.compile != "off" and plan.compile_mode in COMPILE_MODES_WITH_GRAPHS:
-        return False, f"cuda_graphs off: compile_mode {plan.compile_mode} records its own CUDA graphs"
+        refusal = f"cuda_graphs off: CUDA graphs need an NVIDIA GPU, the device is {device.type}"
+    elif plan.vram == "low":
+        refusal = "cuda_graphs off: not combined with low-VRAM mode's layer streaming"
+    elif plan.compile != "off" and plan.compile_mode in COMPILE_MODES_WITH_GRAPHS:
+        refusal = f"cuda_graphs off: compile_mode {plan.compile_mode} records its own CUDA graphs"
+    if refusal:
+        return False, refusal if setting == "on" else ""
     return True, ""
 
 
