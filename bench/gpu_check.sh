@@ -12,16 +12,20 @@
 # after it, default 330), BENCH_TIMEOUT_S (default 420), SKIP_ANCHOR=1 (a follow-up call on the
 # same warm machine: its workdir /tmp/fooocusd-bench already holds the checkpoint), ANCHOR_ARGS (extra
 # anchor flags: "--compile --compile-mode default --only-compiled" times stock torch.compile, about
-# 2 minutes), ANCHOR_TIMEOUT_S (default 110), SKIP_BENCH=1 (the anchor alone).
+# 2 minutes), ANCHOR_TIMEOUT_S (default 110), SKIP_BENCH=1 (the anchor alone), WHEELS (the wheel
+# folder, default .whl), BENCH_DEVICE, BENCH_SIZE, BENCH_WORKDIR (default cuda, full,
+# /tmp/fooocusd-bench; tests/test_gpu_check_script.py runs this script on the CPU with cpu and tiny,
+# so that a broken script or an unknown case name never costs a GPU lease).
 set -u
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
 # Packages the device image lacks (diffusers, pydantic-settings, loguru ...) travel as wheels in .whl/.
-if compgen -G ".whl/*.whl" >/dev/null; then
+WHEELS=${WHEELS:-.whl}
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
+        --target /tmp/site "$WHEELS"/*.whl || exit 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
@@ -55,9 +59,10 @@ if [ "${SKIP_BENCH:-0}" = 1 ]; then
     exit 0
 fi
 CASES=${CASES:-setup,graphs,batch_4,queue,queue_decode_at_once,expansion,postprocess,queue_expansion,queue_expansion_inline,batch_4_nchw,batch_4_resnets_compiled,batch_4_cudnn_benchmark,batch_8,profile,encoding,encoding_graphs,queue_graphs,graphs_eager,fp8_matmul,compiled_blocks_cuda_graphs,warm_start,fp8,low_vram,compiled_full_graphs,compiled_full_graphs_small}
-timeout "${BENCH_TIMEOUT_S:-420}" python3 bench/fooocusd_bench.py --device cuda --size full \
+timeout "${BENCH_TIMEOUT_S:-420}" python3 bench/fooocusd_bench.py --device "${BENCH_DEVICE:-cuda}" \
+    --size "${BENCH_SIZE:-full}" \
     --budget-s "${BUDGET_S:-330}" --queue-jobs 12 --warm-start-jobs 4 --cases "$CASES" \
-    --workdir /tmp/fooocusd-bench --out "$OUT" >"$OUT/bench.log" 2>&1
+    --workdir "${BENCH_WORKDIR:-/tmp/fooocusd-bench}" --out "$OUT" >"$OUT/bench.log" 2>&1
 status=$?
 [ -f "$OUT/anchor.json" ] && cat "$OUT/anchor.json"
 tail -n 70 "$OUT/bench.log"
