@@ -26,6 +26,8 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
   the negative kept from earlier jobs, and a prompt kept too (``encoding_cache.py``); the latency
   cases give each run a prompt of its own, so their figures include encoding a new prompt; and
   with the encoders replayed as CUDA graphs (``encoding_graphs``, ``encoder_graphs.py``);
+* SDXL's attention shapes alone with each of PyTorch's attention kernels forced (flash, memory
+  efficient, cuDNN) against its own choice (``attention_backends``, ``attention_backends.py``);
 * decoded pixels to a PIL image (``postprocess``): diffusers' host-side NumPy conversion against
   fooocusd's 8-bit quantisation on the device (``decode.pixels_to_image``, the same bytes);
 * each optimisation on its own against a plain engine (all off): channels_last, fused QKV, fp16
@@ -515,6 +517,12 @@ class Bench:
 
         return measure_fp8_matmul(self.device, tiny=self.tiny, runs=self.args.runs * 7)
 
+    def attention_backends(self) -> dict[str, Any]:
+        """SDXL's attention shapes alone, each SDPA backend forced (``attention_backends.py``): ms."""
+        from attention_backends import measure_attention_backends
+
+        return measure_attention_backends(self.device, tiny=self.tiny, runs=self.args.runs * 7)
+
     def seeded(self, engine: SDXLEngine, seeds: tuple[int, ...]) -> dict[str, Any]:
         """Warm up, then render each seed once: seconds, decoded pixels (float) and final latents."""
         engine.generate(self.request(seed=seeds[0] + 100))
@@ -802,6 +810,7 @@ class Bench:
             "compiled_blocks_cuda_graphs": lambda: self.compiled_latency("unet", "default", cuda_graphs="on"),
             "fp8": self.fp8,
             "fp8_matmul": self.fp8_matmul,
+            "attention_backends": self.attention_backends,
             "low_vram": self.low_vram,
             "queue_one_by_one_inline": lambda: self.queue(
                 "queue-inline", batch_size=1, background_writes=False

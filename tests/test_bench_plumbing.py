@@ -27,7 +27,8 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "--size=tiny",
         "--runs=1",
         "--queue-jobs=2",
-        "--cases=defaults,queue,low_vram,fp8_matmul,expansion,profile,queue_expansion,encoding,postprocess",
+        "--cases=defaults,queue,low_vram,fp8_matmul,expansion,profile,queue_expansion,encoding,postprocess,"
+        "attention_backends",
         f"--workdir={tmp_path / 'work'}",
         f"--out={out}",
     ]
@@ -46,6 +47,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "queue_expansion",
         "encoding",
         "postprocess",
+        "attention_backends",
     ]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case], cases
     assert cases["defaults"]["latency_128_6_refinements_on_s"]["median"] > 0
@@ -64,6 +66,9 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
     assert encoding["one_line_all_kept_s"]["median"] < encoding["one_line_fresh_s"]["median"]
     assert encoding["kept_encodings"] > 0
     assert cases["postprocess"]["same_bytes"] is True
+    for shape, timings in cases["attention_backends"].items():
+        if shape != "dtype":
+            assert isinstance(timings["default"], float) and timings["fastest"] in timings, (shape, timings)
     assert "convolution" in cases["profile"]["by_kind_pct"]
     expanded = cases["queue_expansion"]
     assert expanded["expanded_images"] == 2 and expanded["expand_ahead"] == "on", expanded
