@@ -28,6 +28,8 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
   with the encoders replayed as CUDA graphs (``encoding_graphs``, ``encoder_graphs.py``);
 * SDXL's attention shapes alone with each of PyTorch's attention kernels forced (flash, memory
   efficient, cuDNN) against its own choice (``attention_backends``, ``attention_backends.py``);
+  every case with the defaults reports what ``engine.attention = "auto"`` measured and chose, and
+  ``batch_4_sdpa`` / ``batch_4_sdpa_cudnn`` render the batch of 4 with each SDPA order forced;
 * decoded pixels to a PIL image (``postprocess``): diffusers' host-side NumPy conversion against
   fooocusd's 8-bit quantisation on the device (``decode.pixels_to_image``, the same bytes);
 * each optimisation on its own against a plain engine (all off): channels_last, fused QKV, fp16
@@ -172,7 +174,7 @@ class Bench:
             hash_cache=self.work / "hashes.json",
             device=str(self.device),
             dtype=str(overrides.pop("dtype", self.dtype)).removeprefix("torch."),
-            attention=overrides.pop("attention", "sdpa"),
+            attention=overrides.pop("attention", "sdpa" if options == OFF else "auto"),
             acceleration=options,
             config_dir=self.config_dir,
             batch_size=overrides.pop("batch_size", "auto"),
@@ -559,14 +561,19 @@ class Bench:
         return {"cold": cold, "warm_cache": warm}
 
     def batched(
-        self, options: AccelerationOptions = OFF, size: int = 4, *, also_compile: tuple[str, ...] = ()
+        self,
+        options: AccelerationOptions = OFF,
+        size: int = 4,
+        *,
+        also_compile: tuple[str, ...] = (),
+        attention: str = "auto",
     ) -> dict[str, Any]:
         """``size`` images in one UNet batch (different seeds and prompts), per image, against one alone.
         ``also_compile``: UNet module classes compiled too, beside regional compile's transformer
         blocks (an experiment: the engine has no setting for it yet)."""
         self.reset_peak()
         mark = time.perf_counter()
-        engine = self.engine(options, batch_size=size)
+        engine = self.engine(options, batch_size=size, attention=attention)
         engine.load()
         compiled_also = compile_modules(engine, also_compile) if also_compile else {}
         prompts = ("a lighthouse on a rocky coast at dusk", "a red fox in fresh snow", "an old tram, rain")
@@ -790,6 +797,8 @@ class Bench:
             "batch_4_nchw": lambda: self.batched(replace(defaults, channels_last=False)),
             "batch_4_resnets_compiled": lambda: self.batched(defaults, also_compile=RESNET_MODULES),
             "batch_4_cudnn_benchmark": lambda: self.cudnn_benchmarked(defaults),
+            "batch_4_sdpa": lambda: self.batched(defaults, attention="sdpa"),
+            "batch_4_sdpa_cudnn": lambda: self.batched(defaults, attention="sdpa_cudnn"),
             "batch_8": lambda: self.batched(defaults, size=8),
             "profile": self.profile,
             "graphs": lambda: self.batched(replace(defaults, cuda_graphs="on")),

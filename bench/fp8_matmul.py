@@ -18,13 +18,13 @@ A method that fails reports its error instead of a time.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from fooocusd.engine.attention_choice import median_milliseconds
 
 SDXL_1024_SHAPES = (
     (2048, 1280, 1280),  # 32×32 level, batch 2: attention projections
@@ -105,21 +105,6 @@ def _raise(message: str) -> None:
 
 def _time(device: torch.device, call: Callable[[], Any], runs: int) -> float | str:
     try:
-        call()  # warm-up: compiles, picks kernels
-        call()
+        return round(median_milliseconds(device, call, runs), 4)
     except Exception as exc:
         return f"error: {type(exc).__name__}: {exc}"[:240]
-    samples = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            mark = time.perf_counter()
-            call()
-            samples.append((time.perf_counter() - mark) * 1000)
-    return round(statistics.median(samples), 4)

@@ -58,7 +58,7 @@ if [ "${SKIP_BENCH:-0}" = 1 ]; then
     tail -n 20 "$OUT/anchor.log"
     exit 0
 fi
-CASES=${CASES:-setup,graphs,batch_4,queue,queue_decode_at_once,expansion,postprocess,attention_backends,queue_expansion,queue_expansion_inline,batch_4_nchw,batch_4_resnets_compiled,batch_4_cudnn_benchmark,batch_8,profile,encoding,encoding_graphs,queue_graphs,graphs_eager,fp8_matmul,compiled_blocks_cuda_graphs,warm_start,fp8,low_vram,compiled_full_graphs,compiled_full_graphs_small}
+CASES=${CASES:-setup,graphs,batch_4,queue,queue_decode_at_once,expansion,postprocess,attention_backends,batch_4_sdpa,queue_expansion,queue_expansion_inline,batch_4_nchw,batch_4_resnets_compiled,batch_4_cudnn_benchmark,batch_8,profile,encoding,encoding_graphs,queue_graphs,graphs_eager,fp8_matmul,compiled_blocks_cuda_graphs,warm_start,fp8,low_vram,compiled_full_graphs,compiled_full_graphs_small}
 timeout "${BENCH_TIMEOUT_S:-420}" python3 bench/fooocusd_bench.py --device "${BENCH_DEVICE:-cuda}" \
     --size "${BENCH_SIZE:-full}" \
     --budget-s "${BUDGET_S:-330}" --queue-jobs 12 --warm-start-jobs 4 --cases "$CASES" \

@@ -80,3 +80,22 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
     assert again.returncode == 0, again.stderr[-2000:]
     rerun = json.loads((out / "fooocusd_bench.json").read_text())["cases"]["setup"]
     assert rerun["reused"] == str(tmp_path / "work")  # a follow-up call skips building the model
+
+
+def test_unet_flop_report_splits_the_real_sdxl_unet_by_kind_and_gives_the_floor(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "unet_flops.py"), f"--out={tmp_path}", "--peak-tflops=1000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    sizes = json.loads((tmp_path / "unet_flops.json").read_text())["sizes"]
+    big = sizes["1024x1024"]
+    flops = big["tflop_per_unet_row"]
+    parts = flops["linear"] + flops["convolution"] + flops["attention"]
+    assert flops["total"] == pytest.approx(parts, abs=0.01)
+    assert flops["linear"] > flops["convolution"] > flops["attention"] > 0  # SDXL: the matmuls dominate
+    assert big["floor_s_at_peak"] == pytest.approx(flops["total"] * 60 / 1000, abs=0.002)
+    assert sizes["512x512"]["tflop_per_unet_row"]["total"] < flops["total"] / 3
+    assert "| 1024x1024 | 30 |" in (tmp_path / "unet_flops.md").read_text()

@@ -122,8 +122,8 @@ def test_doctor_says_what_the_auto_speed_settings_become_here(sandbox: Sandbox) 
     speed = next(check for check in run_checks(settings) if check.name == "speed settings")
     assert speed.level == "ok"
     assert speed.detail.startswith(
-        "cpu: float32, vram high, compile off, CUDA graphs off, batches of 1, fp8 off, warm-up render off, "
-        "decode beside the next render off"
+        "cpu: float32, vram high, attention sdpa (auto; timed on NVIDIA GPUs only), compile off, "
+        "CUDA graphs off, batches of 1, fp8 off, warm-up render off, decode beside the next render off"
     )
 
 

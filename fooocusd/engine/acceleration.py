@@ -2,6 +2,8 @@
 
 ``SDXLEngine._prepare`` hands every freshly loaded pipeline to ``Accelerator.apply``, which
 
+0. picks the attention backend (``engine.attention``; ``auto`` measures the candidates on a CUDA
+   GPU, ``attention_choice.py``);
 1. places it: everything on the device (``vram = "high"``), or the low-VRAM stages of
    ``low_vram.py`` (``"low"``; ``"auto"`` picks low on CUDA GPUs with less than 10 GiB);
 2. sets the VAE's precision: a bf16 VAE runs as it is, an fp16 SDXL VAE (whose config asks for
@@ -48,6 +50,7 @@ import torch
 from loguru import logger
 from torch import nn
 
+from fooocusd.engine.attention_choice import AttentionChoice, choose_attention, enable_attention
 from fooocusd.engine.devices import (
     TORCHAO_MISSING,
     HardwareFacts,
@@ -328,12 +331,14 @@ class Accelerator:
         device: torch.device,
         dtype: torch.dtype,
         *,
-        attention: str = "sdpa",
+        attention: str = "auto",
     ) -> None:
         self.options = options
         self.device = device
         self.dtype = dtype
         self.attention = attention
+        """``engine.attention``: a backend, or ``auto`` (measured per model, ``attention_choice.py``)."""
+        self.attention_choice: AttentionChoice | None = None
         self.plan: AccelerationPlan | None = None
         self.offload: StageOffload | None = None
         self.graphs: UNetGraphs | None = None
@@ -343,9 +348,15 @@ class Accelerator:
         """Handed to ``UNetGraphs`` and ``EncoderGraphs``: runs before each CUDA graph capture."""
 
     def apply(self, pipeline: Any) -> AccelerationPlan:
+        self.attention_choice = choose_attention(self.attention, pipeline.unet, self.device, self.dtype)
+        enable_attention(pipeline, self.attention_choice.backend, self.device)
         force_upcast = bool(getattr(pipeline.vae.config, "force_upcast", False))
         plan = plan_acceleration(
-            self.options, self.device, self.dtype, attention=self.attention, vae_force_upcast=force_upcast
+            self.options,
+            self.device,
+            self.dtype,
+            attention=self.attention_choice.backend,
+            vae_force_upcast=force_upcast,
         )
         if plan.vram == "high":
             pipeline.to(self.device)
@@ -396,7 +407,8 @@ class Accelerator:
             return {}
         graphs = self.graphs.record() if self.graphs is not None else {}
         encoder_graphs = self.encoder_graphs.record() if self.encoder_graphs is not None else {}
-        return {**self.plan.record(), **graphs, **encoder_graphs}
+        attention = self.attention_choice.record() if self.attention_choice is not None else {}
+        return {**self.plan.record(), **attention, **graphs, **encoder_graphs}
 
 
 # -- fp8 -------------------------------------------------------------------------------------------

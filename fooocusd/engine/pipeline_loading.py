@@ -6,7 +6,6 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -113,17 +112,3 @@ def load_errors(
         )
 
     return reported_failures(explain, passthrough=(torch.cuda.OutOfMemoryError, ConfigError))
-
-
-def enable_attention(pipeline: Any, attention: str) -> None:
-    """``engine.attention = 'xformers'``: switch ``pipeline`` to xformers, or a ConfigError saying why not."""
-    if attention != "xformers":
-        return
-    try:
-        pipeline.enable_xformers_memory_efficient_attention()
-    except (ImportError, ModuleNotFoundError, ValueError) as exc:
-        raise ConfigError(
-            f"engine.attention = 'xformers' but xformers cannot be used: {exc}",
-            where="engine.attention",
-            hint="install fooocusd[xformers] or set engine.attention = 'sdpa'",
-        ) from exc

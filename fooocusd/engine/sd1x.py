@@ -33,6 +33,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from fooocusd.engine.attention_choice import AttentionChoice, choose_attention, enable_attention
 from fooocusd.engine.base import GeneratedImage, GenerationRequest, ProgressCallback, StopCheck
 from fooocusd.engine.conditioning import Conditioning, prompt_workloads
 from fooocusd.engine.decode import at_requested_size, decode_latents
@@ -46,7 +47,7 @@ from fooocusd.engine.loras import AppliedLora, LoraAdapters, text_encoder_state
 from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.engine.models import ModelLocation, model_sha256
 from fooocusd.engine.out_of_memory import out_of_memory_retryable
-from fooocusd.engine.pipeline_loading import enable_attention, load_errors, offline_hub, quiet_loading
+from fooocusd.engine.pipeline_loading import load_errors, offline_hub, quiet_loading
 from fooocusd.engine.refiner import refiner_wanted
 from fooocusd.engine.render_record import NO_ADM_RECORD, guidance_record, model_facts, rendered_image
 from fooocusd.engine.samplers import SchedulerChoice, build_scheduler
@@ -114,7 +115,7 @@ class SD1xEngine:
         hash_cache: Path,
         device: torch.device,
         dtype: torch.dtype,
-        attention: str = "sdpa",
+        attention: str = "auto",
         config_dir: Path | None = None,
         allow_unsafe_pickle: bool = False,
     ) -> None:
@@ -127,6 +128,7 @@ class SD1xEngine:
         self._device = device
         self._dtype = dtype
         self._attention = attention
+        self._attention_choice: AttentionChoice | None = None
         self._config_dir = config_dir or SD1X_CONFIG_DIRS[info.family]
         self._pipeline: StableDiffusionPipeline | None = None
         self._base_scheduler_config: dict[str, Any] = {}
@@ -260,7 +262,7 @@ class SD1xEngine:
             "loaded": self._pipeline is not None,
             "device": str(self._device),
             "dtype": dtype_name(self._dtype),
-            "attention": self._attention,
+            "attention": self._attention_choice.backend if self._attention_choice else self._attention,
             "config_dir": str(self._config_dir),
             "reduced_size": False,
         }
@@ -291,7 +293,8 @@ class SD1xEngine:
         pipeline.to(self._device)
         if pipeline.unet.dtype != self._dtype:
             pipeline.to(dtype=self._dtype)
-        enable_attention(pipeline, self._attention)
+        self._attention_choice = choose_attention(self._attention, pipeline.unet, self._device, self._dtype)
+        enable_attention(pipeline, self._attention_choice.backend, self._device)
         pipeline.set_progress_bar_config(disable=True)
         scheduler_config = dict(pipeline.scheduler.config)
         if self._info.prediction is not None:

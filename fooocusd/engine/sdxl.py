@@ -84,7 +84,7 @@ from fooocusd.engine.models import (
     resolve_model,
 )
 from fooocusd.engine.out_of_memory import out_of_memory_retryable
-from fooocusd.engine.pipeline_loading import enable_attention, load_errors, offline_hub, quiet_loading
+from fooocusd.engine.pipeline_loading import load_errors, offline_hub, quiet_loading
 from fooocusd.engine.render_record import (
     guidance_record,
     model_facts,
@@ -108,7 +108,7 @@ class SDXLEngine:
         hash_cache: Path,
         device: str = "auto",
         dtype: str = "auto",
-        attention: str = "sdpa",
+        attention: str = "auto",
         acceleration: AccelerationOptions | None = None,
         config_dir: Path = SDXL_CONFIG_DIR,
         configured_model: str = "",
@@ -268,13 +268,17 @@ class SDXLEngine:
         self.encodings.clear()  # after running out of memory, every megabyte counts
         free_device_memory(self._device)
 
+    def _attention_in_use(self) -> str:
+        choice = self._accelerator.attention_choice
+        return choice.backend if choice is not None else self._attention
+
     def describe(self) -> dict[str, Any]:
         return {
             **model_facts(self._location, self._sha256),
             "loaded": self._pipeline is not None,
             "device": str(self._device),
             "dtype": dtype_name(self._dtype),
-            "attention": self._attention,
+            "attention": self._attention_in_use(),
             "acceleration": self._accelerator.record(),
             "config_dir": str(self._config_dir),
             "reduced_size": self._location.is_tiny,
@@ -341,8 +345,7 @@ class SDXLEngine:
             )
 
     def _prepare(self, pipeline: StableDiffusionXLPipeline) -> None:
-        enable_attention(pipeline, self._attention)
-        # Placement (engine.vram), VAE precision, channels_last, fused QKV, torch.compile: acceleration.py.
+        # Attention, placement (vram), VAE precision, channels_last, fused QKV, compile: acceleration.py.
         self._accelerator.apply(pipeline)
         pipeline.set_progress_bar_config(disable=True)
 

@@ -42,6 +42,7 @@ def _speed(settings: Settings) -> Check:
     """What the engine's ``auto`` speed settings become on this machine, and why anything asked is not."""
     try:
         from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
+        from fooocusd.engine.attention_choice import describe_setting
         from fooocusd.engine.batching import resolve_batch_size
         from fooocusd.engine.devices import device_total_memory, dtype_name, pick_device, pick_dtype
 
@@ -55,11 +56,12 @@ def _speed(settings: Settings) -> Check:
         from fooocusd.service.expansion_ahead import expands_ahead_on
 
         ahead = expands_ahead_on(engine.expand_ahead, device)
+        attention = describe_setting(engine.attention, device)
     except (FooocusdError, ImportError, RuntimeError, ValueError) as exc:
         return Check("speed settings", "warn", f"cannot tell: {type(exc).__name__}: {exc}")
     warm = "on" if engine.warm_up and (plan.compile != "off" or plan.cuda_graphs) else "off"
     detail = (
-        f"{device.type}: {dtype_name(dtype)}, vram {plan.vram}, compile {plan.compile}, "
+        f"{device.type}: {dtype_name(dtype)}, vram {plan.vram}, {attention}, compile {plan.compile}, "
         f"CUDA graphs {'on' if plan.cuda_graphs else 'off'}, batches of {batch}, fp8 {plan.quantize}, "
         f"warm-up render {warm}, decode beside the next render {'on' if plan.overlap_decode else 'off'}, "
         f"prompt expansion ahead of the render {'on' if ahead else 'off'}"

@@ -1,0 +1,358 @@
+"""Which attention kernels the UNet runs (``engine.attention``), measured where there is a choice.
+
+* ``"sdpa"``: PyTorch's ``scaled_dot_product_attention`` with PyTorch's own kernel order
+  (FlashAttention, then the memory-efficient kernel, math, and cuDNN last);
+* ``"sdpa_cudnn"``: the same call with cuDNN's attention kernels first wherever they accept the
+  shape (the others after them, in PyTorch's order). The order is process-wide;
+* ``"xformers"``: xformers' memory-efficient attention (the optional ``xformers`` extra). diffusers'
+  fused-QKV processor is PyTorch SDPA, so this also turns fused projections off;
+* ``"auto"`` (the default): on a CUDA GPU, each of those that can run here is timed at the shapes
+  the loaded UNet's attention layers see at its native size with CFG (for SDXL at 1024²:
+  self-attention over 4,096 and 1,024 tokens, cross-attention over 77), weighted by how many layers
+  have each shape, and checked against PyTorch's own result on the same inputs. The fastest one
+  is used if it saves at least ``MIN_SAVING`` of the attention time; otherwise, and on every other
+  device, ``"sdpa"``. Measuring takes a fraction of a second once per model load (shapes already
+  measured in this process are not measured again).
+
+Kernel speed differs by card, driver and shape (cuDNN's Hopper kernels beat FlashAttention 2 at
+some of these shapes and lose at others, xformers ships its own FlashAttention 3 builds), which is
+why ``auto`` measures on the card instead of trusting a table. The choice and its timings are in
+the log and in ``describe()`` (``attention``, and ``acceleration`` for the measurements).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from loguru import logger
+
+from fooocusd.errors import ConfigError
+
+BACKENDS = ("sdpa", "sdpa_cudnn", "xformers")
+MIN_SAVING = 0.03
+"""A backend other than PyTorch's default must save at least this share of the attention time."""
+TEXT_TOKENS = 77
+CFG_BATCH = 2
+RUNS = 10
+ATOL, RTOL = 1e-2, 2e-2
+"""Agreement with PyTorch's default result, at half-precision rounding of softmax averages."""
+
+_measured: dict[tuple[Any, ...], AttentionChoice] = {}
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """One attention call: (batch, heads, query tokens, key tokens, head width)."""
+
+    batch: int
+    heads: int
+    queries: int
+    keys: int
+    head_dim: int
+
+    @property
+    def label(self) -> str:
+        return f"b{self.batch}_h{self.heads}_q{self.queries}_k{self.keys}_d{self.head_dim}"
+
+
+@dataclass
+class AttentionChoice:
+    """The backend in use and, under ``auto``, what it was chosen from."""
+
+    backend: str
+    reason: str
+    per_unet_call_ms: dict[str, float] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"attention": self.backend, "attention_reason": self.reason}
+        if self.per_unet_call_ms:
+            record["attention_ms_per_unet_call"] = self.per_unet_call_ms
+        if self.rejected:
+            record["attention_rejected"] = self.rejected
+        return record
+
+
+# -- the UNet's attention shapes -------------------------------------------------------------------
+
+
+def unet_attention_shapes(
+    unet: Any, *, batch: int = CFG_BATCH, text_tokens: int = TEXT_TOKENS
+) -> Counter[AttentionShape]:
+    """How many attention layers of ``unet`` run each shape at its native size (``config.sample_size``).
+
+    Down block ``i`` works at the latent size halved ``i`` times, the mid block at the smallest
+    size, up block ``j`` at the size of down block ``n − 1 − j``.
+    """
+    sample = unet.config.sample_size
+    height, width = (sample, sample) if isinstance(sample, int) else tuple(sample)
+    last = len(unet.down_blocks) - 1
+    levels = [(index, block) for index, block in enumerate(unet.down_blocks)]
+    levels.append((last, unet.mid_block))
+    levels += [(last - index, block) for index, block in enumerate(unet.up_blocks)]
+    shapes: Counter[AttentionShape] = Counter()
+    for level, block in levels:
+        tokens = _halved(height, level) * _halved(width, level)
+        for layer in _attention_layers(block):
+            keys = text_tokens if layer.is_cross_attention else tokens
+            shapes[AttentionShape(batch, layer.heads, tokens, keys, layer.inner_dim // layer.heads)] += 1
+    return shapes
+
+
+def _halved(size: int, times: int) -> int:
+    for _ in range(times):
+        size = -(-size // 2)  # a stride-2 convolution with padding 1 rounds up
+    return size
+
+
+def _attention_layers(block: Any) -> Iterable[Any]:
+    for transformer in getattr(block, "attentions", None) or []:
+        for layer_block in getattr(transformer, "transformer_blocks", []):
+            for name in ("attn1", "attn2"):
+                layer = getattr(layer_block, name, None)
+                if layer is not None and hasattr(layer, "heads"):
+                    yield layer
+
+
+# -- backends ----------------------------------------------------------------------------------------
+
+
+def cudnn_attention_supported(device: torch.device) -> str:
+    """Why ``sdpa_cudnn`` cannot run on ``device``; empty when it can."""
+    if device.type != "cuda":
+        return "cuDNN attention runs on NVIDIA GPUs only"
+    if not hasattr(torch._C, "_set_sdp_priority_order"):
+        return f"torch {torch.__version__} cannot reorder its attention kernels (needs 2.6 or newer)"
+    return ""
+
+
+def xformers_supported(device: torch.device) -> str:
+    """Why ``xformers`` cannot run on ``device``; empty when it can."""
+    if device.type != "cuda":
+        return "xformers runs on NVIDIA GPUs only"
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError as exc:
+        return f"xformers is not installed ({exc})"
+    return ""
+
+
+def prefer_cudnn_attention(prefer: bool) -> None:
+    """Put cuDNN's attention kernels first in PyTorch's (process-wide) order, or restore the default."""
+    if not hasattr(torch._C, "_set_sdp_priority_order"):
+        return
+    torch._C._set_sdp_priority_order(_cudnn_first_order() if prefer else _DEFAULT_ORDER)
+
+
+def _cudnn_first_order() -> list[int]:
+    from torch.nn.attention import SDPBackend
+
+    cudnn = int(SDPBackend.CUDNN_ATTENTION)
+    return [cudnn] + [backend for backend in _DEFAULT_ORDER if backend != cudnn]
+
+
+_DEFAULT_ORDER: list[int] = (
+    list(torch._C._get_sdp_priority_order()) if hasattr(torch._C, "_get_sdp_priority_order") else []
+)
+
+
+def enable_attention(pipeline: Any, backend: str, device: torch.device) -> None:
+    """Switch ``pipeline`` (and the process's SDPA kernel order) to ``backend`` for ``device``.
+
+    A ConfigError says why when ``backend`` cannot run there.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown attention backend {backend!r}", where="engine.attention")
+    if backend == "sdpa_cudnn" and (reason := cudnn_attention_supported(device)):
+        raise ConfigError(
+            f"engine.attention = 'sdpa_cudnn' but {reason}",
+            where="engine.attention",
+            hint="set engine.attention = 'auto', which uses cuDNN's kernels only where they measure faster",
+        )
+    prefer_cudnn_attention(backend == "sdpa_cudnn")
+    if backend != "xformers":
+        return
+    try:
+        pipeline.enable_xformers_memory_efficient_attention()
+    except (ImportError, ModuleNotFoundError, ValueError) as exc:
+        raise ConfigError(
+            f"engine.attention = 'xformers' but xformers cannot be used: {exc}",
+            where="engine.attention",
+            hint="install fooocusd[xformers] or set engine.attention = 'auto'",
+        ) from exc
+
+
+def attention_runner(backend: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Attention of (batch, heads, tokens, width) tensors the way ``backend`` computes it."""
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention
+    if backend == "sdpa_cudnn":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        order = [SDPBackend(value) for value in _cudnn_first_order()]
+
+        def cudnn_first(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            with sdpa_kernel(order, set_priority=True):
+                return F.scaled_dot_product_attention(q, k, v)
+
+        return cudnn_first
+    if backend == "xformers":
+        import xformers.ops
+
+        def memory_efficient(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            heads_last = [t.transpose(1, 2) for t in (q, k, v)]
+            return xformers.ops.memory_efficient_attention(*heads_last).transpose(1, 2)
+
+        return memory_efficient
+    raise ValueError(f"unknown attention backend {backend!r}")
+
+
+# -- measuring -------------------------------------------------------------------------------------------
+
+
+def median_milliseconds(device: torch.device, call: Callable[[], Any], runs: int) -> float:
+    """Median time of ``call`` after two warm-up calls: CUDA events on a GPU, the wall clock elsewhere."""
+    call()
+    call()
+    samples = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            call()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            mark = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - mark) * 1000)
+    return statistics.median(samples)
+
+
+def measure_backends(
+    backends: Sequence[str],
+    shapes: Counter[AttentionShape],
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    runs: int = RUNS,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Milliseconds of attention per UNet call for each backend, and the backends rejected with why.
+
+    The first backend is the reference: the others must agree with its result on every shape.
+    """
+    totals = dict.fromkeys(backends, 0.0)
+    rejected: dict[str, str] = {}
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.inference_mode():
+        for shape, layers in shapes.items():
+            q, k, v = _inputs(shape, device, dtype, generator)
+            reference: torch.Tensor | None = None
+            for backend in [name for name in backends if name not in rejected]:
+                try:
+                    result, milliseconds = _time_backend(backend, q, k, v, device, runs)
+                except Exception as exc:  # a kernel that cannot run a shape is not a choice
+                    rejected[backend] = f"{type(exc).__name__} at {shape.label}: {exc}"[:300]
+                    continue
+                if reference is None:
+                    reference = result
+                elif gap := _disagreement(result, reference):
+                    rejected[backend] = f"differs from PyTorch's default by up to {gap} at {shape.label}"
+                    continue
+                totals[backend] += layers * milliseconds
+    return {name: round(ms, 4) for name, ms in totals.items() if name not in rejected}, rejected
+
+
+def _time_backend(
+    backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, device: torch.device, runs: int
+) -> tuple[torch.Tensor, float]:
+    run = attention_runner(backend)
+    return run(q, k, v), median_milliseconds(device, lambda: run(q, k, v), runs)
+
+
+def _disagreement(result: torch.Tensor, reference: torch.Tensor) -> str:
+    """Empty when ``result`` matches ``reference`` within half-precision rounding, else the largest gap."""
+    if torch.allclose(result.float(), reference.float(), atol=ATOL, rtol=RTOL):
+        return ""
+    return f"{(result.float() - reference.float()).abs().max().item():.3g}"
+
+
+def _inputs(
+    shape: AttentionShape, device: torch.device, dtype: torch.dtype, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """q, k, v laid out as diffusers' fused-projection processor hands them to SDPA: heads are a
+    strided view of the projections' output, so a kernel's stride handling is tested too."""
+    inner = shape.heads * shape.head_dim
+
+    def projected(tokens: int, parts: int) -> tuple[torch.Tensor, ...]:
+        size = (shape.batch, tokens, parts * inner)
+        return torch.randn(size, device=device, dtype=dtype, generator=generator).chunk(parts, dim=-1)
+
+    if shape.queries == shape.keys:
+        q, k, v = projected(shape.queries, 3)
+    else:
+        (q,), (k, v) = projected(shape.queries, 1), projected(shape.keys, 2)
+    return [t.view(shape.batch, -1, shape.heads, shape.head_dim).transpose(1, 2) for t in (q, k, v)]
+
+
+def pick_fastest(per_call_ms: dict[str, float], *, default: str = "sdpa") -> tuple[str, str]:
+    """(backend, reason): the fastest if it saves at least ``MIN_SAVING`` against ``default``."""
+    if default not in per_call_ms:
+        return default, "PyTorch's own kernel choice could not be timed"
+    fastest = min(per_call_ms, key=per_call_ms.__getitem__)
+    baseline = per_call_ms[default]
+    saving = 1.0 - per_call_ms[fastest] / baseline if baseline > 0 else 0.0
+    if fastest == default or saving < MIN_SAVING:
+        return default, f"PyTorch's own kernel choice: nothing saves {MIN_SAVING:.0%} of its attention time"
+    return fastest, f"measured {saving:.0%} faster than PyTorch's own kernel choice at this model's shapes"
+
+
+def candidates_on(device: torch.device) -> tuple[list[str], dict[str, str]]:
+    """The backends ``auto`` times on ``device`` (``sdpa`` first), and the others with why not."""
+    candidates, skipped = ["sdpa"], {}
+    for backend, why_not in (
+        ("sdpa_cudnn", cudnn_attention_supported(device)),
+        ("xformers", xformers_supported(device)),
+    ):
+        if why_not:
+            skipped[backend] = why_not
+        else:
+            candidates.append(backend)
+    return candidates, skipped
+
+
+def describe_setting(setting: str, device: torch.device) -> str:
+    """What ``engine.attention = setting`` means on ``device``, before any model is loaded."""
+    if setting != "auto":
+        return f"attention {setting}"
+    if device.type != "cuda":
+        return "attention sdpa (auto; timed on NVIDIA GPUs only)"
+    return f"attention auto (the fastest of {', '.join(candidates_on(device)[0])}, timed at each model load)"
+
+
+def choose_attention(setting: str, unet: Any, device: torch.device, dtype: torch.dtype) -> AttentionChoice:
+    """The backend for ``engine.attention = setting`` with ``unet`` on ``device``; auto measures on CUDA."""
+    if setting != "auto":
+        return AttentionChoice(setting, "engine.attention")
+    if device.type != "cuda":
+        return AttentionChoice("sdpa", "auto: PyTorch's own kernel choice (measured on CUDA GPUs only)")
+    prefer_cudnn_attention(False)  # "sdpa" is timed with PyTorch's own order, whatever ran before
+    shapes = unet_attention_shapes(unet)
+    key = (str(device), dtype, tuple(sorted(shapes.items(), key=lambda item: item[0].label)))
+    if key in _measured:
+        return _measured[key]
+    candidates, skipped = candidates_on(device)
+    per_call_ms, rejected = measure_backends(candidates, shapes, device, dtype)
+    backend, reason = pick_fastest(per_call_ms)
+    choice = AttentionChoice(backend, f"auto: {reason}", per_call_ms, {**skipped, **rejected})
+    logger.info("attention: {} ({}; ms per UNet call {})", backend, choice.reason, per_call_ms)
+    _measured[key] = choice
+    return choice
