@@ -22,6 +22,7 @@ from fooocusd.engine.attention_choice import (
     choose_attention,
     describe_setting,
     enable_attention,
+    masked_attention_problem,
     measure_backends,
     pick_fastest,
     prefer_cudnn_attention,
@@ -124,6 +125,7 @@ def test_auto_on_a_gpu_measures_once_per_model_shape_and_picks_the_fastest(
         return {"sdpa": 40.0, "sdpa_cudnn": 30.0}, {}
 
     monkeypatch.setattr(attention_choice, "measure_backends", measure)
+    monkeypatch.setattr(attention_choice, "masked_attention_problem", lambda *args: "")
     first = choose_attention("auto", sdxl_unet, CUDA, torch.bfloat16)
     again = choose_attention("auto", sdxl_unet, CUDA, torch.bfloat16)
     assert first.backend == again.backend == "sdpa_cudnn"
@@ -163,3 +165,43 @@ def test_before_a_model_loads_auto_is_described_by_what_it_would_time() -> None:
     expected = "attention auto (the fastest of sdpa, sdpa_cudnn, timed at each model load)"
     assert describe_setting("auto", CUDA) == expected
     assert describe_setting("xformers", CUDA) == "attention xformers"
+
+
+@pytest.mark.parametrize(
+    ("family", "first_level_tokens", "head_dims"),
+    [("sdxl_refiner", 64 * 64, {64}), ("sd15", 64 * 64, {40, 80, 160}), ("sd21", 96 * 96, {64})],
+)
+def test_other_unets_attention_shapes_follow_their_native_size(
+    family: str, first_level_tokens: int, head_dims: set[int]
+) -> None:
+    config = UNet2DConditionModel.load_config(SDXL_CONFIG_DIR.parent / family / "unet")
+    with torch.device("meta"):
+        shapes = unet_attention_shapes(UNet2DConditionModel.from_config(config))
+    assert max(shape.queries for shape in shapes) == first_level_tokens
+    assert {shape.head_dim for shape in shapes} == head_dims
+    assert {shape.keys for shape in shapes if shape.keys != shape.queries} == {77}
+
+
+def test_a_unet_of_another_layout_keeps_pytorchs_choice_instead_of_failing_the_load() -> None:
+    class Unusual(torch.nn.Module):
+        config = type("Config", (), {"sample_size": 64})()
+
+    choice = choose_attention("auto", Unusual(), CUDA, torch.bfloat16)
+    assert choice.backend == "sdpa" and "shapes unknown" in choice.reason
+
+
+def test_masked_attention_gives_pytorchs_result_with_cudnn_first_here() -> None:
+    assert masked_attention_problem(CPU, torch.float32) == ""
+
+
+def test_cudnn_first_is_not_chosen_when_it_breaks_the_expansions_masked_attention(
+    sdxl_unet: UNet2DConditionModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        attention_choice, "measure_backends", lambda *args: ({"sdpa": 40.0, "sdpa_cudnn": 20.0}, {})
+    )
+    monkeypatch.setattr(attention_choice, "masked_attention_problem", lambda *args: "masked attention fails")
+    choice = choose_attention("auto", sdxl_unet, CUDA, torch.bfloat16)
+    assert choice.backend == "sdpa"
+    assert choice.rejected["sdpa_cudnn"] == "masked attention fails"
+    assert "sdpa_cudnn" not in choice.per_unet_call_ms

@@ -9,7 +9,8 @@
 * ``"auto"`` (the default): on a CUDA GPU, each of those that can run here is timed at the shapes
   the loaded UNet's attention layers see at its native size with CFG (for SDXL at 1024²:
   self-attention over 4,096 and 1,024 tokens, cross-attention over 77), weighted by how many layers
-  have each shape, and checked against PyTorch's own result on the same inputs. The fastest one
+  have each shape, and checked against PyTorch's own result on the same inputs (cuDNN first,
+  being process-wide, also on the prompt expansion's masked attention). The fastest one
   is used if it saves at least ``MIN_SAVING`` of the attention time; otherwise, and on every other
   device, ``"sdpa"``. Measuring takes a fraction of a second once per model load (shapes already
   measured in this process are not measured again).
@@ -22,6 +23,7 @@ the log and in ``describe()`` (``attention``, and ``acceleration`` for the measu
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections import Counter
@@ -189,17 +191,21 @@ def enable_attention(pipeline: Any, backend: str, device: torch.device) -> None:
         ) from exc
 
 
+def sdpa_order(order: list[int]) -> contextlib.AbstractContextManager[Any]:
+    """PyTorch's SDPA kernels tried in ``order`` (``SDPBackend`` values) inside the block."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend(value) for value in order], set_priority=True)
+
+
 def attention_runner(backend: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """Attention of (batch, heads, tokens, width) tensors the way ``backend`` computes it."""
     if backend == "sdpa":
         return F.scaled_dot_product_attention
     if backend == "sdpa_cudnn":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        order = [SDPBackend(value) for value in _cudnn_first_order()]
 
         def cudnn_first(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            with sdpa_kernel(order, set_priority=True):
+            with sdpa_order(_cudnn_first_order()):
                 return F.scaled_dot_product_attention(q, k, v)
 
         return cudnn_first
@@ -303,6 +309,31 @@ def _inputs(
     return [t.view(shape.batch, -1, shape.heads, shape.head_dim).transpose(1, 2) for t in (q, k, v)]
 
 
+MASKED = "masked attention (the prompt expansion's)"
+
+
+def masked_attention_problem(device: torch.device, dtype: torch.dtype) -> str:
+    """Why cuDNN first cannot be the process's order; empty when it can.
+
+    The order reaches every SDPA call in the process, not only the UNet's: the prompt expansion
+    attends one new token over its cache through a visibility mask. That call must give PyTorch's
+    default result with cuDNN first too (or fall through to another kernel)."""
+    generator = torch.Generator(device=device).manual_seed(1)
+    query = torch.randn(1, 12, 1, 64, device=device, dtype=dtype, generator=generator)
+    keys, values = (torch.randn(1, 12, 96, 64, device=device, dtype=dtype, generator=generator) for _ in "kv")
+    visible = (torch.arange(96, device=device) < 40)[None, None, None, :]
+    with torch.inference_mode():
+        reference = F.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
+    try:
+        with torch.inference_mode(), sdpa_order(_cudnn_first_order()):
+            result = F.scaled_dot_product_attention(query, keys, values, attn_mask=visible)
+    except Exception as exc:  # a kernel that claims the call and then fails it
+        return f"{MASKED} fails with cuDNN first: {type(exc).__name__}: {exc}"[:300]
+    if gap := _disagreement(result, reference):
+        return f"{MASKED} differs with cuDNN first by up to {gap}"
+    return ""
+
+
 def pick_fastest(per_call_ms: dict[str, float], *, default: str = "sdpa") -> tuple[str, str]:
     """(backend, reason): the fastest if it saves at least ``MIN_SAVING`` against ``default``."""
     if default not in per_call_ms:
@@ -345,12 +376,18 @@ def choose_attention(setting: str, unet: Any, device: torch.device, dtype: torch
     if device.type != "cuda":
         return AttentionChoice("sdpa", "auto: PyTorch's own kernel choice (measured on CUDA GPUs only)")
     prefer_cudnn_attention(False)  # "sdpa" is timed with PyTorch's own order, whatever ran before
-    shapes = unet_attention_shapes(unet)
+    try:
+        shapes = unet_attention_shapes(unet)
+    except (AttributeError, TypeError, ValueError) as exc:  # a UNet class laid out otherwise
+        return AttentionChoice("sdpa", f"auto: PyTorch's own kernel choice (shapes unknown: {exc})")
     key = (str(device), dtype, tuple(sorted(shapes.items(), key=lambda item: item[0].label)))
     if key in _measured:
         return _measured[key]
     candidates, skipped = candidates_on(device)
     per_call_ms, rejected = measure_backends(candidates, shapes, device, dtype)
+    if "sdpa_cudnn" in per_call_ms and (problem := masked_attention_problem(device, dtype)):
+        del per_call_ms["sdpa_cudnn"]
+        rejected["sdpa_cudnn"] = problem
     backend, reason = pick_fastest(per_call_ms)
     choice = AttentionChoice(backend, f"auto: {reason}", per_call_ms, {**skipped, **rejected})
     logger.info("attention: {} ({}; ms per UNet call {})", backend, choice.reason, per_call_ms)

@@ -25,7 +25,14 @@ import torch
 
 from fooocusd.engine.denoise import NoisePredictor, unet_noise_predictor
 from fooocusd.engine.extra_unet import ExtraUNetCache, LoadedUNet, load_unet
-from fooocusd.engine.models import SDXL_CONFIG_DIR, ModelLocation, autov2, checkpoint_family, resolve_model
+from fooocusd.engine.models import (
+    SDXL_CONFIG_DIR,
+    ModelLocation,
+    ModelRoots,
+    autov2,
+    checkpoint_family,
+    resolve_model,
+)
 from fooocusd.engine.tiny import TINY_REFINER, build_tiny_refiner_unet
 from fooocusd.errors import InvalidInput, ModelNotFound
 
@@ -66,7 +73,7 @@ class RefinerCache:
     """Holds at most one refiner UNet; loads another only when a job names a different one."""
 
     def __init__(
-        self, models_dir: Path, hash_cache: Path, *, base_config_dir: Path = SDXL_CONFIG_DIR
+        self, models_dir: ModelRoots, hash_cache: Path, *, base_config_dir: Path = SDXL_CONFIG_DIR
     ) -> None:
         self._models_dir = models_dir
         self._base_config_dir = base_config_dir
