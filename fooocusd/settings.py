@@ -111,6 +111,9 @@ class JournalSettings(_Section):
     lease_seconds: float = Field(
         120.0, ge=5.0, description="A running job whose worker is silent this long is requeued."
     )
+    max_crashes: int = Field(
+        2, ge=1, le=100, description="Daemon crashes during one job before it is quarantined in failed/."
+    )
 
 
 class EngineSettings(_Section):

@@ -132,6 +132,7 @@ def test_auto_on_a_gpu_measures_once_per_model_shape_and_picks_the_fastest(
     assert measured == [["sdpa", "sdpa_cudnn"]]  # xformers is not installed here, so not a candidate
     record = first.record()
     assert record["attention_ms_per_unet_call"] == {"sdpa": 40.0, "sdpa_cudnn": 30.0}
+    assert record["attention_measuring_s"] >= 0
     assert "not installed" in record["attention_rejected"]["xformers"]
 
 

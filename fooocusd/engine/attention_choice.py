@@ -12,8 +12,9 @@
   have each shape, and checked against PyTorch's own result on the same inputs (cuDNN first,
   being process-wide, also on the prompt expansion's masked attention). The fastest one
   is used if it saves at least ``MIN_SAVING`` of the attention time; otherwise, and on every other
-  device, ``"sdpa"``. Measuring takes a fraction of a second once per model load (shapes already
-  measured in this process are not measured again).
+  device, ``"sdpa"``. Measuring runs once per model load (about a hundred attention calls per
+  backend; shapes already measured in this process are not measured again) and its duration is
+  reported beside the choice.
 
 Kernel speed differs by card, driver and shape (cuDNN's Hopper kernels beat FlashAttention 2 at
 some of these shapes and lose at others, xformers ships its own FlashAttention 3 builds), which is
@@ -72,11 +73,14 @@ class AttentionChoice:
     reason: str
     per_unet_call_ms: dict[str, float] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    measuring_s: float = 0.0
+    """How long the measurement took (part of the model load)."""
 
     def record(self) -> dict[str, Any]:
         record: dict[str, Any] = {"attention": self.backend, "attention_reason": self.reason}
         if self.per_unet_call_ms:
             record["attention_ms_per_unet_call"] = self.per_unet_call_ms
+            record["attention_measuring_s"] = round(self.measuring_s, 3)
         if self.rejected:
             record["attention_rejected"] = self.rejected
         return record
@@ -383,13 +387,15 @@ def choose_attention(setting: str, unet: Any, device: torch.device, dtype: torch
     key = (str(device), dtype, tuple(sorted(shapes.items(), key=lambda item: item[0].label)))
     if key in _measured:
         return _measured[key]
+    started = time.perf_counter()
     candidates, skipped = candidates_on(device)
     per_call_ms, rejected = measure_backends(candidates, shapes, device, dtype)
     if "sdpa_cudnn" in per_call_ms and (problem := masked_attention_problem(device, dtype)):
         del per_call_ms["sdpa_cudnn"]
         rejected["sdpa_cudnn"] = problem
     backend, reason = pick_fastest(per_call_ms)
-    choice = AttentionChoice(backend, f"auto: {reason}", per_call_ms, {**skipped, **rejected})
-    logger.info("attention: {} ({}; ms per UNet call {})", backend, choice.reason, per_call_ms)
+    elapsed = time.perf_counter() - started
+    choice = AttentionChoice(backend, f"auto: {reason}", per_call_ms, {**skipped, **rejected}, elapsed)
+    logger.info("attention: {} ({}; ms per UNet call {}; {:.2f} s)", backend, reason, per_call_ms, elapsed)
     _measured[key] = choice
     return choice

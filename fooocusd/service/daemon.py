@@ -100,7 +100,7 @@ class Daemon:
             self.extras.start()
             self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
             self.notifier.status("checking the journal against the folders")
-            reconcile(journal, folders)
+            reconcile(journal, folders, max_crashes=self.settings.journal.max_crashes)
             logger.info("loading the model…")
             self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
             self.notifier.status(f"loading the model {self.settings.engine.model or '(auto)'}")
@@ -208,7 +208,7 @@ class Daemon:
                 reporter.tick(journal.status)
                 if time.monotonic() - last_stale_check > _STALE_CHECK_EVERY:
                     last_stale_check = time.monotonic()
-                    journal.recover_stale_jobs()
+                    journal.recover_stale_jobs(max_crashes=self.settings.journal.max_crashes)
                 if self._worker_error is not None:
                     raise self._worker_error
                 if drain and self._drained(watcher, pairer, journal):

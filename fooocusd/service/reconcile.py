@@ -9,7 +9,7 @@ from pathlib import Path
 from loguru import logger
 
 from fooocusd.intake.claim import copy_durably, move_durably
-from fooocusd.journal.journal import Journal
+from fooocusd.journal.journal import DEFAULT_MAX_CRASHES, Journal
 from fooocusd.outbox.atomic import cleanup_stale_temps, set_temp_owner
 from fooocusd.service.finisher import complete_moves, retarget_in_journal
 from fooocusd.service.folders import Folders
@@ -23,14 +23,14 @@ def instance_tag(state: Path) -> str:
     return hashlib.sha256(str(state.resolve()).encode("utf-8")).hexdigest()[:8]
 
 
-def reconcile(journal: Journal, folders: Folders) -> None:
+def reconcile(journal: Journal, folders: Folders, *, max_crashes: int = DEFAULT_MAX_CRASHES) -> None:
     tag = instance_tag(folders.state)
     set_temp_owner(tag)  # before anything is published, so our own leftovers are recognisable
     _settle_claims(journal)
     _settle_finishes(journal)
     for source in journal.inputs_reopening():
         restore_input_files(journal, source)
-    requeued = journal.recover_stale_jobs(at_startup=True)
+    requeued = journal.recover_stale_jobs(max_crashes=max_crashes, at_startup=True)
     if requeued:
         logger.warning("took back {} job(s) interrupted by a crash", len(requeued))
     _settle_outputs(journal)
