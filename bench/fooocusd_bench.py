@@ -61,7 +61,11 @@ already filled). ``--size tiny`` uses a tiny random SDXL at 1/8 of the resolutio
 it proves the script end to end and its numbers are not performance figures. Writes
 ``fooocusd_bench.json`` and ``fooocusd_bench.md`` into ``--out`` after every case, so a run cut
 short still leaves what it measured. Cases that would start after ``--budget-s`` seconds are skipped
-and say so.
+and say so. A case that kills the process (a segfault, an abort) stays in the report as
+``DIED_DURING_CASE``; one that leaves the GPU unusable (a sticky CUDA error, which would fail every
+later case) ends the process with status ``RESTART_EXIT``. Either way ``--resume`` carries on in a
+fresh process from the report in ``--out``, without the cases it already holds; ``gpu_check.sh`` does
+that by itself.
 """
 
 from __future__ import annotations
@@ -107,6 +111,11 @@ KEEP_COMPILED_ENGINE = frozenset({"warm_start", "compiled_full_graphs_small"})
 """Cases before which the engine ``compiled_latency`` kept stays resident (the small-size case uses it)."""
 LORA_RANK = 8
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+RESTART_EXIT = 75
+"""Exit status after a case left the GPU unusable: ``gpu_check.sh`` resumes in a fresh process."""
+DIED_DURING_CASE = "the benchmark process died during this case (crash, kill or timeout): see bench.log"
+SELFTEST_CRASH = "selftest_crash"
+"""A case that kills its own process, so the tests can check that the GPU check resumes after it."""
 
 
 class Bench:
@@ -138,6 +147,22 @@ class Bench:
             "imports_s": round(IMPORTS_S, 2),
             "cases": {},
         }
+        if args.resume:
+            self.resume_report()
+
+    def resume_report(self) -> None:
+        """Carry on from an earlier process's report in ``--out``: its cases stand and are not rerun."""
+        earlier = self.args.out / "fooocusd_bench.json"
+        if not earlier.is_file():
+            return
+        report = json.loads(earlier.read_text(encoding="utf-8"))
+        died_in = [
+            name for name, values in report["cases"].items() if values.get("error") == DIED_DURING_CASE
+        ]
+        restart = {"after_case": died_in[-1] if died_in else "", "imports_s": round(IMPORTS_S, 2)}
+        self.report["cases"] = report["cases"]
+        self.report["restarts"] = [*report.get("restarts", []), restart]
+        self.report["earlier_wall_s"] = report.get("wall_s", 0) + report.get("earlier_wall_s", 0)
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -148,13 +173,26 @@ class Bench:
         elapsed = time.perf_counter() - self.started
         if elapsed > self.args.budget_s:
             self.report["cases"][name] = {"skipped": f"time budget: {elapsed:.0f} s > {self.args.budget_s} s"}
-        else:
-            print(f"[{elapsed:6.1f} s] {name}", flush=True)
-            try:
-                self.report["cases"][name] = run()
-            except Exception as exc:  # a failing case must not lose the others
-                self.report["cases"][name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-            _free()
+            self.save()
+            return
+        print(f"[{elapsed:6.1f} s] {name}", flush=True)
+        self.report["cases"][name] = {"error": DIED_DURING_CASE}  # stands if this process dies in the case
+        self.save()
+        try:
+            self.report["cases"][name] = run()
+        except Exception as exc:  # a failing case must not lose the others
+            self.report["cases"][name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            lost = gpu_context_lost(self.device)
+            if lost:
+                self.report["cases"][name]["gpu_context_lost"] = lost
+                self.save()
+                raise SystemExit(RESTART_EXIT) from exc
+        _free()
+        self.save()
+
+    def record_restart_setup(self, values: dict[str, Any]) -> None:
+        """A resumed process's ``setup`` goes with its restart, the first process's stays in ``cases``."""
+        self.report["restarts"][-1]["setup"] = values
         self.save()
 
     def save(self) -> None:
@@ -792,6 +830,7 @@ class Bench:
         other = "float16" if self.dtype == torch.bfloat16 else "bfloat16"
         cases: dict[str, Callable[[], dict[str, Any]]] = {
             "setup": self.setup,
+            SELFTEST_CRASH: _crash,
             "defaults": self.defaults,
             "batch_4": lambda: self.batched(defaults),
             "batch_4_nchw": lambda: self.batched(replace(defaults, channels_last=False)),
@@ -849,9 +888,16 @@ class Bench:
             if unknown:
                 raise SystemExit(f"unknown cases {unknown}; known: {', '.join(cases)}")
         else:
-            wanted = [name for name in cases if name != "compile_unet_full" or self.args.compile_full]
+            wanted = [
+                name
+                for name in cases
+                if name != SELFTEST_CRASH and (name != "compile_unet_full" or self.args.compile_full)
+            ]
         if wanted[:1] != ["setup"]:
             wanted.insert(0, "setup")
+        if self.report.get("restarts"):
+            self.record_restart_setup(self.setup())
+            wanted = [name for name in wanted if name not in self.report["cases"]]
         for name in wanted:
             self.case(name, cases[name])
             if name == "setup" and "error" in self.report["cases"]["setup"]:
@@ -923,6 +969,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['runs']} measured runs per latency after one warm-up; wall {report.get('wall_s')} s. "
         f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.",
         "",
+        *(
+            f"Restarted in a fresh process after the case {restart['after_case'] or '(none)'}.\n"
+            for restart in report.get("restarts", [])
+        ),
         "| case | measure | value |",
         "|---|---|---|",
     ]
@@ -1055,6 +1105,21 @@ def _versions() -> dict[str, str]:
     }
 
 
+def gpu_context_lost(device: torch.device) -> str:
+    """Why the CUDA context can run nothing more (a sticky error fails every later call); empty if it can."""
+    if device.type != "cuda":
+        return ""
+    try:
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # any failure here means later cases would fail the same way
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return ""
+
+
+def _crash() -> dict[str, Any]:
+    os.abort()
+
+
 def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -1080,6 +1145,11 @@ def main() -> int:
         "--workdir", type=Path, default=None, help="checkpoints and caches (default: a temp dir)"
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for fooocusd_bench.json and .md")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the cases of the report already in --out and run only the others (after a crash)",
+    )
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no CUDA GPU")

@@ -9,7 +9,8 @@
 # Time: under 9 minutes (anchor ≤ 110 s, our bench ≤ 420 s, wheels aside).
 #
 # Environment: CASES (the bench's --cases; empty: this script's order), BUDGET_S (start no case
-# after it, default 330), BENCH_TIMEOUT_S (default 420), SKIP_ANCHOR=1 (a follow-up call on the
+# after it, default 330), BENCH_TIMEOUT_S (default 420; both count over the bench's restarts after a
+# crash), SKIP_ANCHOR=1 (a follow-up call on the
 # same warm machine: its workdir /tmp/fooocusd-bench already holds the checkpoint), ANCHOR_ARGS (extra
 # anchor flags: "--compile --compile-mode default --only-compiled" times stock torch.compile, about
 # 2 minutes), ANCHOR_TIMEOUT_S (default 110), SKIP_BENCH=1 (the anchor alone), WHEELS (the wheel
@@ -59,11 +60,31 @@ if [ "${SKIP_BENCH:-0}" = 1 ]; then
     exit 0
 fi
 CASES=${CASES:-setup,graphs,batch_4,queue,queue_decode_at_once,expansion,postprocess,attention_backends,batch_4_sdpa,queue_expansion,queue_expansion_inline,batch_4_nchw,batch_4_resnets_compiled,batch_4_cudnn_benchmark,batch_8,profile,encoding,encoding_graphs,queue_graphs,graphs_eager,fp8_matmul,compiled_blocks_cuda_graphs,warm_start,fp8,low_vram,compiled_full_graphs,compiled_full_graphs_small}
-timeout "${BENCH_TIMEOUT_S:-420}" python3 bench/fooocusd_bench.py --device "${BENCH_DEVICE:-cuda}" \
-    --size "${BENCH_SIZE:-full}" \
-    --budget-s "${BUDGET_S:-330}" --queue-jobs 12 --warm-start-jobs 4 --cases "$CASES" \
-    --workdir "${BENCH_WORKDIR:-/tmp/fooocusd-bench}" --out "$OUT" >"$OUT/bench.log" 2>&1
-status=$?
+# A case that crashes the process or leaves the GPU unusable (the bench then exits with 75) must not
+# cost the cases after it: the bench resumes in a fresh process from its report, at most twice,
+# within the same budget and timeout. A timeout (124) or an ordinary failure (1, 2) is not resumed.
+bench_end=$((SECONDS + ${BENCH_TIMEOUT_S:-420}))
+budget_end=$((SECONDS + ${BUDGET_S:-330}))
+resume=""
+restarts=0
+: >"$OUT/bench.log"
+while :; do
+    timeout $((bench_end - SECONDS)) python3 -X faulthandler bench/fooocusd_bench.py \
+        --device "${BENCH_DEVICE:-cuda}" --size "${BENCH_SIZE:-full}" \
+        --budget-s $((budget_end > SECONDS ? budget_end - SECONDS : 0)) --queue-jobs 12 --warm-start-jobs 4 \
+        --cases "$CASES" $resume --workdir "${BENCH_WORKDIR:-/tmp/fooocusd-bench}" --out "$OUT" \
+        >>"$OUT/bench.log" 2>&1
+    status=$?
+    if [ "$status" = 75 ] || { [ "$status" -gt 128 ] && [ "$status" != 124 ]; }; then
+        if [ "$restarts" -lt 2 ] && [ "$SECONDS" -lt "$budget_end" ] && [ "$SECONDS" -lt "$bench_end" ] && [ -f "$OUT/fooocusd_bench.json" ]; then
+            restarts=$((restarts + 1))
+            echo "bench exited with status $status: resuming in a fresh process ($restarts)" | tee -a "$OUT/bench.log"
+            resume="--resume"
+            continue
+        fi
+    fi
+    break
+done
 [ -f "$OUT/anchor.json" ] && cat "$OUT/anchor.json"
 tail -n 70 "$OUT/bench.log"
 exit $status

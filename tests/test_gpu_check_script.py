@@ -2,17 +2,24 @@
 
 It runs here on the CPU with the tiny model and a time budget of 0 s: the script installs nothing
 (no wheel folder), skips the anchor, and hands its default case list to the benchmark, which
-refuses an unknown case name before doing anything and otherwise records each case as skipped.
+refuses an unknown case name before doing anything and otherwise records each case as skipped. And
+a case that crashes the benchmark, or leaves the GPU unusable, costs only itself: the script carries
+on with the other cases in a fresh process.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
@@ -24,7 +31,18 @@ def test_the_gpu_check_script_hands_every_default_case_to_the_benchmark_by_a_kno
     default = re.search(r"CASES=\$\{CASES:-([^}]*)\}", SCRIPT.read_text(encoding="utf-8"))
     assert default is not None
     cases = default.group(1).split(",")
-    env = {
+    env = _script_env(tmp_path, BUDGET_S="0")
+    done = subprocess.run(
+        ["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "fooocusd_bench.json").read_text(encoding="utf-8"))
+    assert list(report["cases"]) == cases
+    assert all("skipped" in case for case in report["cases"].values())
+
+
+def _script_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # python3 = this one
         "OUT": str(tmp_path / "out"),
@@ -33,12 +51,69 @@ def test_the_gpu_check_script_hands_every_default_case_to_the_benchmark_by_a_kno
         "BENCH_DEVICE": "cpu",
         "BENCH_SIZE": "tiny",
         "BENCH_WORKDIR": str(tmp_path / "work"),
-        "BUDGET_S": "0",
+        **extra,
     }
+
+
+def test_the_gpu_check_resumes_in_a_fresh_process_after_a_case_kills_the_benchmark(tmp_path: Path) -> None:
+    env = _script_env(tmp_path, CASES="setup,selftest_crash,attention_backends", BUDGET_S="200")
     done = subprocess.run(
         ["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    report = json.loads((tmp_path / "out" / "fooocusd_bench.json").read_text(encoding="utf-8"))
-    assert list(report["cases"]) == cases
-    assert all("skipped" in case for case in report["cases"].values())
+    out = tmp_path / "out"
+    report = json.loads((out / "fooocusd_bench.json").read_text(encoding="utf-8"))
+    cases = report["cases"]
+    assert list(cases) == ["setup", "selftest_crash", "attention_backends"]
+    assert cases["selftest_crash"]["error"].startswith("the benchmark process died during this case")
+    assert not {"error", "skipped"} & set(cases["attention_backends"]), cases["attention_backends"]
+    assert [restart["after_case"] for restart in report["restarts"]] == ["selftest_crash"]
+    assert "reused" in report["restarts"][0]["setup"]  # the checkpoint the first process wrote
+    log = (out / "bench.log").read_text(encoding="utf-8")
+    assert "Fatal Python error: Aborted" in log  # faulthandler: where the process died
+    assert "resuming in a fresh process (1)" in log
+    assert (
+        "Restarted in a fresh process after the case selftest_crash."
+        in (out / "fooocusd_bench.md").read_text()
+    )
+
+
+def test_a_case_that_leaves_the_gpu_unusable_ends_the_benchmark_process_for_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    bench = importlib.import_module("fooocusd_bench")
+    sticky = "CUDA error: an illegal memory access was encountered"
+
+    def failing_synchronize(device: object = None) -> None:
+        raise RuntimeError(sticky)
+
+    monkeypatch.setattr(torch.cuda, "synchronize", failing_synchronize)
+    assert bench.gpu_context_lost(torch.device("cpu")) == ""
+    assert bench.gpu_context_lost(torch.device("cuda")) == f"RuntimeError: {sticky}"
+
+    args = argparse.Namespace(
+        device="cpu",
+        dtype="float32",
+        size="tiny",
+        workdir=tmp_path / "work",
+        runs=1,
+        resume=False,
+        out=tmp_path / "out",
+        budget_s=60,
+    )
+    runner = bench.Bench(args)
+    runner.device = torch.device("cuda")  # the case below never touches a device
+
+    def broken_case() -> dict[str, object]:
+        raise RuntimeError(sticky)
+
+    monkeypatch.setattr(bench, "gpu_context_lost", lambda device: "")
+    runner.case("failure_with_a_healthy_gpu", broken_case)
+    monkeypatch.setattr(bench, "gpu_context_lost", lambda device: sticky)
+    with pytest.raises(SystemExit) as ended:
+        runner.case("graphs", broken_case)
+    assert ended.value.code == bench.RESTART_EXIT
+    saved = json.loads((tmp_path / "out" / "fooocusd_bench.json").read_text(encoding="utf-8"))["cases"]
+    assert saved["failure_with_a_healthy_gpu"] == {"error": f"RuntimeError: {sticky}"}
+    assert saved["graphs"] == {"error": f"RuntimeError: {sticky}", "gpu_context_lost": sticky}
