@@ -64,11 +64,23 @@ def test_non_utf8_job_file_names_the_line_and_says_save_as_utf8(inbox: Path) -> 
     assert "UTF-8" in caught.value.hint
 
 
-def test_utf16_job_file_is_recognised_and_refused_with_a_hint(inbox: Path) -> None:
-    spec_path = inbox / "notepad.txt"
-    spec_path.write_bytes("a dog".encode("utf-16"))
-    with pytest.raises(InvalidInput, match="UTF-16"):
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_job_file_with_a_byte_order_mark_is_read_like_powershell_writes_it(
+    inbox: Path, encoding: str
+) -> None:
+    spec_path = inbox / "powershell.txt"
+    body = "un café au lait\r\nseed: 7\r\n"
+    spec_path.write_bytes(("" if encoding == "utf-16" else "\ufeff").encode(encoding) + body.encode(encoding))
+    [spec] = load(inbox, spec_path)
+    assert (spec.prompt, spec.seed) == ("un café au lait", 7)
+
+
+def test_broken_utf16_job_file_is_refused_with_a_hint(inbox: Path) -> None:
+    spec_path = inbox / "broken.txt"
+    spec_path.write_bytes("a dog".encode("utf-16") + b"\x00\xd8")  # a lone high surrogate at the end
+    with pytest.raises(InvalidInput, match="not valid UTF-16") as caught:
         load(inbox, spec_path)
+    assert "UTF-8" in caught.value.hint
 
 
 def test_utf8_bom_job_file_is_accepted(inbox: Path) -> None:

@@ -29,7 +29,8 @@ What the inbox accepts:
                    an image alone is varied; next to name.txt or name.toml it is that
                    job's input image (the prompt is then optional); name.mask.png beside
                    it marks the area to repaint
-Lines starting with # in a .txt file are comments. Files must be saved as UTF-8."""
+Lines starting with # in a .txt file are comments. Files must be saved as UTF-8 (or UTF-16
+with a byte-order mark, as Windows PowerShell writes)."""
 README_POINTER = 'The README\'s "Job files" section describes every key, with examples.'
 
 
@@ -85,7 +86,7 @@ def load_drop(
 
 
 def parse_job_file(path: Path, *, max_job_file_bytes: int) -> list[JobSpec]:
-    """Check the size, decode as UTF-8 and parse by extension (``.txt`` or ``.toml``)."""
+    """Check the size, decode (``decode_job_text``) and parse by extension (``.txt`` or ``.toml``)."""
     parser = JOB_FILE_PARSERS.get(path.suffix.lower())
     if parser is None:
         raise InvalidInput(
@@ -114,14 +115,28 @@ def parse_job_file(path: Path, *, max_job_file_bytes: int) -> list[JobSpec]:
         ) from exc
 
 
-def decode_job_text(data: bytes, source_name: str) -> str:
-    """UTF-8 (a BOM is fine) → text; anything else → ``InvalidInput`` naming the first bad line."""
-    if data.startswith(_UTF16_BOMS):
+def _decode_utf16(data: bytes, source_name: str) -> str:
+    try:
+        text = data.decode("utf-16")  # the BOM says which byte order, and is dropped
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].decode("utf-16", errors="replace").count("\n") + 1
         raise InvalidInput(
-            f"{source_name} is saved as UTF-16, not UTF-8",
-            where="line 1",
-            hint="save the file as UTF-8 (in Notepad: Save As → Encoding → UTF-8)",
-        )
+            f"{source_name} starts like UTF-16 text but is not valid UTF-16 (line {line})",
+            where=f"line {line}",
+            hint="save the file as UTF-8; most editors offer it under Save As → Encoding",
+        ) from exc
+    return _refuse_nul(text, source_name)
+
+
+def decode_job_text(data: bytes, source_name: str) -> str:
+    """UTF-8 (a BOM is fine), or UTF-16 with its BOM → text; anything else → ``InvalidInput``
+    naming the first bad line.
+
+    UTF-16 with a byte-order mark is what Windows PowerShell 5's ``>`` and ``Out-File`` write and
+    what older Notepads call "Unicode": the mark makes it unambiguous, so it is read, not refused.
+    """
+    if data.startswith(_UTF16_BOMS):
+        return _decode_utf16(data, source_name)
     data = data.removeprefix(b"\xef\xbb\xbf")
     try:
         text = data.decode("utf-8")
@@ -132,6 +147,10 @@ def decode_job_text(data: bytes, source_name: str) -> str:
             where=f"line {line}",
             hint="save the file as UTF-8; most editors offer it under Save As → Encoding",
         ) from exc
+    return _refuse_nul(text, source_name)
+
+
+def _refuse_nul(text: str, source_name: str) -> str:
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
         raise InvalidInput(
