@@ -161,3 +161,76 @@ def test_more_than_five_job_loras_are_refused_with_the_key_named() -> None:
     with pytest.raises(InvalidInput) as caught:
         parse_toml('prompt = "a fox"\nloras = ["a", "b", "c", "d", "e", "f"]\n', "job.toml")
     assert caught.value.where == "key 'loras'"
+
+
+def test_keys_of_fooocus_api_a1111_and_diffusers_set_the_same_fields() -> None:
+    text = """\
+prompt = "a lighthouse"
+negative_prompt = "blurry"
+image_number = 3
+image_seed = 12
+guidance_scale = 5.5
+num_inference_steps = 24
+sampler_name = "euler"
+style_selections = ["Fooocus Sharp"]
+performance_selection = "Speed"
+aspect_ratios_selection = "(1152, 896)"
+base_model_name = "other.safetensors"
+save_extension = "webp"
+read_wildcards_in_order = true
+"""
+    [spec] = parse_toml(text, "api.toml")
+    assert (spec.negative, spec.images, spec.seed, spec.cfg, spec.steps) == ("blurry", 3, 12, 5.5, 24)
+    assert (spec.sampler, spec.styles, spec.performance) == ("euler", ["Fooocus Sharp"], "speed")
+    assert (spec.aspect, spec.model, spec.output_format) == ("1152*896", "other.safetensors", "webp")
+    assert spec.wildcards_in_order is True
+    with pytest.raises(InvalidInput, match="second time"):
+        parse_toml('prompt = "a"\ncfg = 4\ncfg_scale = 7\n', "job.toml")
+
+
+def test_width_and_height_together_set_the_size() -> None:
+    [spec] = parse_toml('prompt = "a"\nwidth = 1024\nheight = 768\n', "job.toml")
+    assert spec.aspect == "1024*768"
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "where"),
+    [
+        ('prompt = "a"\nwidth = 1024\n', "'width' is set but 'height' is not", "key 'width'"),
+        ('prompt = "a"\nheight = 1024\n', "'height' is set but 'width' is not", "key 'height'"),
+        (
+            'prompt = "a"\nwidth = 1024\nheight = 768\naspect = "1:1"\n',
+            "both 'aspect' and width",
+            "key 'width'",
+        ),
+        (
+            'prompt = "a"\nwidth = 1024\nheight = 30\n',
+            "'width*height' = '1024*30' is not valid",
+            "key 'width'",
+        ),
+    ],
+)
+def test_width_or_height_alone_or_beside_aspect_is_refused_at_the_width(
+    text: str, message: str, where: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_toml(text, "job.toml")
+    assert message in caught.value.message
+    assert caught.value.where == where
+
+
+def test_a_jobs_own_size_replaces_the_shared_one_whichever_way_each_is_written() -> None:
+    text = """\
+aspect = "16:9"
+
+[[job]]
+prompt = "square"
+width = 512
+height = 512
+
+[[job]]
+prompt = "shared"
+"""
+    assert [spec.aspect for spec in parse_toml(text, "jobs.toml")] == ["512*512", "1344*768"]
+    text = 'width = 512\nheight = 512\n\n[[job]]\nprompt = "wide"\naspect = "16:9"\n\n[[job]]\nprompt = "b"\n'
+    assert [spec.aspect for spec in parse_toml(text, "jobs.toml")] == ["1344*768", "512*512"]

@@ -269,3 +269,17 @@ def test_lora_weight_out_of_range_points_at_its_line() -> None:
     with pytest.raises(InvalidInput) as caught:
         only("a red fox\nlora: ink:3\n")
     assert caught.value.where == "line 2" and "-2 to 2" in caught.value.hint
+
+
+def test_width_height_and_other_tools_key_names_are_options_in_txt_files() -> None:
+    spec = only("a cat\nwidth: 1024\nheight: 768\nCFG Scale: 6\nsampler name: euler\nImage Number: 3")
+    assert (spec.prompt, spec.extra_prompts) == ("a cat", [])
+    assert (spec.aspect, spec.cfg, spec.sampler, spec.images) == ("1024*768", 6.0, "euler", 3)
+
+
+def test_height_alone_in_a_txt_file_names_its_line_and_the_prompt_escape() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        only("a cat\nheight: 7 feet tall")
+    assert caught.value.where == "line 2"
+    assert "'height' is set but 'width' is not" in caught.value.message
+    assert "prompt: <the line>" in caught.value.hint

@@ -59,7 +59,7 @@ OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 
 _PERFORMANCE_ALIASES = {"hypersd": "hyper_sd", "extremespeed": "extreme_speed", "lcm": "extreme_speed"}
 _FORMAT_ALIASES = {"jpg": "jpeg"}
-_SIZE = re.compile(r"^\s*(\d+)\s*[*xX×,]\s*(\d+)\s*$")
+_SIZE = re.compile(r"^\s*\(?\s*(\d+)\s*[*xX×,]\s*(\d+)\s*\)?\s*$")  # Fooocus's logs: "(1152, 896)"
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:/]\s*(\d+(?:\.\d+)?)\s*$")
 
 ASPECT_HELP = "write width*height (e.g. 1152*896) or a ratio such as 16:9, 9:7 or 1:1"

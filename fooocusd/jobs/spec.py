@@ -45,7 +45,7 @@ def prompt_is_optional() -> bool:
     return _PROMPT_OPTIONAL.get()
 
 
-_ASPECT = re.compile(r"^\s*(\d{2,5})\s*[*x×,]\s*(\d{2,5})\s*$")
+_ASPECT = re.compile(r"^\s*(\d{1,5})\s*[*x×,]\s*(\d{1,5})\s*$")
 _SAFE_NAME = re.compile(r"^[^/\\\x00]+$")
 
 

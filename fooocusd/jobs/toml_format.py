@@ -34,7 +34,24 @@ KEY_ALIASES: dict[str, str] = {
     "negative_prompt": "negative",
     "aspect_ratio": "aspect",
     "image_prompt": "image_prompts",
+    # The names Fooocus-API requests, Fooocus's presets, A1111 and diffusers use, for scripts and
+    # habits brought from them. Only names that cannot be mistaken for prompt text in a .txt line.
+    "image_number": "images",
+    "image_seed": "seed",
+    "guidance_scale": "cfg",
+    "cfg_scale": "cfg",
+    "num_inference_steps": "steps",
+    "sampler_name": "sampler",
+    "style_selections": "styles",
+    "performance_selection": "performance",
+    "aspect_ratios_selection": "aspect",
+    "base_model_name": "model",
+    "refiner_model_name": "refiner",
+    "save_extension": "output_format",
+    "read_wildcards_in_order": "wildcards_in_order",
 }
+SIZE_KEYS = ("width", "height")
+"""Not fields: together they are read as ``aspect = "<width>*<height>"``."""
 RANDOM_SEED_WORDS = frozenset({"random", "-1"})
 
 KEY_HELP: dict[str, str] = {
@@ -241,6 +258,10 @@ def build_spec(
     field to the key as the user spelled it (e.g. output_format → format), for messages.
     """
     labels = dict(written or {})
+    if any(key in fields for key in SIZE_KEYS):
+        fields = size_as_aspect(fields, locate, source_name)
+        labels["aspect"] = "width*height"
+        locate = _aspect_at_width(locate)
     values: dict[str, Any] = {}
     for field, raw in fields.items():
         try:
@@ -257,6 +278,38 @@ def build_spec(
         return JobSpec(**values)
     except ValidationError as exc:
         raise _explain(exc, locate, labels, whole=whole, source_name=source_name) from exc
+
+
+def size_as_aspect(
+    fields: Mapping[str, Any], locate: Callable[[str], str], source_name: str
+) -> dict[str, Any]:
+    """``width`` and ``height`` (A1111's and diffusers' keys) → ``aspect = "<width>*<height>"``."""
+    given = [key for key in SIZE_KEYS if key in fields]
+    if len(given) == 1:
+        missing = next(key for key in SIZE_KEYS if key not in fields)
+        raise InvalidInput(
+            f"{source_name}: '{given[0]}' is set but '{missing}' is not",
+            where=locate(given[0]),
+            hint="give both width and height (e.g. 1152 and 896), or an aspect instead (e.g. 16:9)",
+        )
+    if "aspect" in fields:
+        raise InvalidInput(
+            f"{source_name}: both 'aspect' and width and height set the size",
+            where=locate("width"),
+            hint="keep either width and height, or aspect",
+        )
+    rest = {key: value for key, value in fields.items() if key not in SIZE_KEYS}
+    rest["aspect"] = f"{str(fields['width']).strip()}*{str(fields['height']).strip()}"
+    return rest
+
+
+def _aspect_at_width(locate: Callable[[str], str]) -> Callable[[str], str]:
+    """``locate`` for a job whose aspect came from its width and height: point at the width."""
+
+    def located(field: str) -> str:
+        return locate("width" if field == "aspect" else field)
+
+    return located
 
 
 def _explain(
@@ -327,7 +380,7 @@ def parse_toml(text: str, source_name: str) -> list[JobSpec]:
                 return f"{label}, key '{field}'"
             return f"top-level key '{field}' (shared by every [[job]])"
 
-        merged = _split_prompt_lines({**shared, **own})
+        merged = _split_prompt_lines({**_not_overridden(shared, own), **own})
         specs.append(build_spec(merged, locate, whole=label, source_name=source_name))
     return specs
 
@@ -337,7 +390,7 @@ def _canonical_table(table: dict[str, Any], label: str, source_name: str) -> dic
     unknown: list[str] = []
     for raw_key, value in table.items():
         key = canonical_key(raw_key)
-        if key not in JOB_FIELDS:
+        if key not in JOB_FIELDS and key not in SIZE_KEYS:
             unknown.append(raw_key)
             continue
         if key in out:
@@ -358,6 +411,16 @@ def _canonical_table(table: dict[str, Any], label: str, source_name: str) -> dic
             hint="known keys: " + ", ".join(JOB_FIELDS) + " (plus the aliases format, action)",
         )
     return out
+
+
+def _not_overridden(shared: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """The shared defaults a [[job]] keeps: its own aspect replaces shared width and height, and
+    its own width or height replaces a shared aspect."""
+    if "aspect" in own:
+        return {key: value for key, value in shared.items() if key not in SIZE_KEYS}
+    if any(key in own for key in SIZE_KEYS):
+        return {key: value for key, value in shared.items() if key != "aspect"}
+    return shared
 
 
 def _split_prompt_lines(fields: dict[str, Any]) -> dict[str, Any]:

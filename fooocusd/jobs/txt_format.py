@@ -26,6 +26,8 @@ TXT_OPTION_KEYS: dict[str, str] = {
     "preset": "preset",
     "styles": "styles",
     "aspect": "aspect",
+    "width": "width",
+    "height": "height",
     "steps": "steps",
     "performance": "performance",
     "cfg": "cfg",
