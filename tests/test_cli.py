@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -133,3 +134,27 @@ def test_log_json_writes_one_json_object_per_line(sandbox: Sandbox) -> None:
     assert result.returncode == 0
     records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert any("queued a.txt" in record["text"] for record in records)
+
+
+def test_once_names_the_empty_files_it_leaves_in_the_inbox(sandbox: Sandbox) -> None:
+    sandbox.drop("a.txt", "a dog\nseed: 1\n")
+    sandbox.drop("sub/placeholder.toml", "")
+    result = _run(sandbox, "once", "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 job(s) done" in result.stdout and "1 empty file(s) left in the inbox" in result.stdout
+    assert "left in the inbox: sub/placeholder.toml (empty" in result.stderr
+    assert (sandbox.inbox / "sub" / "placeholder.toml").exists()
+
+
+def test_watchdogs_stop_race_message_is_dropped_and_its_other_errors_kept() -> None:
+    from fooocusd.service.logs import _not_inotify_stop_race
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord(
+            "watchdog.observers.inotify", logging.ERROR, __file__, 1, message, None, None
+        )
+
+    assert not _not_inotify_stop_race(
+        record("InotifyEmitter.queue_events() called when the thread is inactive")
+    )
+    assert _not_inotify_stop_race(record("inotify watch limit reached"))

@@ -102,7 +102,9 @@ def test_huge_header_claim_is_refused_as_a_decompression_bomb(tmp_path: Path) ->
     path = png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
     with pytest.raises(InvalidInput) as caught:
         inspect_image(path, LIMIT)
-    assert "intake.max_image_pixels" in caught.value.message + caught.value.hint
+    assert caught.value.message == (
+        f"bomb.png is 10,000,000,000 pixels, over the limit of {LIMIT:,} pixels (intake.max_image_pixels)"
+    )
 
 
 def test_lower_limit_applies_to_ordinary_images(tmp_path: Path) -> None:

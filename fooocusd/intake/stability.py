@@ -82,6 +82,11 @@ class StabilityTracker:
         with self._lock:
             return list(self._records)
 
+    def empty(self) -> list[Hashable]:
+        """The tracked zero-byte files, which wait until they fill."""
+        with self._lock:
+            return [path for path, record in self._records.items() if record.stat.size == 0]
+
     def filling(self) -> int:
         """How many tracked files are non-empty (zero-byte placeholders may wait forever)."""
         with self._lock:

@@ -269,6 +269,10 @@ class InboxWatcher:
         """Pending files that have content: zero-byte placeholders, which may never fill, don't count."""
         return self._tracker.filling()
 
+    def placeholders(self) -> list[Path]:
+        """Pending zero-byte files: placeholders that wait until they fill (and may never)."""
+        return [Path(str(path)) for path in self._tracker.empty()]
+
     # -- internals -------------------------------------------------------------------------
 
     def _decide(self, candidates: dict[Path, bool], now: float) -> list[Ready]:

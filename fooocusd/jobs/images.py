@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 _FORMAT_ALIASES = {"MPO": "JPEG"}  # multi-picture JPEGs from phones open as MPO
 _REEXPORT = "open it in an image editor and export it again as PNG, JPEG or WebP"
 _MAX_PIXELS_KEY = "intake.max_image_pixels"
+_PILLOW_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 # Magic bytes of formats people commonly drop by mistake, so the error can name what it is.
 _OTHER_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
@@ -96,12 +98,10 @@ def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
                 )
     except InvalidInput:
         raise
-    except Image.DecompressionBombError as exc:
-        raise InvalidInput(
-            f"{path.name} is too large to open safely ({exc})",
-            where=where,
-            hint=f"shrink the image; the daemon's limit is {max_pixels:,} pixels ({_MAX_PIXELS_KEY})",
-        ) from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked as it opens the file
+        claimed = _PILLOW_BOMB_PIXELS.search(str(exc))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "more pixels than Pillow opens"
+        raise _over_limit(path, size, max_pixels) from exc
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise InvalidInput(
             f"the image {path.name} is truncated or corrupt — re-export it ({exc})",
@@ -147,12 +147,15 @@ def _require_accepted_content(head: bytes, path: Path) -> None:
 
 def _require_within_limit(width: int, height: int, max_pixels: int, path: Path) -> None:
     if width * height > max_pixels:
-        raise InvalidInput(
-            f"{path.name} is {width}×{height} = {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,} pixels ({_MAX_PIXELS_KEY})",
-            where=path.name,
-            hint=f"shrink the image, or raise {_MAX_PIXELS_KEY} in the config if you trust its source",
-        )
+        raise _over_limit(path, f"{width}×{height} = {width * height:,} pixels", max_pixels)
+
+
+def _over_limit(path: Path, size: str, max_pixels: int) -> InvalidInput:
+    return InvalidInput(
+        f"{path.name} is {size}, over the limit of {max_pixels:,} pixels ({_MAX_PIXELS_KEY})",
+        where=path.name,
+        hint=f"shrink the image, or raise {_MAX_PIXELS_KEY} in the config if you trust its source",
+    )
 
 
 # -- decoding for the worker -------------------------------------------------------------------

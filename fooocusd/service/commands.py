@@ -89,7 +89,12 @@ def _print_summary(summary: Summary) -> None:
     _out.print(
         f"fooocusd once: {summary.jobs_done} job(s) done, {summary.images_written} image(s) written, "
         f"{summary.jobs_failed} job(s) failed, {summary.inputs_failed} input(s) in failed/"
-        + (f", {summary.duplicates_skipped} duplicate(s) skipped" if summary.duplicates_skipped else ""),
+        + (f", {summary.duplicates_skipped} duplicate(s) skipped" if summary.duplicates_skipped else "")
+        + (
+            f", {len(summary.empty_files_left)} empty file(s) left in the inbox"
+            if summary.empty_files_left
+            else ""
+        ),
         soft_wrap=True,
         highlight=False,
     )

@@ -55,10 +55,22 @@ class Summary:
     images_written: int
     inputs_failed: int
     duplicates_skipped: int
+    empty_files_left: tuple[str, ...] = ()
+    """Zero-byte files still in the inbox when ``run(drain=True)`` ended (they wait to fill)."""
 
     @property
     def ok(self) -> bool:
         return self.jobs_failed == 0 and self.inputs_failed == 0
+
+
+def _empty_files_left(watcher: InboxWatcher, inbox: Path) -> tuple[str, ...]:
+    names = sorted(
+        path.relative_to(inbox).as_posix() if path.is_relative_to(inbox) else str(path)
+        for path in watcher.placeholders()
+    )
+    if names:
+        logger.warning("left in the inbox: {} (empty: a file is taken once it has content)", ", ".join(names))
+    return tuple(names)
 
 
 class Daemon:
@@ -229,6 +241,7 @@ class Daemon:
             images_written=worker.counts.images_written,
             inputs_failed=intake.counts.failed_inputs + finisher.failed_inputs,
             duplicates_skipped=intake.counts.skipped_duplicates,
+            empty_files_left=_empty_files_left(watcher, folders.inbox) if drain else (),
         )
 
     def _intake_once(self, watcher: InboxWatcher, pairer: Pairer, intake: IntakeStage) -> None:
