@@ -88,7 +88,8 @@ def test_status_json_reports_counts_failures_and_refused_files(sandbox: Sandbox)
     [failure] = report["recent_failures"]
     assert failure["relpath"] == "bad.txt" and "warp_drive" in failure["error"]
     [refusal] = report["recent_refusals"]
-    assert refusal["detail"].startswith("broken.toml")
+    assert refusal["detail"].startswith("broken.toml: broken.toml is not valid TOML"), refusal["detail"]
+    assert refusal["detail"].endswith("(line 1, column 23)"), refusal["detail"]
 
 
 def test_retry_brings_a_failed_input_back_and_runs_it_again(sandbox: Sandbox) -> None:

@@ -14,8 +14,11 @@ def error_file_for(moved_input: Path) -> Path:
     return moved_input.with_name(moved_input.name + ".error.txt")
 
 
-def quarantine(files: list[Path], failed_dir: Path, subdir: str, report: str, umask: int) -> list[Path]:
-    """Move ``files`` into ``failed_dir/subdir`` and write ``<first name>.error.txt``.
+def quarantine(
+    files: list[Path], failed_dir: Path, subdir: str, report: str, umask: int, *, reason: str = ""
+) -> list[Path]:
+    """Move ``files`` into ``failed_dir/subdir`` and write ``<first name>.error.txt``; the log line
+    says ``reason`` (the report's gist).
 
     The explanation is written before the move, so a crash in between leaves the input in
     place (it is simply failed again) rather than a failed input without its reason.
@@ -34,7 +37,8 @@ def quarantine(files: list[Path], failed_dir: Path, subdir: str, report: str, um
             if number == 0 and not (source.exists() or source.is_symlink()):
                 return _let_go(destinations[0])
             raise
-    logger.warning("failed: {} → {}", ", ".join(p.name for p in files), destinations[0].parent)
+    names = ", ".join(p.name for p in files)
+    logger.warning("failed: {} → {}{}", names, destinations[0].parent, f": {reason}" if reason else "")
     return destinations
 
 

@@ -114,7 +114,9 @@ class IntakeStage:
             if not _first(drop).path.exists():  # taken meanwhile: not ours to fail
                 logger.info("{} vanished while it was read; skipped", relpath)
                 return
-            self._fail(movable, relpath, error_report(exc, PurePosixPath(relpath).name))
+            name = PurePosixPath(relpath).name
+            where = f" ({exc.where})" if exc.where and exc.where != name else ""
+            self._fail(movable, relpath, error_report(exc, name), exc.message + where)
             return
         files = self._claim_files(drop, pictures.named_files)
         sha256, size = _digest([file.source for file in files])
@@ -149,7 +151,7 @@ class IntakeStage:
     def refuse(self, path: Path, relpath: str, reason: str, hint: str) -> None:
         """Refuse a file that is not a job at all (conflict copy, unsupported type, FIFO...)."""
         report = f"{reason}\nHow to fix: {hint}\n"
-        self._fail([path], relpath, report)
+        self._fail([path], relpath, report, reason)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -244,15 +246,15 @@ class IntakeStage:
         self.counts.queued_jobs += len(specs)
         logger.info("queued {} ({} job{})", relpath, len(specs), "" if len(specs) == 1 else "s")
 
-    def _fail(self, paths: list[Path], relpath: str, report: str) -> None:
+    def _fail(self, paths: list[Path], relpath: str, report: str, reason: str) -> None:
+        """Move ``paths`` to failed/ with ``report`` as the error file; ``reason`` goes to the journal."""
         if not paths[0].exists() and not paths[0].is_symlink():
             logger.info("{} is gone (another fooocusd took it, or it was removed); not failed", relpath)
             return
         subdir = str(PurePosixPath(relpath).parent)
-        quarantine(
-            paths, self.folders.failed, "" if subdir == "." else subdir, report, self.settings.outbox.umask
-        )
-        self.journal.log_event("refused", f"{relpath}: {report.splitlines()[0]}")
+        destination = "" if subdir == "." else subdir
+        quarantine(paths, self.folders.failed, destination, report, self.settings.outbox.umask, reason=reason)
+        self.journal.log_event("refused", f"{relpath}: {reason}")
         self.counts.failed_inputs += 1
 
     def _skip_duplicate(self, paths: list[Path], relpath: str) -> None:
