@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
@@ -103,9 +105,48 @@ def test_unknown_scheduler_is_invalid_input_listing_valid_names(base_config: dic
 
 def test_pair_diffusers_cannot_run_names_the_schedules_that_work(base_config: dict[str, object]) -> None:
     with pytest.raises(InvalidInput) as caught:
-        build_scheduler("euler_ancestral", "karras", base_config)
+        build_scheduler("ddpm", "karras", base_config)
     assert "karras" in caught.value.message
     assert "normal" in caught.value.hint and "karras" not in caught.value.hint
+
+
+@pytest.mark.parametrize("schedule", ["karras", "exponential"])
+def test_euler_ancestral_runs_on_fooocus_sigma_schedules_with_euler_s_sigmas(
+    schedule: str, base_config: dict[str, object]
+) -> None:
+    ancestral = build_scheduler("euler_a", schedule, base_config).scheduler
+    euler = build_scheduler("euler", schedule, base_config).scheduler
+    for scheduler in (ancestral, euler):
+        scheduler.set_timesteps(12)
+    assert isinstance(ancestral, EulerAncestralDiscreteScheduler)
+    assert np.array_equal(ancestral.sigmas.numpy(), euler.sigmas.numpy())
+    assert np.allclose(ancestral.timesteps.numpy(), euler.timesteps.numpy(), atol=1e-3)
+    assert float(ancestral.init_noise_sigma) == pytest.approx(float(euler.init_noise_sigma))
+
+
+def test_euler_ancestral_on_karras_takes_k_diffusions_ancestral_steps(base_config: dict[str, object]) -> None:
+    scheduler = build_scheduler("euler_a", "karras", base_config).scheduler
+    scheduler.set_timesteps(6)
+    sigmas = scheduler.sigmas.double().numpy()
+
+    def eps(x: torch.Tensor, sigma: float) -> torch.Tensor:  # any smooth ε model will do
+        return torch.tanh(x) * (sigma / (1.0 + sigma))
+
+    start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x, generator = start * scheduler.init_noise_sigma, torch.Generator().manual_seed(9)
+    for timestep, sigma in zip(scheduler.timesteps, sigmas[:-1], strict=True):
+        model_input = scheduler.scale_model_input(x, timestep)
+        x = scheduler.step(eps(model_input, float(sigma)), timestep, x, generator=generator).prev_sample
+
+    reference, generator = start * sigmas[0], torch.Generator().manual_seed(9)
+    for sigma, following in itertools.pairwise(sigmas):
+        denoised = reference - sigma * eps(reference / (sigma**2 + 1) ** 0.5, float(sigma))
+        up = min(following, (following**2 * (sigma**2 - following**2) / sigma**2) ** 0.5)
+        down = (following**2 - up**2) ** 0.5
+        reference = reference + (reference - denoised) / sigma * (down - sigma)
+        noise = torch.randn(reference.shape, generator=generator, dtype=torch.float64)
+        reference = reference + noise * up
+    assert torch.allclose(x, reference, atol=1e-4)
 
 
 def test_names_are_matched_case_insensitively(base_config: dict[str, object]) -> None:
@@ -256,6 +297,7 @@ def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> SDXLEngine:
         ("lcm", "lcm", 1.0),
         ("tcd", "sgm_uniform", 1.0),
         ("unipc", "karras", 4.0),
+        ("euler_a", "karras", 4.0),
     ],
 )
 def test_new_samplers_denoise_the_tiny_model_end_to_end_reproducibly(

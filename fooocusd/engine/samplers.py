@@ -101,7 +101,9 @@ _SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
 
 SAMPLERS: dict[str, SamplerRecipe] = {
     "euler": SamplerRecipe("EulerDiscreteScheduler"),
-    "euler_ancestral": SamplerRecipe("EulerAncestralDiscreteScheduler"),
+    "euler_ancestral": SamplerRecipe(
+        "EulerAncestralDiscreteScheduler", same_update_on_sigmas="SigmaScheduleEulerAncestralScheduler"
+    ),
     "heun": SamplerRecipe("HeunDiscreteScheduler"),
     "dpm_2": SamplerRecipe("KDPM2DiscreteScheduler"),
     "dpm_2_ancestral": SamplerRecipe("KDPM2AncestralDiscreteScheduler"),

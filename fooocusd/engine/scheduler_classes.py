@@ -14,6 +14,12 @@ samplers need a small adjustment to fit that contract:
   ``"trailing"`` gives sgm_uniform's timesteps 999·(1 − i/n), ``"linspace"`` the ``normal``
   schedule's 999·(1 − i/(n−1)), both rounded to whole training timesteps (LCM indexes ᾱ by them).
   The LCM boundary condition (c_skip, c_out with σ_data 0.5 and timestep scale 10) is diffusers' own.
+- ``SigmaScheduleEulerAncestralScheduler``: diffusers' Euler ancestral steps on its timestep
+  spacing only, so Fooocus's default ``karras`` schedule (and ``exponential``) refused ``euler_a``.
+  This one takes the same ``use_karras_sigmas`` / ``use_exponential_sigmas`` switches as diffusers'
+  Euler and converts σ the same way (Karras ρ = 7 or log-even between σ(999) and σ(0), each σ's
+  fractional timestep interpolated in log σ); the ancestral step itself is diffusers' own, as in
+  k-diffusion: σ_up = √(σ_next²(σ² − σ_next²)/σ²), σ_down = √(σ_next² − σ_up²).
 - ``TrailingTCDScheduler`` also drops the ``eta`` argument: in TCD it means γ (how much fresh noise
   each step takes), not DDIM's η, so the loop's ``eta=0.0`` must not reach it. γ stays at 0.3,
   the default of Fooocus's (ComfyUI's) ``tcd`` sampler.
@@ -26,7 +32,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DPMSolverSDEScheduler, LCMScheduler, TCDScheduler
+from diffusers import (
+    DPMSolverSDEScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    TCDScheduler,
+)
+from diffusers.configuration_utils import register_to_config
 
 TCD_GAMMA = 0.3
 _SEED_RANGE = 2**63 - 1
@@ -122,6 +135,57 @@ class SeededDPMSolverSDEScheduler(DPMSolverSDEScheduler):
         self.noise_sampler_seed = self.config.noise_sampler_seed
 
 
+class SigmaScheduleEulerAncestralScheduler(EulerAncestralDiscreteScheduler):
+    """Euler ancestral on the Karras or exponential σ schedule too."""
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+    ) -> None:
+        if use_beta_sigmas or (use_karras_sigmas and use_exponential_sigmas):
+            raise ValueError(
+                "use one of use_karras_sigmas and use_exponential_sigmas (beta sigmas are not offered)"
+            )
+        super().__init__(
+            num_train_timesteps=num_train_timesteps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            beta_schedule=beta_schedule,
+            trained_betas=trained_betas,
+            prediction_type=prediction_type,
+            timestep_spacing=timestep_spacing,
+            steps_offset=steps_offset,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        super().set_timesteps(num_inference_steps, device=device)
+        if self.config.use_karras_sigmas:
+            convert = EulerDiscreteScheduler._convert_to_karras
+        elif self.config.use_exponential_sigmas:
+            convert = EulerDiscreteScheduler._convert_to_exponential
+        else:
+            return
+        spaced = self.sigmas[:-1].numpy().astype(np.float64)  # the spacing's σ, from σ(999) down to σ(0)
+        sigmas = np.asarray(convert(self, in_sigmas=spaced, num_inference_steps=num_inference_steps))
+        training = ((1 - self.alphas_cumprod.numpy().astype(np.float64)) / self.alphas_cumprod.numpy()) ** 0.5
+        timesteps = EulerDiscreteScheduler._sigma_to_t(self, sigmas, np.log(training))
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        self.timesteps = torch.from_numpy(timesteps.astype(np.float32)).to(device=device)
+
+
 def _tree_seed(generator: torch.Generator | list[torch.Generator]) -> int | list[int]:
     """The Brownian tree's seed: one per image for a batch (diffusers then grows one tree per row,
     each the same as that image's own tree alone), one number for a single generator."""
@@ -132,5 +196,11 @@ def _tree_seed(generator: torch.Generator | list[torch.Generator]) -> int | list
 
 
 LOCAL_SCHEDULER_CLASSES: dict[str, type] = {
-    cls.__name__: cls for cls in (TrailingLCMScheduler, TrailingTCDScheduler, SeededDPMSolverSDEScheduler)
+    cls.__name__: cls
+    for cls in (
+        TrailingLCMScheduler,
+        TrailingTCDScheduler,
+        SeededDPMSolverSDEScheduler,
+        SigmaScheduleEulerAncestralScheduler,
+    )
 }
