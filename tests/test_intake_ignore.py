@@ -122,13 +122,28 @@ def test_accepted_types_are_classified_case_insensitively(relpath: str, kind: Ki
     assert classify_name(relpath).kind is kind
 
 
-@pytest.mark.parametrize("name", ["report.pdf", "archive.zip", "README", "photo.heic", "prompt.md"])
+@pytest.mark.parametrize("name", ["report.pdf", "archive.zip", "README"])
 def test_other_visible_files_are_unsupported_with_a_message_listing_accepted_types(name: str) -> None:
     verdict = classify_name(name)
     assert verdict.kind is Kind.UNSUPPORTED
     assert ".toml" in verdict.reason
     assert ".png" in verdict.reason
     assert "not accepted" in verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("name", "advice"),
+    [
+        ("IMG_0042.HEIC", "iPhone photo: export it as JPEG"),
+        ("scan.tiff", "export it as PNG or JPEG"),
+        ("job.json", "write the same keys as TOML"),
+        ("prompt.md", "in a .txt file"),
+    ],
+)
+def test_files_dropped_by_habit_are_unsupported_with_what_to_do_instead(name: str, advice: str) -> None:
+    verdict = classify_name(name)
+    assert verdict.kind is Kind.UNSUPPORTED
+    assert "not accepted" in verdict.reason and advice in verdict.reason
 
 
 def test_user_patterns_match_the_name_the_path_or_any_folder_case_insensitively() -> None:

@@ -218,9 +218,29 @@ def _is_mask(name: str) -> bool:
     )
 
 
+# Files people drop by habit, and what to do instead (what ACCEPTED_TYPES_TEXT alone does not say).
+_IPHONE_PHOTO = "an iPhone photo: export it as JPEG, or set Settings → Camera → Formats to Most Compatible"
+_UNSUPPORTED_ADVICE: dict[str, str] = {
+    ".heic": _IPHONE_PHOTO,
+    ".heif": _IPHONE_PHOTO,
+    ".avif": "an AVIF image: export it as PNG, JPEG or WebP",
+    ".gif": "a GIF: export a frame as PNG",
+    ".bmp": "a bitmap: export it as PNG",
+    ".tif": "a TIFF: export it as PNG or JPEG",
+    ".tiff": "a TIFF: export it as PNG or JPEG",
+    ".json": "a JSON job: write the same keys as TOML (prompt = \"...\") in a .toml file",
+    ".md": "write the prompt in a .txt file",
+    ".rtf": "save it as plain text (.txt)",
+    ".docx": "save it as plain text (.txt)",
+}
+
+
 def _unsupported_reason(name: str) -> str:
     suffix = PurePosixPath(name).suffix
     what = f"'{suffix}' files are" if suffix else "files without an extension are"
+    advice = _UNSUPPORTED_ADVICE.get(suffix.lower())
+    if advice:
+        return f"{what} not accepted ({advice})"
     return f"{what} not accepted; drop {ACCEPTED_TYPES_TEXT}"
 
 
