@@ -228,7 +228,7 @@ _UNSUPPORTED_ADVICE: dict[str, str] = {
     ".bmp": "a bitmap: export it as PNG",
     ".tif": "a TIFF: export it as PNG or JPEG",
     ".tiff": "a TIFF: export it as PNG or JPEG",
-    ".json": "a JSON job: write the same keys as TOML (prompt = \"...\") in a .toml file",
+    ".json": 'a JSON job: write the same keys as TOML (prompt = "...") in a .toml file',
     ".md": "write the prompt in a .txt file",
     ".rtf": "save it as plain text (.txt)",
     ".docx": "save it as plain text (.txt)",
