@@ -234,3 +234,15 @@ prompt = "shared"
     assert [spec.aspect for spec in parse_toml(text, "jobs.toml")] == ["512*512", "1344*768"]
     text = 'width = 512\nheight = 512\n\n[[job]]\nprompt = "wide"\naspect = "16:9"\n\n[[job]]\nprompt = "b"\n'
     assert [spec.aspect for spec in parse_toml(text, "jobs.toml")] == ["1344*768", "512*512"]
+
+
+def test_fooocus_api_lora_tables_are_read_and_a_disabled_slot_is_dropped() -> None:
+    text = """\
+prompt = "a"
+loras = [
+  { enabled = true, model_name = "film.safetensors", weight = 0.4 },
+  { enabled = false, model_name = "unused.safetensors", weight = 1.0 },
+]
+"""
+    [spec] = parse_toml(text, "api.toml")
+    assert [(lora.name, lora.weight) for lora in spec.loras] == [("film.safetensors", 0.4)]

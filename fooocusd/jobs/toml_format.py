@@ -160,7 +160,21 @@ def lora_entries(value: Any) -> Any:
         value = [part for part in value.split(",") if part.strip()]
     if not isinstance(value, list):
         return value  # let validation report the wrong type
-    return [_lora_entry(item) if isinstance(item, str) else item for item in value]
+    entries = [_lora_entry(item) if isinstance(item, str) else _api_lora_table(item) for item in value]
+    return [entry for entry in entries if entry is not None]
+
+
+def _api_lora_table(item: Any) -> Any:
+    """Fooocus-API's ``{enabled, model_name, weight}``: a disabled slot is dropped, ``model_name``
+    is the name. Anything else is returned as it is, for validation to judge."""
+    if not isinstance(item, dict):
+        return item
+    table = dict(item)
+    if table.pop("enabled", True) is False:
+        return None
+    if "model_name" in table and "name" not in table:
+        table["name"] = table.pop("model_name")
+    return table
 
 
 def _lora_entry(text: str) -> dict[str, Any]:
