@@ -8,6 +8,7 @@ then ``/etc/fooocusd/fooocusd.toml``. Every setting is documented in ``config/fo
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
@@ -458,15 +459,24 @@ def _explain_validation(exc: ValidationError, sources: dict[str, str]) -> str:
     lines = ["invalid configuration:"]
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
-        origin = sources.get(key, "default")
-        where = origin.replace("file:", "file ").replace("env:", "environment variable ")
+        where = _origin(key, sources).replace("file:", "file ").replace("env:", "environment variable ")
         if error["type"] == "extra_forbidden":
             section = str(error["loc"][0]) if len(error["loc"]) > 1 else ""
             known = _known_keys(section)
-            lines.append(f"  - unknown key '{key}' (from {where}); known keys here: {', '.join(known)}")
+            close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1, cutoff=0.6)
+            guess = f" — did you mean '{close[0]}'?" if close else ""
+            known_text = ", ".join(known)
+            lines.append(f"  - unknown key '{key}' (from {where}){guess}; known keys here: {known_text}")
         else:
             lines.append(f"  - '{key}' = {error.get('input')!r} (from {where}): {error['msg']}")
     return "\n".join(lines)
+
+
+def _origin(key: str, sources: dict[str, str]) -> str:
+    """Where ``key`` was set; for a whole unknown section, where its first key was set."""
+    if key in sources:
+        return sources[key]
+    return next((origin for name, origin in sources.items() if name.startswith(f"{key}.")), "default")
 
 
 def _known_keys(section: str) -> list[str]:

@@ -53,6 +53,15 @@ def test_unknown_key_error_names_key_file_and_valid_keys(tmp_path: Path) -> None
         load_settings(config, environ={})
     message = str(caught.value)
     assert "intake.settle_secs" in message and str(config) in message and "settle_seconds" in message
+    assert "did you mean 'settle_seconds'?" in message
+
+
+def test_a_misspelled_section_is_named_with_its_file_and_the_section_meant(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[engin]\nmodel = "x"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    assert f"unknown key 'engin' (from file {config}) — did you mean 'engine'?" in str(caught.value)
 
 
 def test_invalid_value_error_names_key_source_and_expectation(tmp_path: Path) -> None:
