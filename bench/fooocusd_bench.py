@@ -95,6 +95,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from targets import Sizes, TargetRow, target_rows, targets_markdown  # noqa: E402
+
 import fooocusd  # noqa: E402
 from fooocusd.engine.acceleration import AccelerationOptions  # noqa: E402
 from fooocusd.engine.base import GenerationRequest  # noqa: E402
@@ -145,6 +147,12 @@ class Bench:
             "runs": args.runs,
             "versions": _versions(),
             "imports_s": round(IMPORTS_S, 2),
+            "sizes": {
+                "big": self.big,
+                "steps": self.steps,
+                "small": self.small,
+                "small_steps": self.small_steps,
+            },
             "cases": {},
         }
         if args.resume:
@@ -197,6 +205,7 @@ class Bench:
 
     def save(self) -> None:
         self.report["wall_s"] = round(time.perf_counter() - self.started, 1)
+        self.report["targets"] = [row.record() for row in _target_rows(self.report)]
         out = self.args.out
         out.mkdir(parents=True, exist_ok=True)
         (out / "fooocusd_bench.json").write_text(json.dumps(self.report, indent=2, default=str) + "\n")
@@ -979,7 +988,12 @@ def markdown(report: dict[str, Any]) -> str:
     for case, values in report["cases"].items():
         for key, value in _flatten(values):
             lines.append(f"| {case} | {key} | {_cell(value)} |")
+    lines.extend(targets_markdown(_target_rows(report)))
     return "\n".join(lines) + "\n"
+
+
+def _target_rows(report: dict[str, Any]) -> list[TargetRow]:
+    return target_rows(report, Sizes(**report["sizes"])) if "sizes" in report else []
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -74,6 +74,12 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
     assert expanded["expanded_images"] == 2 and expanded["expand_ahead"] == "on", expanded
     markdown = (out / "fooocusd_bench.md").read_text()
     assert "| defaults | start_to_ready_s |" in markdown
+    targets = {row["target"]: row for row in report["targets"]}  # tiny sizes: 128² for 1024², 64² for 512²
+    assert (
+        targets["one 128² image, 6 steps"]["case"] == "defaults"
+        and targets["one 128² image, 6 steps"]["best"] > 0
+    )
+    assert "## Against issue 6's targets" in markdown
 
     setup_only = [*[part for part in command if not part.startswith("--cases=")], "--cases=setup"]
     again = subprocess.run(setup_only, capture_output=True, text=True, timeout=240, cwd=ROOT)
@@ -99,3 +105,48 @@ def test_unet_flop_report_splits_the_real_sdxl_unet_by_kind_and_gives_the_floor(
     assert big["floor_s_at_peak"] == pytest.approx(flops["total"] * 60 / 1000, abs=0.002)
     assert sizes["512x512"]["tflop_per_unet_row"]["total"] < flops["total"] / 3
     assert "| 1024x1024 | 30 |" in (tmp_path / "unet_flops.md").read_text()
+
+
+def test_target_table_takes_each_targets_best_measured_figure_and_its_case(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from targets import Sizes, target_rows, targets_markdown
+
+    report = {
+        "cases": {
+            "defaults": {
+                "latency_1024_30_refinements_on_s": {"median": 1.7, "runs": [1.7]},
+                "latency_512_20_s": {"median": 1.2, "runs": [1.2]},
+                "peak_gib": 8.4,
+                "refinement_cost_pct": 2.0,
+            },
+            "graphs": {
+                "latency_1024_30_alone_s": {"median": 0.88, "runs": [0.88]},
+                "latency_512_20_s": {"median": 0.31, "runs": [0.31]},
+                "peak_gib": 12.0,  # a batch of 4: not the one-job memory target
+            },
+            "queue": {"steady_s_per_image": 1.29},
+            "queue_graphs": {"steady_s_per_image": 0.8},
+            "low_vram": {"peak_gib": 1.7},
+            "broken": {"error": "RuntimeError: ..."},
+        }
+    }
+    rows = {row.what: row for row in target_rows(report, Sizes(1024, 30, 512, 20))}
+    assert (rows["one 1024² image, 30 steps"].value, rows["one 1024² image, 30 steps"].case) == (
+        0.88,
+        "graphs",
+    )
+    assert rows["one 1024² image, 30 steps"].met
+    assert (rows["a queue of 1024² jobs, per image"].case, rows["a queue of 1024² jobs, per image"].met) == (
+        "queue_graphs",
+        False,
+    )
+    assert not rows["one 512² image, 20 steps"].met
+    memory = rows["peak GPU memory, one 1024² job, everything resident"]
+    assert (memory.value, memory.case, memory.met) == (8.4, "defaults", True)
+    assert rows["peak GPU memory, low-VRAM mode"].value == 1.7
+    assert "process start to ready, compiled artefacts on disk" not in rows  # no warm_start case ran
+    table = "\n".join(targets_markdown(list(rows.values())))
+    assert "| one 1024² image, 30 steps | 0.88 s | graphs | ≤ 0.9 s | yes |" in table
+    assert targets_markdown([]) == []
