@@ -180,7 +180,8 @@ class SigmaScheduleEulerAncestralScheduler(EulerAncestralDiscreteScheduler):
             return
         spaced = self.sigmas[:-1].numpy().astype(np.float64)  # the spacing's σ, from σ(999) down to σ(0)
         sigmas = np.asarray(convert(self, in_sigmas=spaced, num_inference_steps=num_inference_steps))
-        training = ((1 - self.alphas_cumprod.numpy().astype(np.float64)) / self.alphas_cumprod.numpy()) ** 0.5
+        alphas = self.alphas_cumprod.numpy().astype(np.float64)
+        training = ((1 - alphas) / alphas) ** 0.5
         timesteps = EulerDiscreteScheduler._sigma_to_t(self, sigmas, np.log(training))
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
         self.timesteps = torch.from_numpy(timesteps.astype(np.float32)).to(device=device)
