@@ -248,13 +248,18 @@ def test_low_vram_engine_runs_loras_as_peft_layers(models: Path) -> None:
     assert not np.array_equal(with_lora, np.asarray(low.generate(default_request(steps=2)).image))
 
 
-def test_missing_lora_names_the_file_and_the_folders_and_how_to_fetch_it(engine: SDXLEngine) -> None:
+def test_missing_lora_names_the_file_and_the_folders_and_fetch_only_for_catalogued_ones(
+    engine: SDXLEngine,
+) -> None:
     with pytest.raises(InvalidInput) as caught:
         engine.generate(default_request(steps=1, loras=(("no_such_style", 1.0),)))
     error = caught.value
     assert "no_such_style" in error.message and "not found" in error.message
     assert "loras" in error.where
-    assert "fooocusd models fetch no_such_style" in error.hint and "no_such_style.safetensors" in error.hint
+    assert "no_such_style.safetensors" in error.hint and "models fetch" not in error.hint
+    with pytest.raises(InvalidInput) as caught:
+        engine.generate(default_request(steps=1, loras=(("SDXL_LCM_LORA", 1.0),)))
+    assert caught.value.hint.endswith("or run fooocusd models fetch sdxl_lcm_lora")
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,10 @@ def test_missing_or_mismatched_vae_is_refused_with_a_hint(engine: SDXLEngine) ->
     with pytest.raises(InvalidInput) as missing:
         engine.generate(default_request(steps=1, vae="no_such_vae"))
     assert "no_such_vae" in missing.value.message and "no_such_vae.safetensors" in missing.value.hint
+    assert "models fetch" not in missing.value.hint  # not in the catalogue: nothing to fetch
+    with pytest.raises(InvalidInput) as catalogued:
+        engine.generate(default_request(steps=1, vae="ponyDiffusionV6XL_vae"))
+    assert "or run fooocusd models fetch ponyDiffusionV6XL_vae;" in catalogued.value.hint
     with pytest.raises(InvalidInput, match="do not fit"):
         engine.generate(default_request(steps=1, vae="wrong"))
     assert "vae" in missing.value.where

@@ -111,6 +111,16 @@ def lookup(name: str, catalogue: dict[str, CatalogueEntry]) -> CatalogueEntry:
     )
 
 
+def fetch_suggestion(name: str) -> str:
+    """``", or run fooocusd models fetch <name>"`` when the catalogue has ``name``; else empty."""
+    stem = Path(name).name
+    try:
+        entry = lookup(stem, load_catalogue())
+    except CatalogueError:
+        return ""
+    return f", or run fooocusd models fetch {entry.name}"
+
+
 def fetch(
     entry: CatalogueEntry,
     dirs: ModelDirs,

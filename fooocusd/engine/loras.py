@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from fooocusd.engine.base import GenerationRequest
 from fooocusd.engine.families import PICKLE_SUFFIXES, SAFE_SUFFIX
+from fooocusd.engine.fetch import fetch_suggestion
 from fooocusd.engine.lora_merge import FoldedUNetLoras
 from fooocusd.engine.model_dirs import ModelDirs, put_file_into, searched_folders
 from fooocusd.engine.models import autov2, file_sha256
@@ -113,8 +114,7 @@ def find_lora(model_dirs: ModelDirs, name: str) -> Path:
     raise InvalidInput(
         f"LoRA {cleaned!r} was not found",
         where=searched_folders(folders),
-        hint=f"{put_file_into(cleaned, folders, no_folder='the loras folder')}, "
-        f"or run fooocusd models fetch {Path(cleaned).name}",
+        hint=put_file_into(cleaned, folders, no_folder="the loras folder") + fetch_suggestion(cleaned),
     )
 
 

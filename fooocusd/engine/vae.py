@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from fooocusd.engine.families import PICKLE_SUFFIXES, SAFE_SUFFIX
+from fooocusd.engine.fetch import fetch_suggestion
 from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.engine.models import autov2, file_sha256
 from fooocusd.errors import InvalidInput, ModelNotFound
@@ -87,7 +88,7 @@ class VaeOverrides:
                 f"VAE {name!r} was not found",
                 where=exc.where,
                 hint=f"put {stem if Path(stem).suffix else stem + SAFE_SUFFIX} into "
-                f"{folders[0] if folders else 'the vae folder'}, or run fooocusd models fetch {stem}; "
+                f"{folders[0] if folders else 'the vae folder'}{fetch_suggestion(stem)}; "
                 "vae = 'default' uses the model's own",
             ) from exc
 
