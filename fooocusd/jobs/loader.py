@@ -120,10 +120,8 @@ def _decode_utf16(data: bytes, source_name: str) -> str:
         text = data.decode("utf-16")  # the BOM says which byte order, and is dropped
     except UnicodeDecodeError as exc:
         line = data[: exc.start].decode("utf-16", errors="replace").count("\n") + 1
-        raise InvalidInput(
-            f"{source_name} starts like UTF-16 text but is not valid UTF-16 (line {line})",
-            where=f"line {line}",
-            hint="save the file as UTF-8; most editors offer it under Save As → Encoding",
+        raise _undecodable(
+            f"{source_name} starts like UTF-16 text but is not valid UTF-16 (line {line})", line
         ) from exc
     return _refuse_nul(text, source_name)
 
@@ -142,12 +140,17 @@ def decode_job_text(data: bytes, source_name: str) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise InvalidInput(
-            f"{source_name} is not valid UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})",
-            where=f"line {line}",
-            hint="save the file as UTF-8; most editors offer it under Save As → Encoding",
-        ) from exc
+        reason = f"{source_name} is not valid UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})"
+        raise _undecodable(reason, line) from exc
     return _refuse_nul(text, source_name)
+
+
+def _undecodable(reason: str, line: int) -> InvalidInput:
+    return InvalidInput(
+        reason,
+        where=f"line {line}",
+        hint="save the file as UTF-8; most editors offer it under Save As → Encoding",
+    )
 
 
 def _refuse_nul(text: str, source_name: str) -> str:
