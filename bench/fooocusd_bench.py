@@ -169,6 +169,7 @@ class Bench:
         ]
         restart = {"after_case": died_in[-1] if died_in else "", "imports_s": round(IMPORTS_S, 2)}
         self.report["cases"] = report["cases"]
+        self.report["case_wall_s"] = report.get("case_wall_s", {})
         self.report["restarts"] = [*report.get("restarts", []), restart]
         self.report["earlier_wall_s"] = report.get("wall_s", 0) + report.get("earlier_wall_s", 0)
 
@@ -190,13 +191,21 @@ class Bench:
             self.report["cases"][name] = run()
         except Exception as exc:  # a failing case must not lose the others
             self.report["cases"][name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            self.record_wall(name, elapsed)
             lost = gpu_context_lost(self.device)
             if lost:
                 self.report["cases"][name]["gpu_context_lost"] = lost
                 self.save()
                 raise SystemExit(RESTART_EXIT) from exc
+        else:
+            self.record_wall(name, elapsed)
         _free()
         self.save()
+
+    def record_wall(self, name: str, started_at: float) -> None:
+        """Seconds each case took, beside the cases: for planning a lease's calls."""
+        spent = round(time.perf_counter() - self.started - started_at, 1)
+        self.report.setdefault("case_wall_s", {})[name] = spent
 
     def record_restart_setup(self, values: dict[str, Any]) -> None:
         """A resumed process's ``setup`` goes with its restart, the first process's stays in ``cases``."""
@@ -850,6 +859,10 @@ class Bench:
             "batch_8": lambda: self.batched(defaults, size=8),
             "profile": self.profile,
             "graphs": lambda: self.batched(replace(defaults, cuda_graphs="on")),
+            "graphs_resnets_compiled": lambda: self.batched(
+                replace(defaults, cuda_graphs="on"), also_compile=RESNET_MODULES
+            ),
+            "graphs_batch_8": lambda: self.batched(replace(defaults, cuda_graphs="on"), size=8),
             "graphs_eager": lambda: self.batched(replace(defaults, compile="off", cuda_graphs="on")),
             "queue_graphs": lambda: self.queue("queue-graphs", cuda_graphs="on"),
             "queue": lambda: self.queue("queue"),

@@ -59,7 +59,7 @@ if [ "${SKIP_BENCH:-0}" = 1 ]; then
     tail -n 20 "$OUT/anchor.log"
     exit 0
 fi
-CASES=${CASES:-setup,graphs,batch_4,queue,queue_decode_at_once,expansion,postprocess,attention_backends,batch_4_sdpa,queue_expansion,queue_expansion_inline,batch_4_nchw,batch_4_resnets_compiled,batch_4_cudnn_benchmark,batch_8,profile,encoding,encoding_graphs,queue_graphs,graphs_eager,fp8_matmul,compiled_blocks_cuda_graphs,warm_start,fp8,low_vram,compiled_full_graphs,compiled_full_graphs_small}
+CASES=${CASES:-setup,graphs,batch_4,batch_4_resnets_compiled,profile,queue_graphs,batch_8,graphs_resnets_compiled,attention_backends,batch_4_nchw,compiled_blocks_cuda_graphs,warm_start,batch_4_cudnn_benchmark,graphs_batch_8,queue,expansion,graphs_eager,fp8_matmul,batch_4_sdpa,encoding_graphs,encoding,queue_decode_at_once,postprocess,queue_expansion,queue_expansion_inline,fp8,low_vram,compiled_full_graphs,compiled_full_graphs_small}
 # A case that crashes the process or leaves the GPU unusable (the bench then exits with 75) must not
 # cost the cases after it: the bench resumes in a fresh process from its report, at most twice,
 # within the same budget and timeout. A timeout (124) or an ordinary failure (1, 2) is not resumed.
