@@ -8,7 +8,7 @@
 #   fooocusd_bench.json/.md, bench.log   bench/fooocusd_bench.py --size full
 # Time: under 9 minutes (anchor ≤ 110 s, our bench ≤ 420 s, wheels aside).
 #
-# Environment: CASES (the bench's --cases; empty: this script's order), BUDGET_S (start no case
+# Environment: CASES (the bench's --cases; empty: this script's order), RUNS (measured runs per latency, default 3), BUDGET_S (start no case
 # after it, default 330), BENCH_TIMEOUT_S (default 420; both count over the bench's restarts after a
 # crash), SKIP_ANCHOR=1 (a follow-up call on the
 # same warm machine: its workdir /tmp/fooocusd-bench already holds the checkpoint), ANCHOR_ARGS (extra
@@ -72,6 +72,7 @@ while :; do
     timeout $((bench_end - SECONDS)) python3 -X faulthandler bench/fooocusd_bench.py \
         --device "${BENCH_DEVICE:-cuda}" --size "${BENCH_SIZE:-full}" \
         --budget-s $((budget_end > SECONDS ? budget_end - SECONDS : 0)) --queue-jobs 12 --warm-start-jobs 4 \
+        --runs "${RUNS:-3}" \
         --cases "$CASES" $resume --workdir "${BENCH_WORKDIR:-/tmp/fooocusd-bench}" --out "$OUT" \
         >>"$OUT/bench.log" 2>&1
     status=$?
