@@ -3,6 +3,10 @@
 Used by ``fooocusd_bench.py``'s ``profile`` case (a batch of 4 at 1024², the GPU-bound case) on
 ``torch.profiler`` results. On a GPU it ranks kernels by self device time; on a CPU, operators by
 self CPU time (a plumbing check).
+
+On a GPU only the kernels count: an operator (``aten::copy_``) also carries the device time of the
+kernels it launched, and counting both doubled the total in the 2026-11-27 H100 report; and CUPTI's
+"Command Buffer Full" marker (the host waiting for room in the launch queue) is no kernel at all.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("attention", ("flash", "fmha", "attention", "sdpa", "efficient_attention")),
     ("normalisation", NORMALISATION),
     ("convolution", ("conv", "cudnn", "implicit_gemm", "xmma_fprop", "sm90_xmma")),
-    ("matmul", ("gemm", "cutlass", "matmul", "addmm", "mm", "nvjet")),
+    ("matmul", ("gemm", "cutlass", "matmul", "addmm", "bmm", "aten::mm", "nvjet")),
     ("layout copy", ("copy", "contiguous", "memcpy", "transpose", "permute", "nchw", "nhwc")),
 )
+
+
+NOT_KERNELS = ("Command Buffer Full",)
+"""Device-side events of the profiler that are no kernel's work."""
 
 
 def kind_of(name: str) -> str:
@@ -49,8 +57,16 @@ def self_time_us(event: Any, device: bool) -> float:
     return float(value)
 
 
+def is_kernel(event: Any) -> bool:
+    """A kernel (or a device copy) run on the GPU, not an operator that launched one."""
+    on_device = str(getattr(event, "device_type", "")).rsplit(".", 1)[-1] == "CUDA"
+    return on_device and event.key not in NOT_KERNELS
+
+
 def kernel_table(events: Iterable[Any], *, device: bool, top: int = 25) -> dict[str, Any]:
     """The ``top`` events by self time, and the total per kind, in ms and % of the whole."""
+    if device:
+        events = [event for event in events if is_kernel(event)]
     timed = [(event.key, self_time_us(event, device), int(event.count)) for event in events]
     timed = [row for row in timed if row[1] > 0]
     total = sum(us for _, us, _ in timed) or 1.0

@@ -150,6 +150,11 @@ class EngineSettings(_Section):
     )
     compile_dynamic: bool = Field(False, description="One dynamic-shape graph instead of one per image size.")
     channels_last: bool = Field(True, description="channels_last UNet and VAE (CUDA only).")
+    group_norm: Literal["native", "channels_last"] = Field(
+        "native",
+        description="GroupNorm of a channels_last UNet and VAE: PyTorch's (copies to NCHW and back) "
+        "or computed in place in channels_last (unmeasured on a GPU yet).",
+    )
     fuse_qkv: bool = Field(True, description="Fused attention projections (CUDA only; off after a LoRA).")
     vae_upcast: Literal["auto", "always", "never"] = Field(
         "auto", description="VAE in fp32: auto = only for an fp16 pipeline whose VAE needs it."
@@ -164,9 +169,10 @@ class EngineSettings(_Section):
         "graphs are on, so that the daemon reports ready once the first job will not wait for compiling.",
     )
     cuda_graphs: Literal["auto", "off", "on"] = Field(
-        "off",
+        "auto",
         description="Replay the base UNet (one graph per input shape) and the text encoders as "
-        "captured CUDA graphs (NVIDIA GPUs, high-VRAM mode); auto: wherever they can be used.",
+        "captured CUDA graphs (NVIDIA GPUs, high-VRAM mode); auto: wherever they can be used, on a "
+        "GPU with 16 GiB or more.",
     )
     overlap_decode: Literal["auto", "on", "off"] = Field(
         "auto",

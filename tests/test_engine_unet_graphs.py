@@ -139,7 +139,7 @@ def test_cuda_graphs_are_planned_only_on_an_nvidia_gpu_in_high_vram_mode_without
 
     assert plan_acceleration(on, CUDA, torch.bfloat16, hardware=H100).cuda_graphs
     assert not plan_acceleration(
-        AccelerationOptions(vram="high"), CUDA, torch.bfloat16, hardware=H100
+        AccelerationOptions(vram="high", cuda_graphs="off"), CUDA, torch.bfloat16, hardware=H100
     ).cuda_graphs
     for options, note in (
         (AccelerationOptions(vram="low", cuda_graphs="on"), "low-VRAM"),
@@ -182,6 +182,17 @@ def test_regional_compile_drops_a_compile_mode_whose_cuda_graphs_break_it(mode: 
     assert (plan.compile, plan.compile_mode, plan.cuda_graphs) == ("unet", "default", True)
     assert any(note.startswith(f"compile_mode {mode} → default") for note in plan.notes), plan.notes
     assert plan_acceleration(whole, CUDA, torch.bfloat16, hardware=H100).compile_mode == mode
+
+
+def test_cuda_graphs_are_on_by_default_from_16_gib_and_on_smaller_gpus_only_when_asked() -> None:
+    twelve_gib = HardwareFacts("cuda", (8, 9), 12 * 2**30, True)
+    default = AccelerationOptions(vram="high")
+
+    assert plan_acceleration(default, CUDA, torch.bfloat16, hardware=H100).cuda_graphs
+    small = plan_acceleration(default, CUDA, torch.bfloat16, hardware=twelve_gib)
+    assert not small.cuda_graphs and not any("cuda_graphs" in note for note in small.notes)
+    on = AccelerationOptions(vram="high", cuda_graphs="on")
+    assert plan_acceleration(on, CUDA, torch.bfloat16, hardware=twelve_gib).cuda_graphs
 
 
 def test_auto_cuda_graphs_are_on_wherever_on_would_be_used_and_silently_off_elsewhere() -> None:

@@ -1,4 +1,4 @@
-"""CUDA graphs for the base UNet (``engine.cuda_graphs = "on"``): one captured graph per input shape.
+"""CUDA graphs for the base UNet (``engine.cuda_graphs``, "auto" by default): one graph per input shape.
 
 Why: on the H100 the benchmark ran on, Python launching the UNet's kernels one by one took longer
 than the GPU took to run them, even at 1024² (docs/benchmarks.md): a 512², 20-step image took
