@@ -490,7 +490,7 @@ class Bench:
         report["same_bytes"] = bool(same)
         return report
 
-    def profile(self, group_norm: str = "native") -> dict[str, Any]:
+    def profile(self, keep_channels_last: str = "off") -> dict[str, Any]:
         """Where a batch of 4 at full size spends the device's time (``kernel_profile.py``): one
         render of the defaults (text encoding, 8 denoising steps, 4 decodes) under ``torch.profiler``,
         after a warm-up render that compiles. Without CUDA graphs, whose replays would hide which
@@ -498,7 +498,7 @@ class Bench:
         from kernel_profile import kernel_table
         from torch.profiler import ProfilerActivity, profile
 
-        options = AccelerationOptions(vram="high", cuda_graphs="off", group_norm=group_norm)
+        options = AccelerationOptions(vram="high", cuda_graphs="off", keep_channels_last=keep_channels_last)
         engine = self.engine(replace(options, layout_on_cpu=self.tiny), batch_size=4)
         engine.load()
         requests = [self.request(seed=20 + i, steps=PROFILED_STEPS) for i in range(4)]
@@ -656,7 +656,7 @@ class Bench:
         small = self.request(width=self.small, height=self.small, steps=self.small_steps)
         self.timed(engine, small, 1)
         small_s = self.timed(engine, small, self.args.runs)
-        agreement = {**self.graphs_agreement(engine), **self.group_norm_agreement(engine)}
+        agreement = {**self.graphs_agreement(engine), **self.layout_agreement(engine)}
         return {
             **agreement,
             **compiled_also,
@@ -711,25 +711,24 @@ class Bench:
             accelerator.graphs = graphs
         return {"graphs_vs_eager": _differences([pixels[1]], [pixels[0]], peak=255.0)}
 
-    def group_norm_agreement(self, engine: SDXLEngine) -> dict[str, Any]:
-        """With ``group_norm = "channels_last"``: one seed rendered with it and with PyTorch's
-        GroupNorm (same engine), and how far the pixels move."""
-        from fooocusd.engine.group_norm import use_channels_last_group_norm, use_native_group_norm
+    def layout_agreement(self, engine: SDXLEngine) -> dict[str, Any]:
+        """With ``keep_channels_last = "on"``: one seed rendered with it and without (same engine),
+        and how far the pixels move."""
+        from fooocusd.engine.keep_channels_last import keep_channels_last, undo_keep_channels_last
 
         plan = engine._accelerator.plan
         pipeline = engine._pipeline
-        if plan is None or plan.group_norm != "channels_last" or pipeline is None:
+        if plan is None or not plan.keep_channels_last or pipeline is None:
             return {}
-        models = (pipeline.unet, pipeline.vae)
         request = self.request(seed=77)
         pixels = []
-        for use in (use_native_group_norm, use_channels_last_group_norm):
-            for model in models:
-                use(model)
+        for use in (undo_keep_channels_last, keep_channels_last):
+            use(pipeline.unet)
+            use(pipeline.vae)
             if engine._accelerator.graphs is not None:
-                engine._accelerator.graphs.clear()  # the captured kernels are the other GroupNorm's
+                engine._accelerator.graphs.clear()  # the captured kernels are the other layout's
             pixels.append(torch.from_numpy(np.asarray(engine.generate(request).image, dtype=np.float32)))
-        return {"group_norm_vs_native": _differences([pixels[1]], [pixels[0]], peak=255.0)}
+        return {"kept_layout_vs_copies": _differences([pixels[1]], [pixels[0]], peak=255.0)}
 
     def queue_cache(self) -> Path:
         return self.work / "queue-compiled" / "state" / "cache"
@@ -880,8 +879,8 @@ class Bench:
             "batch_4_sdpa_cudnn": lambda: self.batched(defaults, attention="sdpa_cudnn"),
             "batch_8": lambda: self.batched(defaults, size=8),
             "profile": self.profile,
-            "profile_group_norm": lambda: self.profile(group_norm="channels_last"),
-            "group_norm": lambda: self.batched(replace(defaults, group_norm="channels_last")),
+            "profile_keep_channels_last": lambda: self.profile(keep_channels_last="on"),
+            "keep_channels_last": lambda: self.batched(replace(defaults, keep_channels_last="on")),
             "graphs": lambda: self.batched(replace(defaults, cuda_graphs="on")),
             "graphs_resnets_compiled": lambda: self.batched(
                 replace(defaults, cuda_graphs="on"), also_compile=RESNET_MODULES
@@ -1039,8 +1038,12 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         if key == "acceleration" and isinstance(value, dict):
             applied = [k for k in ("channels_last", "fuse_qkv") if value.get(k)]
             label = f"vram {value.get('vram')}, vae {value.get('vae_dtype')}, compile {value.get('compile')}"
-            if value.get("group_norm") == "channels_last":
-                label += f", GroupNorm channels_last ({value.get('group_norms')})"
+            if value.get("keep_channels_last"):
+                kept = value.get("kept_channels_last", {})
+                label += (
+                    f", channels_last kept ({kept.get('group_norms')} GroupNorms, "
+                    f"{kept.get('transformer_outputs')} transformer outputs)"
+                )
             if value.get("quantize", "off") != "off":
                 label += f", {value['quantize']} ({value.get('quantized_layers')} layers)"
             if value.get("cuda_graphs"):

@@ -150,10 +150,10 @@ class EngineSettings(_Section):
     )
     compile_dynamic: bool = Field(False, description="One dynamic-shape graph instead of one per image size.")
     channels_last: bool = Field(True, description="channels_last UNet and VAE (CUDA only).")
-    group_norm: Literal["native", "channels_last"] = Field(
-        "native",
-        description="GroupNorm of a channels_last UNet and VAE: PyTorch's (copies to NCHW and back) "
-        "or computed in place in channels_last (unmeasured on a GPU yet).",
+    keep_channels_last: Literal["off", "on"] = Field(
+        "off",
+        description="Keep a channels_last UNet's and VAE's tensors channels_last through GroupNorm and "
+        "the transformers' outputs instead of copying to NCHW and back (unmeasured on a GPU yet).",
     )
     fuse_qkv: bool = Field(True, description="Fused attention projections (CUDA only; off after a LoRA).")
     vae_upcast: Literal["auto", "always", "never"] = Field(

@@ -14,8 +14,8 @@
    copy: ``to_q``/``to_k``/``to_v`` become views into it, so fusing costs no memory. peft injects
    LoRA layers into ``to_q``/``to_k``/``to_v``, which the fused processor bypasses, so the fused
    processors are swapped back out the first time a LoRA is loaded on the pipeline. With
-   ``group_norm = "channels_last"`` the UNet's and VAE's GroupNorms work in that layout instead of
-   copying to NCHW and back (``group_norm.py``);
+   ``keep_channels_last = "on"`` GroupNorm and the transformers' outputs stay in that layout
+   instead of copying to NCHW and back (``keep_channels_last.py``);
 4. with ``quantize = "fp8"`` on a CUDA GPU of compute capability 8.9+ with torchao installed, gives
    the UNet's transformer Linear layers fp8 weights and activations (``quantization.py``; LoRAs run
    beside them in bfloat16). fp8 replaces fused QKV (the LoRAs must find separate projections) and is
@@ -62,7 +62,7 @@ from fooocusd.engine.devices import (
 )
 from fooocusd.engine.encoder_graphs import EncoderGraphs
 from fooocusd.engine.graph_capture import CudaGraphBackend, GraphBackend
-from fooocusd.engine.group_norm import use_channels_last_group_norm
+from fooocusd.engine.keep_channels_last import KeptLayout, keep_channels_last
 from fooocusd.engine.low_vram import StageOffload, install_low_vram, small_decode_tiles
 from fooocusd.engine.quantization import fp8_layer_count, quantize_unet_fp8
 from fooocusd.engine.unet_graphs import UNetGraphs
@@ -107,7 +107,7 @@ class AccelerationOptions:
     """Apply fp8 on the CPU too, where it is slow: to check its numerics (tests, the CPU benchmark)."""
     cuda_graphs: str = "auto"
     overlap_decode: str = "auto"
-    group_norm: str = "native"
+    keep_channels_last: str = "off"
 
     @classmethod
     def from_settings(cls, engine: EngineSettings, cache_dir: Path | None) -> AccelerationOptions:
@@ -123,7 +123,7 @@ class AccelerationOptions:
             quantize=engine.quantize,
             cuda_graphs=engine.cuda_graphs,
             overlap_decode=engine.overlap_decode,
-            group_norm=engine.group_norm,
+            keep_channels_last=engine.keep_channels_last,
         )
 
 
@@ -145,9 +145,9 @@ class AccelerationPlan:
     """Whether the base UNet's calls replay captured CUDA graphs (``unet_graphs.py``)."""
     overlap_decode: bool = False
     """Whether a text-to-image decode may run beside the next render (``decode_lane.py``)."""
-    group_norm: str = "native"
-    """"channels_last": GroupNorm computed in that layout (``group_norm.py``); or "native"."""
-    group_norms: int = 0
+    keep_channels_last: bool = False
+    """GroupNorm and the transformers' outputs kept channels_last (``keep_channels_last.py``)."""
+    kept_layout: KeptLayout = field(default_factory=KeptLayout)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -168,8 +168,11 @@ class AccelerationPlan:
             "quantized_layers": self.quantized_layers,
             "cuda_graphs": self.cuda_graphs,
             "overlap_decode": self.overlap_decode,
-            "group_norm": self.group_norm,
-            "group_norms": self.group_norms,
+            "keep_channels_last": self.keep_channels_last,
+            "kept_channels_last": {
+                "group_norms": self.kept_layout.group_norms,
+                "transformer_outputs": self.kept_layout.transformer_outputs,
+            },
             "notes": list(self.notes),
         }
 
@@ -240,11 +243,10 @@ def plan_acceleration(
         plan.notes.append("fuse_qkv off: fp8 quantises the separate projections, where LoRAs attach")
     if plan.quantize == "fp8" and plan.compile == "off":
         plan.notes.append(FP8_EAGER_NOTE)
-    if options.group_norm == "channels_last":
-        if plan.channels_last:
-            plan.group_norm = "channels_last"
-        else:
-            plan.notes.append("group_norm native: the UNet is not channels_last here")
+    if options.keep_channels_last == "on":
+        plan.keep_channels_last = plan.channels_last
+        if not plan.channels_last:
+            plan.notes.append("keep_channels_last off: the UNet is not channels_last here")
     plan.cuda_graphs, graphs_note = resolve_cuda_graphs(options.cuda_graphs, device, plan, total_memory)
     if graphs_note:
         plan.notes.append(graphs_note)
@@ -393,9 +395,8 @@ class Accelerator:
         if plan.channels_last:
             pipeline.unet.to(memory_format=torch.channels_last)
             pipeline.vae.to(memory_format=torch.channels_last)
-        if plan.group_norm == "channels_last":
-            models = (pipeline.unet, pipeline.vae)
-            plan.group_norms = sum(use_channels_last_group_norm(model) for model in models)
+        if plan.keep_channels_last:
+            plan.kept_layout = keep_channels_last(pipeline.unet) + keep_channels_last(pipeline.vae)
         if plan.fuse_qkv:
             fuse_qkv(pipeline.unet)
             unfuse_before_loras(pipeline)

@@ -1,0 +1,152 @@
+"""Activations kept channels_last (``keep_channels_last.py``, ``engine.keep_channels_last``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import EulerDiscreteScheduler
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
+from fooocusd.engine.keep_channels_last import (
+    KeptLayout,
+    group_norm_channels_last,
+    keep_channels_last,
+    undo_keep_channels_last,
+)
+from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
+from tests.engine_helpers import default_request, pixels_of, tiny_engine_with
+
+
+def _channels_last(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(shape, generator=generator) * 3.0 + 1.5  # a mean far from 0, as activations have
+    return values.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_channels_last_group_norm_matches_pytorchs_and_keeps_the_layout(
+    dtype: torch.dtype, tolerance: float, affine: bool
+) -> None:
+    x = _channels_last((2, 64, 6, 10), dtype, seed=1)
+    generator = torch.Generator().manual_seed(2)
+    weight = torch.randn(64, generator=generator).to(dtype) if affine else None
+    bias = torch.randn(64, generator=generator).to(dtype) if affine else None
+    double = (None if each is None else each.double() for each in (weight, bias))
+    exact = F.group_norm(x.double(), 32, *double)
+
+    ours = group_norm_channels_last(x, 32, weight, bias, 1e-5)
+    pytorch = F.group_norm(x, 32, weight, bias, 1e-5)
+
+    assert ours.dtype == dtype and ours.is_contiguous(memory_format=torch.channels_last)
+    ours_error = (ours.double() - exact).abs().max().item()
+    assert ours_error <= tolerance
+    assert ours_error <= 1.01 * (pytorch.double() - exact).abs().max().item() + 1e-6  # no worse
+
+
+def test_modules_use_it_for_channels_last_inputs_only_and_can_go_back() -> None:
+    norm = nn.GroupNorm(8, 32).eval()
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    wrapped = nn.Sequential(norm, nn.SiLU())
+    nchw = torch.randn(2, 32, 5, 7)
+    channels_last = nchw.contiguous(memory_format=torch.channels_last)
+    expected = F.group_norm(nchw, 8, norm.weight, norm.bias, norm.eps)
+
+    assert keep_channels_last(wrapped) == KeptLayout(group_norms=1)
+    assert keep_channels_last(wrapped) == KeptLayout()  # already routed
+    with torch.no_grad():
+        assert torch.equal(norm(nchw), expected)  # not channels_last: PyTorch's own, bit for bit
+        routed = norm(channels_last)
+    assert routed.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(routed, expected, atol=1e-5, rtol=1e-5)
+
+    assert undo_keep_channels_last(wrapped) == KeptLayout(group_norms=1)
+    assert "forward" not in vars(norm)
+
+
+def test_transformer_output_stays_channels_last_with_the_same_values() -> None:
+    unet = build_tiny_sdxl_pipeline(EulerDiscreteScheduler()).unet.eval()
+    unet.to(memory_format=torch.channels_last)
+    (transformer, *_) = [m for m in unet.modules() if type(m).__name__ == "Transformer2DModel"]
+    generator = torch.Generator().manual_seed(3)
+    channels = transformer.config.in_channels
+    x = torch.randn(2, channels, 8, 8, generator=generator).contiguous(memory_format=torch.channels_last)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator)
+    with torch.no_grad():
+        expected = transformer(x, encoder_hidden_states=text, return_dict=False)[0]
+
+        kept = keep_channels_last(transformer)
+        result = transformer(x, encoder_hidden_states=text, return_dict=False)[0]
+
+    assert kept.transformer_outputs == 1 and kept.group_norms == 1
+    assert expected.is_contiguous() and not expected.is_contiguous(memory_format=torch.channels_last)
+    assert result.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
+
+
+class OperatorCount(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.calls[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_channels_last_unet_call_copies_no_activation_once_kept() -> None:
+    unet = build_tiny_sdxl_pipeline(EulerDiscreteScheduler()).unet.eval()
+    unet.to(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 16, 16, generator=generator).contiguous(memory_format=torch.channels_last)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator)
+    pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    added = {
+        "text_embeds": torch.randn(2, pooled, generator=generator),
+        "time_ids": torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]] * 2),
+    }
+    counts = []
+    for keep in (False, True):
+        if keep:
+            keep_channels_last(unet)
+        with torch.no_grad(), OperatorCount() as counted:
+            unet(x, 500, encoder_hidden_states=text, added_cond_kwargs=added)
+        counts.append(counted.calls)
+    copying, kept = counts
+
+    assert copying["clone"] >= 2 and copying["native_group_norm"] > 0  # the transformers' .contiguous()
+    assert kept["clone"] == 0 and kept["native_group_norm"] == 0 and kept["copy_"] == 0
+
+
+def test_engine_keeping_channels_last_renders_the_same_image(tmp_path: Path) -> None:
+    copying = tiny_engine_with(tmp_path, layout_on_cpu=True)
+    kept = tiny_engine_with(tmp_path, layout_on_cpu=True, keep_channels_last="on")
+    request = default_request(seed=9)
+
+    difference = np.abs(pixels_of(kept, request) - pixels_of(copying, request))
+
+    record = kept.describe()["acceleration"]
+    assert record["keep_channels_last"] is True
+    assert record["kept_channels_last"]["group_norms"] > 20  # UNet and VAE
+    assert record["kept_channels_last"]["transformer_outputs"] >= 2
+    assert copying.describe()["acceleration"]["keep_channels_last"] is False
+    assert difference.max() <= 2 and difference.mean() < 0.05
+
+
+def test_keeping_channels_last_is_not_planned_where_the_model_is_not_channels_last() -> None:
+    options = AccelerationOptions(vram="high", keep_channels_last="on")
+
+    plan = plan_acceleration(options, torch.device("cpu"), torch.float32)
+
+    assert not plan.keep_channels_last and not plan.channels_last
+    assert any(note.startswith("keep_channels_last off") for note in plan.notes)
