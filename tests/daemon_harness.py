@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,6 +21,17 @@ REPO = Path(__file__).resolve().parent.parent
 @dataclass
 class Sandbox:
     root: Path
+
+    def journal_rows(self, query: str) -> list[tuple]:  # type: ignore[type-arg]
+        """``query``'s rows from the daemon's journal; none while it is still creating it."""
+        path = self.state / "journal.sqlite3"
+        if not path.exists():
+            return []
+        try:
+            with sqlite3.connect(path) as db:
+                return db.execute(query).fetchall()
+        except sqlite3.OperationalError:  # the schema is not there yet
+            return []
 
     @property
     def inbox(self) -> Path:

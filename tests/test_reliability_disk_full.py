@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -67,14 +66,7 @@ def full_outbox(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
 
 
 def _job_errors(box: Sandbox) -> list[str]:
-    db_path = box.state / "journal.sqlite3"
-    if not db_path.exists():
-        return []
-    try:
-        with sqlite3.connect(db_path) as db:
-            return [row[0] or "" for row in db.execute("SELECT error FROM jobs")]
-    except sqlite3.OperationalError:  # the daemon is still creating the schema
-        return []
+    return [row[0] or "" for row in box.journal_rows("SELECT error FROM jobs")]
 
 
 def _retry_config(box: Sandbox, max_attempts: int) -> None:

@@ -225,10 +225,7 @@ def test_shutdown_while_a_batch_renders_leaves_all_its_jobs_queued(sandbox: Sand
     with RunningDaemon(sandbox.settings()) as running:
 
         def all_three_rendering() -> bool:
-            if not (sandbox.state / "journal.sqlite3").exists():
-                return False
-            with sqlite3.connect(sandbox.state / "journal.sqlite3") as db:
-                rows = db.execute("SELECT state, progress_step FROM jobs").fetchall()
+            rows = sandbox.journal_rows("SELECT state, progress_step FROM jobs")
             return len(rows) == 3 and all(state == "running" and step > 0 for state, step in rows)
 
         wait_for(all_three_rendering, what="the batch of three to be rendering")
