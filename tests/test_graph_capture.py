@@ -159,3 +159,17 @@ def test_generator_left_in_capture_mode_is_repaired_by_one_completed_capture(
 
     graph_capture._repair_generator(torch.device("cuda"))  # a healthy generator: nothing captured
     assert state["captures"] == 1
+
+
+def test_a_generator_that_cannot_be_repaired_leaves_the_captures_own_error_to_report(
+    fake_cuda: FakeCuda, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def still_broken(device: torch.device) -> None:
+        raise RuntimeError("Offset increment outside graph capture encountered unexpectedly.")
+
+    monkeypatch.setattr(graph_capture, "_repair_generator", still_broken)
+    backend = CudaGraphBackend(torch.device("cuda"))
+    fake_cuda.fail_next_capture = "operation not permitted when stream is capturing"
+
+    with pytest.raises(RuntimeError, match="not permitted"):
+        backend.capture(_run)

@@ -74,7 +74,10 @@ class CudaGraphBackend:
             except BaseException:
                 del graph
                 self.pool = torch.cuda.graph_pool_handle()
-                _repair_generator(self.device)
+                try:
+                    _repair_generator(self.device)
+                except RuntimeError as still_broken:  # the capture's own error is the one to raise
+                    logger.error("CUDA's random generator could not be repaired: {}", still_broken)
                 raise
             self.live_graphs += 1
             weakref.finalize(graph, self._graph_released)
