@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import (
     DDIMScheduler,
+    DDPMScheduler,
     DPMSolverMultistepScheduler,
     DPMSolverSDEScheduler,
     EulerAncestralDiscreteScheduler,
@@ -105,9 +106,32 @@ def test_unknown_scheduler_is_invalid_input_listing_valid_names(base_config: dic
 
 def test_pair_diffusers_cannot_run_names_the_schedules_that_work(base_config: dict[str, object]) -> None:
     with pytest.raises(InvalidInput) as caught:
-        build_scheduler("ddpm", "karras", base_config)
+        build_scheduler("tcd", "karras", base_config)
     assert "karras" in caught.value.message
     assert "normal" in caught.value.hint and "karras" not in caught.value.hint
+
+
+def test_ddpm_runs_on_karras_as_the_ancestral_step_its_posterior_equals(
+    base_config: dict[str, object],
+) -> None:
+    on_karras = build_scheduler("ddpm", "karras", base_config)
+    assert on_karras.class_name == "SigmaScheduleEulerAncestralScheduler"
+    ddpm = DDPMScheduler.from_config({**base_config, "timestep_spacing": "trailing"})
+    ancestral = EulerAncestralDiscreteScheduler.from_config({**base_config, "timestep_spacing": "trailing"})
+    for scheduler in (ddpm, ancestral):
+        scheduler.set_timesteps(5)
+    assert torch.equal(ddpm.timesteps, ancestral.timesteps.long())
+    generator = torch.Generator().manual_seed(5)
+    x_ve = torch.randn(1, 4, 8, 8, generator=generator, dtype=torch.float64) * float(ancestral.sigmas[0])
+    for index, timestep in enumerate(ancestral.timesteps):
+        sigma, sigma_next = float(ancestral.sigmas[index]), float(ancestral.sigmas[index + 1])
+        eps = torch.tanh(x_ve) * 0.5  # any ε model will do
+        ancestral_next = ancestral.step(eps, timestep, x_ve, generator=torch.Generator().manual_seed(index))
+        x_vp = x_ve / (1 + sigma**2) ** 0.5
+        ddpm_next = ddpm.step(eps, int(timestep), x_vp, generator=torch.Generator().manual_seed(index))
+        on_sigmas = ddpm_next.prev_sample * (1 + sigma_next**2) ** 0.5
+        torch.testing.assert_close(on_sigmas, ancestral_next.prev_sample, rtol=1e-4, atol=1e-4)
+        x_ve = ancestral_next.prev_sample
 
 
 @pytest.mark.parametrize("schedule", ["karras", "exponential"])

@@ -116,7 +116,9 @@ SAMPLERS: dict[str, SamplerRecipe] = {
     "ddim": SamplerRecipe(
         "DDIMScheduler", {"set_alpha_to_one": False}, same_update_on_sigmas="EulerDiscreteScheduler"
     ),
-    "ddpm": SamplerRecipe("DDPMScheduler"),
+    # DDPM's posterior step, written on σ (ᾱ = 1/(1+σ²)), is Euler ancestral's: mean
+    # x0 + σs²/σt²·(xt − x0), variance σs²(σt² − σs²)/σt² (tests/test_engine_samplers.py checks it).
+    "ddpm": SamplerRecipe("DDPMScheduler", same_update_on_sigmas="SigmaScheduleEulerAncestralScheduler"),
     # bh1's update divides by h, which is infinite on the final step to σ = 0 (NaN images), so it
     # ends at σmin instead; ComfyUI's UniPC likewise never steps to exactly 0.
     "uni_pc": SamplerRecipe(
