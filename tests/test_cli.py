@@ -92,6 +92,23 @@ def test_status_json_reports_counts_failures_and_refused_files(sandbox: Sandbox)
     assert refusal["detail"].endswith("(line 1, column 23)"), refusal["detail"]
 
 
+def test_status_names_the_empty_files_waiting_in_the_inbox(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox.drop("done.txt", "a dog\nseed: 1\n")
+    assert sandbox.drain().ok
+    sandbox.drop("portrait/placeholder.txt", "")
+    sandbox.drop("next.txt", "a cat\n")
+
+    assert main(["status", "--config", str(sandbox.config)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "inbox: 2 file(s) not picked up yet" in out
+    assert "1 of them empty" in out and "waits until it has content: portrait/placeholder.txt" in out
+    assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inbox_waiting"] == {"files": 2, "empty": ["portrait/placeholder.txt"], "empty_count": 1}
+
+
 def test_retry_brings_a_failed_input_back_and_runs_it_again(sandbox: Sandbox) -> None:
     sandbox.drop("bad.txt", "a dog\nsampler: warp_drive\n")
     assert not sandbox.drain().ok

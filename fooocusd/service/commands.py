@@ -18,6 +18,7 @@ from rich.table import Table
 
 from fooocusd.errors import ConfigError, InvalidInput
 from fooocusd.intake.claim import unique_destination
+from fooocusd.intake.waiting import inbox_waiting
 from fooocusd.journal.journal import Journal, JournalError
 from fooocusd.outbox.atomic import publish_bytes
 from fooocusd.service.folders import Folders
@@ -115,7 +116,8 @@ def _open_journal(loaded: LoadedSettings) -> Journal:
 
 
 def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    journal = Journal.open_read_only(_folders(loaded).journal_db)
+    folders = _folders(loaded)
+    journal = Journal.open_read_only(folders.journal_db)
     try:
         report = journal.status()
         report["recent_refusals"] = [
@@ -123,6 +125,8 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         ]
     finally:
         journal.close()
+    waiting = inbox_waiting(folders.inbox, loaded.settings.intake.ignore_patterns)
+    report["inbox_waiting"] = waiting.record()
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
@@ -134,6 +138,15 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             for state in ("queued", "running", "done", "failed", "cancelled")
         )
     )
+    if waiting.files:
+        _out.print(f"inbox: {waiting.files} file(s) not picked up yet")
+    if waiting.empty_count:
+        unnamed = waiting.empty_count - len(waiting.empty)
+        more = f" and {unnamed} more" if unnamed else ""
+        _out.print(
+            f"  {waiting.empty_count} of them empty (a sync placeholder, or a file created before its "
+            f"content): each waits until it has content: {', '.join(waiting.empty)}{more}"
+        )
     for job in report.get("running", []):
         step, total = job.get("progress_step") or 0, job.get("progress_total") or 0
         percent = f"{100 * step / total:.0f}%" if total else "starting"

@@ -1,0 +1,57 @@
+"""What still waits in the inbox, for ``fooocusd status``.
+
+A claimed file leaves the inbox (``claim.py``), so every file still there that intake would not
+ignore is waiting: settling, not yet seen by a daemon that is not running, or empty. An empty file
+(a sync tool's placeholder, a file created before its content is written) waits until it has
+content and may never get any, which is why status names those.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from stat import S_ISREG
+from typing import Any
+
+from fooocusd.intake.ignore import Kind, classify_dir, classify_name
+
+NAMES_SHOWN = 10
+"""At most this many empty files are named; the count covers them all."""
+
+
+@dataclass(frozen=True)
+class InboxWaiting:
+    files: int = 0
+    empty: list[str] = field(default_factory=list)
+    """Paths relative to the inbox of the empty files, the first ``NAMES_SHOWN``."""
+    empty_count: int = 0
+
+    def record(self) -> dict[str, Any]:
+        return {"files": self.files, "empty": self.empty, "empty_count": self.empty_count}
+
+
+def inbox_waiting(inbox: Path, extra_patterns: list[str] | tuple[str, ...] = ()) -> InboxWaiting:
+    """Count the inbox's files intake would handle, and find the empty ones."""
+    files, empty_count, empty = 0, 0, []
+    for folder, subfolders, names in os.walk(inbox):
+        relative = Path(folder).relative_to(inbox).as_posix()
+        prefix = "" if relative == "." else f"{relative}/"
+        kept = [name for name in subfolders if classify_dir(prefix + name, extra_patterns) is None]
+        subfolders[:] = sorted(kept)
+        for name in sorted(names):
+            relpath = prefix + name
+            if classify_name(relpath, extra_patterns).kind is Kind.IGNORE:
+                continue
+            try:
+                stat = os.lstat(os.path.join(folder, name))
+            except OSError:  # claimed or removed meanwhile
+                continue
+            if not S_ISREG(stat.st_mode):
+                continue
+            files += 1
+            if stat.st_size == 0:
+                empty_count += 1
+                if len(empty) < NAMES_SHOWN:
+                    empty.append(relpath)
+    return InboxWaiting(files, empty, empty_count)

@@ -1,0 +1,43 @@
+"""What still waits in the inbox (``intake/waiting.py``), as ``fooocusd status`` shows it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fooocusd.intake.waiting import NAMES_SHOWN, inbox_waiting
+
+
+def _write(inbox: Path, relpath: str, content: bytes = b"") -> None:
+    path = inbox / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+
+
+def test_counts_what_intake_would_handle_and_names_the_empty_files(tmp_path: Path) -> None:
+    _write(tmp_path, "a.txt", b"a cat\n")
+    _write(tmp_path, "b.txt")
+    _write(tmp_path, "portrait/c.toml")
+    _write(tmp_path, "photo.heic", b"\0" * 8)  # refused once picked up: it still waits now
+    _write(tmp_path, ".hidden.txt")
+    _write(tmp_path, "d.txt.part")
+    _write(tmp_path, ".stversions/e.txt")
+    _write(tmp_path, "drafts/f.txt")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "a.txt")
+
+    waiting = inbox_waiting(tmp_path, ["drafts"])
+
+    assert waiting.files == 4
+    assert waiting.empty == ["b.txt", "portrait/c.toml"] and waiting.empty_count == 2
+
+
+def test_names_only_the_first_empty_files_and_counts_them_all(tmp_path: Path) -> None:
+    for index in range(NAMES_SHOWN + 3):
+        _write(tmp_path, f"job-{index:02}.txt")
+
+    waiting = inbox_waiting(tmp_path)
+
+    assert waiting.empty_count == NAMES_SHOWN + 3 and len(waiting.empty) == NAMES_SHOWN
+
+
+def test_a_missing_inbox_has_nothing_waiting(tmp_path: Path) -> None:
+    assert inbox_waiting(tmp_path / "not-there").record() == {"files": 0, "empty": [], "empty_count": 0}
