@@ -8,13 +8,13 @@ content and may never get any, which is why status names those.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from fooocusd.intake.ignore import Kind, classify_dir, classify_name
+from fooocusd.intake.scan import candidate_files
 
 NAMES_SHOWN = 10
 """At most this many empty files are named; the count covers them all."""
@@ -31,27 +31,17 @@ class InboxWaiting:
         return {"files": self.files, "empty": self.empty, "empty_count": self.empty_count}
 
 
-def inbox_waiting(inbox: Path, extra_patterns: list[str] | tuple[str, ...] = ()) -> InboxWaiting:
+def inbox_waiting(inbox: Path, extra_patterns: Sequence[str] = ()) -> InboxWaiting:
     """Count the inbox's files intake would handle, and find the empty ones."""
-    files, empty_count, empty = 0, 0, []
-    for folder, subfolders, names in os.walk(inbox):
-        relative = Path(folder).relative_to(inbox).as_posix()
-        prefix = "" if relative == "." else f"{relative}/"
-        kept = [name for name in subfolders if classify_dir(prefix + name, extra_patterns) is None]
-        subfolders[:] = sorted(kept)
-        for name in sorted(names):
-            relpath = prefix + name
-            if classify_name(relpath, extra_patterns).kind is Kind.IGNORE:
-                continue
-            try:
-                stat = os.lstat(os.path.join(folder, name))
-            except OSError:  # claimed or removed meanwhile
-                continue
-            if not S_ISREG(stat.st_mode):
-                continue
-            files += 1
-            if stat.st_size == 0:
-                empty_count += 1
-                if len(empty) < NAMES_SHOWN:
-                    empty.append(relpath)
-    return InboxWaiting(files, empty, empty_count)
+    files, empty = 0, []
+    for path in sorted(candidate_files(inbox, inbox, extra_patterns)):
+        try:
+            stat = path.lstat()
+        except OSError:  # claimed or removed meanwhile
+            continue
+        if not S_ISREG(stat.st_mode):
+            continue
+        files += 1
+        if stat.st_size == 0:
+            empty.append(path.relative_to(inbox).as_posix())
+    return InboxWaiting(files, empty[:NAMES_SHOWN], len(empty))

@@ -58,6 +58,7 @@ from fooocusd.intake.mounts import (
     polling_reason,
     read_mounts,
 )
+from fooocusd.intake.scan import candidate_files
 from fooocusd.intake.stability import FileStat, StabilityTracker
 
 # Events that mean "someone is writing": they restart the settle clock.
@@ -372,30 +373,7 @@ class InboxWatcher:
         return _Found(verdict, link_stat, refusal=f"a symbolic link to {_not_regular_reason(info.st_mode)}")
 
     def _scan_tree(self, top: Path) -> list[Path]:
-        """Candidate files under ``top`` (not descending into ignored folders or folder links)."""
-        found: list[Path] = []
-        stack = [top]
-        while stack:
-            folder = stack.pop()
-            try:
-                with os.scandir(folder) as entries:
-                    for entry in entries:
-                        path = Path(entry.path)
-                        relpath = self._relpath(path)
-                        try:
-                            is_dir = entry.is_dir(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        if is_dir:
-                            if classify_dir(relpath, self.extra_ignore) is None:
-                                stack.append(path)
-                        elif classify_name(relpath, self.extra_ignore).kind is not Kind.IGNORE:
-                            found.append(path)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as exc:
-                logger.warning("cannot list {}: {}", folder, exc)
-        return found
+        return candidate_files(self.inbox, top, self.extra_ignore)
 
     def _note(self, raw_path: str, is_directory: bool, activity: bool) -> None:
         path = Path(os.path.abspath(raw_path))

@@ -1,0 +1,39 @@
+"""The files under an inbox folder that intake would handle: the watcher's rescans and ``status``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from loguru import logger
+
+from fooocusd.intake.ignore import Kind, classify_dir, classify_name
+
+
+def candidate_files(inbox: Path, top: Path, extra_ignore: Sequence[str] = ()) -> list[Path]:
+    """Candidate files under ``top`` inside ``inbox`` (not descending into ignored folders or
+    folder links); ignored names left out."""
+    found: list[Path] = []
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    path = Path(entry.path)
+                    relpath = path.relative_to(inbox).as_posix()
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if is_dir:
+                        if classify_dir(relpath, extra_ignore) is None:
+                            stack.append(path)
+                    elif classify_name(relpath, extra_ignore).kind is not Kind.IGNORE:
+                        found.append(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            logger.warning("cannot list {}: {}", folder, exc)
+    return found
