@@ -889,6 +889,9 @@ class Bench:
             "graphs_eager": lambda: self.batched(replace(defaults, compile="off", cuda_graphs="on")),
             "queue_graphs": lambda: self.queue("queue-graphs", cuda_graphs="on"),
             "queue": lambda: self.queue("queue"),
+            "queue_keep_channels_last": lambda: self.queue(
+                "queue-keep-channels-last", keep_channels_last="on"
+            ),
             "queue_decode_at_once": lambda: self.queue("queue-decode-at-once", overlap_decode="off"),
             "queue_expansion": lambda: self.queue("queue-expansion", expansion=True, expand_ahead="on"),
             "queue_expansion_inline": lambda: self.queue(

@@ -50,8 +50,9 @@ fi
 
 # What is unmeasured first (docs/benchmarks.md): activations kept channels_last (GroupNorm computed
 # in that layout, no NCHW copy after the transformers) against the defaults (which since 2026-11-27
-# include CUDA graphs) and where the GPU's time goes with it (profile_keep_channels_last), the defaults without channels_last, batches of 8, a fresh daemon on the
-# defaults (start to READY=1 after the warm-up render), the queue, graphs without compile, cuDNN's
+# include CUDA graphs) and where the GPU's time goes with it (profile_keep_channels_last), the daemon's
+# queue with it and without, a fresh daemon on the defaults (start to READY=1 after the warm-up
+# render), batches of 8, the defaults without channels_last, graphs without compile, cuDNN's
 # own algorithm timing, compiled resnet blocks under graphs; then what was measured before. The
 # cases took 3-120 s each on 2026-11-27 (`case_wall_s` in the report).
 if [ "${SKIP_BENCH:-0}" = 1 ]; then
@@ -59,7 +60,7 @@ if [ "${SKIP_BENCH:-0}" = 1 ]; then
     tail -n 20 "$OUT/anchor.log"
     exit 0
 fi
-CASES=${CASES:-setup,keep_channels_last,batch_4,profile_keep_channels_last,batch_4_nchw,batch_8,compiled_blocks_cuda_graphs,warm_start,queue,graphs_eager,batch_4_cudnn_benchmark,graphs_resnets_compiled,profile,batch_4_sdpa,expansion,queue_expansion,queue_expansion_inline,queue_decode_at_once,encoding_graphs,low_vram,fp8,compiled_full_graphs,compiled_full_graphs_small}
+CASES=${CASES:-setup,keep_channels_last,batch_4,profile_keep_channels_last,queue_keep_channels_last,queue,compiled_blocks_cuda_graphs,warm_start,batch_8,profile,graphs_resnets_compiled,expansion,queue_expansion,queue_expansion_inline,batch_4_nchw,graphs_eager,batch_4_cudnn_benchmark,batch_4_sdpa,queue_decode_at_once,encoding_graphs,low_vram,fp8,compiled_full_graphs,compiled_full_graphs_small}
 # A case that crashes the process or leaves the GPU unusable (the bench then exits with 75) must not
 # cost the cases after it: the bench resumes in a fresh process from its report, at most twice,
 # within the same budget and timeout. A timeout (124) or an ordinary failure (1, 2) is not resumed.
