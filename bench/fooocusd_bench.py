@@ -490,7 +490,7 @@ class Bench:
         report["same_bytes"] = bool(same)
         return report
 
-    def profile(self, keep_channels_last: str = "off") -> dict[str, Any]:
+    def profile(self, keep_channels_last: str = "on") -> dict[str, Any]:
         """Where a batch of 4 at full size spends the device's time (``kernel_profile.py``): one
         render of the defaults (text encoding, 8 denoising steps, 4 decodes) under ``torch.profiler``,
         after a warm-up render that compiles. Without CUDA graphs, whose replays would hide which
@@ -625,10 +625,12 @@ class Bench:
         *,
         also_compile: tuple[str, ...] = (),
         attention: str = "auto",
+        compare_layouts: bool = False,
     ) -> dict[str, Any]:
         """``size`` images in one UNet batch (different seeds and prompts), per image, against one alone.
         ``also_compile``: UNet module classes compiled too, beside regional compile's transformer
-        blocks (an experiment: the engine has no setting for it yet)."""
+        blocks (an experiment: the engine has no setting for it yet). ``compare_layouts``: one seed
+        with activations kept channels_last against the copying path (``layout_agreement``)."""
         self.reset_peak()
         mark = time.perf_counter()
         engine = self.engine(options, batch_size=size, attention=attention)
@@ -656,7 +658,9 @@ class Bench:
         small = self.request(width=self.small, height=self.small, steps=self.small_steps)
         self.timed(engine, small, 1)
         small_s = self.timed(engine, small, self.args.runs)
-        agreement = {**self.graphs_agreement(engine), **self.layout_agreement(engine)}
+        agreement = self.graphs_agreement(engine)
+        if compare_layouts:
+            agreement.update(self.layout_agreement(engine))
         return {
             **agreement,
             **compiled_also,
@@ -871,7 +875,7 @@ class Bench:
             "setup": self.setup,
             SELFTEST_CRASH: _crash,
             "defaults": self.defaults,
-            "batch_4": lambda: self.batched(defaults),
+            "batch_4": lambda: self.batched(defaults, compare_layouts=True),
             "batch_4_nchw": lambda: self.batched(replace(defaults, channels_last=False)),
             "batch_4_resnets_compiled": lambda: self.batched(defaults, also_compile=RESNET_MODULES),
             "batch_4_cudnn_benchmark": lambda: self.cudnn_benchmarked(defaults),
@@ -879,8 +883,8 @@ class Bench:
             "batch_4_sdpa_cudnn": lambda: self.batched(defaults, attention="sdpa_cudnn"),
             "batch_8": lambda: self.batched(defaults, size=8),
             "profile": self.profile,
-            "profile_keep_channels_last": lambda: self.profile(keep_channels_last="on"),
-            "keep_channels_last": lambda: self.batched(replace(defaults, keep_channels_last="on")),
+            "profile_copies": lambda: self.profile(keep_channels_last="off"),
+            "batch_4_copies": lambda: self.batched(replace(defaults, keep_channels_last="off")),
             "graphs": lambda: self.batched(replace(defaults, cuda_graphs="on")),
             "graphs_resnets_compiled": lambda: self.batched(
                 replace(defaults, cuda_graphs="on"), also_compile=RESNET_MODULES
@@ -889,9 +893,7 @@ class Bench:
             "graphs_eager": lambda: self.batched(replace(defaults, compile="off", cuda_graphs="on")),
             "queue_graphs": lambda: self.queue("queue-graphs", cuda_graphs="on"),
             "queue": lambda: self.queue("queue"),
-            "queue_keep_channels_last": lambda: self.queue(
-                "queue-keep-channels-last", keep_channels_last="on"
-            ),
+            "queue_copies": lambda: self.queue("queue-copies", keep_channels_last="off"),
             "queue_decode_at_once": lambda: self.queue("queue-decode-at-once", overlap_decode="off"),
             "queue_expansion": lambda: self.queue("queue-expansion", expansion=True, expand_ahead="on"),
             "queue_expansion_inline": lambda: self.queue(

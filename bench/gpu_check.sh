@@ -48,19 +48,18 @@ if [ "${SKIP_ANCHOR:-0}" != 1 ]; then
     fi
 fi
 
-# What is unmeasured first (docs/benchmarks.md): activations kept channels_last (GroupNorm computed
-# in that layout, no NCHW copy after the transformers) against the defaults (which since 2026-11-27
-# include CUDA graphs) and where the GPU's time goes with it (profile_keep_channels_last), the daemon's
-# queue with it and without, a fresh daemon on the defaults (start to READY=1 after the warm-up
-# render), batches of 8, the defaults without channels_last, graphs without compile, cuDNN's
-# own algorithm timing, compiled resnet blocks under graphs; then what was measured before. The
-# cases took 3-120 s each on 2026-11-27 (`case_wall_s` in the report).
+# What is unmeasured first (docs/benchmarks.md, "Not measured yet"): the defaults, which since the
+# fourth H100 check keep activations channels_last, as one batch, as the daemon's queue and as a
+# queue of "Fooocus V2" jobs (inline and ahead; an expansion now stays inside its prompt's CLIP
+# chunk, so they batch by 4), the refinements on and off; where the GPU's time goes; cuDNN's own
+# algorithm timing, NCHW, graphs over the eager UNet; a fresh daemon's start to READY=1; then what
+# was measured before. The cases took 3-120 s each (`case_wall_s` in the report).
 if [ "${SKIP_BENCH:-0}" = 1 ]; then
     [ -f "$OUT/anchor.json" ] && cat "$OUT/anchor.json"
     tail -n 20 "$OUT/anchor.log"
     exit 0
 fi
-CASES=${CASES:-setup,keep_channels_last,batch_4,profile_keep_channels_last,queue_keep_channels_last,queue,compiled_blocks_cuda_graphs,warm_start,batch_8,profile,graphs_resnets_compiled,expansion,queue_expansion,queue_expansion_inline,batch_4_nchw,graphs_eager,batch_4_cudnn_benchmark,batch_4_sdpa,queue_decode_at_once,encoding_graphs,low_vram,fp8,compiled_full_graphs,compiled_full_graphs_small}
+CASES=${CASES:-setup,batch_4,queue,queue_expansion_inline,queue_expansion,defaults,profile,batch_4_cudnn_benchmark,batch_4_nchw,graphs_eager,compiled_blocks_cuda_graphs,warm_start,low_vram,expansion,batch_4_sdpa,queue_decode_at_once,encoding_graphs,fp8,graphs_resnets_compiled,compiled_full_graphs,compiled_full_graphs_small}
 # A case that crashes the process or leaves the GPU unusable (the bench then exits with 75) must not
 # cost the cases after it: the bench resumes in a fresh process from its report, at most twice,
 # within the same budget and timeout. A timeout (124) or an ordinary failure (1, 2) is not resumed.

@@ -22,8 +22,10 @@ from fooocusd.engine.batching import (
     resolve_batch_size,
     sequence_class,
 )
+from fooocusd.engine.expansion import PromptExpansion
 from fooocusd.engine.factory import create_engine
 from fooocusd.engine.router import FamilyRouter
+from fooocusd.engine.styles import Workloads
 from fooocusd.engine.tiny import TINY_REFINER
 from fooocusd.errors import OutOfMemory
 from fooocusd.settings import EngineSettings
@@ -217,6 +219,27 @@ def test_a_prompt_of_three_blocks_does_not_share_a_batch_with_one_of_one(engine:
     two_blocks = replace(request, prompt=LONG_PROMPT)
     assert engine.batch_key(three_blocks) != engine.batch_key(request)
     assert engine.batch_key(two_blocks) == engine.batch_key(request)
+
+
+def test_expanded_fooocus_v2_jobs_batch_with_each_other_and_with_plain_jobs(engine: FamilyRouter) -> None:
+    expansion = PromptExpansion(tiny_random=True)
+    prompts = ("a lighthouse on a rocky coast at dusk", "a red fox in fresh snow, morning light", "a tram")
+    keys = {engine.batch_key(default_request(negative="blurry"))}  # jobs without expansion too
+    for index in range(12):
+        prompt = f"{prompts[index % len(prompts)]}, job {index + 1}"
+        workloads = Workloads(
+            positive=[prompt], negative=["blurry"], styles_applied=[], expansion=True, expansion_prompt=prompt
+        )
+        expanded = expansion.apply(workloads, seed=index + 1)
+        assert len(expanded.positive) == 2  # the prompt and its expansion
+        request = default_request(
+            prompt=prompt,
+            seed=index + 1,
+            positive_workloads=tuple(expanded.positive),
+            negative_workloads=tuple(expanded.negative),
+        )
+        keys.add(engine.batch_key(request))
+    assert len(keys) == 1 and None not in keys
 
 
 def test_an_unknown_job_model_renders_alone_and_fails_there(engine: FamilyRouter) -> None:

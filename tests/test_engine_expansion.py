@@ -10,6 +10,7 @@ else, so only the constrained decoding keeps them out of the text.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 from collections.abc import Iterator
@@ -22,8 +23,14 @@ from loguru import logger
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from fooocusd.engine.clip_tokens import clip_chunks, clip_token_count
 from fooocusd.engine.expansion import PromptExpander, PromptExpansion, build_prompt_expansion
-from fooocusd.engine.expansion.expander import cache_argument
+from fooocusd.engine.expansion.expander import (
+    cache_argument,
+    clean_expansion_text,
+    fit_in_clip_chunks,
+    joined,
+)
 from fooocusd.engine.expansion.vocabulary import CuratedVocabulary
 from fooocusd.engine.expansion.words import WORDS_FILE, allowed_words, load_word_list
 from fooocusd.engine.styles import Workloads
@@ -246,6 +253,41 @@ def test_tiny_random_expander_spells_every_curated_word_as_one_token() -> None:
     assert len(expansion.prompt_ids) + len(expansion.generated_ids) == 75
     assert set(added_words(expansion.added.replace(" ", ","))) <= set(CURATED)
     assert tiny.expand(PROMPT, 42) == expansion.text
+
+
+QUEUE_PROMPTS = (
+    PROMPT,
+    "a lighthouse on a rocky coast at dusk, job 12",
+    "an old tram, rain",
+    PROMPT + " fox" * 90,
+)
+
+
+def test_expansion_never_takes_another_clip_chunk_than_its_prompt() -> None:
+    tiny = PromptExpander.tiny_random()
+    spilled = 0
+    for prompt, seed in itertools.product(QUEUE_PROMPTS, range(4)):
+        expansion = tiny.expand_parts(prompt, seed)
+        limit = 75 * clip_chunks(expansion.prompt)
+        sampled = clean_expansion_text(tiny.tokenizer.decode(list(expansion.generated_ids)))
+        spills = clip_token_count(joined(expansion.prompt, sampled)) > limit
+        assert expansion.added and sampled.startswith(expansion.added)
+        assert clip_chunks(expansion.text) == clip_chunks(expansion.prompt)
+        if spills:  # only the words past the chunk are dropped: it stays full
+            assert limit - 8 <= clip_token_count(expansion.text) <= limit
+        else:
+            assert expansion.added == sampled
+        spilled += spills
+    assert spilled >= 8  # 75 expansion tokens are more than 75 CLIP tokens, mostly
+
+
+def test_fitting_an_expansion_drops_words_from_its_end_only() -> None:
+    words = CURATED[:80]
+    fitted = fit_in_clip_chunks("a red fox", " ".join(words)).split(" ")
+    assert fitted == list(words[: len(fitted)])
+    assert clip_token_count(joined("a red fox", " ".join(fitted))) <= 75
+    assert clip_token_count(joined("a red fox", " ".join(words[: len(fitted) + 1]))) > 75
+    assert fit_in_clip_chunks("a red fox", "misty dawn") == "misty dawn"
 
 
 # -- engine.expansion ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
+from fooocusd.engine.devices import HardwareFacts
 from fooocusd.engine.keep_channels_last import (
     KeptLayout,
     group_norm_channels_last,
@@ -22,6 +23,7 @@ from fooocusd.engine.keep_channels_last import (
     undo_keep_channels_last,
 )
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
+from fooocusd.settings import EngineSettings
 from tests.engine_helpers import default_request, pixels_of, tiny_engine_with
 
 
@@ -129,8 +131,8 @@ def test_a_channels_last_unet_call_copies_no_activation_once_kept() -> None:
 
 
 def test_engine_keeping_channels_last_renders_the_same_image(tmp_path: Path) -> None:
-    copying = tiny_engine_with(tmp_path, layout_on_cpu=True)
-    kept = tiny_engine_with(tmp_path, layout_on_cpu=True, keep_channels_last="on")
+    copying = tiny_engine_with(tmp_path, layout_on_cpu=True, keep_channels_last="off")
+    kept = tiny_engine_with(tmp_path, layout_on_cpu=True)
     request = default_request(seed=9)
 
     difference = np.abs(pixels_of(kept, request) - pixels_of(copying, request))
@@ -143,10 +145,16 @@ def test_engine_keeping_channels_last_renders_the_same_image(tmp_path: Path) -> 
     assert difference.max() <= 2 and difference.mean() < 0.05
 
 
-def test_keeping_channels_last_is_not_planned_where_the_model_is_not_channels_last() -> None:
-    options = AccelerationOptions(vram="high", keep_channels_last="on")
+def test_keeping_channels_last_is_the_default_wherever_the_model_is_channels_last() -> None:
+    h100 = HardwareFacts("cuda", (9, 0), 80 * 2**30, True)
+    cuda = torch.device("cuda")
 
-    plan = plan_acceleration(options, torch.device("cpu"), torch.float32)
-
+    default = plan_acceleration(AccelerationOptions(vram="high"), cuda, torch.bfloat16, hardware=h100)
+    assert default.keep_channels_last
+    assert EngineSettings().keep_channels_last == "on"
+    cpu = plan_acceleration(AccelerationOptions(vram="high"), torch.device("cpu"), torch.float32)
+    assert not cpu.keep_channels_last and not any(note.startswith("keep_channels_last") for note in cpu.notes)
+    planar = AccelerationOptions(vram="high", channels_last=False)
+    plan = plan_acceleration(planar, cuda, torch.bfloat16, hardware=h100)
     assert not plan.keep_channels_last and not plan.channels_last
-    assert any(note.startswith("keep_channels_last off") for note in plan.notes)
+    assert "keep_channels_last off: channels_last is off" in plan.notes

@@ -107,7 +107,7 @@ class AccelerationOptions:
     """Apply fp8 on the CPU too, where it is slow: to check its numerics (tests, the CPU benchmark)."""
     cuda_graphs: str = "auto"
     overlap_decode: str = "auto"
-    keep_channels_last: str = "off"
+    keep_channels_last: str = "on"
 
     @classmethod
     def from_settings(cls, engine: EngineSettings, cache_dir: Path | None) -> AccelerationOptions:
@@ -245,8 +245,8 @@ def plan_acceleration(
         plan.notes.append(FP8_EAGER_NOTE)
     if options.keep_channels_last == "on":
         plan.keep_channels_last = plan.channels_last
-        if not plan.channels_last:
-            plan.notes.append("keep_channels_last off: the UNet is not channels_last here")
+        if not options.channels_last:  # (elsewhere than a GPU, the channels_last note says why)
+            plan.notes.append("keep_channels_last off: channels_last is off")
     plan.cuda_graphs, graphs_note = resolve_cuda_graphs(options.cuda_graphs, device, plan, total_memory)
     if graphs_note:
         plan.notes.append(graphs_note)

@@ -28,19 +28,16 @@ is always exact.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import CLIPTokenizer
 
 from fooocusd.engine.base import GeneratedImage, GenerationRequest, ProgressCallback, StopCheck
+from fooocusd.engine.clip_tokens import clip_chunks
 from fooocusd.engine.conditioning import prompt_workloads
-from fooocusd.engine.models import SDXL_CONFIG_DIR
-from fooocusd.engine.weighting import TOKENS_PER_CHUNK, parse_weights
 
 MAX_BATCH_SIZE = 16
 AUTO_BATCH_SIZE_ON_GPU = 4
@@ -219,23 +216,7 @@ def prompt_block_counts(request: GenerationRequest, *, with_negative: bool) -> l
 
 
 def _blocks(workloads: Sequence[str]) -> int:
-    tokenizer = _shipped_tokenizer()
-    total = 0
-    for text in workloads:
-        tokens = sum(
-            len(tokenizer(span.text, add_special_tokens=False, verbose=False).input_ids)
-            for span in parse_weights(text)
-        )
-        total += max(1, math.ceil(tokens / TOKENS_PER_CHUNK))
-    return total
-
-
-@functools.lru_cache(maxsize=1)
-def _shipped_tokenizer() -> CLIPTokenizer:
-    # Every SDXL checkpoint uses this BPE vocabulary; counting needs no loaded model.
-    tokenizer = CLIPTokenizer.from_pretrained(SDXL_CONFIG_DIR / "tokenizer", local_files_only=True)
-    tokenizer.model_max_length = 1 << 30  # we count long prompts, never feed them: no length warning
-    return tokenizer
+    return sum(clip_chunks(text) for text in workloads)
 
 
 # -- sizes -----------------------------------------------------------------------------------------

@@ -9,9 +9,11 @@ preparing those jobs later finds them done. Nothing is claimed or written here: 
 cancelled, taken by another process or changed by a reload meanwhile only costs a wasted expansion,
 and an expansion a job needs now goes first.
 
-``engine.expand_ahead``: "auto" is on where the expansion model runs on an NVIDIA GPU, on a CUDA
-stream of its own (on a CPU it would only share the render's cores; Apple's MPS backend is not
-made for two threads at once), "on" and "off" always and never.
+``engine.expand_ahead``: "on" and "off" always and never; "auto" is off. On an H100 the daemon's
+queue of expanded jobs was slower with it than with each expansion run when its job is prepared
+(1.76 against 1.42 s per image with CUDA graphs, 1.81 against 1.57 without; docs/benchmarks.md):
+the expansion's one-token steps on their own CUDA stream and its host loop compete with the render
+for the GPU and the interpreter, and cost more than the 64 ms an expansion takes in between.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ def expands_ahead(setting: str, expansion: PromptExpansion | None) -> bool:
 
 
 def expands_ahead_on(setting: str, device: torch.device) -> bool:
-    """``engine.expand_ahead = setting`` for an expansion model on ``device``."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    """``engine.expand_ahead = setting`` for an expansion model on ``device`` (any: "auto" is off)."""
+    return setting == "on"
 
 
 class ExpansionAhead:

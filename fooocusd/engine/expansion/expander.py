@@ -11,7 +11,10 @@ What it does, following Fooocus's documented behaviour ("Fooocus V2"):
 3. Each new token is drawn by top-k sampling (k = 100) among the tokens ``CuratedVocabulary``
    allows: curated words not yet in the text, and commas. If every curated word is used up
    before the boundary, generation stops there.
-4. Sampling uses a CPU ``torch.Generator`` seeded with ``seed % 2**32`` (Fooocus reduces the
+4. The added words that would carry the text past that chunk in CLIP's own tokens (the text
+   encoders'; the expansion tokenizer counts differently) are dropped from the end
+   (``fit_in_clip_chunks``): the expansion never costs another 77-token block.
+5. Sampling uses a CPU ``torch.Generator`` seeded with ``seed % 2**32`` (Fooocus reduces the
    image seed to numpy's range the same way): the same prompt and seed always give the same text.
 
 The model only computes logits, and only the candidates' (the curated words' tokens and the comma:
@@ -28,7 +31,8 @@ expansion prepared ahead never overlaps a graph capture.
 
 ``expand`` returns the **full expanded prompt** (the cleaned prompt, a comma, the added words),
 which is what Fooocus encodes as the last positive workload; ``expand_parts`` also returns the
-added words on their own and the token counts.
+added words on their own and the token counts (``generated_ids``: every token sampled, dropped
+words included).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from transformers import (
     TopKLogitsWarper,
 )
 
+from fooocusd.engine.clip_tokens import clip_chunks, clip_token_count
 from fooocusd.engine.expansion.static_step import StaticGPT2, supports
 from fooocusd.engine.expansion.tiny import build_tiny_model, build_tiny_tokenizer
 from fooocusd.engine.expansion.vocabulary import (
@@ -62,6 +67,7 @@ from fooocusd.engine.expansion.vocabulary import (
 )
 from fooocusd.engine.expansion.words import allowed_words, load_word_list
 from fooocusd.engine.graph_capture import CAPTURE_LOCK, CudaGraphBackend, GraphBackend
+from fooocusd.engine.weighting import TOKENS_PER_CHUNK
 from fooocusd.errors import ConfigError, OutOfMemory
 
 CHUNK_TOKENS = 75
@@ -91,6 +97,35 @@ def clean_expansion_text(text: str) -> str:
 def next_chunk_boundary(tokens: int) -> int:
     """The next multiple of 75 at or above ``tokens``."""
     return CHUNK_TOKENS * math.ceil(tokens / CHUNK_TOKENS)
+
+
+def joined(prompt: str, added: str) -> str:
+    return f"{prompt}, {added}" if added else prompt
+
+
+def fit_in_clip_chunks(prompt: str, added: str) -> str:
+    """The most of ``added``'s leading words with which the expanded prompt takes no more CLIP chunks
+    than ``prompt`` alone.
+
+    The expansion model's tokenizer is not CLIP's: 75 of its tokens are often 76-90 CLIP tokens, and
+    the few words past the chunk would cost the text encoders and every cross-attention a nearly
+    empty 77-token block, and put the image in another batch class (``batching.sequence_class``)
+    than its neighbours."""
+    if not added:
+        return added
+    limit = TOKENS_PER_CHUNK * clip_chunks(prompt)
+    words = added.split(" ")
+
+    def fits(count: int) -> bool:
+        return clip_token_count(joined(prompt, clean_expansion_text(" ".join(words[:count])))) <= limit
+
+    if fits(len(words)):
+        return added
+    low, high = 0, len(words)  # fits(low), not fits(high): CLIP counts each word on its own
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return clean_expansion_text(" ".join(words[:low]))
 
 
 class PromptExpander:
@@ -191,12 +226,15 @@ class PromptExpander:
                 "the accelerator ran out of memory during prompt expansion",
                 hint='the job is retried; free memory or set engine.expansion = "off"',
             ) from exc
-        added = clean_expansion_text(
-            self.tokenizer.decode(
-                list(generated), skip_special_tokens=True, clean_up_tokenization_spaces=False
-            )
+        added = fit_in_clip_chunks(
+            cleaned,
+            clean_expansion_text(
+                self.tokenizer.decode(
+                    list(generated), skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
+            ),
         )
-        text = f"{cleaned}, {added}" if added else cleaned
+        text = joined(cleaned, added)
         return Expansion(
             prompt=cleaned,
             added=added,
