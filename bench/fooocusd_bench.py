@@ -490,20 +490,35 @@ class Bench:
         report["same_bytes"] = bool(same)
         return report
 
-    def profile(self, keep_channels_last: str = "on") -> dict[str, Any]:
+    def profile(self, keep_channels_last: str = "on", *, small_with_graphs: bool = False) -> dict[str, Any]:
         """Where a batch of 4 at full size spends the device's time (``kernel_profile.py``): one
         render of the defaults (text encoding, 8 denoising steps, 4 decodes) under ``torch.profiler``,
         after a warm-up render that compiles. Without CUDA graphs, whose replays would hide which
-        operator launched each kernel."""
+        operator launched each kernel.
+
+        ``small_with_graphs``: one small image (512², 20 steps) on the defaults, CUDA graphs on, and
+        how busy its kernels keep the device: their summed time against the render's wall time
+        unprofiled (``device_busy_pct``; at 512² the UNet's steps take 40 % of a 1024² step's time
+        for a quarter of its pixels)."""
         from kernel_profile import kernel_table
         from torch.profiler import ProfilerActivity, profile
 
-        options = AccelerationOptions(vram="high", cuda_graphs="off", keep_channels_last=keep_channels_last)
-        engine = self.engine(replace(options, layout_on_cpu=self.tiny), batch_size=4)
+        graphs = "auto" if small_with_graphs else "off"
+        options = AccelerationOptions(vram="high", cuda_graphs=graphs, keep_channels_last=keep_channels_last)
+        size = 1 if small_with_graphs else 4
+        engine = self.engine(replace(options, layout_on_cpu=self.tiny), batch_size=size)
         engine.load()
-        requests = [self.request(seed=20 + i, steps=PROFILED_STEPS) for i in range(4)]
+        if small_with_graphs:
+            shape = {"width": self.small, "height": self.small, "steps": self.small_steps}
+        else:
+            shape = {"steps": PROFILED_STEPS}
+        requests = [self.request(seed=20 + i, **shape) for i in range(size)]
         engine.generate_batch(requests)
         self.sync()
+        mark = time.perf_counter()
+        engine.generate_batch(requests)
+        self.sync()
+        wall_ms = (time.perf_counter() - mark) * 1000
         on_device = self.device.type == "cuda"
         activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_device else [])]
         with profile(activities=activities) as profiled:
@@ -511,7 +526,10 @@ class Bench:
             self.sync()
         table = kernel_table(profiled.key_averages(), device=on_device)
         acceleration = engine.describe()["acceleration"]
-        return {"acceleration": acceleration, "batch_size": 4, "steps": PROFILED_STEPS, **table}
+        busy = {"wall_ms_unprofiled": round(wall_ms, 1)}
+        if on_device and wall_ms > 0:
+            busy["device_busy_pct"] = round(100 * table["total_ms"] / wall_ms, 1)
+        return {"acceleration": acceleration, "batch_size": size, **shape, **busy, **table}
 
     def variant(self, options: AccelerationOptions, keep: bool = False, **overrides: Any) -> dict[str, Any]:
         """One optimisation on its own: start to ready (load + first image) and 1024²/30 latency.
@@ -626,16 +644,20 @@ class Bench:
         also_compile: tuple[str, ...] = (),
         attention: str = "auto",
         compare_layouts: bool = False,
+        compiled_group_norm: bool = False,
     ) -> dict[str, Any]:
         """``size`` images in one UNet batch (different seeds and prompts), per image, against one alone.
         ``also_compile``: UNet module classes compiled too, beside regional compile's transformer
         blocks (an experiment: the engine has no setting for it yet). ``compare_layouts``: one seed
-        with activations kept channels_last against the copying path (``layout_agreement``)."""
+        with activations kept channels_last against the copying path (``layout_agreement``).
+        ``compiled_group_norm``: the kept GroupNorms through torch.compile (an experiment)."""
         self.reset_peak()
         mark = time.perf_counter()
         engine = self.engine(options, batch_size=size, attention=attention)
         engine.load()
         compiled_also = compile_modules(engine, also_compile) if also_compile else {}
+        if compiled_group_norm:
+            compiled_also["compiled_group_norms"] = compile_group_norms(engine)
         prompts = ("a lighthouse on a rocky coast at dusk", "a red fox in fresh snow", "an old tram, rain")
         requests = [self.request(seed=10 + i, prompt=prompts[i % len(prompts)]) for i in range(size)]
         engine.generate_batch(requests)  # warm-up (and compilation, when compiled)
@@ -884,7 +906,9 @@ class Bench:
             "batch_8": lambda: self.batched(defaults, size=8),
             "profile": self.profile,
             "profile_copies": lambda: self.profile(keep_channels_last="off"),
+            "profile_small_graphs": lambda: self.profile(small_with_graphs=True),
             "batch_4_copies": lambda: self.batched(replace(defaults, keep_channels_last="off")),
+            "batch_4_compiled_group_norm": lambda: self.batched(defaults, compiled_group_norm=True),
             "graphs": lambda: self.batched(replace(defaults, cuda_graphs="on")),
             "graphs_resnets_compiled": lambda: self.batched(
                 replace(defaults, cuda_graphs="on"), also_compile=RESNET_MODULES
@@ -1109,6 +1133,23 @@ def compile_modules(engine: SDXLEngine, classes: tuple[str, ...]) -> dict[str, A
             module.compile(mode=plan.compile_mode, dynamic=plan.compile_dynamic)
             counts[name] = counts.get(name, 0) + 1
     return {"also_compiled": counts}
+
+
+def compile_group_norms(engine: SDXLEngine) -> dict[str, int] | str:
+    """Route the UNet's and VAE's kept channels_last GroupNorms through torch.compile
+    (``keep_channels_last.compiled_group_norm_channels_last``); the first render compiles them."""
+    from fooocusd.engine.keep_channels_last import keep_channels_last, undo_keep_channels_last
+
+    plan = engine._accelerator.plan
+    pipeline = engine._pipeline
+    if plan is None or not plan.keep_channels_last or pipeline is None:
+        return "nothing: activations are not kept channels_last here"
+    counts = {}
+    for name in ("unet", "vae"):
+        model = getattr(pipeline, name)
+        undo_keep_channels_last(model)
+        counts[name] = keep_channels_last(model, compiled_norm=True).group_norms
+    return counts
 
 
 def _encoder_ops(engine: SDXLEngine) -> int:

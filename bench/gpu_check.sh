@@ -49,7 +49,8 @@ if [ "${SKIP_ANCHOR:-0}" != 1 ]; then
 fi
 
 # What is unmeasured first (docs/benchmarks.md, "Not measured yet"): the defaults, which since the
-# fourth H100 check keep activations channels_last, as one batch, as the daemon's queue and as a
+# fourth H100 check keep activations channels_last, as one batch (and with those GroupNorms
+# compiled: batch_4_compiled_group_norm, an experiment), as the daemon's queue and as a
 # queue of "Fooocus V2" jobs (inline and ahead; an expansion now stays inside its prompt's CLIP
 # chunk, so they batch by 4), the refinements on and off; where the GPU's time goes; cuDNN's own
 # algorithm timing, NCHW, graphs over the eager UNet; a fresh daemon's start to READY=1; then what
@@ -59,7 +60,7 @@ if [ "${SKIP_BENCH:-0}" = 1 ]; then
     tail -n 20 "$OUT/anchor.log"
     exit 0
 fi
-CASES=${CASES:-setup,batch_4,queue,queue_expansion_inline,queue_expansion,defaults,profile,batch_4_cudnn_benchmark,batch_4_nchw,graphs_eager,compiled_blocks_cuda_graphs,warm_start,low_vram,expansion,batch_4_sdpa,queue_decode_at_once,encoding_graphs,fp8,graphs_resnets_compiled,compiled_full_graphs,compiled_full_graphs_small}
+CASES=${CASES:-setup,batch_4,batch_4_compiled_group_norm,queue,queue_expansion_inline,queue_expansion,defaults,profile,profile_small_graphs,batch_4_cudnn_benchmark,batch_4_nchw,graphs_eager,compiled_blocks_cuda_graphs,warm_start,low_vram,expansion,batch_4_sdpa,queue_decode_at_once,encoding_graphs,fp8,graphs_resnets_compiled,compiled_full_graphs,compiled_full_graphs_small}
 # A case that crashes the process or leaves the GPU unusable (the bench then exits with 75) must not
 # cost the cases after it: the bench resumes in a fresh process from its report, at most twice,
 # within the same budget and timeout. A timeout (124) or an ordinary failure (1, 2) is not resumed.

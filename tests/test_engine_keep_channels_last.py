@@ -18,6 +18,7 @@ from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
 from fooocusd.engine.devices import HardwareFacts
 from fooocusd.engine.keep_channels_last import (
     KeptLayout,
+    compiled_group_norm_channels_last,
     group_norm_channels_last,
     keep_channels_last,
     undo_keep_channels_last,
@@ -74,6 +75,26 @@ def test_modules_use_it_for_channels_last_inputs_only_and_can_go_back() -> None:
 
     assert undo_keep_channels_last(wrapped) == KeptLayout(group_norms=1)
     assert "forward" not in vars(norm)
+
+
+def test_compiled_group_norm_matches_pytorch_at_every_size_with_few_compiles() -> None:
+    norm = nn.GroupNorm(8, 32)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    keep_channels_last(norm, compiled_norm=True)
+    torch._dynamo.reset()
+    compiled_group_norm_channels_last.cache_clear()
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    generator = torch.Generator().manual_seed(5)
+    for n, height, width in ((2, 6, 10), (2, 12, 8), (4, 7, 7), (2, 16, 16)):
+        nchw = torch.randn(n, 32, height, width, generator=generator) * 3 + 1
+        expected = F.group_norm(nchw, 8, norm.weight, norm.bias, norm.eps)
+        with torch.no_grad():
+            routed = norm(nchw.contiguous(memory_format=torch.channels_last))
+        assert routed.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(routed, expected, atol=1e-5, rtol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before <= 2  # not one per size
 
 
 def test_transformer_output_stays_channels_last_with_the_same_values() -> None:

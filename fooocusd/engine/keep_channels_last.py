@@ -20,6 +20,8 @@ time.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +71,17 @@ def group_norm_channels_last(
     return out
 
 
+@functools.cache
+def compiled_group_norm_channels_last() -> Callable[..., torch.Tensor]:
+    """``group_norm_channels_last`` under torch.compile, shapes dynamic (a few compiles per channel
+    count, not one per image size). Eager, its statistics are two passes over the tensor and its
+    multiply-add mixes bf16 pixels with float32 factors, which PyTorch runs as a slow, unvectorised
+    kernel (94 ms of a profiled 1,288, where a SiLU pass takes 21): compiled, the sums share one
+    pass and the multiply-add is one vectorised kernel with float32 arithmetic. An experiment of the
+    GPU check (``batch_4_compiled_group_norm``), not an engine setting yet."""
+    return torch.compile(group_norm_channels_last, dynamic=True, fullgraph=True)
+
+
 def _is_channels_last_image(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
@@ -76,6 +89,13 @@ def _is_channels_last_image(x: torch.Tensor) -> bool:
 def _group_norm_forward(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     if _is_channels_last_image(x):
         return group_norm_channels_last(x, module.num_groups, module.weight, module.bias, module.eps)
+    return F.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
+
+
+def _compiled_group_norm_forward(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    if _is_channels_last_image(x):
+        compiled = compiled_group_norm_channels_last()
+        return compiled(x, module.num_groups, module.weight, module.bias, module.eps)
     return F.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
 
 
@@ -106,13 +126,15 @@ def _is_continuous_transformer(module: Any) -> bool:
     )
 
 
-def keep_channels_last(model: Any) -> KeptLayout:
+def keep_channels_last(model: Any, *, compiled_norm: bool = False) -> KeptLayout:
     """Route ``model``'s GroupNorms and transformer outputs through the channels_last versions
-    above; returns how many. Weights stay the same tensors (LoRA folding, CUDA graphs)."""
+    above; returns how many. Weights stay the same tensors (LoRA folding, CUDA graphs).
+    ``compiled_norm``: GroupNorm through ``compiled_group_norm_channels_last``."""
+    group_norm_forward = _compiled_group_norm_forward if compiled_norm else _group_norm_forward
     group_norms = transformer_outputs = 0
     for module in model.modules():
         if isinstance(module, nn.GroupNorm) and "forward" not in vars(module):
-            module.forward = _group_norm_forward.__get__(module)  # type: ignore[method-assign]
+            module.forward = group_norm_forward.__get__(module)  # type: ignore[method-assign]
             group_norms += 1
         elif _is_continuous_transformer(module) and TRANSFORMER_OUTPUT not in vars(module):
             setattr(module, TRANSFORMER_OUTPUT, _transformer_output.__get__(module))
