@@ -123,6 +123,23 @@ def measure(expander: PromptExpander, count: int, warmup: int) -> dict[str, Any]
     }
 
 
+def measure_together(expander: PromptExpander, batches: int, rows: int = 4) -> dict[str, Any]:
+    """Seconds per prompt when ``rows`` prompts are expanded in one call (``expand_many``: one model
+    step advances all of them), after one warm-up batch."""
+    seconds: list[float] = []
+    for index in range(batches + 1):
+        items = [(PROMPTS[(index * rows + row) % len(PROMPTS)], index * rows + row) for row in range(rows)]
+        if expander.device.type == "cuda":
+            torch.cuda.synchronize(expander.device)
+        start = time.perf_counter()
+        expander.expand_many(items)
+        if expander.device.type == "cuda":
+            torch.cuda.synchronize(expander.device)
+        if index:
+            seconds.append((time.perf_counter() - start) / rows)
+    return {"rows": rows, "batches": batches, "median_s_per_prompt": statistics.median(seconds)}
+
+
 def markdown(report: dict[str, Any]) -> str:
     result = report["result"]
     rows = [

@@ -407,16 +407,18 @@ class Bench:
         }
 
     def expansion(self) -> dict[str, Any]:
-        from expansion_latency import build_expander, measure, through_the_models_forward
+        from expansion_latency import build_expander, measure, measure_together, through_the_models_forward
 
         model = "tiny-random" if self.tiny else "gpt2-random"
         expander = build_expander(model, self.device, self.dtype)
         static = measure(expander, count=10, warmup=2)
         growing = measure(through_the_models_forward(expander), count=10, warmup=2)
+        together = measure_together(expander, batches=4)
         step = expander.static_step
         return {
             "model": model,
             **static,
+            "four_together": together,
             "static_step": step is not None,
             "step_graph_captures": step.captures if step is not None else 0,
             "models_forward": {key: growing[key] for key in ("median_s", "ms_per_token")},

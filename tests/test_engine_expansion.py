@@ -31,6 +31,7 @@ from fooocusd.engine.expansion.expander import (
     fit_in_clip_chunks,
     joined,
 )
+from fooocusd.engine.expansion.static_step import StaticGPT2
 from fooocusd.engine.expansion.vocabulary import CuratedVocabulary
 from fooocusd.engine.expansion.words import WORDS_FILE, allowed_words, load_word_list
 from fooocusd.engine.styles import Workloads
@@ -288,6 +289,40 @@ def test_fitting_an_expansion_drops_words_from_its_end_only() -> None:
     assert clip_token_count(joined("a red fox", " ".join(fitted))) <= 75
     assert clip_token_count(joined("a red fox", " ".join(words[: len(fitted) + 1]))) > 75
     assert fit_in_clip_chunks("a red fox", "misty dawn") == "misty dawn"
+
+
+def with_four_rows(expander: PromptExpander) -> PromptExpander:
+    """The expander with a GPU's four-row static step, on the CPU."""
+    candidates = expander.vocabulary.candidate_ids
+    expander.static_step = StaticGPT2(expander.model, None, candidates, rows=4)
+    return expander
+
+
+def test_prompts_expanded_together_get_the_texts_they_get_alone() -> None:
+    tiny = with_four_rows(PromptExpander.tiny_random())
+    items = [(prompt, seed) for seed, prompt in enumerate((*QUEUE_PROMPTS, "", "a quiet harbour at night"))]
+
+    together = tiny.expand_many(items)
+
+    assert together == [tiny.expand_parts(prompt, seed) for prompt, seed in items]
+    one_row = PromptExpander.tiny_random()
+    assert one_row.static_step is not None and one_row.static_step.rows == 1  # on a CPU
+    assert together == one_row.expand_many(items)
+    assert together[-2].text == "" and together[3].target_tokens > 75  # a blank one and a longer one
+
+
+def test_expanding_together_advances_every_prompt_with_each_model_step() -> None:
+    tiny = with_four_rows(PromptExpander.tiny_random())
+    assert tiny.static_step is not None
+    calls = []
+    step_rows = tiny.static_step.step_rows
+    tiny.static_step.step_rows = lambda tokens: calls.append(len(tokens)) or step_rows(tokens)  # type: ignore[method-assign]
+    items = [(f"{QUEUE_PROMPTS[1]} {index}", index) for index in range(4)]
+
+    expansions = tiny.expand_many(items)
+
+    longest = max(len(expansion.generated_ids) for expansion in expansions)
+    assert calls == [4] * (longest - 1)  # one step per token of the longest, not per token of all
 
 
 # -- engine.expansion ----------------------------------------------------------------------------

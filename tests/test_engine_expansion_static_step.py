@@ -63,6 +63,26 @@ def test_with_candidates_the_step_returns_only_their_logits_in_their_order() -> 
         torch.testing.assert_close(static, reference[list(candidates)], rtol=1e-4, atol=1e-5)
 
 
+def test_rows_step_together_each_with_the_logits_it_gets_alone() -> None:
+    model = _gpt2()
+    step = StaticGPT2(model, rows=4)
+    prompts = [PROMPT_IDS, PROMPT_IDS[:4], (7, 3)]
+    tokens = [[31, 8, 200], [5, None, None], [140, 77, 9]]  # the second row finishes after one
+
+    logits = [step.start_rows(prompts, 75)]
+    logits += [step.step_rows([row[index] for row in tokens]) for index in range(3)]
+
+    assert step.rows == 4 and logits[0].shape == (3, 300)
+    for row, prompt in enumerate(prompts):
+        alone = StaticGPT2(model)
+        assert alone.rows == 1  # on a CPU
+        expected = [alone.start(prompt, 75)]
+        fed = [token for token in tokens[row] if token is not None]
+        expected += [alone.step(token) for token in fed]
+        for index, reference in enumerate(expected):
+            torch.testing.assert_close(logits[index][row], reference, rtol=1e-4, atol=1e-5)
+
+
 def test_a_second_sequence_in_the_same_cache_ignores_what_the_first_left_there() -> None:
     model = _gpt2()
     step = StaticGPT2(model)

@@ -1,5 +1,6 @@
-"""Prompt expansion ahead of the render (``engine.expand_ahead``): the remembered expansions, the
-thread that runs them, and the worker that offers it the next queued jobs.
+"""Prompt expansion ahead of the render (``engine.expand_ahead``) and together before a claim: the
+remembered expansions, the thread that runs them ahead, and the worker that offers it (or expands
+together) the next queued jobs.
 
 The expansion is the real tiny random expander; the worker tests use a scripted engine (a unit
 test of the worker layer), with the real journal, outbox and writer.
@@ -47,6 +48,9 @@ class ScriptedExpander:
             assert self.release.wait(timeout=30)
         text = f"{prompt}, word{seed}"
         return Expansion(prompt, f"word{seed}", text, (), (), 0)
+
+    def expand_many(self, items: list[tuple[str, int]]) -> list[Expansion]:
+        return [self.expand_parts(prompt, seed) for prompt, seed in items]
 
 
 def scripted(expander: ScriptedExpander) -> PromptExpansion:
@@ -107,6 +111,21 @@ def test_an_expansion_a_job_needs_now_goes_before_the_next_expansion_ahead() -> 
 
     assert expander.calls == ["ahead 1", "needed now", "ahead 2"]
     assert (expansion.expanded, expansion.expanded_ahead) == (3, 2)
+
+
+def test_collected_pairs_are_expanded_together_once_and_remembered() -> None:
+    expander = ScriptedExpander()
+    expansion = scripted(expander)
+    with expansion.collecting() as pairs:
+        collected = [expansion.apply(fooocus_v2(prompt), 4) for prompt in ("one", "two", "one")]
+    assert pairs == [("one", 4), ("two", 4), ("one", 4)]
+    assert all(workloads.positive == [workloads.expansion_prompt] for workloads in collected)
+    assert expander.calls == []
+
+    assert expansion.expand_together(pairs) == 2
+    assert expansion.expand_together(pairs) == 0
+    assert expansion.apply(fooocus_v2("two"), 4).expanded_prompt == "two, word4"
+    assert expander.calls == ["one", "two"] and expansion.expanded == 2
 
 
 def test_two_threads_expanding_at_once_get_what_one_thread_gets() -> None:
@@ -194,14 +213,26 @@ def test_the_next_jobs_are_expanded_while_the_current_image_renders(setup) -> No
         assert record["expanded_prompt"] == wanted.expanded_prompt != prompt
 
 
-def test_with_expand_ahead_off_each_job_is_expanded_when_it_is_prepared(setup) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    _, _, journal = setup
+def test_with_expand_ahead_off_the_next_jobs_are_expanded_together_before_their_claim(setup) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    _, folders, journal = setup
     expansion = PromptExpansion(tiny_random=True)
-    jobs = [_fooocus_v2_job(journal, name, seed) for name, seed in (("fox", 1), ("owl", 2))]
+    expander = expansion.load()
+    assert expander is not None
+    together: list[int] = []
+    expand_many = expander.expand_many
+    expander.expand_many = lambda items: together.append(len(items)) or expand_many(items)  # type: ignore[method-assign]
+    jobs = [_fooocus_v2_job(journal, name, seed) for name, seed in (("fox", 1), ("owl", 2), ("elk", 3))]
     worker = _expanding_worker(setup, OneAtATime(), expansion, "off")
     _drain(worker)
-    assert _states(journal, *jobs) == [("done", 1)] * 2
-    assert (expansion.expanded, expansion.expanded_ahead) == (2, 0)
+
+    assert _states(journal, *jobs) == [("done", 1)] * 3
+    assert (expansion.expanded, expansion.expanded_ahead) == (3, 0)
+    assert together == [2, 1]  # the next two jobs (batches of one here: at least two), then the last
+    reference = PromptExpansion(tiny_random=True)
+    for path in sorted(folders.outbox.rglob("*.json")):
+        record = json.loads(path.read_text())
+        wanted = reference.apply(fooocus_v2(record["prompt"]), record["seed"])
+        assert record["expanded_prompt"] == wanted.expanded_prompt != record["prompt"]
 
 
 def test_a_broken_job_offered_ahead_fails_only_when_it_is_prepared(setup) -> None:  # type: ignore[no-untyped-def]  # noqa: F811

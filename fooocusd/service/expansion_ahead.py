@@ -27,7 +27,6 @@ import torch
 from loguru import logger
 
 from fooocusd.engine.expansion import PromptExpansion
-from fooocusd.errors import FooocusdError
 from fooocusd.journal.rows import JobRow
 from fooocusd.service.job_prep import PrepContext, expand_ahead
 
@@ -83,10 +82,5 @@ class ExpansionAhead:
             if offer is None or self._stop.is_set():
                 return
             job, context = offer
-            try:
-                with self.expansion.ahead():
-                    expand_ahead(job, context)
-            except FooocusdError as exc:  # out of memory and the like: the job meets it when prepared
-                logger.debug("expansion ahead of job {} skipped: {}", job.id, exc.explain().splitlines()[0])
-            except Exception:
-                logger.opt(exception=True).warning("expansion ahead of job {} failed", job.id)
+            with self.expansion.ahead():
+                expand_ahead(job, context)  # never raises: a failing job meets its error when prepared

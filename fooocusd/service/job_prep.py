@@ -163,16 +163,17 @@ def prepare_job(job: JobRow, source: InputRow, context: PrepContext) -> Prepared
 
 def expand_ahead(job: JobRow, context: PrepContext) -> None:
     """Run the prompt expansions ``prepare_job`` will ask for, so that they are remembered
-    (``PromptExpansion.ahead``). A job whose spec or preset is broken is skipped: preparing it
-    reports that."""
+    (``PromptExpansion.ahead``), or record them (``PromptExpansion.collecting``). A job whose spec,
+    preset or prompt is broken (a runaway wildcard, say), or whose expansion fails, is skipped:
+    preparing it reports that, against that job."""
     try:
         spec = JobSpec.model_validate_json(job.spec_json)
         _preset, requests = _resolve(spec, context)
+        wildcards = WildcardLibrary(context.folders.wildcards)
+        for index, request in enumerate(requests):
+            with_styles(request, index, wildcards, context.styles, context.expansion)
     except Exception:
         return
-    wildcards = WildcardLibrary(context.folders.wildcards)
-    for index, request in enumerate(requests):
-        with_styles(request, index, wildcards, context.styles, context.expansion)
 
 
 def _resolve(spec: JobSpec, context: PrepContext) -> tuple[Preset, list[GenerationRequest]]:

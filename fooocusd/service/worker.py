@@ -12,9 +12,9 @@ Two things keep the GPU busy:
   while the next ones render. Up to one batch of publications is outstanding, so a batch's images
   are all handed over at once; a job is finished only after all of its publications succeeded,
   and a failed one is charged to its own job.
-* Expansion ahead (``engine.expand_ahead``): before each render, the next queued jobs' prompt
-  expansions are handed to a thread of their own (``expansion_ahead.py``), so preparing those jobs
-  later does not wait for them.
+* Expansions together: before a claim, the next queued jobs' prompt expansions run in one go, a
+  batch's worth per model step (``_expand_upcoming``); with ``engine.expand_ahead = "on"`` they are
+  handed to a thread of their own instead (``expansion_ahead.py``), while the current batch renders.
 """
 
 from __future__ import annotations
@@ -51,7 +51,14 @@ from fooocusd.service.image_prompt_inputs import (
     take_control_images,
     wants_control_images,
 )
-from fooocusd.service.job_prep import PreparedJob, PrepContext, job_label, prepare_job, with_styles
+from fooocusd.service.job_prep import (
+    PreparedJob,
+    PrepContext,
+    expand_ahead,
+    job_label,
+    prepare_job,
+    with_styles,
+)
 from fooocusd.service.publisher import Publisher
 from fooocusd.service.worker_events import NoWorkerEvents, WorkerEvents
 from fooocusd.settings import OutboxSettings, Settings
@@ -170,7 +177,29 @@ class Worker:
     def _claim(self) -> JobRow | None:
         if not self.may_claim():
             return None
+        self._expand_upcoming()
         return self.journal.claim_next_job(self.settings.journal.lease_seconds)
+
+    def _expand_upcoming(self) -> None:
+        """Before a claim: the "Fooocus V2" expansions of the jobs claimed next, run together (one
+        model step advances a batch's worth of them), so that preparing each job finds its own
+        done. Not with ``expand_ahead``, whose thread runs them."""
+        expansion = self.expansion
+        if expansion is None or expands_ahead(self.settings.engine.expand_ahead, expansion):
+            return
+        if not expansion.enabled:
+            return
+        context = self._prep_context()
+        try:  # only ever a head start: whatever fails here, each job meets when it is prepared
+            with expansion.collecting() as pairs:  # expand_ahead only records the pairs in here
+                for job in self.journal.next_runnable_jobs(max(2, batching.batch_limit(self.engine))):
+                    expand_ahead(job, context)
+            if pairs:
+                expansion.expand_together(pairs)
+        except FooocusdError as exc:  # out of memory and the like
+            logger.debug("expanding the next jobs together skipped: {}", exc.explain().splitlines()[0])
+        except Exception:
+            logger.opt(exception=True).warning("expanding the next jobs together failed")
 
     def _admit(self, job: JobRow) -> PreparedJob | None:
         """Prepare a claimed job; None when it ended at once (its own error, or nothing left to render)."""

@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import math
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,36 +214,80 @@ class PromptExpander:
         return self.expand_parts(prompt, seed).text
 
     def expand_parts(self, prompt: str, seed: int) -> Expansion:
+        return self.expand_many([(prompt, seed)])[0]
+
+    def expand_many(self, items: Sequence[tuple[str, int]]) -> list[Expansion]:
+        """``expand_parts`` for each (prompt, seed), in order. Prompts of the same target length run
+        together, as many at a time as the static GPT-2 step has rows (4 on a GPU; each step
+        advances all of them); each text is the same as it would be alone."""
+        plans = [self._plan(prompt, seed) for prompt, seed in items]
+        generated: dict[int, tuple[int, ...]] = {}
+        waiting = [index for index, plan in enumerate(plans) if plan.new_tokens > 0]
+        by_target = sorted(waiting, key=lambda index: plans[index].target)
+        per_step = self.static_step.rows if self.static_step is not None else 1
+        for _target, group in itertools.groupby(by_target, key=lambda index: plans[index].target):
+            indices = list(group)
+            for start in range(0, len(indices), per_step):
+                rows = indices[start : start + per_step]
+                for index, tokens in zip(rows, self._sample([plans[i] for i in rows]), strict=True):
+                    generated[index] = tokens
+        return [self._expansion(plan, generated.get(index, ())) for index, plan in enumerate(plans)]
+
+    def _plan(self, prompt: str, seed: int) -> _Plan:
         cleaned = clean_expansion_text(prompt)
         if not cleaned:
-            return Expansion(prompt="", added="", text="", prompt_ids=(), generated_ids=(), target_tokens=0)
+            return _Plan(cleaned="", prompt_ids=(), target=0, seed=seed)
         prompt_ids = tuple(int(i) for i in self.tokenizer(cleaned + ",")["input_ids"])
         target = min(next_chunk_boundary(len(prompt_ids)), self.max_tokens)
+        return _Plan(cleaned=cleaned, prompt_ids=prompt_ids, target=target, seed=seed)
+
+    def _expansion(self, plan: _Plan, generated: tuple[int, ...]) -> Expansion:
+        if not plan.cleaned:
+            return Expansion(prompt="", added="", text="", prompt_ids=(), generated_ids=(), target_tokens=0)
+        decoded = self.tokenizer.decode(
+            list(generated), skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        added = fit_in_clip_chunks(plan.cleaned, clean_expansion_text(decoded))
+        return Expansion(
+            prompt=plan.cleaned,
+            added=added,
+            text=joined(plan.cleaned, added),
+            prompt_ids=plan.prompt_ids,
+            generated_ids=generated,
+            target_tokens=plan.target,
+        )
+
+    def _sample(self, plans: list[_Plan]) -> list[tuple[int, ...]]:
+        """The tokens drawn for prompts of one target length, one per row of the static step."""
         try:
-            with self._running():
-                generated = self._sample(prompt_ids, max(0, target - len(prompt_ids)), seed)
+            with self._running(), torch.inference_mode():
+                draws = [_Draw(self, plan) for plan in plans]
+                if self.static_step is None:
+                    for draw, plan in zip(draws, plans, strict=True):
+                        self._draw_alone(draw, plan)
+                else:
+                    self._draw_rows(self.static_step, draws, plans)
         except torch.OutOfMemoryError as exc:
             raise OutOfMemory(
                 "the accelerator ran out of memory during prompt expansion",
                 hint='the job is retried; free memory or set engine.expansion = "off"',
             ) from exc
-        added = fit_in_clip_chunks(
-            cleaned,
-            clean_expansion_text(
-                self.tokenizer.decode(
-                    list(generated), skip_special_tokens=True, clean_up_tokenization_spaces=False
-                )
-            ),
-        )
-        text = joined(cleaned, added)
-        return Expansion(
-            prompt=cleaned,
-            added=added,
-            text=text,
-            prompt_ids=prompt_ids,
-            generated_ids=generated,
-            target_tokens=target,
-        )
+        return [tuple(draw.generated) for draw in draws]
+
+    def _draw_rows(self, steps: StaticGPT2, draws: list[_Draw], plans: list[_Plan]) -> None:
+        logits = steps.start_rows([plan.prompt_ids for plan in plans], plans[0].target)
+        while True:
+            drawn = [draw.next(row) for draw, row in zip(draws, logits, strict=True)]
+            fed = [token if draw.wants_more else None for token, draw in zip(drawn, draws, strict=True)]
+            if all(token is None for token in fed):
+                return
+            logits = steps.step_rows(fed)
+
+    def _draw_alone(self, draw: _Draw, plan: _Plan) -> None:
+        steps = _GrowingCacheSteps(self.model, self.vocabulary.candidate_ids)
+        logits = steps.start(plan.prompt_ids, plan.target)
+        while (token := draw.next(logits)) is not None and draw.wants_more:
+            logits = steps.step(token)
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -254,33 +299,54 @@ class PromptExpander:
             with CAPTURE_LOCK, torch.cuda.stream(self._stream):
                 yield
 
-    @torch.inference_mode()
-    def _sample(self, prompt_ids: tuple[int, ...], new_tokens: int, seed: int) -> tuple[int, ...]:
-        if new_tokens <= 0:
-            return ()
+
+@dataclass(frozen=True)
+class _Plan:
+    """One prompt's expansion before sampling: the cleaned text, its ids and the length to reach."""
+
+    cleaned: str
+    prompt_ids: tuple[int, ...]
+    target: int
+    seed: int
+
+    @property
+    def new_tokens(self) -> int:
+        return max(0, self.target - len(self.prompt_ids))
+
+
+class _Draw:
+    """One prompt's sampling: its own generator, the words it may still use, the tokens drawn."""
+
+    def __init__(self, expander: PromptExpander, plan: _Plan) -> None:
         # Sampled on the CPU from our own generator: deterministic per seed, and the global RNG
         # (which the image engine and other threads rely on) is left alone.
-        generator = torch.Generator(device="cpu").manual_seed(int(seed) % SEED_RANGE)
-        state = VocabularyState(self.vocabulary, prompt_ids)
-        candidates = self.vocabulary.candidate_ids
-        steps = self.static_step or _GrowingCacheSteps(self.model, candidates)
-        logits = steps.start(prompt_ids, len(prompt_ids) + new_tokens)
+        self.generator = torch.Generator(device="cpu").manual_seed(int(plan.seed) % SEED_RANGE)
+        self.state = VocabularyState(expander.vocabulary, plan.prompt_ids)
+        self.candidates = expander.vocabulary.candidate_ids
+        self.top_k_warper = expander.top_k_warper
+        self.left = plan.new_tokens
+        self.generated: list[int] = []
+
+    @property
+    def wants_more(self) -> bool:
+        # Every curated word used: stop rather than add commas only.
+        return self.left > 0 and self.state.words_left
+
+    def next(self, logits: torch.Tensor) -> int | None:
+        """The next token, drawn from ``logits`` (the candidates'); None once the prompt is done."""
+        if not self.wants_more:
+            return None
         no_ids = torch.empty((1, 0), dtype=torch.long)  # top-k looks at the scores only
-        generated: list[int] = []
-        for index in range(new_tokens):
-            if not state.words_left:
-                break  # every curated word is used: stop rather than add commas only
-            scores = self.top_k_warper(no_ids, state.mask(logits[None]))
-            # One uniform draw per token (with replacement: the same for a single draw); without
-            # replacement, torch draws one exponential per candidate.
-            probabilities = torch.softmax(scores, dim=-1)
-            drawn = int(torch.multinomial(probabilities, 1, replacement=True, generator=generator))
-            token = candidates[drawn]
-            generated.append(token)
-            state.add(token)
-            if index + 1 < new_tokens:
-                logits = steps.step(token)
-        return tuple(generated)
+        scores = self.top_k_warper(no_ids, self.state.mask(logits[None]))
+        # One uniform draw per token (with replacement: the same for a single draw); without
+        # replacement, torch draws one exponential per candidate.
+        probabilities = torch.softmax(scores, dim=-1)
+        drawn = int(torch.multinomial(probabilities, 1, replacement=True, generator=self.generator))
+        token = self.candidates[drawn]
+        self.generated.append(token)
+        self.state.add(token)
+        self.left -= 1
+        return token
 
 
 class _GrowingCacheSteps:

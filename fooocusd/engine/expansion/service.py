@@ -18,6 +18,10 @@ Expansions are remembered by (prompt, seed), the last ``MEMO_SIZE`` of them: the
 seed always give the same text, so a job prepared again (a reload, a retry) or prepared ahead
 (``service/expansion_ahead.py``, inside ``ahead()``) is not expanded twice. An expansion prepared
 ahead gives way to one a job needs now.
+
+Together: the worker collects the next jobs' (prompt, seed) pairs (``collecting()``: ``apply``
+then records instead of expanding) and runs them with ``expand_together`` before preparing those
+jobs, so one model step advances a whole batch's expansions (``PromptExpander.expand_many``).
 """
 
 from __future__ import annotations
@@ -157,6 +161,10 @@ class PromptExpansion:
         )
         if not workloads.expansion:
             return plain
+        collected = getattr(self._local, "collected", None)
+        if collected is not None:
+            collected.append((workloads.expansion_prompt, seed))
+            return plain
         expander = self.load()
         if expander is None:
             return dataclasses.replace(plain, expansion_status=self.unavailable)
@@ -171,6 +179,34 @@ class PromptExpansion:
             expansion_text=expansion.added,
             expanded_prompt=expansion.text,
         )
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[list[tuple[str, int]]]:
+        """Inside the block, this thread's ``apply`` calls record the (prompt, seed) pairs they would
+        expand, in the list yielded, and leave their workloads unexpanded."""
+        pairs: list[tuple[str, int]] = []
+        self._local.collected = pairs
+        try:
+            yield pairs
+        finally:
+            self._local.collected = None
+
+    def expand_together(self, pairs: list[tuple[str, int]]) -> int:
+        """Expand the pairs not remembered yet, several per model step, and remember them; how many
+        ran."""
+        expander = self.load()
+        if expander is None:
+            return 0
+        with self._expanding:
+            missing = list(dict.fromkeys(pair for pair in pairs if pair not in self._memo))
+            if not missing:
+                return 0
+            for pair, expansion in zip(missing, expander.expand_many(missing), strict=True):
+                self._memo[pair] = expansion
+            while len(self._memo) > MEMO_SIZE:
+                self._memo.popitem(last=False)
+            self.expanded += len(missing)
+        return len(missing)
 
     @contextlib.contextmanager
     def ahead(self) -> Iterator[None]:

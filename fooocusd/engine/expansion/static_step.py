@@ -16,6 +16,14 @@ transformers' forward within float rounding. Each capture is checked
 against the eager step; a mismatch or a capture error leaves that cache length eager, with a
 warning. Only plain GPT-2 (``model_type`` "gpt2", no cross-attention or reordered upcast attention)
 takes this path; ``supports`` says why another model does not.
+
+Rows: on a GPU every cache holds ``ROWS`` sequences, and each step advances all of them at once
+(each at its own position, with its own mask), so several prompts expand for the price of one: at
+one token per step a GPU step is bound by launches and weight reads, not by the rows. A prompt
+always runs in a cache of that many rows, alone or beside others, and every operation works row by
+row (its matrix products see the same shapes either way), so a prompt's logits do not depend on its
+neighbours. On a CPU the matrix products cost in proportion to the rows (four rows took 2.5 times
+as long as one), so a cache there holds one.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ from fooocusd.engine.graph_capture import CaptureRefused, GraphBackend, capture_
 
 MAX_CACHES = 4
 """Cache lengths kept (with their graphs); prompts of up to 75 tokens all use the first, 75."""
+ROWS = 4
+"""Sequences per cache on a GPU: a batch of images' expansions in one step
+(``batching.AUTO_BATCH_SIZE_ON_GPU``)."""
 
 
 def supports(model: torch.nn.Module) -> str:
@@ -50,29 +61,41 @@ def supports(model: torch.nn.Module) -> str:
 
 @dataclass
 class _Cache:
-    """Key and value buffers for every layer, (1, heads, length, head width) each, plus the graph."""
+    """Key and value buffers for every layer, (rows, heads, length, head width) each, plus the graph."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    token: torch.Tensor
-    """The step's static input: (1, 1) token id."""
-    position: torch.Tensor
-    """The step's static input: (1,) position of that token."""
+    tokens: torch.Tensor
+    """The step's static input: (rows, 1) token ids."""
+    positions: torch.Tensor
+    """The step's static input: (rows, 1) position of each row's token."""
     replay: Callable[[], None] | None = None
     output: torch.Tensor | None = None
     eager_reason: str = ""
 
+    @property
+    def length(self) -> int:
+        return int(self.keys[0].shape[2])
+
+    def row(self, index: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One row's key and value buffers, as views (writes land in the cache)."""
+        keys = [layer[index : index + 1] for layer in self.keys]
+        return keys, [layer[index : index + 1] for layer in self.values]
+
 
 class StaticGPT2:
-    """Next-token logits for one sequence at a time: ``start(prompt_ids)``, then ``step(token)``."""
+    """Next-token logits for up to ``rows`` sequences at a time: ``start_rows(prompts)``, then
+    ``step_rows(tokens)``; ``start`` and ``step`` for one."""
 
     def __init__(
         self,
         model: torch.nn.Module,
         backend: GraphBackend | None = None,
         candidates: Sequence[int] | None = None,
+        rows: int | None = None,
     ) -> None:
-        """``candidates``: the token ids whose logits the steps return, in that order (None: all)."""
+        """``candidates``: the token ids whose logits the steps return, in that order (None: all).
+        ``rows``: sequences per cache (None: ``ROWS`` on a GPU, 1 elsewhere)."""
         reason = supports(model)
         if reason:
             raise ValueError(f"the static expansion step needs plain GPT-2: {reason}")
@@ -80,13 +103,14 @@ class StaticGPT2:
         head = model.lm_head
         bias = getattr(head, "bias", None)
         with torch.no_grad():
-            rows = None if candidates is None else torch.tensor(list(candidates), device=head.weight.device)
-            self._head_weight = head.weight if rows is None else head.weight[rows].contiguous()
-            self._head_bias = bias if bias is None or rows is None else bias[rows]
+            kept = None if candidates is None else torch.tensor(list(candidates), device=head.weight.device)
+            self._head_weight = head.weight if kept is None else head.weight[kept].contiguous()
+            self._head_bias = bias if bias is None or kept is None else bias[kept]
         self._backend = backend
+        self.rows = rows or (ROWS if head.weight.device.type == "cuda" else 1)
         self._caches: OrderedDict[int, _Cache] = OrderedDict()
         self._cache: _Cache | None = None
-        self._next_position = 0
+        self._next_positions: list[int] = []
         self.captures = 0
         self.replays = 0
 
@@ -94,34 +118,60 @@ class StaticGPT2:
     def device(self) -> torch.device:
         return self.model.lm_head.weight.device
 
-    @torch.inference_mode()
     def start(self, prompt_ids: tuple[int, ...], length: int) -> torch.Tensor:
-        """Run the prompt into a cache of ``length`` positions; the logits after its last token
-        (float32, on the CPU, shape (candidates,))."""
-        if not 0 < len(prompt_ids) <= length:
-            raise ValueError(f"a prompt of {len(prompt_ids)} tokens does not fit a cache of {length}")
-        self._cache = self._cache_of(length)
-        tokens = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        positions = torch.arange(len(prompt_ids), device=self.device)
-        logits = self._forward(self._cache, tokens, positions)
-        self._next_position = len(prompt_ids)
-        return logits.to("cpu", torch.float32, copy=True)  # a replay rewrites its output
+        """``start_rows`` for one prompt: its logits, shape (candidates,)."""
+        return self.start_rows([prompt_ids], length)[0]
+
+    def step(self, token: int) -> torch.Tensor:
+        """``step_rows`` for one sequence: the logits after ``token``, shape (candidates,)."""
+        return self.step_rows([token])[0]
 
     @torch.inference_mode()
-    def step(self, token: int) -> torch.Tensor:
-        """Append ``token``; the logits for the position after it (float32, CPU, (candidates,))."""
+    def start_rows(self, prompts: Sequence[tuple[int, ...]], length: int) -> torch.Tensor:
+        """Run up to ``rows`` prompts into the rows of a cache of ``length`` positions; the logits after
+        each one's last token (float32, on the CPU, shape (prompts, candidates))."""
+        if not 0 < len(prompts) <= self.rows:
+            raise ValueError(f"{len(prompts)} prompts: a cache holds 1 to {self.rows}")
+        for prompt_ids in prompts:
+            if not 0 < len(prompt_ids) <= length:
+                raise ValueError(f"a prompt of {len(prompt_ids)} tokens does not fit a cache of {length}")
+        self._cache = cache = self._cache_of(length)
+        logits = []
+        for index, prompt_ids in enumerate(prompts):
+            keys, values = cache.row(index)
+            tokens = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+            positions = torch.arange(len(prompt_ids), device=self.device)[None]
+            logits.append(self._forward(keys, values, tokens, positions))
+        self._next_positions = [len(prompt_ids) for prompt_ids in prompts]
+        return torch.cat(logits).to("cpu", torch.float32)
+
+    @torch.inference_mode()
+    def step_rows(self, tokens: Sequence[int | None]) -> torch.Tensor:
+        """Append each row's token (None: that row is finished and stays where it is); the logits for
+        the position after it (float32, CPU, shape (len(tokens), candidates); a finished row's are
+        meaningless)."""
         cache = self._cache
         if cache is None:
-            raise RuntimeError("start() a sequence before stepping it")
-        if self._next_position >= cache.keys[0].shape[2]:
-            raise ValueError("the sequence is already as long as its cache")
-        cache.token.fill_(token)
-        cache.position.fill_(self._next_position)
-        self._next_position += 1
+            raise RuntimeError("start_rows() before stepping")
+        if len(tokens) != len(self._next_positions):
+            raise ValueError(f"{len(tokens)} tokens for {len(self._next_positions)} started rows")
+        ids, positions = [0] * self.rows, [0] * self.rows
+        for index, token in enumerate(tokens):
+            position = self._next_positions[index]
+            if token is None:
+                # A finished row rewrites its last position: nothing reads it any more.
+                positions[index] = min(position, cache.length - 1)
+                continue
+            if position >= cache.length:
+                raise ValueError("the sequence is already as long as its cache")
+            ids[index], positions[index] = token, position
+            self._next_positions[index] = position + 1
+        cache.tokens.copy_(torch.tensor(ids, dtype=torch.long)[:, None])
+        cache.positions.copy_(torch.tensor(positions, dtype=torch.long)[:, None])
         logits = self._replayed(cache)
         if logits is None:
-            logits = self._forward(cache, cache.token, cache.position)
-        return logits.to("cpu", torch.float32, copy=True)  # a replay rewrites its output
+            logits = self._forward(cache.keys, cache.values, cache.tokens, cache.positions)
+        return logits[: len(tokens)].to("cpu", torch.float32, copy=True)  # a replay rewrites its output
 
     def _replayed(self, cache: _Cache) -> torch.Tensor | None:
         """The step through the cache's CUDA graph (captured on first use); None: run it eagerly."""
@@ -140,15 +190,16 @@ class StaticGPT2:
         assert self._backend is not None
 
         def run() -> torch.Tensor:
-            # Each run writes this step's key and value at the same position: repeating it is harmless.
-            return self._forward(cache, cache.token, cache.position)
+            # Each run writes this step's keys and values at the same positions: repeating it is harmless.
+            return self._forward(cache.keys, cache.values, cache.tokens, cache.positions)
 
         try:
             cache.replay, cache.output = capture_checked(self._backend, run)
         except CaptureRefused as refusal:
             cache.eager_reason = str(refusal)
-            length = cache.keys[0].shape[2]
-            logger.warning("prompt expansion runs without a CUDA graph for {} tokens: {}", length, refusal)
+            logger.warning(
+                "prompt expansion runs without a CUDA graph for {} tokens: {}", cache.length, refusal
+            )
             return
         self.captures += 1
 
@@ -161,33 +212,40 @@ class StaticGPT2:
             self._caches.popitem(last=False)
         config = self.model.config
         heads = int(config.n_head)
-        shape = (1, heads, length, int(config.n_embd) // heads)
+        shape = (self.rows, heads, length, int(config.n_embd) // heads)
         weight = self.model.lm_head.weight
         layers = range(int(config.n_layer))
         cache = _Cache(
             keys=[torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in layers],
             values=[torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in layers],
-            token=torch.zeros((1, 1), dtype=torch.long, device=weight.device),
-            position=torch.zeros((1,), dtype=torch.long, device=weight.device),
+            tokens=torch.zeros((self.rows, 1), dtype=torch.long, device=weight.device),
+            positions=torch.zeros((self.rows, 1), dtype=torch.long, device=weight.device),
         )
         self._caches[length] = cache
         return cache
 
-    def _forward(self, cache: _Cache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The candidates' logits after the last of ``tokens`` (at ``positions``), writing their keys
-        and values into ``cache``; each position attends to the cache up to itself."""
+    def _forward(
+        self,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """The candidates' logits after each row's last token, writing the keys and values of
+        ``tokens`` (rows, steps) at ``positions`` (rows, steps) into each layer's ``keys``/``values``
+        (rows, heads, length, width); each position attends to its row's cache up to itself."""
         transformer = self.model.transformer
-        length = cache.keys[0].shape[2]
-        # (queries, cache length): a query sees the cached positions up to and including its own.
-        visible = torch.arange(length, device=positions.device)[None, :] <= positions[:, None]
-        hidden = transformer.wte(tokens) + transformer.wpe(positions)[None]
+        length = keys[0].shape[2]
+        # (rows, steps, cache length): a query sees its row's cached positions up to its own.
+        visible = torch.arange(length, device=positions.device) <= positions[..., None]
+        hidden = transformer.wte(tokens) + transformer.wpe(positions)
         for index, block in enumerate(transformer.h):
             attended = _attention(
-                block.attn, block.ln_1(hidden), cache.keys[index], cache.values[index], positions, visible
+                block.attn, block.ln_1(hidden), keys[index], values[index], positions, visible
             )
             hidden = hidden + attended
             hidden = hidden + block.mlp(block.ln_2(hidden))
-        last = transformer.ln_f(hidden[0, -1])
+        last = transformer.ln_f(hidden[:, -1])
         return functional.linear(last, self._head_weight, self._head_bias)
 
 
@@ -199,18 +257,21 @@ def _attention(
     positions: torch.Tensor,
     visible: torch.Tensor,
 ) -> torch.Tensor:
-    """One GPT-2 self-attention over the static cache: project, store this step's keys and values at
-    ``positions``, attend, project back."""
+    """One GPT-2 self-attention over the static cache: project, store the steps' keys and values at
+    their rows' ``positions``, attend, project back."""
     heads, width = keys.shape[1], keys.shape[3]
+    rows, steps = hidden.shape[0], hidden.shape[1]
     query, key, value = attn.c_attn(hidden).split(heads * width, dim=2)
-    split = (hidden.shape[0], hidden.shape[1], heads, width)
+    split = (rows, steps, heads, width)
     query = query.view(split).transpose(1, 2)
-    keys.index_copy_(2, positions, key.view(split).transpose(1, 2))
-    values.index_copy_(2, positions, value.view(split).transpose(1, 2))
+    # Each row's steps go to its own positions: (rows, heads, steps, width) scattered along the length.
+    where = positions[:, None, :, None].expand(rows, heads, steps, width)
+    keys.scatter_(2, where, key.view(split).transpose(1, 2))
+    values.scatter_(2, where, value.view(split).transpose(1, 2))
     attended = functional.scaled_dot_product_attention(
-        query, keys, values, attn_mask=visible[None, None], scale=_scaling(attn, width)
+        query, keys, values, attn_mask=visible[:, None], scale=_scaling(attn, width)
     )
-    merged = attended.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], heads * width)
+    merged = attended.transpose(1, 2).reshape(rows, steps, heads * width)
     projected: torch.Tensor = attn.c_proj(merged)
     return projected
 
