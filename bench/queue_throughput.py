@@ -108,11 +108,21 @@ class ReadyClock(Notifier):
         super().ready()
 
 
+def first_batch_end(sizes: list[int]) -> int:
+    """Index of the first batch's last image, from each image's ``batch_size`` in the order the
+    images were written (one publisher writes a batch's images before the next batch's). The steady
+    rate runs from there to the last image: whole batches only. (Until 2026-11-27 it ran from the
+    image at index ``largest batch - 1``, which, when the first batch was smaller than the largest,
+    counted the images of a batch that had already finished and overstated the rate.)"""
+    return min(max(1, sizes[0]), len(sizes)) - 1 if sizes else 0
+
+
 def _outputs(outbox: Path, jobs: int, started: float, process_started: float | None = None) -> dict[str, Any]:
-    sidecars = sorted(outbox.rglob("*.json"))
-    records = [json.loads(path.read_text(encoding="utf-8")) for path in sidecars]
-    finished = sorted(path.stat().st_mtime for path in sidecars)
-    batch = max((int(record.get("batch_size", 1) or 1) for record in records), default=1)
+    written = sorted((path.stat().st_mtime, path) for path in outbox.rglob("*.json"))
+    records = [json.loads(path.read_text(encoding="utf-8")) for _, path in written]
+    finished = [mtime for mtime, _ in written]
+    sizes = [int(record.get("batch_size", 1) or 1) for record in records]
+    batch = max(sizes, default=1)
     result: dict[str, Any] = {"images": len(records), "expected": jobs, "largest_batch": batch}
     expanded = sum(record.get("expansion") == "fooocus_v2" for record in records)
     if expanded:
@@ -121,9 +131,10 @@ def _outputs(outbox: Path, jobs: int, started: float, process_started: float | N
         result["first_image_s"] = round(finished[0] - started, 2)
         if process_started is not None:
             result["process_start_to_first_image_s"] = round(finished[0] - process_started, 2)
-    after_first = len(finished) - batch
+    first_end = first_batch_end(sizes)
+    after_first = len(finished) - 1 - first_end
     if after_first > 0:
-        per_image = (finished[-1] - finished[batch - 1]) / after_first
+        per_image = (finished[-1] - finished[first_end]) / after_first
         result["steady_s_per_image"] = round(per_image, 3)
         result["images_per_hour"] = round(3600 / per_image) if per_image > 0 else None
     totals = [record.get("timings", {}).get("total") for record in records]

@@ -1,0 +1,39 @@
+"""The queue benchmark's steady rate counts whole batches (``bench/queue_throughput.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from queue_throughput import _outputs, first_batch_end
+
+
+def test_the_first_batch_ends_after_as_many_images_as_it_held() -> None:
+    assert first_batch_end([3, 3, 3, 4, 4, 4, 4, 1]) == 2
+    assert first_batch_end([4, 4, 4, 4, 4]) == 3
+    assert first_batch_end([2]) == 0
+    assert first_batch_end([]) == 0
+
+
+def test_steady_rate_runs_from_the_end_of_the_first_batch_when_it_was_smaller(tmp_path: Path) -> None:
+    # A queue of 12 that rendered as 3 + 4 + 4 + 1 (the first batch formed before every job was
+    # queued): 9 images after the first batch, in the 12 s from its end (t = 10) to the last (t = 22).
+    batches = [(3, 10.0), (4, 15.0), (4, 20.0), (1, 22.0)]
+    index = 0
+    for size, written in batches:
+        for _ in range(size):
+            sidecar = tmp_path / f"job-{index:03d}.json"
+            sidecar.write_text(json.dumps({"batch_size": size}), encoding="utf-8")
+            os.utime(sidecar, (written + index * 1e-3, written + index * 1e-3))
+            index += 1
+
+    result = _outputs(tmp_path, jobs=12, started=0.0)
+
+    assert result["largest_batch"] == 4
+    assert result["steady_s_per_image"] == pytest.approx((22.011 - 10.002) / 9, abs=1e-3)
