@@ -20,6 +20,7 @@ Two things keep the GPU busy:
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,7 +45,7 @@ from fooocusd.outbox.naming import choose_free_name, name_fields, render_name
 from fooocusd.outbox.writer import extension_for, write_image_with_sidecar
 from fooocusd.service.batch_plan import BatchItem, first_key, take_matching
 from fooocusd.service.batch_progress import BatchProgress
-from fooocusd.service.expansion_ahead import ExpansionAhead, expands_ahead
+from fooocusd.service.expansion_ahead import REMEMBERED_OFFERS, ExpansionAhead, expands_ahead
 from fooocusd.service.folders import Folders
 from fooocusd.service.image_prompt_inputs import (
     save_control_images,
@@ -117,6 +118,8 @@ class Worker:
         """Jobs this worker holds (state 'running') whose outcome is not recorded yet, in order."""
         self._publisher: Publisher[_Publication] | None = None
         self._expansion_ahead: ExpansionAhead | None = None
+        self._collected: OrderedDict[int, None] = OrderedDict()
+        """Jobs whose expansions ``_expand_upcoming`` already ran (each job once)."""
         self._folder_names = FolderNames()
         """The output folders' names, kept between name choices (``_free_name``)."""
         self.may_claim: Callable[[], bool] = lambda: True
@@ -191,8 +194,16 @@ class Worker:
             return
         context = self._prep_context()
         try:  # only ever a head start: whatever fails here, each job meets when it is prepared
+            upcoming = self.journal.next_runnable_jobs(max(2, batching.batch_limit(self.engine)))
+            fresh = [job for job in upcoming if job.id not in self._collected]
+            if not fresh:
+                return
+            for job in fresh:
+                self._collected[job.id] = None
+            while len(self._collected) > REMEMBERED_OFFERS:
+                self._collected.popitem(last=False)
             with expansion.collecting() as pairs:  # expand_ahead only records the pairs in here
-                for job in self.journal.next_runnable_jobs(max(2, batching.batch_limit(self.engine))):
+                for job in fresh:
                     expand_ahead(job, context)
             if pairs:
                 expansion.expand_together(pairs)

@@ -24,7 +24,11 @@ token. A GPT-2 model runs over a preallocated key/value cache with one CUDA grap
 on a GPU (``static_step.py``); any other causal language model runs through its own forward with a
 growing cache.
 
-Expansions run one at a time, from any thread. On a CUDA GPU they run on the expander's own stream,
+``expand_many`` expands several prompts at once: those of one target length share the static step's
+rows (four on a GPU), each drawn from its own generator, so a step advances them all and each gets
+the text it gets alone.
+
+Expansions run one call at a time, from any thread. On a CUDA GPU they run on the expander's own stream,
 so the per-token copy of the logits waits for the expansion's kernels only, not for a render that
 another thread has queued on the default stream; and they hold ``graph_capture.CAPTURE_LOCK``, so an
 expansion prepared ahead never overlaps a graph capture.
