@@ -19,7 +19,7 @@ from fooocusd.engine.expansion import Expansion, PromptExpansion
 from fooocusd.engine.expansion import service as expansion_service
 from fooocusd.engine.styles import Workloads
 from fooocusd.jobs.spec import JobSpec
-from fooocusd.service.expansion_ahead import expands_ahead, expands_ahead_on
+from fooocusd.service.expansion_ahead import expands_ahead
 from tests.daemon_harness import Sandbox, wait_for
 from tests.test_worker_overlap import OneAtATime, _drain, _queue, _states, _worker, setup  # noqa: F401
 
@@ -162,7 +162,6 @@ def test_two_threads_expanding_at_once_get_what_one_thread_gets() -> None:
     ],
 )
 def test_expand_ahead_runs_only_when_asked_for(setting: str, device: str, expected: bool) -> None:
-    assert expands_ahead_on(setting, torch.device(device)) is expected
     expansion = PromptExpansion(tiny_random=True, device=torch.device(device))
     assert expands_ahead(setting, expansion) is expected
 

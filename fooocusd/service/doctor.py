@@ -53,9 +53,7 @@ def _speed(settings: Settings) -> Check:
         options = AccelerationOptions.from_settings(engine, None)
         plan = plan_acceleration(options, device, dtype, total_memory=memory)
         batch = resolve_batch_size(engine.batch_size, device=device, vram=plan.vram, total_memory=memory)
-        from fooocusd.service.expansion_ahead import expands_ahead_on
-
-        ahead = expands_ahead_on(engine.expand_ahead, device)
+        ahead = engine.expand_ahead == "on"  # "auto" is off (service/expansion_ahead.py)
         attention = describe_setting(engine.attention, device)
     except (FooocusdError, ImportError, RuntimeError, ValueError) as exc:
         return Check("speed settings", "warn", f"cannot tell: {type(exc).__name__}: {exc}")

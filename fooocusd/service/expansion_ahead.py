@@ -23,7 +23,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 
-import torch
 from loguru import logger
 
 from fooocusd.engine.expansion import PromptExpansion
@@ -37,14 +36,7 @@ CLOSE_TIMEOUT_SECONDS = 30.0
 
 def expands_ahead(setting: str, expansion: PromptExpansion | None) -> bool:
     """Whether ``engine.expand_ahead = setting`` runs expansions ahead with this expansion."""
-    if expansion is None or not expansion.enabled:
-        return False
-    return expands_ahead_on(setting, expansion.device)
-
-
-def expands_ahead_on(setting: str, device: torch.device) -> bool:
-    """``engine.expand_ahead = setting`` for an expansion model on ``device`` (any: "auto" is off)."""
-    return setting == "on"
+    return setting == "on" and expansion is not None and expansion.enabled  # "auto" is off
 
 
 class ExpansionAhead:
