@@ -72,7 +72,7 @@ restarts=0
 while :; do
     timeout $((bench_end - SECONDS)) python3 -X faulthandler bench/fooocusd_bench.py \
         --device "${BENCH_DEVICE:-cuda}" --size "${BENCH_SIZE:-full}" \
-        --budget-s $((budget_end > SECONDS ? budget_end - SECONDS : 0)) --queue-jobs 12 --warm-start-jobs 4 \
+        --budget-s $((budget_end > SECONDS ? budget_end - SECONDS : 0)) --queue-jobs 16 --warm-start-jobs 4 \
         --runs "${RUNS:-3}" \
         --cases "$CASES" $resume --workdir "${BENCH_WORKDIR:-/tmp/fooocusd-bench}" --out "$OUT" \
         >>"$OUT/bench.log" 2>&1

@@ -108,13 +108,28 @@ class ReadyClock(Notifier):
         super().ready()
 
 
-def first_batch_end(sizes: list[int]) -> int:
-    """Index of the first batch's last image, from each image's ``batch_size`` in the order the
-    images were written (one publisher writes a batch's images before the next batch's). The steady
-    rate runs from there to the last image: whole batches only. (Until 2026-11-27 it ran from the
-    image at index ``largest batch - 1``, which, when the first batch was smaller than the largest,
-    counted the images of a batch that had already finished and overstated the rate.)"""
-    return min(max(1, sizes[0]), len(sizes)) - 1 if sizes else 0
+def batch_ends(sizes: list[int]) -> list[int]:
+    """Index of each batch's last image, from each image's ``batch_size`` in the order the images
+    were written (one publisher writes a batch's images before the next batch's)."""
+    ends: list[int] = []
+    index = 0
+    while index < len(sizes):
+        index = min(index + max(1, sizes[index]), len(sizes))
+        ends.append(index - 1)
+    return ends
+
+
+def steady_window(sizes: list[int]) -> tuple[int, int] | None:
+    """(first, last) image indices between which the queue ran in full batches: from the end of the
+    first batch (which formed while the intake was still queueing) to the end of the last batch as
+    large as the largest (a smaller one at the tail is the queue running out); None when there is
+    no such stretch. (Until 2026-11-27 the rate ran from the image at index "largest batch - 1" to
+    the last: with a first batch of 3 of 4 it counted images of a batch that had already finished,
+    and overstated the rate.)"""
+    ends = batch_ends(sizes)
+    largest = max(sizes, default=1)
+    full = [end for end in ends[1:] if sizes[end] == largest]
+    return (ends[0], full[-1]) if full else None
 
 
 def _outputs(outbox: Path, jobs: int, started: float, process_started: float | None = None) -> dict[str, Any]:
@@ -131,10 +146,10 @@ def _outputs(outbox: Path, jobs: int, started: float, process_started: float | N
         result["first_image_s"] = round(finished[0] - started, 2)
         if process_started is not None:
             result["process_start_to_first_image_s"] = round(finished[0] - process_started, 2)
-    first_end = first_batch_end(sizes)
-    after_first = len(finished) - 1 - first_end
-    if after_first > 0:
-        per_image = (finished[-1] - finished[first_end]) / after_first
+    window = steady_window(sizes)
+    if window is not None:
+        first, last = window
+        per_image = (finished[last] - finished[first]) / (last - first)
         result["steady_s_per_image"] = round(per_image, 3)
         result["images_per_hour"] = round(3600 / per_image) if per_image > 0 else None
     totals = [record.get("timings", {}).get("total") for record in records]

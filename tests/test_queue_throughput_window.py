@@ -11,19 +11,25 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from queue_throughput import _outputs, first_batch_end
+from queue_throughput import _outputs, batch_ends, steady_window
 
 
-def test_the_first_batch_ends_after_as_many_images_as_it_held() -> None:
-    assert first_batch_end([3, 3, 3, 4, 4, 4, 4, 1]) == 2
-    assert first_batch_end([4, 4, 4, 4, 4]) == 3
-    assert first_batch_end([2]) == 0
-    assert first_batch_end([]) == 0
+def test_each_batch_ends_after_as_many_images_as_it_held() -> None:
+    assert batch_ends([3, 3, 3, 4, 4, 4, 4, 1]) == [2, 6, 7]
+    assert batch_ends([4, 4, 4, 4, 4]) == [3, 4]  # a last batch cut short by the run
+    assert batch_ends([]) == []
+
+
+def test_the_steady_stretch_is_full_batches_after_the_first() -> None:
+    assert steady_window([3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4, 1]) == (2, 10)
+    assert steady_window([4] * 12) == (3, 11)
+    assert steady_window([3, 3, 3, 1]) is None  # no full batch after the first
 
 
 def test_steady_rate_runs_from_the_end_of_the_first_batch_when_it_was_smaller(tmp_path: Path) -> None:
     # A queue of 12 that rendered as 3 + 4 + 4 + 1 (the first batch formed before every job was
-    # queued): 9 images after the first batch, in the 12 s from its end (t = 10) to the last (t = 22).
+    # queued, the last one is what was left): 8 images in the two full batches after the first,
+    # in the 10 s from its end (t = 10) to the end of the last full one (t = 20).
     batches = [(3, 10.0), (4, 15.0), (4, 20.0), (1, 22.0)]
     index = 0
     for size, written in batches:
@@ -36,4 +42,4 @@ def test_steady_rate_runs_from_the_end_of_the_first_batch_when_it_was_smaller(tm
     result = _outputs(tmp_path, jobs=12, started=0.0)
 
     assert result["largest_batch"] == 4
-    assert result["steady_s_per_image"] == pytest.approx((22.011 - 10.002) / 9, abs=1e-3)
+    assert result["steady_s_per_image"] == pytest.approx((20.010 - 10.002) / 8, abs=1e-3)
