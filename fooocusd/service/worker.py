@@ -188,9 +188,8 @@ class Worker:
         model step advances a batch's worth of them), so that preparing each job finds its own
         done. Not with ``expand_ahead``, whose thread runs them."""
         expansion = self.expansion
-        if expansion is None or expands_ahead(self.settings.engine.expand_ahead, expansion):
-            return
-        if not expansion.enabled:
+        ahead = expands_ahead(self.settings.engine.expand_ahead, expansion)
+        if expansion is None or not expansion.enabled or ahead:
             return
         context = self._prep_context()
         try:  # only ever a head start: whatever fails here, each job meets when it is prepared

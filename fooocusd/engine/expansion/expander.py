@@ -75,7 +75,6 @@ from fooocusd.engine.graph_capture import CAPTURE_LOCK, CudaGraphBackend, GraphB
 from fooocusd.engine.weighting import TOKENS_PER_CHUNK
 from fooocusd.errors import ConfigError, OutOfMemory
 
-CHUNK_TOKENS = 75
 TOP_K = 100
 SEED_RANGE = 2**32
 TINY_RANDOM = "tiny-random"
@@ -101,7 +100,7 @@ def clean_expansion_text(text: str) -> str:
 
 def next_chunk_boundary(tokens: int) -> int:
     """The next multiple of 75 at or above ``tokens``."""
-    return CHUNK_TOKENS * math.ceil(tokens / CHUNK_TOKENS)
+    return TOKENS_PER_CHUNK * math.ceil(tokens / TOKENS_PER_CHUNK)
 
 
 def joined(prompt: str, added: str) -> str:
