@@ -502,7 +502,8 @@ class Bench:
         how busy its kernels keep the device: their summed time against the render's wall time
         unprofiled (``device_busy_pct``; at 512² the UNet's steps take 40 % of a 1024² step's time
         for a quarter of its pixels)."""
-        from kernel_profile import kernel_table
+        from kernel_profile import copy_sources, kernel_table
+        from torch._C._profiler import _ExperimentalConfig  # verbose: Python frames in the stacks
         from torch.profiler import ProfilerActivity, profile
 
         graphs = "auto" if small_with_graphs else "off"
@@ -523,10 +524,13 @@ class Bench:
         wall_ms = (time.perf_counter() - mark) * 1000
         on_device = self.device.type == "cuda"
         activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_device else [])]
-        with profile(activities=activities) as profiled:
+        stacks = {"with_stack": True, "experimental_config": _ExperimentalConfig(verbose=True)}
+        with profile(activities=activities, **({} if small_with_graphs else stacks)) as profiled:
             engine.generate_batch(requests)
             self.sync()
         table = kernel_table(profiled.key_averages(), device=on_device)
+        if not small_with_graphs:
+            table["copies_by_caller"] = copy_sources(profiled.key_averages(group_by_stack_n=16))
         acceleration = engine.describe()["acceleration"]
         busy = {"wall_ms_unprofiled": round(wall_ms, 1)}
         if on_device and wall_ms > 0:
@@ -645,14 +649,16 @@ class Bench:
         *,
         also_compile: tuple[str, ...] = (),
         attention: str = "auto",
-        compare_layouts: bool = False,
+        compare_fusion: bool = False,
         compiled_group_norm: bool = False,
+        static_fused_norms: bool = False,
     ) -> dict[str, Any]:
         """``size`` images in one UNet batch (different seeds and prompts), per image, against one alone.
         ``also_compile``: UNet module classes compiled too, beside regional compile's transformer
-        blocks (an experiment: the engine has no setting for it yet). ``compare_layouts``: one seed
-        with activations kept channels_last against the copying path (``layout_agreement``).
-        ``compiled_group_norm``: the kept GroupNorms through torch.compile (an experiment)."""
+        blocks (an experiment: the engine has no setting for it yet). ``compare_fusion``: one seed
+        with the resnets' GroupNorm + SiLU fused against diffusers' resnets (``fusion_agreement``).
+        ``compiled_group_norm``: the kept GroupNorms through torch.compile (an experiment).
+        ``static_fused_norms``: the fused resnet norms compiled per shape, not dynamic (an experiment)."""
         self.reset_peak()
         mark = time.perf_counter()
         engine = self.engine(options, batch_size=size, attention=attention)
@@ -660,6 +666,8 @@ class Bench:
         compiled_also = compile_modules(engine, also_compile) if also_compile else {}
         if compiled_group_norm:
             compiled_also["compiled_group_norms"] = compile_group_norms(engine)
+        if static_fused_norms:
+            compiled_also["static_fused_resnets"] = refuse_static(engine)
         prompts = ("a lighthouse on a rocky coast at dusk", "a red fox in fresh snow", "an old tram, rain")
         requests = [self.request(seed=10 + i, prompt=prompts[i % len(prompts)]) for i in range(size)]
         engine.generate_batch(requests)  # warm-up (and compilation, when compiled)
@@ -683,8 +691,8 @@ class Bench:
         self.timed(engine, small, 1)
         small_s = self.timed(engine, small, self.args.runs)
         agreement = self.graphs_agreement(engine)
-        if compare_layouts:
-            agreement.update(self.layout_agreement(engine))
+        if compare_fusion:
+            agreement.update(self.fusion_agreement(engine))
         return {
             **agreement,
             **compiled_also,
@@ -739,24 +747,25 @@ class Bench:
             accelerator.graphs = graphs
         return {"graphs_vs_eager": _differences([pixels[1]], [pixels[0]], peak=255.0)}
 
-    def layout_agreement(self, engine: SDXLEngine) -> dict[str, Any]:
-        """With ``keep_channels_last = "on"``: one seed rendered with it and without (same engine),
-        and how far the pixels move."""
-        from fooocusd.engine.keep_channels_last import keep_channels_last, undo_keep_channels_last
+    def fusion_agreement(self, engine: SDXLEngine) -> dict[str, Any]:
+        """With ``fuse_resnet_norms`` on: one seed rendered with diffusers' resnets and with the
+        fused ones (same engine), and how far the pixels move."""
+        from fooocusd.engine.fused_resnet import fuse_resnet_norms, unfuse_resnet_norms
 
         plan = engine._accelerator.plan
         pipeline = engine._pipeline
-        if plan is None or not plan.keep_channels_last or pipeline is None:
+        if plan is None or not plan.fuse_resnet_norms or pipeline is None:
             return {}
         request = self.request(seed=77)
         pixels = []
-        for use in (undo_keep_channels_last, keep_channels_last):
+        compiled = plan.compile != "off"
+        for use in (unfuse_resnet_norms, lambda model: fuse_resnet_norms(model, compiled=compiled)):
             use(pipeline.unet)
             use(pipeline.vae)
             if engine._accelerator.graphs is not None:
-                engine._accelerator.graphs.clear()  # the captured kernels are the other layout's
+                engine._accelerator.graphs.clear()  # the captured kernels are the other path's
             pixels.append(torch.from_numpy(np.asarray(engine.generate(request).image, dtype=np.float32)))
-        return {"kept_layout_vs_copies": _differences([pixels[1]], [pixels[0]], peak=255.0)}
+        return {"fused_resnets_vs_diffusers": _differences([pixels[1]], [pixels[0]], peak=255.0)}
 
     def queue_cache(self) -> Path:
         return self.work / "queue-compiled" / "state" / "cache"
@@ -899,7 +908,9 @@ class Bench:
             "setup": self.setup,
             SELFTEST_CRASH: _crash,
             "defaults": self.defaults,
-            "batch_4": lambda: self.batched(defaults, compare_layouts=True),
+            "batch_4": lambda: self.batched(defaults, compare_fusion=True),
+            "batch_4_unfused": lambda: self.batched(replace(defaults, fuse_resnet_norms="off")),
+            "batch_4_fused_static": lambda: self.batched(defaults, static_fused_norms=True),
             "batch_4_nchw": lambda: self.batched(replace(defaults, channels_last=False)),
             "batch_4_resnets_compiled": lambda: self.batched(defaults, also_compile=RESNET_MODULES),
             "batch_4_cudnn_benchmark": lambda: self.cudnn_benchmarked(defaults),
@@ -1152,6 +1163,21 @@ def compile_group_norms(engine: SDXLEngine) -> dict[str, int] | str:
         undo_keep_channels_last(model)
         counts[name] = keep_channels_last(model, compiled_norm=True).group_norms
     return counts
+
+
+def refuse_static(engine: SDXLEngine) -> int | str:
+    """The UNet's and VAE's fused resnet norms compiled with static shapes instead of dynamic."""
+    from fooocusd.engine.fused_resnet import fuse_resnet_norms, unfuse_resnet_norms
+
+    plan = engine._accelerator.plan
+    pipeline = engine._pipeline
+    if plan is None or not plan.fuse_resnet_norms or pipeline is None:
+        return "nothing: the resnets' norms are not fused here"
+    fused = 0
+    for model in (pipeline.unet, pipeline.vae):
+        unfuse_resnet_norms(model)
+        fused += fuse_resnet_norms(model, compiled=plan.compile != "off", dynamic=False)
+    return fused
 
 
 def _encoder_ops(engine: SDXLEngine) -> int:

@@ -85,3 +85,25 @@ def kernel_table(events: Iterable[Any], *, device: bool, top: int = 25) -> dict[
             for name, us, calls in timed[:top]
         ],
     }
+
+
+OWN_FRAMES = ("fooocusd", "diffusers", "transformers")
+
+
+def copy_sources(events: Iterable[Any], *, top: int = 8) -> list[dict[str, Any]]:
+    """The operators that copied tensors, grouped by where in our or diffusers' code they were
+    called (``key_averages(group_by_stack_n=...)`` of a profile taken ``with_stack=True``), by the
+    device time of the kernels they launched: which layer still copies activations."""
+    merged: dict[tuple[str, ...], dict[str, Any]] = {}
+    for event in events:
+        if event.key != "aten::copy_":  # the innermost: clone, contiguous and _to_copy end in it
+            continue
+        ms = float(getattr(event, "device_time_total", getattr(event, "cuda_time_total", 0.0))) / 1000
+        if ms <= 0:
+            ms = float(event.cpu_time_total) / 1000
+        frames = [line for line in (event.stack or []) if any(own in line for own in OWN_FRAMES)]
+        row = merged.setdefault(tuple(frames[:3]), {"ms": 0.0, "calls": 0, "where": frames[:3]})
+        row["ms"] += ms
+        row["calls"] += int(event.count)
+    rows = sorted(merged.values(), key=lambda row: row["ms"], reverse=True)[:top]
+    return [{**row, "ms": round(row["ms"], 3)} for row in rows]

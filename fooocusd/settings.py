@@ -155,6 +155,11 @@ class EngineSettings(_Section):
         description="Keep a channels_last UNet's and VAE's tensors channels_last through GroupNorm and "
         "the transformers' outputs instead of copying to NCHW and back (16 % faster on an H100).",
     )
+    fuse_resnet_norms: Literal["auto", "off", "on"] = Field(
+        "auto",
+        description="Each resnet block's GroupNorm, time shift and SiLU as one compiled pass over kept "
+        "channels_last activations; auto = where the UNet is compiled.",
+    )
     fuse_qkv: bool = Field(True, description="Fused attention projections (CUDA only; off after a LoRA).")
     vae_upcast: Literal["auto", "always", "never"] = Field(
         "auto", description="VAE in fp32: auto = only for an fp16 pipeline whose VAE needs it."

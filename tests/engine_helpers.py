@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -396,3 +397,19 @@ class ReplayByRerun:
             output.copy_(run() * (0.0 if self.corrupt else 1.0))
 
         return replay, output
+
+
+def channels_last_unet_inputs(
+    unet: torch.nn.Module, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """A batch of 2 for a tiny SDXL UNet: channels_last 16x16 latents, text states, added conditions."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 16, 16, generator=generator).contiguous(memory_format=torch.channels_last)
+    config: Any = unet.config
+    text = torch.randn(2, 77, config.cross_attention_dim, generator=generator)
+    pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    added = {
+        "text_embeds": torch.randn(2, pooled, generator=generator),
+        "time_ids": torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]] * 2),
+    }
+    return x, text, added

@@ -25,7 +25,7 @@ from fooocusd.engine.keep_channels_last import (
 )
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
 from fooocusd.settings import EngineSettings
-from tests.engine_helpers import default_request, pixels_of, tiny_engine_with
+from tests.engine_helpers import channels_last_unet_inputs, default_request, pixels_of, tiny_engine_with
 
 
 def _channels_last(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -130,14 +130,7 @@ class OperatorCount(TorchDispatchMode):
 def test_a_channels_last_unet_call_copies_no_activation_once_kept() -> None:
     unet = build_tiny_sdxl_pipeline(EulerDiscreteScheduler()).unet.eval()
     unet.to(memory_format=torch.channels_last)
-    generator = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 4, 16, 16, generator=generator).contiguous(memory_format=torch.channels_last)
-    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator)
-    pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-    added = {
-        "text_embeds": torch.randn(2, pooled, generator=generator),
-        "time_ids": torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]] * 2),
-    }
+    x, text, added = channels_last_unet_inputs(unet, seed=4)
     counts = []
     for keep in (False, True):
         if keep:

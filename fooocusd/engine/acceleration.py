@@ -15,7 +15,9 @@
    LoRA layers into ``to_q``/``to_k``/``to_v``, which the fused processor bypasses, so the fused
    processors are swapped back out the first time a LoRA is loaded on the pipeline. With
    ``keep_channels_last = "on"`` GroupNorm and the transformers' outputs stay in that layout
-   instead of copying to NCHW and back (``keep_channels_last.py``);
+   instead of copying to NCHW and back (``keep_channels_last.py``), and with
+   ``fuse_resnet_norms`` (``"auto"``: where the UNet is compiled) each resnet block's GroupNorm,
+   time shift and SiLU run as one compiled pass (``fused_resnet.py``);
 4. with ``quantize = "fp8"`` on a CUDA GPU of compute capability 8.9+ with torchao installed, gives
    the UNet's transformer Linear layers fp8 weights and activations (``quantization.py``; LoRAs run
    beside them in bfloat16). fp8 replaces fused QKV (the LoRAs must find separate projections) and is
@@ -61,6 +63,7 @@ from fooocusd.engine.devices import (
     probe_hardware,
 )
 from fooocusd.engine.encoder_graphs import EncoderGraphs
+from fooocusd.engine.fused_resnet import fuse_resnet_norms
 from fooocusd.engine.graph_capture import CudaGraphBackend, GraphBackend
 from fooocusd.engine.keep_channels_last import KeptLayout, keep_channels_last
 from fooocusd.engine.low_vram import StageOffload, install_low_vram, small_decode_tiles
@@ -108,6 +111,7 @@ class AccelerationOptions:
     cuda_graphs: str = "auto"
     overlap_decode: str = "auto"
     keep_channels_last: str = "on"
+    fuse_resnet_norms: str = "auto"
 
     @classmethod
     def from_settings(cls, engine: EngineSettings, cache_dir: Path | None) -> AccelerationOptions:
@@ -124,6 +128,7 @@ class AccelerationOptions:
             cuda_graphs=engine.cuda_graphs,
             overlap_decode=engine.overlap_decode,
             keep_channels_last=engine.keep_channels_last,
+            fuse_resnet_norms=engine.fuse_resnet_norms,
         )
 
 
@@ -148,6 +153,9 @@ class AccelerationPlan:
     keep_channels_last: bool = False
     """GroupNorm and the transformers' outputs kept channels_last (``keep_channels_last.py``)."""
     kept_layout: KeptLayout = field(default_factory=KeptLayout)
+    fuse_resnet_norms: bool = False
+    """Resnet blocks' GroupNorm + SiLU as one pass (``fused_resnet.py``), compiled where ``compile`` is on."""
+    fused_resnets: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -173,6 +181,8 @@ class AccelerationPlan:
                 "group_norms": self.kept_layout.group_norms,
                 "transformer_outputs": self.kept_layout.transformer_outputs,
             },
+            "fuse_resnet_norms": self.fuse_resnet_norms,
+            "fused_resnets": self.fused_resnets,
             "notes": list(self.notes),
         }
 
@@ -247,6 +257,9 @@ def plan_acceleration(
         plan.keep_channels_last = plan.channels_last
         if not options.channels_last:  # (elsewhere than a GPU, the channels_last note says why)
             plan.notes.append("keep_channels_last off: channels_last is off")
+    plan.fuse_resnet_norms, fuse_note = resolve_fuse_resnet_norms(options.fuse_resnet_norms, plan)
+    if fuse_note:
+        plan.notes.append(fuse_note)
     plan.cuda_graphs, graphs_note = resolve_cuda_graphs(options.cuda_graphs, device, plan, total_memory)
     if graphs_note:
         plan.notes.append(graphs_note)
@@ -277,6 +290,22 @@ def resolve_overlap_decode(
         with contextlib.suppress(RuntimeError, AssertionError):  # no driver: memory unknown, off
             total_memory = device_total_memory(device)
     return total_memory is not None and total_memory >= OVERLAP_DECODE_FROM_BYTES, ""
+
+
+def resolve_fuse_resnet_norms(setting: str, plan: AccelerationPlan) -> tuple[bool, str]:
+    """``fuse_resnet_norms`` → (on or off, a note saying why "on" is not used, or ""). The fused
+    pass reads channels_last activations, so it needs ``keep_channels_last``; ``auto`` also needs
+    the UNet compiled (eager, the fused pass is no faster), "on" runs it eagerly where it is not."""
+    if setting == "off":
+        return False, ""
+    if not plan.keep_channels_last:
+        note = "fuse_resnet_norms off: activations are not kept channels_last"
+        return False, note if setting == "on" else ""
+    if plan.compile == "off":
+        if setting == "on":
+            return True, "fuse_resnet_norms runs eagerly: compile is off"
+        return False, ""
+    return True, ""
 
 
 def resolve_cuda_graphs(
@@ -397,6 +426,11 @@ class Accelerator:
             pipeline.vae.to(memory_format=torch.channels_last)
         if plan.keep_channels_last:
             plan.kept_layout = keep_channels_last(pipeline.unet) + keep_channels_last(pipeline.vae)
+        if plan.fuse_resnet_norms:
+            compiled = plan.compile != "off"
+            plan.fused_resnets = sum(
+                fuse_resnet_norms(model, compiled=compiled) for model in (pipeline.unet, pipeline.vae)
+            )
         if plan.fuse_qkv:
             fuse_qkv(pipeline.unet)
             unfuse_before_loras(pipeline)

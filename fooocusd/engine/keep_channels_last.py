@@ -82,18 +82,18 @@ def compiled_group_norm_channels_last() -> Callable[..., torch.Tensor]:
     return torch.compile(group_norm_channels_last, dynamic=True, fullgraph=True)
 
 
-def _is_channels_last_image(x: torch.Tensor) -> bool:
+def is_channels_last_image(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _group_norm_forward(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    if _is_channels_last_image(x):
+    if is_channels_last_image(x):
         return group_norm_channels_last(x, module.num_groups, module.weight, module.bias, module.eps)
     return F.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
 
 
 def _compiled_group_norm_forward(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    if _is_channels_last_image(x):
+    if is_channels_last_image(x):
         compiled = compiled_group_norm_channels_last()
         return compiled(x, module.num_groups, module.weight, module.bias, module.eps)
     return F.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)

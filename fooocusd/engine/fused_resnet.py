@@ -1,0 +1,135 @@
+"""Resnet blocks whose GroupNorm, time shift and SiLU run as one compiled pass
+(``engine.fuse_resnet_norms``).
+
+Why: with activations kept channels_last (``keep_channels_last.py``) a resnet block's
+``norm → SiLU`` is still four passes over the tensor in eager PyTorch (two reductions for the
+statistics, a multiply-add that mixes bf16 pixels with float32 factors, which PyTorch runs
+unvectorised, and the SiLU), plus one more for the time embedding added before ``norm2``. In the
+profile of a batch of 4 at 1024² on an H100 (docs/benchmarks.md, 2026-11-27) that was about 190 ms
+of 1,288: more than FlashAttention's self-attention. Here the statistics are one reduction pass
+(per-channel sums and sums of squares, read with the channels innermost as they lie in memory), and
+the shift, normalisation, affine transform and SiLU one pointwise pass that writes bf16: two reads
+and one write, compiled by inductor with dynamic shapes (a few graphs in all, not one per image
+size). The arithmetic is float32, as PyTorch's GroupNorm does it.
+
+Only the plain SDXL/SD resnet takes this path (GroupNorm norms, SiLU, the time embedding added
+before ``norm2`` or none, no up/downsampling inside the block, a channels_last input); any other
+block or input runs diffusers' own forward.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fooocusd.engine.keep_channels_last import is_channels_last_image
+
+NormSiLU = Callable[..., torch.Tensor]
+
+
+def group_norm_silu(
+    x: torch.Tensor,
+    groups: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``silu(group_norm(x + shift))`` in float32 arithmetic; the result has ``x``'s dtype and
+    memory format. ``shift``: one value per sample and channel, shape (n, c, 1, 1)."""
+    n, c = x.shape[0], x.shape[1]
+    values = x.float()
+    if shift is not None:
+        values = values + shift.float()
+    count = values.shape[2] * values.shape[3] * (c // groups)
+    sums = values.sum(dim=(2, 3)).view(n, groups, -1)
+    squares = values.square().sum(dim=(2, 3)).view(n, groups, -1)
+    mean = sums.sum(-1, keepdim=True) / count
+    mean_square = squares.sum(-1, keepdim=True) / count
+    rstd = torch.rsqrt((mean_square - mean.square()).clamp_min(0.0) + eps)
+    scale = rstd * weight.float().view(groups, -1)  # (n, groups, channels per group)
+    offset = bias.float().view(groups, -1) - mean * scale
+    normalised = values * scale.view(n, c, 1, 1) + offset.view(n, c, 1, 1)
+    return F.silu(normalised).to(x.dtype)
+
+
+@functools.cache
+def compiled_group_norm_silu(dynamic: bool = True) -> NormSiLU:
+    """``group_norm_silu`` under torch.compile: one reduction kernel and one pointwise kernel per
+    call. Shapes dynamic: a few graphs in all (with and without a shift; batch 1 and more); static
+    (an experiment of the GPU check): one per shape, each tuned to its size."""
+    return torch.compile(group_norm_silu, dynamic=dynamic, fullgraph=True)
+
+
+def takes_fused_path(block: Any) -> bool:
+    """Whether ``block`` is a resnet block this module can run: diffusers' ``ResnetBlock2D`` with
+    GroupNorm norms, SiLU, the time embedding added before ``norm2`` (or none), nothing resampled."""
+    return (
+        _adds_time_before_norm2(block)
+        and isinstance(getattr(block, "norm1", None), nn.GroupNorm)
+        and isinstance(getattr(block, "norm2", None), nn.GroupNorm)
+        and block.norm1.affine
+        and block.norm2.affine
+        and isinstance(getattr(block, "nonlinearity", None), nn.SiLU)
+        and getattr(block, "upsample", None) is None
+        and getattr(block, "downsample", None) is None
+        and hasattr(block, "conv1")
+        and hasattr(block, "conv2")
+    )
+
+
+def _adds_time_before_norm2(block: Any) -> bool:
+    """diffusers' "default" resnet, or the VAE decoder's "group" one, which has no time input."""
+    norm = getattr(block, "time_embedding_norm", None)
+    return norm == "default" or (norm == "group" and getattr(block, "time_emb_proj", 0) is None)
+
+
+def _norm_silu(norm_silu: NormSiLU, norm: nn.GroupNorm, x: torch.Tensor, shift: Any = None) -> torch.Tensor:
+    return norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps, shift)
+
+
+def _fused_forward(
+    norm_silu: NormSiLU, block: Any, input_tensor: torch.Tensor, temb: Any, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    if not is_channels_last_image(input_tensor) or block.training:
+        return type(block).forward(block, input_tensor, temb, *args, **kwargs)
+    hidden = block.conv1(_norm_silu(norm_silu, block.norm1, input_tensor))
+    shift = None
+    if block.time_emb_proj is not None and temb is not None:
+        if not block.skip_time_act:
+            temb = block.nonlinearity(temb)
+        shift = block.time_emb_proj(temb)[:, :, None, None]
+    hidden = block.conv2(block.dropout(_norm_silu(norm_silu, block.norm2, hidden, shift)))
+    shortcut = block.conv_shortcut(input_tensor) if block.conv_shortcut is not None else input_tensor
+    output = shortcut + hidden
+    if block.output_scale_factor != 1.0:  # x / 1.0 is x: skip a pass over the tensor
+        output = output / block.output_scale_factor
+    return output
+
+
+def fuse_resnet_norms(model: Any, *, compiled: bool = True, dynamic: bool = True) -> int:
+    """Run ``model``'s eligible resnet blocks through ``group_norm_silu`` (compiled, unless not
+    ``compiled``); returns how many. Weights stay the same tensors (LoRA folding, CUDA graphs)."""
+    norm_silu = compiled_group_norm_silu(dynamic) if compiled else group_norm_silu
+    forward = functools.partial(_fused_forward, norm_silu)
+    fused = 0
+    for module in model.modules():
+        if takes_fused_path(module) and "forward" not in vars(module):
+            module.forward = functools.partial(forward, module)
+            fused += 1
+    return fused
+
+
+def unfuse_resnet_norms(model: Any) -> int:
+    """diffusers' own resnet forward again; returns how many."""
+    undone = 0
+    for module in model.modules():
+        if takes_fused_path(module) and "forward" in vars(module):
+            del module.forward
+            undone += 1
+    return undone

@@ -1,0 +1,165 @@
+"""Resnet blocks with GroupNorm, time shift and SiLU in one pass (``fused_resnet.py``,
+``engine.fuse_resnet_norms``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import EulerDiscreteScheduler
+from diffusers.models.resnet import ResnetBlock2D
+
+from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
+from fooocusd.engine.devices import HardwareFacts
+from fooocusd.engine.fused_resnet import (
+    compiled_group_norm_silu,
+    fuse_resnet_norms,
+    group_norm_silu,
+    takes_fused_path,
+    unfuse_resnet_norms,
+)
+from fooocusd.engine.keep_channels_last import keep_channels_last
+from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
+from fooocusd.settings import EngineSettings
+from tests.engine_helpers import channels_last_unet_inputs, default_request, pixels_of, tiny_engine_with
+
+H100 = HardwareFacts("cuda", (9, 0), 80 * 2**30, True)
+CUDA = torch.device("cuda")
+
+
+def _channels_last(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(shape, generator=generator) * 3.0 + 1.5  # a mean far from 0, as activations have
+    return values.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def _reference(
+    x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor | None
+):
+    shifted = x.double() if shift is None else x.double() + shift.double()
+    return F.silu(F.group_norm(shifted, groups, weight.double(), bias.double(), 1e-5))
+
+
+@pytest.mark.parametrize("with_shift", [False, True])
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_group_norm_silu_matches_pytorchs_norm_then_silu_and_keeps_the_layout(
+    dtype: torch.dtype, tolerance: float, with_shift: bool
+) -> None:
+    x = _channels_last((2, 64, 6, 10), seed=1, dtype=dtype)
+    generator = torch.Generator().manual_seed(2)
+    weight, bias = (torch.randn(64, generator=generator).to(dtype) for _ in range(2))
+    shift = torch.randn(2, 64, 1, 1, generator=generator).to(dtype) if with_shift else None
+
+    fused = group_norm_silu(x, 32, weight, bias, 1e-5, shift)
+
+    assert fused.dtype == dtype and fused.is_contiguous(memory_format=torch.channels_last)
+    assert (fused.double() - _reference(x, 32, weight, bias, shift)).abs().max().item() <= tolerance
+
+
+def _tiny_unet() -> torch.nn.Module:
+    unet = build_tiny_sdxl_pipeline(EulerDiscreteScheduler()).unet.eval()
+    with torch.no_grad():  # random affine parameters: the defaults (1, 0) would hide a swapped pair
+        for module in unet.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.normal_(1.0, 0.3)
+                module.bias.normal_(0.0, 0.3)
+    return unet.to(memory_format=torch.channels_last)
+
+
+def test_a_fused_resnet_block_gives_diffusers_result_and_falls_back_for_other_inputs() -> None:
+    unet = _tiny_unet()
+    blocks = [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]
+    block = next(m for m in blocks if m.conv_shortcut is not None and m.time_emb_proj is not None)
+    generator = torch.Generator().manual_seed(3)
+    channels = block.norm1.num_channels
+    x = torch.randn(2, channels, 8, 8, generator=generator) * 2 + 1
+    temb = torch.randn(2, block.time_emb_proj.in_features, generator=generator)
+    with torch.no_grad():
+        expected = block(x.contiguous(memory_format=torch.channels_last), temb)
+        planar_expected = block(x, temb)
+
+        assert fuse_resnet_norms(block, compiled=False) == 1
+        fused = block(x.contiguous(memory_format=torch.channels_last), temb)
+        planar = block(x, temb)
+
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fused, expected, atol=2e-5, rtol=2e-5)
+    assert torch.equal(planar, planar_expected)  # NCHW input: diffusers' own forward
+    assert unfuse_resnet_norms(block) == 1 and "forward" not in vars(block)
+
+
+def test_every_resnet_of_the_sdxl_unet_and_vae_takes_the_fused_path() -> None:
+    pipeline = build_tiny_sdxl_pipeline(EulerDiscreteScheduler())
+    for model in (pipeline.unet, pipeline.vae):
+        resnets = [m for m in model.modules() if isinstance(m, ResnetBlock2D)]
+        assert resnets and all(takes_fused_path(m) for m in resnets)
+        assert fuse_resnet_norms(model, compiled=False) == len(resnets)
+        assert fuse_resnet_norms(model, compiled=False) == 0  # already fused
+
+
+def test_a_fused_unet_gives_the_same_noise_prediction() -> None:
+    unet = _tiny_unet()
+    keep_channels_last(unet)
+    x, text, added = channels_last_unet_inputs(unet, seed=4)
+    with torch.no_grad():
+        expected = unet(x, 500, encoder_hidden_states=text, added_cond_kwargs=added).sample
+        assert fuse_resnet_norms(unet, compiled=False) > 5
+        fused = unet(x, 500, encoder_hidden_states=text, added_cond_kwargs=added).sample
+
+    torch.testing.assert_close(fused, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_compiled_group_norm_silu_matches_at_every_size_with_few_compiles() -> None:
+    torch._dynamo.reset()
+    compiled_group_norm_silu.cache_clear()
+    compiled = compiled_group_norm_silu()
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    generator = torch.Generator().manual_seed(5)
+    weight, bias = (torch.randn(32, generator=generator) for _ in range(2))
+    for n, height, width in ((2, 6, 10), (2, 12, 8), (4, 7, 7), (2, 16, 16)):
+        x = _channels_last((n, 32, height, width), seed=height * width)
+        shift = torch.randn(n, 32, 1, 1, generator=generator)
+        for each in (None, shift):
+            with torch.no_grad():
+                result = compiled(x, 8, weight, bias, 1e-5, each)
+            assert result.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(
+                result.double(), _reference(x, 8, weight, bias, each), atol=1e-4, rtol=1e-4
+            )
+    # with and without a shift, not one per size
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before <= 4
+
+
+def test_engine_with_fused_resnets_renders_the_same_image(tmp_path: Path) -> None:
+    plain = tiny_engine_with(tmp_path, layout_on_cpu=True, fuse_resnet_norms="off")
+    fused = tiny_engine_with(tmp_path, layout_on_cpu=True, fuse_resnet_norms="on")
+    request = default_request(seed=9)
+
+    difference = np.abs(pixels_of(fused, request) - pixels_of(plain, request))
+
+    record = fused.describe()["acceleration"]
+    assert record["fuse_resnet_norms"] is True and record["fused_resnets"] > 10  # UNet and VAE
+    assert "fuse_resnet_norms runs eagerly: compile is off" in record["notes"]
+    assert plain.describe()["acceleration"]["fused_resnets"] == 0
+    assert difference.max() <= 2 and difference.mean() < 0.05
+
+
+def test_fused_resnets_are_the_default_where_the_unet_is_compiled() -> None:
+    default = plan_acceleration(AccelerationOptions(vram="high"), CUDA, torch.bfloat16, hardware=H100)
+    assert default.compile == "unet" and default.fuse_resnet_norms
+    assert EngineSettings().fuse_resnet_norms == "auto"
+
+    uncompiled = AccelerationOptions(vram="high", compile="off")
+    plan = plan_acceleration(uncompiled, CUDA, torch.bfloat16, hardware=H100)
+    assert not plan.fuse_resnet_norms and not any(n.startswith("fuse_resnet_norms") for n in plan.notes)
+
+    planar = AccelerationOptions(vram="high", channels_last=False, fuse_resnet_norms="on")
+    plan = plan_acceleration(planar, CUDA, torch.bfloat16, hardware=H100)
+    assert not plan.fuse_resnet_norms
+    assert "fuse_resnet_norms off: activations are not kept channels_last" in plan.notes
+
+    cpu = plan_acceleration(AccelerationOptions(vram="high"), torch.device("cpu"), torch.float32)
+    assert not cpu.fuse_resnet_norms
