@@ -492,7 +492,13 @@ class Bench:
         report["same_bytes"] = bool(same)
         return report
 
-    def profile(self, keep_channels_last: str = "on", *, small_with_graphs: bool = False) -> dict[str, Any]:
+    def profile(
+        self,
+        keep_channels_last: str = "on",
+        *,
+        small_with_graphs: bool = False,
+        fuse_resnet_norms: str = "auto",
+    ) -> dict[str, Any]:
         """Where a batch of 4 at full size spends the device's time (``kernel_profile.py``): one
         render of the defaults (text encoding, 8 denoising steps, 4 decodes) under ``torch.profiler``,
         after a warm-up render that compiles. Without CUDA graphs, whose replays would hide which
@@ -507,7 +513,12 @@ class Bench:
         from torch.profiler import ProfilerActivity, profile
 
         graphs = "auto" if small_with_graphs else "off"
-        options = AccelerationOptions(vram="high", cuda_graphs=graphs, keep_channels_last=keep_channels_last)
+        options = AccelerationOptions(
+            vram="high",
+            cuda_graphs=graphs,
+            keep_channels_last=keep_channels_last,
+            fuse_resnet_norms=fuse_resnet_norms,
+        )
         size = 1 if small_with_graphs else 4
         engine = self.engine(replace(options, layout_on_cpu=self.tiny), batch_size=size)
         engine.load()
@@ -651,14 +662,15 @@ class Bench:
         attention: str = "auto",
         compare_fusion: bool = False,
         compiled_group_norm: bool = False,
-        static_fused_norms: bool = False,
+        fused_norm_shapes: str = "",
     ) -> dict[str, Any]:
         """``size`` images in one UNet batch (different seeds and prompts), per image, against one alone.
         ``also_compile``: UNet module classes compiled too, beside regional compile's transformer
         blocks (an experiment: the engine has no setting for it yet). ``compare_fusion``: one seed
         with the resnets' GroupNorm + SiLU fused against diffusers' resnets (``fusion_agreement``).
         ``compiled_group_norm``: the kept GroupNorms through torch.compile (an experiment).
-        ``static_fused_norms``: the fused resnet norms compiled per shape, not dynamic (an experiment)."""
+        ``fused_norm_shapes``: the fused resnet norms compiled with these shapes instead (an experiment,
+        ``fused_resnet.SHAPES``)."""
         self.reset_peak()
         mark = time.perf_counter()
         engine = self.engine(options, batch_size=size, attention=attention)
@@ -666,8 +678,8 @@ class Bench:
         compiled_also = compile_modules(engine, also_compile) if also_compile else {}
         if compiled_group_norm:
             compiled_also["compiled_group_norms"] = compile_group_norms(engine)
-        if static_fused_norms:
-            compiled_also["static_fused_resnets"] = refuse_static(engine)
+        if fused_norm_shapes:
+            compiled_also[f"fused_resnets_{fused_norm_shapes}"] = fuse_again(engine, fused_norm_shapes)
         prompts = ("a lighthouse on a rocky coast at dusk", "a red fox in fresh snow", "an old tram, rain")
         requests = [self.request(seed=10 + i, prompt=prompts[i % len(prompts)]) for i in range(size)]
         engine.generate_batch(requests)  # warm-up (and compilation, when compiled)
@@ -903,14 +915,18 @@ class Bench:
     def cases(self) -> dict[str, Callable[[], dict[str, Any]]]:
         """Every case by name, in the default order: most telling first (a GPU session may end early)."""
         defaults = replace(AccelerationOptions(vram="high"), layout_on_cpu=self.tiny)
+        fused = replace(defaults, fuse_resnet_norms="on")
         other = "float16" if self.dtype == torch.bfloat16 else "bfloat16"
         cases: dict[str, Callable[[], dict[str, Any]]] = {
             "setup": self.setup,
             SELFTEST_CRASH: _crash,
             "defaults": self.defaults,
-            "batch_4": lambda: self.batched(defaults, compare_fusion=True),
-            "batch_4_unfused": lambda: self.batched(replace(defaults, fuse_resnet_norms="off")),
-            "batch_4_fused_static": lambda: self.batched(defaults, static_fused_norms=True),
+            "batch_4": lambda: self.batched(defaults),
+            "batch_4_fused": lambda: self.batched(fused, compare_fusion=True),
+            "batch_4_fused_static": lambda: self.batched(fused, fused_norm_shapes="static"),
+            "batch_4_fused_dynamic": lambda: self.batched(fused, fused_norm_shapes="dynamic"),
+            "profile_fused": lambda: self.profile(fuse_resnet_norms="on"),
+            "queue_fused": lambda: self.queue("queue-fused", fuse_resnet_norms="on"),
             "batch_4_nchw": lambda: self.batched(replace(defaults, channels_last=False)),
             "batch_4_resnets_compiled": lambda: self.batched(defaults, also_compile=RESNET_MODULES),
             "batch_4_cudnn_benchmark": lambda: self.cudnn_benchmarked(defaults),
@@ -1086,6 +1102,8 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
                     f", channels_last kept ({kept.get('group_norms')} GroupNorms, "
                     f"{kept.get('transformer_outputs')} transformer outputs)"
                 )
+            if value.get("fuse_resnet_norms"):
+                label += f", {value.get('fused_resnets')} resnets' norms fused"
             if value.get("quantize", "off") != "off":
                 label += f", {value['quantize']} ({value.get('quantized_layers')} layers)"
             if value.get("cuda_graphs"):
@@ -1165,8 +1183,8 @@ def compile_group_norms(engine: SDXLEngine) -> dict[str, int] | str:
     return counts
 
 
-def refuse_static(engine: SDXLEngine) -> int | str:
-    """The UNet's and VAE's fused resnet norms compiled with static shapes instead of dynamic."""
+def fuse_again(engine: SDXLEngine, shapes: str) -> int | str:
+    """The UNet's and VAE's fused resnet norms compiled with ``shapes`` (``fused_resnet.SHAPES``)."""
     from fooocusd.engine.fused_resnet import fuse_resnet_norms, unfuse_resnet_norms
 
     plan = engine._accelerator.plan
@@ -1176,7 +1194,7 @@ def refuse_static(engine: SDXLEngine) -> int | str:
     fused = 0
     for model in (pipeline.unet, pipeline.vae):
         unfuse_resnet_norms(model)
-        fused += fuse_resnet_norms(model, compiled=plan.compile != "off", dynamic=False)
+        fused += fuse_resnet_norms(model, compiled=plan.compile != "off", shapes=shapes)
     return fused
 
 

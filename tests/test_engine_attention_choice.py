@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
 from fooocusd.engine import attention_choice
+from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
 from fooocusd.engine.attention_choice import (
     AttentionShape,
     choose_attention,
@@ -28,6 +29,7 @@ from fooocusd.engine.attention_choice import (
     prefer_cudnn_attention,
     unet_attention_shapes,
 )
+from fooocusd.engine.devices import HardwareFacts
 from fooocusd.engine.models import SDXL_CONFIG_DIR
 from fooocusd.errors import ConfigError
 from tests.engine_helpers import tiny_engine_with
@@ -118,9 +120,14 @@ def test_auto_on_a_gpu_measures_once_per_model_shape_and_picks_the_fastest(
     measured: list[list[str]] = []
 
     def measure(
-        backends: list[str], shapes: Counter[AttentionShape], device: torch.device, dtype: torch.dtype
+        backends: list[str],
+        shapes: Counter[AttentionShape],
+        device: torch.device,
+        dtype: torch.dtype,
+        graphed: bool = False,
     ) -> tuple[dict[str, float], dict[str, str]]:
         measured.append(list(backends))
+        assert not graphed
         assert shapes == unet_attention_shapes(sdxl_unet) and device == CUDA
         return {"sdpa": 40.0, "sdpa_cudnn": 30.0}, {}
 
@@ -199,10 +206,41 @@ def test_cudnn_first_is_not_chosen_when_it_breaks_the_expansions_masked_attentio
     sdxl_unet: UNet2DConditionModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        attention_choice, "measure_backends", lambda *args: ({"sdpa": 40.0, "sdpa_cudnn": 20.0}, {})
+        attention_choice, "measure_backends", lambda *args, **kwargs: ({"sdpa": 40.0, "sdpa_cudnn": 20.0}, {})
     )
     monkeypatch.setattr(attention_choice, "masked_attention_problem", lambda *args: "masked attention fails")
     choice = choose_attention("auto", sdxl_unet, CUDA, torch.bfloat16)
     assert choice.backend == "sdpa"
     assert choice.rejected["sdpa_cudnn"] == "masked attention fails"
     assert "sdpa_cudnn" not in choice.per_unet_call_ms
+
+
+def test_auto_times_as_cuda_graphs_replay_when_the_engine_replays_graphs(
+    sdxl_unet: UNet2DConditionModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timed_graphed: list[bool] = []
+
+    def measure(*args: object, graphed: bool = False) -> tuple[dict[str, float], dict[str, str]]:
+        timed_graphed.append(graphed)
+        # eagerly, cuDNN first pays its host work per call; replayed, only its kernels count
+        return ({"sdpa": 7.0, "sdpa_cudnn": 5.0} if graphed else {"sdpa": 9.3, "sdpa_cudnn": 21.8}), {}
+
+    monkeypatch.setattr(attention_choice, "measure_backends", measure)
+    monkeypatch.setattr(attention_choice, "masked_attention_problem", lambda *args: "")
+    monkeypatch.setattr(attention_choice, "_measured", {})
+    eager = choose_attention("auto", sdxl_unet, CUDA, torch.bfloat16)
+    replayed = choose_attention("auto", sdxl_unet, CUDA, torch.bfloat16, graphed=True)
+
+    assert timed_graphed == [False, True]  # measured for each way of running, once
+    assert eager.backend == "sdpa"
+    assert replayed.backend == "sdpa_cudnn" and "timed as CUDA graph replays" in replayed.reason
+
+
+def test_fused_projections_stay_with_cudnn_first_which_is_still_pytorchs_sdpa() -> None:
+    h100 = HardwareFacts("cuda", (9, 0), 80 * 2**30, True)
+    options = AccelerationOptions(vram="high")
+    cudnn = plan_acceleration(options, CUDA, torch.bfloat16, attention="sdpa_cudnn", hardware=h100)
+    xformers = plan_acceleration(options, CUDA, torch.bfloat16, attention="xformers", hardware=h100)
+
+    assert cudnn.fuse_qkv and not any("fuse_qkv" in note for note in cudnn.notes)
+    assert not xformers.fuse_qkv and any("fuse_qkv off" in note for note in xformers.notes)

@@ -119,7 +119,7 @@ def test_a_failed_capture_repairs_the_generator_and_the_next_capture_takes_a_new
     fake_cuda: FakeCuda, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repaired: list[torch.device] = []
-    monkeypatch.setattr(graph_capture, "_repair_generator", repaired.append)
+    monkeypatch.setattr(graph_capture, "repair_generator", repaired.append)
     backend = CudaGraphBackend(torch.device("cuda"))
     kept = backend.capture(_run)
     fake_cuda.fail_next_capture = "operation not permitted when stream is capturing"
@@ -154,10 +154,10 @@ def test_generator_left_in_capture_mode_is_repaired_by_one_completed_capture(
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: 9)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
 
-    graph_capture._repair_generator(torch.device("cuda"))
+    graph_capture.repair_generator(torch.device("cuda"))
     assert state == {"capturing": False, "captures": 1, "inside": False}
 
-    graph_capture._repair_generator(torch.device("cuda"))  # a healthy generator: nothing captured
+    graph_capture.repair_generator(torch.device("cuda"))  # a healthy generator: nothing captured
     assert state["captures"] == 1
 
 
@@ -167,7 +167,7 @@ def test_a_generator_that_cannot_be_repaired_leaves_the_captures_own_error_to_re
     def still_broken(device: torch.device) -> None:
         raise RuntimeError("Offset increment outside graph capture encountered unexpectedly.")
 
-    monkeypatch.setattr(graph_capture, "_repair_generator", still_broken)
+    monkeypatch.setattr(graph_capture, "repair_generator", still_broken)
     backend = CudaGraphBackend(torch.device("cuda"))
     fake_cuda.fail_next_capture = "operation not permitted when stream is capturing"
 

@@ -212,21 +212,27 @@ def test_the_next_jobs_are_expanded_while_the_current_image_renders(setup) -> No
         assert record["expanded_prompt"] == wanted.expanded_prompt != prompt
 
 
-def test_with_expand_ahead_off_the_next_jobs_are_expanded_together_before_their_claim(setup) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    _, folders, journal = setup
+def _expansion_counting_runs() -> tuple[PromptExpansion, list[int]]:
+    """A tiny-random expansion that records how many prompts each ``expand_many`` run holds."""
     expansion = PromptExpansion(tiny_random=True)
     expander = expansion.load()
     assert expander is not None
     together: list[int] = []
     expand_many = expander.expand_many
     expander.expand_many = lambda items: together.append(len(items)) or expand_many(items)  # type: ignore[method-assign]
+    return expansion, together
+
+
+def test_with_expand_ahead_off_the_next_jobs_are_expanded_together_before_their_claim(setup) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    _, folders, journal = setup
+    expansion, together = _expansion_counting_runs()
     jobs = [_fooocus_v2_job(journal, name, seed) for name, seed in (("fox", 1), ("owl", 2), ("elk", 3))]
     worker = _expanding_worker(setup, OneAtATime(), expansion, "off")
     _drain(worker)
 
     assert _states(journal, *jobs) == [("done", 1)] * 3
     assert (expansion.expanded, expansion.expanded_ahead) == (3, 0)
-    assert together == [2, 1]  # the next two jobs (batches of one here: at least two), then the last
+    assert together == [3]  # the whole queue: fewer than two groups (of two here: batches of one)
     reference = PromptExpansion(tiny_random=True)
     for path in sorted(folders.outbox.rglob("*.json")):
         record = json.loads(path.read_text())
@@ -262,3 +268,18 @@ def test_the_daemon_expands_ahead_and_writes_the_same_sidecars(tmp_path: Path) -
         texts[mode] = {record["prompt"]: record["expansion_text"] for record in records}
     assert texts["on"] == texts["off"]
     assert all(texts["on"].values())
+
+
+def test_expansions_together_run_in_whole_groups_as_the_queue_moves(setup) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    _, _, journal = setup
+    expansion, together = _expansion_counting_runs()
+    names = ("fox", "owl", "elk", "yak", "emu", "ram", "cod", "eel", "bee", "ant")
+    jobs = [_fooocus_v2_job(journal, name, seed) for seed, name in enumerate(names, start=1)]
+    worker = _expanding_worker(setup, OneAtATime(), expansion, "off")
+    _drain(worker)
+
+    assert _states(journal, *jobs) == [("done", 1)] * len(jobs)
+    assert expansion.expanded == len(jobs)
+    # groups of two (batches of one): two groups first, then one whole group each time the next
+    # group is not expanded yet, and the last two together: never a lone prompt in a model run
+    assert together == [4, 2, 2, 2]

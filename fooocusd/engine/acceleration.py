@@ -16,7 +16,7 @@
    processors are swapped back out the first time a LoRA is loaded on the pipeline. With
    ``keep_channels_last = "on"`` GroupNorm and the transformers' outputs stay in that layout
    instead of copying to NCHW and back (``keep_channels_last.py``), and with
-   ``fuse_resnet_norms`` (``"auto"``: where the UNet is compiled) each resnet block's GroupNorm,
+   ``fuse_resnet_norms = "on"`` (``"auto"`` is off until measured) each resnet block's GroupNorm,
    time shift and SiLU run as one compiled pass (``fused_resnet.py``);
 4. with ``quantize = "fp8"`` on a CUDA GPU of compute capability 8.9+ with torchao installed, gives
    the UNet's transformer Linear layers fp8 weights and activations (``quantization.py``; LoRAs run
@@ -73,6 +73,9 @@ from fooocusd.engine.unet_graphs import UNetGraphs
 if TYPE_CHECKING:
     from fooocusd.settings import EngineSettings
 
+SDPA_BACKENDS = ("sdpa", "sdpa_cudnn")
+"""Attention backends that run through PyTorch's SDPA, as diffusers' fused-QKV processor does
+(cuDNN first is only PyTorch's kernel order, which that processor follows too)."""
 RECOMPILE_LIMIT = 256
 """Graphs per code object: 26 aspect buckets × batch 1/2 × the UNet's two block widths, with room."""
 ACCUMULATED_RECOMPILE_LIMIT = 8192
@@ -233,7 +236,7 @@ def plan_acceleration(
     )
     if plan.compile == "auto":
         plan.compile = (hardware or probe_hardware(device)).plan().compile_auto if vram == "high" else "off"
-    if plan.fuse_qkv and attention != "sdpa":
+    if plan.fuse_qkv and attention not in SDPA_BACKENDS:
         plan.fuse_qkv = False
         plan.notes.append(f"fuse_qkv off: the fused processor is PyTorch SDPA, attention is {attention}")
     if plan.fuse_qkv and vram == "low":
@@ -294,17 +297,16 @@ def resolve_overlap_decode(
 
 def resolve_fuse_resnet_norms(setting: str, plan: AccelerationPlan) -> tuple[bool, str]:
     """``fuse_resnet_norms`` → (on or off, a note saying why "on" is not used, or ""). The fused
-    pass reads channels_last activations, so it needs ``keep_channels_last``; ``auto`` also needs
-    the UNet compiled (eager, the fused pass is no faster), "on" runs it eagerly where it is not."""
-    if setting == "off":
+    pass reads channels_last activations, so it needs ``keep_channels_last``; it is compiled where
+    the UNet is, and runs eagerly (no faster) elsewhere. ``auto`` is off: the form it would take has
+    not been measured on a GPU yet (``fused_resnet.py``)."""
+    if setting in ("off", "auto"):
         return False, ""
     if not plan.keep_channels_last:
         note = "fuse_resnet_norms off: activations are not kept channels_last"
         return False, note if setting == "on" else ""
     if plan.compile == "off":
-        if setting == "on":
-            return True, "fuse_resnet_norms runs eagerly: compile is off"
-        return False, ""
+        return True, "fuse_resnet_norms runs eagerly: compile is off"
     return True, ""
 
 
@@ -405,7 +407,10 @@ class Accelerator:
         """Handed to ``UNetGraphs`` and ``EncoderGraphs``: runs before each CUDA graph capture."""
 
     def apply(self, pipeline: Any) -> AccelerationPlan:
-        self.attention_choice = choose_attention(self.attention, pipeline.unet, self.device, self.dtype)
+        graphed = plan_acceleration(self.options, self.device, self.dtype).cuda_graphs  # (before attention)
+        self.attention_choice = choose_attention(
+            self.attention, pipeline.unet, self.device, self.dtype, graphed=graphed
+        )
         enable_attention(pipeline, self.attention_choice.backend, self.device)
         force_upcast = bool(getattr(pipeline.vae.config, "force_upcast", False))
         plan = plan_acceleration(

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from loguru import logger
 
+from fooocusd.engine.graph_capture import repair_generator
 from fooocusd.errors import ConfigError
 
 BACKENDS = ("sdpa", "sdpa_cudnn", "xformers")
@@ -44,6 +45,8 @@ MIN_SAVING = 0.03
 TEXT_TOKENS = 77
 CFG_BATCH = 2
 RUNS = 10
+GRAPHED_CALLS = 20
+"""Attention calls per captured graph when timing as CUDA graphs replay them."""
 ATOL, RTOL = 1e-2, 2e-2
 """Agreement with PyTorch's default result, at half-precision rounding of softmax averages."""
 
@@ -227,8 +230,17 @@ def attention_runner(backend: str) -> Callable[[torch.Tensor, torch.Tensor, torc
 # -- measuring -------------------------------------------------------------------------------------------
 
 
-def median_milliseconds(device: torch.device, call: Callable[[], Any], runs: int) -> float:
-    """Median time of ``call`` after two warm-up calls: CUDA events on a GPU, the wall clock elsewhere."""
+def median_milliseconds(
+    device: torch.device, call: Callable[[], Any], runs: int, *, graphed: bool = False
+) -> float:
+    """Median time of ``call`` after two warm-up calls: CUDA events on a GPU, the wall clock elsewhere.
+    ``graphed``: as a captured CUDA graph replays it (``graphed_milliseconds``), where that works."""
+    if graphed and device.type == "cuda":
+        try:
+            return graphed_milliseconds(device, call, runs)
+        except RuntimeError as exc:  # a kernel that cannot be captured: time it as it runs eagerly
+            logger.debug("attention timed eagerly, its capture failed: {}", exc)
+            repair_generator(device)
     call()
     call()
     samples = []
@@ -247,6 +259,29 @@ def median_milliseconds(device: torch.device, call: Callable[[], Any], runs: int
     return statistics.median(samples)
 
 
+def graphed_milliseconds(device: torch.device, call: Callable[[], Any], runs: int) -> float:
+    """Milliseconds per ``call`` when ``GRAPHED_CALLS`` of them replay from one CUDA graph: the
+    kernels' own time, without the host work between them (argument checks, cuDNN's plan lookup,
+    the kernel-order switch of ``attention_runner``), which CUDA graphs take out of a render. Timed
+    eagerly, cuDNN first measured 2.3x slower than PyTorch's order on an H100 (21.8 against 9.3 ms
+    per UNet call) yet rendered 5 % faster under graphs (docs/benchmarks.md, tenth session)."""
+    stream = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(stream)
+    with torch.cuda.stream(side):  # warm-up outside the capture: kernel plans, workspaces
+        call()
+        call()
+    stream.wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(GRAPHED_CALLS):
+            call()
+    try:
+        return median_milliseconds(device, graph.replay, runs) / GRAPHED_CALLS
+    finally:
+        del graph
+
+
 def measure_backends(
     backends: Sequence[str],
     shapes: Counter[AttentionShape],
@@ -254,10 +289,12 @@ def measure_backends(
     dtype: torch.dtype,
     *,
     runs: int = RUNS,
+    graphed: bool = False,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Milliseconds of attention per UNet call for each backend, and the backends rejected with why.
 
     The first backend is the reference: the others must agree with its result on every shape.
+    ``graphed``: timed as CUDA graph replays (``graphed_milliseconds``), as the engine will run them.
     """
     totals = dict.fromkeys(backends, 0.0)
     rejected: dict[str, str] = {}
@@ -268,7 +305,7 @@ def measure_backends(
             reference: torch.Tensor | None = None
             for backend in [name for name in backends if name not in rejected]:
                 try:
-                    result, milliseconds = _time_backend(backend, q, k, v, device, runs)
+                    result, milliseconds = _time_backend(backend, q, k, v, device, runs, graphed)
                 except Exception as exc:  # a kernel that cannot run a shape is not a choice
                     rejected[backend] = f"{type(exc).__name__} at {shape.label}: {exc}"[:300]
                     continue
@@ -282,10 +319,16 @@ def measure_backends(
 
 
 def _time_backend(
-    backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, device: torch.device, runs: int
+    backend: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    device: torch.device,
+    runs: int,
+    graphed: bool,
 ) -> tuple[torch.Tensor, float]:
     run = attention_runner(backend)
-    return run(q, k, v), median_milliseconds(device, lambda: run(q, k, v), runs)
+    return run(q, k, v), median_milliseconds(device, lambda: run(q, k, v), runs, graphed=graphed)
 
 
 def _disagreement(result: torch.Tensor, reference: torch.Tensor) -> str:
@@ -373,8 +416,11 @@ def describe_setting(setting: str, device: torch.device) -> str:
     return f"attention auto (the fastest of {', '.join(candidates_on(device)[0])}, timed at each model load)"
 
 
-def choose_attention(setting: str, unet: Any, device: torch.device, dtype: torch.dtype) -> AttentionChoice:
-    """The backend for ``engine.attention = setting`` with ``unet`` on ``device``; auto measures on CUDA."""
+def choose_attention(
+    setting: str, unet: Any, device: torch.device, dtype: torch.dtype, *, graphed: bool = False
+) -> AttentionChoice:
+    """The backend for ``engine.attention = setting`` with ``unet`` on ``device``; auto measures on
+    CUDA, as CUDA graphs replay the kernels where ``graphed`` (the engine will replay the UNet)."""
     if setting != "auto":
         return AttentionChoice(setting, "engine.attention")
     if device.type != "cuda":
@@ -384,16 +430,18 @@ def choose_attention(setting: str, unet: Any, device: torch.device, dtype: torch
         shapes = unet_attention_shapes(unet)
     except (AttributeError, TypeError, ValueError) as exc:  # a UNet class laid out otherwise
         return AttentionChoice("sdpa", f"auto: PyTorch's own kernel choice (shapes unknown: {exc})")
-    key = (str(device), dtype, tuple(sorted(shapes.items(), key=lambda item: item[0].label)))
+    key = (str(device), dtype, graphed, tuple(sorted(shapes.items(), key=lambda item: item[0].label)))
     if key in _measured:
         return _measured[key]
     started = time.perf_counter()
     candidates, skipped = candidates_on(device)
-    per_call_ms, rejected = measure_backends(candidates, shapes, device, dtype)
+    per_call_ms, rejected = measure_backends(candidates, shapes, device, dtype, graphed=graphed)
     if "sdpa_cudnn" in per_call_ms and (problem := masked_attention_problem(device, dtype)):
         del per_call_ms["sdpa_cudnn"]
         rejected["sdpa_cudnn"] = problem
     backend, reason = pick_fastest(per_call_ms)
+    if graphed:
+        reason += " (timed as CUDA graph replays)"
     elapsed = time.perf_counter() - started
     choice = AttentionChoice(backend, f"auto: {reason}", per_call_ms, {**skipped, **rejected}, elapsed)
     logger.info("attention: {} ({}; ms per UNet call {}; {:.2f} s)", backend, reason, per_call_ms, elapsed)

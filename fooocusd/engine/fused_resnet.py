@@ -9,8 +9,12 @@ profile of a batch of 4 at 1024² on an H100 (docs/benchmarks.md, 2026-11-27) th
 of 1,288: more than FlashAttention's self-attention. Here the statistics are one reduction pass
 (per-channel sums and sums of squares, read with the channels innermost as they lie in memory), and
 the shift, normalisation, affine transform and SiLU one pointwise pass that writes bf16: two reads
-and one write, compiled by inductor with dynamic shapes (a few graphs in all, not one per image
-size). The arithmetic is float32, as PyTorch's GroupNorm does it.
+and one write, compiled by inductor with one graph per channel count (``SHAPES``), not one per
+image size. The arithmetic is float32, as PyTorch's GroupNorm does it.
+
+Off by default (``"auto"``) until measured on a GPU in this form: on an H100 the all-dynamic
+version gained only ~2 % and slowed a fresh start (27.7 → 50 s to ready), the per-shape one gained
+8 % but compiles for every new size (docs/benchmarks.md, tenth session).
 
 Only the plain SDXL/SD resnet takes this path (GroupNorm norms, SiLU, the time embedding added
 before ``norm2`` or none, no up/downsampling inside the block, a channels_last input); any other
@@ -58,12 +62,36 @@ def group_norm_silu(
     return F.silu(normalised).to(x.dtype)
 
 
+SHAPES = ("per_channel_count", "dynamic", "static")
+"""How the compiled pass treats shapes. "per_channel_count" (the engine's): batch, height and width
+dynamic, the channel count fixed, so one graph per channel count (about ten for SDXL's UNet and VAE,
+all met in the first render) whose kernels index with constant divisors. "dynamic": every size
+symbolic, a few graphs in all, but each element's index takes runtime divisions: on an H100 its
+pointwise kernel took 120 ms of a 1,300 ms profile and the render gained ~2 %. "static": one graph
+per shape, the fastest kernels (one 1024² image −8 %, 512² −12 % on an H100) but about fifteen
+compiles for every new image size and batch: a recompilation storm across the aspect buckets."""
+
+
 @functools.cache
-def compiled_group_norm_silu(dynamic: bool = True) -> NormSiLU:
-    """``group_norm_silu`` under torch.compile: one reduction kernel and one pointwise kernel per
-    call. Shapes dynamic: a few graphs in all (with and without a shift; batch 1 and more); static
-    (an experiment of the GPU check): one per shape, each tuned to its size."""
-    return torch.compile(group_norm_silu, dynamic=dynamic, fullgraph=True)
+def compiled_group_norm_silu(shapes: str = "per_channel_count") -> NormSiLU:
+    """``group_norm_silu`` under torch.compile (one reduction kernel and one pointwise kernel per
+    call), its shapes treated as ``shapes`` says (``SHAPES``)."""
+    if shapes not in SHAPES:
+        raise ValueError(f"shapes must be one of {SHAPES}, not {shapes!r}")
+    if shapes != "per_channel_count":
+        return torch.compile(group_norm_silu, dynamic=shapes == "dynamic", fullgraph=True)
+    compiled = torch.compile(group_norm_silu, fullgraph=True)
+
+    def per_channel_count(
+        x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float, shift: Any = None
+    ) -> torch.Tensor:
+        for dim in (0, 2, 3):  # "maybe": a size-1 batch may still specialise
+            torch._dynamo.maybe_mark_dynamic(x, dim)
+        if shift is not None:
+            torch._dynamo.maybe_mark_dynamic(shift, 0)
+        return compiled(x, groups, weight, bias, eps, shift)
+
+    return per_channel_count
 
 
 def takes_fused_path(block: Any) -> bool:
@@ -112,10 +140,11 @@ def _fused_forward(
     return output
 
 
-def fuse_resnet_norms(model: Any, *, compiled: bool = True, dynamic: bool = True) -> int:
-    """Run ``model``'s eligible resnet blocks through ``group_norm_silu`` (compiled, unless not
-    ``compiled``); returns how many. Weights stay the same tensors (LoRA folding, CUDA graphs)."""
-    norm_silu = compiled_group_norm_silu(dynamic) if compiled else group_norm_silu
+def fuse_resnet_norms(model: Any, *, compiled: bool = True, shapes: str = "per_channel_count") -> int:
+    """Run ``model``'s eligible resnet blocks through ``group_norm_silu`` (compiled as ``shapes``
+    says, unless not ``compiled``); returns how many. Weights stay the same tensors (LoRA folding,
+    CUDA graphs)."""
+    norm_silu = compiled_group_norm_silu(shapes) if compiled else group_norm_silu
     forward = functools.partial(_fused_forward, norm_silu)
     fused = 0
     for module in model.modules():

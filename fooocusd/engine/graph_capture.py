@@ -49,7 +49,7 @@ class CudaGraphBackend:
     2026-11-27), so the next capture starts a new one. A capture that fails part-way can leave
     PyTorch's default CUDA generator believing it is still capturing, which fails every later
     random draw on the device, compiling included ("Offset increment outside graph capture"), so a
-    failure is followed by ``_repair_generator``."""
+    failure is followed by ``repair_generator``."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -75,7 +75,7 @@ class CudaGraphBackend:
                 del graph
                 self.pool = torch.cuda.graph_pool_handle()
                 try:
-                    _repair_generator(self.device)
+                    repair_generator(self.device)
                 except RuntimeError as still_broken:  # the capture's own error is the one to raise
                     logger.error("CUDA's random generator could not be repaired: {}", still_broken)
                 raise
@@ -87,7 +87,7 @@ class CudaGraphBackend:
         self.live_graphs -= 1
 
 
-def _repair_generator(device: torch.device) -> None:
+def repair_generator(device: torch.device) -> None:
     """Make the default CUDA generator usable again after a capture that failed part-way: a random
     draw outside capture then fails, and one small capture that completes ends its capture mode."""
     try:

