@@ -136,6 +136,8 @@ class Bench:
         self.work.mkdir(parents=True, exist_ok=True)
         self.started = time.perf_counter()
         self.kept: SDXLEngine | None = None
+        self.allocated_before = 0
+        """Bytes still allocated when the running case started (``reset_peak``)."""
         self.report: dict[str, Any] = {
             "label": "CPU, tiny random model: a plumbing check, NOT a performance figure"
             if self.tiny
@@ -282,8 +284,19 @@ class Bench:
             torch.cuda.synchronize()
 
     def reset_peak(self) -> None:
+        """Start a case's peak here. What earlier cases still hold counts in it, so unreachable
+        objects go first, and ``allocated_before_gib`` says how much was left (a case's peak is
+        its own only where that is ~0)."""
         if self.device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+            self.allocated_before = torch.cuda.memory_allocated()
+
+    def allocated_before_gib(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        return round(self.allocated_before / 2**30, 2)
 
     def peak_gib(self) -> float | None:
         if self.device.type != "cuda":
@@ -377,6 +390,7 @@ class Bench:
             "queue_of_4_s_per_image": round(queue_s, 3),
             "resident_gib": resident,
             "peak_gib": peak,
+            "allocated_before_gib": self.allocated_before_gib(),
         }
 
     def switches(self) -> dict[str, Any]:
@@ -717,6 +731,7 @@ class Bench:
             f"phases_{self.small}_{self.small_steps}_s": self.phases,
             "peak_gib": self.peak_gib(),
             "peak_reserved_gib": self.peak_reserved_gib(),
+            "allocated_before_gib": self.allocated_before_gib(),
         }
 
     def cudnn_benchmarked(self, options: AccelerationOptions) -> dict[str, Any]:

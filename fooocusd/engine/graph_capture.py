@@ -25,8 +25,11 @@ from typing import Any, Protocol
 import torch
 from loguru import logger
 
-CAPTURE_TOLERANCE = 1e-2
-"""Largest ‖graph − eager‖ allowed at capture, relative to ‖eager‖ (bf16 rounding stays near 1e-3)."""
+CAPTURE_TOLERANCE = 2e-2
+"""Largest ‖graph − eager‖ allowed at capture, relative to ‖eager‖. bf16 rounding stays near 1e-3
+in the UNet, but CLIP-G's replays differed by 1.01–1.07 % in three H100 checks (other matrix
+kernels under capture, their rounding carried through 32 layers), which kept it eager at 1 %; a
+stale or unwritten row (one of 77: ~11 %) or a 5 % drift is still refused."""
 
 BucketKey = tuple[tuple[tuple[int, ...], torch.dtype], ...]
 
