@@ -109,7 +109,7 @@ OFF = AccelerationOptions(vram="high", compile="off", channels_last=False, fuse_
 PHASES = ("encode", "denoise", "decode")
 PROFILED_STEPS = 8
 """``GeneratedImage.timings`` parts: text encoders, the denoising loop, VAE decode + image."""
-KEEP_COMPILED_ENGINE = frozenset({"warm_start", "compiled_full_graphs_small"})
+KEEP_COMPILED_ENGINE = frozenset({"warm_start", "warm_start_fused", "compiled_full_graphs_small"})
 """Cases before which the engine ``compiled_latency`` kept stays resident (the small-size case uses it)."""
 LORA_RANK = 8
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -850,19 +850,31 @@ class Bench:
             "peak_gib": self.peak_gib(),
         }
 
-    def compiled_latency(self, target: str, mode: str, cuda_graphs: str = "off") -> dict[str, Any]:
+    def compiled_latency(
+        self, target: str, mode: str, cuda_graphs: str = "off", fuse_resnet_norms: str = "auto"
+    ) -> dict[str, Any]:
         """``compile = target`` in ``mode`` on top of the defaults, cold: start to ready (load + the
         first 1024² image, which compiles), then latency. The engine stays for ``compiled_small``,
-        and the compile cache is saved at once, for the ``warm_start`` process to read."""
+        and the compile cache is saved at once, for the ``warm_start`` process to read (with the
+        same settings)."""
         from fooocusd.engine.acceleration import COMPILE_CACHE_FOLDER, save_compile_artifacts
 
-        self.compiled_cache = self.work / f"compile-cache-{target}-{mode}"
+        fused = "-fused" if fuse_resnet_norms == "on" else ""
+        self.compiled_cache = self.work / f"compile-cache-{target}-{mode}{fused}"
         options = replace(
-            AccelerationOptions(vram="high", compile=target, compile_mode=mode, cuda_graphs=cuda_graphs),
+            AccelerationOptions(
+                vram="high",
+                compile=target,
+                compile_mode=mode,
+                cuda_graphs=cuda_graphs,
+                fuse_resnet_norms=fuse_resnet_norms,
+            ),
             cache_dir=self.compiled_cache,
             layout_on_cpu=self.tiny,
         )
         self.compiled_settings = {"compile": target, "compile_mode": mode, "cuda_graphs": cuda_graphs}
+        if fused:
+            self.compiled_settings["fuse_resnet_norms"] = fuse_resnet_norms
         result = self.variant(options, keep=True)
         result["cache_saved"] = save_compile_artifacts(self.compiled_cache / COMPILE_CACHE_FOLDER)
         return result
@@ -971,6 +983,10 @@ class Bench:
             "queue_compiled": lambda: self.queue("queue-compiled", compile="unet"),
             "compiled_full_graphs": lambda: self.compiled_latency("unet_full", "reduce-overhead"),
             "warm_start": self.warm_start,
+            "compiled_blocks_cuda_graphs_fused": lambda: self.compiled_latency(
+                "unet", "default", cuda_graphs="on", fuse_resnet_norms="on"
+            ),
+            "warm_start_fused": self.warm_start,
             "compiled_full_graphs_small": self.compiled_small,
             "compiled_blocks": lambda: self.compiled_latency("unet", "default"),
             "compiled_blocks_cuda_graphs": lambda: self.compiled_latency("unet", "default", cuda_graphs="on"),
