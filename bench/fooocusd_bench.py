@@ -109,7 +109,7 @@ OFF = AccelerationOptions(vram="high", compile="off", channels_last=False, fuse_
 PHASES = ("encode", "denoise", "decode")
 PROFILED_STEPS = 8
 """``GeneratedImage.timings`` parts: text encoders, the denoising loop, VAE decode + image."""
-KEEP_COMPILED_ENGINE = frozenset({"warm_start", "warm_start_fused", "compiled_full_graphs_small"})
+KEEP_COMPILED_ENGINE = frozenset({"warm_start", "compiled_full_graphs_small"})
 """Cases before which the engine ``compiled_latency`` kept stays resident (the small-size case uses it)."""
 LORA_RANK = 8
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -785,8 +785,8 @@ class Bench:
             return {}
         request = self.request(seed=77)
         pixels = []
-        compiled = plan.compile != "off"
-        for use in (unfuse_resnet_norms, lambda model: fuse_resnet_norms(model, compiled=compiled)):
+        kernel = plan.fused_norm_kernel
+        for use in (unfuse_resnet_norms, lambda model: fuse_resnet_norms(model, kernel=kernel)):
             use(pipeline.unet)
             use(pipeline.vae)
             if engine._accelerator.graphs is not None:
@@ -850,31 +850,20 @@ class Bench:
             "peak_gib": self.peak_gib(),
         }
 
-    def compiled_latency(
-        self, target: str, mode: str, cuda_graphs: str = "off", fuse_resnet_norms: str = "auto"
-    ) -> dict[str, Any]:
+    def compiled_latency(self, target: str, mode: str, cuda_graphs: str = "off") -> dict[str, Any]:
         """``compile = target`` in ``mode`` on top of the defaults, cold: start to ready (load + the
         first 1024² image, which compiles), then latency. The engine stays for ``compiled_small``,
         and the compile cache is saved at once, for the ``warm_start`` process to read (with the
         same settings)."""
         from fooocusd.engine.acceleration import COMPILE_CACHE_FOLDER, save_compile_artifacts
 
-        fused = "-fused" if fuse_resnet_norms == "on" else ""
-        self.compiled_cache = self.work / f"compile-cache-{target}-{mode}{fused}"
+        self.compiled_cache = self.work / f"compile-cache-{target}-{mode}"
         options = replace(
-            AccelerationOptions(
-                vram="high",
-                compile=target,
-                compile_mode=mode,
-                cuda_graphs=cuda_graphs,
-                fuse_resnet_norms=fuse_resnet_norms,
-            ),
+            AccelerationOptions(vram="high", compile=target, compile_mode=mode, cuda_graphs=cuda_graphs),
             cache_dir=self.compiled_cache,
             layout_on_cpu=self.tiny,
         )
         self.compiled_settings = {"compile": target, "compile_mode": mode, "cuda_graphs": cuda_graphs}
-        if fused:
-            self.compiled_settings["fuse_resnet_norms"] = fuse_resnet_norms
         result = self.variant(options, keep=True)
         result["cache_saved"] = save_compile_artifacts(self.compiled_cache / COMPILE_CACHE_FOLDER)
         return result
@@ -942,18 +931,18 @@ class Bench:
     def cases(self) -> dict[str, Callable[[], dict[str, Any]]]:
         """Every case by name, in the default order: most telling first (a GPU session may end early)."""
         defaults = replace(AccelerationOptions(vram="high"), layout_on_cpu=self.tiny)
-        fused = replace(defaults, fuse_resnet_norms="on")
         other = "float16" if self.dtype == torch.bfloat16 else "bfloat16"
         cases: dict[str, Callable[[], dict[str, Any]]] = {
             "setup": self.setup,
             SELFTEST_CRASH: _crash,
             "defaults": self.defaults,
-            "batch_4": lambda: self.batched(defaults),
-            "batch_4_fused": lambda: self.batched(fused, compare_fusion=True),
-            "batch_4_fused_static": lambda: self.batched(fused, fused_norm_shapes="static"),
-            "batch_4_fused_dynamic": lambda: self.batched(fused, fused_norm_shapes="dynamic"),
-            "profile_fused": lambda: self.profile(fuse_resnet_norms="on"),
-            "queue_fused": lambda: self.queue("queue-fused", fuse_resnet_norms="on"),
+            "batch_4": lambda: self.batched(defaults, compare_fusion=True),
+            "batch_4_unfused": lambda: self.batched(replace(defaults, fuse_resnet_norms="off")),
+            "batch_4_fused_compiled": lambda: self.batched(defaults, fused_norm_shapes="per_channel_count"),
+            "batch_4_fused_static": lambda: self.batched(defaults, fused_norm_shapes="static"),
+            "batch_4_fused_dynamic": lambda: self.batched(defaults, fused_norm_shapes="dynamic"),
+            "profile_unfused": lambda: self.profile(fuse_resnet_norms="off"),
+            "queue_unfused": lambda: self.queue("queue-unfused", fuse_resnet_norms="off"),
             "batch_4_nchw": lambda: self.batched(replace(defaults, channels_last=False)),
             "batch_4_resnets_compiled": lambda: self.batched(defaults, also_compile=RESNET_MODULES),
             "batch_4_cudnn_benchmark": lambda: self.cudnn_benchmarked(defaults),
@@ -983,10 +972,6 @@ class Bench:
             "queue_compiled": lambda: self.queue("queue-compiled", compile="unet"),
             "compiled_full_graphs": lambda: self.compiled_latency("unet_full", "reduce-overhead"),
             "warm_start": self.warm_start,
-            "compiled_blocks_cuda_graphs_fused": lambda: self.compiled_latency(
-                "unet", "default", cuda_graphs="on", fuse_resnet_norms="on"
-            ),
-            "warm_start_fused": self.warm_start,
             "compiled_full_graphs_small": self.compiled_small,
             "compiled_blocks": lambda: self.compiled_latency("unet", "default"),
             "compiled_blocks_cuda_graphs": lambda: self.compiled_latency("unet", "default", cuda_graphs="on"),
@@ -1134,7 +1119,8 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
                     f"{kept.get('transformer_outputs')} transformer outputs)"
                 )
             if value.get("fuse_resnet_norms"):
-                label += f", {value.get('fused_resnets')} resnets' norms fused"
+                kernel = value.get("fused_norm_kernel")
+                label += f", {value.get('fused_resnets')} resnets' norms fused ({kernel})"
             if value.get("quantize", "off") != "off":
                 label += f", {value['quantize']} ({value.get('quantized_layers')} layers)"
             if value.get("cuda_graphs"):
@@ -1215,7 +1201,8 @@ def compile_group_norms(engine: SDXLEngine) -> dict[str, int] | str:
 
 
 def fuse_again(engine: SDXLEngine, shapes: str) -> int | str:
-    """The UNet's and VAE's fused resnet norms compiled with ``shapes`` (``fused_resnet.SHAPES``)."""
+    """The UNet's and VAE's fused resnet norms as inductor compiles them with ``shapes``
+    (``fused_resnet.SHAPES``) instead of the engine's kernels."""
     from fooocusd.engine.fused_resnet import fuse_resnet_norms, unfuse_resnet_norms
 
     plan = engine._accelerator.plan
@@ -1225,7 +1212,7 @@ def fuse_again(engine: SDXLEngine, shapes: str) -> int | str:
     fused = 0
     for model in (pipeline.unet, pipeline.vae):
         unfuse_resnet_norms(model)
-        fused += fuse_resnet_norms(model, compiled=plan.compile != "off", shapes=shapes)
+        fused += fuse_resnet_norms(model, kernel="compiled", shapes=shapes)
     return fused
 
 

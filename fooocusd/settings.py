@@ -157,8 +157,8 @@ class EngineSettings(_Section):
     )
     fuse_resnet_norms: Literal["auto", "off", "on"] = Field(
         "auto",
-        description="Each resnet block's GroupNorm, time shift and SiLU as one compiled pass over kept "
-        "channels_last activations; auto = off until measured on a GPU in this form.",
+        description="Each resnet block's GroupNorm, time shift and SiLU as one pass over kept "
+        "channels_last activations; auto = our Triton kernels on a GPU, off elsewhere.",
     )
     fuse_qkv: bool = Field(True, description="Fused attention projections (CUDA only; off after a LoRA).")
     vae_upcast: Literal["auto", "always", "never"] = Field(

@@ -14,6 +14,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 for _name in [name for name in os.environ if name.startswith("FOOOCUSD_")]:
     del os.environ[_name]
+# Without an NVIDIA GPU, Triton kernels (triton_group_norm.py) run in Triton's CPU interpreter. It
+# must be chosen before anything imports triton (``import torch`` does), so here, not in a fixture.
+if not Path("/dev/nvidiactl").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from diffusers import EulerDiscreteScheduler
 from diffusers.models.resnet import ResnetBlock2D
 
+from fooocusd.engine import triton_group_norm
 from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
 from fooocusd.engine.devices import HardwareFacts
 from fooocusd.engine.fused_resnet import (
@@ -20,6 +22,7 @@ from fooocusd.engine.fused_resnet import (
     fuse_resnet_norms,
     group_norm_silu,
     takes_fused_path,
+    triton_kernels_fail,
     unfuse_resnet_norms,
 )
 from fooocusd.engine.keep_channels_last import keep_channels_last
@@ -82,7 +85,7 @@ def test_a_fused_resnet_block_gives_diffusers_result_and_falls_back_for_other_in
         expected = block(x.contiguous(memory_format=torch.channels_last), temb)
         planar_expected = block(x, temb)
 
-        assert fuse_resnet_norms(block, compiled=False) == 1
+        assert fuse_resnet_norms(block, kernel="eager") == 1
         fused = block(x.contiguous(memory_format=torch.channels_last), temb)
         planar = block(x, temb)
 
@@ -97,8 +100,8 @@ def test_every_resnet_of_the_sdxl_unet_and_vae_takes_the_fused_path() -> None:
     for model in (pipeline.unet, pipeline.vae):
         resnets = [m for m in model.modules() if isinstance(m, ResnetBlock2D)]
         assert resnets and all(takes_fused_path(m) for m in resnets)
-        assert fuse_resnet_norms(model, compiled=False) == len(resnets)
-        assert fuse_resnet_norms(model, compiled=False) == 0  # already fused
+        assert fuse_resnet_norms(model, kernel="eager") == len(resnets)
+        assert fuse_resnet_norms(model, kernel="eager") == 0  # already fused
 
 
 def test_a_fused_unet_gives_the_same_noise_prediction() -> None:
@@ -107,7 +110,7 @@ def test_a_fused_unet_gives_the_same_noise_prediction() -> None:
     x, text, added = channels_last_unet_inputs(unet, seed=4)
     with torch.no_grad():
         expected = unet(x, 500, encoder_hidden_states=text, added_cond_kwargs=added).sample
-        assert fuse_resnet_norms(unet, compiled=False) > 5
+        assert fuse_resnet_norms(unet, kernel="eager") > 5
         fused = unet(x, 500, encoder_hidden_states=text, added_cond_kwargs=added).sample
 
     torch.testing.assert_close(fused, expected, atol=1e-4, rtol=1e-4)
@@ -150,21 +153,136 @@ def test_engine_with_fused_resnets_renders_the_same_image(tmp_path: Path) -> Non
 
     record = fused.describe()["acceleration"]
     assert record["fuse_resnet_norms"] is True and record["fused_resnets"] > 10  # UNet and VAE
-    assert "fuse_resnet_norms runs eagerly: compile is off" in record["notes"]
+    assert "fuse_resnet_norms runs eagerly: no Triton here and compile is off" in record["notes"]
     assert plain.describe()["acceleration"]["fused_resnets"] == 0
     assert difference.max() <= 2 and difference.mean() < 0.05
 
 
-def test_fused_resnets_are_off_by_default_and_compiled_where_the_unet_is_when_asked_for() -> None:
+def test_fused_resnets_run_our_triton_kernels_by_default_on_a_gpu_and_are_off_on_the_cpu() -> None:
     default = plan_acceleration(AccelerationOptions(vram="high"), CUDA, torch.bfloat16, hardware=H100)
-    assert default.compile == "unet" and not default.fuse_resnet_norms  # unmeasured in this form
-    assert EngineSettings().fuse_resnet_norms == "auto" and not any("fuse" in n for n in default.notes)
+    assert default.fuse_resnet_norms and default.fused_norm_kernel == "triton" and not default.notes
+    assert EngineSettings().fuse_resnet_norms == "auto"
+    on_cpu = AccelerationOptions(vram="high", layout_on_cpu=True)
+    cpu = plan_acceleration(on_cpu, torch.device("cpu"), torch.float32)
+    assert cpu.keep_channels_last and not cpu.fuse_resnet_norms and cpu.fused_norm_kernel == ""
 
+
+def test_fused_resnets_without_triton_compile_where_the_unet_does_and_stay_eager_in_a_whole_compile() -> None:
     asked = AccelerationOptions(vram="high", fuse_resnet_norms="on")
-    plan = plan_acceleration(asked, CUDA, torch.bfloat16, hardware=H100)
-    assert plan.fuse_resnet_norms and plan.compile == "unet" and not plan.notes
+    no_triton = replace(H100, triton_available=False)
+    plan = plan_acceleration(replace(asked, compile="unet"), CUDA, torch.bfloat16, hardware=no_triton)
+    assert plan.fused_norm_kernel == "compiled" and not plan.notes
+    default = plan_acceleration(AccelerationOptions(vram="high"), CUDA, torch.bfloat16, hardware=no_triton)
+    assert default.fused_norm_kernel == ""
+
+    whole = plan_acceleration(replace(asked, compile="unet_full"), CUDA, torch.bfloat16, hardware=H100)
+    assert whole.fused_norm_kernel == "eager"  # the whole-UNet compile traces and fuses the maths itself
+
+    off = plan_acceleration(replace(asked, fuse_resnet_norms="off"), CUDA, torch.bfloat16, hardware=H100)
+    assert not off.fuse_resnet_norms and off.fused_norm_kernel == ""
 
     planar = replace(asked, channels_last=False)
     plan = plan_acceleration(planar, CUDA, torch.bfloat16, hardware=H100)
     assert not plan.fuse_resnet_norms
     assert "fuse_resnet_norms off: activations are not kept channels_last" in plan.notes
+
+
+@pytest.fixture
+def triton_device() -> torch.device:
+    """Where our Triton kernels run in these tests: a CUDA GPU, or CPU tensors through Triton's
+    interpreter, which tests/conftest.py chooses where there is none (slow: small sizes only)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets TRITON_INTERPRET without a GPU"
+    return torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("shape", "groups"),
+    [((2, 64, 6, 10), 32), ((1, 96, 17, 16), 8), ((3, 40, 3, 5), 4), ((1, 128, 24, 24), 32)],
+)
+@pytest.mark.parametrize("with_shift", [False, True])
+def test_triton_kernels_match_pytorchs_norm_then_silu_at_sizes_off_the_tiles(
+    triton_device: torch.device, shape: tuple[int, int, int, int], groups: int, with_shift: bool
+) -> None:
+    """Channel counts that are not a multiple of the 64-channel tile, groups of 12 or 10 channels,
+    pixel counts off the 64-pixel tile, and sums split over several slices of the pixels."""
+    x = _channels_last(shape, seed=sum(shape))
+    generator = torch.Generator().manual_seed(6)
+    channels = shape[1]
+    weight, bias = (torch.randn(channels, generator=generator) for _ in range(2))
+    shift = torch.randn(shape[0], channels, 1, 1, generator=generator) if with_shift else None
+    on = [t.to(triton_device) if t is not None else None for t in (x, weight, bias, shift)]
+
+    result = triton_group_norm.group_norm_silu(on[0], groups, on[1], on[2], 1e-5, on[3]).cpu()
+
+    assert result.is_contiguous(memory_format=torch.channels_last)
+    expected = _reference(x, groups, weight, bias, shift)
+    torch.testing.assert_close(result.double(), expected, atol=2e-5, rtol=2e-5)  # every element written
+
+
+def test_triton_kernels_write_bfloat16_within_its_rounding(triton_device: torch.device) -> None:
+    x = _channels_last((2, 64, 9, 7), seed=7, dtype=torch.bfloat16)
+    generator = torch.Generator().manual_seed(8)
+    weight, bias = (torch.randn(64, generator=generator).bfloat16() for _ in range(2))
+    shift = torch.randn(2, 64, 1, 1, generator=generator).bfloat16()
+    on = [t.to(triton_device) for t in (x, weight, bias, shift)]
+
+    result = triton_group_norm.group_norm_silu(on[0], 32, on[1], on[2], 1e-5, on[3]).cpu()
+
+    expected = _reference(x, 32, weight, bias, shift)
+    assert result.dtype == torch.bfloat16
+    # the interpreter rounds float32 → bfloat16 towards zero (a GPU rounds to nearest): ≤ 2 ulps
+    assert float((result.double() - expected).norm() / expected.norm()) < 1e-2
+    assert triton_kernels_fail(triton_device, torch.bfloat16) == ""
+
+
+def test_triton_kernels_refuse_inputs_they_cannot_read(triton_device: torch.device) -> None:
+    x = torch.randn(1, 64, 4, 4, device=triton_device)
+    weight = bias = torch.ones(64, device=triton_device)
+    with pytest.raises(ValueError, match="channels_last"):
+        triton_group_norm.group_norm_silu(x, 32, weight, bias, 1e-5)
+    with pytest.raises(ValueError, match="groups"):
+        x = x.contiguous(memory_format=torch.channels_last)
+        triton_group_norm.group_norm_silu(x, 24, weight, bias, 1e-5)
+
+
+def test_a_resnet_block_fused_with_triton_kernels_gives_diffusers_result(triton_device: torch.device) -> None:
+    unet = _tiny_unet().to(triton_device)
+    block = next(m for m in unet.modules() if isinstance(m, ResnetBlock2D) and m.time_emb_proj is not None)
+    generator = torch.Generator().manual_seed(9)
+    x = (torch.randn(2, block.norm1.num_channels, 8, 8, generator=generator) * 2 + 1).contiguous(
+        memory_format=torch.channels_last
+    )
+    temb = torch.randn(2, block.time_emb_proj.in_features, generator=generator)
+    x, temb = x.to(triton_device), temb.to(triton_device)
+    calls = []
+    original = triton_group_norm.group_norm_silu
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    with torch.no_grad():
+        expected = block(x, temb)
+        assert fuse_resnet_norms(block, kernel="triton") == 1
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(triton_group_norm, "group_norm_silu", counted)
+            fused = block(x, temb)
+
+    assert len(calls) == 2  # norm1, and norm2 with the time shift
+    torch.testing.assert_close(fused, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_triton_kernels_that_disagree_or_raise_are_named_by_the_load_time_check(
+    triton_device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(triton_group_norm, "group_norm_silu", lambda x, *a: torch.zeros_like(x))
+    assert "relative error" in triton_kernels_fail(triton_device, torch.float32)
+
+    def broken(*args: object) -> torch.Tensor:
+        raise RuntimeError("ptxas fatal: unsupported GPU")
+
+    monkeypatch.setattr(triton_group_norm, "group_norm_silu", broken)
+    failure = triton_kernels_fail(triton_device, torch.float32)
+    assert failure == "RuntimeError: ptxas fatal: unsupported GPU"

@@ -16,8 +16,8 @@
    processors are swapped back out the first time a LoRA is loaded on the pipeline. With
    ``keep_channels_last = "on"`` GroupNorm and the transformers' outputs stay in that layout
    instead of copying to NCHW and back (``keep_channels_last.py``), and with
-   ``fuse_resnet_norms = "on"`` (``"auto"`` is off until measured) each resnet block's GroupNorm,
-   time shift and SiLU run as one compiled pass (``fused_resnet.py``);
+   ``fuse_resnet_norms`` each resnet block's GroupNorm, time shift and SiLU run as one pass
+   (``fused_resnet.py``; on a GPU our Triton kernels, ``triton_group_norm.py``, checked at load);
 4. with ``quantize = "fp8"`` on a CUDA GPU of compute capability 8.9+ with torchao installed, gives
    the UNet's transformer Linear layers fp8 weights and activations (``quantization.py``; LoRAs run
    beside them in bfloat16). fp8 replaces fused QKV (the LoRAs must find separate projections) and is
@@ -63,7 +63,7 @@ from fooocusd.engine.devices import (
     probe_hardware,
 )
 from fooocusd.engine.encoder_graphs import EncoderGraphs
-from fooocusd.engine.fused_resnet import fuse_resnet_norms
+from fooocusd.engine.fused_resnet import fuse_resnet_norms, triton_kernels_fail
 from fooocusd.engine.graph_capture import CudaGraphBackend, GraphBackend
 from fooocusd.engine.keep_channels_last import KeptLayout, keep_channels_last
 from fooocusd.engine.low_vram import StageOffload, install_low_vram, small_decode_tiles
@@ -157,7 +157,9 @@ class AccelerationPlan:
     """GroupNorm and the transformers' outputs kept channels_last (``keep_channels_last.py``)."""
     kept_layout: KeptLayout = field(default_factory=KeptLayout)
     fuse_resnet_norms: bool = False
-    """Resnet blocks' GroupNorm + SiLU as one pass (``fused_resnet.py``), compiled where ``compile`` is on."""
+    """Resnet blocks' GroupNorm + SiLU as one pass (``fused_resnet.py``)."""
+    fused_norm_kernel: str = ""
+    """How that pass runs (``fused_resnet.KERNELS``: "triton", "compiled" or "eager"); "" when off."""
     fused_resnets: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -185,6 +187,7 @@ class AccelerationPlan:
                 "transformer_outputs": self.kept_layout.transformer_outputs,
             },
             "fuse_resnet_norms": self.fuse_resnet_norms,
+            "fused_norm_kernel": self.fused_norm_kernel,
             "fused_resnets": self.fused_resnets,
             "notes": list(self.notes),
         }
@@ -260,7 +263,10 @@ def plan_acceleration(
         plan.keep_channels_last = plan.channels_last
         if not options.channels_last:  # (elsewhere than a GPU, the channels_last note says why)
             plan.notes.append("keep_channels_last off: channels_last is off")
-    plan.fuse_resnet_norms, fuse_note = resolve_fuse_resnet_norms(options.fuse_resnet_norms, plan)
+    plan.fused_norm_kernel, fuse_note = resolve_fuse_resnet_norms(
+        options.fuse_resnet_norms, plan, triton=lambda: triton_runs(device, hardware)
+    )
+    plan.fuse_resnet_norms = bool(plan.fused_norm_kernel)
     if fuse_note:
         plan.notes.append(fuse_note)
     plan.cuda_graphs, graphs_note = resolve_cuda_graphs(options.cuda_graphs, device, plan, total_memory)
@@ -295,19 +301,37 @@ def resolve_overlap_decode(
     return total_memory is not None and total_memory >= OVERLAP_DECODE_FROM_BYTES, ""
 
 
-def resolve_fuse_resnet_norms(setting: str, plan: AccelerationPlan) -> tuple[bool, str]:
-    """``fuse_resnet_norms`` → (on or off, a note saying why "on" is not used, or ""). The fused
-    pass reads channels_last activations, so it needs ``keep_channels_last``; it is compiled where
-    the UNet is, and runs eagerly (no faster) elsewhere. ``auto`` is off: the form it would take has
-    not been measured on a GPU yet (``fused_resnet.py``)."""
-    if setting in ("off", "auto"):
-        return False, ""
+def triton_runs(device: torch.device, hardware: HardwareFacts | None = None) -> bool:
+    """Whether Triton kernels run on ``device`` (``HardwarePlan.triton``); False where it cannot be read."""
+    if device.type != "cuda":
+        return False
+    with contextlib.suppress(RuntimeError, AssertionError):  # no driver
+        return (hardware or probe_hardware(device)).plan().triton
+    return False
+
+
+def resolve_fuse_resnet_norms(
+    setting: str, plan: AccelerationPlan, *, triton: Callable[[], bool]
+) -> tuple[str, str]:
+    """``fuse_resnet_norms`` → (the kernel that runs the fused pass, ``fused_resnet.KERNELS``, or ""
+    for off; a note saying why "on" is not used as asked, or ""). The pass reads channels_last
+    activations, so it needs ``keep_channels_last``. ``auto`` is our Triton kernels wherever Triton
+    runs (a CUDA GPU) and off elsewhere; "on" without Triton is compiled where the UNet is, else
+    eager (no faster). Under a whole-UNet compile it is the eager maths, which that compile fuses."""
+    if setting == "off":
+        return "", ""
     if not plan.keep_channels_last:
         note = "fuse_resnet_norms off: activations are not kept channels_last"
-        return False, note if setting == "on" else ""
-    if plan.compile == "off":
-        return True, "fuse_resnet_norms runs eagerly: compile is off"
-    return True, ""
+        return "", note if setting == "on" else ""
+    if plan.compile == "unet_full":
+        return "eager", ""
+    if triton():
+        return "triton", ""
+    if setting == "auto":
+        return "", ""
+    if plan.compile != "off":
+        return "compiled", ""
+    return "eager", "fuse_resnet_norms runs eagerly: no Triton here and compile is off"
 
 
 def resolve_cuda_graphs(
@@ -431,11 +455,14 @@ class Accelerator:
             pipeline.vae.to(memory_format=torch.channels_last)
         if plan.keep_channels_last:
             plan.kept_layout = keep_channels_last(pipeline.unet) + keep_channels_last(pipeline.vae)
+        if plan.fused_norm_kernel == "triton":
+            failure = triton_kernels_fail(self.device, self.dtype)
+            if failure:
+                plan.fused_norm_kernel, plan.fuse_resnet_norms = "", False
+                plan.notes.append(f"fuse_resnet_norms off: its Triton kernels failed a check ({failure})")
         if plan.fuse_resnet_norms:
-            compiled = plan.compile != "off"
-            plan.fused_resnets = sum(
-                fuse_resnet_norms(model, compiled=compiled) for model in (pipeline.unet, pipeline.vae)
-            )
+            kernel, models = plan.fused_norm_kernel, (pipeline.unet, pipeline.vae)
+            plan.fused_resnets = sum(fuse_resnet_norms(m, kernel=kernel) for m in models)
         if plan.fuse_qkv:
             fuse_qkv(pipeline.unet)
             unfuse_before_loras(pipeline)

@@ -48,6 +48,8 @@ class HardwarePlan:
     """What ``engine.quantize = "auto"`` becomes: "off" or "fp8"."""
     compile_auto: str = "off"
     """What ``engine.compile = "auto"`` becomes: "unet" (regional) on a CUDA GPU with Triton, else "off"."""
+    triton: bool = False
+    """Whether Triton kernels (torch.compile's and our own) can run here: a CUDA GPU from Volta on."""
 
     @property
     def fp8(self) -> bool:
@@ -84,6 +86,7 @@ def hardware_plan(
         fp8_unsupported=fp8_unsupported,
         quantize_auto=quantize_auto,
         compile_auto="unet" if compiles and vram == "high" else "off",
+        triton=compiles,
     )
 
 

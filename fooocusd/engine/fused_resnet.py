@@ -1,4 +1,4 @@
-"""Resnet blocks whose GroupNorm, time shift and SiLU run as one compiled pass
+"""Resnet blocks whose GroupNorm, time shift and SiLU run as one pass
 (``engine.fuse_resnet_norms``).
 
 Why: with activations kept channels_last (``keep_channels_last.py``) a resnet block's
@@ -9,12 +9,14 @@ profile of a batch of 4 at 1024² on an H100 (docs/benchmarks.md, 2026-11-27) th
 of 1,288: more than FlashAttention's self-attention. Here the statistics are one reduction pass
 (per-channel sums and sums of squares, read with the channels innermost as they lie in memory), and
 the shift, normalisation, affine transform and SiLU one pointwise pass that writes bf16: two reads
-and one write, compiled by inductor with one graph per channel count (``SHAPES``), not one per
-image size. The arithmetic is float32, as PyTorch's GroupNorm does it.
+and one write. The arithmetic is float32, as PyTorch's GroupNorm does it.
 
-Off by default (``"auto"``) until measured on a GPU in this form: on an H100 the all-dynamic
-version gained only ~2 % and slowed a fresh start (27.7 → 50 s to ready), the per-shape one gained
-8 % but compiles for every new size (docs/benchmarks.md, tenth session).
+Three ways to run that pass (``KERNELS``): "triton", our own kernels (``triton_group_norm.py``),
+compiled once for every size, the engine's choice on a GPU; "compiled", the same maths under
+torch.compile with one graph per channel count (``SHAPES``); "eager", the maths in PyTorch
+operators, for the CPU and for a whole-UNet compile, which traces and fuses it itself. Inductor's
+form was fast only with static shapes, which compile anew for every image size (docs/benchmarks.md,
+tenth session).
 
 Only the plain SDXL/SD resnet takes this path (GroupNorm norms, SiLU, the time embedding added
 before ``norm2`` or none, no up/downsampling inside the block, a channels_last input); any other
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fooocusd.engine import triton_group_norm
 from fooocusd.engine.keep_channels_last import is_channels_last_image
 
 NormSiLU = Callable[..., torch.Tensor]
@@ -94,6 +97,55 @@ def compiled_group_norm_silu(shapes: str = "per_channel_count") -> NormSiLU:
     return per_channel_count
 
 
+KERNELS = ("triton", "compiled", "eager")
+
+
+def norm_silu_for(kernel: str, shapes: str = "per_channel_count") -> NormSiLU:
+    """The pass for ``kernel`` (``KERNELS``); ``shapes`` for "compiled" (``SHAPES``)."""
+    if kernel == "triton":
+        return triton_or_eager
+    if kernel == "compiled":
+        return compiled_group_norm_silu(shapes)
+    if kernel == "eager":
+        return group_norm_silu
+    raise ValueError(f"kernel must be one of {KERNELS}, not {kernel!r}")
+
+
+def triton_or_eager(
+    x: torch.Tensor,
+    groups: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Our Triton kernels where they can run on ``x`` (a CUDA tensor), ``group_norm_silu`` elsewhere."""
+    if triton_group_norm.available(x):
+        return triton_group_norm.group_norm_silu(x, groups, weight, bias, eps, shift)
+    return group_norm_silu(x, groups, weight, bias, eps, shift)
+
+
+def triton_kernels_fail(device: torch.device, dtype: torch.dtype) -> str:
+    """Why our Triton kernels cannot be trusted on ``device`` (they raise, or disagree with
+    ``group_norm_silu`` on random data), in plain words; "" when they agree. Run once per load: a
+    GPU or Triton build that cannot compile them turns the fusion off instead of failing jobs."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 9, 7, generator=generator) * 2 + 0.5
+    shift = torch.randn(2, 64, 1, 1, generator=generator)
+    weight, bias = torch.randn(64, generator=generator), torch.randn(64, generator=generator)
+    x, shift, weight, bias = (t.to(device=device, dtype=dtype) for t in (x, shift, weight, bias))
+    x = x.contiguous(memory_format=torch.channels_last)
+    try:
+        result = triton_group_norm.group_norm_silu(x, 32, weight, bias, 1e-5, shift).float()
+    except Exception as error:  # a compiler or driver error: anything but a crash of the daemon
+        return f"{type(error).__name__}: {str(error)[:200]}"
+    expected = group_norm_silu(x.float(), 32, weight.float(), bias.float(), 1e-5, shift.float())
+    error = float((result - expected).norm() / expected.norm())
+    if not error < 2e-2:  # bf16 output: ~3e-3 expected; NaN fails too
+        return f"relative error {error:.3g} against PyTorch's GroupNorm + SiLU"
+    return ""
+
+
 def takes_fused_path(block: Any) -> bool:
     """Whether ``block`` is a resnet block this module can run: diffusers' ``ResnetBlock2D`` with
     GroupNorm norms, SiLU, the time embedding added before ``norm2`` (or none), nothing resampled."""
@@ -140,11 +192,10 @@ def _fused_forward(
     return output
 
 
-def fuse_resnet_norms(model: Any, *, compiled: bool = True, shapes: str = "per_channel_count") -> int:
-    """Run ``model``'s eligible resnet blocks through ``group_norm_silu`` (compiled as ``shapes``
-    says, unless not ``compiled``); returns how many. Weights stay the same tensors (LoRA folding,
-    CUDA graphs)."""
-    norm_silu = compiled_group_norm_silu(shapes) if compiled else group_norm_silu
+def fuse_resnet_norms(model: Any, *, kernel: str = "eager", shapes: str = "per_channel_count") -> int:
+    """Run ``model``'s eligible resnet blocks through the fused pass that ``kernel`` names
+    (``norm_silu_for``); returns how many. Weights stay the same tensors (LoRA folding, CUDA graphs)."""
+    norm_silu = norm_silu_for(kernel, shapes)
     forward = functools.partial(_fused_forward, norm_silu)
     fused = 0
     for module in model.modules():
