@@ -15,6 +15,7 @@ from fooocusd.engine.acceleration import (
     COMPILE_CACHE_FOLDER,
     AccelerationOptions,
     configure_compile_cache,
+    configure_triton_cache,
     plan_acceleration,
     qkv_fused,
     resolve_vram,
@@ -183,6 +184,17 @@ def test_compile_cache_env_is_set_under_the_configured_cache_dir(
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
     assert cache_dir() == str(folder)
+
+
+def test_our_triton_kernels_are_cached_under_the_cache_dir_unless_triton_cache_dir_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    folder = configure_triton_cache(tmp_path / "cache")
+    assert folder == tmp_path / "cache" / "triton" and folder.is_dir()
+    assert os.environ["TRITON_CACHE_DIR"] == str(folder)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "mine"))
+    assert configure_triton_cache(tmp_path / "cache") == tmp_path / "mine"
 
 
 def _inductor_unusable() -> str:

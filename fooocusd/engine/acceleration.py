@@ -456,6 +456,8 @@ class Accelerator:
         if plan.keep_channels_last:
             plan.kept_layout = keep_channels_last(pipeline.unet) + keep_channels_last(pipeline.vae)
         if plan.fused_norm_kernel == "triton":
+            if self.options.cache_dir is not None:
+                configure_triton_cache(self.options.cache_dir)
             failure = triton_kernels_fail(self.device, self.dtype)
             if failure:
                 plan.fused_norm_kernel, plan.fuse_resnet_norms = "", False
@@ -642,6 +644,18 @@ def configure_compile_cache(cache_dir: Path) -> Path:
     if hasattr(inductor_config, "autograd_cache"):
         inductor_config.autograd_cache = True
     _save_at_exit(folder)
+    return folder
+
+
+TRITON_CACHE_FOLDER = "triton"
+
+
+def configure_triton_cache(cache_dir: Path) -> Path:
+    """Our own Triton kernels (``triton_group_norm.py``) are kept in ``<cache_dir>/triton`` unless
+    ``TRITON_CACHE_DIR`` says otherwise: Triton's default, ``~/.triton/cache``, is read-only under
+    the system service (``ProtectHome=read-only``), and a start would compile them again."""
+    folder = Path(os.environ.setdefault("TRITON_CACHE_DIR", str(cache_dir / TRITON_CACHE_FOLDER)))
+    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
