@@ -21,6 +21,7 @@ from fooocusd.engine.fused_resnet import (
     compiled_group_norm_silu,
     fuse_resnet_norms,
     group_norm_silu,
+    norms_on,
     takes_fused_path,
     triton_kernels_fail,
     unfuse_resnet_norms,
@@ -185,6 +186,39 @@ def test_fused_resnets_without_triton_compile_where_the_unet_does_and_stay_eager
     plan = plan_acceleration(planar, CUDA, torch.bfloat16, hardware=H100)
     assert not plan.fuse_resnet_norms
     assert "fuse_resnet_norms off: activations are not kept channels_last" in plan.notes
+
+
+def test_fused_resnets_are_off_in_low_vram_mode_whose_hooks_stream_the_norms_weights_in() -> None:
+    low = plan_acceleration(AccelerationOptions(vram="low"), CUDA, torch.bfloat16, hardware=H100)
+    assert low.keep_channels_last and not low.fuse_resnet_norms and low.fused_norm_kernel == ""
+    assert not any("fuse_resnet_norms" in note for note in low.notes)  # auto: off without a word
+    asked = plan_acceleration(
+        AccelerationOptions(vram="low", fuse_resnet_norms="on"), CUDA, torch.bfloat16, hardware=H100
+    )
+    assert not asked.fuse_resnet_norms and any("low-VRAM" in note for note in asked.notes)
+
+
+def test_a_fused_block_whose_norm_weights_are_elsewhere_runs_diffusers_forward() -> None:
+    """As under an offloading hook that brings the weights in only when the norm module is called."""
+    unet = _tiny_unet()
+    block = next(m for m in unet.modules() if isinstance(m, ResnetBlock2D) and m.time_emb_proj is not None)
+    generator = torch.Generator().manual_seed(10)
+    x = (torch.randn(2, block.norm1.num_channels, 8, 8, generator=generator)).contiguous(
+        memory_format=torch.channels_last
+    )
+    temb = torch.randn(2, block.time_emb_proj.in_features, generator=generator)
+    fuse_resnet_norms(block, kernel="eager")
+    called = []
+    block.norm1.register_forward_hook(lambda *_: called.append("norm1"))  # only diffusers' forward calls it
+    with torch.no_grad():
+        block(x, temb)
+    assert norms_on(block, x.device) and called == []  # fused: the norms' modules are not called
+
+    block.norm2.to("meta")
+    assert not norms_on(block, x.device)
+    with torch.no_grad(), pytest.raises((NotImplementedError, RuntimeError)):
+        block(x, temb)  # diffusers' forward, which calls norm1, then norm2 on its meta weights
+    assert called == ["norm1"]
 
 
 @pytest.fixture

@@ -315,13 +315,18 @@ def resolve_fuse_resnet_norms(
 ) -> tuple[str, str]:
     """``fuse_resnet_norms`` → (the kernel that runs the fused pass, ``fused_resnet.KERNELS``, or ""
     for off; a note saying why "on" is not used as asked, or ""). The pass reads channels_last
-    activations, so it needs ``keep_channels_last``. ``auto`` is our Triton kernels wherever Triton
-    runs (a CUDA GPU) and off elsewhere; "on" without Triton is compiled where the UNet is, else
-    eager (no faster). Under a whole-UNet compile it is the eager maths, which that compile fuses."""
+    activations, so it needs ``keep_channels_last``, and the norms' weights directly, so not in
+    low-VRAM mode, whose hooks bring them in only when a norm is called. ``auto`` is our Triton
+    kernels wherever Triton runs (a CUDA GPU) and off elsewhere; "on" without Triton is compiled
+    where the UNet is, else eager (no faster). Under a whole-UNet compile it is the eager maths,
+    which that compile fuses."""
     if setting == "off":
         return "", ""
     if not plan.keep_channels_last:
         note = "fuse_resnet_norms off: activations are not kept channels_last"
+        return "", note if setting == "on" else ""
+    if plan.vram == "low":
+        note = "fuse_resnet_norms off: low-VRAM mode streams the norms' weights in at each call"
         return "", note if setting == "on" else ""
     if plan.compile == "unet_full":
         return "eager", ""

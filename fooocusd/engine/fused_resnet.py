@@ -169,6 +169,13 @@ def _adds_time_before_norm2(block: Any) -> bool:
     return norm == "default" or (norm == "group" and getattr(block, "time_emb_proj", 0) is None)
 
 
+def norms_on(block: Any, device: torch.device) -> bool:
+    """Whether ``block``'s norm weights are on ``device``. The fused pass reads them directly, not
+    through the norm modules' calls, so weights that an offloading hook would bring in at that call
+    (low-VRAM streaming, leaf by leaf) are not there: such a block runs diffusers' forward."""
+    return block.norm1.weight.device == device and block.norm2.weight.device == device
+
+
 def _norm_silu(norm_silu: NormSiLU, norm: nn.GroupNorm, x: torch.Tensor, shift: Any = None) -> torch.Tensor:
     return norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps, shift)
 
@@ -176,7 +183,7 @@ def _norm_silu(norm_silu: NormSiLU, norm: nn.GroupNorm, x: torch.Tensor, shift: 
 def _fused_forward(
     norm_silu: NormSiLU, block: Any, input_tensor: torch.Tensor, temb: Any, *args: Any, **kwargs: Any
 ) -> torch.Tensor:
-    if not is_channels_last_image(input_tensor) or block.training:
+    if not is_channels_last_image(input_tensor) or block.training or not norms_on(block, input_tensor.device):
         return type(block).forward(block, input_tensor, temb, *args, **kwargs)
     hidden = block.conv1(_norm_silu(norm_silu, block.norm1, input_tensor))
     shift = None

@@ -26,7 +26,8 @@ growing cache.
 
 ``expand_many`` expands several prompts at once: those of one target length share the static step's
 rows (four on a GPU), each drawn from its own generator, so a step advances them all and each gets
-the text it gets alone.
+the text it gets alone. The rows' vocabulary masks, top-k and softmax run as one operation each
+over the rows (``_draw_together``); only the draw itself is per row.
 
 Expansions run one call at a time, from any thread. On a CUDA GPU they run on the expander's own stream,
 so the per-token copy of the logits waits for the expansion's kernels only, not for a render that
@@ -280,11 +281,26 @@ class PromptExpander:
     def _draw_rows(self, steps: StaticGPT2, draws: list[_Draw], plans: list[_Plan]) -> None:
         logits = steps.start_rows([plan.prompt_ids for plan in plans], plans[0].target)
         while True:
-            drawn = [draw.next(row) for draw, row in zip(draws, logits, strict=True)]
+            drawn = self._draw_together(draws, logits)
             fed = [token if draw.wants_more else None for token, draw in zip(drawn, draws, strict=True)]
             if all(token is None for token in fed):
                 return
             logits = steps.step_rows(fed)
+
+    def _draw_together(self, draws: list[_Draw], logits: torch.Tensor) -> list[int | None]:
+        """Each draw's next token from its row of ``logits``, as ``_Draw.next`` gives it row by row:
+        the vocabulary mask, top-k and softmax run once over the rows still drawing (the same
+        arithmetic per row), then each row draws from its own generator. Per token of a four-row
+        step that is a few operations on the host instead of about thirty."""
+        drawing = [index for index, draw in enumerate(draws) if draw.wants_more]
+        tokens: list[int | None] = [None] * len(draws)
+        if not drawing:
+            return tokens
+        allowed = torch.stack([draws[index].state.allowed_next() for index in drawing])
+        probabilities = candidate_probabilities(self.top_k_warper, logits[drawing], allowed)
+        for row, index in enumerate(drawing):
+            tokens[index] = draws[index].take(probabilities[row : row + 1])
+        return tokens
 
     def _draw_alone(self, draw: _Draw, plan: _Plan) -> None:
         steps = _GrowingCacheSteps(self.model, self.vocabulary.candidate_ids)
@@ -339,17 +355,27 @@ class _Draw:
         """The next token, drawn from ``logits`` (the candidates'); None once the prompt is done."""
         if not self.wants_more:
             return None
-        no_ids = torch.empty((1, 0), dtype=torch.long)  # top-k looks at the scores only
-        scores = self.top_k_warper(no_ids, self.state.mask(logits[None]))
+        allowed = self.state.allowed_next()[None]
+        return self.take(candidate_probabilities(self.top_k_warper, logits[None], allowed))
+
+    def take(self, probabilities: torch.Tensor) -> int:
+        """Draw the next token from ``probabilities`` (1, candidates) with this prompt's generator."""
         # One uniform draw per token (with replacement: the same for a single draw); without
         # replacement, torch draws one exponential per candidate.
-        probabilities = torch.softmax(scores, dim=-1)
         drawn = int(torch.multinomial(probabilities, 1, replacement=True, generator=self.generator))
         token = self.candidates[drawn]
         self.generated.append(token)
         self.state.add(token)
         self.left -= 1
         return token
+
+
+def candidate_probabilities(top_k_warper: Any, logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Sampling probabilities over the candidates, row by row: ``logits`` (rows, candidates) with
+    the candidates not ``allowed`` removed, then all but the top k, then softmax."""
+    no_ids = torch.empty((logits.shape[0], 0), dtype=torch.long)  # top-k looks at the scores only
+    scores = top_k_warper(no_ids, logits.masked_fill(~allowed, float("-inf")))
+    return torch.softmax(scores, dim=-1)
 
 
 class _GrowingCacheSteps:

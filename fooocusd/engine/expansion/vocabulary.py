@@ -84,11 +84,11 @@ class VocabularyState:
             self._words_left -= 1
         self._last = token
 
-    def mask(self, scores: torch.Tensor) -> torch.Tensor:
-        """The candidates' ``scores`` (1, candidates) with each that may not come next at ``-inf``."""
+    def allowed_next(self) -> torch.Tensor:
+        """Which candidates may come next: a boolean mask, shape (candidates,)."""
         allowed = self._allowed.clone()
         allowed[self._comma] = self._last != self.comma_id
-        return scores.masked_fill(~allowed, float("-inf"))
+        return allowed
 
 
 def word_token_ids(tokenizer: PreTrainedTokenizerBase, words: Iterable[str]) -> dict[str, int]:
