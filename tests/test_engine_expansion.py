@@ -315,8 +315,8 @@ def test_expanding_together_advances_every_prompt_with_each_model_step() -> None
     tiny = with_four_rows(PromptExpander.tiny_random())
     assert tiny.static_step is not None
     calls = []
-    step_rows = tiny.static_step.step_rows
-    tiny.static_step.step_rows = lambda tokens: calls.append(len(tokens)) or step_rows(tokens)  # type: ignore[method-assign]
+    step = tiny.static_step.step_rows_on_device
+    tiny.static_step.step_rows_on_device = lambda tokens, fed: calls.append(len(tokens)) or step(tokens, fed)  # type: ignore[method-assign]
     items = [(f"{QUEUE_PROMPTS[1]} {index}", index) for index in range(4)]
 
     expansions = tiny.expand_many(items)

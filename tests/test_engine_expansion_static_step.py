@@ -14,12 +14,15 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from fooocusd.engine.expansion.expander import PromptExpander
+from fooocusd.engine.expansion.sampling import DrawRows, RowPrompt
 from fooocusd.engine.expansion.static_step import StaticGPT2, supports
-from fooocusd.engine.expansion.vocabulary import CuratedVocabulary, VocabularyState
+from fooocusd.engine.expansion.vocabulary import CuratedVocabulary
 from tests.engine_helpers import ReplayByRerun
 
 PROMPT_IDS = (5, 17, 3, 99, 42, 7, 250, 11, 64, 128)
 STEPS = (31, 8, 200, 77, 5, 140)
+
+CPU = torch.device("cpu")
 
 
 def _gpt2(**overrides: object) -> GPT2LMHeadModel:
@@ -128,25 +131,40 @@ def test_only_plain_gpt2_takes_the_static_path() -> None:
         StaticGPT2(_gpt2(reorder_and_upcast_attn=True))
 
 
-def test_the_host_side_vocabulary_state_allows_what_the_logits_processor_allows() -> None:
+def test_the_draws_allow_what_the_logits_processor_allows_and_stop_when_the_words_run_out() -> None:
     vocabulary = CuratedVocabulary(range(10, 60), comma_id=1, vocab_size=80)
     candidates = list(vocabulary.candidate_ids)
     assert candidates == [1, *range(10, 60)]
     sequence = [3, 12, 1]
-    state = VocabularyState(vocabulary, sequence)
+    rows = DrawRows.start(vocabulary, [RowPrompt(tuple(sequence), 100, seed=5)], top_k=100, device=CPU)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(60):
+    for step in range(rows.steps):
         expected = vocabulary(torch.tensor([sequence]), torch.zeros(1, 80))
         outside = [token for token in range(80) if token not in candidates]
         assert torch.isinf(expected[0, outside]).all(), "only candidates are ever allowed"
-        assert torch.equal(state.allowed_next(), ~torch.isinf(expected[0, candidates]))
-        assert state.words_left == vocabulary.words_left(torch.tensor([sequence]))
-        if not state.words_left:
+        assert torch.equal(rows.allowed_next()[0], ~torch.isinf(expected[0, candidates]))
+        assert bool(rows.drawing()[0]) == vocabulary.words_left(torch.tensor([sequence]))
+        if not rows.drawing()[0]:
             break
-        token = int(torch.multinomial(torch.softmax(expected, dim=-1), 1, generator=generator))
+        token = candidates[int(rows.draw(torch.randn(1, len(candidates), generator=generator), step)[0])]
+        assert not torch.isinf(expected[0, token]), "a drawn token was allowed"
         sequence.append(token)
-        state.add(token)
-    assert not state.words_left, "every word got used"
+    assert not rows.drawing()[0], "every word got used"
+    assert rows.drawn_tokens(candidates) == [tuple(sequence[3:])]
+
+
+def test_a_row_draws_the_first_candidate_whose_cumulative_probability_passes_its_uniform_number() -> None:
+    vocabulary = CuratedVocabulary(range(10, 14), comma_id=1, vocab_size=20)
+    rows = DrawRows.start(vocabulary, [RowPrompt((3,), 1, seed=0)], top_k=2, device=CPU)
+    uniform = float(rows.uniforms[0, 0])
+    assert uniform == float(torch.rand(1, generator=torch.Generator().manual_seed(0))[0])
+    logits = torch.tensor([[9.0, 0.0, 5.0, 5.0, 1.0]])  # the comma (first) and two of four words lead
+    # top 2 of the allowed: the comma (9) and a tie of words at 5 (both kept, as top-k keeps ties)
+    probabilities = torch.softmax(torch.tensor([9.0, 5.0, 5.0]), dim=0)
+    expected = [0, 2, 3][int((probabilities.cumsum(0) > uniform).nonzero()[0])]
+
+    assert int(rows.draw(logits, 0)[0]) == expected
+    assert not rows.drawing()[0]  # its one token drawn
 
 
 @pytest.mark.parametrize("seed", [1, 7, 1234, 2**31 + 5])
@@ -157,3 +175,12 @@ def test_expansions_are_the_same_text_through_the_static_step_and_the_models_for
     growing.static_step = None
     prompt = "a lighthouse on a cliff at dusk, dramatic light"
     assert expander.expand(prompt, seed) == growing.expand(prompt, seed)
+
+
+def test_a_row_cannot_step_past_the_end_of_its_cache_but_a_finished_one_can_stand_still() -> None:
+    step = StaticGPT2(_gpt2(), rows=2)
+    step.start_rows([tuple(range(1, 75)), (5, 6)], 75)
+    step.step_rows([7, 8])  # the first row's last position, 74
+    step.step_rows([None, 9])  # finished: rewrites its last position, nothing reads it
+    with pytest.raises(ValueError, match="already as long as its cache"):
+        step.step_rows([10, 11])

@@ -14,23 +14,26 @@ What it does, following Fooocus's documented behaviour ("Fooocus V2"):
 4. The added words that would carry the text past that chunk in CLIP's own tokens (the text
    encoders'; the expansion tokenizer counts differently) are dropped from the end
    (``fit_in_clip_chunks``): the expansion never costs another 77-token block.
-5. Sampling uses a CPU ``torch.Generator`` seeded with ``seed % 2**32`` (Fooocus reduces the
-   image seed to numpy's range the same way): the same prompt and seed always give the same text.
+5. Each prompt's random numbers come from a CPU ``torch.Generator`` seeded with ``seed % 2**32``
+   (Fooocus reduces the image seed to numpy's range the same way), one uniform number per token it
+   may add, drawn before the first step: the same prompt and seed always give the same text, on
+   any device and beside any other prompts.
 
 The model only computes logits, and only the candidates' (the curated words' tokens and the comma:
-nothing else can be drawn); the vocabulary rule, top-k and the draw run on the host, one copy of
-those few hundred logits per token. The draw takes one uniform number from the generator per
-token. A GPT-2 model runs over a preallocated key/value cache with one CUDA graph per cache length
-on a GPU (``static_step.py``); any other causal language model runs through its own forward with a
+nothing else can be drawn). The vocabulary rule, top-k and the draw (inverse CDF of the softmax at
+the prompt's uniform number) run where the logits are (``sampling.DrawRows``), and the drawn token
+is fed back into the next step there: no copy to the host per token, one at the end. A GPT-2 model
+runs over a preallocated key/value cache with one CUDA graph per cache length on a GPU
+(``static_step.py``), so an expansion is a run of graph replays and small sampling kernels that the
+host queues without waiting; any other causal language model runs through its own forward with a
 growing cache.
 
 ``expand_many`` expands several prompts at once: those of one target length share the static step's
-rows (four on a GPU), each drawn from its own generator, so a step advances them all and each gets
-the text it gets alone. The rows' vocabulary masks, top-k and softmax run as one operation each
-over the rows (``_draw_together``); only the draw itself is per row.
+rows (four on a GPU), each with its own random numbers, so a step advances them all and each gets
+the text it gets alone.
 
 Expansions run one call at a time, from any thread. On a CUDA GPU they run on the expander's own stream,
-so the per-token copy of the logits waits for the expansion's kernels only, not for a render that
+so the final copy of the drawn tokens waits for the expansion's kernels only, not for a render that
 another thread has queued on the default stream; and they hold ``graph_capture.CAPTURE_LOCK``, so an
 expansion prepared ahead never overlaps a graph capture.
 
@@ -59,18 +62,13 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    TopKLogitsWarper,
 )
 
 from fooocusd.engine.clip_tokens import clip_chunks, clip_token_count
+from fooocusd.engine.expansion.sampling import DrawRows, RowPrompt
 from fooocusd.engine.expansion.static_step import StaticGPT2, supports
 from fooocusd.engine.expansion.tiny import build_tiny_model, build_tiny_tokenizer
-from fooocusd.engine.expansion.vocabulary import (
-    CuratedVocabulary,
-    VocabularyState,
-    comma_token_id,
-    word_token_ids,
-)
+from fooocusd.engine.expansion.vocabulary import CuratedVocabulary, comma_token_id, word_token_ids
 from fooocusd.engine.expansion.words import allowed_words, load_word_list
 from fooocusd.engine.graph_capture import CAPTURE_LOCK, CudaGraphBackend, GraphBackend
 from fooocusd.engine.weighting import TOKENS_PER_CHUNK
@@ -167,7 +165,7 @@ class PromptExpander:
                 hint="use a GPT-2-compatible model (byte-level BPE with a leading-space marker)",
             )
         self.vocabulary = CuratedVocabulary(self.word_ids.values(), comma_token_id(tokenizer), vocab_size)
-        self.top_k_warper = TopKLogitsWarper(top_k=top_k)
+        self._candidate_ids = torch.tensor(self.vocabulary.candidate_ids, device=self.device)
         positions = getattr(model.config, "n_positions", None) or getattr(
             model.config, "max_position_embeddings", None
         )
@@ -262,51 +260,40 @@ class PromptExpander:
         )
 
     def _sample(self, plans: list[_Plan]) -> list[tuple[int, ...]]:
-        """The tokens drawn for prompts of one target length, one per row of the static step."""
+        """The tokens drawn for prompts of one target length, one per row of the static step
+        (one prompt at a time through the model's own forward)."""
         try:
             with self._running(), torch.inference_mode():
-                draws = [_Draw(self, plan) for plan in plans]
+                prompts = [RowPrompt(p.prompt_ids, p.new_tokens, int(p.seed) % SEED_RANGE) for p in plans]
+                rows = DrawRows.start(self.vocabulary, prompts, self.top_k, self.device)
                 if self.static_step is None:
-                    for draw, plan in zip(draws, plans, strict=True):
-                        self._draw_alone(draw, plan)
+                    self._draw_growing(rows, plans)
                 else:
-                    self._draw_rows(self.static_step, draws, plans)
+                    self._draw_rows(self.static_step, rows, plans)
+                return rows.drawn_tokens(self.vocabulary.candidate_ids)
         except torch.OutOfMemoryError as exc:
             raise OutOfMemory(
                 "the accelerator ran out of memory during prompt expansion",
                 hint='the job is retried; free memory or set engine.expansion = "off"',
             ) from exc
-        return [tuple(draw.generated) for draw in draws]
 
-    def _draw_rows(self, steps: StaticGPT2, draws: list[_Draw], plans: list[_Plan]) -> None:
-        logits = steps.start_rows([plan.prompt_ids for plan in plans], plans[0].target)
-        while True:
-            drawn = self._draw_together(draws, logits)
-            fed = [token if draw.wants_more else None for token, draw in zip(drawn, draws, strict=True)]
-            if all(token is None for token in fed):
-                return
-            logits = steps.step_rows(fed)
+    def _draw_rows(self, steps: StaticGPT2, rows: DrawRows, plans: list[_Plan]) -> None:
+        """Every step on the device: the model's step (a CUDA graph replay on a GPU), the draw, and
+        the drawn tokens fed back in, with nothing copied to the host until the end."""
+        logits = steps.start_rows_on_device([plan.prompt_ids for plan in plans], plans[0].target)
+        for step in range(rows.steps):
+            drawn = rows.draw(logits, step)
+            if step + 1 < rows.steps:
+                logits = steps.step_rows_on_device(self._candidate_ids[drawn], rows.drawing())
 
-    def _draw_together(self, draws: list[_Draw], logits: torch.Tensor) -> list[int | None]:
-        """Each draw's next token from its row of ``logits``, as ``_Draw.next`` gives it row by row:
-        the vocabulary mask, top-k and softmax run once over the rows still drawing (the same
-        arithmetic per row), then each row draws from its own generator. Per token of a four-row
-        step that is a few operations on the host instead of about thirty."""
-        drawing = [index for index, draw in enumerate(draws) if draw.wants_more]
-        tokens: list[int | None] = [None] * len(draws)
-        if not drawing:
-            return tokens
-        allowed = torch.stack([draws[index].state.allowed_next() for index in drawing])
-        probabilities = candidate_probabilities(self.top_k_warper, logits[drawing], allowed)
-        for row, index in enumerate(drawing):
-            tokens[index] = draws[index].take(probabilities[row : row + 1])
-        return tokens
-
-    def _draw_alone(self, draw: _Draw, plan: _Plan) -> None:
+    def _draw_growing(self, rows: DrawRows, plans: list[_Plan]) -> None:
+        (plan,) = plans
         steps = _GrowingCacheSteps(self.model, self.vocabulary.candidate_ids)
-        logits = steps.start(plan.prompt_ids, plan.target)
-        while (token := draw.next(logits)) is not None and draw.wants_more:
-            logits = steps.step(token)
+        logits = steps.start(plan.prompt_ids)
+        for step in range(rows.steps):
+            drawn = rows.draw(logits, step)
+            if step + 1 < rows.steps:  # (a row that stopped early feeds tokens nothing reads)
+                logits = steps.step(self._candidate_ids[drawn])
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -333,53 +320,9 @@ class _Plan:
         return max(0, self.target - len(self.prompt_ids))
 
 
-class _Draw:
-    """One prompt's sampling: its own generator, the words it may still use, the tokens drawn."""
-
-    def __init__(self, expander: PromptExpander, plan: _Plan) -> None:
-        # Sampled on the CPU from our own generator: deterministic per seed, and the global RNG
-        # (which the image engine and other threads rely on) is left alone.
-        self.generator = torch.Generator(device="cpu").manual_seed(int(plan.seed) % SEED_RANGE)
-        self.state = VocabularyState(expander.vocabulary, plan.prompt_ids)
-        self.candidates = expander.vocabulary.candidate_ids
-        self.top_k_warper = expander.top_k_warper
-        self.left = plan.new_tokens
-        self.generated: list[int] = []
-
-    @property
-    def wants_more(self) -> bool:
-        # Every curated word used: stop rather than add commas only.
-        return self.left > 0 and self.state.words_left
-
-    def next(self, logits: torch.Tensor) -> int | None:
-        """The next token, drawn from ``logits`` (the candidates'); None once the prompt is done."""
-        if not self.wants_more:
-            return None
-        allowed = self.state.allowed_next()[None]
-        return self.take(candidate_probabilities(self.top_k_warper, logits[None], allowed))
-
-    def take(self, probabilities: torch.Tensor) -> int:
-        """Draw the next token from ``probabilities`` (1, candidates) with this prompt's generator."""
-        # One uniform draw per token (with replacement: the same for a single draw); without
-        # replacement, torch draws one exponential per candidate.
-        drawn = int(torch.multinomial(probabilities, 1, replacement=True, generator=self.generator))
-        token = self.candidates[drawn]
-        self.generated.append(token)
-        self.state.add(token)
-        self.left -= 1
-        return token
-
-
-def candidate_probabilities(top_k_warper: Any, logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Sampling probabilities over the candidates, row by row: ``logits`` (rows, candidates) with
-    the candidates not ``allowed`` removed, then all but the top k, then softmax."""
-    no_ids = torch.empty((logits.shape[0], 0), dtype=torch.long)  # top-k looks at the scores only
-    scores = top_k_warper(no_ids, logits.masked_fill(~allowed, float("-inf")))
-    return torch.softmax(scores, dim=-1)
-
-
 class _GrowingCacheSteps:
-    """Next-token logits through the model's own forward and growing cache (any causal LM)."""
+    """Next-token logits through the model's own forward and growing cache (any causal LM), one
+    sequence, on the model's device: (1, candidates) each."""
 
     def __init__(self, model: PreTrainedModel, candidates: tuple[int, ...]) -> None:
         self.model = model
@@ -387,19 +330,19 @@ class _GrowingCacheSteps:
         self._cache: Any = None
         self._candidates = torch.tensor(candidates, device=next(model.parameters()).device)
 
-    def start(self, prompt_ids: tuple[int, ...], length: int) -> torch.Tensor:
+    def start(self, prompt_ids: tuple[int, ...]) -> torch.Tensor:
         self._cache = None
-        return self._logits(list(prompt_ids))
-
-    def step(self, token: int) -> torch.Tensor:
-        return self._logits([token])
-
-    def _logits(self, ids: list[int]) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        inputs = torch.tensor([ids], dtype=torch.long, device=device)
+        return self._logits(torch.tensor([prompt_ids], dtype=torch.long, device=device))
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """The logits after ``token``, a (1,) tensor on the model's device."""
+        return self._logits(token[:, None])
+
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
         output = self.model(input_ids=inputs, use_cache=True, **{self._cache_name: self._cache})
         self._cache = getattr(output, self._cache_name)
-        logits: torch.Tensor = output.logits[0, -1, self._candidates].float().cpu()
+        logits: torch.Tensor = output.logits[:, -1, self._candidates]
         return logits
 
 

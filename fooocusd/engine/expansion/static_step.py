@@ -110,7 +110,8 @@ class StaticGPT2:
         self.rows = rows or (ROWS if head.weight.device.type == "cuda" else 1)
         self._caches: OrderedDict[int, _Cache] = OrderedDict()
         self._cache: _Cache | None = None
-        self._next_positions: list[int] = []
+        self._next_positions = torch.zeros(0, dtype=torch.long)
+        """(started rows,): where each row's next token goes, on the model's device."""
         self.captures = 0
         self.replays = 0
 
@@ -128,8 +129,13 @@ class StaticGPT2:
 
     @torch.inference_mode()
     def start_rows(self, prompts: Sequence[tuple[int, ...]], length: int) -> torch.Tensor:
+        """``start_rows_on_device``, the logits copied to the host (float32)."""
+        return self.start_rows_on_device(prompts, length).to("cpu", torch.float32)
+
+    @torch.inference_mode()
+    def start_rows_on_device(self, prompts: Sequence[tuple[int, ...]], length: int) -> torch.Tensor:
         """Run up to ``rows`` prompts into the rows of a cache of ``length`` positions; the logits after
-        each one's last token (float32, on the CPU, shape (prompts, candidates))."""
+        each one's last token (on the model's device, shape (prompts, candidates))."""
         if not 0 < len(prompts) <= self.rows:
             raise ValueError(f"{len(prompts)} prompts: a cache holds 1 to {self.rows}")
         for prompt_ids in prompts:
@@ -142,36 +148,47 @@ class StaticGPT2:
             tokens = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
             positions = torch.arange(len(prompt_ids), device=self.device)[None]
             logits.append(self._forward(keys, values, tokens, positions))
-        self._next_positions = [len(prompt_ids) for prompt_ids in prompts]
-        return torch.cat(logits).to("cpu", torch.float32)
+        cache.tokens.zero_()  # rows beyond the prompts step at position 0 of their own, unused row
+        cache.positions.zero_()
+        self._next_positions = torch.tensor(
+            [len(ids) for ids in prompts], dtype=torch.long, device=self.device
+        )
+        return torch.cat(logits)
 
     @torch.inference_mode()
     def step_rows(self, tokens: Sequence[int | None]) -> torch.Tensor:
-        """Append each row's token (None: that row is finished and stays where it is); the logits for
-        the position after it (float32, CPU, shape (len(tokens), candidates); a finished row's are
-        meaningless)."""
-        cache = self._cache
-        if cache is None:
-            raise RuntimeError("start_rows() before stepping")
+        """``step_rows_on_device`` from host values: each row's token, None for a finished row; the
+        logits copied to the host (float32)."""
+        cache = self._started()
         if len(tokens) != len(self._next_positions):
             raise ValueError(f"{len(tokens)} tokens for {len(self._next_positions)} started rows")
-        ids, positions = [0] * self.rows, [0] * self.rows
-        for index, token in enumerate(tokens):
-            position = self._next_positions[index]
-            if token is None:
-                # A finished row rewrites its last position: nothing reads it any more.
-                positions[index] = min(position, cache.length - 1)
-                continue
-            if position >= cache.length:
-                raise ValueError("the sequence is already as long as its cache")
-            ids[index], positions[index] = token, position
-            self._next_positions[index] = position + 1
-        cache.tokens.copy_(torch.tensor(ids, dtype=torch.long)[:, None])
-        cache.positions.copy_(torch.tensor(positions, dtype=torch.long)[:, None])
+        fed = torch.tensor([token is not None for token in tokens], device=self.device)
+        if bool((self._next_positions[fed] >= cache.length).any()):
+            raise ValueError("the sequence is already as long as its cache")
+        ids = torch.tensor([token or 0 for token in tokens], dtype=torch.long, device=self.device)
+        logits = self.step_rows_on_device(ids, fed)
+        return logits.to("cpu", torch.float32, copy=True)  # a replay rewrites its output
+
+    @torch.inference_mode()
+    def step_rows_on_device(self, tokens: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens`` (started rows,) to the rows where ``fed`` (a row not fed is finished:
+        it rewrites its last position, which nothing reads any more); the logits for the position
+        after each (on the device, (rows, candidates); a finished row's are meaningless; a replay
+        rewrites them at the next step). Nothing is read back to the host."""
+        cache = self._started()
+        started = tokens.shape[0]
+        cache.tokens[:started, 0] = tokens
+        cache.positions[:started, 0] = self._next_positions.clamp_max(cache.length - 1)
+        self._next_positions = self._next_positions + fed.long()
         logits = self._replayed(cache)
         if logits is None:
             logits = self._forward(cache.keys, cache.values, cache.tokens, cache.positions)
-        return logits[: len(tokens)].to("cpu", torch.float32, copy=True)  # a replay rewrites its output
+        return logits[:started]
+
+    def _started(self) -> _Cache:
+        if self._cache is None:
+            raise RuntimeError("start_rows() before stepping")
+        return self._cache
 
     def _replayed(self, cache: _Cache) -> torch.Tensor | None:
         """The step through the cache's CUDA graph (captured on first use); None: run it eagerly."""

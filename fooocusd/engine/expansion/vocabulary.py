@@ -55,42 +55,6 @@ class CuratedVocabulary(LogitsProcessor):
         return scores.masked_fill(~self.allowed(input_ids), float("-inf"))  # type: ignore[return-value]
 
 
-class VocabularyState:
-    """``CuratedVocabulary``'s rule for one growing sequence, over the candidates' scores only (in
-    ``candidate_ids`` order), kept on the host and updated per token (the mask ``allowed`` computes
-    from the whole sequence, restricted to the candidates, without a pass over it each step)."""
-
-    def __init__(self, vocabulary: CuratedVocabulary, prompt_ids: Iterable[int]) -> None:
-        ids = list(prompt_ids)
-        self.comma_id = vocabulary.comma_id
-        self._index = vocabulary.candidate_index
-        self._comma = self._index[self.comma_id]
-        self._allowed = torch.ones(len(vocabulary.candidate_ids), dtype=torch.bool)
-        self._allowed[self._comma] = False  # the comma's turn is decided per step
-        used = [self._index[token] for token in ids if token in self._index]
-        self._allowed[used] = False
-        self._words_left = int(self._allowed.sum())
-        self._last = ids[-1] if ids else -1
-
-    @property
-    def words_left(self) -> bool:
-        """Whether any curated word is still unused."""
-        return self._words_left > 0
-
-    def add(self, token: int) -> None:
-        index = self._index.get(token)
-        if index is not None and self._allowed[index]:
-            self._allowed[index] = False
-            self._words_left -= 1
-        self._last = token
-
-    def allowed_next(self) -> torch.Tensor:
-        """Which candidates may come next: a boolean mask, shape (candidates,)."""
-        allowed = self._allowed.clone()
-        allowed[self._comma] = self._last != self.comma_id
-        return allowed
-
-
 def word_token_ids(tokenizer: PreTrainedTokenizerBase, words: Iterable[str]) -> dict[str, int]:
     """word → token id, for each word that the tokenizer spells as one token after a space."""
     found: dict[str, int] = {}
