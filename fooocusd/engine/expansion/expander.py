@@ -51,7 +51,7 @@ import itertools
 import math
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,9 +267,13 @@ class PromptExpander:
                 prompts = [RowPrompt(p.prompt_ids, p.new_tokens, int(p.seed) % SEED_RANGE) for p in plans]
                 rows = DrawRows.start(self.vocabulary, prompts, self.top_k, self.device)
                 if self.static_step is None:
-                    self._draw_growing(rows, plans)
+                    (plan,) = plans
+                    growing = _GrowingCacheSteps(self.model, self.vocabulary.candidate_ids)
+                    self._draw(rows, growing.start(plan.prompt_ids), lambda tokens, fed: growing.step(tokens))
                 else:
-                    self._draw_rows(self.static_step, rows, plans)
+                    steps = self.static_step
+                    logits = steps.start_rows_on_device([plan.prompt_ids for plan in plans], plans[0].target)
+                    self._draw(rows, logits, steps.step_rows_on_device)
                 return rows.drawn_tokens(self.vocabulary.candidate_ids)
         except torch.OutOfMemoryError as exc:
             raise OutOfMemory(
@@ -277,23 +281,16 @@ class PromptExpander:
                 hint='the job is retried; free memory or set engine.expansion = "off"',
             ) from exc
 
-    def _draw_rows(self, steps: StaticGPT2, rows: DrawRows, plans: list[_Plan]) -> None:
-        """Every step on the device: the model's step (a CUDA graph replay on a GPU), the draw, and
-        the drawn tokens fed back in, with nothing copied to the host until the end."""
-        logits = steps.start_rows_on_device([plan.prompt_ids for plan in plans], plans[0].target)
-        for step in range(rows.steps):
-            drawn = rows.draw(logits, step)
-            if step + 1 < rows.steps:
-                logits = steps.step_rows_on_device(self._candidate_ids[drawn], rows.drawing())
-
-    def _draw_growing(self, rows: DrawRows, plans: list[_Plan]) -> None:
-        (plan,) = plans
-        steps = _GrowingCacheSteps(self.model, self.vocabulary.candidate_ids)
-        logits = steps.start(plan.prompt_ids)
-        for step in range(rows.steps):
-            drawn = rows.draw(logits, step)
-            if step + 1 < rows.steps:  # (a row that stopped early feeds tokens nothing reads)
-                logits = steps.step(self._candidate_ids[drawn])
+    def _draw(
+        self, rows: DrawRows, logits: torch.Tensor, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> None:
+        """Every token on the device: the draw from ``logits``, then the model's ``step`` (a CUDA
+        graph replay for GPT-2 on a GPU) on the drawn tokens and the rows still drawing, with nothing
+        copied to the host until the end. (A row that stopped early feeds tokens nothing reads.)"""
+        for index in range(rows.steps):
+            drawn = rows.draw(logits, index)
+            if index + 1 < rows.steps:
+                logits = step(self._candidate_ids[drawn], rows.drawing())
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:

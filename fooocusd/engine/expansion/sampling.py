@@ -65,7 +65,7 @@ class DrawRows:
                 vocabulary.candidate_index[t] for t in prompt.prompt_ids if t in vocabulary.candidate_index
             ]
             unused[row, used] = False
-            generator = torch.Generator().manual_seed(prompt.seed)
+            generator = torch.Generator().manual_seed(prompt.seed)  # (the global RNG stays untouched)
             uniforms[row, : prompt.new_tokens] = torch.rand(prompt.new_tokens, generator=generator)
         last = [prompt.prompt_ids[-1] if prompt.prompt_ids else -1 for prompt in prompts]
         return cls(
