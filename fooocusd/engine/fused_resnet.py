@@ -111,18 +111,12 @@ def norm_silu_for(kernel: str, shapes: str = "per_channel_count") -> NormSiLU:
     raise ValueError(f"kernel must be one of {KERNELS}, not {kernel!r}")
 
 
-def triton_or_eager(
-    x: torch.Tensor,
-    groups: int,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    eps: float,
-    shift: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Our Triton kernels where they can run on ``x`` (a CUDA tensor), ``group_norm_silu`` elsewhere."""
+def triton_or_eager(x: torch.Tensor, *norm: Any) -> torch.Tensor:
+    """Our Triton kernels where they can run on ``x`` (a CUDA tensor), ``group_norm_silu`` elsewhere;
+    ``norm``: groups, weight, bias, eps and the optional shift, as both take them."""
     if triton_group_norm.available(x):
-        return triton_group_norm.group_norm_silu(x, groups, weight, bias, eps, shift)
-    return group_norm_silu(x, groups, weight, bias, eps, shift)
+        return triton_group_norm.group_norm_silu(x, *norm)
+    return group_norm_silu(x, *norm)
 
 
 def triton_kernels_fail(device: torch.device, dtype: torch.dtype) -> str:
