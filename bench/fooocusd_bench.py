@@ -522,7 +522,7 @@ class Bench:
         how busy its kernels keep the device: their summed time against the render's wall time
         unprofiled (``device_busy_pct``; at 512² the UNet's steps take 40 % of a 1024² step's time
         for a quarter of its pixels)."""
-        from kernel_profile import copy_sources, kernel_table
+        from kernel_profile import ELEMENTWISE_OPERATORS, copy_sources, kernel_table, operator_sources
         from torch._C._profiler import _ExperimentalConfig  # verbose: Python frames in the stacks
         from torch.profiler import ProfilerActivity, profile
 
@@ -555,7 +555,9 @@ class Bench:
             self.sync()
         table = kernel_table(profiled.key_averages(), device=on_device)
         if not small_with_graphs:
-            table["copies_by_caller"] = copy_sources(profiled.key_averages(group_by_stack_n=16))
+            by_stack = profiled.key_averages(group_by_stack_n=16)
+            table["copies_by_caller"] = copy_sources(by_stack)
+            table["elementwise_by_caller"] = operator_sources(by_stack, ELEMENTWISE_OPERATORS, top=12)
         acceleration = engine.describe()["acceleration"]
         busy = {"wall_ms_unprofiled": round(wall_ms, 1)}
         if on_device and wall_ms > 0:
@@ -675,25 +677,31 @@ class Bench:
         also_compile: tuple[str, ...] = (),
         attention: str = "auto",
         compare_fusion: bool = False,
-        compiled_group_norm: bool = False,
+        group_norms: str = "",
         fused_norm_shapes: str = "",
+        fold_biases: bool = True,
     ) -> dict[str, Any]:
         """``size`` images in one UNet batch (different seeds and prompts), per image, against one alone.
         ``also_compile``: UNet module classes compiled too, beside regional compile's transformer
         blocks (an experiment: the engine has no setting for it yet). ``compare_fusion``: one seed
         with the resnets' GroupNorm + SiLU fused against diffusers' resnets (``fusion_agreement``).
-        ``compiled_group_norm``: the kept GroupNorms through torch.compile (an experiment).
+        ``group_norms``: the kept GroupNorms run this way instead (``route_group_norms``, an experiment).
         ``fused_norm_shapes``: the fused resnet norms compiled with these shapes instead (an experiment,
-        ``fused_resnet.SHAPES``)."""
+        ``fused_resnet.SHAPES``). ``fold_biases=False``: the fused resnets' convolutions add their own
+        biases (an experiment: what folding them saves)."""
         self.reset_peak()
         mark = time.perf_counter()
         engine = self.engine(options, batch_size=size, attention=attention)
         engine.load()
         compiled_also = compile_modules(engine, also_compile) if also_compile else {}
-        if compiled_group_norm:
-            compiled_also["compiled_group_norms"] = compile_group_norms(engine)
+        if group_norms:
+            compiled_also[f"group_norms_{group_norms}"] = route_group_norms(engine, group_norms)
         if fused_norm_shapes:
-            compiled_also[f"fused_resnets_{fused_norm_shapes}"] = fuse_again(engine, fused_norm_shapes)
+            compiled_also[f"fused_resnets_{fused_norm_shapes}"] = fuse_again(
+                engine, kernel="compiled", shapes=fused_norm_shapes
+            )
+        if not fold_biases:
+            compiled_also["fused_resnets_biases_unfolded"] = fuse_again(engine, fold_biases=False)
         prompts = ("a lighthouse on a rocky coast at dusk", "a red fox in fresh snow", "an old tram, rain")
         requests = [self.request(seed=10 + i, prompt=prompts[i % len(prompts)]) for i in range(size)]
         engine.generate_batch(requests)  # warm-up (and compilation, when compiled)
@@ -938,6 +946,8 @@ class Bench:
             "defaults": self.defaults,
             "batch_4": lambda: self.batched(defaults, compare_fusion=True),
             "batch_4_unfused": lambda: self.batched(replace(defaults, fuse_resnet_norms="off")),
+            "batch_4_biases_unfolded": lambda: self.batched(defaults, fold_biases=False),
+            "batch_4_group_norms_pytorch": lambda: self.batched(defaults, group_norms="eager"),
             "batch_4_fused_compiled": lambda: self.batched(defaults, fused_norm_shapes="per_channel_count"),
             "batch_4_fused_static": lambda: self.batched(defaults, fused_norm_shapes="static"),
             "batch_4_fused_dynamic": lambda: self.batched(defaults, fused_norm_shapes="dynamic"),
@@ -953,7 +963,7 @@ class Bench:
             "profile_copies": lambda: self.profile(keep_channels_last="off"),
             "profile_small_graphs": lambda: self.profile(small_with_graphs=True),
             "batch_4_copies": lambda: self.batched(replace(defaults, keep_channels_last="off")),
-            "batch_4_compiled_group_norm": lambda: self.batched(defaults, compiled_group_norm=True),
+            "batch_4_compiled_group_norm": lambda: self.batched(defaults, group_norms="compiled"),
             "graphs": lambda: self.batched(replace(defaults, cuda_graphs="on")),
             "graphs_resnets_compiled": lambda: self.batched(
                 replace(defaults, cuda_graphs="on"), also_compile=RESNET_MODULES
@@ -1183,9 +1193,10 @@ def compile_modules(engine: SDXLEngine, classes: tuple[str, ...]) -> dict[str, A
     return {"also_compiled": counts}
 
 
-def compile_group_norms(engine: SDXLEngine) -> dict[str, int] | str:
-    """Route the UNet's and VAE's kept channels_last GroupNorms through torch.compile
-    (``keep_channels_last.compiled_group_norm_channels_last``); the first render compiles them."""
+def route_group_norms(engine: SDXLEngine, norm: str) -> dict[str, int] | str:
+    """Route the UNet's and VAE's kept channels_last GroupNorms (the transformers' and the other
+    unfused ones) through ``norm`` (``keep_channels_last.GROUP_NORM_FORWARDS``) instead of the
+    engine's choice; "compiled" compiles them in the first render."""
     from fooocusd.engine.keep_channels_last import keep_channels_last, undo_keep_channels_last
 
     plan = engine._accelerator.plan
@@ -1196,13 +1207,15 @@ def compile_group_norms(engine: SDXLEngine) -> dict[str, int] | str:
     for name in ("unet", "vae"):
         model = getattr(pipeline, name)
         undo_keep_channels_last(model)
-        counts[name] = keep_channels_last(model, compiled_norm=True).group_norms
+        counts[name] = keep_channels_last(model, norm=norm).group_norms
     return counts
 
 
-def fuse_again(engine: SDXLEngine, shapes: str) -> int | str:
-    """The UNet's and VAE's fused resnet norms as inductor compiles them with ``shapes``
-    (``fused_resnet.SHAPES``) instead of the engine's kernels."""
+def fuse_again(
+    engine: SDXLEngine, *, kernel: str = "", shapes: str = "per_channel_count", fold_biases: bool = True
+) -> int | str:
+    """The UNet's and VAE's resnets fused again with ``kernel`` (the engine's when ""), inductor's
+    ``shapes`` for "compiled" (``fused_resnet.SHAPES``) and ``fold_biases`` as given."""
     from fooocusd.engine.fused_resnet import fuse_resnet_norms, unfuse_resnet_norms
 
     plan = engine._accelerator.plan
@@ -1212,7 +1225,8 @@ def fuse_again(engine: SDXLEngine, shapes: str) -> int | str:
     fused = 0
     for model in (pipeline.unet, pipeline.vae):
         unfuse_resnet_norms(model)
-        fused += fuse_resnet_norms(model, kernel="compiled", shapes=shapes)
+        kernel = kernel or plan.fused_norm_kernel
+        fused += fuse_resnet_norms(model, kernel=kernel, shapes=shapes, fold_biases=fold_biases)
     return fused
 
 

@@ -90,19 +90,47 @@ def kernel_table(events: Iterable[Any], *, device: bool, top: int = 25) -> dict[
 OWN_FRAMES = ("fooocusd", "diffusers", "transformers")
 
 
+ELEMENTWISE_OPERATORS = (
+    "aten::add",
+    "aten::add_",
+    "aten::sub",
+    "aten::mul",
+    "aten::mul_",
+    "aten::div",
+    "aten::addcmul",
+    "aten::silu",
+    "aten::gelu",
+    "aten::clamp_min",
+    "aten::where",
+)
+"""Eager pointwise operators: the "elementwise and other" kernels they launch (a bias added after
+a convolution, a residual, a guidance formula) carry no caller in their names."""
+
+
 def copy_sources(events: Iterable[Any], *, top: int = 8) -> list[dict[str, Any]]:
     """The operators that copied tensors, grouped by where in our or diffusers' code they were
     called (``key_averages(group_by_stack_n=...)`` of a profile taken ``with_stack=True``), by the
     device time of the kernels they launched: which layer still copies activations."""
+    return operator_sources(events, ("aten::copy_",), top=top)  # clone, contiguous, _to_copy end in it
+
+
+def operator_sources(
+    events: Iterable[Any], operators: Iterable[str], *, top: int = 8
+) -> list[dict[str, Any]]:
+    """The calls of ``operators``, grouped by operator and by where in our or diffusers' code they
+    were called (``key_averages(group_by_stack_n=...)`` of a profile taken ``with_stack=True``), by
+    the device time of the kernels they launched."""
+    wanted = set(operators)
     merged: dict[tuple[str, ...], dict[str, Any]] = {}
     for event in events:
-        if event.key != "aten::copy_":  # the innermost: clone, contiguous and _to_copy end in it
+        if event.key not in wanted:
             continue
         ms = float(getattr(event, "device_time_total", getattr(event, "cuda_time_total", 0.0))) / 1000
         if ms <= 0:
             ms = float(event.cpu_time_total) / 1000
         frames = [line for line in (event.stack or []) if any(own in line for own in OWN_FRAMES)]
-        row = merged.setdefault(tuple(frames[:3]), {"ms": 0.0, "calls": 0, "where": frames[:3]})
+        key = (event.key, *frames[:3])
+        row = merged.setdefault(key, {"operator": event.key, "ms": 0.0, "calls": 0, "where": frames[:3]})
         row["ms"] += ms
         row["calls"] += int(event.count)
     rows = sorted(merged.values(), key=lambda row: row["ms"], reverse=True)[:top]

@@ -27,3 +27,15 @@ def sandbox(tmp_path: Path) -> Sandbox:
     box = Sandbox(tmp_path)
     box.write_config()
     return box
+
+
+@pytest.fixture
+def triton_device() -> object:
+    """Where our Triton kernels run in tests: a CUDA GPU, or CPU tensors through Triton's
+    interpreter, which this file chooses where there is none (slow: small sizes only)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets TRITON_INTERPRET without a GPU"
+    return torch.device("cpu")

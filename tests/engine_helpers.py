@@ -413,3 +413,28 @@ def channels_last_unet_inputs(
         "time_ids": torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]] * 2),
     }
     return x, text, added
+
+
+def channels_last_randn(
+    shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Random activations, channels_last, with a mean far from 0 as real activations have."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(shape, generator=generator) * 3.0 + 1.5
+    return values.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def tiny_unet_with_random_norms() -> torch.nn.Module:
+    """The tiny SDXL UNet, channels_last, its GroupNorms given random affine parameters: the
+    defaults (1, 0) would hide a swapped pair."""
+    from diffusers import EulerDiscreteScheduler
+
+    from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
+
+    unet = build_tiny_sdxl_pipeline(EulerDiscreteScheduler()).unet.eval()
+    with torch.no_grad():
+        for module in unet.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.normal_(1.0, 0.3)
+                module.bias.normal_(0.0, 0.3)
+    return unet.to(memory_format=torch.channels_last)

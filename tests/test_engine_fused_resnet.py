@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
-import os
+import functools
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 from diffusers import EulerDiscreteScheduler
 from diffusers.models.resnet import ResnetBlock2D
 
-from fooocusd.engine import triton_group_norm
+from fooocusd.engine import acceleration, triton_group_norm, triton_residual
 from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
 from fooocusd.engine.devices import HardwareFacts
 from fooocusd.engine.fused_resnet import (
@@ -29,16 +31,17 @@ from fooocusd.engine.fused_resnet import (
 from fooocusd.engine.keep_channels_last import keep_channels_last
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
 from fooocusd.settings import EngineSettings
-from tests.engine_helpers import channels_last_unet_inputs, default_request, pixels_of, tiny_engine_with
+from tests.engine_helpers import (
+    channels_last_randn,
+    channels_last_unet_inputs,
+    default_request,
+    pixels_of,
+    tiny_engine_with,
+    tiny_unet_with_random_norms,
+)
 
 H100 = HardwareFacts("cuda", (9, 0), 80 * 2**30, True)
 CUDA = torch.device("cuda")
-
-
-def _channels_last(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    values = torch.randn(shape, generator=generator) * 3.0 + 1.5  # a mean far from 0, as activations have
-    return values.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
 def _reference(
@@ -53,7 +56,7 @@ def _reference(
 def test_group_norm_silu_matches_pytorchs_norm_then_silu_and_keeps_the_layout(
     dtype: torch.dtype, tolerance: float, with_shift: bool
 ) -> None:
-    x = _channels_last((2, 64, 6, 10), seed=1, dtype=dtype)
+    x = channels_last_randn((2, 64, 6, 10), seed=1, dtype=dtype)
     generator = torch.Generator().manual_seed(2)
     weight, bias = (torch.randn(64, generator=generator).to(dtype) for _ in range(2))
     shift = torch.randn(2, 64, 1, 1, generator=generator).to(dtype) if with_shift else None
@@ -64,18 +67,8 @@ def test_group_norm_silu_matches_pytorchs_norm_then_silu_and_keeps_the_layout(
     assert (fused.double() - _reference(x, 32, weight, bias, shift)).abs().max().item() <= tolerance
 
 
-def _tiny_unet() -> torch.nn.Module:
-    unet = build_tiny_sdxl_pipeline(EulerDiscreteScheduler()).unet.eval()
-    with torch.no_grad():  # random affine parameters: the defaults (1, 0) would hide a swapped pair
-        for module in unet.modules():
-            if isinstance(module, torch.nn.GroupNorm):
-                module.weight.normal_(1.0, 0.3)
-                module.bias.normal_(0.0, 0.3)
-    return unet.to(memory_format=torch.channels_last)
-
-
 def test_a_fused_resnet_block_gives_diffusers_result_and_falls_back_for_other_inputs() -> None:
-    unet = _tiny_unet()
+    unet = tiny_unet_with_random_norms()
     blocks = [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]
     block = next(m for m in blocks if m.conv_shortcut is not None and m.time_emb_proj is not None)
     generator = torch.Generator().manual_seed(3)
@@ -106,7 +99,7 @@ def test_every_resnet_of_the_sdxl_unet_and_vae_takes_the_fused_path() -> None:
 
 
 def test_a_fused_unet_gives_the_same_noise_prediction() -> None:
-    unet = _tiny_unet()
+    unet = tiny_unet_with_random_norms()
     keep_channels_last(unet)
     x, text, added = channels_last_unet_inputs(unet, seed=4)
     with torch.no_grad():
@@ -134,7 +127,7 @@ def _check_compiled_at_every_size(shapes: str, graphs: int) -> None:
     for channels in (32, 48):
         weight, bias = (torch.randn(channels, generator=generator) for _ in range(2))
         for n, height, width in ((2, 6, 10), (2, 12, 8), (4, 7, 7), (2, 16, 16)):
-            x = _channels_last((n, channels, height, width), seed=height * width)
+            x = channels_last_randn((n, channels, height, width), seed=height * width)
             shift = torch.randn(n, channels, 1, 1, generator=generator)
             for each in (None, shift):
                 with torch.no_grad():
@@ -157,6 +150,38 @@ def test_engine_with_fused_resnets_renders_the_same_image(tmp_path: Path) -> Non
     assert "fuse_resnet_norms runs eagerly: no Triton here and compile is off" in record["notes"]
     assert plain.describe()["acceleration"]["fused_resnets"] == 0
     assert difference.max() <= 2 and difference.mean() < 0.05
+
+
+def test_engine_on_our_triton_kernels_renders_the_same_image(
+    tmp_path: Path, triton_device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole path a GPU takes by default (the load-time check, the transformers' GroupNorms and
+    the resnets' norms and residual adds on our kernels, convolutions without biases), here with
+    Triton's interpreter standing in for the GPU where there is none."""
+    plain = tiny_engine_with(tmp_path, layout_on_cpu=True, fuse_resnet_norms="off")
+    monkeypatch.setattr(acceleration, "triton_runs", lambda device, hardware=None: True)
+    launched: Counter[str] = Counter()
+    for module, name in (
+        (triton_group_norm, "group_norm_silu"),
+        (triton_group_norm, "group_norm"),
+        (triton_residual, "add_bias_residual"),
+    ):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, functools.partial(_counted, launched, name, original))
+    fused = tiny_engine_with(tmp_path, layout_on_cpu=True)
+    request = replace(default_request(seed=9), steps=1, width=512, height=512)  # the interpreter is slow
+
+    difference = np.abs(pixels_of(fused, request) - pixels_of(plain, request))
+
+    record = fused.describe()["acceleration"]
+    assert record["fused_norm_kernel"] == "triton" and record["fused_resnets"] > 10 and not record["notes"]
+    assert set(launched) == {"group_norm_silu", "group_norm", "add_bias_residual"}
+    assert difference.max() <= 2 and difference.mean() < 0.05
+
+
+def _counted(launched: Counter[str], name: str, original: Any, *args: Any) -> torch.Tensor:
+    launched[name] += 1
+    return original(*args)
 
 
 def test_fused_resnets_run_our_triton_kernels_by_default_on_a_gpu_and_are_off_on_the_cpu() -> None:
@@ -200,7 +225,7 @@ def test_fused_resnets_are_off_in_low_vram_mode_whose_hooks_stream_the_norms_wei
 
 def test_a_fused_block_whose_norm_weights_are_elsewhere_runs_diffusers_forward() -> None:
     """As under an offloading hook that brings the weights in only when the norm module is called."""
-    unet = _tiny_unet()
+    unet = tiny_unet_with_random_norms()
     block = next(m for m in unet.modules() if isinstance(m, ResnetBlock2D) and m.time_emb_proj is not None)
     generator = torch.Generator().manual_seed(10)
     x = (torch.randn(2, block.norm1.num_channels, 8, 8, generator=generator)).contiguous(
@@ -221,16 +246,6 @@ def test_a_fused_block_whose_norm_weights_are_elsewhere_runs_diffusers_forward()
     assert called == ["norm1"]
 
 
-@pytest.fixture
-def triton_device() -> torch.device:
-    """Where our Triton kernels run in these tests: a CUDA GPU, or CPU tensors through Triton's
-    interpreter, which tests/conftest.py chooses where there is none (slow: small sizes only)."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets TRITON_INTERPRET without a GPU"
-    return torch.device("cpu")
-
-
 @pytest.mark.parametrize(
     ("shape", "groups"),
     [((2, 64, 6, 10), 32), ((1, 96, 17, 16), 8), ((3, 40, 3, 5), 4), ((1, 128, 24, 24), 32)],
@@ -241,7 +256,7 @@ def test_triton_kernels_match_pytorchs_norm_then_silu_at_sizes_off_the_tiles(
 ) -> None:
     """Channel counts that are not a multiple of the 64-channel tile, groups of 12 or 10 channels,
     pixel counts off the 64-pixel tile, and sums split over several slices of the pixels."""
-    x = _channels_last(shape, seed=sum(shape))
+    x = channels_last_randn(shape, seed=sum(shape))
     generator = torch.Generator().manual_seed(6)
     channels = shape[1]
     weight, bias = (torch.randn(channels, generator=generator) for _ in range(2))
@@ -256,7 +271,7 @@ def test_triton_kernels_match_pytorchs_norm_then_silu_at_sizes_off_the_tiles(
 
 
 def test_triton_kernels_write_bfloat16_within_its_rounding(triton_device: torch.device) -> None:
-    x = _channels_last((2, 64, 9, 7), seed=7, dtype=torch.bfloat16)
+    x = channels_last_randn((2, 64, 9, 7), seed=7, dtype=torch.bfloat16)
     generator = torch.Generator().manual_seed(8)
     weight, bias = (torch.randn(64, generator=generator).bfloat16() for _ in range(2))
     shift = torch.randn(2, 64, 1, 1, generator=generator).bfloat16()
@@ -282,7 +297,7 @@ def test_triton_kernels_refuse_inputs_they_cannot_read(triton_device: torch.devi
 
 
 def test_a_resnet_block_fused_with_triton_kernels_gives_diffusers_result(triton_device: torch.device) -> None:
-    unet = _tiny_unet().to(triton_device)
+    unet = tiny_unet_with_random_norms().to(triton_device)
     block = next(m for m in unet.modules() if isinstance(m, ResnetBlock2D) and m.time_emb_proj is not None)
     generator = torch.Generator().manual_seed(9)
     x = (torch.randn(2, block.norm1.num_channels, 8, 8, generator=generator) * 2 + 1).contiguous(

@@ -14,6 +14,7 @@ from diffusers import EulerDiscreteScheduler
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from fooocusd.engine import triton_group_norm
 from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
 from fooocusd.engine.devices import HardwareFacts
 from fooocusd.engine.keep_channels_last import (
@@ -25,13 +26,13 @@ from fooocusd.engine.keep_channels_last import (
 )
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
 from fooocusd.settings import EngineSettings
-from tests.engine_helpers import channels_last_unet_inputs, default_request, pixels_of, tiny_engine_with
-
-
-def _channels_last(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    values = torch.randn(shape, generator=generator) * 3.0 + 1.5  # a mean far from 0, as activations have
-    return values.to(dtype).contiguous(memory_format=torch.channels_last)
+from tests.engine_helpers import (
+    channels_last_randn,
+    channels_last_unet_inputs,
+    default_request,
+    pixels_of,
+    tiny_engine_with,
+)
 
 
 @pytest.mark.parametrize("affine", [True, False])
@@ -39,7 +40,7 @@ def _channels_last(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> tor
 def test_channels_last_group_norm_matches_pytorchs_and_keeps_the_layout(
     dtype: torch.dtype, tolerance: float, affine: bool
 ) -> None:
-    x = _channels_last((2, 64, 6, 10), dtype, seed=1)
+    x = channels_last_randn((2, 64, 6, 10), seed=1, dtype=dtype)
     generator = torch.Generator().manual_seed(2)
     weight = torch.randn(64, generator=generator).to(dtype) if affine else None
     bias = torch.randn(64, generator=generator).to(dtype) if affine else None
@@ -82,7 +83,7 @@ def test_compiled_group_norm_matches_pytorch_at_every_size_with_few_compiles() -
     with torch.no_grad():
         norm.weight.normal_()
         norm.bias.normal_()
-    keep_channels_last(norm, compiled_norm=True)
+    keep_channels_last(norm, norm="compiled")
     torch._dynamo.reset()
     compiled_group_norm_channels_last.cache_clear()
     graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
@@ -95,6 +96,56 @@ def test_compiled_group_norm_matches_pytorch_at_every_size_with_few_compiles() -
         assert routed.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(routed, expected, atol=1e-5, rtol=1e-5)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before <= 2  # not one per size
+
+
+@pytest.mark.parametrize(
+    ("shape", "groups"), [((2, 64, 6, 10), 32), ((1, 96, 17, 16), 8), ((3, 40, 3, 5), 4)]
+)
+def test_triton_group_norm_matches_pytorchs_at_sizes_off_the_tiles(
+    triton_device: torch.device, shape: tuple[int, int, int, int], groups: int
+) -> None:
+    """The transformers' GroupNorm (no SiLU) on the kernels of the fused resnet norms."""
+    x = channels_last_randn(shape, seed=sum(shape))
+    generator = torch.Generator().manual_seed(3)
+    weight, bias = (torch.randn(shape[1], generator=generator) for _ in range(2))
+
+    on = [t.to(triton_device) for t in (x, weight, bias)]
+    result = triton_group_norm.group_norm(*on[:1], groups, *on[1:], 1e-6).cpu()
+
+    assert result.is_contiguous(memory_format=torch.channels_last)
+    expected = F.group_norm(x.double(), groups, weight.double(), bias.double(), 1e-6)
+    torch.testing.assert_close(result.double(), expected, atol=2e-5, rtol=2e-5)
+
+
+def test_kept_group_norms_run_the_triton_kernels_when_asked_and_pytorch_where_they_cannot(
+    triton_device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, ...]] = []
+    original = triton_group_norm.group_norm
+
+    def counted(x: torch.Tensor, *norm: Any) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return original(x, *norm)
+
+    monkeypatch.setattr(triton_group_norm, "group_norm", counted)
+    norm, plain = nn.GroupNorm(8, 32).to(triton_device), nn.GroupNorm(8, 32, affine=False).to(triton_device)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    for module in (norm, plain):
+        keep_channels_last(module, norm="triton")
+    nchw = torch.randn(2, 32, 5, 7, generator=torch.Generator().manual_seed(4)).to(triton_device)
+    channels_last = nchw.contiguous(memory_format=torch.channels_last)
+
+    with torch.no_grad():
+        routed, planar, unscaled = norm(channels_last), norm(nchw), plain(channels_last)
+
+    assert calls == [(2, 32, 5, 7)]  # the channels_last input of the norm with weight and bias only
+    torch.testing.assert_close(routed, F.group_norm(nchw, 8, norm.weight, norm.bias, norm.eps))
+    torch.testing.assert_close(planar, F.group_norm(nchw, 8, norm.weight, norm.bias, norm.eps))
+    torch.testing.assert_close(unscaled, F.group_norm(nchw, 8, eps=plain.eps), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        keep_channels_last(nn.GroupNorm(8, 32), norm="fast")
 
 
 def test_transformer_output_stays_channels_last_with_the_same_values() -> None:

@@ -16,8 +16,10 @@
    processors are swapped back out the first time a LoRA is loaded on the pipeline. With
    ``keep_channels_last = "on"`` GroupNorm and the transformers' outputs stay in that layout
    instead of copying to NCHW and back (``keep_channels_last.py``), and with
-   ``fuse_resnet_norms`` each resnet block's GroupNorm, time shift and SiLU run as one pass
-   (``fused_resnet.py``; on a GPU our Triton kernels, ``triton_group_norm.py``, checked at load);
+   ``fuse_resnet_norms`` each resnet block's GroupNorm, time shift and SiLU run as one pass, its
+   convolutions' biases added by the passes after them (``fused_resnet.py``; on a GPU our Triton
+   kernels, ``triton_group_norm.py`` and ``triton_residual.py``, checked at load, which then run
+   the transformers' GroupNorms too);
 4. with ``quantize = "fp8"`` on a CUDA GPU of compute capability 8.9+ with torchao installed, gives
    the UNet's transformer Linear layers fp8 weights and activations (``quantization.py``; LoRAs run
    beside them in bfloat16). fp8 replaces fused QKV (the LoRAs must find separate projections) and is
@@ -458,8 +460,6 @@ class Accelerator:
         if plan.channels_last:
             pipeline.unet.to(memory_format=torch.channels_last)
             pipeline.vae.to(memory_format=torch.channels_last)
-        if plan.keep_channels_last:
-            plan.kept_layout = keep_channels_last(pipeline.unet) + keep_channels_last(pipeline.vae)
         if plan.fused_norm_kernel == "triton":
             if self.options.cache_dir is not None:
                 configure_triton_cache(self.options.cache_dir)
@@ -467,6 +467,12 @@ class Accelerator:
             if failure:
                 plan.fused_norm_kernel, plan.fuse_resnet_norms = "", False
                 plan.notes.append(f"fuse_resnet_norms off: its Triton kernels failed a check ({failure})")
+        if plan.keep_channels_last:
+            # the other GroupNorms (the transformers') run on the same kernels, checked above
+            norm = "triton" if plan.fused_norm_kernel == "triton" else "eager"
+            plan.kept_layout = keep_channels_last(pipeline.unet, norm=norm) + keep_channels_last(
+                pipeline.vae, norm=norm
+            )
         if plan.fuse_resnet_norms:
             kernel, models = plan.fused_norm_kernel, (pipeline.unet, pipeline.vae)
             plan.fused_resnets = sum(fuse_resnet_norms(m, kernel=kernel) for m in models)

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fooocusd.engine import triton_group_norm
+from fooocusd.engine import triton_group_norm, triton_residual
 from fooocusd.engine.keep_channels_last import is_channels_last_image
 
 NormSiLU = Callable[..., torch.Tensor]
@@ -120,23 +121,43 @@ def triton_or_eager(x: torch.Tensor, *norm: Any) -> torch.Tensor:
 
 
 def triton_kernels_fail(device: torch.device, dtype: torch.dtype) -> str:
-    """Why our Triton kernels cannot be trusted on ``device`` (they raise, or disagree with
-    ``group_norm_silu`` on random data), in plain words; "" when they agree. Run once per load: a
-    GPU or Triton build that cannot compile them turns the fusion off instead of failing jobs."""
+    """Why our Triton kernels cannot be trusted on ``device`` (they raise, or disagree with PyTorch
+    on random data), in plain words; "" when they agree. Run once per load: a GPU or Triton build
+    that cannot compile them turns the fusion off instead of failing jobs."""
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 64, 9, 7, generator=generator) * 2 + 0.5
-    shift = torch.randn(2, 64, 1, 1, generator=generator)
-    weight, bias = torch.randn(64, generator=generator), torch.randn(64, generator=generator)
-    x, shift, weight, bias = (t.to(device=device, dtype=dtype) for t in (x, shift, weight, bias))
-    x = x.contiguous(memory_format=torch.channels_last)
-    try:
-        result = triton_group_norm.group_norm_silu(x, 32, weight, bias, 1e-5, shift).float()
-    except Exception as error:  # a compiler or driver error: anything but a crash of the daemon
-        return f"{type(error).__name__}: {str(error)[:200]}"
-    expected = group_norm_silu(x.float(), 32, weight.float(), bias.float(), 1e-5, shift.float())
-    error = float((result - expected).norm() / expected.norm())
-    if not error < 2e-2:  # bf16 output: ~3e-3 expected; NaN fails too
-        return f"relative error {error:.3g} against PyTorch's GroupNorm + SiLU"
+    sizes = ((2, 64, 9, 7), (2, 64, 9, 7), (2, 64, 1, 1), (64,), (64,))
+    tensors = [torch.randn(size, generator=generator).to(dtype) for size in sizes]
+    tensors[0] = (tensors[0].float() * 2 + 0.5).to(dtype)  # statistics away from 0 and 1
+    x, residual, shift, weight, bias = (t.float() for t in tensors)  # what the kernels are given
+    on_device = [t.to(device) for t in tensors]
+    for at in (0, 1):
+        on_device[at] = on_device[at].contiguous(memory_format=torch.channels_last)
+    x_, residual_, shift_, weight_, bias_ = on_device
+    checks = (
+        (
+            "GroupNorm + SiLU",
+            lambda: triton_group_norm.group_norm_silu(x_, 32, weight_, bias_, 1e-5, shift_),
+            group_norm_silu(x, 32, weight, bias, 1e-5, shift),
+        ),
+        (
+            "GroupNorm",
+            lambda: triton_group_norm.group_norm(x_, 32, weight_, bias_, 1e-5),
+            F.group_norm(x, 32, weight, bias, 1e-5),
+        ),
+        (
+            "bias + residual",
+            lambda: triton_residual.add_bias_residual(x_.clone(), bias_, residual_, 2.0),
+            add_bias_residual(x, bias, residual, 2.0),
+        ),
+    )
+    for what, run, expected in checks:
+        try:
+            result = run().float().cpu()
+        except Exception as error:  # a compiler or driver error: anything but a crash of the daemon
+            return f"{type(error).__name__}: {str(error)[:200]}"
+        error = float((result - expected).norm() / expected.norm())
+        if not error < 2e-2:  # bf16 output: ~3e-3 expected; NaN fails too
+            return f"relative error {error:.3g} against PyTorch's {what}"
     return ""
 
 
@@ -170,34 +191,137 @@ def norms_on(block: Any, device: torch.device) -> bool:
     return block.norm1.weight.device == device and block.norm2.weight.device == device
 
 
+def plain_conv(module: Any) -> nn.Conv2d | None:
+    """The plain ``nn.Conv2d`` that ``module``'s call amounts to: ``module`` itself, or the base layer
+    of a peft LoRA layer that runs only its base (LoRAs folded into the weights with the adapters
+    off, or merged). None for anything else: an active LoRA, a hook, another wrapper."""
+    if "forward" in vars(module) or module._forward_hooks or module._forward_pre_hooks:
+        return None  # an offloading or other hook: the call must go through it
+    if type(module) is nn.Conv2d:
+        return module
+    base = getattr(module, "base_layer", None)
+    # peft's forward is ``base_layer(x)`` exactly when one of the two holds (both: it unmerges)
+    only_base = bool(getattr(module, "disable_adapters", False)) != bool(getattr(module, "merged", False))
+    return plain_conv(base) if isinstance(base, nn.Module) and only_base else None
+
+
+@dataclass(frozen=True)
+class BiasFreeConvs:
+    """A resnet block's convolutions, to be run without their biases, which the passes around them
+    add instead: ``conv1``'s in ``norm2``'s shift, ``conv2``'s and the shortcut's in the residual add."""
+
+    conv1: nn.Conv2d
+    conv2: nn.Conv2d
+    shortcut: nn.Conv2d | None
+
+    @property
+    def output_bias(self) -> torch.Tensor:
+        if self.shortcut is None:
+            return self.conv2.bias
+        return self.conv2.bias + self.shortcut.bias
+
+
+def bias_free_convs(block: Any, device: torch.device) -> BiasFreeConvs | None:
+    """``block``'s convolutions when all are plain, have biases and sit on ``device``; else None
+    (the block then calls them as modules, biases and all)."""
+    convs = [plain_conv(block.conv1), plain_conv(block.conv2)]
+    if block.conv_shortcut is not None:
+        convs.append(plain_conv(block.conv_shortcut))
+    for conv in convs:
+        if conv is None or conv.bias is None or conv.weight.device != device:
+            return None
+    return BiasFreeConvs(convs[0], convs[1], convs[2] if len(convs) == 3 else None)
+
+
+def add_bias_residual(
+    hidden: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, output_scale_factor: float
+) -> torch.Tensor:
+    """``(hidden + bias + residual) / output_scale_factor`` in PyTorch operators."""
+    output = residual + (hidden + bias.view(1, -1, 1, 1))
+    if output_scale_factor != 1.0:  # x / 1.0 is x: skip a pass over the tensor
+        output = output / output_scale_factor
+    return output
+
+
+def triton_or_eager_residual(
+    hidden: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, output_scale_factor: float
+) -> torch.Tensor:
+    """``add_bias_residual`` as one Triton pass where it can run (channels_last CUDA tensors of one
+    shape), in PyTorch operators elsewhere."""
+    if (
+        triton_group_norm.available(hidden)
+        and hidden.shape == residual.shape
+        and is_channels_last_image(hidden)
+        and is_channels_last_image(residual)
+    ):
+        return triton_residual.add_bias_residual(hidden, bias, residual, output_scale_factor)
+    return add_bias_residual(hidden, bias, residual, output_scale_factor)
+
+
+@dataclass(frozen=True)
+class FusedPasses:
+    """The passes a fused resnet block runs around its convolutions; ``fold_biases``: whether they
+    add the convolutions' biases (``bias_free_convs``), or the convolutions do."""
+
+    norm_silu: NormSiLU
+    add_bias_residual: Callable[..., torch.Tensor]
+    fold_biases: bool = True
+
+
+def passes_for(kernel: str, shapes: str = "per_channel_count", *, fold_biases: bool = True) -> FusedPasses:
+    """The passes for ``kernel`` (``KERNELS``): the residual add is one Triton pass with "triton",
+    PyTorch operators otherwise (which a whole-UNet compile fuses itself)."""
+    residual = triton_or_eager_residual if kernel == "triton" else add_bias_residual
+    return FusedPasses(norm_silu_for(kernel, shapes), residual, fold_biases)
+
+
 def _norm_silu(norm_silu: NormSiLU, norm: nn.GroupNorm, x: torch.Tensor, shift: Any = None) -> torch.Tensor:
     return norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps, shift)
 
 
+def _time_shift(block: Any, temb: Any) -> torch.Tensor | None:
+    if block.time_emb_proj is None or temb is None:
+        return None
+    if not block.skip_time_act:
+        temb = block.nonlinearity(temb)
+    return block.time_emb_proj(temb)[:, :, None, None]
+
+
 def _fused_forward(
-    norm_silu: NormSiLU, block: Any, input_tensor: torch.Tensor, temb: Any, *args: Any, **kwargs: Any
+    passes: FusedPasses, block: Any, input_tensor: torch.Tensor, temb: Any, *args: Any, **kwargs: Any
 ) -> torch.Tensor:
     if not is_channels_last_image(input_tensor) or block.training or not norms_on(block, input_tensor.device):
         return type(block).forward(block, input_tensor, temb, *args, **kwargs)
-    hidden = block.conv1(_norm_silu(norm_silu, block.norm1, input_tensor))
-    shift = None
-    if block.time_emb_proj is not None and temb is not None:
-        if not block.skip_time_act:
-            temb = block.nonlinearity(temb)
-        shift = block.time_emb_proj(temb)[:, :, None, None]
-    hidden = block.conv2(block.dropout(_norm_silu(norm_silu, block.norm2, hidden, shift)))
-    shortcut = block.conv_shortcut(input_tensor) if block.conv_shortcut is not None else input_tensor
-    output = shortcut + hidden
-    if block.output_scale_factor != 1.0:  # x / 1.0 is x: skip a pass over the tensor
-        output = output / block.output_scale_factor
-    return output
+    shift = _time_shift(block, temb)
+    convs = bias_free_convs(block, input_tensor.device) if passes.fold_biases else None
+    if convs is None:
+        hidden = block.conv1(_norm_silu(passes.norm_silu, block.norm1, input_tensor))
+        hidden = block.conv2(block.dropout(_norm_silu(passes.norm_silu, block.norm2, hidden, shift)))
+        shortcut = block.conv_shortcut(input_tensor) if block.conv_shortcut is not None else input_tensor
+        output = shortcut + hidden
+        if block.output_scale_factor != 1.0:
+            output = output / block.output_scale_factor
+        return output
+    normalised = _norm_silu(passes.norm_silu, block.norm1, input_tensor)
+    hidden = convs.conv1._conv_forward(normalised, convs.conv1.weight, None)
+    conv1_bias = convs.conv1.bias.view(1, -1, 1, 1)
+    shift = conv1_bias if shift is None else shift + conv1_bias
+    normalised = block.dropout(_norm_silu(passes.norm_silu, block.norm2, hidden, shift))
+    hidden = convs.conv2._conv_forward(normalised, convs.conv2.weight, None)
+    shortcut = input_tensor
+    if convs.shortcut is not None:
+        shortcut = convs.shortcut._conv_forward(input_tensor, convs.shortcut.weight, None)
+    return passes.add_bias_residual(hidden, convs.output_bias, shortcut, block.output_scale_factor)
 
 
-def fuse_resnet_norms(model: Any, *, kernel: str = "eager", shapes: str = "per_channel_count") -> int:
-    """Run ``model``'s eligible resnet blocks through the fused pass that ``kernel`` names
-    (``norm_silu_for``); returns how many. Weights stay the same tensors (LoRA folding, CUDA graphs)."""
-    norm_silu = norm_silu_for(kernel, shapes)
-    forward = functools.partial(_fused_forward, norm_silu)
+def fuse_resnet_norms(
+    model: Any, *, kernel: str = "eager", shapes: str = "per_channel_count", fold_biases: bool = True
+) -> int:
+    """Run ``model``'s eligible resnet blocks through the fused passes that ``kernel`` names
+    (``passes_for``); returns how many. Weights stay the same tensors (LoRA folding, CUDA graphs).
+    ``fold_biases``: the convolutions' biases added by those passes (off: an experiment of the GPU
+    check, which measures what folding them saves)."""
+    forward = functools.partial(_fused_forward, passes_for(kernel, shapes, fold_biases=fold_biases))
     fused = 0
     for module in model.modules():
         if takes_fused_path(module) and "forward" not in vars(module):

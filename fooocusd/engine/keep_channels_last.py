@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fooocusd.engine import triton_group_norm
+
 TRANSFORMER_OUTPUT = "_get_output_for_continuous_inputs"
 """The ``Transformer2DModel`` method (diffusers 0.2x–0.4x) that ends in ``.contiguous()``."""
 
@@ -99,6 +101,24 @@ def _compiled_group_norm_forward(module: nn.GroupNorm, x: torch.Tensor) -> torch
     return F.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
 
 
+def _triton_group_norm_forward(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """Our Triton GroupNorm (``triton_group_norm.group_norm``: one reduction pass and one vectorised
+    pass) where it runs: a channels_last CUDA tensor, a norm with weight and bias."""
+    if is_channels_last_image(x) and module.affine and triton_group_norm.available(x):
+        return triton_group_norm.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
+    return _group_norm_forward(module, x)
+
+
+GROUP_NORM_FORWARDS = {
+    "eager": _group_norm_forward,
+    "compiled": _compiled_group_norm_forward,
+    "triton": _triton_group_norm_forward,
+}
+"""How kept GroupNorms run on channels_last inputs: PyTorch operators (``group_norm_channels_last``),
+those under torch.compile (an experiment of the GPU check), or our Triton kernels (the engine's
+choice wherever the fused resnet norms run them)."""
+
+
 def _transformer_output(
     module: Any,
     hidden_states: torch.Tensor,
@@ -126,11 +146,13 @@ def _is_continuous_transformer(module: Any) -> bool:
     )
 
 
-def keep_channels_last(model: Any, *, compiled_norm: bool = False) -> KeptLayout:
+def keep_channels_last(model: Any, *, norm: str = "eager") -> KeptLayout:
     """Route ``model``'s GroupNorms and transformer outputs through the channels_last versions
     above; returns how many. Weights stay the same tensors (LoRA folding, CUDA graphs).
-    ``compiled_norm``: GroupNorm through ``compiled_group_norm_channels_last``."""
-    group_norm_forward = _compiled_group_norm_forward if compiled_norm else _group_norm_forward
+    ``norm``: how the GroupNorms run (``GROUP_NORM_FORWARDS``)."""
+    if norm not in GROUP_NORM_FORWARDS:
+        raise ValueError(f"norm must be one of {tuple(GROUP_NORM_FORWARDS)}, not {norm!r}")
+    group_norm_forward = GROUP_NORM_FORWARDS[norm]
     group_norms = transformer_outputs = 0
     for module in model.modules():
         if isinstance(module, nn.GroupNorm) and "forward" not in vars(module):

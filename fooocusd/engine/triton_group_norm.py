@@ -1,5 +1,6 @@
-"""``silu(group_norm(x + shift))`` for channels_last activations as three Triton kernels, compiled
-once per dtype and block shape rather than per image size or channel count.
+"""``group_norm(x + shift)``, with or without a SiLU after it, for channels_last activations as
+three Triton kernels, compiled once per dtype and block shape rather than per image size or
+channel count.
 
 Why not torch.compile: inductor's kernels for this pass were fast only with static shapes, which
 compile about fifteen graphs for every new image size (a recompilation storm across the aspect
@@ -12,10 +13,12 @@ Triton compiles each kernel once and keeps it in its on-disk cache.
 1. ``_channel_sums``: per-channel sums and sums of squares over a slice of the pixels, float32,
    one tile of pixels × channels at a time (the channels innermost, as they lie in memory);
    enough slices to give every streaming multiprocessor a few programs.
-2. ``_group_factors``: per sample and group, the slices and channels added up, the time shift
-   folded in (its sums follow from the channels' sums), then one scale and one offset per sample
-   and channel: ``y = silu(x * scale + offset)``.
-3. ``_scale_offset_silu``: one pass over the tensor that writes ``x``'s dtype.
+2. ``_group_factors``: per sample and group, the slices and channels added up, the shift folded in
+   (its sums follow from the channels' sums: a resnet's time embedding, and the bias of the
+   convolution before the norm, which that convolution then need not add), then one scale and one
+   offset per sample and channel: ``y = silu(x * scale + offset)``.
+3. ``_scale_offset``: one pass over the tensor that writes ``x``'s dtype, the SiLU optional (the
+   transformers' GroupNorm has none).
 """
 
 from __future__ import annotations
@@ -41,10 +44,10 @@ PROGRAMS_PER_MULTIPROCESSOR = 4
 def available(x: torch.Tensor) -> bool:
     """Whether these kernels can run on ``x``: Triton is installed and ``x`` is on a CUDA device
     (or anywhere under Triton's CPU interpreter, ``TRITON_INTERPRET=1``: the tests)."""
-    return triton is not None and (x.is_cuda or _interpreting())
+    return triton is not None and (x.is_cuda or interpreting())
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -74,7 +77,7 @@ def _channel_sums(x_ptr, sums_ptr, squares_ptr, pixels, channels, pixels_per_sli
 
 
 def _group_factors(sums_ptr, squares_ptr, shift_ptr, weight_ptr, bias_ptr, scale_ptr, offset_ptr,
-                   pixels, channels, slices, channels_per_group, eps,
+                   pixels, channels, slices, channels_per_group, eps, shift_stride,
                    HAS_SHIFT: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
     sample = tl.program_id(0)
     group = tl.program_id(1)
@@ -88,7 +91,7 @@ def _group_factors(sums_ptr, squares_ptr, shift_ptr, weight_ptr, bias_ptr, scale
     squares = tl.sum(tl.load(squares_ptr + at, mask=mask, other=0.0), axis=0)
     shift = tl.zeros([BLOCK_G], dtype=tl.float32)
     if HAS_SHIFT:
-        shift = tl.load(shift_ptr + sample * channels + channel, mask=in_group, other=0.0).to(tl.float32)
+        shift = tl.load(shift_ptr + sample * shift_stride + channel, mask=in_group, other=0.0).to(tl.float32)
         # (x + s): sum + n·s, and sum of squares + 2·s·sum + n·s²
         squares += shift * (2.0 * sums + pixels * shift)
         sums += pixels * shift
@@ -103,8 +106,8 @@ def _group_factors(sums_ptr, squares_ptr, shift_ptr, weight_ptr, bias_ptr, scale
     tl.store(offset_ptr + sample * channels + channel, bias + (shift - mean) * scale, mask=in_group)
 
 
-def _scale_offset_silu(x_ptr, scale_ptr, offset_ptr, y_ptr, pixels, channels,
-                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+def _scale_offset(x_ptr, scale_ptr, offset_ptr, y_ptr, pixels, channels,
+                  SILU: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
     pixel_block = tl.program_id(0)
     channel_block = tl.program_id(1)
     sample = tl.program_id(2)
@@ -117,8 +120,9 @@ def _scale_offset_silu(x_ptr, scale_ptr, offset_ptr, y_ptr, pixels, channels,
     factors = sample * channels + columns
     scale = tl.load(scale_ptr + factors, mask=in_channels, other=0.0)
     offset = tl.load(offset_ptr + factors, mask=in_channels, other=0.0)
-    normalised = values * scale[None, :] + offset[None, :]
-    result = normalised / (1.0 + tl.exp(-normalised))
+    result = values * scale[None, :] + offset[None, :]
+    if SILU:
+        result = result / (1.0 + tl.exp(-result))
     tl.store(y_ptr + offsets, result.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -127,7 +131,7 @@ def _kernels(interpret: bool) -> tuple[Any, Any, Any]:
     """The three kernels, jitted on first use (``interpret``: Triton's CPU interpreter, for tests,
     chosen by ``TRITON_INTERPRET`` when the kernels are made)."""
     del interpret  # part of the cache key: triton.jit reads TRITON_INTERPRET itself
-    return triton.jit(_channel_sums), triton.jit(_group_factors), triton.jit(_scale_offset_silu)
+    return triton.jit(_channel_sums), triton.jit(_group_factors), triton.jit(_scale_offset)
 
 
 @functools.cache
@@ -146,13 +150,35 @@ def group_norm_silu(
     shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``silu(group_norm(x + shift))`` for a channels_last ``x`` of shape (n, c, h, w), float32
-    arithmetic; the result is channels_last in ``x``'s dtype. ``shift``: (n, c, 1, 1) or None."""
+    arithmetic; the result is channels_last in ``x``'s dtype. ``shift``: (n, c, 1, 1), (1, c, 1, 1)
+    (the same for every sample) or None."""
+    return _normalise(x, groups, weight, bias, eps, shift, silu=True)
+
+
+def group_norm(
+    x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """``F.group_norm`` with weight and bias for a channels_last ``x`` of shape (n, c, h, w), float32
+    arithmetic; the result is channels_last in ``x``'s dtype."""
+    return _normalise(x, groups, weight, bias, eps, None, silu=False)
+
+
+def _normalise(
+    x: torch.Tensor,
+    groups: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    shift: torch.Tensor | None,
+    *,
+    silu: bool,
+) -> torch.Tensor:
     n, channels, height, width = x.shape
     if channels % groups:
         raise ValueError(f"{channels} channels do not split into {groups} groups")
     if not x.is_contiguous(memory_format=torch.channels_last):
-        raise ValueError("group_norm_silu's Triton kernels take channels_last activations")
-    channel_sums, group_factors, scale_offset_silu = _kernels(_interpreting())
+        raise ValueError("the Triton GroupNorm kernels take channels_last activations")
+    channel_sums, group_factors, scale_offset = _kernels(interpreting())
     pixels = height * width
     channel_blocks = triton.cdiv(channels, CHANNELS_PER_TILE)
     wanted = triton.cdiv(PROGRAMS_PER_MULTIPROCESSOR * _multiprocessors(x.device), n * channel_blocks)
@@ -166,17 +192,26 @@ def group_norm_silu(
         BLOCK_P=PIXELS_PER_TILE, BLOCK_C=CHANNELS_PER_TILE,
     )  # fmt: skip
     factors = torch.empty((2, n, channels), device=x.device, dtype=torch.float32)
-    shift_values = shift.reshape(n, channels) if shift is not None else factors[0]
+    shift_values, shift_stride = (factors[0], 0) if shift is None else _per_sample_rows(shift, n, channels)
     per_group = channels // groups
     group_factors[(n, groups)](
         partial[0], partial[1], shift_values, weight, bias, factors[0], factors[1],
-        pixels, channels, slices, per_group, eps,
+        pixels, channels, slices, per_group, eps, shift_stride,
         HAS_SHIFT=shift is not None, BLOCK_S=triton.next_power_of_2(slices),
         BLOCK_G=triton.next_power_of_2(per_group),
     )  # fmt: skip
     out = torch.empty_like(x, memory_format=torch.channels_last)
-    scale_offset_silu[(triton.cdiv(pixels, PIXELS_PER_TILE), channel_blocks, n)](
+    scale_offset[(triton.cdiv(pixels, PIXELS_PER_TILE), channel_blocks, n)](
         x, factors[0], factors[1], out, pixels, channels,
-        BLOCK_P=PIXELS_PER_TILE, BLOCK_C=CHANNELS_PER_TILE,
+        SILU=silu, BLOCK_P=PIXELS_PER_TILE, BLOCK_C=CHANNELS_PER_TILE,
     )  # fmt: skip
     return out
+
+
+def _per_sample_rows(shift: torch.Tensor, n: int, channels: int) -> tuple[torch.Tensor, int]:
+    """``shift`` (n or 1, c, 1, 1) as rows of channels, and the step between samples' rows (0: one
+    row for all)."""
+    rows = shift.reshape(shift.shape[0], channels).contiguous()
+    if rows.shape[0] not in (1, n):
+        raise ValueError(f"a shift for {rows.shape[0]} samples does not fit a batch of {n}")
+    return rows, channels if rows.shape[0] == n and n > 1 else 0
