@@ -71,6 +71,7 @@ that by itself.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -783,24 +784,39 @@ class Bench:
         return {"graphs_vs_eager": _differences([pixels[1]], [pixels[0]], peak=255.0)}
 
     def fusion_agreement(self, engine: SDXLEngine) -> dict[str, Any]:
-        """With ``fuse_resnet_norms`` on: one seed rendered with diffusers' resnets and with the
-        fused ones (same engine), and how far the pixels move."""
+        """One seed rendered with diffusers' own modules and with ours (same engine), and how far
+        the pixels move: the fused resnets (``fuse_resnet_norms``) and the phase-kernel upsamplers
+        (``subpixel_upsample``), each where it is on."""
         from fooocusd.engine.fused_resnet import fuse_resnet_norms, unfuse_resnet_norms
+        from fooocusd.engine.subpixel_upsample import install_subpixel_upsampling, undo_subpixel_upsampling
 
         plan = engine._accelerator.plan
-        pipeline = engine._pipeline
-        if plan is None or not plan.fuse_resnet_norms or pipeline is None:
+        if plan is None:
             return {}
+        agreement = {}
+        if plan.fuse_resnet_norms:
+            kernel = plan.fused_norm_kernel
+            redo = functools.partial(fuse_resnet_norms, kernel=kernel)
+            agreement["fused_resnets_vs_diffusers"] = self.agreement(engine, unfuse_resnet_norms, redo)
+        if plan.subpixel_upsample:
+            undo, redo = undo_subpixel_upsampling, install_subpixel_upsampling
+            agreement["subpixel_upsample_vs_diffusers"] = self.agreement(engine, undo, redo)
+        return agreement
+
+    def agreement(
+        self, engine: SDXLEngine, undo: Callable[[Any], int], redo: Callable[[Any], int]
+    ) -> dict[str, Any]:
+        """One seed rendered after ``undo`` on the UNet and VAE, then after ``redo``: the difference."""
+        pipeline = engine._pipeline
         request = self.request(seed=77)
         pixels = []
-        kernel = plan.fused_norm_kernel
-        for use in (unfuse_resnet_norms, lambda model: fuse_resnet_norms(model, kernel=kernel)):
+        for use in (undo, redo):
             use(pipeline.unet)
             use(pipeline.vae)
             if engine._accelerator.graphs is not None:
                 engine._accelerator.graphs.clear()  # the captured kernels are the other path's
             pixels.append(torch.from_numpy(np.asarray(engine.generate(request).image, dtype=np.float32)))
-        return {"fused_resnets_vs_diffusers": _differences([pixels[1]], [pixels[0]], peak=255.0)}
+        return _differences([pixels[1]], [pixels[0]], peak=255.0)
 
     def queue_cache(self) -> Path:
         return self.work / "queue-compiled" / "state" / "cache"
@@ -948,6 +964,7 @@ class Bench:
             "batch_4_unfused": lambda: self.batched(replace(defaults, fuse_resnet_norms="off")),
             "batch_4_biases_unfolded": lambda: self.batched(defaults, fold_biases=False),
             "batch_4_group_norms_pytorch": lambda: self.batched(defaults, group_norms="eager"),
+            "batch_4_upsample_plain": lambda: self.batched(replace(defaults, subpixel_upsample="off")),
             "batch_4_fused_compiled": lambda: self.batched(defaults, fused_norm_shapes="per_channel_count"),
             "batch_4_fused_static": lambda: self.batched(defaults, fused_norm_shapes="static"),
             "batch_4_fused_dynamic": lambda: self.batched(defaults, fused_norm_shapes="dynamic"),

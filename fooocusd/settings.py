@@ -160,6 +160,11 @@ class EngineSettings(_Section):
         description="Each resnet block's GroupNorm, time shift and SiLU as one pass over kept "
         "channels_last activations; auto = our Triton kernels on a GPU, off elsewhere.",
     )
+    subpixel_upsample: Literal["auto", "off", "on"] = Field(
+        "auto",
+        description="The UNet's and VAE's 2× upsampling + 3×3 convolution as one convolution of 2×2 "
+        "phase kernels (4/9 of the multiply-adds); auto = on where channels_last is (GPUs).",
+    )
     fuse_qkv: bool = Field(True, description="Fused attention projections (CUDA only; off after a LoRA).")
     vae_upcast: Literal["auto", "always", "never"] = Field(
         "auto", description="VAE in fp32: auto = only for an fp16 pipeline whose VAE needs it."

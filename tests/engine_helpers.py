@@ -438,3 +438,16 @@ def tiny_unet_with_random_norms() -> torch.nn.Module:
                 module.weight.normal_(1.0, 0.3)
                 module.bias.normal_(0.0, 0.3)
     return unet.to(memory_format=torch.channels_last)
+
+
+def render_both_ways(
+    root: Path, seed: int, setting: str, without: str, with_: str
+) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+    """One seed rendered by two tiny engines (layouts applied on the CPU) that differ only in
+    ``setting``: the pixels' absolute difference, and each engine's acceleration record (with, then
+    without)."""
+    plain = tiny_engine_with(root, layout_on_cpu=True, **{setting: without})
+    changed = tiny_engine_with(root, layout_on_cpu=True, **{setting: with_})
+    request = default_request(seed=seed)
+    difference = np.abs(pixels_of(changed, request) - pixels_of(plain, request))
+    return difference, changed.describe()["acceleration"], plain.describe()["acceleration"]

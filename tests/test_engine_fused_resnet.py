@@ -36,6 +36,7 @@ from tests.engine_helpers import (
     channels_last_unet_inputs,
     default_request,
     pixels_of,
+    render_both_ways,
     tiny_engine_with,
     tiny_unet_with_random_norms,
 )
@@ -139,16 +140,11 @@ def _check_compiled_at_every_size(shapes: str, graphs: int) -> None:
 
 
 def test_engine_with_fused_resnets_renders_the_same_image(tmp_path: Path) -> None:
-    plain = tiny_engine_with(tmp_path, layout_on_cpu=True, fuse_resnet_norms="off")
-    fused = tiny_engine_with(tmp_path, layout_on_cpu=True, fuse_resnet_norms="on")
-    request = default_request(seed=9)
+    difference, record, plain = render_both_ways(tmp_path, 9, "fuse_resnet_norms", "off", "on")
 
-    difference = np.abs(pixels_of(fused, request) - pixels_of(plain, request))
-
-    record = fused.describe()["acceleration"]
     assert record["fuse_resnet_norms"] is True and record["fused_resnets"] > 10  # UNet and VAE
     assert "fuse_resnet_norms runs eagerly: no Triton here and compile is off" in record["notes"]
-    assert plain.describe()["acceleration"]["fused_resnets"] == 0
+    assert plain["fused_resnets"] == 0
     assert difference.max() <= 2 and difference.mean() < 0.05
 
 

@@ -70,6 +70,7 @@ from fooocusd.engine.graph_capture import CudaGraphBackend, GraphBackend
 from fooocusd.engine.keep_channels_last import KeptLayout, keep_channels_last
 from fooocusd.engine.low_vram import StageOffload, install_low_vram, small_decode_tiles
 from fooocusd.engine.quantization import fp8_layer_count, quantize_unet_fp8
+from fooocusd.engine.subpixel_upsample import install_subpixel_upsampling
 from fooocusd.engine.unet_graphs import UNetGraphs
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ class AccelerationOptions:
     overlap_decode: str = "auto"
     keep_channels_last: str = "on"
     fuse_resnet_norms: str = "auto"
+    subpixel_upsample: str = "auto"
 
     @classmethod
     def from_settings(cls, engine: EngineSettings, cache_dir: Path | None) -> AccelerationOptions:
@@ -134,6 +136,7 @@ class AccelerationOptions:
             overlap_decode=engine.overlap_decode,
             keep_channels_last=engine.keep_channels_last,
             fuse_resnet_norms=engine.fuse_resnet_norms,
+            subpixel_upsample=engine.subpixel_upsample,
         )
 
 
@@ -163,6 +166,9 @@ class AccelerationPlan:
     fused_norm_kernel: str = ""
     """How that pass runs (``fused_resnet.KERNELS``: "triton", "compiled" or "eager"); "" when off."""
     fused_resnets: int = 0
+    subpixel_upsample: bool = False
+    """Upsampling + 3×3 convolution as one convolution of phase kernels (``subpixel_upsample.py``)."""
+    subpixel_upsamplers: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -191,6 +197,8 @@ class AccelerationPlan:
             "fuse_resnet_norms": self.fuse_resnet_norms,
             "fused_norm_kernel": self.fused_norm_kernel,
             "fused_resnets": self.fused_resnets,
+            "subpixel_upsample": self.subpixel_upsample,
+            "subpixel_upsamplers": self.subpixel_upsamplers,
             "notes": list(self.notes),
         }
 
@@ -271,6 +279,9 @@ def plan_acceleration(
     plan.fuse_resnet_norms = bool(plan.fused_norm_kernel)
     if fuse_note:
         plan.notes.append(fuse_note)
+    plan.subpixel_upsample, subpixel_note = resolve_subpixel_upsample(options.subpixel_upsample, plan)
+    if subpixel_note:
+        plan.notes.append(subpixel_note)
     plan.cuda_graphs, graphs_note = resolve_cuda_graphs(options.cuda_graphs, device, plan, total_memory)
     if graphs_note:
         plan.notes.append(graphs_note)
@@ -339,6 +350,18 @@ def resolve_fuse_resnet_norms(
     if plan.compile != "off":
         return "compiled", ""
     return "eager", "fuse_resnet_norms runs eagerly: no Triton here and compile is off"
+
+
+def resolve_subpixel_upsample(setting: str, plan: AccelerationPlan) -> tuple[bool, str]:
+    """``subpixel_upsample`` → (on or off, a note saying why "on" is not used, or ""). ``auto`` is on
+    where the model runs channels_last (NVIDIA GPUs), with the other layout passes. Not in low-VRAM
+    mode, whose hooks bring a convolution's weights in only when the module is called."""
+    if setting == "off":
+        return False, ""
+    if plan.vram == "low":
+        note = "subpixel_upsample off: low-VRAM mode streams the convolutions' weights in at each call"
+        return False, note if setting == "on" else ""
+    return setting == "on" or plan.channels_last, ""
 
 
 def resolve_cuda_graphs(
@@ -476,6 +499,9 @@ class Accelerator:
         if plan.fuse_resnet_norms:
             kernel, models = plan.fused_norm_kernel, (pipeline.unet, pipeline.vae)
             plan.fused_resnets = sum(fuse_resnet_norms(m, kernel=kernel) for m in models)
+        if plan.subpixel_upsample:
+            models = (pipeline.unet, pipeline.vae)
+            plan.subpixel_upsamplers = sum(install_subpixel_upsampling(m) for m in models)
         if plan.fuse_qkv:
             fuse_qkv(pipeline.unet)
             unfuse_before_loras(pipeline)
