@@ -681,6 +681,7 @@ class Bench:
         group_norms: str = "",
         fused_norm_shapes: str = "",
         fold_biases: bool = True,
+        upsample_form: str = "",
     ) -> dict[str, Any]:
         """``size`` images in one UNet batch (different seeds and prompts), per image, against one alone.
         ``also_compile``: UNet module classes compiled too, beside regional compile's transformer
@@ -689,7 +690,8 @@ class Bench:
         ``group_norms``: the kept GroupNorms run this way instead (``route_group_norms``, an experiment).
         ``fused_norm_shapes``: the fused resnet norms compiled with these shapes instead (an experiment,
         ``fused_resnet.SHAPES``). ``fold_biases=False``: the fused resnets' convolutions add their own
-        biases (an experiment: what folding them saves)."""
+        biases (an experiment: what folding them saves). ``upsample_form``: the upsamplers routed in
+        this form instead (``subpixel_upsample.FORMS``, an experiment)."""
         self.reset_peak()
         mark = time.perf_counter()
         engine = self.engine(options, batch_size=size, attention=attention)
@@ -703,6 +705,8 @@ class Bench:
             )
         if not fold_biases:
             compiled_also["fused_resnets_biases_unfolded"] = fuse_again(engine, fold_biases=False)
+        if upsample_form:
+            compiled_also[f"upsamplers_{upsample_form}"] = upsample_again(engine, upsample_form)
         prompts = ("a lighthouse on a rocky coast at dusk", "a red fox in fresh snow", "an old tram, rain")
         requests = [self.request(seed=10 + i, prompt=prompts[i % len(prompts)]) for i in range(size)]
         engine.generate_batch(requests)  # warm-up (and compilation, when compiled)
@@ -965,6 +969,7 @@ class Bench:
             "batch_4_biases_unfolded": lambda: self.batched(defaults, fold_biases=False),
             "batch_4_group_norms_pytorch": lambda: self.batched(defaults, group_norms="eager"),
             "batch_4_upsample_plain": lambda: self.batched(replace(defaults, subpixel_upsample="off")),
+            "batch_4_upsample_transposed": lambda: self.batched(defaults, upsample_form="transposed"),
             "batch_4_fused_compiled": lambda: self.batched(defaults, fused_norm_shapes="per_channel_count"),
             "batch_4_fused_static": lambda: self.batched(defaults, fused_norm_shapes="static"),
             "batch_4_fused_dynamic": lambda: self.batched(defaults, fused_norm_shapes="dynamic"),
@@ -1245,6 +1250,20 @@ def fuse_again(
         kernel = kernel or plan.fused_norm_kernel
         fused += fuse_resnet_norms(model, kernel=kernel, shapes=shapes, fold_biases=fold_biases)
     return fused
+
+
+def upsample_again(engine: SDXLEngine, form: str) -> int | str:
+    """The UNet's and VAE's upsamplers routed in ``form`` (``subpixel_upsample.FORMS``) instead."""
+    from fooocusd.engine.subpixel_upsample import install_subpixel_upsampling, undo_subpixel_upsampling
+
+    pipeline = engine._pipeline
+    if pipeline is None:
+        return "nothing: no pipeline"
+    routed = 0
+    for model in (pipeline.unet, pipeline.vae):
+        undo_subpixel_upsampling(model)
+        routed += install_subpixel_upsampling(model, form=form)
+    return routed
 
 
 def _encoder_ops(engine: SDXLEngine) -> int:

@@ -17,11 +17,13 @@ from torch import nn
 from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
 from fooocusd.engine.devices import HardwareFacts
 from fooocusd.engine.subpixel_upsample import (
+    FORMS,
     install_subpixel_upsampling,
     takes_subpixel_path,
     tap_mixing,
     undo_subpixel_upsampling,
     upsample_conv,
+    upsample_conv_transposed,
 )
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
 from fooocusd.settings import EngineSettings
@@ -40,11 +42,18 @@ def _reference(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return F.conv2d(doubled, conv.weight.double(), bias, padding=1)
 
 
+def _routed(form: str, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    if form == "transposed":
+        return upsample_conv_transposed(x, conv, tap_mixing(dtype=x.dtype, form=form))
+    return upsample_conv(x, conv, tap_mixing(dtype=x.dtype))
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize(("in_channels", "out_channels", "height", "width"), [(8, 8, 5, 7), (6, 10, 1, 4)])
 def test_phase_kernels_give_the_upsampled_convolution_at_every_pixel_and_border(
-    channels_last: bool, bias: bool, in_channels: int, out_channels: int, height: int, width: int
+    form: str, channels_last: bool, bias: bool, in_channels: int, out_channels: int, height: int, width: int
 ) -> None:
     conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
     x = channels_last_randn((2, in_channels, height, width), seed=height * width)
@@ -54,7 +63,7 @@ def test_phase_kernels_give_the_upsampled_convolution_at_every_pixel_and_border(
         x = x.contiguous()
 
     with torch.no_grad():
-        result = upsample_conv(x, conv, tap_mixing())
+        result = _routed(form, x, conv)
 
     assert result.shape == (2, out_channels, 2 * height, 2 * width)
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -62,11 +71,12 @@ def test_phase_kernels_give_the_upsampled_convolution_at_every_pixel_and_border(
     torch.testing.assert_close(result.double(), _reference(x, conv), atol=1e-5, rtol=1e-5)
 
 
-def test_bfloat16_phase_kernels_stay_within_its_rounding() -> None:
+@pytest.mark.parametrize("form", FORMS)
+def test_bfloat16_phase_kernels_stay_within_its_rounding(form: str) -> None:
     conv = nn.Conv2d(32, 32, 3, padding=1).to(torch.bfloat16, memory_format=torch.channels_last)
     x = channels_last_randn((1, 32, 6, 6), seed=3, dtype=torch.bfloat16)
     with torch.no_grad():
-        result = upsample_conv(x, conv, tap_mixing(dtype=torch.bfloat16))
+        result = _routed(form, x, conv)
         stock = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
     exact = _reference(x, conv)
     ours = float((result.double() - exact).norm() / exact.norm())
@@ -86,12 +96,13 @@ def test_every_upsampler_of_the_sdxl_unet_and_vae_is_routed_and_can_go_back() ->
         assert all("forward" not in vars(m) for m in upsamplers)
 
 
-def test_a_routed_unet_gives_the_same_noise_prediction() -> None:
+@pytest.mark.parametrize("form", FORMS)
+def test_a_routed_unet_gives_the_same_noise_prediction(form: str) -> None:
     unet = tiny_unet_with_random_norms()
     x, text, added = channels_last_unet_inputs(unet, seed=5)
     with torch.no_grad():
         expected = unet(x, 500, encoder_hidden_states=text, added_cond_kwargs=added).sample
-        assert install_subpixel_upsampling(unet) > 0
+        assert install_subpixel_upsampling(unet, form=form) > 0
         routed = unet(x, 500, encoder_hidden_states=text, added_cond_kwargs=added).sample
     torch.testing.assert_close(routed, expected, atol=1e-4, rtol=1e-4)
 
@@ -123,6 +134,8 @@ def test_other_sizes_active_loras_and_other_upsamplers_take_diffusers_path() -> 
     assert not takes_subpixel_path(Upsample2D(8, use_conv=False))
     assert not takes_subpixel_path(Upsample2D(8, use_conv_transpose=True))
     assert not takes_subpixel_path(Upsample2D(8, use_conv=True, kernel_size=1, padding=0))
+    with pytest.raises(ValueError, match="form must be one of"):
+        install_subpixel_upsampling(Upsample2D(8, use_conv=True), form="bilinear")
 
 
 H100 = HardwareFacts("cuda", (9, 0), 80 * 2**30, True)

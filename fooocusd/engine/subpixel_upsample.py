@@ -15,6 +15,10 @@ largest at the full image size (a third of the decoder's multiply-adds).
 
 The phase kernels are made from the weight at every call (one small batched matmul), so they
 follow weights changed in place (LoRAs folded into the UNet) and CUDA graphs replay them fresh.
+
+The same sums make a 4×4 kernel for a stride-2 transposed convolution (``FORMS``: "transposed"),
+which writes the interleaved output itself: the same multiply-adds in fewer kernels, if cuDNN's
+strided transposed convolutions run as fast as its plain ones (an experiment of the GPU check).
 """
 
 from __future__ import annotations
@@ -32,11 +36,26 @@ MIXING = "_subpixel_tap_mixing"
 ROW_TAPS = (((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1)))
 """For row phase a, which of the 3 kernel rows add up into each of its 2 taps (columns alike)."""
 
+TRANSPOSED_ROW_TAPS = ((0, 0, 1), (0, 1, 1), (1, 1, 0), (1, 0, 0))
+"""For each of the 4 rows of the transposed kernel (stride 2, padding 1), which of the 3 kernel rows
+add up into it: rows 1 and 3 feed even output rows, 0 and 2 odd ones (the phases' taps, reordered)."""
 
-def tap_mixing(device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(4, 1, 4, 9): for phase ``2a + b``, its 2×2 taps (row-major) as sums of the 3×3 ones."""
-    rows = torch.tensor(ROW_TAPS, dtype=torch.float64)  # (phase, tap, kernel row)
-    mixing = torch.einsum("aur,bvc->abuvrc", rows, rows).reshape(4, 1, 4, 9)
+FORMS = ("phases", "transposed")
+
+
+def tap_mixing(
+    device: torch.device | None = None, dtype: torch.dtype = torch.float32, form: str = "phases"
+) -> torch.Tensor:
+    """Which of the 3×3 taps add up into each tap of ``form``'s kernels: for "phases" (4, 1, 4, 9),
+    phase ``2a + b``'s 2×2 taps (row-major); for "transposed" (16, 9), the 4×4 kernel's taps."""
+    if form == "phases":
+        rows = torch.tensor(ROW_TAPS, dtype=torch.float64)  # (phase, tap, kernel row)
+        mixing = torch.einsum("aur,bvc->abuvrc", rows, rows).reshape(4, 1, 4, 9)
+    elif form == "transposed":
+        rows = torch.tensor(TRANSPOSED_ROW_TAPS, dtype=torch.float64)  # (tap, kernel row)
+        mixing = torch.einsum("ur,vc->uvrc", rows, rows).reshape(16, 9)
+    else:
+        raise ValueError(f"form must be one of {FORMS}, not {form!r}")
     return mixing.to(device=device, dtype=dtype)
 
 
@@ -49,20 +68,15 @@ def phase_kernels(weight: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
     return phases.view(4 * out_channels, 2, 2, in_channels).permute(0, 3, 1, 2)
 
 
-def upsample_conv(
-    x: torch.Tensor, conv: nn.Conv2d, mixing: torch.Tensor, out_format: torch.memory_format | None = None
-) -> torch.Tensor:
+def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, mixing: torch.Tensor) -> torch.Tensor:
     """``conv(interpolate(x, scale_factor=2, mode="nearest"))`` for a 3×3, padding-1 ``conv``."""
     n, _, height, width = x.shape
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4
-    kernels = phase_kernels(conv.weight, mixing)
-    if not channels_last:
-        kernels = kernels.contiguous()
+    layout = _layout_of(x)
+    kernels = phase_kernels(conv.weight, mixing).contiguous(memory_format=layout)  # (a view if channels_last)
     phases = torch.nn.functional.conv2d(x, kernels, None, 1, 1)  # (n, 4·out, h + 1, w + 1)
     out_channels = conv.out_channels
-    layout = out_format or (torch.channels_last if channels_last else torch.contiguous_format)
-    out = torch.empty((n, out_channels, 2 * height, 2 * width), device=x.device, dtype=x.dtype)
-    out = out.contiguous(memory_format=layout)
+    size = (n, out_channels, 2 * height, 2 * width)
+    out = torch.empty(size, device=x.device, dtype=x.dtype, memory_format=layout)
     # out[:, :, 2i + a, 2j + b] = phases[:, phase (a, b), i + a, j + b] (+ bias)
     interleaved = out.view(n, out_channels, height, 2, width, 2)
     for a in (0, 1):
@@ -77,6 +91,21 @@ def upsample_conv(
             else:
                 torch.add(window, conv.bias.view(1, -1, 1, 1), out=target)
     return out
+
+
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def upsample_conv_transposed(x: torch.Tensor, conv: nn.Conv2d, mixing: torch.Tensor) -> torch.Tensor:
+    """``upsample_conv`` as one stride-2 transposed convolution with a 4×4 kernel (``mixing`` of the
+    "transposed" form), which writes the interleaved output itself."""
+    out_channels, in_channels = conv.weight.shape[:2]
+    taps = conv.weight.permute(0, 2, 3, 1).reshape(out_channels, 9, in_channels)
+    kernel = torch.matmul(mixing, taps).view(out_channels, 4, 4, in_channels).permute(3, 0, 1, 2)
+    kernel = kernel.contiguous(memory_format=_layout_of(x))  # (in, out, 4, 4), laid out as the input is
+    return torch.nn.functional.conv_transpose2d(x, kernel, conv.bias, stride=2, padding=1)
 
 
 def takes_subpixel_path(module: Any) -> bool:
@@ -123,16 +152,20 @@ def _subpixel_forward(
     mixing = getattr(module, MIXING)
     if mixing.dtype != conv.weight.dtype:
         mixing = mixing.to(conv.weight.dtype)
+    if mixing.dim() == 2:  # the "transposed" form's
+        return upsample_conv_transposed(hidden_states, conv, mixing)
     return upsample_conv(hidden_states, conv, mixing)
 
 
-def install_subpixel_upsampling(model: Any) -> int:
-    """Route ``model``'s eligible upsamplers through ``upsample_conv``; returns how many."""
+def install_subpixel_upsampling(model: Any, form: str = "phases") -> int:
+    """Route ``model``'s eligible upsamplers through ``upsample_conv`` ("phases") or
+    ``upsample_conv_transposed`` ("transposed"); returns how many."""
     routed = 0
     for module in model.modules():
         if takes_subpixel_path(module) and "forward" not in vars(module):
             weight = module.conv.weight
-            module.register_buffer(MIXING, tap_mixing(weight.device, weight.dtype), persistent=False)
+            mixing = tap_mixing(weight.device, weight.dtype, form)
+            module.register_buffer(MIXING, mixing, persistent=False)
             module.forward = _subpixel_forward.__get__(module)
             routed += 1
     return routed
