@@ -13,7 +13,7 @@ offset), whose results are interleaved into the output with the bias added in th
 over the output is written. SDXL's UNet has two such layers per call and its VAE decoder three, the
 largest at the full image size (a third of the decoder's multiply-adds).
 
-The phase kernels are made from the weight at every call (one small batched matmul), so they
+The phase kernels are made from the weight at every call (one batched matmul and a copy), so they
 follow weights changed in place (LoRAs folded into the UNet) and CUDA graphs replay them fresh.
 
 The same sums make a 4×4 kernel for a stride-2 transposed convolution (``FORMS``: "transposed"),
@@ -46,26 +46,33 @@ FORMS = ("phases", "transposed")
 def tap_mixing(
     device: torch.device | None = None, dtype: torch.dtype = torch.float32, form: str = "phases"
 ) -> torch.Tensor:
-    """Which of the 3×3 taps add up into each tap of ``form``'s kernels: for "phases" (4, 1, 4, 9),
-    phase ``2a + b``'s 2×2 taps (row-major); for "transposed" (16, 9), the 4×4 kernel's taps."""
+    """(16, 9): which of the 3×3 taps add up into each tap of ``form``'s kernels. "phases": rows
+    ``(2a + b) · 4 + 2u + v``, phase (a, b)'s 2×2 taps; "transposed": the 4×4 kernel's taps, row-major."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, not {form!r}")
     if form == "phases":
         rows = torch.tensor(ROW_TAPS, dtype=torch.float64)  # (phase, tap, kernel row)
-        mixing = torch.einsum("aur,bvc->abuvrc", rows, rows).reshape(4, 1, 4, 9)
-    elif form == "transposed":
-        rows = torch.tensor(TRANSPOSED_ROW_TAPS, dtype=torch.float64)  # (tap, kernel row)
-        mixing = torch.einsum("ur,vc->uvrc", rows, rows).reshape(16, 9)
+        mixing = torch.einsum("aur,bvc->abuvrc", rows, rows)
     else:
-        raise ValueError(f"form must be one of {FORMS}, not {form!r}")
-    return mixing.to(device=device, dtype=dtype)
+        rows = torch.tensor(TRANSPOSED_ROW_TAPS, dtype=torch.float64)  # (tap, kernel row)
+        mixing = torch.einsum("ur,vc->uvrc", rows, rows)
+    return mixing.reshape(16, 9).to(device=device, dtype=dtype)
+
+
+def mixed_taps(weight: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
+    """(out, 16, in): for each output channel, ``mixing``'s 16 taps made from the 3×3 ``weight``
+    (out, in, 3, 3); one batched matmul that reads a channels_last weight where it lies."""
+    out_channels, in_channels = weight.shape[:2]
+    taps = weight.permute(0, 2, 3, 1).reshape(out_channels, 9, in_channels)  # a view when channels_last
+    return torch.matmul(mixing, taps)
 
 
 def phase_kernels(weight: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
     """A 3×3 ``weight`` (out, in, 3, 3) as the four phases' 2×2 kernels, (4·out, in, 2, 2), phase
     ``2a + b`` first; channels_last memory (as a channels_last convolution reads its weight)."""
     out_channels, in_channels = weight.shape[:2]
-    taps = weight.permute(0, 2, 3, 1).reshape(out_channels, 9, in_channels)  # a view when channels_last
-    phases = torch.matmul(mixing, taps.unsqueeze(0))  # (4, out, 4, in): phase, out, tap, in
-    return phases.view(4 * out_channels, 2, 2, in_channels).permute(0, 3, 1, 2)
+    by_phase = mixed_taps(weight, mixing).view(out_channels, 4, 4, in_channels).transpose(0, 1).contiguous()
+    return by_phase.view(4 * out_channels, 2, 2, in_channels).permute(0, 3, 1, 2)
 
 
 def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, mixing: torch.Tensor) -> torch.Tensor:
@@ -102,8 +109,7 @@ def upsample_conv_transposed(x: torch.Tensor, conv: nn.Conv2d, mixing: torch.Ten
     """``upsample_conv`` as one stride-2 transposed convolution with a 4×4 kernel (``mixing`` of the
     "transposed" form), which writes the interleaved output itself."""
     out_channels, in_channels = conv.weight.shape[:2]
-    taps = conv.weight.permute(0, 2, 3, 1).reshape(out_channels, 9, in_channels)
-    kernel = torch.matmul(mixing, taps).view(out_channels, 4, 4, in_channels).permute(3, 0, 1, 2)
+    kernel = mixed_taps(conv.weight, mixing).view(out_channels, 4, 4, in_channels).permute(3, 0, 1, 2)
     kernel = kernel.contiguous(memory_format=_layout_of(x))  # (in, out, 4, 4), laid out as the input is
     return torch.nn.functional.conv_transpose2d(x, kernel, conv.bias, stride=2, padding=1)
 
@@ -152,7 +158,7 @@ def _subpixel_forward(
     mixing = getattr(module, MIXING)
     if mixing.dtype != conv.weight.dtype:
         mixing = mixing.to(conv.weight.dtype)
-    if mixing.dim() == 2:  # the "transposed" form's
+    if module._subpixel_form == "transposed":
         return upsample_conv_transposed(hidden_states, conv, mixing)
     return upsample_conv(hidden_states, conv, mixing)
 
@@ -166,6 +172,7 @@ def install_subpixel_upsampling(model: Any, form: str = "phases") -> int:
             weight = module.conv.weight
             mixing = tap_mixing(weight.device, weight.dtype, form)
             module.register_buffer(MIXING, mixing, persistent=False)
+            module._subpixel_form = form
             module.forward = _subpixel_forward.__get__(module)
             routed += 1
     return routed
@@ -178,5 +185,6 @@ def undo_subpixel_upsampling(model: Any) -> int:
         if hasattr(module, MIXING) and "forward" in vars(module):
             del module.forward
             delattr(module, MIXING)
+            del module._subpixel_form
             undone += 1
     return undone
