@@ -164,3 +164,15 @@ def test_a_residual_kernel_that_disagrees_is_named_by_the_load_time_check(
 ) -> None:
     monkeypatch.setattr(triton_residual, "add_bias_residual", lambda hidden, *_: torch.zeros_like(hidden))
     assert "bias + residual" in triton_kernels_fail(triton_device, torch.float32)
+
+
+def test_a_fused_block_compiles_as_one_graph_for_a_whole_unet_compile() -> None:
+    """Under ``compile = "unet_full"`` the fused passes are PyTorch operators that inductor traces
+    and fuses: the bias folding must not break the graph."""
+    block, x, temb = _block_and_inputs(tiny_unet_with_random_norms(), shortcut=True, seed=9)
+    with torch.no_grad():
+        expected = block(x, temb)
+        fuse_resnet_norms(block, kernel="eager")
+        torch._dynamo.reset()
+        compiled = torch.compile(block, fullgraph=True)
+        torch.testing.assert_close(compiled(x, temb), expected, atol=1e-4, rtol=1e-4)

@@ -162,3 +162,14 @@ def test_engine_with_subpixel_upsampling_renders_the_same_image(tmp_path: Path) 
     assert record["subpixel_upsample"] is True and record["subpixel_upsamplers"] >= 3  # UNet and VAE
     assert plain["subpixel_upsamplers"] == 0
     assert difference.max() <= 2 and difference.mean() < 0.05
+
+
+def test_a_routed_upsampler_compiles_as_one_graph_for_a_whole_unet_compile() -> None:
+    """``compile = "unet_full"`` traces the routed forward: a graph break would split the UNet."""
+    upsampler = Upsample2D(8, use_conv=True, out_channels=8).eval().to(memory_format=torch.channels_last)
+    install_subpixel_upsampling(upsampler)
+    x = channels_last_randn((2, 8, 4, 5), seed=8)
+    torch._dynamo.reset()
+    compiled = torch.compile(upsampler, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), upsampler(x), atol=1e-5, rtol=1e-5)

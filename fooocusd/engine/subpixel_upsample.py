@@ -95,6 +95,8 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, mixing: torch.Tensor) -> tor
             target = interleaved[:, :, :, a, :, b]
             if conv.bias is None:
                 target.copy_(window)
+            elif torch.compiler.is_compiling():  # dynamo traces no out= view; inductor fuses these
+                target.copy_(window + conv.bias.view(1, -1, 1, 1))
             else:
                 torch.add(window, conv.bias.view(1, -1, 1, 1), out=target)
     return out
