@@ -71,6 +71,7 @@ that by itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import json
@@ -82,7 +83,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -371,6 +372,8 @@ class Bench:
         on = self.timed(engine, self.request(), self.args.runs)
         on_phases = self.phases
         off = self.timed(engine, self.request(sharpness=0.0, adaptive_cfg=30.0, **_NO_ADM), self.args.runs)
+        with pytorch_sharpening():
+            pytorch_filter = self.timed(engine, self.request(), self.args.runs)
         peak = self.peak_gib()
         small = self.request(width=self.small, height=self.small, steps=self.small_steps)
         self.timed(engine, small, 1)
@@ -386,6 +389,7 @@ class Bench:
             f"latency_{self.big}_{self.steps}_refinements_on_s": _summary(on),
             f"latency_{self.big}_{self.steps}_refinements_off_s": _summary(off),
             "refinement_cost_pct": round(100 * (statistics.median(on) / statistics.median(off) - 1), 1),
+            f"latency_{self.big}_{self.steps}_refinements_on_pytorch_filter_s": _summary(pytorch_filter),
             f"phases_{self.big}_{self.steps}_refinements_on_s": on_phases,
             f"latency_{self.small}_{self.small_steps}_s": _summary(small_s),
             "queue_of_4_s_per_image": round(queue_s, 3),
@@ -1250,6 +1254,20 @@ def fuse_again(
         kernel = kernel or plan.fused_norm_kernel
         fused += fuse_resnet_norms(model, kernel=kernel, shapes=shapes, fold_biases=fold_biases)
     return fused
+
+
+@contextlib.contextmanager
+def pytorch_sharpening() -> Iterator[None]:
+    """Sharpness through PyTorch's operators (``guidance.joint_bilateral_blur``) instead of the
+    Triton kernel that a GPU runs (``triton_bilateral.py``): what the kernel saves."""
+    from fooocusd.engine import triton_bilateral
+
+    runs_on = triton_bilateral.runs_on
+    triton_bilateral.runs_on = lambda eps, kernel_size: False
+    try:
+        yield
+    finally:
+        triton_bilateral.runs_on = runs_on
 
 
 def upsample_again(engine: SDXLEngine, form: str) -> int | str:

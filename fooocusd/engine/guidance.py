@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fooocusd.engine import triton_bilateral
+
 LAST_TRAINING_TIMESTEP = 999
 SHARPNESS_KERNEL_SIZE = 13
 SHARPNESS_SIGMA_COLOR = 3.0
@@ -90,10 +92,15 @@ def joint_bilateral_blur(
 
 
 def sharpen_noise_prediction(eps: torch.Tensor, x0: torch.Tensor, alpha: float) -> torch.Tensor:
-    """eps' = α · joint_bilateral_blur(eps, standardised x0) + (1 − α) · eps."""
+    """eps' = α · joint_bilateral_blur(eps, standardised x0) + (1 − α) · eps; on a GPU as one
+    Triton kernel (``triton_bilateral.py``)."""
     if alpha == 0.0:
         return eps
-    filtered = joint_bilateral_blur(eps, standardize_per_sample(x0))
+    guide = standardize_per_sample(x0)
+    if triton_bilateral.runs_on(eps, SHARPNESS_KERNEL_SIZE):
+        window = (SHARPNESS_KERNEL_SIZE, SHARPNESS_SIGMA_COLOR, SHARPNESS_SIGMA_SPACE)
+        return triton_bilateral.sharpen(eps, guide, alpha, *window)
+    filtered = joint_bilateral_blur(eps, guide)
     return alpha * filtered + (1.0 - alpha) * eps
 
 
