@@ -15,6 +15,7 @@ from fooocusd.engine.guidance import (
     sharpen_noise_prediction,
     standardize_per_sample,
 )
+from fooocusd.engine.sync_audit import HostSyncAudit, on_virtual_device
 
 WINDOW = (SHARPNESS_KERNEL_SIZE, SHARPNESS_SIGMA_COLOR, SHARPNESS_SIGMA_SPACE)
 
@@ -60,6 +61,11 @@ def test_triton_sharpening_writes_bfloat16_within_its_rounding(triton_device: to
 def test_sharpening_takes_the_kernel_only_on_a_gpu_and_for_windows_that_fit() -> None:
     eps = torch.zeros(1, 4, 16, 16)
     assert not triton_bilateral.runs_on(eps, SHARPNESS_KERNEL_SIZE)  # a CPU tensor: PyTorch's filter
+    assert triton_bilateral.check(torch.device("cpu")) == ""  # nothing to check ahead there
+    with HostSyncAudit():  # host memory presented as a GPU's: no kernel may take its pointers
+        virtual = torch.zeros(1, 4, 16, 16, device="cuda")
+        assert virtual.is_cuda and on_virtual_device(virtual)
+        assert not triton_bilateral.runs_on(virtual, SHARPNESS_KERNEL_SIZE)
     with pytest.raises(ValueError, match="does not reflect"):
         triton_bilateral.sharpen(torch.zeros(1, 4, 6, 16), torch.zeros(1, 4, 6, 16), 0.5, *WINDOW)
     with pytest.raises(ValueError, match="does not match"):

@@ -56,6 +56,7 @@ import torch
 from loguru import logger
 from torch import nn
 
+from fooocusd.engine import triton_bilateral
 from fooocusd.engine.attention_choice import AttentionChoice, choose_attention, enable_attention
 from fooocusd.engine.devices import (
     TORCHAO_MISSING,
@@ -483,13 +484,15 @@ class Accelerator:
         if plan.channels_last:
             pipeline.unet.to(memory_format=torch.channels_last)
             pipeline.vae.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda" and self.options.cache_dir is not None:
+            configure_triton_cache(self.options.cache_dir)  # our Triton kernels compile into it
         if plan.fused_norm_kernel == "triton":
-            if self.options.cache_dir is not None:
-                configure_triton_cache(self.options.cache_dir)
             failure = triton_kernels_fail(self.device, self.dtype)
             if failure:
                 plan.fused_norm_kernel, plan.fuse_resnet_norms = "", False
                 plan.notes.append(f"fuse_resnet_norms off: its Triton kernels failed a check ({failure})")
+        if failure := triton_bilateral.check(self.device):
+            plan.notes.append(f"sharpness on PyTorch operators: its Triton kernel failed a check ({failure})")
         if plan.keep_channels_last:
             # the other GroupNorms (the transformers') run on the same kernels, checked above
             norm = "triton" if plan.fused_norm_kernel == "triton" else "eager"

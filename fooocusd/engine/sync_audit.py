@@ -101,6 +101,12 @@ def _marked(value: object) -> bool:
     return isinstance(value, torch.Tensor) and getattr(value, _ON_DEVICE, False)
 
 
+def on_virtual_device(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is host memory that an audit presents as the device's: code that hands
+    raw pointers to a device kernel (Triton) must not take it for device memory."""
+    return _marked(tensor)
+
+
 def _mark(value: object, attribute: str = _ON_DEVICE) -> None:
     for leaf in tree_flatten(value)[0]:
         if isinstance(leaf, torch.Tensor):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from loguru import logger
 
+from fooocusd.engine.sync_audit import on_virtual_device
 from fooocusd.engine.triton_group_norm import interpreting, tl, triton
 
 PIXELS_PER_PROGRAM = 128
@@ -107,11 +108,20 @@ def sharpen(
 
 
 def runs_on(eps: torch.Tensor, kernel_size: int) -> bool:
-    """Whether ``sharpen`` should take ``eps``: a CUDA tensor, Triton installed, a window that
-    reflects inside the image, and the kernel checked on this device."""
-    if triton is None or not eps.is_cuda or kernel_size // 2 >= min(eps.shape[-2:]):
+    """Whether ``sharpen`` should take ``eps``: a CUDA tensor (not an audit's virtual one), Triton
+    installed, a window that reflects inside the image, and the kernel checked on this device (the
+    engine checks at load, ``check``, so that no render waits for it)."""
+    if triton is None or not eps.is_cuda or on_virtual_device(eps) or kernel_size // 2 >= min(eps.shape[-2:]):
         return False
     return not kernel_fails(eps.device)
+
+
+def check(device: torch.device) -> str:
+    """``kernel_fails`` for ``device`` ahead of the first render where the kernel would run there
+    (a CUDA GPU with Triton); "" elsewhere."""
+    if triton is None or device.type != "cuda":
+        return ""
+    return kernel_fails(device)
 
 
 @functools.cache
