@@ -10,6 +10,8 @@ tokens, 10 heads) and the 32×32 level (1,024 tokens, 20 heads), and cross-atten
 Milliseconds per call (CUDA events on a GPU, wall clock on a CPU), median after a warm-up, for
 ``default`` (PyTorch's own choice) and each backend forced with ``sdpa_kernel``; a backend that
 cannot run a shape reports why. ``fastest`` names the backend to weigh against ``default``.
+``flash4``: FlashAttention 4's kernels (``fooocusd/engine/flash4_attention.py``), where the
+``flash-attn-4`` package loads on a Hopper or Blackwell GPU.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from fp8_matmul import _time
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from fooocusd.engine import flash4_attention
 
 SDXL_1024_SHAPES = (
     # (batch, heads, query tokens, key tokens)
@@ -72,4 +76,6 @@ def _calls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, Calla
     calls.update({name: forced(backend) for name, backend in BACKENDS.items()})
     if q.device.type == "cpu":
         calls["math"] = forced(SDPBackend.MATH)
+    if not flash4_attention.unavailable(q.device):
+        calls["flash4"] = lambda: flash4_attention.attention(q, k, v)[0]
     return calls

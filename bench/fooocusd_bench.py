@@ -29,7 +29,9 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
 * SDXL's attention shapes alone with each of PyTorch's attention kernels forced (flash, memory
   efficient, cuDNN) against its own choice (``attention_backends``, ``attention_backends.py``);
   every case with the defaults reports what ``engine.attention = "auto"`` measured and chose, and
-  ``batch_4_sdpa`` / ``batch_4_sdpa_cudnn`` render the batch of 4 with each SDPA order forced;
+  ``batch_4_sdpa`` / ``batch_4_sdpa_cudnn`` render the batch of 4 with each SDPA order forced,
+  ``batch_4_flash4`` with FlashAttention 4 as PyTorch's flash kernel (where ``flash-attn-4`` is
+  installed: ``bench/flash4_wheels.sh`` carries it to the GPU machine);
 * decoded pixels to a PIL image (``postprocess``): diffusers' host-side NumPy conversion against
   fooocusd's 8-bit quantisation on the device (``decode.pixels_to_image``, the same bytes);
 * each optimisation on its own against a plain engine (all off): channels_last, fused QKV, fp16
@@ -74,6 +76,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import importlib.metadata
 import json
 import math
 import os
@@ -984,6 +987,7 @@ class Bench:
             "batch_4_cudnn_benchmark": lambda: self.cudnn_benchmarked(defaults),
             "batch_4_sdpa": lambda: self.batched(defaults, attention="sdpa"),
             "batch_4_sdpa_cudnn": lambda: self.batched(defaults, attention="sdpa_cudnn"),
+            "batch_4_flash4": lambda: self.batched(defaults, attention="sdpa_flash4"),
             "batch_8": lambda: self.batched(defaults, size=8),
             "profile": self.profile,
             "profile_copies": lambda: self.profile(keep_channels_last="off"),
@@ -1330,13 +1334,17 @@ def _versions() -> dict[str, str]:
     import diffusers
     import transformers
 
-    return {
+    versions = {
         "fooocusd": fooocusd.__version__,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
+    for package in ("flash-attn-4", "nvidia-cutlass-dsl-libs-core"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return versions
 
 
 def gpu_context_lost(device: torch.device) -> str:

@@ -14,7 +14,9 @@
 # same warm machine: its workdir /tmp/fooocusd-bench already holds the checkpoint), ANCHOR_ARGS (extra
 # anchor flags: "--compile --compile-mode default --only-compiled" times stock torch.compile, about
 # 2 minutes), ANCHOR_TIMEOUT_S (default 110), SKIP_BENCH=1 (the anchor alone), WHEELS (the wheel
-# folder, default .whl), BENCH_DEVICE, BENCH_SIZE, BENCH_WORKDIR (default cuda, full,
+# folder, default .whl; installed into SITE, default /tmp/site, which a later call on the same warm
+# machine reuses), FLASH4_PARTS / FLASH4_PARKED / FLASH4_SITE (where FlashAttention 4's parts
+# come from, wait and are unpacked: bench/flash4_wheels.sh), BENCH_DEVICE, BENCH_SIZE, BENCH_WORKDIR (default cuda, full,
 # /tmp/fooocusd-bench; tests/test_gpu_check_script.py runs this script on the CPU with cpu and tiny,
 # so that a broken script or an unknown case name never costs a GPU lease).
 set -u
@@ -24,10 +26,38 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
 # Packages the device image lacks (diffusers, pydantic-settings, loguru ...) travel as wheels in .whl/.
 WHEELS=${WHEELS:-.whl}
+SITE=${SITE:-/tmp/site}
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site "$WHEELS"/*.whl || exit 1
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+        --target "$SITE" "$WHEELS"/*.whl || exit 1
+fi
+if [ -d "$SITE" ]; then  # (installed by an earlier call on this warm machine, too)
+    export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+# FlashAttention 4 travels in parts over two calls (bench/flash4_wheels.sh): park what came, and
+# once the manifest's parts are all here and their checksum matches, unpack them.
+FLASH4_PARKED=${FLASH4_PARKED:-/tmp/fooocusd-flash4}
+FLASH4_SITE=${FLASH4_SITE:-/tmp/site-flash4}
+FLASH4_PARTS=${FLASH4_PARTS:-.}
+for part in "$FLASH4_PARTS"/.fa4-part1 "$FLASH4_PARTS"/.fa4-part2; do
+    if compgen -G "$part/flash4.*" >/dev/null; then mkdir -p "$FLASH4_PARKED" && cp "$part"/flash4.* "$FLASH4_PARKED"/; fi
+done
+if [ ! -d "$FLASH4_SITE/flash_attn" ] && [ -f "$FLASH4_PARKED/flash4.manifest" ]; then
+    want=$(sed -n 's/^parts=//p' "$FLASH4_PARKED/flash4.manifest")
+    have=$(find "$FLASH4_PARKED" -name 'flash4.tar.xz.part*' | wc -l)
+    sum=$(cat "$FLASH4_PARKED"/flash4.tar.xz.part* | sha256sum | cut -d' ' -f1)
+    if [ "$have" = "$want" ] && grep -q "^sha256=$sum$" "$FLASH4_PARKED/flash4.manifest"; then
+        mkdir -p "$FLASH4_SITE"
+        cat "$FLASH4_PARKED"/flash4.tar.xz.part* | xz -d | tar -x -C "$FLASH4_SITE" \
+            || { echo "flash4: unpacking failed"; rm -rf "$FLASH4_SITE"; }
+    else
+        echo "flash4: $have of $want parts here (or a checksum mismatch): not installed"
+    fi
+fi
+if [ -d "$FLASH4_SITE/flash_attn" ]; then  # (the cutlass package's .pth is not read from PYTHONPATH)
+    export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$FLASH4_SITE:$FLASH4_SITE/nvidia_cutlass_dsl/dsl_packages
+    echo "flash4: $(sed -n 's/^flash-attn-4=//p' "$FLASH4_PARKED/flash4.manifest" 2>/dev/null) on PYTHONPATH"
 fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1 || true
@@ -49,7 +79,9 @@ if [ "${SKIP_ANCHOR:-0}" != 1 ]; then
 fi
 
 # What is unmeasured first (docs/benchmarks.md, "Not measured yet"): the defaults, first so that
-# their peak is not shared with earlier cases (the resnets' convolutions without biases, which our
+# their peak is not shared with earlier cases; FlashAttention 4 forced (batch_4_flash4: where the
+# parts of bench/flash4_wheels.sh arrived, else it fails at once saying so) against PyTorch's own
+# kernels forced (batch_4_sdpa); (the resnets' convolutions without biases, which our
 # Triton passes add, the transformers' GroupNorms on our Triton kernels, the upsamplers as 2x2
 # phase convolutions; batch_4 checks the fused resnets against diffusers'); against them each
 # change alone undone (batch_4_biases_unfolded, batch_4_group_norms_pytorch,
@@ -64,7 +96,7 @@ if [ "${SKIP_BENCH:-0}" = 1 ]; then
     tail -n 20 "$OUT/anchor.log"
     exit 0
 fi
-CASES=${CASES:-setup,defaults,batch_4,batch_4_biases_unfolded,batch_4_group_norms_pytorch,batch_4_upsample_plain,batch_4_upsample_transposed,batch_4_unfused,queue,queue_expansion_inline,expansion,profile,compiled_blocks_cuda_graphs,warm_start,low_vram,batch_4_sdpa,batch_4_fused_compiled,queue_unfused,profile_small_graphs,queue_expansion,profile_unfused,batch_4_cudnn_benchmark,batch_4_nchw,graphs_eager,queue_decode_at_once,encoding_graphs,fp8,graphs_resnets_compiled,compiled_full_graphs,compiled_full_graphs_small}
+CASES=${CASES:-setup,defaults,batch_4,batch_4_flash4,batch_4_sdpa,batch_4_biases_unfolded,batch_4_group_norms_pytorch,batch_4_upsample_plain,batch_4_upsample_transposed,batch_4_unfused,queue,queue_expansion_inline,expansion,profile,compiled_blocks_cuda_graphs,warm_start,low_vram,batch_4_fused_compiled,queue_unfused,profile_small_graphs,queue_expansion,profile_unfused,batch_4_cudnn_benchmark,batch_4_nchw,graphs_eager,queue_decode_at_once,encoding_graphs,fp8,graphs_resnets_compiled,compiled_full_graphs,compiled_full_graphs_small}
 # A case that crashes the process or leaves the GPU unusable (the bench then exits with 75) must not
 # cost the cases after it: the bench resumes in a fresh process from its report, at most twice,
 # within the same budget and timeout. A timeout (124) or an ordinary failure (1, 2) is not resumed.

@@ -124,10 +124,10 @@ class EngineSettings(_Section):
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    attention: Literal["auto", "sdpa", "sdpa_cudnn", "xformers"] = Field(
+    attention: Literal["auto", "sdpa", "sdpa_cudnn", "sdpa_flash4", "xformers"] = Field(
         "auto",
-        description="Attention kernels: sdpa (PyTorch's choice), sdpa_cudnn, xformers; auto = the "
-        "fastest of those measured at the model's shapes on a CUDA GPU, sdpa elsewhere.",
+        description="Attention kernels: sdpa (PyTorch's choice), sdpa_cudnn, sdpa_flash4, xformers; auto = "
+        "the fastest of those measured at the model's shapes on a CUDA GPU, sdpa elsewhere.",
     )
     expansion: str = Field(
         "auto",

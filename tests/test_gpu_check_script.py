@@ -10,6 +10,7 @@ on with the other cases in a fresh process.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import os
@@ -51,6 +52,10 @@ def _script_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "BENCH_DEVICE": "cpu",
         "BENCH_SIZE": "tiny",
         "BENCH_WORKDIR": str(tmp_path / "work"),
+        "SITE": str(tmp_path / "site"),
+        "FLASH4_PARTS": str(tmp_path / "flash4-parts"),
+        "FLASH4_PARKED": str(tmp_path / "flash4-parked"),
+        "FLASH4_SITE": str(tmp_path / "site-flash4"),
         **extra,
     }
 
@@ -117,3 +122,81 @@ def test_a_case_that_leaves_the_gpu_unusable_ends_the_benchmark_process_for_a_re
     saved = json.loads((tmp_path / "out" / "fooocusd_bench.json").read_text(encoding="utf-8"))["cases"]
     assert saved["failure_with_a_healthy_gpu"] == {"error": f"RuntimeError: {sticky}"}
     assert saved["graphs"] == {"error": f"RuntimeError: {sticky}", "gpu_context_lost": sticky}
+
+
+def _run_without_bench(tmp_path: Path, carried: Path) -> subprocess.CompletedProcess[str]:
+    """The script as a device call that carried the parts under ``carried``, up to the benchmark."""
+    env = _script_env(tmp_path, FLASH4_PARTS=str(carried), SKIP_BENCH="1")
+    return subprocess.run(
+        ["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def _flash4_parts(tmp_path: Path) -> Path:
+    """What bench/flash4_wheels.sh leaves for two device calls: one xz stream of an installed
+    package folder, cut in two, and the manifest (the part count and the whole stream's checksum)."""
+    installed = tmp_path / "installed"
+    (installed / "flash_attn" / "cute").mkdir(parents=True)
+    (installed / "flash_attn" / "cute" / "__init__.py").write_text("KERNELS = 'stand-in'\n")
+    (installed / "nvidia_cutlass_dsl" / "dsl_packages").mkdir(parents=True)
+    stream = subprocess.run(
+        f"tar -C {installed} -cf - . | xz", shell=True, capture_output=True, check=True
+    ).stdout
+    parts = tmp_path / "flash4-parts"
+    for index, chunk in enumerate((stream[: len(stream) // 2], stream[len(stream) // 2 :])):
+        folder = parts / f".fa4-part{index + 1}"
+        folder.mkdir(parents=True)
+        (folder / f"flash4.tar.xz.part{index}").write_bytes(chunk)
+    digest = hashlib.sha256(stream).hexdigest()
+    (parts / ".fa4-part2" / "flash4.manifest").write_text(
+        f"parts=2\nsha256={digest}\nflash-attn-4=4.0.0b36\n"
+    )
+    return parts
+
+
+def test_flashattention_4_arrives_in_two_calls_and_is_unpacked_once_every_part_is_here(
+    tmp_path: Path,
+) -> None:
+    parts = _flash4_parts(tmp_path)
+    second = tmp_path / "second-call"
+    (second / ".fa4-part2").mkdir(parents=True)
+    for name in ("flash4.tar.xz.part1", "flash4.manifest"):
+        (parts / ".fa4-part2" / name).rename(second / ".fa4-part2" / name)
+    probe = "import flash_attn.cute as k; print('loaded', k.KERNELS)"
+
+    def call(carried: Path) -> subprocess.CompletedProcess[str]:
+        env = _script_env(tmp_path, FLASH4_PARTS=str(carried), SKIP_BENCH="1")
+        done = subprocess.run(
+            ["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    call(parts)  # the first call brings part 1 only: parked, nothing unpacked
+    assert not (tmp_path / "site-flash4").exists()
+    assert (tmp_path / "flash4-parked" / "flash4.tar.xz.part0").is_file()
+
+    done = call(second)
+    assert "flash4: 4.0.0b36 on PYTHONPATH" in done.stdout
+    site = tmp_path / "site-flash4"
+    pythonpath = f"{site}{os.pathsep}{site / 'nvidia_cutlass_dsl' / 'dsl_packages'}"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        text=True,
+    )
+    assert loaded.stdout.strip() == "loaded stand-in"
+
+
+def test_flashattention_4_parts_that_do_not_match_their_checksum_are_not_installed(tmp_path: Path) -> None:
+    parts = _flash4_parts(tmp_path)
+    manifest = parts / ".fa4-part2" / "flash4.manifest"
+    manifest.write_text(re.sub(r"sha256=\w+", "sha256=" + "0" * 64, manifest.read_text()))
+    env = _script_env(tmp_path, FLASH4_PARTS=str(parts), SKIP_BENCH="1")
+    done = subprocess.run(
+        ["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    assert "2 of 2 parts here (or a checksum mismatch): not installed" in done.stdout
+    assert not (tmp_path / "site-flash4").exists()

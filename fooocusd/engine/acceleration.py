@@ -56,7 +56,7 @@ import torch
 from loguru import logger
 from torch import nn
 
-from fooocusd.engine import triton_bilateral
+from fooocusd.engine import flash4_attention, triton_bilateral
 from fooocusd.engine.attention_choice import AttentionChoice, choose_attention, enable_attention
 from fooocusd.engine.devices import (
     TORCHAO_MISSING,
@@ -77,7 +77,7 @@ from fooocusd.engine.unet_graphs import UNetGraphs
 if TYPE_CHECKING:
     from fooocusd.settings import EngineSettings
 
-SDPA_BACKENDS = ("sdpa", "sdpa_cudnn")
+SDPA_BACKENDS = ("sdpa", "sdpa_cudnn", "sdpa_flash4")
 """Attention backends that run through PyTorch's SDPA, as diffusers' fused-QKV processor does
 (cuDNN first is only PyTorch's kernel order, which that processor follows too)."""
 RECOMPILE_LIMIT = 256
@@ -462,6 +462,9 @@ class Accelerator:
         """Handed to ``UNetGraphs`` and ``EncoderGraphs``: runs before each CUDA graph capture."""
 
     def apply(self, pipeline: Any) -> AccelerationPlan:
+        if self.device.type == "cuda" and self.options.cache_dir is not None:
+            configure_triton_cache(self.options.cache_dir)  # our Triton kernels compile into it
+            flash4_attention.configure_cache(self.options.cache_dir)  # (before its package is imported)
         graphed = plan_acceleration(self.options, self.device, self.dtype).cuda_graphs  # (before attention)
         self.attention_choice = choose_attention(
             self.attention, pipeline.unet, self.device, self.dtype, graphed=graphed
@@ -484,8 +487,6 @@ class Accelerator:
         if plan.channels_last:
             pipeline.unet.to(memory_format=torch.channels_last)
             pipeline.vae.to(memory_format=torch.channels_last)
-        if self.device.type == "cuda" and self.options.cache_dir is not None:
-            configure_triton_cache(self.options.cache_dir)  # our Triton kernels compile into it
         if plan.fused_norm_kernel == "triton":
             failure = triton_kernels_fail(self.device, self.dtype)
             if failure:

@@ -4,13 +4,17 @@
   (FlashAttention, then the memory-efficient kernel, math, and cuDNN last);
 * ``"sdpa_cudnn"``: the same call with cuDNN's attention kernels first wherever they accept the
   shape (the others after them, in PyTorch's order). The order is process-wide;
+* ``"sdpa_flash4"``: the same call, with PyTorch's flash kernel replaced by FlashAttention 4's
+  Hopper/Blackwell kernels (the optional ``flash4`` extra, ``flash4_attention.py``). Also
+  process-wide;
 * ``"xformers"``: xformers' memory-efficient attention (the optional ``xformers`` extra). diffusers'
   fused-QKV processor is PyTorch SDPA, so this also turns fused projections off;
 * ``"auto"`` (the default): on a CUDA GPU, each of those that can run here is timed at the shapes
   the loaded UNet's attention layers see at its native size with CFG (for SDXL at 1024²:
   self-attention over 4,096 and 1,024 tokens, cross-attention over 77), weighted by how many layers
   have each shape, and checked against PyTorch's own result on the same inputs (cuDNN first,
-  being process-wide, also on the prompt expansion's masked attention). The fastest one
+  being process-wide, also on the prompt expansion's masked attention; FlashAttention 4 also through
+  SDPA itself, causal and not). The fastest one
   is used if it saves at least ``MIN_SAVING`` of the attention time; otherwise, and on every other
   device, ``"sdpa"``. Measuring runs once per model load (about a hundred attention calls per
   backend; shapes already measured in this process are not measured again) and its duration is
@@ -36,10 +40,11 @@ import torch
 import torch.nn.functional as F
 from loguru import logger
 
+from fooocusd.engine import flash4_attention
 from fooocusd.engine.graph_capture import repair_generator
 from fooocusd.errors import ConfigError
 
-BACKENDS = ("sdpa", "sdpa_cudnn", "xformers")
+BACKENDS = ("sdpa", "sdpa_cudnn", "sdpa_flash4", "xformers")
 MIN_SAVING = 0.03
 """A backend other than PyTorch's default must save at least this share of the attention time."""
 TEXT_TOKENS = 77
@@ -185,7 +190,18 @@ def enable_attention(pipeline: Any, backend: str, device: torch.device) -> None:
             where="engine.attention",
             hint="set engine.attention = 'auto', which uses cuDNN's kernels only where they measure faster",
         )
+    if backend == "sdpa_flash4" and (reason := flash4_attention.unavailable(device)):
+        raise ConfigError(
+            f"engine.attention = 'sdpa_flash4' but {reason}",
+            where="engine.attention",
+            hint=f"install fooocusd[flash4] ({flash4_attention.PACKAGE}) on a Hopper or Blackwell GPU, "
+            "or set engine.attention = 'auto'",
+        )
     prefer_cudnn_attention(backend == "sdpa_cudnn")
+    if backend == "sdpa_flash4":
+        flash4_attention.activate()
+    else:
+        flash4_attention.deactivate()
     if backend != "xformers":
         return
     try:
@@ -216,6 +232,12 @@ def attention_runner(backend: str) -> Callable[[torch.Tensor, torch.Tensor, torc
                 return F.scaled_dot_product_attention(q, k, v)
 
         return cudnn_first
+    if backend == "sdpa_flash4":
+
+        def flash4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return flash4_attention.attention(q, k, v)[0]
+
+        return flash4
     if backend == "xformers":
         import xformers.ops
 
@@ -398,6 +420,7 @@ def candidates_on(device: torch.device) -> tuple[list[str], dict[str, str]]:
     candidates, skipped = ["sdpa"], {}
     for backend, why_not in (
         ("sdpa_cudnn", cudnn_attention_supported(device)),
+        ("sdpa_flash4", flash4_attention.unavailable(device)),
         ("xformers", xformers_supported(device)),
     ):
         if why_not:
@@ -425,7 +448,8 @@ def choose_attention(
         return AttentionChoice(setting, "engine.attention")
     if device.type != "cuda":
         return AttentionChoice("sdpa", "auto: PyTorch's own kernel choice (measured on CUDA GPUs only)")
-    prefer_cudnn_attention(False)  # "sdpa" is timed with PyTorch's own order, whatever ran before
+    prefer_cudnn_attention(False)  # "sdpa" is timed with PyTorch's own kernels, whatever ran before
+    flash4_attention.deactivate()
     try:
         shapes = unet_attention_shapes(unet)
     except (AttributeError, TypeError, ValueError) as exc:  # a UNet class laid out otherwise
@@ -439,6 +463,9 @@ def choose_attention(
     if "sdpa_cudnn" in per_call_ms and (problem := masked_attention_problem(device, dtype)):
         del per_call_ms["sdpa_cudnn"]
         rejected["sdpa_cudnn"] = problem
+    if "sdpa_flash4" in per_call_ms and (problem := flash4_attention.dispatch_problem(device, dtype)):
+        del per_call_ms["sdpa_flash4"]
+        rejected["sdpa_flash4"] = problem
     backend, reason = pick_fastest(per_call_ms)
     if graphed:
         reason += " (timed as CUDA graph replays)"
