@@ -175,7 +175,7 @@ def _log_fallback(exc: Exception) -> None:
     if not _fallback_logged:
         _fallback_logged = True
         logger.warning(
-            "FlashAttention 4 refused an attention call, PyTorch's memory-efficient kernel ran it "
+            "FlashAttention 4 refused an attention call, one of PyTorch's own kernels ran it "
             "(logged once): {}: {}",
             type(exc).__name__,
             exc,
