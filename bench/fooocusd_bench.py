@@ -32,6 +32,11 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
   ``batch_4_sdpa`` / ``batch_4_sdpa_cudnn`` render the batch of 4 with each SDPA order forced,
   ``batch_4_flash4`` with FlashAttention 4 as PyTorch's flash kernel (where ``flash-attn-4`` is
   installed: ``bench/flash4_wheels.sh`` carries it to the GPU machine);
+* the transformer blocks compiled with inductor's GEMM autotuning (``batch_4_autotuned_blocks``,
+  ``compile_mode = "max-autotune-no-cudagraphs"``): whether Triton GEMM templates with the GEGLU
+  gate, bias and residual adds fused into their epilogues beat cuBLAS plus inductor's separate
+  passes (GEGLU alone was 4.1 % of the GPU's time), and what the autotuning costs at start
+  (``ready_s``);
 * decoded pixels to a PIL image (``postprocess``): diffusers' host-side NumPy conversion against
   fooocusd's 8-bit quantisation on the device (``decode.pixels_to_image``, the same bytes);
 * each optimisation on its own against a plain engine (all off): channels_last, fused QKV, fp16
@@ -988,6 +993,9 @@ class Bench:
             "batch_4_sdpa": lambda: self.batched(defaults, attention="sdpa"),
             "batch_4_sdpa_cudnn": lambda: self.batched(defaults, attention="sdpa_cudnn"),
             "batch_4_flash4": lambda: self.batched(defaults, attention="sdpa_flash4"),
+            "batch_4_autotuned_blocks": lambda: self.batched(
+                replace(defaults, compile_mode="max-autotune-no-cudagraphs")
+            ),
             "batch_8": lambda: self.batched(defaults, size=8),
             "profile": self.profile,
             "profile_copies": lambda: self.profile(keep_channels_last="off"),

@@ -85,8 +85,8 @@ def install(monkeypatch: pytest.MonkeyPatch, function: Callable[..., Any]) -> No
 
 
 def forget_the_package() -> None:
-    flash4_attention._module.cache_clear()
-    flash4_attention._load_failure.cache_clear()
+    for cached in (flash4_attention._module, flash4_attention._load_failure, flash4_attention._kernel):
+        cached.cache_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -87,6 +87,7 @@ def _load_failure() -> str:
     return ""
 
 
+@functools.cache
 def _kernel() -> Callable[..., Any]:
     """The package's ``flash_attn_func``, asked for the log-sum-exp where its version takes that."""
     function = _module().flash_attn_func
