@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything the GPU check needs that the device machine lacks, prepared here (run from the
+# repository root; what exists already is kept). See docs/benchmarks.md, "How to run the GPU check".
+#   .whl/             packages the device image lacks (diffusers, pydantic-settings, loguru, ...): ~13 MB
+#   .bench-anchor/    the stock-diffusers anchor script, from ../shared/bench/
+#   .fa4-part1/ .fa4-part2/   FlashAttention 4 in two parts for two calls (bench/flash4_wheels.sh)
+# All are git-ignored, so they travel only when a call names them in `carry`.
+set -euo pipefail
+for folder in /.whl/ /.bench-anchor/; do
+    grep -qxF "$folder" .git/info/exclude 2>/dev/null || echo "$folder" >>.git/info/exclude
+done
+
+if [ ! -f .bench-anchor/anchor_sdxl.py ] && [ -f ../shared/bench/anchor_sdxl.py ]; then
+    mkdir -p .bench-anchor && cp ../shared/bench/anchor_sdxl.py .bench-anchor/
+fi
+
+if ! compgen -G ".whl/diffusers-*.whl" >/dev/null; then
+    # pydantic-core must be the version pydantic's METADATA pins
+    for pkg in diffusers==0.42.1 pydantic pydantic-core==2.50.5 pydantic-settings python-dotenv \
+        typing-inspection annotated-types typing-extensions loguru watchdog torchao==0.18.0; do
+        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+            --platform manylinux2014_x86_64 -d .whl "$pkg"
+    done
+fi
+
+if [ ! -f .fa4-part2/flash4.manifest ]; then
+    bash bench/flash4_wheels.sh
+fi
+du -sh .whl .bench-anchor .fa4-part1 .fa4-part2 2>/dev/null
