@@ -193,8 +193,9 @@ def test_a_call_flashattention_4_refuses_runs_pytorchs_other_kernel_with_the_sam
 
 
 def test_the_check_through_pytorchs_operator_passes_a_kernel_that_agrees(stand_in: StandIn) -> None:
-    assert flash4_attention.dispatch_problem(torch.device("cpu"), torch.float32) == ""
-    assert len(stand_in.layouts) == 2  # causal and not
+    assert flash4_attention.dispatch_problem(CPU, torch.float32, head_widths=(40, 64, 80, 64)) == ""
+    widths = [layout[-1] for layout in stand_in.layouts]
+    assert widths == [40, 40, 64, 64, 80, 80]  # each width once, causal and not
     assert not flash4_attention.active()  # left as it was found
 
 
@@ -202,8 +203,9 @@ def test_the_check_through_pytorchs_operator_names_a_kernel_that_differs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     install(monkeypatch, StandIn(offset=0.25))
-    problem = flash4_attention.dispatch_problem(torch.device("cpu"), torch.float32)
-    assert "attention differs by up to 0.25" in problem and "causal attention differs" in problem
+    problem = flash4_attention.dispatch_problem(CPU, torch.float32, head_widths=(40, 80))
+    assert problem.startswith("attention with 40-wide heads differs by up to 0.25")
+    assert "causal attention with 80-wide heads differs" in problem
     assert not flash4_attention.active()
 
 
@@ -261,8 +263,12 @@ def test_auto_picks_it_on_a_hopper_gpu_when_it_is_faster_and_agrees_through_pyto
 
     monkeypatch.setattr(attention_choice, "measure_backends", measure)
     monkeypatch.setattr(attention_choice, "masked_attention_problem", lambda *args: "")
-    monkeypatch.setattr(flash4_attention, "dispatch_problem", lambda *args: "")
+    checked: list[set[int]] = []
+    monkeypatch.setattr(
+        flash4_attention, "dispatch_problem", lambda device, dtype, widths: checked.append(widths)
+    )
     choice = choose_attention("auto", meta_sdxl_unet(), CUDA, torch.bfloat16, graphed=True)
+    assert checked == [{64}]  # SDXL's UNet and its text encoders: 64-wide heads alone
     assert timed == [["sdpa", "sdpa_cudnn", "sdpa_flash4"]]
     assert choice.backend == "sdpa_flash4" and "33% faster" in choice.reason
 

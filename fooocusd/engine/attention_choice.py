@@ -463,7 +463,8 @@ def choose_attention(
     if "sdpa_cudnn" in per_call_ms and (problem := masked_attention_problem(device, dtype)):
         del per_call_ms["sdpa_cudnn"]
         rejected["sdpa_cudnn"] = problem
-    if "sdpa_flash4" in per_call_ms and (problem := flash4_attention.dispatch_problem(device, dtype)):
+    widths = {shape.head_dim for shape in shapes} | {flash4_attention.TEXT_ENCODER_HEAD_WIDTH}
+    if "sdpa_flash4" in per_call_ms and (problem := flash4_attention.dispatch_problem(device, dtype, widths)):
         del per_call_ms["sdpa_flash4"]
         rejected["sdpa_flash4"] = problem
     backend, reason = pick_fastest(per_call_ms)

@@ -25,7 +25,7 @@ import importlib
 import inspect
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,6 +40,8 @@ CAPABILITY_MAJORS = (9, 10)
 """Hopper and Blackwell: where its kernels use the tensor-core instructions FlashAttention 2 does
 not (on 8.x it runs an FA2-class path, nothing to gain)."""
 OPERATOR = "_scaled_dot_product_flash_attention"
+TEXT_ENCODER_HEAD_WIDTH = 64
+"""CLIP's text encoders' heads (both SDXL's), checked beside the UNet's own."""
 CACHE_FOLDER = "flash4"
 
 _registration: torch.library.Library | None = None
@@ -211,31 +213,41 @@ def active() -> bool:
     return _registration is not None
 
 
-def dispatch_problem(device: torch.device, dtype: torch.dtype) -> str:
+def dispatch_problem(
+    device: torch.device, dtype: torch.dtype, head_widths: Iterable[int] = (TEXT_ENCODER_HEAD_WIDTH,)
+) -> str:
     """Why routing PyTorch's flash operator to FlashAttention 4 would change results; empty when not.
 
     ``auto`` times the kernel called directly at the UNet's shapes; activating reaches every flash
-    call in the process, so this also calls the operator SDPA calls, causal (as a text encoder's
-    may be) and not, against PyTorch's own result. Leaves the routing as it found it."""
+    call in the process, so this also calls the operator SDPA calls, at ``head_widths`` (the UNet's
+    and the text encoders'), causal (as a text encoder's may be) and not, against PyTorch's own
+    result. Each width and mask kind is a kernel compiled once (kept on disk). Leaves the routing as
+    it found it."""
     was_active = active()
+    deactivate()  # (the references are PyTorch's own kernels)
     generator = torch.Generator(device=device).manual_seed(2)
-    q, k, v = (torch.randn(2, 4, 200, 64, device=device, dtype=dtype, generator=generator) for _ in "qkv")
     flash = torch.ops.aten._scaled_dot_product_flash_attention
     problems = []
-    with torch.inference_mode():
-        references = [F.scaled_dot_product_attention(q, k, v, is_causal=causal) for causal in (False, True)]
-        deactivate()
-        try:
+    try:
+        with torch.inference_mode():
+            cases = []
+            for width in sorted(set(head_widths)):
+                size = (2, 4, 200, width)
+                q, k, v = (torch.randn(size, device=device, dtype=dtype, generator=generator) for _ in "qkv")
+                for causal in (False, True):
+                    reference = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                    cases.append((width, causal, q, k, v, reference))
             activate("CUDA" if device.type == "cuda" else device.type.upper())
-            for causal, reference in zip((False, True), references, strict=True):
+            for width, causal, q, k, v, reference in cases:
                 result = flash(q, k, v, is_causal=causal)[0]
                 if not torch.allclose(result.float(), reference.float(), atol=1e-2, rtol=2e-2):
                     gap = (result.float() - reference.float()).abs().max().item()
-                    problems.append(f"{'causal ' if causal else ''}attention differs by up to {gap:.3g}")
-        except Exception as exc:
-            problems.append(f"PyTorch's flash operator fails: {type(exc).__name__}: {exc}"[:300])
-        finally:
-            deactivate()
-            if was_active:
-                activate()
+                    kind = "causal attention" if causal else "attention"
+                    problems.append(f"{kind} with {width}-wide heads differs by up to {gap:.3g}")
+    except Exception as exc:
+        problems.append(f"PyTorch's flash operator fails: {type(exc).__name__}: {exc}"[:300])
+    finally:
+        deactivate()
+        if was_active:
+            activate()
     return "; ".join(problems)
