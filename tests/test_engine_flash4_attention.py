@@ -264,9 +264,12 @@ def test_auto_picks_it_on_a_hopper_gpu_when_it_is_faster_and_agrees_through_pyto
     monkeypatch.setattr(attention_choice, "measure_backends", measure)
     monkeypatch.setattr(attention_choice, "masked_attention_problem", lambda *args: "")
     checked: list[set[int]] = []
-    monkeypatch.setattr(
-        flash4_attention, "dispatch_problem", lambda device, dtype, widths: checked.append(widths)
-    )
+
+    def agrees(device: torch.device, dtype: torch.dtype, widths: set[int]) -> str:
+        checked.append(widths)
+        return ""
+
+    monkeypatch.setattr(flash4_attention, "dispatch_problem", agrees)
     choice = choose_attention("auto", meta_sdxl_unet(), CUDA, torch.bfloat16, graphed=True)
     assert checked == [{64}]  # SDXL's UNet and its text encoders: 64-wide heads alone
     assert timed == [["sdpa", "sdpa_cudnn", "sdpa_flash4"]]
