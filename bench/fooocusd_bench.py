@@ -32,6 +32,8 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
   ``batch_4_sdpa`` / ``batch_4_sdpa_cudnn`` render the batch of 4 with each SDPA order forced,
   ``batch_4_flash4`` with FlashAttention 4 as PyTorch's flash kernel (where ``flash-attn-4`` is
   installed: ``bench/flash4_wheels.sh`` carries it to the GPU machine);
+* one transformer block per level compiled as the engine compiles it and with inductor's GEMM
+  autotuning (``block_autotune``, ``block_autotune.py``): compile seconds and ms per call;
 * the transformer blocks compiled with inductor's GEMM autotuning (``batch_4_autotuned_blocks``,
   ``compile_mode = "max-autotune-no-cudagraphs"``): whether Triton GEMM templates with the GEGLU
   gate, bias and residual adds fused into their epilogues beat cuBLAS plus inductor's separate
@@ -641,6 +643,13 @@ class Bench:
 
         return measure_fp8_matmul(self.device, tiny=self.tiny, runs=self.args.runs * 7)
 
+    def block_autotune(self) -> dict[str, Any]:
+        """One transformer block per level compiled as the engine does, and with GEMM autotuning
+        (``block_autotune.py``): first-call seconds, ms per call as graph replays."""
+        from block_autotune import measure_block_autotune
+
+        return measure_block_autotune(self.device, tiny=self.tiny, runs=self.args.runs * 7)
+
     def attention_backends(self) -> dict[str, Any]:
         """SDXL's attention shapes alone, each SDPA backend forced (``attention_backends.py``): ms."""
         from attention_backends import measure_attention_backends
@@ -1026,6 +1035,7 @@ class Bench:
             "fp8": self.fp8,
             "fp8_matmul": self.fp8_matmul,
             "attention_backends": self.attention_backends,
+            "block_autotune": self.block_autotune,
             "low_vram": self.low_vram,
             "queue_one_by_one_inline": lambda: self.queue(
                 "queue-inline", batch_size=1, background_writes=False

@@ -28,7 +28,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "--runs=1",
         "--queue-jobs=2",
         "--cases=defaults,queue,low_vram,fp8_matmul,expansion,profile,queue_expansion,encoding,postprocess,"
-        "attention_backends",
+        "attention_backends,block_autotune",
         f"--workdir={tmp_path / 'work'}",
         f"--out={out}",
     ]
@@ -48,6 +48,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "encoding",
         "postprocess",
         "attention_backends",
+        "block_autotune",
     ]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case], cases
     assert cases["defaults"]["latency_128_6_refinements_on_s"]["median"] > 0
@@ -70,6 +71,9 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         if shape != "dtype":
             assert isinstance(timings["default"], float) and timings["fastest"] in timings, (shape, timings)
     assert "convolution" in cases["profile"]["by_kind_pct"]
+    block = cases["block_autotune"]["tiny"]  # (eager on a CPU: both modes run the same block)
+    for mode in cases["block_autotune"]["modes"]:
+        assert block[mode]["ms_per_call"] > 0 and block[mode]["max_abs_vs_eager"] == 0.0, block
     expanded = cases["queue_expansion"]
     assert expanded["expanded_images"] == 2 and expanded["expand_ahead"] == "on", expanded
     markdown = (out / "fooocusd_bench.md").read_text()
