@@ -192,6 +192,15 @@ def test_a_call_flashattention_4_refuses_runs_pytorchs_other_kernel_with_the_sam
     )
 
 
+def test_a_causal_mask_over_unequal_lengths_keeps_pytorchs_top_left_alignment(stand_in: StandIn) -> None:
+    q, k, v = projected_heads(1, 24, 2, 8)
+    flash4_attention.activate("CPU")
+    output = FLASH(q[:, :, :10], k, v, is_causal=True)[0]
+    expected = F.scaled_dot_product_attention(q[:, :, :10], k, v, is_causal=True)
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+    assert stand_in.layouts == []  # (the package aligns such a mask bottom-right)
+
+
 def test_the_check_through_pytorchs_operator_passes_a_kernel_that_agrees(stand_in: StandIn) -> None:
     assert flash4_attention.dispatch_problem(CPU, torch.float32, head_widths=(40, 64, 80, 64)) == ""
     widths = [layout[-1] for layout in stand_in.layouts]

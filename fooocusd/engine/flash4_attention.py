@@ -9,9 +9,10 @@ and Blackwell kernels compute the same softmax(QKᵀ·scale)·V with those instr
 dispatch key: every SDPA call PyTorch routes to its flash kernel then runs FlashAttention 4 (the
 UNet's fused and separate projections, IP-Adapter processors, a compiled region's call, a CUDA
 graph's capture) with no attention processor swapped. ``deactivate()`` removes the registration.
-A call FlashAttention 4 refuses runs PyTorch's memory-efficient kernel instead (the same maths),
-logged once. ``engine.attention = "sdpa_flash4"`` asks for it; ``auto`` times it beside the others
-(``attention_choice.py``) where ``unavailable`` is empty.
+A call FlashAttention 4 refuses (or would compute differently: a causal mask over unequal query
+and key lengths, which PyTorch aligns top-left) runs PyTorch's memory-efficient kernel instead
+(the same maths), logged once. ``engine.attention = "sdpa_flash4"`` asks for it; ``auto`` times
+it beside the others (``attention_choice.py``) where ``unavailable`` is empty.
 
 Its kernels are compiled on their first call for each dtype, head width and mask kind (seconds
 each); ``configure_cache`` keeps them on disk under the daemon's cache folder, where a later start
@@ -130,6 +131,10 @@ def _flash_forward(
     try:
         if dropout_p or return_debug_mask:
             raise ValueError("dropout and debug masks are not taken")
+        if (
+            is_causal and queries != key.shape[2]
+        ):  # PyTorch's mask is aligned top-left, the package's bottom-right
+            raise ValueError("a causal mask over unequal lengths")
         output, lse = attention(query, key, value, scale=scale, causal=is_causal)
     except Exception as exc:  # a shape or option the package refuses: the same maths, another kernel
         _log_fallback(exc)
