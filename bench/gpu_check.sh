@@ -58,6 +58,8 @@ fi
 if [ -d "$FLASH4_SITE/flash_attn" ]; then  # (the cutlass package's .pth is not read from PYTHONPATH)
     export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$FLASH4_SITE:$FLASH4_SITE/nvidia_cutlass_dsl/dsl_packages
     echo "flash4: $(sed -n 's/^flash-attn-4=//p' "$FLASH4_PARKED/flash4.manifest" 2>/dev/null) on PYTHONPATH"
+    # without this hook its tensor hand-off library compiles an add-on at first import (minutes)
+    python3 -c "import torch; print('flash4: torch DLPack C exchange hook:', hasattr(torch.Tensor, '__dlpack_c_exchange_api__'))" 2>&1 || true
 fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1 || true

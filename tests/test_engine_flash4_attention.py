@@ -201,6 +201,13 @@ def test_a_causal_mask_over_unequal_lengths_keeps_pytorchs_top_left_alignment(st
     assert stand_in.layouts == []  # (the package aligns such a mask bottom-right)
 
 
+def test_dropout_is_refused_rather_than_silently_dropped(stand_in: StandIn) -> None:
+    q, k, v = projected_heads(1, 16, 2, 8)
+    flash4_attention.activate("CPU")
+    with pytest.raises(NotImplementedError, match="no dropout"):
+        FLASH(q, k, v, 0.1)
+
+
 def test_the_check_through_pytorchs_operator_passes_a_kernel_that_agrees(stand_in: StandIn) -> None:
     assert flash4_attention.dispatch_problem(CPU, torch.float32, head_widths=(40, 64, 80, 64)) == ""
     widths = [layout[-1] for layout in stand_in.layouts]
@@ -328,8 +335,10 @@ def test_its_compiled_kernels_are_kept_under_the_daemons_cache_folder(
 ) -> None:
     monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", raising=False)
     monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", raising=False)
+    monkeypatch.delenv("TVM_FFI_CACHE_DIR", raising=False)
     folder = flash4_attention.configure_cache(tmp_path)
     assert folder == tmp_path / "flash4" and folder.is_dir()
     assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"] == "1"
+    assert os.environ["TVM_FFI_CACHE_DIR"] == str(tmp_path / "tvm-ffi")
     monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(tmp_path / "mine"))
     assert flash4_attention.configure_cache(tmp_path) == tmp_path / "mine"  # the environment's wins

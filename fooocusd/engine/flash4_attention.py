@@ -44,16 +44,22 @@ OPERATOR = "_scaled_dot_product_flash_attention"
 TEXT_ENCODER_HEAD_WIDTH = 64
 """CLIP's text encoders' heads (both SDXL's), checked beside the UNet's own."""
 CACHE_FOLDER = "flash4"
+REFUSALS = (AssertionError, NotImplementedError, ValueError, TypeError, RuntimeError)
+"""How the package refuses a call (its input checks are ``assert`` statements)."""
 
 _registration: torch.library.Library | None = None
 _fallback_logged = False
 
 
 def configure_cache(cache_dir: Path) -> Path:
-    """Keep compiled kernels in ``<cache_dir>/flash4`` unless the environment names a folder.
+    """Keep compiled kernels in ``<cache_dir>/flash4`` (and the tensor hand-off library's builds in
+    ``<cache_dir>/tvm-ffi``) unless the environment names folders.
 
     Read by the package when it is imported, so this runs before ``unavailable``."""
     os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
+    # where its tensor hand-off library would build an add-on for a torch without the DLPack C
+    # exchange hook (~/.cache is read-only under the system service)
+    os.environ.setdefault("TVM_FFI_CACHE_DIR", str(cache_dir / "tvm-ffi"))
     folder = Path(os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(cache_dir / CACHE_FOLDER)))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -128,17 +134,16 @@ def _flash_forward(
 ) -> tuple[Any, ...]:
     """``aten::_scaled_dot_product_flash_attention``'s outputs, computed by FlashAttention 4."""
     batch, heads, queries, _ = query.shape
+    if dropout_p or return_debug_mask:  # (training only: this daemon never asks for either)
+        raise NotImplementedError("FlashAttention 4 is routed in for inference: no dropout, no debug mask")
     try:
-        if dropout_p or return_debug_mask:
-            raise ValueError("dropout and debug masks are not taken")
-        if (
-            is_causal and queries != key.shape[2]
-        ):  # PyTorch's mask is aligned top-left, the package's bottom-right
+        if is_causal and queries != key.shape[2]:
+            # PyTorch aligns that mask top-left, the package bottom-right
             raise ValueError("a causal mask over unequal lengths")
         output, lse = attention(query, key, value, scale=scale, causal=is_causal)
-    except Exception as exc:  # a shape or option the package refuses: the same maths, another kernel
+    except REFUSALS as exc:  # a shape or option the package refuses: the same maths, another kernel
         _log_fallback(exc)
-        output, lse = _another_kernel(query, key, value, dropout_p, is_causal, scale)
+        output, lse = _another_kernel(query, key, value, is_causal, scale)
     if lse is None:  # (only the backward pass reads it)
         lse = torch.empty(batch, heads, queries, device=query.device, dtype=torch.float32)
     output = _strided_as_pytorchs(output, query)
@@ -162,18 +167,18 @@ def _another_kernel(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    dropout_p: float,
     is_causal: bool,
     scale: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The same attention on PyTorch's memory-efficient kernel (on a GPU) or its math (elsewhere)."""
     if query.is_cuda:
         output, lse, *_ = torch.ops.aten._scaled_dot_product_efficient_attention(
-            query, key, value, None, True, dropout_p, is_causal, scale=scale
+            query, key, value, None, True, 0.0, is_causal, scale=scale
         )
-        return output, lse[..., : query.shape[2]]  # (padded to a multiple of 32 there)
+        # padded to a multiple of 32 rows there; a compiled graph checks the meta kernel's strides
+        return output, lse[..., : query.shape[2]].contiguous()
     output, _ = torch.ops.aten._scaled_dot_product_attention_math(
-        query, key, value, None, dropout_p, is_causal, scale=scale
+        query, key, value, None, 0.0, is_causal, scale=scale
     )
     return output, None
 
