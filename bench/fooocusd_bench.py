@@ -125,6 +125,8 @@ KEEP_COMPILED_ENGINE = frozenset({"warm_start", "compiled_full_graphs_small"})
 """Cases before which the engine ``compiled_latency`` kept stays resident (the small-size case uses it)."""
 LORA_RANK = 8
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+IMPORT_PROFILE_FROM_S = 10.0
+"""``warm_start`` profiles the imports of a fresh process when its daemon's took this long."""
 RESTART_EXIT = 75
 """Exit status after a case left the GPU unusable: ``gpu_check.sh`` resumes in a fresh process."""
 DIED_DURING_CASE = "the benchmark process died during this case (crash, kill or timeout): see bench.log"
@@ -368,8 +370,14 @@ class Bench:
     # -- cases ------------------------------------------------------------------------------
 
     def defaults(self) -> dict[str, Any]:
-        """The engine as the daemon runs it by default, start to ready, then latency and memory."""
-        options = replace(AccelerationOptions(vram="high"), layout_on_cpu=self.tiny)
+        """The engine as the daemon runs it by default, start to ready, then latency and memory.
+        Its compile cache (and attention timings) are kept, as a daemon's cache folder keeps them, for
+        a ``warm_start`` after it (a later compiled case replaces them with its own)."""
+        from fooocusd.engine.acceleration import COMPILE_CACHE_FOLDER, save_compile_artifacts
+
+        cache = self.work / "compile-cache-defaults"
+        shutil.rmtree(cache, ignore_errors=True)  # cold, whatever an earlier run left
+        options = replace(AccelerationOptions(vram="high"), layout_on_cpu=self.tiny, cache_dir=cache)
         self.reset_peak()
         mark = time.perf_counter()
         engine = self.engine(options)
@@ -391,9 +399,13 @@ class Bench:
         queue_mark = time.perf_counter()
         self.timed(engine, self.request(), 4)
         queue_s = (time.perf_counter() - queue_mark) / 4
+        self.compiled_cache, self.compiled_settings = cache, {}
+        cache_saved = save_compile_artifacts(cache / COMPILE_CACHE_FOLDER)
         return {
+            "cache_saved": cache_saved,
             "acceleration": engine.describe()["acceleration"],
             "load_and_hash_s": round(load_s, 2),
+            "load_steps_s": engine.describe().get("load_steps_s", {}),
             "start_to_ready_s": round(ready_s, 2),
             "process_start_to_ready_s": round(IMPORTS_S + ready_s, 2),
             f"latency_{self.big}_{self.steps}_refinements_on_s": _summary(on),
@@ -933,13 +945,15 @@ class Bench:
         }
 
     def warm_start(self) -> dict[str, Any]:
-        """A fresh daemon process on the compile cache ``compiled_latency`` saved: process start to
-        the first image written (imports, load + hash, compiled graphs from disk), then its queue."""
+        """A fresh daemon process on the compile cache the last of ``defaults`` or ``compiled_latency``
+        saved, with its settings: process start to the first image written (imports, load + hash,
+        compiled graphs from disk), then its queue; with the daemon's own account of its start
+        (``start_steps_s``, ``model_load_steps_s``) and, when its imports were slow, where they went."""
         import subprocess
 
         cache = getattr(self, "compiled_cache", None)
         if cache is None:
-            return {"skipped": "no compile cache (compiled_latency did not run)"}
+            return {"skipped": "no compile cache (neither defaults nor a compiled case ran before it)"}
         out = self.work / "warm-start-report"
         command = [
             sys.executable,
@@ -965,6 +979,7 @@ class Bench:
         # A daemon that ran before has its model hashes cached next to its compiled code: start as one.
         hashes = self.work / "hashes.json"
         if hashes.is_file():
+            cache.mkdir(parents=True, exist_ok=True)  # (nothing was compiled into it on a CPU)
             shutil.copyfile(hashes, cache / HASH_CACHE_NAME)
         environment = {**os.environ, "CACHE_DIRECTORY": str(cache)}
         mark = time.perf_counter()
@@ -975,6 +990,11 @@ class Bench:
         if done.returncode != 0:
             return {"error": f"exit {done.returncode}: {done.stderr[-400:]}", "wall_s": wall}
         report = json.loads((out / "queue_throughput.json").read_text())
+        imports_s = report.get("start_steps_s", {}).get("interpreter and imports", 0.0)
+        if imports_s >= IMPORT_PROFILE_FROM_S:  # slow imports: which packages (costs one more import)
+            from import_profile import profile_imports
+
+            report["import_profile"] = profile_imports(env=environment)
         return {**self.compiled_settings, "batch_size": 1, "process_wall_s": wall, **report}
 
     def cases(self) -> dict[str, Callable[[], dict[str, Any]]]:

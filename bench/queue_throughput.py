@@ -85,9 +85,13 @@ def measure_queue(
     loaded = load_settings(config, environ={}).settings
     notifier = ReadyClock()
     started = time.time()
-    summary = Daemon(loaded, notifier=notifier).run(drain=True)
+    daemon = Daemon(loaded, notifier=notifier)
+    summary = daemon.run(drain=True)
     wall = time.time() - started
     result = {"wall_s": round(wall, 2), **_outputs(folders["outbox"], jobs, started, process_started)}
+    if daemon.start_timeline is not None:  # the daemon's own account of its start (its ready log line)
+        result["start_steps_s"] = daemon.start_timeline.record()
+        result["model_load_steps_s"] = daemon.start_timeline.details.get("model", {})
     if notifier.ready_at is not None:
         result["ready_s"] = round(notifier.ready_at - started, 2)
         if process_started is not None:

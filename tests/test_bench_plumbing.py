@@ -28,7 +28,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "--runs=1",
         "--queue-jobs=2",
         "--cases=defaults,queue,low_vram,fp8_matmul,expansion,profile,queue_expansion,encoding,postprocess,"
-        "attention_backends,block_autotune",
+        "attention_backends,block_autotune,warm_start",
         f"--workdir={tmp_path / 'work'}",
         f"--out={out}",
     ]
@@ -49,11 +49,18 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "postprocess",
         "attention_backends",
         "block_autotune",
+        "warm_start",
     ]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case], cases
     assert cases["defaults"]["latency_128_6_refinements_on_s"]["median"] > 0
     assert cases["queue"]["images"] == 2 and cases["queue"]["first_image_s"] > 0
     assert 0 < cases["queue"]["ready_s"] <= cases["queue"]["first_image_s"]  # READY=1 came first
+    assert cases["queue"]["start_steps_s"]["model"] > 0  # the daemon's own account of its start
+    assert "attention chosen" in cases["queue"]["model_load_steps_s"]
+    assert "checkpoint read" in cases["defaults"]["load_steps_s"]
+    # a restarted daemon on the cache `defaults` kept, telling where its start went
+    assert cases["warm_start"]["images"] == cases["warm_start"]["expected"]
+    assert cases["warm_start"]["start_steps_s"]["interpreter and imports"] > 0
     assert cases["low_vram"]["acceleration"]["vram"] == "low"
     assert set(cases["defaults"]["phases_128_6_refinements_on_s"]) == {"encode", "denoise", "decode"}
     for shape, methods in cases["fp8_matmul"].items():
@@ -154,3 +161,15 @@ def test_target_table_takes_each_targets_best_measured_figure_and_its_case(
     table = "\n".join(targets_markdown(list(rows.values())))
     assert "| one 1024² image, 30 steps | 0.88 s | graphs | ≤ 0.9 s | yes |" in table
     assert targets_markdown([]) == []
+
+
+def test_import_profile_sums_each_packages_own_import_time() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from import_profile import profile_imports
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    profile = profile_imports(["json", "email.message"], timeout=60)
+    assert {"json", "email"} <= set(profile["packages_s"])
+    assert profile["own_s_total"] > 0 and profile["wall_s"] >= profile["own_s_total"]
+    assert "json.decoder" in profile["slowest_modules_s"] or len(profile["slowest_modules_s"]) == 12

@@ -58,6 +58,7 @@ from torch import nn
 
 from fooocusd.engine import flash4_attention, triton_bilateral
 from fooocusd.engine.attention_choice import AttentionChoice, choose_attention, enable_attention
+from fooocusd.engine.attention_memory import MEMORY_NAME
 from fooocusd.engine.devices import (
     TORCHAO_MISSING,
     HardwareFacts,
@@ -73,6 +74,7 @@ from fooocusd.engine.low_vram import StageOffload, install_low_vram, small_decod
 from fooocusd.engine.quantization import fp8_layer_count, quantize_unet_fp8
 from fooocusd.engine.subpixel_upsample import install_subpixel_upsampling
 from fooocusd.engine.unet_graphs import UNetGraphs
+from fooocusd.step_timer import StepTimer
 
 if TYPE_CHECKING:
     from fooocusd.settings import EngineSettings
@@ -460,16 +462,21 @@ class Accelerator:
         self.graph_backend: Callable[[torch.device], GraphBackend] = CudaGraphBackend
         self.before_capture: Callable[[], None] = lambda: None
         """Handed to ``UNetGraphs`` and ``EncoderGraphs``: runs before each CUDA graph capture."""
+        self.load_steps: dict[str, float] = {}
+        """Seconds per step of the last ``apply`` (part of the model load the daemon reports)."""
 
     def apply(self, pipeline: Any) -> AccelerationPlan:
+        timer = StepTimer()
         if self.device.type == "cuda" and self.options.cache_dir is not None:
             configure_triton_cache(self.options.cache_dir)  # our Triton kernels compile into it
             flash4_attention.configure_cache(self.options.cache_dir)  # (before its package is imported)
         graphed = plan_acceleration(self.options, self.device, self.dtype).cuda_graphs  # (before attention)
+        memory = self.options.cache_dir / MEMORY_NAME if self.options.cache_dir is not None else None
         self.attention_choice = choose_attention(
-            self.attention, pipeline.unet, self.device, self.dtype, graphed=graphed
+            self.attention, pipeline.unet, self.device, self.dtype, graphed=graphed, memory=memory
         )
         enable_attention(pipeline, self.attention_choice.backend, self.device)
+        timer.reached("attention chosen")
         force_upcast = bool(getattr(pipeline.vae.config, "force_upcast", False))
         plan = plan_acceleration(
             self.options,
@@ -487,6 +494,7 @@ class Accelerator:
         if plan.channels_last:
             pipeline.unet.to(memory_format=torch.channels_last)
             pipeline.vae.to(memory_format=torch.channels_last)
+        timer.reached("moved to the device")
         if plan.fused_norm_kernel == "triton":
             failure = triton_kernels_fail(self.device, self.dtype)
             if failure:
@@ -494,6 +502,7 @@ class Accelerator:
                 plan.notes.append(f"fuse_resnet_norms off: its Triton kernels failed a check ({failure})")
         if failure := triton_bilateral.check(self.device):
             plan.notes.append(f"sharpness on PyTorch operators: its Triton kernel failed a check ({failure})")
+        timer.reached("kernels checked")
         if plan.keep_channels_last:
             # the other GroupNorms (the transformers') run on the same kernels, checked above
             norm = "triton" if plan.fused_norm_kernel == "triton" else "eager"
@@ -514,6 +523,7 @@ class Accelerator:
         if self.options.quantize == "fp8" and plan.quantize == "off":
             warn_once(plan.notes)
         self.offload = install_low_vram(pipeline, self.device) if plan.vram == "low" else None
+        timer.reached("layers rearranged")
         if plan.compile != "off":
             plan.compile = compile_unet(
                 pipeline.unet,
@@ -527,6 +537,8 @@ class Accelerator:
             backend = self.graph_backend(self.device)
             self.graphs = UNetGraphs(pipeline.unet, backend, before_capture=self.before_capture)
             self.encoder_graphs = EncoderGraphs(backend, before_capture=self.before_capture)
+        timer.reached("compile set up")
+        self.load_steps = timer.steps
         self.plan = plan
         return plan
 

@@ -18,7 +18,9 @@
   is used if it saves at least ``MIN_SAVING`` of the attention time; otherwise, and on every other
   device, ``"sdpa"``. Measuring runs once per model load (about a hundred attention calls per
   backend; shapes already measured in this process are not measured again) and its duration is
-  reported beside the choice.
+  reported beside the choice. The SDXL engine keeps each measurement in its cache folder, so a
+  later start on the same card, driver and libraries takes the choice from there
+  (``attention_memory.py``; only the winner's process-wide check runs again).
 
 Kernel speed differs by card, driver and shape (cuDNN's Hopper kernels beat FlashAttention 2 at
 some of these shapes and lose at others, xformers ships its own FlashAttention 3 builds), which is
@@ -34,13 +36,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from loguru import logger
 
-from fooocusd.engine import flash4_attention
+from fooocusd.engine import attention_memory, flash4_attention
 from fooocusd.engine.graph_capture import repair_generator
 from fooocusd.errors import ConfigError
 
@@ -52,6 +55,9 @@ CFG_BATCH = 2
 RUNS = 10
 GRAPHED_CALLS = 20
 """Attention calls per captured graph when timing as CUDA graphs replay them."""
+MEASURING_METHOD = 1
+"""Part of the key under which timings are kept between starts: raise it when ``measure_backends``
+or what it times changes, so that timings taken the old way are not reused."""
 ATOL, RTOL = 1e-2, 2e-2
 """Agreement with PyTorch's default result, at half-precision rounding of softmax averages."""
 
@@ -440,10 +446,17 @@ def describe_setting(setting: str, device: torch.device) -> str:
 
 
 def choose_attention(
-    setting: str, unet: Any, device: torch.device, dtype: torch.dtype, *, graphed: bool = False
+    setting: str,
+    unet: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    graphed: bool = False,
+    memory: Path | None = None,
 ) -> AttentionChoice:
     """The backend for ``engine.attention = setting`` with ``unet`` on ``device``; auto measures on
-    CUDA, as CUDA graphs replay the kernels where ``graphed`` (the engine will replay the UNet)."""
+    CUDA, as CUDA graphs replay the kernels where ``graphed`` (the engine will replay the UNet).
+    ``memory``: the file where measurements are kept between starts (``attention_memory.py``)."""
     if setting != "auto":
         return AttentionChoice(setting, "engine.attention")
     if device.type != "cuda":
@@ -459,15 +472,22 @@ def choose_attention(
         return _measured[key]
     started = time.perf_counter()
     candidates, skipped = candidates_on(device)
-    per_call_ms, rejected = measure_backends(candidates, shapes, device, dtype, graphed=graphed)
-    if "sdpa_cudnn" in per_call_ms and (problem := masked_attention_problem(device, dtype)):
-        del per_call_ms["sdpa_cudnn"]
-        rejected["sdpa_cudnn"] = problem
     widths = {shape.head_dim for shape in shapes} | {flash4_attention.TEXT_ENCODER_HEAD_WIDTH}
-    if "sdpa_flash4" in per_call_ms and (problem := flash4_attention.dispatch_problem(device, dtype, widths)):
-        del per_call_ms["sdpa_flash4"]
-        rejected["sdpa_flash4"] = problem
-    backend, reason = pick_fastest(per_call_ms)
+    facts = _memory_facts(device, dtype, graphed, shapes, candidates) if memory is not None else None
+    stored = attention_memory.recall(memory, facts) if memory is not None and facts is not None else None
+    if stored is not None:
+        per_call_ms, rejected = dict(stored["per_unet_call_ms"]), dict(stored.get("rejected") or {})
+        backend, reason = _pick_passing(per_call_ms, rejected, device, dtype, widths)
+        reason += f" (timed at an earlier start, {stored.get('measured_at', '')}, kept in {memory})"
+    else:
+        per_call_ms, rejected = measure_backends(candidates, shapes, device, dtype, graphed=graphed)
+        for name in list(per_call_ms):
+            if problem := process_wide_problem(name, device, dtype, widths):
+                del per_call_ms[name]
+                rejected[name] = problem
+        backend, reason = pick_fastest(per_call_ms)
+        if memory is not None and facts is not None:
+            attention_memory.remember(memory, facts, per_call_ms, rejected, time.perf_counter() - started)
     if graphed:
         reason += " (timed as CUDA graph replays)"
     elapsed = time.perf_counter() - started
@@ -475,3 +495,53 @@ def choose_attention(
     logger.info("attention: {} ({}; ms per UNet call {}; {:.2f} s)", backend, reason, per_call_ms, elapsed)
     _measured[key] = choice
     return choice
+
+
+def process_wide_problem(backend: str, device: torch.device, dtype: torch.dtype, widths: set[int]) -> str:
+    """Why ``backend``, which changes every SDPA call in the process, cannot be chosen; empty when
+    it can (or changes only the UNet's calls). cuDNN first must also run the prompt expansion's
+    masked attention; FlashAttention 4 must give PyTorch's result through SDPA at ``widths``."""
+    if backend == "sdpa_cudnn":
+        return masked_attention_problem(device, dtype)
+    if backend == "sdpa_flash4":
+        return flash4_attention.dispatch_problem(device, dtype, widths)
+    return ""
+
+
+def _pick_passing(
+    per_call_ms: dict[str, float],
+    rejected: dict[str, str],
+    device: torch.device,
+    dtype: torch.dtype,
+    widths: set[int],
+) -> tuple[str, str]:
+    """``pick_fastest`` over remembered timings, checking only the winner's process-wide effects
+    (the losers are never switched on, so checking them would only cost time at start)."""
+    while True:
+        backend, reason = pick_fastest(per_call_ms)
+        problem = process_wide_problem(backend, device, dtype, widths) if backend != "sdpa" else ""
+        if not problem:
+            return backend, reason
+        del per_call_ms[backend]
+        rejected[backend] = problem
+
+
+def _memory_facts(
+    device: torch.device,
+    dtype: torch.dtype,
+    graphed: bool,
+    shapes: Counter[AttentionShape],
+    candidates: list[str],
+) -> dict[str, Any] | None:
+    environment = attention_memory.environment(device)
+    if environment is None:
+        return None
+    layers = {shape.label: count for shape, count in sorted(shapes.items(), key=lambda item: item[0].label)}
+    return {
+        **environment,
+        "method": MEASURING_METHOD,
+        "dtype": str(dtype).removeprefix("torch."),
+        "graphed": graphed,
+        "candidates": candidates,
+        "shapes": layers,
+    }

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ from loguru import logger
 from fooocusd.engine.families import PICKLE_SUFFIXES, SAFE_SUFFIX, detect_family
 from fooocusd.engine.model_dirs import ModelDirs, is_diffusers_folder
 from fooocusd.errors import InvalidInput, ModelNotFound
+from fooocusd.json_store import read_json_object, write_json_atomically
 
 TINY_MODEL = "tiny-random"
 SDXL_CONFIG_DIR = Path(__file__).parent / "configs" / "sdxl_base"
@@ -145,14 +143,14 @@ def file_sha256(path: Path, cache_file: Path) -> str:
     """SHA-256 of a file, cached by (absolute path, size, mtime_ns) so a 7 GB checkpoint is hashed once."""
     absolute = path.resolve()
     stat = absolute.stat()
-    cache = _read_hash_cache(cache_file)
+    cache = read_json_object(cache_file)
     entry = cache.get(str(absolute))
     if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
         return str(entry["sha256"])
     with absolute.open("rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
     cache[str(absolute)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-    _write_hash_cache(cache_file, cache)
+    write_json_atomically(cache_file, cache)
     return digest
 
 
@@ -160,7 +158,7 @@ def cached_sha256(path: Path, cache_file: Path) -> str:
     """The cached SHA-256 of ``path`` if the cache entry still matches the file; else ``""`` (no hashing)."""
     absolute = path.resolve()
     stat = absolute.stat()
-    entry = _read_hash_cache(cache_file).get(str(absolute))
+    entry = read_json_object(cache_file).get(str(absolute))
     if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
         return str(entry["sha256"])
     return ""
@@ -170,9 +168,9 @@ def remember_sha256(path: Path, sha256: str, cache_file: Path) -> None:
     """Record a hash verified elsewhere (a checked download), so it is never computed again."""
     absolute = path.resolve()
     stat = absolute.stat()
-    cache = _read_hash_cache(cache_file)
+    cache = read_json_object(cache_file)
     cache[str(absolute)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
-    _write_hash_cache(cache_file, cache)
+    write_json_atomically(cache_file, cache)
 
 
 def folder_sha256(folder: Path, cache_file: Path) -> str:
@@ -306,23 +304,3 @@ def _put_it_here_hint(dirs: ModelDirs) -> str:
         f'or set [engine] model = "/path/to/{EXAMPLE_CHECKPOINT}" ({CONFIG_KEY}) in the config. '
         f'model = "{TINY_MODEL}" only checks the plumbing: it makes noise, not pictures'
     )
-
-
-def _read_hash_cache(cache_file: Path) -> dict[str, dict[str, object]]:
-    try:
-        data = json.loads(cache_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_hash_cache(cache_file: Path, cache: dict[str, dict[str, object]]) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".hashes-", dir=cache_file.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(cache, out, indent=1, sort_keys=True)
-        os.replace(temporary, cache_file)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -34,6 +34,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from fooocusd.engine.attention_choice import AttentionChoice, choose_attention, enable_attention
+from fooocusd.engine.attention_memory import MEMORY_NAME
 from fooocusd.engine.base import GeneratedImage, GenerationRequest, ProgressCallback, StopCheck
 from fooocusd.engine.conditioning import Conditioning, prompt_workloads
 from fooocusd.engine.decode import at_requested_size, decode_latents
@@ -293,7 +294,10 @@ class SD1xEngine:
         pipeline.to(self._device)
         if pipeline.unet.dtype != self._dtype:
             pipeline.to(dtype=self._dtype)
-        self._attention_choice = choose_attention(self._attention, pipeline.unet, self._device, self._dtype)
+        memory = self._hash_cache.parent / MEMORY_NAME  # the cache folder
+        self._attention_choice = choose_attention(
+            self._attention, pipeline.unet, self._device, self._dtype, memory=memory
+        )
         enable_attention(pipeline, self._attention_choice.backend, self._device)
         pipeline.set_progress_bar_config(disable=True)
         scheduler_config = dict(pipeline.scheduler.config)

@@ -95,6 +95,7 @@ from fooocusd.engine.request_checks import validate_request
 from fooocusd.engine.samplers import SchedulerChoice, build_scheduler
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline, tiny_render_size
 from fooocusd.errors import FooocusdError, Interrupted, OutOfMemory
+from fooocusd.step_timer import StepTimer, expanded
 
 
 class SDXLEngine:
@@ -136,6 +137,8 @@ class SDXLEngine:
         self._base_scheduler_config: dict[str, Any] = {}
         self._sha256 = ""
         self._unreported_load_seconds: float | None = None
+        self._load_steps: dict[str, float] = {}
+        """Seconds per step of the last model load (``describe()["load_steps_s"]``)."""
         self._components = JobComponents(models_dir, hash_cache, config_dir=config_dir)
         self._image_prompts = ImagePromptState(self._model_dirs, hash_cache, controlnet)
         self._embeddings = Embeddings(self._model_dirs, hash_cache, allow_unsafe_pickle=allow_unsafe_pickle)
@@ -282,6 +285,7 @@ class SDXLEngine:
             "acceleration": self._accelerator.record(),
             "config_dir": str(self._config_dir),
             "reduced_size": self._location.is_tiny,
+            "load_steps_s": {step: round(seconds, 3) for step, seconds in self._load_steps.items()},
         }
 
     # -- loading -------------------------------------------------------------------------------
@@ -309,6 +313,7 @@ class SDXLEngine:
 
     def _load(self, location: ModelLocation) -> None:
         started = time.perf_counter()
+        timer = StepTimer()
         if location.is_tiny:
             pipeline = build_tiny_sdxl_pipeline(_default_scheduler(self._config_dir))
         elif location.kind == "single_file":
@@ -318,14 +323,19 @@ class SDXLEngine:
         else:
             assert location.path is not None
             pipeline = self._from_folder(location.path)
+        timer.reached("checkpoint read")
         self._prepare(pipeline)
+        timer.reached("acceleration")
         self._sha256 = model_sha256(location, self._hash_cache)
+        timer.reached("hashed")
         self._base_scheduler_config = dict(pipeline.scheduler.config)
         self._pipeline = pipeline
         plan = self._accelerator.plan
         self._components.attach(pipeline, fold_loras=plan is None or plan.folds_loras)
         self._embeddings.attach(pipeline)
         self.encodings.attach(pipeline)
+        timer.reached("components attached")
+        self._load_steps = expanded(timer.steps, "acceleration", self._accelerator.load_steps)
         self._unreported_load_seconds = time.perf_counter() - started
 
     def _from_single_file(self, path: Path) -> StableDiffusionXLPipeline:

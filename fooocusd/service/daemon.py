@@ -39,6 +39,7 @@ from fooocusd.service.notify import (
 )
 from fooocusd.service.reconcile import reconcile
 from fooocusd.service.reload import Reloader, SettingsSource, apply_on_main_thread, apply_to_worker
+from fooocusd.service.start_timeline import StartTimeline
 from fooocusd.service.warm_up import warm_up, warm_up_request
 from fooocusd.service.worker import ProgressSink, Worker
 from fooocusd.settings import Settings
@@ -94,13 +95,17 @@ class Daemon:
         # SIGHUP re-reads the settings from here; None (e.g. `once`): SIGHUP keeps its default.
         self.reloader = Reloader(settings_source, self.notifier, on_result=self._count_reload)
         self.extras: DaemonExtras | None = None  # metrics endpoint and post-job hooks, while running
+        self.start_timeline: StartTimeline | None = None
+        """The last ``run``'s start, step by step (``start_timeline.py``)."""
 
     def run(self, *, drain: bool = False) -> Summary:
+        timeline = self.start_timeline = StartTimeline.since_process_start()
         folders = prepare_folders(self.settings)
         os.umask(self.settings.outbox.umask)
         preset_dirs = preset_search_dirs(folders.presets)
         load_all_presets(preset_dirs)  # a broken preset file stops the start, not a job later
         styles = load_styles([folders.styles] if folders.styles else [])
+        timeline.reached("settings, presets and styles")
         # Resolving the model comes first: without one, say where to put it and stop.
         engine = create_engine(self.settings.engine, folders.models, folders.cache, self.settings.controlnet)
         expansion = build_prompt_expansion(self.settings.engine, folders.models)  # "Fooocus V2"
@@ -108,16 +113,21 @@ class Daemon:
         owner = f"{socket.gethostname()}:{folders.state}:{self.settings.engine.device}"
         journal = Journal.open(folders.journal_db, owner=owner)
         self.extras = DaemonExtras(self.settings, folders.journal_db)
+        timeline.reached("engine and journal opened")
         try:
             self.extras.start()
             self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
             self.notifier.status("checking the journal against the folders")
             reconcile(journal, folders, max_crashes=self.settings.journal.max_crashes)
+            timeline.reached("journal checked against the folders")
             logger.info("loading the model…")
             self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
             self.notifier.status(f"loading the model {self.settings.engine.model or '(auto)'}")
             engine.load()
+            timeline.reached("model")
+            timeline.details["model"] = dict(engine.describe().get("load_steps_s") or {})
             expansion.preload()  # a broken expansion folder stops the start, not a job later
+            timeline.reached("prompt expansion")
             if self.settings.engine.warm_up:
                 self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
                 self.notifier.status("warming up: compiling the UNet or reading its compiled code back")
@@ -126,8 +136,10 @@ class Daemon:
                     lambda: warm_up_request(self.settings, folders, preset_dirs, styles, expansion),
                     should_stop=self.stop_intake.is_set,
                 )
-            logger.info("ready: watching {}", folders.inbox)
-            return self._serve(folders, journal, engine, preset_dirs, styles, drain, expansion=expansion)
+                timeline.reached("warm-up render")
+            return self._serve(
+                folders, journal, engine, preset_dirs, styles, drain, expansion=expansion, timeline=timeline
+            )
         finally:
             self.extras.stop()
             journal.close()
@@ -171,6 +183,7 @@ class Daemon:
         drain: bool,
         *,
         expansion: PromptExpansion | None = None,
+        timeline: StartTimeline | None = None,
     ) -> Summary:
         intake_settings = self.settings.intake
         watcher = InboxWatcher(
@@ -208,8 +221,11 @@ class Daemon:
         watcher.start()
         worker_thread.start()
         self.notifier.ready()
+        if timeline is not None:
+            timeline.reached("watching the inbox")
+            logger.info("ready: watching {}, {}", folders.inbox, timeline.summary())
         if self.extras is not None:
-            self.extras.ready()
+            self.extras.ready(timeline)
         last_stale_check = time.monotonic()
         try:
             while not self.stop_intake.is_set():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fooocusd.service.hooks import PostJobHooks
 from fooocusd.service.metrics import DaemonMetrics, MetricsServer
+from fooocusd.service.start_timeline import StartTimeline
 from fooocusd.service.worker_events import WorkerEventFanOut, WorkerEvents
 from fooocusd.settings import Settings
 
@@ -47,9 +48,12 @@ class DaemonExtras:
             observers.append(self.metrics)
         return WorkerEventFanOut(observers)
 
-    def ready(self) -> None:
-        if self.metrics is not None:
-            self.metrics.ready.set(1)
+    def ready(self, timeline: StartTimeline | None = None) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.ready.set(1)
+        for step, seconds in (timeline.record() if timeline is not None else {}).items():
+            self.metrics.start_seconds.labels(step).set(seconds)
 
     def count_reload(self, result: str) -> None:
         if self.metrics is not None:

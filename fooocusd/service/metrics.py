@@ -90,6 +90,12 @@ class DaemonMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.start_seconds = Gauge(
+            "fooocusd_start_seconds",
+            "Seconds of the last start, per step (from the process's start), and their total.",
+            ["step"],
+            registry=self.registry,
+        )
         self.journal_collector = JournalCollector(journal_db)
         self.registry.register(self.journal_collector)
         self.registry.register(GpuMemoryCollector())
