@@ -110,7 +110,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from targets import Sizes, TargetRow, target_rows, targets_markdown  # noqa: E402
 
 import fooocusd  # noqa: E402
-from fooocusd.engine.acceleration import AccelerationOptions  # noqa: E402
+from fooocusd.engine import flash4_attention  # noqa: E402
+from fooocusd.engine.acceleration import TRITON_CACHE_FOLDER, AccelerationOptions  # noqa: E402
 from fooocusd.engine.base import GenerationRequest  # noqa: E402
 from fooocusd.engine.models import HASH_CACHE_NAME, SDXL_CONFIG_DIR, ModelLocation  # noqa: E402
 from fooocusd.engine.sdxl import SDXLEngine, _default_scheduler  # noqa: E402
@@ -126,7 +127,16 @@ KEEP_COMPILED_ENGINE = frozenset({"warm_start", "compiled_full_graphs_small"})
 LORA_RANK = 8
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 IMPORT_PROFILE_FROM_S = 10.0
-"""``warm_start`` profiles the imports of a fresh process when its daemon's took this long."""
+"""``warm_start`` profiles the imports of a fresh process when its daemon's took this long (a second
+import: the page cache is warm by then, so a slow disk shows less there than in the start itself)."""
+IMPORT_PROFILE_TIMEOUT_S = 90
+KERNEL_CACHES = {
+    "TRITON_CACHE_DIR": TRITON_CACHE_FOLDER,
+    "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR": flash4_attention.CACHE_FOLDER,
+    "TVM_FFI_CACHE_DIR": flash4_attention.TVM_FFI_FOLDER,
+}
+"""Kernel caches the engine pins process-wide under its cache folder (``configure_triton_cache``,
+``flash4_attention.configure_cache``), by variable and folder name."""
 RESTART_EXIT = 75
 """Exit status after a case left the GPU unusable: ``gpu_check.sh`` resumes in a fresh process."""
 DIED_DURING_CASE = "the benchmark process died during this case (crash, kill or timeout): see bench.log"
@@ -982,6 +992,13 @@ class Bench:
             cache.mkdir(parents=True, exist_ok=True)  # (nothing was compiled into it on a CPU)
             shutil.copyfile(hashes, cache / HASH_CACHE_NAME)
         environment = {**os.environ, "CACHE_DIRECTORY": str(cache)}
+        # This process pinned the kernel caches to the first cache folder a case named; a restarted
+        # daemon finds everything in its own folder: copy them there, and let it configure its own.
+        for variable, folder in KERNEL_CACHES.items():
+            pinned = environment.pop(variable, "")
+            if pinned and Path(pinned).is_dir() and Path(pinned) != cache / folder:
+                shutil.copytree(pinned, cache / folder, dirs_exist_ok=True)
+        environment.pop("TORCHINDUCTOR_CACHE_DIR", None)
         mark = time.perf_counter()
         done = subprocess.run(
             command, env=environment, capture_output=True, text=True, timeout=self.args.warm_start_timeout_s
@@ -994,7 +1011,10 @@ class Bench:
         if imports_s >= IMPORT_PROFILE_FROM_S:  # slow imports: which packages (costs one more import)
             from import_profile import profile_imports
 
-            report["import_profile"] = profile_imports(env=environment)
+            try:
+                report["import_profile"] = profile_imports(env=environment, timeout=IMPORT_PROFILE_TIMEOUT_S)
+            except (OSError, subprocess.SubprocessError) as exc:  # the start's figures stand without it
+                report["import_profile"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         return {**self.compiled_settings, "batch_size": 1, "process_wall_s": wall, **report}
 
     def cases(self) -> dict[str, Callable[[], dict[str, Any]]]:

@@ -85,7 +85,8 @@ def measure_queue(
     loaded = load_settings(config, environ={}).settings
     notifier = ReadyClock()
     started = time.time()
-    daemon = Daemon(loaded, notifier=notifier)
+    # In a process that ran other cases first, the start is timed from here, not the process's start.
+    daemon = Daemon(loaded, notifier=notifier, timed_from_process_start=process_started is not None)
     summary = daemon.run(drain=True)
     wall = time.time() - started
     result = {"wall_s": round(wall, 2), **_outputs(folders["outbox"], jobs, started, process_started)}

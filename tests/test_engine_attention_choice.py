@@ -170,7 +170,7 @@ def test_the_engine_reports_the_backend_in_use_and_why(tmp_path: Path) -> None:
 
 
 def test_before_a_model_loads_auto_is_described_by_what_it_would_time() -> None:
-    expected = "attention auto (the fastest of sdpa, sdpa_cudnn, timed at each model load)"
+    expected = "attention auto (the fastest of sdpa, sdpa_cudnn, timed once per card, driver and libraries)"
     assert describe_setting("auto", CUDA) == expected
     assert describe_setting("xformers", CUDA) == "attention xformers"
 

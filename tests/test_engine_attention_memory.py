@@ -200,3 +200,17 @@ def test_timings_taken_by_an_older_measuring_method_are_not_reused(
     monkeypatch.setattr(attention_choice, "MEASURING_METHOD", attention_choice.MEASURING_METHOD + 1)
     choose_attention("auto", sdxl_unet, CUDA, torch.bfloat16, memory=memory)
     assert timings.calls == 2
+
+
+def test_a_candidate_that_failed_is_measured_again_at_the_next_start_not_ruled_out(
+    sdxl_unet: UNet2DConditionModel, timings: Timings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed = ({"sdpa": 4.6}, {"sdpa_cudnn": "OutOfMemoryError at b2_h10_q4096_k4096_d64: CUDA out of memory"})
+    monkeypatch.setattr(attention_choice, "measure_backends", lambda *args, **kwargs: failed)
+    memory = tmp_path / MEMORY_NAME
+    assert choose_attention("auto", sdxl_unet, CUDA, torch.bfloat16, memory=memory).backend == "sdpa"
+    assert not memory.exists()
+    new_process()
+    monkeypatch.setattr(attention_choice, "measure_backends", timings)
+    assert choose_attention("auto", sdxl_unet, CUDA, torch.bfloat16, memory=memory).backend == "sdpa_cudnn"
+    assert timings.calls == 1 and memory.exists()

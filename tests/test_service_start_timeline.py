@@ -114,3 +114,12 @@ def test_the_daemon_logs_at_ready_where_its_start_went(sandbox: Sandbox) -> None
     assert sum(load_steps.values()) <= timeline.steps["model"] + 0.01
     (ready,) = [line for line in messages if line.startswith("ready: watching")]
     assert str(sandbox.inbox) in ready and "s after the process started (" in ready
+
+
+def test_a_daemon_started_inside_a_busy_process_is_timed_from_its_own_start(sandbox: Sandbox) -> None:
+    daemon = Daemon(sandbox.settings(), timed_from_process_start=False)
+    daemon.run(drain=True)
+    timeline = daemon.start_timeline
+    assert timeline is not None and not timeline.from_process_start
+    assert "interpreter and imports" not in timeline.steps
+    assert "after the daemon started" in timeline.summary()

@@ -442,7 +442,8 @@ def describe_setting(setting: str, device: torch.device) -> str:
         return f"attention {setting}"
     if device.type != "cuda":
         return "attention sdpa (auto; timed on NVIDIA GPUs only)"
-    return f"attention auto (the fastest of {', '.join(candidates_on(device)[0])}, timed at each model load)"
+    candidates = ", ".join(candidates_on(device)[0])
+    return f"attention auto (the fastest of {candidates}, timed once per card, driver and libraries)"
 
 
 def choose_attention(
@@ -476,7 +477,7 @@ def choose_attention(
     facts = _memory_facts(device, dtype, graphed, shapes, candidates) if memory is not None else None
     stored = attention_memory.recall(memory, facts) if memory is not None and facts is not None else None
     if stored is not None:
-        per_call_ms, rejected = dict(stored["per_unet_call_ms"]), dict(stored.get("rejected") or {})
+        per_call_ms, rejected = dict(stored["per_unet_call_ms"]), {}
         backend, reason = _pick_passing(per_call_ms, rejected, device, dtype, widths)
         reason += f" (timed at an earlier start, {stored.get('measured_at', '')}, kept in {memory})"
     else:
@@ -486,8 +487,10 @@ def choose_attention(
                 del per_call_ms[name]
                 rejected[name] = problem
         backend, reason = pick_fastest(per_call_ms)
-        if memory is not None and facts is not None:
-            attention_memory.remember(memory, facts, per_call_ms, rejected, time.perf_counter() - started)
+        # Only a clean measurement is kept: a candidate that failed (out of memory, a kernel that
+        # would not compile, a disagreement) is measured again at the next start, not ruled out.
+        if memory is not None and facts is not None and set(per_call_ms) == set(candidates):
+            attention_memory.remember(memory, facts, per_call_ms, time.perf_counter() - started)
     if graphed:
         reason += " (timed as CUDA graph replays)"
     elapsed = time.perf_counter() - started

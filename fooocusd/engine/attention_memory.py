@@ -12,8 +12,10 @@ new driver, an upgrade or another model's shapes measure again. Deleting the fil
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -53,13 +55,25 @@ def environment(device: torch.device) -> dict[str, str] | None:
 
 
 def driver_version() -> str:
-    """The NVIDIA kernel driver's version (Linux), else ``""``."""
+    """The NVIDIA kernel driver's version (Linux's ``/proc``), else the CUDA API version the
+    driver supports (coarser: a major upgrade), else ``""``."""
     try:
         first = DRIVER_VERSION_FILE.read_text(encoding="utf-8").splitlines()[0]
-    except (OSError, IndexError):
-        return ""
+    except (OSError, ValueError, IndexError):
+        return _driver_api_version()
     words = [word for word in first.split() if word[:1].isdigit() and "." in word]
     return words[0] if words else first.strip()
+
+
+def _driver_api_version() -> str:
+    try:
+        library = ctypes.CDLL("libcuda.so.1" if sys.platform != "win32" else "nvcuda.dll")
+        version = ctypes.c_int()
+        if library.cuDriverGetVersion(ctypes.byref(version)) != 0:
+            return ""
+    except (OSError, AttributeError):
+        return ""
+    return f"cuda-api-{version.value}"
 
 
 def _installed_version(package: str) -> str:
@@ -76,33 +90,29 @@ def memory_key(facts: dict[str, Any]) -> str:
 
 
 def recall(path: Path, facts: dict[str, Any]) -> dict[str, Any] | None:
-    """The measurement stored for ``facts`` (``per_unet_call_ms``, ``rejected``, ``measured_at``,
-    ``measuring_s``), or None. An entry stored under the key but for other facts is ignored."""
+    """The measurement stored for ``facts`` (``per_unet_call_ms``, ``measured_at``, ``measuring_s``),
+    or None. An entry stored under the key but for other facts, or damaged, is ignored."""
     entry = read_json_object(path).get(memory_key(facts))
     if not isinstance(entry, dict) or entry.get("facts") != json.loads(json.dumps(facts, default=str)):
         return None
     timings = entry.get("per_unet_call_ms")
-    if not isinstance(timings, dict) or not all(isinstance(ms, int | float) for ms in timings.values()):
+    if not isinstance(timings, dict) or not timings:
+        return None
+    if not all(isinstance(ms, int | float) and not isinstance(ms, bool) for ms in timings.values()):
         return None
     return entry
 
 
-def remember(
-    path: Path,
-    facts: dict[str, Any],
-    per_unet_call_ms: dict[str, float],
-    rejected: dict[str, str],
-    measuring_s: float,
-) -> None:
-    """Store one measurement (other entries are kept: other models, dtypes, ways of running). A
-    cache folder that cannot be written costs the next start a measurement, nothing more."""
+def remember(path: Path, facts: dict[str, Any], per_unet_call_ms: dict[str, float], seconds: float) -> None:
+    """Store one measurement, every candidate timed and agreeing (other entries are kept: other
+    models, dtypes, ways of running). A cache folder that cannot be written costs the next start a
+    measurement, nothing more."""
     stored = read_json_object(path)
     stored[memory_key(facts)] = {
         "facts": json.loads(json.dumps(facts, default=str)),
         "per_unet_call_ms": per_unet_call_ms,
-        "rejected": rejected,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "measuring_s": round(measuring_s, 3),
+        "measuring_s": round(seconds, 3),
     }
     try:
         write_json_atomically(path, stored)

@@ -44,6 +44,7 @@ OPERATOR = "_scaled_dot_product_flash_attention"
 TEXT_ENCODER_HEAD_WIDTH = 64
 """CLIP's text encoders' heads (both SDXL's), checked beside the UNet's own."""
 CACHE_FOLDER = "flash4"
+TVM_FFI_FOLDER = "tvm-ffi"
 REFUSALS = (AssertionError, NotImplementedError, ValueError, TypeError, RuntimeError)
 """How the package refuses a call (its input checks are ``assert`` statements)."""
 
@@ -59,7 +60,7 @@ def configure_cache(cache_dir: Path) -> Path:
     os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
     # where its tensor hand-off library would build an add-on for a torch without the DLPack C
     # exchange hook (~/.cache is read-only under the system service)
-    os.environ.setdefault("TVM_FFI_CACHE_DIR", str(cache_dir / "tvm-ffi"))
+    os.environ.setdefault("TVM_FFI_CACHE_DIR", str(cache_dir / TVM_FFI_FOLDER))
     folder = Path(os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(cache_dir / CACHE_FOLDER)))
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -82,8 +82,12 @@ class Daemon:
         progress_sink: ProgressSink | None = None,
         notifier: Notifier | None = None,
         settings_source: SettingsSource | None = None,
+        timed_from_process_start: bool = True,
     ) -> None:
         self.settings = settings
+        # False where the process ran other work first (a benchmark, an embedding program): the
+        # start is then timed from ``run``, not from the process's start.
+        self.timed_from_process_start = timed_from_process_start
         self.progress_sink = progress_sink
         self.notifier = notifier if notifier is not None else Notifier.from_environment()
         # A worker silent longer than its job lease is as dead to systemd as it is to the journal.
@@ -99,7 +103,8 @@ class Daemon:
         """The last ``run``'s start, step by step (``start_timeline.py``)."""
 
     def run(self, *, drain: bool = False) -> Summary:
-        timeline = self.start_timeline = StartTimeline.since_process_start()
+        timeline = StartTimeline.begin(from_process_start=self.timed_from_process_start)
+        self.start_timeline = timeline
         folders = prepare_folders(self.settings)
         os.umask(self.settings.outbox.umask)
         preset_dirs = preset_search_dirs(folders.presets)
@@ -224,6 +229,8 @@ class Daemon:
         if timeline is not None:
             timeline.reached("watching the inbox")
             logger.info("ready: watching {}, {}", folders.inbox, timeline.summary())
+        else:
+            logger.info("ready: watching {}", folders.inbox)
         if self.extras is not None:
             self.extras.ready(timeline)
         last_stale_check = time.monotonic()

@@ -52,8 +52,11 @@ class DaemonExtras:
         if self.metrics is None:
             return
         self.metrics.ready.set(1)
-        for step, seconds in (timeline.record() if timeline is not None else {}).items():
+        if timeline is None:
+            return
+        for step, seconds in timeline.steps.items():
             self.metrics.start_seconds.labels(step).set(seconds)
+        self.metrics.start_total_seconds.set(timeline.total)
 
     def count_reload(self, result: str) -> None:
         if self.metrics is not None:

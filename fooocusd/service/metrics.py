@@ -92,8 +92,14 @@ class DaemonMetrics:
         )
         self.start_seconds = Gauge(
             "fooocusd_start_seconds",
-            "Seconds of the last start, per step (from the process's start), and their total.",
+            "Seconds of each step of the last start, from the process's start to ready (from the"
+            " daemon's start where the process's is unknown).",
             ["step"],
+            registry=self.registry,
+        )
+        self.start_total_seconds = Gauge(
+            "fooocusd_start_total_seconds",
+            "Seconds of the last start to ready, all steps together.",
             registry=self.registry,
         )
         self.journal_collector = JournalCollector(journal_db)

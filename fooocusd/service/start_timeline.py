@@ -46,16 +46,30 @@ class StartTimeline(StepTimer):
         """Sub-steps of a step (the engine's load steps under "model"), for the log line."""
 
     @classmethod
-    def since_process_start(cls, first_step: str = "interpreter and imports") -> StartTimeline:
-        """A timeline from the process's start whose ``first_step`` ends now; from now where the
-        start is unknown (or seems later than now, a clock set back)."""
+    def since_process_start(
+        cls, first_step: str = "interpreter and imports", *, started: float | None = None
+    ) -> StartTimeline:
+        """A timeline from the process's start (``started``, else read from ``/proc``) whose
+        ``first_step`` ends now; from now where the start is unknown (or seems later than now, a
+        clock set back)."""
         now = time.time()
-        started = process_start_time()
+        started = process_start_time() if started is None else started
         if started is None or started > now:
             return cls(now, from_process_start=False)
         timeline = cls(started, from_process_start=True)
         timeline.reached(first_step, now)
         return timeline
+
+    @classmethod
+    def begin(cls, *, from_process_start: bool) -> StartTimeline:
+        """``since_process_start()`` or ``since_now()``."""
+        return cls.since_process_start() if from_process_start else cls.since_now()
+
+    @classmethod
+    def since_now(cls) -> StartTimeline:
+        """A timeline of a daemon started inside a process that was already running (an embedding
+        program, a benchmark): its steps from now."""
+        return cls(time.time(), from_process_start=False)
 
     def record(self) -> dict[str, float]:
         """Seconds per step and ``total``."""
