@@ -30,6 +30,13 @@ SITE=${SITE:-/tmp/site}
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$SITE" "$WHEELS"/*.whl || exit 1
+    # Installed without bytecode, and where PYTHONDONTWRITEBYTECODE=1 is set (as on the machine that
+    # prepares this check; gpu.txt says whether the device sets it too) every
+    # process (each daemon start included) would compile diffusers, pydantic and fooocusd from
+    # source again. A normal install compiles them once; so does this (compileall ignores the flag).
+    compile_started=$(date +%s)
+    python3 -m compileall -q -j 0 "$SITE" fooocusd bench >/dev/null 2>&1 || true
+    echo "bytecode of $SITE, fooocusd and bench compiled in $(( $(date +%s) - compile_started )) s"
 fi
 if [ -d "$SITE" ]; then  # (installed by an earlier call on this warm machine, too)
     export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
@@ -51,6 +58,7 @@ if [ ! -d "$FLASH4_SITE/flash_attn" ] && [ -f "$FLASH4_PARKED/flash4.manifest" ]
         mkdir -p "$FLASH4_SITE"
         cat "$FLASH4_PARKED"/flash4.tar.xz.part* | xz -d | tar -x -C "$FLASH4_SITE" \
             || { echo "flash4: unpacking failed"; rm -rf "$FLASH4_SITE"; }
+        [ -d "$FLASH4_SITE" ] && { python3 -m compileall -q -j 0 "$FLASH4_SITE" >/dev/null 2>&1 || true; }
     else
         echo "flash4: $have of $want parts here (or a checksum mismatch): not installed"
     fi
@@ -63,6 +71,19 @@ if [ -d "$FLASH4_SITE/flash_attn" ]; then  # (the cutlass package's .pth is not 
 fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1 || true
+# What a start's imports depend on besides the packages: the kernel (gVisor reports 4.4.0: every file
+# access is intercepted) and whether Python may keep the bytecode of the wheels installed uncompiled.
+{
+    echo "kernel: $(uname -r)"
+    python3 -c 'import sys; print("python", sys.version.split()[0], "dont_write_bytecode", sys.dont_write_bytecode, "pycache_prefix", sys.pycache_prefix)'
+    python3 - <<'PY'
+import importlib.util, pathlib
+for name in ("torch", "transformers", "diffusers"):  # found, not imported
+    spec = importlib.util.find_spec(name)
+    cache = pathlib.Path(spec.origin).parent / "__pycache__" if spec and spec.origin else None
+    print(name, "bytecode:", bool(cache and cache.is_dir() and any(cache.glob("*.pyc"))))
+PY
+} >>"$OUT/gpu.txt" 2>&1 || true
 
 if [ "${SKIP_ANCHOR:-0}" != 1 ]; then
     anchor=""

@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,35 @@ def test_flashattention_4_parts_that_do_not_match_their_checksum_are_not_install
     assert done.returncode == 0
     assert "2 of 2 parts here (or a checksum mismatch): not installed" in done.stdout
     assert not (tmp_path / "site-flash4").exists()
+
+
+def _tiny_wheel(folder: Path) -> Path:
+    """A one-module pure-Python wheel, as pip installs it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / "tinypkg-1.0-py3-none-any.whl"
+    files = {
+        "tinypkg/__init__.py": "VALUE = 1\n",
+        "tinypkg-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n",
+        "tinypkg-1.0.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = "".join(f"{name},,\n" for name in files) + "tinypkg-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr("tinypkg-1.0.dist-info/RECORD", record)
+    return wheel
+
+
+def test_carried_wheels_are_installed_with_their_bytecode_though_python_writes_none(tmp_path: Path) -> None:
+    _tiny_wheel(tmp_path / "wheels")
+    env = _script_env(tmp_path, WHEELS=str(tmp_path / "wheels"), SKIP_BENCH="1", PYTHONDONTWRITEBYTECODE="1")
+    done = subprocess.run(
+        ["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert list((tmp_path / "site" / "tinypkg" / "__pycache__").glob("__init__.*.pyc"))
+    assert "compiled in" in done.stdout
+    facts = (tmp_path / "out" / "gpu.txt").read_text(encoding="utf-8")
+    assert "dont_write_bytecode True" in facts and "torch bytecode:" in facts and "kernel:" in facts
