@@ -30,10 +30,10 @@ SITE=${SITE:-/tmp/site}
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$SITE" "$WHEELS"/*.whl || exit 1
-    # Installed without bytecode, and where PYTHONDONTWRITEBYTECODE=1 is set (as on the machine that
-    # prepares this check; gpu.txt says whether the device sets it too) every
-    # process (each daemon start included) would compile diffusers, pydantic and fooocusd from
-    # source again. A normal install compiles them once; so does this (compileall ignores the flag).
+    # Installed without bytecode: where PYTHONDONTWRITEBYTECODE=1 is set (on the machine that prepares
+    # this check; gpu.txt says whether on the device too), every process, each daemon start included,
+    # would compile diffusers, pydantic and fooocusd from source again. A normal install compiles
+    # them once; so does this (compileall ignores the flag).
     compile_started=$(date +%s)
     python3 -m compileall -q -j 0 "$SITE" fooocusd bench >/dev/null 2>&1 || true
     echo "bytecode of $SITE, fooocusd and bench compiled in $(( $(date +%s) - compile_started )) s"

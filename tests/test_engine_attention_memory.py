@@ -188,7 +188,8 @@ def test_the_driver_version_is_read_from_the_kernel_modules_banner(
     monkeypatch.setattr(attention_memory, "DRIVER_VERSION_FILE", banner)
     assert driver_version() == "580.159.04"
     monkeypatch.setattr(attention_memory, "DRIVER_VERSION_FILE", tmp_path / "missing")
-    assert driver_version() == ""
+    monkeypatch.setattr(attention_memory, "_driver_api_version", lambda: "cuda-api-13000")
+    assert driver_version() == "cuda-api-13000"  # without /proc's banner: the CUDA driver API's version
 
 
 def test_timings_taken_by_an_older_measuring_method_are_not_reused(

@@ -522,8 +522,7 @@ def _pick_passing(
     (the losers are never switched on, so checking them would only cost time at start)."""
     while True:
         backend, reason = pick_fastest(per_call_ms)
-        problem = process_wide_problem(backend, device, dtype, widths) if backend != "sdpa" else ""
-        if not problem:
+        if not (problem := process_wide_problem(backend, device, dtype, widths)):
             return backend, reason
         del per_call_ms[backend]
         rejected[backend] = problem

@@ -89,11 +89,16 @@ def memory_key(facts: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
+def _as_stored(facts: dict[str, Any]) -> Any:
+    """``facts`` as they read back from the file (tuples as lists, anything else as text)."""
+    return json.loads(json.dumps(facts, default=str))
+
+
 def recall(path: Path, facts: dict[str, Any]) -> dict[str, Any] | None:
     """The measurement stored for ``facts`` (``per_unet_call_ms``, ``measured_at``, ``measuring_s``),
     or None. An entry stored under the key but for other facts, or damaged, is ignored."""
     entry = read_json_object(path).get(memory_key(facts))
-    if not isinstance(entry, dict) or entry.get("facts") != json.loads(json.dumps(facts, default=str)):
+    if not isinstance(entry, dict) or entry.get("facts") != _as_stored(facts):
         return None
     timings = entry.get("per_unet_call_ms")
     if not isinstance(timings, dict) or not timings:
@@ -109,7 +114,7 @@ def remember(path: Path, facts: dict[str, Any], per_unet_call_ms: dict[str, floa
     measurement, nothing more."""
     stored = read_json_object(path)
     stored[memory_key(facts)] = {
-        "facts": json.loads(json.dumps(facts, default=str)),
+        "facts": _as_stored(facts),
         "per_unet_call_ms": per_unet_call_ms,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "measuring_s": round(seconds, 3),

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fooocusd.errors import ModelNotFound
+from fooocusd.json_store import read_json_object
 
 Family = Literal[
     "sdxl", "sdxl_inpaint", "sdxl_refiner", "sd15", "sd2", "lora", "vae", "controlnet", "embedding", "unknown"
@@ -211,19 +212,19 @@ def unet_input_channels(header: CheckpointHeader) -> int | None:
 
 def diffusers_family(folder: Path) -> FamilyInfo:
     """Classify a diffusers-format folder from ``model_index.json`` and its component configs."""
-    index = _read_json(folder / "model_index.json")
+    index = read_json_object(folder / "model_index.json")
     pipeline = str(index.get("_class_name", ""))
     if pipeline.startswith("StableDiffusionXL"):
         text_encoder = index.get("text_encoder")
         if not text_encoder or text_encoder == [None, None]:
             return FamilyInfo("sdxl_refiner", resolution=1024, prediction=_scheduler_prediction(folder))
-        if _read_json(folder / "unet" / "config.json").get("in_channels") == INPAINT_CHANNELS:
+        if read_json_object(folder / "unet" / "config.json").get("in_channels") == INPAINT_CHANNELS:
             return FamilyInfo("sdxl_inpaint", resolution=1024, prediction=_scheduler_prediction(folder))
         return FamilyInfo("sdxl", resolution=1024, prediction=_scheduler_prediction(folder))
     if pipeline.startswith("StableDiffusion"):
-        width = _read_json(folder / "text_encoder" / "config.json").get("hidden_size")
+        width = read_json_object(folder / "text_encoder" / "config.json").get("hidden_size")
         family: Family = "sd2" if width == 1024 else "sd15"
-        sample_size = _read_json(folder / "unet" / "config.json").get("sample_size")
+        sample_size = read_json_object(folder / "unet" / "config.json").get("sample_size")
         resolution = int(sample_size) * 8 if isinstance(sample_size, int) else _NATIVE_SIDE[family]
         return FamilyInfo(
             family, prediction=_scheduler_prediction(folder), resolution=resolution, reason=pipeline
@@ -307,13 +308,5 @@ def _state_dict_of(loaded: object) -> dict[str, Any]:
 
 
 def _scheduler_prediction(folder: Path) -> Prediction:
-    value = _read_json(folder / "scheduler" / "scheduler_config.json").get("prediction_type")
+    value = read_json_object(folder / "scheduler" / "scheduler_config.json").get("prediction_type")
     return "v_prediction" if value == "v_prediction" else "epsilon"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

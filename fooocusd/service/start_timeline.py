@@ -46,14 +46,11 @@ class StartTimeline(StepTimer):
         """Sub-steps of a step (the engine's load steps under "model"), for the log line."""
 
     @classmethod
-    def since_process_start(
-        cls, first_step: str = "interpreter and imports", *, started: float | None = None
-    ) -> StartTimeline:
-        """A timeline from the process's start (``started``, else read from ``/proc``) whose
-        ``first_step`` ends now; from now where the start is unknown (or seems later than now, a
-        clock set back)."""
+    def since_process_start(cls, first_step: str = "interpreter and imports") -> StartTimeline:
+        """A timeline from the process's start (``/proc``) whose ``first_step`` ends now; from now
+        where the start is unknown (or seems later than now, a clock set back)."""
         now = time.time()
-        started = process_start_time() if started is None else started
+        started = process_start_time()
         if started is None or started > now:
             return cls(now, from_process_start=False)
         timeline = cls(started, from_process_start=True)
