@@ -88,8 +88,20 @@ def test_status_json_reports_counts_failures_and_refused_files(sandbox: Sandbox)
     [failure] = report["recent_failures"]
     assert failure["relpath"] == "bad.txt" and "warp_drive" in failure["error"]
     [refusal] = report["recent_refusals"]
-    assert refusal["detail"].startswith("broken.toml: broken.toml is not valid TOML"), refusal["detail"]
+    assert refusal["detail"].startswith("broken.toml is not valid TOML"), refusal["detail"]
     assert refusal["detail"].endswith("(line 1, column 23)"), refusal["detail"]
+
+
+def test_refused_files_are_named_once_with_their_folder_and_place(sandbox: Sandbox) -> None:
+    sandbox.drop("portrait/bad.toml", 'prompt = "a cat"\nsteps = "many"\n')
+    (sandbox.inbox / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    assert not sandbox.drain().ok
+    rows = sandbox.journal_rows("SELECT detail FROM events WHERE kind = 'refused'")
+    details = sorted(detail for (detail,) in rows)
+    assert details == [
+        "latin1.txt is not valid UTF-8 text (byte 0xe9 on line 1)",
+        "portrait/bad.toml: 'steps' = 'many' is not valid: expected a whole number (key 'steps')",
+    ]
 
 
 def test_status_names_the_empty_files_waiting_in_the_inbox(

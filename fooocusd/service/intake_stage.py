@@ -115,7 +115,8 @@ class IntakeStage:
                 logger.info("{} vanished while it was read; skipped", relpath)
                 return
             name = PurePosixPath(relpath).name
-            where = f" ({exc.where})" if exc.where and exc.where != name else ""
+            said = exc.where in (name, "") or exc.where in exc.message
+            where = "" if said else f" ({exc.where})"
             self._fail(movable, relpath, error_report(exc, name), exc.message + where)
             return
         files = self._claim_files(drop, pictures.named_files)
@@ -254,7 +255,7 @@ class IntakeStage:
         subdir = str(PurePosixPath(relpath).parent)
         destination = "" if subdir == "." else subdir
         quarantine(paths, self.folders.failed, destination, report, self.settings.outbox.umask, reason=reason)
-        self.journal.log_event("refused", f"{relpath}: {reason}")
+        self.journal.log_event("refused", _naming(relpath, reason))
         self.counts.failed_inputs += 1
 
     def _skip_duplicate(self, paths: list[Path], relpath: str) -> None:
@@ -266,6 +267,14 @@ class IntakeStage:
         self.journal.log_event("duplicate-skipped", relpath)
         self.counts.skipped_duplicates += 1
         logger.info("{} was processed before (same content); skipped into {}", relpath, target)
+
+
+def _naming(relpath: str, reason: str) -> str:
+    """``reason`` led by the file's inbox path, once (most reasons already start with its name)."""
+    name = PurePosixPath(relpath).name
+    if reason.startswith((f"{name}:", f"{name} ")):
+        return relpath + reason[len(name) :]
+    return f"{relpath}: {reason}"
 
 
 def _first_set(*candidates: list[str] | None) -> list[str]:
