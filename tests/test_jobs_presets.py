@@ -80,6 +80,16 @@ def test_preset_loras_refiner_and_vae_are_read_from_toml(user_dir: Path) -> None
     assert (preset.refiner, preset.refiner_switch, preset.vae) == ("r.safetensors", 0.6, "v")
 
 
+def test_preset_loras_take_the_job_files_spellings_and_fooocus_rows(user_dir: Path) -> None:
+    (user_dir / "short.toml").write_text('loras = ["a.safetensors:0.4", "b"]\n')
+    (user_dir / "rows.toml").write_text(
+        'loras = [[true, "a.safetensors", 0.4], ["b", 1.0], [false, "c", 0.5], [true, "None", 1.0]]\n'
+    )
+    expected = [LoraSpec(name="a.safetensors", weight=0.4), LoraSpec(name="b", weight=1.0)]
+    assert load_preset("short", [user_dir]).loras == expected
+    assert load_preset("rows", [user_dir]).loras == expected
+
+
 def test_bad_lora_entry_in_a_preset_names_file_and_key(user_dir: Path) -> None:
     (user_dir / "bad.toml").write_text('loras = [{ name = "a", weight = 5 }]\n')
     with pytest.raises(ConfigError) as caught:

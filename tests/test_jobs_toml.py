@@ -236,6 +236,19 @@ prompt = "shared"
     assert [spec.aspect for spec in parse_toml(text, "jobs.toml")] == ["1344*768", "512*512"]
 
 
+def test_fooocus_preset_lora_rows_are_read_and_unused_slots_dropped() -> None:
+    rows = '[["film.safetensors", 0.4], [true, "ink", 0.7], [false, "x", 1], ["None", 1.0]]'
+    text = f'prompt = "a"\nloras = {rows}\n'
+    [spec] = parse_toml(text, "rows.toml")
+    assert [(lora.name, lora.weight) for lora in spec.loras] == [("film.safetensors", 0.4), ("ink", 0.7)]
+
+
+def test_a_lora_row_of_another_shape_is_refused_with_the_spellings_shown() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_toml('prompt = "a"\nloras = [["film.safetensors", 0.4, 2]]\n', "rows.toml")
+    assert caught.value.where == "key 'loras'" and '[["x", 0.8]]' in caught.value.hint
+
+
 def test_fooocus_api_lora_tables_are_read_and_a_disabled_slot_is_dropped() -> None:
     text = """\
 prompt = "a"

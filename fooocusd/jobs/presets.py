@@ -28,7 +28,7 @@ from fooocusd.jobs.resolve import (
     normalise_performance,
 )
 from fooocusd.jobs.spec import MAX_IMAGES, MAX_LORAS, LoraSpec, OutputFormat, Performance
-from fooocusd.jobs.toml_format import canonical_key, suggest
+from fooocusd.jobs.toml_format import canonical_key, lora_entries, suggest
 from fooocusd.settings import GenerationSettings
 
 PRESET_SUFFIX = ".toml"
@@ -68,6 +68,11 @@ class Preset(BaseModel):
     @classmethod
     def _aspect(cls, value: object) -> object:
         return normalise_aspect(value) if isinstance(value, str) else value
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _loras(cls, value: object) -> object:
+        return lora_entries(value)
 
     @field_validator("performance", mode="before")
     @classmethod

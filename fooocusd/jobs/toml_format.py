@@ -81,7 +81,9 @@ KEY_HELP: dict[str, str] = {
     "name": "use a plain file name without '/' or '\\' and not starting with '.'",
     "image": "give the image's path relative to the job file, inside the inbox",
     "image_action": ACTION_HELP,
-    "loras": 'list LoRAs as [{ name = "x", weight = 0.8 }] or ["x:0.8"] (weights -2 to 2, at most 5)',
+    "loras": (
+        'list LoRAs as [{ name = "x", weight = 0.8 }], ["x:0.8"] or [["x", 0.8]] (weights -2 to 2, at most 5)'
+    ),
     "refiner": "use a checkpoint file name from the models folder, or 'none'",
     "refiner_switch": "use a number from 0.1 to 1 (0.8 is usual for the SDXL refiner; 1 = no refiner)",
     "vae": "use a file name from the vae folder, or 'default' for the model's own",
@@ -151,7 +153,8 @@ def normalise_value(field: str, value: Any) -> Any:
 
 
 def lora_entries(value: Any) -> Any:
-    """``"x:0.8, y"``, ``["x:0.8", "y"]`` or ``[{name = "x", weight = 0.8}]`` → a list of LoRA tables.
+    """``"x:0.8, y"``, ``["x:0.8", "y"]``, ``[{name = "x", weight = 0.8}]`` or Fooocus's own
+    ``[["x", 0.8]]`` / ``[[true, "x", 0.8]]`` → a list of LoRA tables.
 
     A bare name has weight 1.0. The weight follows the last colon, so ``C:/loras/x.safetensors:0.5``
     still works; text after a last colon that is not a number belongs to the name.
@@ -160,8 +163,33 @@ def lora_entries(value: Any) -> Any:
         value = [part for part in value.split(",") if part.strip()]
     if not isinstance(value, list):
         return value  # let validation report the wrong type
-    entries = [_lora_entry(item) if isinstance(item, str) else _api_lora_table(item) for item in value]
+    entries = [_lora_item(item) for item in value]
     return [entry for entry in entries if entry is not None]
+
+
+def _lora_item(item: Any) -> Any:
+    if isinstance(item, str):
+        return _lora_entry(item)
+    if isinstance(item, list):
+        return _fooocus_lora_row(item)
+    return _api_lora_table(item)
+
+
+FOOOCUS_EMPTY_LORA = "None"
+"""The name Fooocus's presets give an unused LoRA slot."""
+
+
+def _fooocus_lora_row(item: list[Any]) -> Any:
+    """Fooocus's preset rows: ``[name, weight]``, or ``[enabled, name, weight]`` in newer ones. A
+    disabled row or an empty slot is dropped; any other shape is returned for validation to judge."""
+    row = list(item)
+    enabled = row.pop(0) if len(row) == 3 and isinstance(row[0], bool) else True
+    if len(row) != 2 or not isinstance(row[0], str) or isinstance(row[1], bool):
+        return item
+    name, weight = row
+    if enabled is False or name.strip() == FOOOCUS_EMPTY_LORA:
+        return None
+    return {"name": name, "weight": weight}
 
 
 def _api_lora_table(item: Any) -> Any:
