@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+from loguru import logger
 from PIL import Image
 
 from tests.daemon_harness import Sandbox
@@ -67,3 +68,15 @@ def test_temporary_and_junk_names_are_left_alone(sandbox: Sandbox) -> None:
         assert (sandbox.inbox / name).exists()
     assert sandbox.images() == []
     assert sandbox.files(sandbox.failed) == []
+
+
+def test_a_mistyped_option_in_a_dropped_txt_is_warned_about_once(sandbox: Sandbox) -> None:
+    sandbox.drop("typo.txt", "a cat\nstep: 20\nseed: 1\n")
+    messages: list[str] = []
+    sink = logger.add(messages.append, level="WARNING", format="{message}")
+    try:
+        assert sandbox.drain().ok
+    finally:
+        logger.remove(sink)
+    warnings = [message for message in messages if "read as prompt text" in message]
+    assert len(warnings) == 1 and "typo.txt: line 2" in warnings[0] and "'steps'" in warnings[0], messages

@@ -9,6 +9,9 @@ word as the start of a prompt (``model: a woman on a catwalk``), write it after 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from loguru import logger
@@ -201,8 +204,24 @@ def _looks_like_prose(where: str, block: _Block) -> bool:
     return any(f"line {line}" == where and " " in value for line, _, value in block.options.values())
 
 
+_MISTYPED_OPTIONS_SAID: ContextVar[bool] = ContextVar("mistyped_options_said", default=True)
+
+
+@contextmanager
+def mistyped_options_unsaid() -> Iterator[None]:
+    """Parse without the mistyped-option warnings: for a look at a file that is parsed again,
+    and warned about, when it is loaded."""
+    token = _MISTYPED_OPTIONS_SAID.set(False)
+    try:
+        yield
+    finally:
+        _MISTYPED_OPTIONS_SAID.reset(token)
+
+
 def _warn_if_mistyped_option(line: str, number: int, source_name: str) -> None:
     # A mistyped key is prompt text by the rule above; say so in the log, since the job still runs.
+    if not _MISTYPED_OPTIONS_SAID.get():
+        return
     match = _OPTION.match(line)
     if not match or " " in match.group(1).strip():
         return

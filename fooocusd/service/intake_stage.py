@@ -44,6 +44,7 @@ from fooocusd.jobs.loader import error_report, load_drop, parse_job_file
 from fooocusd.jobs.presets import load_preset, preset_for_subfolder
 from fooocusd.jobs.resolve import fix_seed
 from fooocusd.jobs.spec import JobSpec, image_attached_after_parsing
+from fooocusd.jobs.txt_format import mistyped_options_unsaid
 from fooocusd.journal.journal import Journal
 from fooocusd.journal.rows import FileRole
 from fooocusd.service.failing import quarantine
@@ -134,7 +135,8 @@ class IntakeStage:
         far as its ``image``/``mask`` lines can be read."""
         limit = self.settings.intake.max_job_file_bytes
         try:
-            with image_attached_after_parsing():  # a job may lack a prompt here; load_drop checks that
+            # a job may lack a prompt here, and load_drop warns about its lines: it checks them again
+            with image_attached_after_parsing(), mistyped_options_unsaid():
                 specs = parse_job_file(job_file, max_job_file_bytes=limit)
         except InvalidInput:
             written = _paths_written_in_broken_job_file(job_file, limit)
