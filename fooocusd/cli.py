@@ -55,27 +55,34 @@ def _load(args: argparse.Namespace) -> LoadedSettings:
         value = getattr(args, attr, None)
         if value is not None and value is not False:
             overrides[key] = value
-    return load_settings(args.config, overrides)
+    return load_settings(getattr(args, "config", None), overrides)
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    # Settings flags default to SUPPRESS so that each may stand before the command, between
+    # `config` and `show`, or after: with a real default, the innermost parser's unset flag
+    # would overwrite the value an outer one had read.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument("--config", type=Path, help="configuration file (default: see config show)")
     common.add_argument("--log-level", choices=["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"])
-    common.add_argument("--log-json", action="store_true", default=None, help="log one JSON object per line")
+    common.add_argument("--log-json", action="store_true", help="log one JSON object per line")
 
-    folders = argparse.ArgumentParser(add_help=False)
+    folders = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     for flag in ("inbox", "outbox", "done-dir", "failed-dir", "state-dir", "models-dir"):
         folders.add_argument(f"--{flag}", type=Path)
 
-    daemon = argparse.ArgumentParser(add_help=False, parents=[folders])
+    daemon = argparse.ArgumentParser(add_help=False, parents=[folders], argument_default=argparse.SUPPRESS)
     daemon.add_argument("--model", help="checkpoint file or folder, or tiny-random")
     daemon.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     daemon.add_argument("--settle-seconds", type=float)
     daemon.add_argument("--polling", choices=["auto", "always", "never"])
 
     parser = argparse.ArgumentParser(
-        prog="fooocusd", description="Watch-folder daemon for local SDXL images."
+        prog="fooocusd",
+        description="Watch-folder daemon for local SDXL images.",
+        parents=[common, daemon],
+        epilog="Settings flags may come before or after the command: "
+        "fooocusd --config FILE run, or fooocusd run --config FILE.",
     )
     parser.add_argument("--version", action="version", version=f"fooocusd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

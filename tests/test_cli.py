@@ -35,6 +35,28 @@ def test_config_show_prints_each_value_and_its_source(
     assert "journal.max_attempts" in out and "default" in out
 
 
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["--config", "{config}", "--settle-seconds", "4", "config", "show"],
+        ["config", "--config", "{config}", "--settle-seconds", "4", "show"],
+        ["config", "show", "--config", "{config}", "--settle-seconds", "4"],
+        ["--config", "{config}", "config", "show", "--settle-seconds", "4"],
+    ],
+    ids=["before-the-command", "between-config-and-show", "after-show", "split"],
+)
+def test_settings_flags_count_wherever_they_stand_on_the_command_line(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str], order: list[str]
+) -> None:
+    argv = [arg.format(config=sandbox.config) for arg in order]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"config file: {sandbox.config}" in out
+    assert "tiny-random" in out
+    settle_row = next(line for line in out.splitlines() if "intake.settle_seconds" in line)
+    assert "4" in settle_row and "cli" in settle_row
+
+
 def test_missing_model_says_where_to_put_one_and_exits_non_zero(
     sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -74,6 +96,49 @@ def test_submit_file_into_a_subfolder_never_overwrites(sandbox: Sandbox, tmp_pat
     for _ in range(2):
         assert main(["submit", str(source), "--subdir", "portrait", "--config", str(sandbox.config)]) == 0
     assert sorted(p.name for p in (sandbox.inbox / "portrait").iterdir()) == ["job-1.txt", "job.txt"]
+
+
+@pytest.mark.parametrize(
+    ("name", "subdir", "said"),
+    [
+        ("notes.pdf", "", "'.pdf' files are not accepted"),
+        (".draft.txt", "", "would never pick up .draft.txt: hidden file"),
+        ("job.txt~", "", "would never pick up job.txt~"),
+        ("job.txt", "@eaDir", "would never pick up @eaDir/job.txt: inside a folder that is ignored"),
+        ("job.sync-conflict-20260101-101010-ABCDEF1.txt", "", "Syncthing conflict copy"),
+    ],
+    ids=["unsupported", "hidden", "editor-backup", "ignored-folder", "conflict-copy"],
+)
+def test_submit_refuses_a_file_the_daemon_would_ignore_or_refuse_and_writes_nothing(
+    sandbox: Sandbox,
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    subdir: str,
+    said: str,
+) -> None:
+    source = tmp_path_factory.mktemp("src") / name
+    source.write_text("a cat\n")
+    argv = ["submit", str(source), "--config", str(sandbox.config)] + (["--subdir", subdir] if subdir else [])
+    assert main(argv) == 2
+    stderr = " ".join(capsys.readouterr().err.split())
+    assert said in stderr and "How to fix" in stderr
+    assert not sandbox.inbox.exists() or [p for p in sandbox.inbox.rglob("*") if p.is_file()] == []
+
+
+def test_status_before_the_first_start_shows_the_waiting_inbox_and_says_there_is_no_journal_yet(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", "--prompt", "a fox", "--config", str(sandbox.config)]) == 0
+    capsys.readouterr()
+    assert main(["status", "--config", str(sandbox.config)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no journal yet at" in out and "inbox: 1 file(s) not picked up yet" in out
+    assert not (sandbox.state / "journal.sqlite3").exists()
+    assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["journal"] is None and report["counts"]["queued"] == 0 and report["running"] == []
+    assert report["inbox_waiting"]["files"] == 1
 
 
 def test_status_json_reports_counts_failures_and_refused_files(sandbox: Sandbox) -> None:

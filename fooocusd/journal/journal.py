@@ -856,15 +856,7 @@ class Journal:
                     (recent_failures,),
                 )
             ]
-        return {
-            "generated_at": now,
-            "counts": counts,
-            "inputs": input_counts,
-            "queued": counts[JobState.QUEUED.value],
-            "waiting_for_retry": waiting,
-            "running": running,
-            "recent_failures": failures,
-        }
+        return status_report(now, counts, input_counts, waiting, running, failures)
 
     # ------------------------------------------------------------------ internals
 
@@ -1059,3 +1051,24 @@ def _require_input_state(current: InputRow, expected: InputState, action: str) -
         raise JournalError(
             f"cannot {action} for input {current.relpath}: it is {current.state.value}, not {expected.value}"
         )
+
+
+def status_report(
+    now: float,
+    counts: dict[str, int] | None = None,
+    input_counts: dict[str, int] | None = None,
+    waiting_for_retry: int = 0,
+    running: list[dict[str, Any]] | None = None,
+    failures: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The shape of ``fooocusd status --json``; with no arguments, that of a journal with no jobs."""
+    counts = counts or {state.value: 0 for state in JobState}
+    return {
+        "generated_at": now,
+        "counts": counts,
+        "inputs": input_counts or {state.value: 0 for state in InputState},
+        "queued": counts[JobState.QUEUED.value],
+        "waiting_for_retry": waiting_for_retry,
+        "running": running or [],
+        "recent_failures": failures or [],
+    }

@@ -18,8 +18,9 @@ from rich.table import Table
 
 from fooocusd.errors import ConfigError, InvalidInput
 from fooocusd.intake.claim import unique_destination
+from fooocusd.intake.ignore import Kind, classify_name
 from fooocusd.intake.waiting import inbox_waiting
-from fooocusd.journal.journal import Journal, JournalError
+from fooocusd.journal.journal import Journal, JournalError, status_report
 from fooocusd.outbox.atomic import publish_bytes
 from fooocusd.service.folders import Folders
 from fooocusd.settings import LoadedSettings, flatten
@@ -117,19 +118,31 @@ def _open_journal(loaded: LoadedSettings) -> Journal:
 
 def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     folders = _folders(loaded)
-    journal = Journal.open_read_only(folders.journal_db)
-    try:
-        report = journal.status()
-        report["recent_refusals"] = [
-            {"ts": event.ts, "detail": event.detail} for event in journal.recent_events("refused")
-        ]
-    finally:
-        journal.close()
+    # Before the daemon's first start there are no jobs yet, but the inbox may already hold files.
+    journal_exists = folders.journal_db.is_file()
+    if journal_exists:
+        journal = Journal.open_read_only(folders.journal_db)
+        try:
+            report = journal.status()
+            report["recent_refusals"] = [
+                {"ts": event.ts, "detail": event.detail} for event in journal.recent_events("refused")
+            ]
+        finally:
+            journal.close()
+    else:
+        report = status_report(time.time())
+        report["recent_refusals"] = []
+    report["journal"] = str(folders.journal_db) if journal_exists else None
     waiting = inbox_waiting(folders.inbox, loaded.settings.intake.ignore_patterns)
     report["inbox_waiting"] = waiting.record()
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
+    if not journal_exists:
+        _out.print(
+            f"no journal yet at {folders.journal_db}: the daemon has not run with this state folder "
+            "(if it has, check --state-dir or paths.state)"
+        )
     counts = report["counts"]
     _out.print(
         "jobs: "
@@ -185,11 +198,32 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         if not source.is_file():
             raise InvalidInput(f"{source} is not a file", hint="give the path of a .txt, .toml or image file")
         name, data = source.name, source.read_bytes()
+    _refuse_what_the_daemon_would_not_take(f"{args.subdir.strip('/')}/{name}".lstrip("/"), loaded)
     final = unique_destination(target_dir, name)
     # Written under a hidden temporary name the daemon ignores, then renamed into place.
     publish_bytes(final, data, umask=loaded.settings.outbox.umask)
     _out.print(f"submitted {final}")
     return 0
+
+
+def _refuse_what_the_daemon_would_not_take(relpath: str, loaded: LoadedSettings) -> None:
+    """Submitting a file the intake would ignore leaves it in the inbox forever; one it refuses
+    ends in failed/. Both are better said now, by the command that was given the file."""
+    intake = loaded.settings.intake
+    verdict = classify_name(relpath, intake.ignore_patterns)
+    if verdict.kind is Kind.IGNORE:
+        raise InvalidInput(
+            f"the daemon would never pick up {relpath}: {verdict.reason}",
+            hint="give it a plain name, or another --subdir (no leading dot, no temporary-file "
+            "ending), or change intake.ignore_patterns",
+        )
+    if verdict.kind is Kind.CONFLICT and intake.conflict_copies == "quarantine":
+        raise InvalidInput(
+            f"the daemon would set {relpath} aside: {verdict.reason}",
+            hint="rename it without the conflict marker",
+        )
+    if verdict.kind is Kind.UNSUPPORTED:
+        raise InvalidInput(f"{relpath}: {verdict.reason}", hint="submit a .txt, .toml or image file")
 
 
 def retry(args: argparse.Namespace, loaded: LoadedSettings) -> int:
