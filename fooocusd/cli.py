@@ -12,23 +12,7 @@ from loguru import logger
 from fooocusd import __version__
 from fooocusd.errors import FooocusdError
 from fooocusd.service.logs import configure_logging
-from fooocusd.settings import LoadedSettings, load_settings
-
-# CLI flag → dotted settings key. Flags left unset don't override anything.
-_OVERRIDES = {
-    "inbox": "paths.inbox",
-    "outbox": "paths.outbox",
-    "done_dir": "paths.done",
-    "failed_dir": "paths.failed",
-    "state_dir": "paths.state",
-    "models_dir": "paths.models",
-    "model": "engine.model",
-    "device": "engine.device",
-    "settle_seconds": "intake.settle_seconds",
-    "polling": "intake.polling",
-    "log_level": "logging.level",
-    "log_json": "logging.json",
-}
+from fooocusd.settings import FLAG_SETTINGS, LoadedSettings, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _load(args: argparse.Namespace) -> LoadedSettings:
     overrides: dict[str, Any] = {}
-    for attr, key in _OVERRIDES.items():
+    for attr, key in FLAG_SETTINGS.items():
         value = getattr(args, attr, None)
         if value is not None and value is not False:
             overrides[key] = value

@@ -22,6 +22,22 @@ from fooocusd.errors import ConfigError
 ENV_PREFIX = "FOOOCUSD_"
 SYSTEM_CONFIG = Path("/etc/fooocusd/fooocusd.toml")
 
+# Command-line flag (argparse dest) → the dotted setting it overrides.
+FLAG_SETTINGS: dict[str, str] = {
+    "inbox": "paths.inbox",
+    "outbox": "paths.outbox",
+    "done_dir": "paths.done",
+    "failed_dir": "paths.failed",
+    "state_dir": "paths.state",
+    "models_dir": "paths.models",
+    "model": "engine.model",
+    "device": "engine.device",
+    "settle_seconds": "intake.settle_seconds",
+    "polling": "intake.polling",
+    "log_level": "logging.level",
+    "log_json": "logging.json",
+}
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

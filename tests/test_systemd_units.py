@@ -132,10 +132,29 @@ def test_unit_names_the_folders_from_the_effective_settings(sandbox: Sandbox) ->
     loaded = load_settings(sandbox.config, {"paths.outbox": sandbox.root / "my 100% outbox"}, environ={})
     paths = unit_paths(loaded, command=REAL_COMMAND)
     unit = _directives(render_unit("system", paths))
-    assert unit["ExecStart"] == [f"{sys.executable} -m fooocusd.cli run --config {sandbox.config}"]
+    outbox = f'"{sandbox.root}/my 100%% outbox"'
+    assert unit["ExecStart"] == [
+        f"{sys.executable} -m fooocusd.cli run --config {sandbox.config} --outbox {outbox}"
+    ]
     assert f"-{sandbox.inbox}" in unit["ReadWritePaths"]
     assert f'"-{sandbox.root}/my 100%% outbox"' in unit["ReadWritePaths"]
     assert f"-{sandbox.state}" in unit["ReadWritePaths"]  # set in the config, so not StateDirectory's
+
+
+def test_settings_flags_given_to_install_service_reach_the_services_run_with_absolute_folders(
+    sandbox: Sandbox,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FOOOCUSD_ENGINE__DEVICE", "cpu")
+    unit_dir = tmp_path / "units"
+    assert _install(sandbox, unit_dir, "--inbox", "drop here", "--log-level", "DEBUG", "--log-json") == 0
+    [exec_start] = _directives((unit_dir / "fooocusd.service").read_text())["ExecStart"]
+    assert exec_start.endswith(f'--inbox "{tmp_path}/drop here" --log-level DEBUG --log-json')
+    assert "FOOOCUSD_ENGINE__DEVICE, which the service will not see" in capsys.readouterr().err
+    _verify(unit_dir / "fooocusd.service")
 
 
 def test_special_characters_in_the_command_stay_literal() -> None:

@@ -40,6 +40,7 @@ from fooocusd.service.notify import (
 from fooocusd.service.reconcile import reconcile
 from fooocusd.service.reload import Reloader, SettingsSource, apply_on_main_thread, apply_to_worker
 from fooocusd.service.start_timeline import StartTimeline
+from fooocusd.service.state_lock import state_folder_lock
 from fooocusd.service.warm_up import warm_up, warm_up_request
 from fooocusd.service.worker import ProgressSink, Worker
 from fooocusd.settings import Settings
@@ -106,6 +107,10 @@ class Daemon:
         timeline = StartTimeline.begin(from_process_start=self.timed_from_process_start)
         self.start_timeline = timeline
         folders = prepare_folders(self.settings)
+        with state_folder_lock(folders.state):
+            return self._start_and_serve(folders, timeline, drain=drain)
+
+    def _start_and_serve(self, folders: Folders, timeline: StartTimeline, *, drain: bool) -> Summary:
         os.umask(self.settings.outbox.umask)
         preset_dirs = preset_search_dirs(folders.presets)
         load_all_presets(preset_dirs)  # a broken preset file stops the start, not a job later

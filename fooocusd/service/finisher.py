@@ -39,10 +39,14 @@ class Finisher:
     def _finish(self, source) -> None:  # type: ignore[no-untyped-def]
         jobs = self.journal.jobs_for_input(source.id)
         failed = [job for job in jobs if job.state == "failed"]
+        cancelled = any(job.state == "cancelled" for job in jobs)
         subdir = str(PurePosixPath(source.relpath).parent)
         subdir = "" if subdir == "." else subdir
         files = self.journal.files_for_input(source.id)
-        policy = "move" if failed else self.settings.outbox.after_success
+        policy = self.settings.outbox.after_success
+        if failed or (cancelled and policy == "delete"):
+            # A cancelled job's images were never made: its input stays, for `fooocusd retry`.
+            policy = "move"
         if policy == "keep":
             target_dir = self.folders.kept / subdir
         else:
@@ -78,7 +82,7 @@ class Finisher:
 
         complete_moves(finals, retarget)
         self.journal.complete_finish(source.id)
-        verdict = "failed" if failed else "done"
+        verdict = "failed" if failed else "cancelled" if cancelled else "done"
         logger.info("{} {} → {}", source.relpath, verdict, target_dir if policy != "delete" else "deleted")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from fooocusd.errors import ConfigError
-from fooocusd.settings import LoadedSettings
+from fooocusd.settings import FLAG_SETTINGS, LoadedSettings, flatten
 
 UnitKind = Literal["system", "template", "user"]
 
@@ -34,6 +34,8 @@ class UnitPaths:
     config_file: Path | None
     writable: tuple[Path, ...]
     """Folders the daemon writes besides its StateDirectory: they go into ReadWritePaths=."""
+    flags: tuple[str, ...] = ()
+    """Settings given as flags to ``install-service``, passed on to ``run`` so the service uses them."""
 
 
 def find_command(argv0: str | None = None) -> tuple[str, ...]:
@@ -54,13 +56,45 @@ def unit_paths(loaded: LoadedSettings, command: tuple[str, ...] | None = None) -
     if paths.state is not None:  # otherwise the daemon uses systemd's StateDirectory=
         writable.append(resolved.state)
     config = loaded.config_file.absolute() if loaded.config_file else None
-    return UnitPaths(command or find_command(), config, tuple(dict.fromkeys(writable)))
+    return UnitPaths(command or find_command(), config, tuple(dict.fromkeys(writable)), flags_given(loaded))
+
+
+def flags_given(loaded: LoadedSettings) -> tuple[str, ...]:
+    """``--inbox /srv/in`` given to install-service must reach the service's ``run`` too; folders
+    are written absolute, since the service does not start in the folder the command ran in."""
+    resolved = loaded.settings.paths.resolved()
+    values = flatten(loaded.settings)
+    words: list[str] = []
+    for dest, key in FLAG_SETTINGS.items():
+        if loaded.sources.get(key) != "cli":
+            continue
+        flag = "--" + dest.replace("_", "-")
+        section, name = key.split(".")
+        value = values[key]
+        if section == "paths":
+            path = resolved.models[0] if name == "models" else getattr(resolved, name)
+            words += [flag, str(path)]
+        elif isinstance(value, bool):
+            words += [flag] if value else []
+        else:
+            words += [flag, str(value)]
+    return tuple(words)
+
+
+def settings_from_environment(loaded: LoadedSettings) -> list[str]:
+    """The settings this shell's FOOOCUSD_* variables set, which the service will not see."""
+    return [
+        f"{key} comes from ${source.removeprefix('env:')}"
+        for key, source in loaded.sources.items()
+        if source.startswith("env:")
+    ]
 
 
 def render_unit(kind: UnitKind, paths: UnitPaths) -> str:
-    exec_start = " ".join(_exec_word(word) for word in (*paths.command, "run"))
+    words = [*paths.command, "run"]
     if paths.config_file is not None:
-        exec_start += f" --config {_exec_word(str(paths.config_file))}"
+        words += ["--config", str(paths.config_file)]
+    exec_start = " ".join(_exec_word(word) for word in (*words, *paths.flags))
     common = _COMMON_SERVICE.format(exec_start=exec_start)
     if kind == "user":
         return _USER_UNIT.format(common=common)
@@ -126,6 +160,8 @@ def install_service(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         )
     kind: UnitKind = "user" if args.user else "template" if args.instance is not None else "system"
     text = render_unit(kind, unit_paths(loaded))
+    for note in settings_from_environment(loaded):
+        print(f"note: {note}, which the service will not see: put it in the config file", file=sys.stderr)
     if args.print:
         sys.stdout.write(text)
         return 0

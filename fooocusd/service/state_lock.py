@@ -1,0 +1,51 @@
+"""One daemon per state folder.
+
+Two daemons on one journal would each take the other's running jobs for their own crashed ones
+at start-up, and run them again. An exclusive ``flock`` on a file in the state folder keeps the
+second one out; the kernel lets go of it when the process ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from loguru import logger
+
+from fooocusd.errors import ConfigError
+
+LOCK_FILE_NAME = "daemon.lock"
+
+
+@contextmanager
+def state_folder_lock(state: Path) -> Iterator[None]:
+    """Hold the state folder's lock for the block, or raise ``ConfigError`` naming the holder."""
+    path = state / LOCK_FILE_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            raise ConfigError(
+                f"another fooocusd{f' (pid {holder})' if holder.isdigit() else ''} is already running "
+                f"with the state folder {state}",
+                hint="stop it first (e.g. systemctl stop fooocusd), or give this one its own state folder "
+                "(--state-dir or paths.state): two daemons must never share one",
+                where=str(path),
+            ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            logger.warning(
+                "cannot lock {} ({}): make sure no other fooocusd uses this state folder", path, exc.strerror
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)

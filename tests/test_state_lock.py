@@ -1,0 +1,64 @@
+"""One daemon per state folder: the second is refused before it touches the journal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fooocusd.cli import main
+from fooocusd.errors import ConfigError
+from fooocusd.service.state_lock import LOCK_FILE_NAME, state_folder_lock
+from tests.daemon_harness import Sandbox
+
+
+def test_a_second_holder_of_the_state_folder_is_refused_with_the_first_ones_pid(tmp_path: Path) -> None:
+    with state_folder_lock(tmp_path):
+        assert (tmp_path / LOCK_FILE_NAME).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(ConfigError, match=f"pid {os.getpid()}") as caught, state_folder_lock(tmp_path):
+            pass
+        assert "--state-dir" in caught.value.hint
+    with state_folder_lock(tmp_path):  # let go at the end of the block
+        pass
+
+
+def test_the_lock_of_a_killed_daemon_does_not_keep_the_next_one_out(tmp_path: Path) -> None:
+    holder = textwrap.dedent(
+        f"""
+        import os, sys
+        from pathlib import Path
+        from fooocusd.service.state_lock import state_folder_lock
+        with state_folder_lock(Path({str(tmp_path)!r})):
+            print("held", flush=True)
+            sys.stdin.read()
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "held\n"
+        with pytest.raises(ConfigError, match=f"pid {process.pid}"), state_folder_lock(tmp_path):
+            pass
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    with state_folder_lock(tmp_path):
+        pass
+
+
+def test_the_daemon_refuses_to_start_on_a_state_folder_another_daemon_holds(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox.drop("cat.txt", "a cat\nseed: 1\n")
+    sandbox.state.mkdir(parents=True, exist_ok=True)
+    with state_folder_lock(sandbox.state):
+        assert main(["once", "--no-progress", "--config", str(sandbox.config)]) == 2
+    stderr = " ".join(capsys.readouterr().err.split())
+    assert f"another fooocusd (pid {os.getpid()}) is already running with the state folder" in stderr
+    assert not (sandbox.state / "journal.sqlite3").exists()
+    assert [p.name for p in sandbox.files(sandbox.inbox)] == ["cat.txt"]
