@@ -188,7 +188,6 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     target_dir = inbox / args.subdir if args.subdir else inbox
     if args.subdir and (".." in Path(args.subdir).parts or Path(args.subdir).is_absolute()):
         raise InvalidInput("--subdir must be a folder name inside the inbox", hint="e.g. --subdir portrait")
-    target_dir.mkdir(parents=True, exist_ok=True)
     if args.prompt is not None:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", args.prompt).strip("-")[:40].lower() or "prompt"
         name = f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
@@ -199,6 +198,7 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             raise InvalidInput(f"{source} is not a file", hint="give the path of a .txt, .toml or image file")
         name, data = source.name, source.read_bytes()
     _refuse_what_the_daemon_would_not_take(f"{args.subdir.strip('/')}/{name}".lstrip("/"), loaded)
+    target_dir.mkdir(parents=True, exist_ok=True)
     final = unique_destination(target_dir, name)
     # Written under a hidden temporary name the daemon ignores, then renamed into place.
     publish_bytes(final, data, umask=loaded.settings.outbox.umask)
