@@ -87,8 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--prompt", help="make a .txt job from this prompt")
     submit.add_argument("--subdir", default="", help="inbox subfolder (routes to the preset of that name)")
     submit.set_defaults(handler=commands.submit)
-    retry = sub.add_parser("retry", parents=[common, folders], help="run a failed or cancelled job again")
-    retry.add_argument("job", help="job id, or the start of the input's name")
+    retry = sub.add_parser(
+        "retry",
+        parents=[common, folders],
+        help="run a failed or cancelled job again, or put a refused file back in the inbox",
+    )
+    retry.add_argument("job", help="job id, the start of the input's name, or a refused file's name")
     retry.set_defaults(handler=commands.retry)
     cancel = sub.add_parser("cancel", parents=[common, folders], help="cancel a queued or running job")
     cancel.add_argument("job", help="job id, or the start of the input's name")

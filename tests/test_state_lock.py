@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from fooocusd.cli import main
 from fooocusd.errors import ConfigError
-from fooocusd.service.state_lock import LOCK_FILE_NAME, state_folder_lock
+from fooocusd.service.state_lock import LOCK_FILE_NAME, daemon_holding, state_folder_lock
 from tests.daemon_harness import Sandbox
 
 
@@ -62,3 +63,26 @@ def test_the_daemon_refuses_to_start_on_a_state_folder_another_daemon_holds(
     assert f"another fooocusd (pid {os.getpid()}) is already running with the state folder" in stderr
     assert not (sandbox.state / "journal.sqlite3").exists()
     assert [p.name for p in sandbox.files(sandbox.inbox)] == ["cat.txt"]
+
+
+def test_status_and_doctor_say_whether_a_daemon_holds_the_state_folder_and_leave_it_free(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox.drop("cat.txt", "a cat\nseed: 1\n")
+    assert sandbox.drain().ok
+    assert main(["status", "--config", str(sandbox.config)]) == 0
+    assert f"daemon: not running on the state folder {sandbox.state}" in " ".join(
+        capsys.readouterr().out.split()
+    )
+
+    with state_folder_lock(sandbox.state):
+        assert daemon_holding(sandbox.state) == str(os.getpid())
+        assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
+        assert json.loads(capsys.readouterr().out)["daemon"] == {"running": True, "pid": os.getpid()}
+        main(["doctor", "--config", str(sandbox.config)])
+        assert f"running (pid {os.getpid()})" in " ".join(capsys.readouterr().out.split())
+        assert daemon_holding(sandbox.state) == str(os.getpid()), "probing did not take the lock away"
+
+    assert daemon_holding(sandbox.state) is None
+    with state_folder_lock(sandbox.state):  # and the probes left it free for the next daemon
+        pass

@@ -10,6 +10,7 @@ both copies exist, which start-up reconciliation resolves.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import shutil
@@ -163,3 +164,15 @@ def _remove_quietly(path: Path) -> None:
         pass
     except OSError as exc:
         logger.warning("could not remove temporary file {}: {}", path, exc)
+
+
+def digest_files(paths: list[Path]) -> tuple[str, int]:
+    """One sha256 over all files of a drop, so a re-submitted pair is recognised as a whole."""
+    digest = hashlib.sha256()
+    size = 0
+    for path in paths:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+                size += len(chunk)
+    return digest.hexdigest(), size

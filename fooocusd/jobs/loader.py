@@ -177,7 +177,8 @@ def error_report(exc: InvalidInput, input_name: str) -> str:
         lines.append(f"How to fix: {exc.hint}")
     lines += [
         "",
-        "Fix the file and drop it into the inbox again.",
+        f"Fix the file here, then run `fooocusd retry {input_name}` to put it back in the inbox",
+        "(or drop it into the inbox again yourself).",
         "",
         ACCEPTED_INPUTS_REMINDER,
         "",

@@ -13,6 +13,7 @@ from fooocusd.journal.rows import (
     Outcome,
     OutputRow,
     OutputState,
+    RefusalRow,
     RetryPlan,
 )
 from fooocusd.journal.schema import SCHEMA_VERSION
@@ -34,5 +35,6 @@ __all__ = [
     "OutputNameTaken",
     "OutputRow",
     "OutputState",
+    "RefusalRow",
     "RetryPlan",
 ]

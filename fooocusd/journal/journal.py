@@ -40,12 +40,14 @@ from fooocusd.journal.rows import (
     JobState,
     Outcome,
     OutputRow,
+    RefusalRow,
     RetryPlan,
     event_from_row,
     input_file_from_row,
     input_from_row,
     job_from_row,
     output_from_row,
+    refusal_from_row,
 )
 from fooocusd.journal.schema import SCHEMA_VERSION, check_not_newer, migrate, schema_version
 
@@ -132,7 +134,8 @@ class Journal:
             conn.close()
             raise ConfigError(
                 f"the journal {db_path} has schema version {version}; this fooocusd needs {SCHEMA_VERSION}",
-                hint="start the daemon once so that it upgrades the journal",
+                hint="start the daemon, or restart it after upgrading fooocusd: "
+                "it upgrades the journal as it starts",
                 where=str(db_path),
             )
         return cls(conn, db_path, "", clock, read_only=True)
@@ -736,6 +739,52 @@ class Journal:
             if job_id is not None and input_id is None:
                 input_id = _require_job(conn, job_id).input_id
             _event(conn, now, kind, detail, input_id, job_id)
+
+    def record_refusal(self, relpath: str, detail: str, files: Sequence[tuple[str, Path]]) -> None:
+        """A drop refused at intake: its 'refused' event, and where each of its files (by its
+        path in the inbox) went in failed/, so that ``return_refusal`` can bring them back."""
+        now = self._clock()
+        where = json.dumps([[inbox_relpath, str(failed)] for inbox_relpath, failed in files])
+        with self._write() as conn:
+            _event(conn, now, "refused", detail, None)
+            conn.execute("INSERT INTO refusals (ts, relpath, files) VALUES (?, ?, ?)", (now, relpath, where))
+
+    def find_refusal(self, ref: str) -> RefusalRow | None:
+        """The newest refused drop, not yet returned, that ``ref`` names: its path in the inbox
+        (or the start of it), or the name or path one of its files has in failed/.
+
+        Raises ``JournalError`` when ``ref`` is only the start of several different paths.
+        """
+        ref = ref.strip()
+        if not ref:
+            return None
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM refusals WHERE returned IS NULL ORDER BY id DESC"
+            ).fetchall()
+        refusals = [refusal_from_row(row) for row in rows]
+        for refusal in refusals:
+            failed_names = {name for _, failed in refusal.files for name in (failed.name, str(failed))}
+            if ref == refusal.relpath or ref in failed_names:
+                return refusal
+        starting = [refusal for refusal in refusals if refusal.relpath.startswith(ref)]
+        paths = list(dict.fromkeys(refusal.relpath for refusal in starting))
+        if len(paths) > 1:
+            raise JournalError(
+                f"'{ref}' is the start of {len(paths)} refused files: {', '.join(paths[:10])}",
+                hint="give the whole path",
+            )
+        return starting[0] if starting else None
+
+    def mark_refusal_returned(self, refusal_id: int) -> None:
+        """``fooocusd retry`` put the refused drop's files back in the inbox."""
+        now = self._clock()
+        with self._write() as conn:
+            row = conn.execute("SELECT relpath FROM refusals WHERE id = ?", (refusal_id,)).fetchone()
+            if row is None:
+                raise JournalError(f"no refusal {refusal_id}")
+            conn.execute("UPDATE refusals SET returned = ? WHERE id = ?", (now, refusal_id))
+            _event(conn, now, "refusal-returned", row["relpath"], None)
 
     def events_for_input(self, input_id: int) -> list[EventRow]:
         """Everything that happened to an input and its jobs, oldest first."""

@@ -5,6 +5,7 @@ Rows are snapshots: they do not change when the database does. Times are unix se
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from enum import StrEnum
@@ -125,6 +126,17 @@ class EventRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusalRow:
+    """A drop refused at intake: each file's path in the inbox, and where it went in failed/."""
+
+    id: int
+    ts: float
+    relpath: str
+    files: tuple[tuple[str, Path], ...]
+    returned: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPlan:
     """What ``Journal.retry_job`` did, and what the daemon must do next.
 
@@ -203,6 +215,13 @@ def output_from_row(row: sqlite3.Row) -> OutputRow:
         sha256=row["sha256"],
         created=row["created"],
         completed=row["completed"],
+    )
+
+
+def refusal_from_row(row: sqlite3.Row) -> RefusalRow:
+    files = tuple((str(relpath), Path(failed)) for relpath, failed in json.loads(row["files"]))
+    return RefusalRow(
+        id=row["id"], ts=row["ts"], relpath=row["relpath"], files=files, returned=row["returned"]
     )
 
 

@@ -118,7 +118,22 @@ _V2: tuple[str, ...] = (
     "ALTER TABLE input_files_v2 RENAME TO input_files",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+# Files refused at intake (never a job): where each went in failed/, so that `fooocusd retry` can
+# put them back in the inbox under the names they came with.
+_V3: tuple[str, ...] = (
+    """
+    CREATE TABLE refusals (
+        id       INTEGER PRIMARY KEY,
+        ts       REAL    NOT NULL,
+        relpath  TEXT    NOT NULL,
+        files    TEXT    NOT NULL,
+        returned REAL
+    )
+    """,
+    "CREATE INDEX refusals_waiting ON refusals (returned, id)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 """``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

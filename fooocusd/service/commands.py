@@ -23,6 +23,7 @@ from fooocusd.intake.waiting import inbox_waiting
 from fooocusd.journal.journal import Journal, JournalError, status_report
 from fooocusd.outbox.atomic import publish_bytes
 from fooocusd.service.folders import Folders
+from fooocusd.service.state_lock import daemon_holding
 from fooocusd.settings import LoadedSettings, flatten
 
 if TYPE_CHECKING:
@@ -133,6 +134,11 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         report = status_report(time.time())
         report["recent_refusals"] = []
     report["journal"] = str(folders.journal_db) if journal_exists else None
+    holder = daemon_holding(folders.state)
+    report["daemon"] = {
+        "running": holder is not None,
+        "pid": int(holder) if holder and holder.isdigit() else None,
+    }
     waiting = inbox_waiting(folders.inbox, loaded.settings.intake.ignore_patterns)
     report["inbox_waiting"] = waiting.record()
     if args.json:
@@ -143,6 +149,10 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             f"no journal yet at {folders.journal_db}: the daemon has not run with this state folder "
             "(if it has, check --state-dir or paths.state)"
         )
+    if holder is None:
+        _out.print(f"daemon: not running on the state folder {folders.state}")
+    else:
+        _out.print(f"daemon: running (pid {holder})")
     counts = report["counts"]
     _out.print(
         "jobs: "
@@ -227,11 +237,12 @@ def _refuse_what_the_daemon_would_not_take(relpath: str, loaded: LoadedSettings)
 
 
 def retry(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    from fooocusd.service.requeue import retry_job
+    from fooocusd.service.requeue import retry
 
     journal = _open_journal(loaded)
     try:
-        message = retry_job(journal, args.job)
+        folders = _folders(loaded)
+        message = retry(journal, args.job, folders.inbox, folders.failed)
     finally:
         journal.close()
     _out.print(message)

@@ -22,7 +22,7 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [_torch(), _speed(settings), *_folders(settings), _model(settings), _inotify()]
+    return [_torch(), _speed(settings), *_folders(settings), _daemon(settings), _model(settings), _inotify()]
 
 
 def _torch() -> Check:
@@ -92,6 +92,16 @@ def _folders(settings: Settings) -> list[Check]:
         state = "exists" if path.exists() else "will be created"
         checks.append(Check(f"{name} folder", level, f"{path} ({state}, {free / 1024**3:.1f} GiB free)"))
     return checks
+
+
+def _daemon(settings: Settings) -> Check:
+    from fooocusd.service.state_lock import daemon_holding
+
+    state = settings.paths.resolved().state
+    holder = daemon_holding(state)
+    if holder is None:
+        return Check("daemon", "ok", f"none running on {state}")
+    return Check("daemon", "ok", f"running (pid {holder}) on {state}; another one needs its own state folder")
 
 
 def _model(settings: Settings) -> Check:

@@ -136,6 +136,13 @@ def _failure_report(relpath: str, jobs) -> str:  # type: ignore[no-untyped-def]
     done = [job for job in jobs if job.state == "done"]
     if done:
         lines.append(f"{len(done)} other job(s) in this file finished; their images are in the outbox.")
-    lines.append("To run it again, fix the problem and drop the file into the inbox again,")
-    lines.append("or run: fooocusd retry <job id>  (see `fooocusd status`).")
+    name = PurePosixPath(relpath).name
+    lines.append(f"To run it again, fix the problem (in {name} here, if the file is at fault), then run:")
+    if len(jobs) > 1:
+        ids = ", ".join(str(job.id) for job in jobs if job.state == "failed")
+        lines.append(f"  fooocusd retry <job id>   (its failed jobs: {ids})")
+    else:
+        lines.append(f"  fooocusd retry {relpath}")
+    lines.append("A file changed here goes back into the inbox and is read again; an unchanged one")
+    lines.append("runs again as it was. Dropping the fixed file into the inbox yourself works as well.")
     return "\n".join(lines) + "\n"

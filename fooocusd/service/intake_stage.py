@@ -22,7 +22,6 @@ file vanish, puts back whatever it had already moved, and lets go quietly (its j
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
@@ -36,7 +35,7 @@ from loguru import logger
 from fooocusd.crashpoints import crashpoint
 from fooocusd.engine.styles import StyleLibrary
 from fooocusd.errors import ConfigError, InvalidInput
-from fooocusd.intake.claim import copy_durably, move_durably, move_to_unique
+from fooocusd.intake.claim import copy_durably, digest_files, move_durably, move_to_unique
 from fooocusd.intake.pairing import Drop
 from fooocusd.intake.watcher import Ready
 from fooocusd.jobs.drop_files import DropFiles, paths_named_by, resolve_written_path
@@ -121,7 +120,7 @@ class IntakeStage:
             self._fail(movable, relpath, error_report(exc, name), exc.message + where)
             return
         files = self._claim_files(drop, pictures.named_files)
-        sha256, size = _digest([file.source for file in files])
+        sha256, size = digest_files([file.source for file in files])
         if self.settings.intake.duplicates == "skip" and self._seen_before(sha256):
             self._skip_duplicate([file.source for file in files if not file.copied], relpath)
             return
@@ -256,8 +255,15 @@ class IntakeStage:
             return
         subdir = str(PurePosixPath(relpath).parent)
         destination = "" if subdir == "." else subdir
-        quarantine(paths, self.folders.failed, destination, report, self.settings.outbox.umask, reason=reason)
-        self.journal.log_event("refused", _naming(relpath, reason))
+        moved = quarantine(
+            paths, self.folders.failed, destination, report, self.settings.outbox.umask, reason=reason
+        )
+        if not moved:  # another fooocusd on the same inbox took it meanwhile: not ours to refuse
+            return
+        inbox_paths = [_inbox_relpath(path, self.folders.inbox) for path in paths]
+        self.journal.record_refusal(
+            relpath, _naming(relpath, reason), list(zip(inbox_paths, moved, strict=False))
+        )
         self.counts.failed_inputs += 1
 
     def _skip_duplicate(self, paths: list[Path], relpath: str) -> None:
@@ -269,6 +275,13 @@ class IntakeStage:
         self.journal.log_event("duplicate-skipped", relpath)
         self.counts.skipped_duplicates += 1
         logger.info("{} was processed before (same content); skipped into {}", relpath, target)
+
+
+def _inbox_relpath(path: Path, inbox: Path) -> str:
+    try:
+        return path.relative_to(inbox).as_posix()
+    except ValueError:  # not under the inbox as given (a resolved path): keep its name
+        return path.name
 
 
 def _naming(relpath: str, reason: str) -> str:
@@ -321,15 +334,3 @@ def _put_back(placed: list[_ClaimFile], claim_dir: Path) -> None:
             file.source.parent.mkdir(parents=True, exist_ok=True)
             move_to_unique(file.destination, file.source.parent, file.source.name)
     shutil.rmtree(claim_dir, ignore_errors=True)
-
-
-def _digest(paths: list[Path]) -> tuple[str, int]:
-    """One sha256 over all files of a drop, so a re-submitted pair is recognised as a whole."""
-    digest = hashlib.sha256()
-    size = 0
-    for path in paths:
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-                size += len(chunk)
-    return digest.hexdigest(), size

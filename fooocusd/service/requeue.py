@@ -2,30 +2,145 @@
 
 The journal records the reopening before any file moves, and reconciliation finishes the moves
 after a crash, so a retry interrupted half-way neither strands nor loses the input.
+
+A file refused at intake never became a job (bad TOML, an unknown key): retrying it puts its
+files back in the inbox under the names they came with, and the daemon reads them again.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 
 from fooocusd.errors import InvalidInput
-from fooocusd.intake.claim import move_durably
+from fooocusd.intake.claim import digest_files, move_durably
 from fooocusd.journal.journal import Journal, JournalError
-from fooocusd.journal.rows import InputRow
+from fooocusd.journal.rows import InputRow, InputState, JobState, RefusalRow
 from fooocusd.service.failing import error_file_for
 
 
-def retry_job(journal: Journal, ref: str) -> str:
+def retry(journal: Journal, ref: str, inbox: Path, failed: Path) -> str:
+    """Queue the job ``ref`` names again, or put the refused file it names back in the inbox,
+    whichever happened last to that name."""
+    try:
+        refusal = journal.find_refusal(ref)
+    except JournalError as exc:
+        raise InvalidInput(str(exc), hint=getattr(exc, "hint", "")) from exc
+    if refusal is not None and refusal.ts >= _newest_input_time(journal, ref):
+        return return_refused_files(journal, refusal, inbox)
+    if refusal is None and not journal.find_jobs(ref) and (failed / ref).is_file():
+        raise InvalidInput(
+            f"{failed / ref} has no record of where it came from (it was refused by an older "
+            "fooocusd, or just before a crash), so retry cannot put it back",
+            hint="move it, and its picture if it had one, back into the inbox yourself",
+        )
+    return retry_job(journal, ref, inbox)
+
+
+def _newest_input_time(journal: Journal, ref: str) -> float:
+    inputs = {job.input_id for job in journal.find_jobs(ref)}
+    rows = [journal.get_input(input_id) for input_id in inputs]
+    return max((row.created for row in rows if row is not None), default=float("-inf"))
+
+
+def return_refused_files(journal: Journal, refusal: RefusalRow, inbox: Path) -> str:
+    """Move a refused drop's files from failed/ back to their places in the inbox."""
+    first_failed = refusal.files[0][1] if refusal.files else None
+    if first_failed is None or not os.path.lexists(first_failed):
+        raise InvalidInput(
+            f"{refusal.relpath} is no longer in the failed folder (looked for {first_failed})",
+            hint="if you moved it back into the inbox yourself, the daemon reads it from there",
+        )
+    moves = [(failed, inbox / relpath) for relpath, failed in refusal.files if os.path.lexists(failed)]
+    _move_back_to_inbox(moves, refusal.relpath)
+    journal.mark_refusal_returned(refusal.id)
+    return f"{_named(moves, inbox)} back in the inbox; the daemon reads it again"
+
+
+def retry_job(journal: Journal, ref: str, inbox: Path) -> str:
     try:
         job = journal.find_job(ref)
         if job is None:
-            raise InvalidInput(f"no job matches '{ref}'", hint="see `fooocusd status` for job ids")
+            raise InvalidInput(
+                f"no job or refused file matches '{ref}'", hint="see `fooocusd status` for job ids"
+            )
+        source = journal.get_input(job.input_id)
+        if source is not None and job.state == JobState.FAILED and _edited_where_it_failed(source):
+            return _return_edited_input(journal, source, inbox)
+        if source is not None:
+            _require_files_still_there(source)
         plan = journal.retry_job(job.id)
     except JournalError as exc:
         raise InvalidInput(str(exc), hint=getattr(exc, "hint", "")) from exc
     if plan.restore_files:
         restore_input_files(journal, plan.input)
     return f"job {job.id} ({plan.input.relpath}) is queued again"
+
+
+def _edited_where_it_failed(source: InputRow) -> bool:
+    """The user fixed the input in failed/: a retry must read it again, not rerun the old job."""
+    if source.state != InputState.FINISHED or not source.files:
+        return False
+    finals = [Path(file.final_path) for file in source.files if file.final_path]
+    if len(finals) != len(source.files) or not all(path.is_file() for path in finals):
+        return False
+    return digest_files(finals)[0] != source.sha256
+
+
+def _return_edited_input(journal: Journal, source: InputRow, inbox: Path) -> str:
+    moves: list[tuple[Path, Path]] = []
+    for file in source.files:
+        target = _inbox_place(Path(file.source_path), inbox, source.relpath)
+        if file.role == "shared" and os.path.lexists(target):
+            continue  # a copy: the original is still in the inbox for the other jobs naming it
+        moves.append((Path(str(file.final_path)), target))
+    _move_back_to_inbox(moves, source.relpath)
+    journal.log_event("returned-edited", source.relpath, input_id=source.id)
+    jobs = journal.jobs_for_input(source.id)
+    again = f"; all {len(jobs)} of its jobs run again" if len(jobs) > 1 else ""
+    return (
+        f"{source.relpath} was changed in the failed folder, so it is read again rather than rerun "
+        f"as it was: {_named(moves, inbox)} back in the inbox{again}"
+    )
+
+
+def _require_files_still_there(source: InputRow) -> None:
+    if source.state != InputState.FINISHED:
+        return
+    finals = [Path(file.final_path) for file in source.files if file.final_path]
+    if finals and not any(os.path.lexists(path) for path in finals):
+        raise InvalidInput(
+            f"the files of {source.relpath} are no longer in {source.final_dir}",
+            hint="if you moved them back into the inbox yourself, the daemon reads them from there",
+        )
+
+
+def _move_back_to_inbox(moves: list[tuple[Path, Path]], relpath: str) -> None:
+    """Move ``(in failed/, in the inbox)`` pairs, none if any place in the inbox is taken."""
+    for _, target in moves:
+        if os.path.lexists(target):
+            raise InvalidInput(
+                f"the inbox already holds {target}, so {relpath} was not put back",
+                hint="move or rename that file first, then retry",
+            )
+    # The job file (first) moves last, so that it finds its picture already waiting beside it.
+    for failed, target in reversed(moves):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        move_durably(failed, target)
+    if moves:
+        error_file_for(moves[0][0]).unlink(missing_ok=True)
+
+
+def _inbox_place(source_path: Path, inbox: Path, relpath: str) -> Path:
+    try:
+        return inbox / source_path.relative_to(inbox)
+    except ValueError:  # the inbox moved since (another paths.inbox): the same subfolder there
+        return inbox / PurePosixPath(relpath).parent / source_path.name
+
+
+def _named(moves: list[tuple[Path, Path]], inbox: Path) -> str:
+    names = ", ".join(target.relative_to(inbox).as_posix() for _, target in moves)
+    return f"{names} {'is' if len(moves) == 1 else 'are'}"
 
 
 def restore_input_files(journal: Journal, source: InputRow) -> None:

@@ -49,3 +49,28 @@ def state_folder_lock(state: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def daemon_holding(state: Path) -> str | None:
+    """The pid of the daemon that holds the state folder now ("?" when it is not written yet),
+    or None when no daemon holds it.
+
+    The probe takes the lock for a moment only when it is free, and opens the file read-only, so
+    it works for users who may read the state folder but not write it.
+    """
+    try:
+        fd = os.open(state / LOCK_FILE_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # never started here, or not ours to read
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            return holder if holder.isdigit() else "?"
+        except OSError:  # a filesystem without locks cannot tell
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
