@@ -323,8 +323,9 @@ class HooksSettings(_Section):
         "", description="Run after each job (argv list, or a string split like a shell, no shell)."
     )
     webhook_url: str = Field("", description="POST each event as JSON to this http(s) URL.")
-    on: list[Literal["done", "failed"]] = Field(
-        default_factory=lambda: ["done", "failed"], description="Which job outcomes fire the hooks."
+    on: list[Literal["done", "failed", "refused"]] = Field(
+        default_factory=lambda: ["done", "failed", "refused"],
+        description="Which outcomes fire the hooks ('refused': a file that never became a job).",
     )
     timeout_seconds: float = Field(30.0, gt=0.0, le=3600, description="A hook running longer is killed.")
     queue_size: int = Field(1000, ge=1, le=1_000_000, description="Events waiting beyond this are dropped.")

@@ -179,6 +179,26 @@ def test_failing_job_fires_failed_with_the_error_and_on_picks_the_outcomes(
     assert record["env"]["FOOOCUSD_EVENT"] == "failed" and record["env"]["FOOOCUSD_OUTPUTS"] == ""
 
 
+def test_a_file_refused_at_intake_fires_refused_with_its_reason_and_where_it_went(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    recorder = _script(tmp_path, "recorder.py", RECORDER)
+    received = tmp_path / "received.jsonl"
+    _hooks_config(sandbox, f"command = {json.dumps([sys.executable, str(recorder), str(received)])}")
+    sandbox.drop("cats/bad.toml", 'prompt = "a cat"\nimagse = 2\n')
+
+    assert not sandbox.drain().ok
+
+    [record] = _records(received)
+    event, env = record["stdin"], record["env"]
+    assert event["event"] == "refused" and event["state"] == "refused" and event["job_id"] is None
+    assert event["input"] == "cats/bad.toml" and "imagse" in event["error"]
+    assert event["failed_paths"] == [str(sandbox.failed / "cats" / "bad.toml")]
+    assert event["outputs"] == []
+    assert env["FOOOCUSD_EVENT"] == "refused" and env["FOOOCUSD_JOB_ID"] == ""
+    assert env["FOOOCUSD_INPUT"] == "cats/bad.toml"
+
+
 def test_full_hook_queue_drops_the_event_with_a_warning_and_never_blocks(
     tmp_path: Path, log_lines: list[str]
 ) -> None:

@@ -206,7 +206,15 @@ class Daemon:
             extra_ignore=intake_settings.ignore_patterns,
             open_write_wait_seconds=intake_settings.open_write_wait_seconds,
         )
-        intake = IntakeStage(self.settings, folders, journal, preset_dirs, styles)
+        hooks = self.extras.hooks if self.extras is not None else None
+        intake = IntakeStage(
+            self.settings,
+            folders,
+            journal,
+            preset_dirs,
+            styles,
+            on_refused=hooks.on_input_refused if hooks is not None else None,
+        )
         pairer = Pairer(intake_settings.pair_wait_seconds, named_by=intake.files_named_by)
         finisher = Finisher(self.settings, folders, journal)
         worker = Worker(

@@ -3,7 +3,9 @@
 When a hook fires: as soon as the worker records a job as ``done`` (every image and its sidecar
 is published in the outbox) or ``failed``. For a user "finished" means the outputs are complete,
 so hooks do not wait for the input file to be moved to done/ or failed/ (that follows within a
-fraction of a second on the main loop). Files refused at intake (never a job) fire no hook.
+fraction of a second on the main loop). A file refused at intake (never a job: bad TOML, an unknown
+key) fires ``refused`` once it lies in failed/, so a script waiting for its result is not left
+waiting for ever.
 
 Hooks run one at a time on their own thread from a bounded queue, so the GPU worker never waits
 for them: a full queue drops the event (logged, counted). A command that runs too long is
@@ -60,10 +62,16 @@ def command_argv(command: str | list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class HookEvent:
-    event: str  # 'done' or 'failed'
-    job_id: int
+    event: str  # 'done', 'failed' or 'refused'
+    job_id: int | None  # None for a file refused at intake
     error: str | None
     at: float
+    input: str | None = None  # a refused file's path in the inbox (a job's comes from the journal)
+    failed_paths: tuple[str, ...] = ()
+
+    @property
+    def subject(self) -> str:
+        return f"job {self.job_id}" if self.job_id is not None else f"refused file {self.input}"
 
 
 class PostJobHooks(NoWorkerEvents):
@@ -116,16 +124,24 @@ class PostJobHooks(NoWorkerEvents):
     # -- WorkerEvents (only the end of a job matters here) --------------------------------------
 
     def on_job_finished(self, job_id: int, state: str, error: str | None) -> None:
-        if state not in self.settings.on or not self.configured:
+        self._enqueue(HookEvent(state, job_id, error, time.time()))
+
+    def on_input_refused(self, relpath: str, reason: str, failed_paths: list[Path]) -> None:
+        """The intake moved a file that is not a job to failed/ (called on the main loop)."""
+        paths = tuple(str(path) for path in failed_paths)
+        self._enqueue(HookEvent("refused", None, reason, time.time(), input=relpath, failed_paths=paths))
+
+    def _enqueue(self, event: HookEvent) -> None:
+        if event.event not in self.settings.on or not self.configured:
             return
         try:
-            self._queue.put_nowait(HookEvent(state, job_id, error, time.time()))
+            self._queue.put_nowait(event)
         except queue.Full:
             logger.warning(
-                "post-job hooks are {} events behind; the '{}' event of job {} is dropped",
+                "post-job hooks are {} events behind; the '{}' event of {} is dropped",
                 self._queue.maxsize,
-                state,
-                job_id,
+                event.event,
+                event.subject,
             )
             if self.on_dropped is not None:
                 self.on_dropped()
@@ -143,7 +159,7 @@ class PostJobHooks(NoWorkerEvents):
             try:
                 self.deliver(event)
             except Exception:  # a hook must never take the daemon down
-                logger.exception("post-job hook for job {} failed", event.job_id)
+                logger.exception("post-job hook for {} failed", event.subject)
                 self._failed("internal")
 
     def deliver(self, event: HookEvent) -> None:
@@ -157,6 +173,8 @@ class PostJobHooks(NoWorkerEvents):
 
     def payload(self, event: HookEvent) -> dict[str, Any]:
         """What a hook receives: the job, its input, and the sidecar of each published image."""
+        if event.job_id is None:
+            return self._refusal_payload(event)
         journal = self._read_journal()
         job = journal.get_job(event.job_id)
         source = journal.get_input(job.input_id) if job is not None else None
@@ -181,6 +199,21 @@ class PostJobHooks(NoWorkerEvents):
             "fooocusd_version": __version__,
         }
 
+    def _refusal_payload(self, event: HookEvent) -> dict[str, Any]:
+        return {
+            "event": event.event,
+            "job_id": None,
+            "input": event.input,
+            "job_number": None,
+            "state": "refused",
+            "error": event.error,
+            "attempts": 0,
+            "finished_at": datetime.fromtimestamp(event.at, UTC).isoformat(),
+            "outputs": [],
+            "failed_paths": list(event.failed_paths),
+            "fooocusd_version": __version__,
+        }
+
     def _read_journal(self) -> Journal:
         if self._journal is None:
             self._journal = Journal.open_read_only(self.journal_db)
@@ -190,12 +223,13 @@ class PostJobHooks(NoWorkerEvents):
         env = dict(os.environ)
         env.update(
             FOOOCUSD_EVENT=payload["event"],
-            FOOOCUSD_JOB_ID=str(payload["job_id"]),
+            FOOOCUSD_JOB_ID="" if payload["job_id"] is None else str(payload["job_id"]),
             FOOOCUSD_INPUT=payload["input"] or "",
             FOOOCUSD_OUTPUTS="\n".join(output["path"] for output in payload["outputs"]),
         )
         timeout = self.settings.timeout_seconds
-        label = f"hook command {argv[0]} for job {payload['job_id']}"
+        subject = f"job {payload['job_id']}" if payload["job_id"] is not None else payload["input"]
+        label = f"hook command {argv[0]} for {subject}"
         try:
             process = subprocess.Popen(
                 argv,
@@ -242,11 +276,11 @@ class PostJobHooks(NoWorkerEvents):
             with urllib.request.urlopen(request, timeout=self.settings.timeout_seconds) as response:
                 response.read(1024)
         except urllib.error.HTTPError as exc:
-            logger.warning("webhook for job {}: {} answered {} {}", event.job_id, url, exc.code, exc.reason)
+            logger.warning("webhook for {}: {} answered {} {}", event.subject, url, exc.code, exc.reason)
             self._failed("webhook")
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            logger.warning("webhook for job {}: could not reach {}: {}", event.job_id, url, reason)
+            logger.warning("webhook for {}: could not reach {}: {}", event.subject, url, reason)
             self._failed("webhook")
 
     def _kill_running(self, why: str) -> None:

@@ -27,6 +27,7 @@ import random
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -81,12 +82,16 @@ class IntakeStage:
         journal: Journal,
         preset_dirs: list[Path],
         styles: StyleLibrary,
+        *,
+        on_refused: Callable[[str, str, list[Path]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.folders = folders
         self.journal = journal
         self.preset_dirs = preset_dirs
         self.styles = styles
+        self.on_refused = on_refused
+        """Told ``(relpath, reason, paths in failed/)`` of each file refused (the post-job hooks)."""
         self.counts = IntakeCounts()
         self._rng = random.SystemRandom()
 
@@ -264,6 +269,8 @@ class IntakeStage:
         self.journal.record_refusal(
             relpath, _naming(relpath, reason), list(zip(inbox_paths, moved, strict=False))
         )
+        if self.on_refused is not None:
+            self.on_refused(relpath, reason, moved)
         self.counts.failed_inputs += 1
 
     def _skip_duplicate(self, paths: list[Path], relpath: str) -> None:
