@@ -48,6 +48,15 @@ def _script(tmp_path: Path, name: str, code: str) -> Path:
     return path
 
 
+def _record_hook_events(sandbox: Sandbox, tmp_path: Path, extra: str = "") -> Path:
+    """Configure the RECORDER as the hook command; returns the file it appends each event to."""
+    recorder = _script(tmp_path, "recorder.py", RECORDER)
+    received = tmp_path / "received.jsonl"
+    argv = json.dumps([sys.executable, str(recorder), str(received)])
+    _hooks_config(sandbox, f"command = {argv}\n{extra}")
+    return received
+
+
 def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -73,9 +82,7 @@ def log_lines() -> Iterator[list[str]]:
 def test_command_hook_gets_the_event_json_on_stdin_and_the_job_in_its_environment(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    recorder = _script(tmp_path, "recorder.py", RECORDER)
-    received = tmp_path / "received.jsonl"
-    _hooks_config(sandbox, f"command = {json.dumps([sys.executable, str(recorder), str(received)])}")
+    received = _record_hook_events(sandbox, tmp_path)
     sandbox.drop("cat.txt", "a cat\nseed: 5\nsteps: 2\n")
 
     assert sandbox.drain().ok
@@ -162,10 +169,7 @@ def test_hanging_hook_is_killed_with_its_children_after_the_timeout_and_jobs_go_
 def test_failing_job_fires_failed_with_the_error_and_on_picks_the_outcomes(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    recorder = _script(tmp_path, "recorder.py", RECORDER)
-    received = tmp_path / "received.jsonl"
-    argv = json.dumps([sys.executable, str(recorder), str(received)])
-    _hooks_config(sandbox, f'command = {argv}\non = ["failed"]')
+    received = _record_hook_events(sandbox, tmp_path, 'on = ["failed"]')
     sandbox.drop("fine.txt", "fine\nsteps: 2\n")
     sandbox.drop("bad.toml", 'prompt = "a cat"\nmodel = "missing.safetensors"\n')
 
@@ -182,9 +186,7 @@ def test_failing_job_fires_failed_with_the_error_and_on_picks_the_outcomes(
 def test_a_file_refused_at_intake_fires_refused_with_its_reason_and_where_it_went(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    recorder = _script(tmp_path, "recorder.py", RECORDER)
-    received = tmp_path / "received.jsonl"
-    _hooks_config(sandbox, f"command = {json.dumps([sys.executable, str(recorder), str(received)])}")
+    received = _record_hook_events(sandbox, tmp_path)
     sandbox.drop("cats/bad.toml", 'prompt = "a cat"\nimagse = 2\n')
 
     assert not sandbox.drain().ok
