@@ -4,6 +4,7 @@ under its own name, and so does a failed job's file the user fixed there."""
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 from pathlib import Path
 
@@ -43,9 +44,15 @@ def test_retry_puts_a_fixed_refused_file_back_in_the_inbox_with_its_picture_and_
     ]
     assert "fooocusd retry lighthouse.toml" in (failed / "lighthouse.toml.error.txt").read_text()
 
+    capsys.readouterr()
+    assert main(["status", "--config", str(sandbox.config)]) == 0
+    assert "1 file(s) still in failed/" in " ".join(capsys.readouterr().out.split())
+
     (failed / "lighthouse.toml").write_text(GOOD_TOML)  # fixed where it lies, as the error file says
     assert _retry(sandbox, "lighthouse.toml") == 0
     assert "back in the inbox" in capsys.readouterr().out
+    assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
+    assert json.loads(capsys.readouterr().out)["refused_files"] == {"in_failed": 0, "returned": 1}
     assert list(failed.iterdir()) == []
     assert (sandbox.inbox / "coast" / "lighthouse.toml").read_text() == GOOD_TOML
     assert (sandbox.inbox / "coast" / "lighthouse.png").read_bytes() == _png()
@@ -168,3 +175,17 @@ def test_retry_of_a_failed_job_whose_files_were_taken_out_of_failed_says_so_and_
     assert _retry(sandbox, "dog.txt") == 2
     assert "no longer in" in " ".join(capsys.readouterr().err.split())
     assert sandbox.journal_rows("SELECT state FROM jobs") == [("failed",)]
+
+
+def test_retry_of_a_job_id_means_that_job_even_when_a_newer_refused_file_starts_with_those_digits(
+    sandbox: Sandbox,
+) -> None:
+    sandbox.drop("dog.txt", "a dog\nsampler: warp_drive\n")
+    assert sandbox.drain().jobs_failed == 1
+    [(job_id,)] = sandbox.journal_rows("SELECT id FROM jobs")
+    sandbox.drop(f"{job_id}-lighthouse.toml", BAD_TOML)
+    assert not sandbox.drain().ok
+
+    assert _retry(sandbox, str(job_id)) == 0
+    assert (sandbox.failed / f"{job_id}-lighthouse.toml").exists(), "the refused file stayed"
+    assert sandbox.journal_rows("SELECT state FROM jobs") == [("queued",)]

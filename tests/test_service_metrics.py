@@ -43,11 +43,16 @@ def test_scrape_after_jobs_counts_jobs_images_steps_and_waits(sandbox: Sandbox) 
     sandbox.write_config("\n[metrics]\nenabled = true\nport = 0\n")
     sandbox.drop("two.txt", "two cats\nseed: 3\nsteps: 3\nimages: 2\n")
     sandbox.drop("bad.toml", 'prompt = "x"\nmodel = "missing.safetensors"\n')
+    sandbox.drop("typo.toml", 'prompt = "x"\nimagse = 2\n')  # refused at intake: never a job
 
     with RunningDaemon(sandbox.settings()) as running:
         port = _metrics_port(running)
         finished = ("fooocusd_inputs", (("state", "finished"),))
-        wait_for(lambda: _scrape(port).get(finished) == 2, what="both inputs to finish")
+        refused = ("fooocusd_refused_files", (("state", "in_failed"),))
+        wait_for(
+            lambda: _scrape(port).get(finished) == 2 and _scrape(port).get(refused) == 1,
+            what="both inputs to finish and the typo to be refused",
+        )
         samples = _scrape(port)
 
     assert samples[("fooocusd_up", ())] == 1
@@ -61,6 +66,7 @@ def test_scrape_after_jobs_counts_jobs_images_steps_and_waits(sandbox: Sandbox) 
     assert samples[("fooocusd_jobs", (("state", "failed"),))] == 1
     assert samples[("fooocusd_jobs", (("state", "queued"),))] == 0
     assert samples[("fooocusd_inputs", (("state", "finished"),))] == 2
+    assert samples[("fooocusd_refused_files", (("state", "returned"),))] == 0
     assert samples[("fooocusd_images_generated_total", ())] == 2
     assert samples[("fooocusd_image_generation_seconds_count", ())] == 2
     assert samples[("fooocusd_image_generation_seconds_sum", ())] > 0

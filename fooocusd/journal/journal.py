@@ -875,6 +875,11 @@ class Journal:
             waiting = conn.execute(
                 "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND not_before > ?", (now,)
             ).fetchone()[0]
+            refused = {"in_failed": 0, "returned": 0}
+            for row in conn.execute(
+                "SELECT returned IS NULL AS kept, COUNT(*) AS n FROM refusals GROUP BY 1"
+            ):
+                refused["in_failed" if row["kept"] else "returned"] = row["n"]
             running = [
                 {
                     "id": row["id"],
@@ -905,7 +910,7 @@ class Journal:
                     (recent_failures,),
                 )
             ]
-        return status_report(now, counts, input_counts, waiting, running, failures)
+        return status_report(now, counts, input_counts, waiting, running, failures, refused)
 
     # ------------------------------------------------------------------ internals
 
@@ -1109,8 +1114,11 @@ def status_report(
     waiting_for_retry: int = 0,
     running: list[dict[str, Any]] | None = None,
     failures: list[dict[str, Any]] | None = None,
+    refused: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The shape of ``fooocusd status --json``; with no arguments, that of a journal with no jobs."""
+    """The shape of ``fooocusd status --json``; with no arguments, that of a journal with no jobs.
+
+    ``refused`` counts the files refused at intake: still in failed/, or returned by a retry."""
     counts = counts or {state.value: 0 for state in JobState}
     return {
         "generated_at": now,
@@ -1120,4 +1128,5 @@ def status_report(
         "waiting_for_retry": waiting_for_retry,
         "running": running or [],
         "recent_failures": failures or [],
+        "refused_files": refused or {"in_failed": 0, "returned": 0},
     }

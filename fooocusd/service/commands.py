@@ -184,6 +184,12 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
                 (failure.get("error") or "").splitlines()[0] if failure.get("error") else "",
             )
         _out.print(table)
+    in_failed = report["refused_files"]["in_failed"]
+    if in_failed:
+        _out.print(
+            f"refused at intake: {in_failed} file(s) still in failed/ "
+            "(fix one there, then `fooocusd retry NAME` puts it back in the inbox)"
+        )
     refusals = report["recent_refusals"]
     if refusals:
         table = Table("when", "file and reason", title="recently refused files (see failed/)")

@@ -156,6 +156,14 @@ class JournalCollector(Collector):
         for state, count in sorted(status["inputs"].items()):
             inputs.add_metric([state], count)
         yield inputs
+        refused = GaugeMetricFamily(
+            "fooocusd_refused_files",
+            "Files refused at intake (never a job): still in failed/, or put back by a retry.",
+            labels=["state"],
+        )
+        for state, count in sorted(status["refused_files"].items()):
+            refused.add_metric([state], count)
+        yield refused
         yield GaugeMetricFamily(
             "fooocusd_jobs_waiting_for_retry",
             "Queued jobs whose retry time has not come yet.",

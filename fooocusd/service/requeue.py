@@ -21,7 +21,9 @@ from fooocusd.service.failing import error_file_for
 
 def retry(journal: Journal, ref: str, inbox: Path, failed: Path) -> str:
     """Queue the job ``ref`` names again, or put the refused file it names back in the inbox,
-    whichever happened last to that name."""
+    whichever happened last to that name. A job id always means that job."""
+    if ref.strip().isdecimal() and journal.get_job(int(ref)) is not None:
+        return retry_job(journal, ref, inbox)
     try:
         refusal = journal.find_refusal(ref)
     except JournalError as exc:
