@@ -252,6 +252,8 @@ def test_fooocus_scheme_is_sorted_ascii_json_in_fooocus_style() -> None:
     assert scheme["prompt"] == "ein Kätzchen"
     assert scheme["negative_prompt"] == "blurry, lowres"
     assert scheme["full_prompt"] == ["ein Kätzchen"]
+    with_extra = json.loads(fooocus_scheme({**record, "extra_prompts": ["im Schnee"]}))
+    assert with_extra["prompt"] == "ein Kätzchen\nim Schnee"  # Fooocus's box: extra prompts a line each
     assert scheme["resolution"] == "(1152, 896)"
     assert scheme["seed"] == str(2**63 - 1)
     assert scheme["guidance_scale"] == 4.0

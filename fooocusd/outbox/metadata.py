@@ -335,7 +335,8 @@ def fooocus_scheme(record: Mapping[str, Any]) -> str:
     ASCII-only on purpose: it travels in PNG tEXt (Latin-1) and EXIF MakerNote unharmed.
     """
     scheme: dict[str, Any] = {
-        "prompt": record.get("prompt", ""),
+        # Fooocus's prompt box: the main prompt, then one extra prompt per line.
+        "prompt": "\n".join([record.get("prompt", ""), *record.get("extra_prompts", [])]).strip("\n"),
         "negative_prompt": record.get("negative", ""),
         "full_prompt": list(record.get("full_prompt") or []),
         "full_negative_prompt": list(record.get("full_negative_prompt") or []),
@@ -387,11 +388,15 @@ def component_facts_or_defaults(components: Mapping[str, Any]) -> dict[str, Any]
 
 
 def a1111_component_pairs(record: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """ADM guidance, refiner, VAE and LoRAs as A1111/Fooocus infotext keys."""
+    """ADM guidance, adaptive CFG, CLIP skip, refiner, VAE and LoRAs as A1111/Fooocus infotext keys."""
     pairs: list[tuple[str, Any]] = []
     adm = record.get("adm_guidance")
     if adm:
         pairs.append(("ADM Guidance", "(" + ", ".join(str(value) for value in adm) + ")"))
+    if record.get("adaptive_cfg") is not None:
+        pairs.append(("Adaptive CFG", record["adaptive_cfg"]))
+    if record.get("clip_skip") is not None:
+        pairs.append(("Clip skip", record["clip_skip"]))
     refiner = record.get("refiner")
     if refiner:
         pairs += [
@@ -410,7 +415,8 @@ def a1111_component_pairs(record: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 
 def fooocus_component_keys(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Fooocus's scheme keys for the refiner, VAE, LoRAs ([stem, weight, hash]) and ADM guidance."""
+    """Fooocus's scheme keys for the refiner, VAE, LoRAs ([stem, weight, hash]), ADM guidance, adaptive
+    CFG and CLIP skip."""
     refiner = record.get("refiner")
     keys: dict[str, Any] = {
         "refiner_model": model_stem(refiner["name"]) if refiner else "None",
@@ -422,4 +428,7 @@ def fooocus_component_keys(record: Mapping[str, Any]) -> dict[str, Any]:
         keys["refiner_model_hash"] = refiner.get("hash", "")
     if record.get("adm_guidance"):
         keys["adm_guidance"] = "(" + ", ".join(str(value) for value in record["adm_guidance"]) + ")"
+    for key in ("adaptive_cfg", "clip_skip"):  # Fooocus's keys for CFG mimicking and CLIP skip
+        if record.get(key) is not None:
+            keys[key] = record[key]
     return keys
