@@ -143,7 +143,7 @@ def test_status_before_the_first_start_shows_the_waiting_inbox_and_says_there_is
 
 def test_status_json_reports_counts_failures_and_refused_files(sandbox: Sandbox) -> None:
     sandbox.drop("good.txt", "a dog\nseed: 1\n")
-    sandbox.drop("bad.txt", "a dog\nsampler: warp_drive\n")
+    sandbox.drop("bad.txt", "a dog\nmodel: not-downloaded-yet\n")  # fails when it runs
     sandbox.drop("broken.toml", 'prompt = "unterminated\n')
     assert not sandbox.drain().ok
     result = _run(sandbox, "status", "--json")  # a separate process, as against a running daemon
@@ -151,7 +151,7 @@ def test_status_json_reports_counts_failures_and_refused_files(sandbox: Sandbox)
     report = json.loads(result.stdout)
     assert report["counts"]["done"] == 1 and report["counts"]["failed"] == 1
     [failure] = report["recent_failures"]
-    assert failure["relpath"] == "bad.txt" and "warp_drive" in failure["error"]
+    assert failure["relpath"] == "bad.txt" and "not-downloaded-yet" in failure["error"]
     [refusal] = report["recent_refusals"]
     assert refusal["detail"].startswith("broken.toml is not valid TOML"), refusal["detail"]
     assert refusal["detail"].endswith("(line 1, column 23)"), refusal["detail"]
@@ -187,12 +187,12 @@ def test_status_names_the_empty_files_waiting_in_the_inbox(
 
 
 def test_retry_brings_a_failed_input_back_and_runs_it_again(sandbox: Sandbox) -> None:
-    sandbox.drop("bad.txt", "a dog\nsampler: warp_drive\n")
+    sandbox.drop("bad.txt", "a dog\nmodel: not-downloaded-yet\n")
     assert not sandbox.drain().ok
     assert (sandbox.failed / "bad.txt.error.txt").exists()
     assert main(["retry", "bad.txt", "--config", str(sandbox.config)]) == 0
     assert not (sandbox.failed / "bad.txt").exists() and not (sandbox.failed / "bad.txt.error.txt").exists()
-    assert sandbox.drain().jobs_failed == 1, "it ran again, and fails again: the sampler is still unknown"
+    assert sandbox.drain().jobs_failed == 1, "it ran again, and fails again: the model is still missing"
     assert (sandbox.failed / "bad.txt").exists() and (sandbox.failed / "bad.txt.error.txt").exists()
 
 

@@ -152,7 +152,7 @@ def test_retry_of_a_file_in_failed_with_no_record_of_its_origin_says_to_move_it_
 def test_retry_of_a_failed_job_whose_file_was_fixed_in_failed_reads_the_fixed_file(
     sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sandbox.drop("dog.txt", "a dog\nsampler: warp_drive\n")  # refused only when the job runs
+    sandbox.drop("dog.txt", "a dog\nmodel: not-downloaded-yet\n")  # fails only when the job runs
     assert sandbox.drain().jobs_failed == 1
     (sandbox.failed / "dog.txt").write_text("a dog\nseed: 3\n")
 
@@ -168,7 +168,7 @@ def test_retry_of_a_failed_job_whose_file_was_fixed_in_failed_reads_the_fixed_fi
 def test_retry_of_a_failed_job_whose_files_were_taken_out_of_failed_says_so_and_queues_nothing(
     sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sandbox.drop("dog.txt", "a dog\nsampler: warp_drive\n")
+    sandbox.drop("dog.txt", "a dog\nmodel: not-downloaded-yet\n")
     assert sandbox.drain().jobs_failed == 1
     (sandbox.failed / "dog.txt").unlink()
 
@@ -180,7 +180,7 @@ def test_retry_of_a_failed_job_whose_files_were_taken_out_of_failed_says_so_and_
 def test_retry_of_a_job_id_means_that_job_even_when_a_newer_refused_file_starts_with_those_digits(
     sandbox: Sandbox,
 ) -> None:
-    sandbox.drop("dog.txt", "a dog\nsampler: warp_drive\n")
+    sandbox.drop("dog.txt", "a dog\nmodel: not-downloaded-yet\n")
     assert sandbox.drain().jobs_failed == 1
     [(job_id,)] = sandbox.journal_rows("SELECT id FROM jobs")
     sandbox.drop(f"{job_id}-lighthouse.toml", BAD_TOML)

@@ -241,8 +241,18 @@ def test_settings_that_need_a_restart_keep_their_old_value_and_are_named(
         (lambda text, box: text.replace('preset = "mine"', 'preset = "no-such-preset"'), "no-such-preset"),
         (lambda text, box: text.replace('styles = ["Reload Test"]', 'styles = ["No Such Style"]'), "No Such"),
         (lambda text, box: text.replace("[outbox]", '[outbox]\nformat = "gif"'), "outbox.format"),
+        (lambda text, box: text.replace('preset = "mine"', 'preset = "mine"\nsampler = "warp"'), "warp"),
+        (lambda text, box: text.replace('preset = "mine"', 'preset = "mine"\nscheduler = "lcm"'), "lcm"),
     ],
-    ids=["missing-model", "nested-folders", "unknown-preset", "unknown-style", "bad-value"],
+    ids=[
+        "missing-model",
+        "nested-folders",
+        "unknown-preset",
+        "unknown-style",
+        "bad-value",
+        "unknown-sampler",
+        "unusable-scheduler",
+    ],
 )
 def test_an_invalid_new_config_is_refused_with_the_reason(
     sandbox: Sandbox,

@@ -41,6 +41,7 @@ Samplers, where diffusers differs from Fooocus:
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import inspect
 import json
@@ -164,26 +165,26 @@ def schedule_names() -> list[str]:
     return sorted(SIGMA_SCHEDULES)
 
 
-def build_scheduler(sampler: str, schedule: str, base_config: Mapping[str, Any]) -> SchedulerChoice:
-    """Build the scheduler for ``sampler`` + ``schedule`` from the model's own scheduler config.
+def check_sampler(sampler: str, schedule: str) -> str:
+    """The scheduler class that runs ``sampler`` on ``schedule``.
 
-    ``base_config`` carries the model's training noise schedule (betas, prediction type ...); it is
-    never modified. Raises ``InvalidInput`` for unknown names or a combination diffusers cannot run.
+    Raises ``InvalidInput`` for an unknown name (with the closest known ones), a sampler whose
+    package is not installed, or a pair no class can run. The intake calls it, so that a job
+    naming one is refused when it is dropped rather than failing when its turn comes.
     """
-    sampler_key = sampler.strip().lower()
-    schedule_key = schedule.strip().lower()
-    canonical = SAMPLER_ALIASES.get(sampler_key, sampler_key)
+    canonical = _canonical_sampler(sampler)
     recipe = SAMPLERS.get(canonical)
     if recipe is None:
         raise InvalidInput(
-            f"unknown sampler {sampler!r}",
+            f"unknown sampler {sampler!r}{_closest(canonical, sampler_names())}",
             where="sampler",
             hint=f"use one of: {', '.join(sampler_names())}",
         )
+    schedule_key = schedule.strip().lower()
     sigma_schedule = SIGMA_SCHEDULES.get(schedule_key)
     if sigma_schedule is None:
         raise InvalidInput(
-            f"unknown scheduler {schedule!r}",
+            f"unknown scheduler {schedule!r}{_closest(schedule_key, schedule_names())}",
             where="scheduler",
             hint=f"use one of: {', '.join(schedule_names())}",
         )
@@ -202,14 +203,37 @@ def build_scheduler(sampler: str, schedule: str, base_config: Mapping[str, Any])
             where="scheduler",
             hint=f"with {sampler!r} use one of: {', '.join(sorted(workable))}",
         )
+    return class_name
+
+
+def build_scheduler(sampler: str, schedule: str, base_config: Mapping[str, Any]) -> SchedulerChoice:
+    """Build the scheduler for ``sampler`` + ``schedule`` from the model's own scheduler config.
+
+    ``base_config`` carries the model's training noise schedule (betas, prediction type ...); it is
+    never modified. Raises ``InvalidInput`` for unknown names or a combination diffusers cannot run.
+    """
+    class_name = check_sampler(sampler, schedule)
+    sampler_key = sampler.strip().lower()
+    schedule_key = schedule.strip().lower()
+    recipe = SAMPLERS[_canonical_sampler(sampler)]
     recipe_options = recipe.options if class_name == recipe.scheduler_class else {}
-    options = {**recipe_options, **sigma_schedule.options}
+    options = {**recipe_options, **SIGMA_SCHEDULES[schedule_key].options}
     accepted = _init_parameters(class_name)
     switches = {key: value for key, value in _SCHEDULE_SWITCHES.items() if key in accepted}
     # Only the keys the class knows: the rest (another class's options) would just be logged and dropped.
     config = {key: value for key, value in base_config.items() if key in accepted}
     scheduler = _fresh_scheduler(class_name, json.dumps({**config, **switches, **options}, sort_keys=True))
     return SchedulerChoice(scheduler=scheduler, sampler=sampler_key, schedule=schedule_key)
+
+
+def _canonical_sampler(sampler: str) -> str:
+    key = sampler.strip().lower()
+    return SAMPLER_ALIASES.get(key, key)
+
+
+def _closest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+    return (" — did you mean " + " or ".join(f"'{match}'" for match in close) + "?") if close else ""
 
 
 def _fresh_scheduler(class_name: str, config_json: str) -> SchedulerMixin:

@@ -39,6 +39,7 @@ from fooocusd.service.notify import (
 )
 from fooocusd.service.reconcile import reconcile
 from fooocusd.service.reload import Reloader, SettingsSource, apply_on_main_thread, apply_to_worker
+from fooocusd.service.settings_checks import check_generation_defaults
 from fooocusd.service.start_timeline import StartTimeline
 from fooocusd.service.state_lock import state_folder_lock
 from fooocusd.service.warm_up import warm_up, warm_up_request
@@ -115,6 +116,7 @@ class Daemon:
         preset_dirs = preset_search_dirs(folders.presets)
         load_all_presets(preset_dirs)  # a broken preset file stops the start, not a job later
         styles = load_styles([folders.styles] if folders.styles else [])
+        check_generation_defaults(self.settings.generation, preset_dirs, styles)
         timeline.reached("settings, presets and styles")
         # Resolving the model comes first: without one, say where to put it and stop.
         engine = create_engine(self.settings.engine, folders.models, folders.cache, self.settings.controlnet)

@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from loguru import logger
 
 from fooocusd.crashpoints import crashpoint
+from fooocusd.engine.samplers import check_sampler
 from fooocusd.engine.styles import StyleLibrary
 from fooocusd.errors import ConfigError, InvalidInput
 from fooocusd.intake.claim import copy_durably, digest_files, move_durably, move_to_unique
@@ -41,8 +42,8 @@ from fooocusd.intake.pairing import Drop
 from fooocusd.intake.watcher import Ready
 from fooocusd.jobs.drop_files import DropFiles, paths_named_by, resolve_written_path
 from fooocusd.jobs.loader import error_report, load_drop, parse_job_file
-from fooocusd.jobs.presets import load_preset, preset_for_subfolder
-from fooocusd.jobs.resolve import fix_seed
+from fooocusd.jobs.presets import Preset, load_preset, preset_for_subfolder
+from fooocusd.jobs.resolve import fix_seed, resolve_requests
 from fooocusd.jobs.spec import JobSpec, image_attached_after_parsing
 from fooocusd.jobs.txt_format import mistyped_options_unsaid
 from fooocusd.journal.journal import Journal
@@ -187,14 +188,31 @@ class IntakeStage:
             except InvalidInput as exc:
                 where = f"job {number}" if len(specs) > 1 else "preset"
                 raise InvalidInput(exc.message, where=where, hint=exc.hint) from exc
-            styles = _first_set(spec.styles, preset.styles, self.settings.generation.styles)
-            try:
-                self.styles.canonical_names(styles)
-            except InvalidInput as exc:
-                where = f"job {number}, styles" if len(specs) > 1 else "styles"
-                raise InvalidInput(exc.message, where=where, hint=exc.hint) from exc
-            fixed.append(fix_seed(spec, self._rng))
+            seeded = fix_seed(spec, self._rng)
+            self._check_names(seeded, preset, preset_name, f"job {number}, " if len(specs) > 1 else "")
+            fixed.append(seeded)
         return fixed
+
+    def _check_names(self, spec: JobSpec, preset: Preset, preset_name: str, place: str) -> None:
+        """The styles, sampler and scheduler the job will run with: a name that cannot work refuses
+        the drop now, rather than failing the job when its turn comes, perhaps hours later."""
+        styles = _first_set(spec.styles, preset.styles, self.settings.generation.styles)
+        try:
+            self.styles.canonical_names(styles)
+        except InvalidInput as exc:
+            raise InvalidInput(exc.message, where=f"{place}styles", hint=exc.hint) from exc
+        request = resolve_requests(spec, preset, self.settings.generation, self.settings.engine.model)[0]
+        try:
+            check_sampler(request.sampler, request.scheduler)
+        except InvalidInput as exc:
+            field = exc.where or "sampler"
+            if field in spec.model_fields_set or "performance" in spec.model_fields_set:
+                origin = ""
+            elif getattr(preset, field, None) is not None:
+                origin = f" (from the preset '{preset_name}')"
+            else:
+                origin = f" (from generation.{field} in the configuration)"
+            raise InvalidInput(exc.message, where=f"{place}{field}{origin}", hint=exc.hint) from exc
 
     def _claim_files(self, drop: Drop, named: list[str]) -> list[_ClaimFile]:
         """The drop's own files, then each file its jobs name (once, in the order first named)."""

@@ -24,12 +24,13 @@ from loguru import logger
 
 from fooocusd.engine.models import resolve_model
 from fooocusd.engine.styles import StyleLibrary, load_styles
-from fooocusd.errors import ConfigError, InvalidInput
+from fooocusd.errors import ConfigError
 from fooocusd.intake.layout import assert_folders_disjoint
-from fooocusd.jobs.presets import load_all_presets, load_preset
+from fooocusd.jobs.presets import load_all_presets
 from fooocusd.service.folders import Folders
 from fooocusd.service.logs import configure_logging
 from fooocusd.service.notify import Notifier, ServiceReporter
+from fooocusd.service.settings_checks import check_generation_defaults
 from fooocusd.settings import LoadedSettings, Settings, flatten, load_settings
 
 if TYPE_CHECKING:
@@ -101,11 +102,7 @@ def prepare_reload(
     resolve_model(settings.engine.model, folders.models, allow_pickle=settings.engine.allow_unsafe_pickle)
     load_all_presets(preset_dirs)
     styles = load_styles([folders.styles] if folders.styles else [])
-    try:
-        load_preset(settings.generation.preset, preset_dirs)
-        styles.canonical_names(settings.generation.styles)
-    except InvalidInput as exc:
-        raise ConfigError(exc.message, hint=exc.hint, where=exc.where) from exc
+    check_generation_defaults(settings.generation, preset_dirs, styles)
     old, new = flatten(current), flatten(settings)
     changed = sorted(key for key in new if new[key] != old.get(key))
     return ReloadPlan(settings=settings, styles=styles, changed=changed, kept=kept)

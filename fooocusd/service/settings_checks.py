@@ -1,0 +1,33 @@
+"""Checks of the configuration's job defaults, at start and on reload.
+
+A default that cannot work (a preset that is not there, an unknown style, a sampler that cannot
+run on the scheduler) would otherwise refuse or fail every job that relies on it, one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from fooocusd.engine.samplers import check_sampler
+from fooocusd.engine.styles import StyleLibrary
+from fooocusd.errors import ConfigError, InvalidInput
+from fooocusd.jobs.performance import forced_settings
+from fooocusd.jobs.presets import load_preset
+from fooocusd.settings import GenerationSettings
+
+
+def check_generation_defaults(
+    generation: GenerationSettings, preset_dirs: Sequence[Path], styles: StyleLibrary
+) -> None:
+    """``ConfigError`` naming the ``generation.*`` key whose value no job could run with."""
+    # A fast performance mode replaces the sampler and scheduler with its own.
+    forced = forced_settings(generation.performance)
+    sampler = forced.get("sampler", generation.sampler)
+    scheduler = forced.get("scheduler", generation.scheduler)
+    try:
+        load_preset(generation.preset, preset_dirs)
+        styles.canonical_names(generation.styles)
+        check_sampler(sampler, scheduler)
+    except InvalidInput as exc:
+        raise ConfigError(exc.message, hint=exc.hint, where=f"generation.{exc.where or 'styles'}") from exc
