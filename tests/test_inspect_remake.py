@@ -47,6 +47,11 @@ def _png_with_text(path: Path, chunks: dict[str, str]) -> Path:
     return path
 
 
+def _fooocus_png(path: Path, scheme: dict[str, object]) -> Path:
+    """An image as Fooocus saves it with "Save Metadata to Images": the JSON in ``parameters``."""
+    return _png_with_text(path, {"parameters": json.dumps(scheme), "fooocus_scheme": "fooocus"})
+
+
 def _with_tiny_expansion(sandbox: Sandbox) -> None:
     text = sandbox.config.read_text(encoding="utf-8")
     sandbox.config.write_text(text.replace('device = "cpu"', 'device = "cpu"\nexpansion = "tiny-random"', 1))
@@ -67,7 +72,8 @@ def test_images_made_again_from_the_job_file_inspect_prints_are_the_same_pixels(
     assert _inspect(*originals, "--job") == 0
     job_file = capsys.readouterr().out
     specs = parse_toml(job_file, "again.toml")
-    assert [spec.seed for spec in specs] == [4242, 4243]
+    assert [(spec.seed, spec.images) for spec in specs] == [(4242, 1), (4243, 1)]
+    assert all("images" in spec.model_fields_set for spec in specs), "not the config's generation.images"
     assert specs[0].styles == ["Fooocus V2", "Fooocus Sharp", "Fooocus Enhance"]
     assert specs[0].extra_prompts == ["soft morning light"]
 
@@ -216,10 +222,7 @@ def test_a_fooocus_image_is_remade_from_the_prompt_fooocus_encoded_without_its_s
         "vae": "Default (model)",
         "version": "Fooocus v2.5.5",
     }
-    image = _png_with_text(
-        tmp_path / "2026-11-28_10-00-00_1234.png",
-        {"parameters": json.dumps(scheme), "fooocus_scheme": "fooocus"},
-    )
+    image = _fooocus_png(tmp_path / "2026-11-28_10-00-00_1234.png", scheme)
     assert _inspect(image, "--job") == 0
     job_file = capsys.readouterr().out
     assert "their templates are not fooocusd's" in job_file
@@ -388,3 +391,24 @@ def test_an_older_fooocus_image_without_encoded_prompts_keeps_its_styles_by_name
         ["Fooocus V2", "Fooocus Sharp"],
     )
     assert any("templates differ" in note for note in image.notes)
+
+
+def test_a_sampler_or_scheduler_fooocusd_lacks_is_left_to_the_default_and_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scheme = {"prompt": "a lighthouse", "seed": "8", "sampler": "restart", "scheduler": "align_your_steps"}
+    image = _fooocus_png(tmp_path / "fooocus.png", {**scheme, "version": "Fooocus v2.5.5"})
+    assert _inspect(image, "--job") == 0
+    job_file = capsys.readouterr().out
+    assert "sampler 'restart' is not one fooocusd has: the default sampler is used" in job_file
+    assert "scheduler 'align_your_steps' is not one fooocusd has" in job_file
+    (spec,) = parse_toml(job_file, "again.toml")
+    assert (spec.sampler, spec.scheduler, spec.seed) == (None, None, 8)
+
+    scheme.update(sampler="euler", scheduler="lcm")  # lcm's schedule is for the lcm sampler only
+    _fooocus_png(image, scheme)
+    assert _inspect(image, "--job") == 0
+    job_file = capsys.readouterr().out
+    assert "sampler 'euler' cannot use scheduler 'lcm': the default scheduler is used" in job_file
+    (spec,) = parse_toml(job_file, "again.toml")
+    assert (spec.sampler, spec.scheduler) == ("euler", None)

@@ -28,6 +28,7 @@ from typing import Any
 
 import tomli_w
 
+from fooocusd.engine.sampler_table import SAMPLERS, SIGMA_SCHEDULES, canonical_sampler, check_sampler_names
 from fooocusd.errors import InvalidInput
 from fooocusd.jobs.resolve import lora_key, normalise_performance
 from fooocusd.jobs.spec import JobSpec
@@ -47,6 +48,7 @@ _KEY_ORDER = (
     "negative",
     "styles",
     "seed",
+    "images",
     "performance",
     "steps",
     "aspect",
@@ -96,7 +98,7 @@ def read_recorded_image(path: Path, *, known_style: KnownStyle) -> RecordedImage
     if not path.is_file():
         raise InvalidInput(f"{path} does not exist", hint="give the path of an image from the outbox")
     try:
-        return _read(path, known_style)
+        image = _read(path, known_style)
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         missing = f"it has no {exc}" if isinstance(exc, KeyError) else str(exc)
         raise InvalidInput(
@@ -104,6 +106,25 @@ def read_recorded_image(path: Path, *, known_style: KnownStyle) -> RecordedImage
             where=str(path),
             hint="another program may have rewritten them; write the job file by hand",
         ) from exc
+    _keep_runnable_sampling(image.job, image.notes)
+    image.job["images"] = 1  # one record, one image: not the configuration's generation.images
+    return image
+
+
+def _keep_runnable_sampling(job: dict[str, Any], notes: list[str]) -> None:
+    """Leave out a sampler or scheduler fooocusd does not have (Fooocus has a few more), saying so:
+    the job then runs with the default rather than being refused when it is dropped."""
+    sampler, scheduler = job.get("sampler"), job.get("scheduler")
+    if sampler is not None and canonical_sampler(sampler) not in SAMPLERS:
+        notes.append(f"sampler {job.pop('sampler')!r} is not one fooocusd has: the default sampler is used")
+    if scheduler is not None and scheduler.strip().lower() not in SIGMA_SCHEDULES:
+        notes.append(f"scheduler {job.pop('scheduler')!r} is not one fooocusd has: the default is used")
+    if "sampler" in job and "scheduler" in job:
+        try:
+            check_sampler_names(job["sampler"], job["scheduler"])
+        except InvalidInput as exc:
+            del job["scheduler"]
+            notes.append(f"{exc.message}: the default scheduler is used")
 
 
 def _read(path: Path, known_style: KnownStyle) -> RecordedImage:
