@@ -220,12 +220,12 @@ class Pairer:
                 if (
                     mask is None
                     and not self._gave_up(min(spec.since, image.since), now)
-                    and arriving(_mask_names(stem))
+                    and arriving(mask_names_for(stem))
                 ):
                     break
                 drop = Drop(spec.ready, image.ready, mask.ready if mask else None)
             elif spec:
-                image_arriving = arriving(_image_names(stem))
+                image_arriving = arriving(image_names_for(stem))
                 if image_arriving and not self._gave_up(spec.since, now):
                     break
                 if mask and not image_arriving and now - spec.since < self.pair_wait_seconds:
@@ -237,7 +237,7 @@ class Pairer:
                 if now - image.since < self.pair_wait_seconds or self._is_named(image.ready.path):
                     break
                 if not self._gave_up(image.since, now) and (
-                    arriving(_spec_names(stem)) or (mask is None and arriving(_mask_names(stem)))
+                    arriving(_spec_names(stem)) or (mask is None and arriving(mask_names_for(stem)))
                 ):
                     break
                 drop = Drop(image=image.ready, mask=mask.ready if mask else None)
@@ -246,7 +246,7 @@ class Pairer:
                 if now - mask.since < self.pair_wait_seconds or self._is_named(mask.ready.path):
                     break
                 if not self._gave_up(mask.since, now) and (
-                    arriving(_image_names(stem)) or arriving(_spec_names(stem))
+                    arriving(image_names_for(stem)) or arriving(_spec_names(stem))
                 ):
                     break
                 drop = Drop(mask=mask.ready)
@@ -354,11 +354,13 @@ def _spec_names(stem: str) -> list[str]:
     return [stem + ext for ext in _spelled(JOB_EXTENSIONS)]
 
 
-def _image_names(stem: str) -> list[str]:
+def image_names_for(stem: str) -> list[str]:
+    """The names of the picture that pairs with the job file ``<stem>.txt``/``.toml``."""
     return [stem + ext for ext in _spelled(IMAGE_EXTENSIONS)]
 
 
-def _mask_names(stem: str) -> list[str]:
+def mask_names_for(stem: str) -> list[str]:
+    """The names of the mask that pairs with ``<stem>.png`` (and so with ``<stem>.txt``)."""
     markers = (MASK_MARKER, MASK_MARKER.upper())
     return [stem + marker + ext for marker in markers for ext in _spelled(IMAGE_EXTENSIONS)]
 

@@ -18,7 +18,6 @@ from rich.table import Table
 
 from fooocusd.errors import ConfigError, InvalidInput
 from fooocusd.intake.claim import unique_destination
-from fooocusd.intake.ignore import Kind, classify_name
 from fooocusd.intake.waiting import inbox_waiting
 from fooocusd.journal.journal import Journal, JournalError, status_report
 from fooocusd.outbox.atomic import publish_bytes
@@ -200,46 +199,34 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 
 
 def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    from fooocusd.service.submission import refuse_what_the_daemon_would_not_take, submit_file
+
     inbox = _folders(loaded).inbox
     target_dir = inbox / args.subdir if args.subdir else inbox
     if args.subdir and (".." in Path(args.subdir).parts or Path(args.subdir).is_absolute()):
         raise InvalidInput("--subdir must be a folder name inside the inbox", hint="e.g. --subdir portrait")
-    if args.prompt is not None:
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", args.prompt).strip("-")[:40].lower() or "prompt"
-        name = f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
-        data = (args.prompt.strip() + "\n").encode("utf-8")
-    else:
+    if args.prompt is None:
         source: Path = args.path
-        if not source.is_file():
-            raise InvalidInput(f"{source} is not a file", hint="give the path of a .txt, .toml or image file")
-        name, data = source.name, source.read_bytes()
-    _refuse_what_the_daemon_would_not_take(f"{args.subdir.strip('/')}/{name}".lstrip("/"), loaded)
+        refuse_what_the_daemon_would_not_take(_relpath(args.subdir, source.name), loaded.settings)
+        *pictures, job_file = submit_file(source, target_dir, inbox, loaded.settings)
+        with_pictures = (
+            f" (with {', '.join(str(p.relative_to(target_dir)) for p in pictures)})" if pictures else ""
+        )
+        _out.print(f"submitted {job_file}{with_pictures}")
+        return 0
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", args.prompt).strip("-")[:40].lower() or "prompt"
+    name = f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+    refuse_what_the_daemon_would_not_take(_relpath(args.subdir, name), loaded.settings)
     target_dir.mkdir(parents=True, exist_ok=True)
     final = unique_destination(target_dir, name)
     # Written under a hidden temporary name the daemon ignores, then renamed into place.
-    publish_bytes(final, data, umask=loaded.settings.outbox.umask)
+    publish_bytes(final, (args.prompt.strip() + "\n").encode("utf-8"), umask=loaded.settings.outbox.umask)
     _out.print(f"submitted {final}")
     return 0
 
 
-def _refuse_what_the_daemon_would_not_take(relpath: str, loaded: LoadedSettings) -> None:
-    """Submitting a file the intake would ignore leaves it in the inbox forever; one it refuses
-    ends in failed/. Both are better said now, by the command that was given the file."""
-    intake = loaded.settings.intake
-    verdict = classify_name(relpath, intake.ignore_patterns)
-    if verdict.kind is Kind.IGNORE:
-        raise InvalidInput(
-            f"the daemon would never pick up {relpath}: {verdict.reason}",
-            hint="give it a plain name, or another --subdir (no leading dot, no temporary-file "
-            "ending), or change intake.ignore_patterns",
-        )
-    if verdict.kind is Kind.CONFLICT and intake.conflict_copies == "quarantine":
-        raise InvalidInput(
-            f"the daemon would set {relpath} aside: {verdict.reason}",
-            hint="rename it without the conflict marker",
-        )
-    if verdict.kind is Kind.UNSUPPORTED:
-        raise InvalidInput(f"{relpath}: {verdict.reason}", hint="submit a .txt, .toml or image file")
+def _relpath(subdir: str, name: str) -> str:
+    return f"{subdir.strip('/')}/{name}".lstrip("/")
 
 
 def retry(args: argparse.Namespace, loaded: LoadedSettings) -> int:

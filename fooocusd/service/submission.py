@@ -1,0 +1,134 @@
+"""``fooocusd submit``: put a job file into the inbox with the pictures it needs, or nothing at all.
+
+A job file may name pictures (``image``, ``mask``, image prompts), relative to itself, and the
+intake pairs ``fox.txt`` with ``fox.png`` and ``fox.mask.png`` beside it. Copied alone, such a job
+would be refused for want of its pictures, so they are copied too, under the same relative paths,
+before the job file (the order the intake expects). Everything is checked before anything is
+written: a named picture that is missing, a name in the inbox already taken by other content, or
+a job file the daemon would refuse anyway is said at once, and the inbox is left as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from fooocusd.errors import InvalidInput
+from fooocusd.intake.claim import unique_destination
+from fooocusd.intake.ignore import JOB_EXTENSIONS, Kind, classify_name
+from fooocusd.intake.pairing import image_names_for, mask_names_for
+from fooocusd.jobs.drop_files import paths_named_by, resolve_written_path
+from fooocusd.jobs.loader import parse_job_file
+from fooocusd.jobs.spec import image_attached_after_parsing
+from fooocusd.outbox.atomic import publish_bytes
+from fooocusd.settings import Settings
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A picture that goes with the job file: where it is, and its path relative to the job file."""
+
+    source: Path
+    relpath: str
+
+
+def submit_file(source: Path, target_dir: Path, inbox: Path, settings: Settings) -> list[Path]:
+    """Copy ``source`` (and its pictures) into ``target_dir``; the paths written, the job file last."""
+    if not source.is_file():
+        raise InvalidInput(f"{source} is not a file", hint="give the path of a .txt, .toml or image file")
+    companions = pictures_for(source, inbox, settings) if source.suffix.lower() in JOB_EXTENSIONS else []
+    for companion in companions:
+        refuse_what_the_daemon_would_not_take(_inbox_relpath(target_dir / companion.relpath, inbox), settings)
+    to_write = [(companion.source, target_dir / companion.relpath) for companion in companions]
+    to_write = [(path, target) for path, target in to_write if not _already_there(path, target)]
+    job_target = target_dir / source.name
+    if job_target.exists():
+        if any(PurePosixPath(companion.relpath).parent == PurePosixPath(".") for companion in companions):
+            raise InvalidInput(
+                f"the inbox already holds {_inbox_relpath(job_target, inbox)}, and the pictures beside "
+                f"{source.name} pair with it by name",
+                hint="wait until the daemon has taken the one in the inbox, "
+                "or rename the job file and its pictures",
+            )
+        job_target = unique_destination(target_dir, source.name)
+    written = []
+    for path, target in [*to_write, (source, job_target)]:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written under a hidden temporary name the daemon ignores, then renamed into place.
+        publish_bytes(target, path.read_bytes(), umask=settings.outbox.umask)
+        written.append(target)
+    return written
+
+
+def pictures_for(job_file: Path, inbox: Path, settings: Settings) -> list[Companion]:
+    """The pictures ``job_file`` names, then those beside it that the intake pairs with it by name.
+
+    A picture named by a path into the inbox (``~/fooocusd/inbox/refs/cat.png``) is there already
+    and is left out. Raises ``InvalidInput`` when the file cannot be read as a job, or names a
+    picture that is not there or lies outside the job file's folder.
+    """
+    with image_attached_after_parsing():  # a picture beside it may stand in for the prompt
+        specs = parse_job_file(job_file, max_job_file_bytes=settings.intake.max_job_file_bytes)
+    folder = job_file.parent.resolve()
+    found: dict[str, Companion] = {}
+    for spec in specs:
+        for written in paths_named_by(spec):
+            path = resolve_written_path(written, job_file).resolve()
+            if path.is_relative_to(inbox.resolve()):
+                continue
+            if not path.is_relative_to(folder):
+                raise InvalidInput(
+                    f"{job_file.name} names {written}, outside its own folder, so it cannot go with it",
+                    where=written,
+                    hint="put the picture beside the job file (or in a folder below it), and name it so",
+                )
+            if not path.is_file():
+                raise InvalidInput(
+                    f"{job_file.name} names {written}, which is not there",
+                    where=written,
+                    hint=f"put it beside {job_file.name} (paths are relative to the job file), "
+                    "then submit again",
+                )
+            relpath = path.relative_to(folder).as_posix()
+            found.setdefault(relpath, Companion(path, relpath))
+    for name in [*image_names_for(job_file.stem), *mask_names_for(job_file.stem)]:
+        path = job_file.with_name(name)
+        if path.is_file() and name not in found:
+            found[name] = Companion(path, name)
+    return list(found.values())
+
+
+def refuse_what_the_daemon_would_not_take(relpath: str, settings: Settings) -> None:
+    """Submitting a file the intake would ignore leaves it in the inbox forever; one it refuses
+    ends in failed/. Both are better said now, by the command that was given the file."""
+    intake = settings.intake
+    verdict = classify_name(relpath, intake.ignore_patterns)
+    if verdict.kind is Kind.IGNORE:
+        raise InvalidInput(
+            f"the daemon would never pick up {relpath}: {verdict.reason}",
+            hint="give it a plain name, or another --subdir (no leading dot, no temporary-file "
+            "ending), or change intake.ignore_patterns",
+        )
+    if verdict.kind is Kind.CONFLICT and intake.conflict_copies == "quarantine":
+        raise InvalidInput(
+            f"the daemon would set {relpath} aside: {verdict.reason}",
+            hint="rename it without the conflict marker",
+        )
+    if verdict.kind is Kind.UNSUPPORTED:
+        raise InvalidInput(f"{relpath}: {verdict.reason}", hint="submit a .txt, .toml or image file")
+
+
+def _already_there(source: Path, target: Path) -> bool:
+    """True when ``target`` holds the same bytes; ``InvalidInput`` when it holds other ones."""
+    if not target.exists():
+        return False
+    if target.is_file() and target.read_bytes() == source.read_bytes():
+        return True
+    raise InvalidInput(
+        f"the inbox already holds a different {target.name} at {target}",
+        hint="wait until the daemon has taken it, or rename the picture and the job's reference to it",
+    )
+
+
+def _inbox_relpath(path: Path, inbox: Path) -> str:
+    return path.relative_to(inbox).as_posix()
