@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     models_command.add_parser(sub, parents=[common, folders])
     from fooocusd.service import inspect_command
 
-    inspect_command.add_parser(sub, parents=[common])
+    inspect_command.add_parser(sub, parents=[common, folders])
     doctor = sub.add_parser("doctor", parents=[common, daemon], help="check torch, devices, models, folders")
     doctor.set_defaults(handler=commands.doctor)
     from fooocusd.service import install_service

@@ -111,30 +111,34 @@ IMAGE_JOBS = {
 
 
 @pytest.mark.parametrize("kind", sorted(IMAGE_JOBS))
-def test_an_image_job_is_made_again_when_its_source_files_are_dropped_beside_the_job_file(
-    kind: str, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+def test_an_image_job_is_made_again_from_its_job_file_submitted_with_its_pictures(
+    kind: str, sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job_text, with_mask = IMAGE_JOBS[kind]
     source = _scene_png((96, 64))
     sources = {"shed.png": source, **({"shed.mask.png": _mask_png((96, 64))} if with_mask else {})}
     for name, content in sources.items():
-        sandbox.drop(name, content)
-    sandbox.drop("shed.toml", job_text)
+        sandbox.drop(f"yard/{name}", content)
+    sandbox.drop("yard/shed.toml", job_text)
     assert sandbox.drain().jobs_done == 1
     (original,) = sandbox.images()
 
     capsys.readouterr()
-    assert _inspect(original) == 0
+    assert _inspect(original, "--config", sandbox.config) == 0
     readable = " ".join(capsys.readouterr().out.split())
-    assert f"works on {' and '.join(sources)}: put the file(s) beside the job file" in readable
+    assert f"the job works on {', '.join(sources)}: put " in readable
+    assert f"yard/shed.png was moved to {sandbox.done / 'yard' / 'shed.png'}" in readable
     assert _inspect(original, "--job") == 0
     job_file = capsys.readouterr().out
     (spec,) = parse_toml(job_file, "again.toml")
-    assert (spec.image, spec.seed) == ("shed.png", 9)
+    assert (spec.image, spec.seed) == ("shed.png", 9), "by file name, to sit beside the job file"
 
+    work = tmp_path / "work"  # the user's own folder: the job file, and the pictures beside it
+    work.mkdir()
+    (work / "again.toml").write_text(job_file)
     for name, content in sources.items():
-        sandbox.drop(f"again/{name}", content)
-    sandbox.drop("again/again.toml", job_file)
+        (work / name).write_bytes(content)
+    assert main(["submit", str(work / "again.toml"), "--config", str(sandbox.config)]) == 0
     assert sandbox.drain().jobs_done == 1, sandbox.files(sandbox.failed)
     (again,) = [path for path in sandbox.images() if path.name.startswith("again")]
     assert np.array_equal(_pixels(original), _pixels(again))

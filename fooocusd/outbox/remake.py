@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import tomli_w
@@ -72,6 +72,7 @@ _LORA_COMBINED = re.compile(r"^lora_combined_\d+$")
 _NUMBERS = re.compile(r"-?\d+(?:\.\d+)?")
 
 KnownStyle = Callable[[str], bool]
+LocateInput = Callable[[str], Path | None]
 
 
 @dataclass
@@ -88,17 +89,20 @@ class RecordedImage:
     """What the job cannot carry, or files it needs beside it."""
 
 
-def read_recorded_image(path: Path, *, known_style: KnownStyle) -> RecordedImage:
+def read_recorded_image(
+    path: Path, *, known_style: KnownStyle, locate_input: LocateInput = lambda _: None
+) -> RecordedImage:
     """The settings ``path`` was made with. ``InvalidInput`` when it carries none.
 
     ``path`` is an image, or a fooocusd sidecar ``.json``. ``known_style`` tells whether this
     installation has a style of that name; a record naming a style it lacks is remade from the
-    prompt as encoded instead.
+    prompt as encoded instead. ``locate_input`` finds where a picture the job worked on (by its
+    path in the inbox) is now, for the note that asks for it.
     """
     if not path.is_file():
         raise InvalidInput(f"{path} does not exist", hint="give the path of an image from the outbox")
     try:
-        image = _read(path, known_style)
+        image = _read(path, known_style, locate_input)
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         missing = f"it has no {exc}" if isinstance(exc, KeyError) else str(exc)
         raise InvalidInput(
@@ -127,19 +131,19 @@ def _keep_runnable_sampling(job: dict[str, Any], notes: list[str]) -> None:
             notes.append(f"{exc.message}: the default scheduler is used")
 
 
-def _read(path: Path, known_style: KnownStyle) -> RecordedImage:
+def _read(path: Path, known_style: KnownStyle, locate_input: LocateInput) -> RecordedImage:
     if path.suffix.lower() == SIDECAR_SUFFIX:
         record = _json_file(path)
         if record is None or "schema" not in record:
             raise InvalidInput(
                 f"{path.name} is not a fooocusd sidecar", hint="give an image, or the .json written beside it"
             )
-        return from_sidecar(path, record, known_style)
+        return from_sidecar(path, record, known_style, locate_input)
     sidecar = _matching_sidecar(path)
     embedded = read_embedded_metadata(path)
     scheme, parameters = embedded["fooocus_scheme"], embedded["parameters"]
     if sidecar is not None and (sidecar[1] or (scheme is None and parameters is None)):
-        return from_sidecar(path, sidecar[0], known_style)
+        return from_sidecar(path, sidecar[0], known_style, locate_input)
     if scheme is not None and "prompt" in scheme:
         return from_fooocus_scheme(path, scheme, known_style)
     if parameters:
@@ -174,7 +178,9 @@ def _json_file(path: Path) -> dict[str, Any] | None:
 # -- fooocusd's sidecar record ----------------------------------------------------------------
 
 
-def from_sidecar(path: Path, record: Mapping[str, Any], known_style: KnownStyle) -> RecordedImage:
+def from_sidecar(
+    path: Path, record: Mapping[str, Any], known_style: KnownStyle, locate_input: LocateInput = lambda _: None
+) -> RecordedImage:
     job: dict[str, Any] = {}
     notes: list[str] = []
     _prompts_and_styles(job, notes, record, list(record.get("styles") or []), known_style)
@@ -198,9 +204,10 @@ def from_sidecar(path: Path, record: Mapping[str, Any], known_style: KnownStyle)
     job["vae"] = record.get("vae") or "default"
     job["output_format"] = record.get("format", "png")
     if action:
-        _image_action_fields(job, notes, action)
+        _image_action_fields(job, action)
     if record.get("image_prompts"):
-        _image_prompt_fields(job, notes, record["image_prompts"])
+        _image_prompt_fields(job, record["image_prompts"])
+    _pictures_beside(job, notes, locate_input)
     about = {
         "made by": f"fooocusd {record.get('fooocusd_version', '')}".strip(),
         "job": f"{record.get('job_id')} (from {record.get('input_file')})",
@@ -269,7 +276,7 @@ def _adm_fields(adm: Any) -> dict[str, float]:
     return dict(zip(_NEUTRAL_ADM, values, strict=True))
 
 
-def _image_action_fields(job: dict[str, Any], notes: list[str], action: Mapping[str, Any]) -> None:
+def _image_action_fields(job: dict[str, Any], action: Mapping[str, Any]) -> None:
     source = str(action.get("source_image") or "")
     job["image"] = source
     job["image_action"] = action["action"]
@@ -288,11 +295,9 @@ def _image_action_fields(job: dict[str, Any], notes: list[str], action: Mapping[
         padding = {int(value) for value in action.get("outpaint_padding") or () if value}
         if len(padding) == 1:
             job["outpaint_distance"] = float(padding.pop())
-    needed = [name for name in (source, action.get("mask")) if name]
-    notes.append(f"{action['action']} works on {' and '.join(needed)}: put the file(s) beside the job file")
 
 
-def _image_prompt_fields(job: dict[str, Any], notes: list[str], prompts: Sequence[Mapping[str, Any]]) -> None:
+def _image_prompt_fields(job: dict[str, Any], prompts: Sequence[Mapping[str, Any]]) -> None:
     slots = []
     for prompt in prompts:
         slot: dict[str, Any] = {"image": str(prompt.get("source") or ""), "type": prompt["type"]}
@@ -301,8 +306,35 @@ def _image_prompt_fields(job: dict[str, Any], notes: list[str], prompts: Sequenc
                 slot[key] = float(prompt[key])
         slots.append(slot)
     job["image_prompts"] = slots
-    names = ", ".join(slot["image"] for slot in slots)
-    notes.append(f"the image prompts use {names}: put them beside the job file")
+
+
+def _pictures_beside(job: dict[str, Any], notes: list[str], locate_input: LocateInput) -> None:
+    """Name the job's pictures by file name alone, to sit beside the job file, and say where they are.
+
+    The record has their paths in the inbox (``portrait/shed.png``); the job file may be anywhere.
+    Paths stay when two pictures share a file name.
+    """
+    recorded = [job[key] for key in ("image", "mask") if job.get(key)]
+    recorded += [slot["image"] for slot in job.get("image_prompts") or ()]
+    if not recorded:
+        return
+    short = {path: PurePosixPath(path).name for path in recorded}
+    if len(set(short.values())) < len(set(short)):
+        short = {path: path for path in recorded}
+    for key in ("image", "mask"):
+        if job.get(key):
+            job[key] = short[job[key]]
+    for slot in job.get("image_prompts") or ():
+        slot["image"] = short[slot["image"]]
+    names = list(dict.fromkeys(short[path] for path in recorded))
+    pronoun = "it" if len(names) == 1 else "them"
+    whereabouts = [
+        f"{path} was moved to {found}" for path in dict.fromkeys(recorded) if (found := locate_input(path))
+    ]
+    notes.append(
+        f"the job works on {', '.join(names)}: put {pronoun} beside the job file, and `fooocusd submit` "
+        f"takes {pronoun} into the inbox with it" + (f" ({'; '.join(whereabouts)})" if whereabouts else "")
+    )
 
 
 # -- the "fooocus" metadata scheme (Fooocus's own images, and ours without a sidecar) ------------

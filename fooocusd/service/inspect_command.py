@@ -61,11 +61,14 @@ def inspect_images(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     """
     known_style = _style_lookup(args, loaded)
     preset_loras = _default_preset_loras(loaded)
+    done = loaded.settings.paths.resolved().done
     read: list[RecordedImage] = []
     errors: list[FooocusdError] = []
     for path in args.images:
         try:
-            image = read_recorded_image(Path(path).expanduser(), known_style=known_style)
+            image = read_recorded_image(
+                Path(path).expanduser(), known_style=known_style, locate_input=lambda rel: _in(done, rel)
+            )
         except FooocusdError as exc:
             if args.job:
                 raise
@@ -83,6 +86,12 @@ def inspect_images(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     for error in errors:
         print(error.explain(), file=sys.stderr)
     return 1 if errors else 0
+
+
+def _in(folder: Path, relpath: str) -> Path | None:
+    """Where an input's picture went after its job (``done/`` keeps inbox paths), if still there."""
+    candidate = folder / relpath
+    return candidate if candidate.is_file() else None
 
 
 def _style_lookup(args: argparse.Namespace, loaded: LoadedSettings) -> KnownStyle:
@@ -121,10 +130,10 @@ def _print_readable(images: list[RecordedImage]) -> None:
             table.add_row(key, escape(_readable(value)))
         for key, value in image.about.items():
             table.add_row(key, escape(value), style="dim")
-        for note in image.notes:
-            table.add_row("note", escape(note), style="yellow")
         console.print(f"[bold]{escape(image.path.name)}[/bold] (from its {escape(image.origin)} record)")
         console.print(table)
+        for note in image.notes:  # not wrapped, so that the paths in them can be copied whole
+            console.print(f"note: {escape(note)}", style="yellow", soft_wrap=True)
         console.print()
     if images:
         console.print(escape(AGAIN_HINT), style="dim")
