@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,30 @@ def test_the_lock_of_a_killed_daemon_does_not_keep_the_next_one_out(tmp_path: Pa
         process.wait(timeout=30)
     with state_folder_lock(tmp_path):
         pass
+
+
+def test_a_daemon_starting_while_status_probes_the_lock_is_not_taken_for_a_second_daemon(
+    tmp_path: Path,
+) -> None:
+    probe = os.open(tmp_path / LOCK_FILE_NAME, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(probe, fcntl.LOCK_SH)  # what daemon_holding holds for a moment
+    threading.Timer(0.2, os.close, args=(probe,)).start()
+    with state_folder_lock(tmp_path):
+        assert daemon_holding(tmp_path) == str(os.getpid())
+
+
+def test_a_second_start_is_refused_before_it_spends_seconds_importing_torch(sandbox: Sandbox) -> None:
+    starter = (
+        "import sys\nfrom fooocusd.cli import main\n"
+        f"code = main(['once', '--no-progress', '--config', {str(sandbox.config)!r}])\n"
+        "print('torch imported' if 'torch' in sys.modules else 'torch not imported')\nsys.exit(code)\n"
+    )
+    sandbox.state.mkdir(parents=True, exist_ok=True)
+    with state_folder_lock(sandbox.state):
+        result = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.strip() == "torch not imported"
+    assert "is already running with the state folder" in " ".join(result.stderr.split())
 
 
 def test_the_daemon_refuses_to_start_on_a_state_folder_another_daemon_holds(

@@ -22,7 +22,7 @@ from fooocusd.intake.waiting import inbox_waiting
 from fooocusd.journal.journal import Journal, JournalError, status_report
 from fooocusd.outbox.atomic import publish_bytes
 from fooocusd.service.folders import Folders
-from fooocusd.service.state_lock import daemon_holding
+from fooocusd.service.state_lock import daemon_holding, refuse_if_a_daemon_holds
 from fooocusd.settings import LoadedSettings, flatten
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ _out = Console()
 
 
 def run(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    refuse_if_a_daemon_holds(_folders(loaded).state)
     from fooocusd.service.daemon import Daemon  # torch and diffusers load only where needed
     from fooocusd.service.reload import SettingsSource
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 
 
 def once(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    refuse_if_a_daemon_holds(_folders(loaded).state)
     from fooocusd.service.daemon import Daemon
 
     show_bar = sys.stderr.isatty() and not args.no_progress

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,8 @@ from loguru import logger
 from fooocusd.errors import ConfigError
 
 LOCK_FILE_NAME = "daemon.lock"
+PROBE_GRACE_SECONDS = 1.0
+"""How long a starting daemon retries a held lock before it takes the holder for a daemon."""
 
 
 @contextmanager
@@ -28,16 +31,10 @@ def state_folder_lock(state: Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusively(fd)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-            raise ConfigError(
-                f"another fooocusd{f' (pid {holder})' if holder.isdigit() else ''} is already running "
-                f"with the state folder {state}",
-                hint="stop it first (e.g. systemctl stop fooocusd), or give this one its own state folder "
-                "(--state-dir or paths.state): two daemons must never share one",
-                where=str(path),
-            ) from None
+            raise another_daemon_holds(state, holder) from None
         except OSError as exc:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
@@ -49,6 +46,44 @@ def state_folder_lock(state: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _lock_exclusively(fd: int) -> None:
+    """``flock`` it exclusively, or ``BlockingIOError`` when it stays held.
+
+    ``daemon_holding`` (``status``, ``doctor``, a starting ``run``) holds the lock shared for a few
+    microseconds; a daemon starting in that moment must not take the probe for a daemon.
+    """
+    deadline = time.monotonic() + PROBE_GRACE_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
+def another_daemon_holds(state: Path, holder: str) -> ConfigError:
+    """The error for a daemon started on a state folder that another one holds (pid ``holder``)."""
+    return ConfigError(
+        f"another fooocusd{f' (pid {holder})' if holder.isdigit() else ''} is already running "
+        f"with the state folder {state}",
+        hint="stop it first (e.g. systemctl stop fooocusd), or give this one its own state folder "
+        "(--state-dir or paths.state): two daemons must never share one",
+        where=str(state / LOCK_FILE_NAME),
+    )
+
+
+def refuse_if_a_daemon_holds(state: Path) -> None:
+    """Say at once that the state folder is taken, before a start spends seconds importing torch.
+
+    Only a courtesy: ``state_folder_lock`` is what keeps a second daemon out.
+    """
+    holder = daemon_holding(state)
+    if holder is not None:
+        raise another_daemon_holds(state, holder)
 
 
 def daemon_holding(state: Path) -> str | None:
