@@ -81,7 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common, folders], help="queue, running job, recent failures")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=commands.status)
-    submit = sub.add_parser("submit", parents=[common, folders], help="drop a file into the inbox atomically")
+    submit = sub.add_parser(
+        "submit",
+        parents=[common, folders],
+        help="drop a file into the inbox atomically, with the pictures a job file needs",
+    )
     what = submit.add_mutually_exclusive_group(required=True)
     what.add_argument("path", nargs="?", type=Path, help="a .txt, .toml or image file")
     what.add_argument("--prompt", help="make a .txt job from this prompt")
