@@ -214,6 +214,7 @@ def test_a_missing_inpaint_model_names_it_and_the_checkpoints_folder(
         _inpaint(engine, "no_such_inpainting")
     assert "no_such_inpainting" in caught.value.message and "inpaint_model" in caught.value.message
     assert str(models / "checkpoints") in caught.value.hint and "'none'" in caught.value.hint
+    assert caught.value.where.startswith("inpaint_model = 'no_such_inpainting' (looked for")
 
 
 def test_a_plain_sdxl_model_as_inpaint_model_is_refused_with_the_reason(engine: SDXLEngine) -> None:

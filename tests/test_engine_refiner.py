@@ -68,6 +68,8 @@ def test_a_missing_refiner_is_refused_with_where_it_was_looked_for(engine: SDXLE
     with pytest.raises(InvalidInput) as caught:
         engine.generate(default_request(steps=2, refiner="no_such_refiner", refiner_switch=0.5))
     assert "no_such_refiner" in caught.value.message and caught.value.hint
+    assert caught.value.where.startswith("refiner = 'no_such_refiner' (looked for")
+    assert "engine.model" not in caught.value.explain(), "the refiner is not the configured model"
 
 
 def test_switch_step_scales_to_the_schedulers_model_calls() -> None:

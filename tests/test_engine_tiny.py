@@ -128,6 +128,19 @@ def test_unknown_sampler_in_a_job_is_invalid_input(engine: SDXLEngine) -> None:
         engine.generate(default_request(sampler="warp_drive"))
 
 
+def test_a_missing_model_a_job_names_is_explained_as_the_jobs_not_the_configurations(
+    engine: SDXLEngine,
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        engine.generate(default_request(model="juggernautXL_v8Rundiffusion"))
+    explained = " ".join(caught.value.explain().split())
+    assert "the model 'juggernautXL_v8Rundiffusion' was not found" in explained
+    assert "Where: model = 'juggernautXL_v8Rundiffusion' (looked for" in explained
+    assert "engine.model =" not in explained and "[engine] model" not in explained
+    assert "run fooocusd models fetch juggernautXL_v8Rundiffusion" in explained  # it is in the catalogue
+    assert "or leave model out of the job (and its preset) to use the configured one" in explained
+
+
 def test_job_naming_a_missing_model_is_invalid_input_not_a_crash(engine: SDXLEngine) -> None:
     with pytest.raises(InvalidInput) as caught:
         engine.generate(default_request(model="nonexistent_model"))

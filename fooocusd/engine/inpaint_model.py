@@ -201,11 +201,13 @@ class InpaintModelCache:
 
     def _locate(self, name: str) -> ModelLocation:
         try:
-            location = resolve_model(name, self._model_dirs, allow_pickle=self._allow_pickle)
+            location = resolve_model(
+                name, self._model_dirs, allow_pickle=self._allow_pickle, named_by="inpaint_model"
+            )
         except ModelNotFound as exc:
             folder = self._model_dirs.download_folder("checkpoints")
             raise InvalidInput(
-                f"inpaint_model: {exc.message}",
+                exc.message,
                 where=exc.where,
                 hint=f"put the SDXL inpainting checkpoint in {folder}, fix the name in the job's "
                 f"inpaint_model or in {SETTING}, or use 'none' to inpaint with the base model",

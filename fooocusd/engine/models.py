@@ -28,7 +28,7 @@ from typing import Literal
 from loguru import logger
 
 from fooocusd.engine.families import PICKLE_SUFFIXES, SAFE_SUFFIX, detect_family
-from fooocusd.engine.model_dirs import ModelDirs, is_diffusers_folder
+from fooocusd.engine.model_dirs import ModelDirs, is_diffusers_folder, put_file_into
 from fooocusd.errors import InvalidInput, ModelNotFound
 from fooocusd.json_store import read_json_object, write_json_atomically
 
@@ -63,10 +63,14 @@ class ModelLocation:
         return self.kind == "tiny"
 
 
-def resolve_model(model: str, models: ModelRoots, *, allow_pickle: bool = False) -> ModelLocation:
+def resolve_model(
+    model: str, models: ModelRoots, *, allow_pickle: bool = False, named_by: str = CONFIG_KEY
+) -> ModelLocation:
     """Turn ``engine.model`` (or a job's ``model``) into a location. Raises ``ModelNotFound``.
 
     ``allow_pickle`` is ``engine.allow_unsafe_pickle``: without it pickle-based files are refused.
+    ``named_by`` is the key that named the file (a job's ``model``, ``refiner``, ``inpaint_model``),
+    so that a missing one is explained as that key's, not as the configuration's ``engine.model``.
     """
     dirs = ModelDirs.of(models)
     name = model.strip()
@@ -78,11 +82,29 @@ def resolve_model(model: str, models: ModelRoots, *, allow_pickle: bool = False)
     if found is not None:
         return _location_for(found, requested=name, allow_pickle=allow_pickle)
     looked_for = [path for path in dirs.candidates("checkpoints", name) if path.suffix == SAFE_SUFFIX]
+    searched = (
+        f"(looked for: {', '.join(str(path) for path in looked_for)}, "
+        f"in their subfolders, and with the suffixes {', '.join(CHECKPOINT_SUFFIXES[1:])})"
+    )
+    if named_by == CONFIG_KEY:
+        raise ModelNotFound(
+            f"model {name!r} was not found",
+            where=f"{CONFIG_KEY} = {name!r} {searched}",
+            hint=_put_it_here_hint(dirs),
+        )
+    from fooocusd.engine.fetch import fetch_suggestion  # huggingface_hub, only when it is needed
+
+    instead = (
+        f"leave model out of the job (and its preset) to use the configured one ({CONFIG_KEY})"
+        if named_by == "model"
+        else f"change {named_by}"
+    )
     raise ModelNotFound(
-        f"model {name!r} was not found",
-        where=f"{CONFIG_KEY} = {name!r} (looked for: {', '.join(str(path) for path in looked_for)}, "
-        f"in their subfolders, and with the suffixes {', '.join(CHECKPOINT_SUFFIXES[1:])})",
-        hint=_put_it_here_hint(dirs),
+        f"the {named_by} {name!r} was not found",
+        where=f"{named_by} = {name!r} {searched}",
+        hint=put_file_into(name, [dirs.download_folder("checkpoints")], no_folder="the models folder")
+        + fetch_suggestion(name)
+        + f", or {instead}",
     )
 
 

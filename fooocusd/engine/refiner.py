@@ -97,11 +97,9 @@ class RefinerCache:
         if name == TINY_REFINER:
             return ModelLocation(kind="tiny", name=TINY_REFINER)
         try:
-            return resolve_model(name, self._models_dir)
+            return resolve_model(name, self._models_dir, named_by="refiner")
         except ModelNotFound as exc:
-            raise InvalidInput(
-                f"refiner: {exc.message}", where=exc.where, hint=exc.hint or "check the refiner name"
-            ) from exc
+            raise InvalidInput(exc.message, where=exc.where, hint=exc.hint) from exc
 
     def _load_unet(self, location: ModelLocation) -> torch.nn.Module:
         if location.kind == "tiny":

@@ -309,7 +309,9 @@ class SDXLEngine:
         if name == self._location.name:
             return self._location
         with job_model_errors(configured=False):
-            return resolve_model(name, self._model_dirs, allow_pickle=self._allow_unsafe_pickle)
+            return resolve_model(
+                name, self._model_dirs, allow_pickle=self._allow_unsafe_pickle, named_by="model"
+            )
 
     def _load(self, location: ModelLocation) -> None:
         started = time.perf_counter()
