@@ -6,6 +6,9 @@ input to ``failed/``; a ``TransientError`` is retried with backoff.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class FooocusdError(Exception):
     """Base class. ``hint`` tells the user how to fix it; ``where`` points at the place."""
@@ -48,3 +51,11 @@ class ModelNotFound(ConfigError):
 
 class Interrupted(FooocusdError):
     """The engine stopped early because shutdown was requested. The job is requeued, not failed."""
+
+
+def suggest(name: str, known: Iterable[str], *, cutoff: float = 0.6, limit: int = 3) -> str:
+    """`` — did you mean 'negative'?`` for the known names closest to ``name``, or an empty string."""
+    close = difflib.get_close_matches(name, list(known), n=limit, cutoff=cutoff)
+    if not close:
+        return ""
+    return " — did you mean " + " or ".join(f"'{match}'" for match in close) + "?"

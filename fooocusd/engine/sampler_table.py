@@ -43,12 +43,11 @@ Samplers, where diffusers differs from Fooocus:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fooocusd.errors import InvalidInput
+from fooocusd.errors import InvalidInput, suggest
 
 
 @dataclass(frozen=True)
@@ -155,14 +154,14 @@ def check_sampler_names(sampler: str, schedule: str) -> tuple[SamplerRecipe, Sig
     recipe = SAMPLERS.get(canonical)
     if recipe is None:
         raise InvalidInput(
-            f"unknown sampler {sampler!r}{_closest(canonical, sampler_names())}",
+            f"unknown sampler {sampler!r}{suggest(canonical, sampler_names(), limit=2)}",
             where="sampler",
             hint=f"use one of: {', '.join(sampler_names())}",
         )
     sigma_schedule = SIGMA_SCHEDULES.get(schedule.strip().lower())
     if sigma_schedule is None:
         raise InvalidInput(
-            f"unknown scheduler {schedule!r}{_closest(schedule.strip().lower(), schedule_names())}",
+            f"unknown scheduler {schedule!r}{suggest(schedule.strip().lower(), schedule_names(), limit=2)}",
             where="scheduler",
             hint=f"use one of: {', '.join(schedule_names())}",
         )
@@ -175,8 +174,3 @@ def check_sampler_names(sampler: str, schedule: str) -> tuple[SamplerRecipe, Sig
             f"with {sampler!r} use one of: {', '.join(workable)}",
         )
     return recipe, sigma_schedule
-
-
-def _closest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
-    return (" — did you mean " + " or ".join(f"'{match}'" for match in close) + "?") if close else ""

@@ -21,14 +21,14 @@ from pathlib import Path, PurePath, PurePosixPath
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import fooocusd
-from fooocusd.errors import ConfigError, InvalidInput
+from fooocusd.errors import ConfigError, InvalidInput, suggest
 from fooocusd.jobs.resolve import (
     normalise_aspect,
     normalise_output_format,
     normalise_performance,
 )
 from fooocusd.jobs.spec import MAX_IMAGES, MAX_LORAS, LoraSpec, OutputFormat, Performance
-from fooocusd.jobs.toml_format import canonical_key, lora_entries, suggest
+from fooocusd.jobs.toml_format import canonical_key, lora_entries
 from fooocusd.settings import GenerationSettings
 
 PRESET_SUFFIX = ".toml"

@@ -6,7 +6,6 @@ tables; top-level keys next to ``[[job]]`` tables are shared defaults that each 
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -14,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fooocusd.errors import InvalidInput
+from fooocusd.errors import InvalidInput, suggest
 from fooocusd.jobs.resolve import (
     ACTION_HELP,
     ASPECT_HELP,
@@ -125,14 +124,6 @@ def canonical_key(raw: str) -> str:
     """``Disable-Seed Increment`` → ``disable_seed_increment``; an alias (``format``) → its field."""
     key = re.sub(r"[\s\-]+", "_", raw.strip().lower())
     return KEY_ALIASES.get(key, key)
-
-
-def suggest(key: str, known: list[str] | tuple[str, ...], *, cutoff: float = 0.6) -> str:
-    """`` — did you mean 'negative'?`` or an empty string."""
-    close = difflib.get_close_matches(key, list(known), n=3, cutoff=cutoff)
-    if not close:
-        return ""
-    return " — did you mean " + " or ".join(f"'{name}'" for name in close) + "?"
 
 
 def normalise_value(field: str, value: Any) -> Any:

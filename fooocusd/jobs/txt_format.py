@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
-from fooocusd.errors import InvalidInput
+from fooocusd.errors import InvalidInput, suggest
 from fooocusd.jobs.spec import JobSpec, prompt_is_optional
-from fooocusd.jobs.toml_format import build_spec, canonical_key, suggest
+from fooocusd.jobs.toml_format import build_spec, canonical_key
 
 # Option key as written (after canonical_key) → JobSpec field. ``prompt`` is the escape hatch.
 TXT_OPTION_KEYS: dict[str, str] = {

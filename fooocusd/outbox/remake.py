@@ -29,6 +29,7 @@ from typing import Any
 import tomli_w
 
 from fooocusd.engine.sampler_table import SAMPLERS, SIGMA_SCHEDULES, canonical_sampler, check_sampler_names
+from fooocusd.engine.styles import EXPANSION_STYLE
 from fooocusd.errors import InvalidInput
 from fooocusd.jobs.resolve import lora_key, normalise_performance
 from fooocusd.jobs.spec import JobSpec
@@ -37,7 +38,6 @@ from fooocusd.outbox.metadata import A1111_SAMPLER_NAMES, A1111_SCHEDULE_NAMES
 from fooocusd.outbox.reader import parse_a1111_parameters, read_embedded_metadata
 
 SIDECAR_SUFFIX = ".json"
-EXPANSION_STYLE = "Fooocus V2"
 # Where two sampler ids share one A1111 name, Fooocus's own choice (the GPU noise variant) wins.
 _PREFERRED_SAMPLERS = ("dpmpp_sde_gpu", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde_gpu", "uni_pc")
 _NEUTRAL_ADM = {"adm_scaler_positive": 1.0, "adm_scaler_negative": 1.0, "adm_scaler_end": 0.0}
