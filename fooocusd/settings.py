@@ -8,7 +8,6 @@ then ``/etc/fooocusd/fooocusd.toml``. Every setting is documented in ``config/fo
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from pathlib import Path
@@ -17,10 +16,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from fooocusd.errors import ConfigError
+from fooocusd.errors import ConfigError, suggest
 
 ENV_PREFIX = "FOOOCUSD_"
 SYSTEM_CONFIG = Path("/etc/fooocusd/fooocusd.toml")
+
+# Keys a preset (and a job) may set but [generation] may not: a default for them belongs in a preset.
+PRESET_ONLY_KEYS = ("steps", "loras", "refiner", "refiner_switch", "vae", "output_format")
+# Keys only a job file sets; each job has its own.
+JOB_ONLY_KEYS = ("prompt", "seed", "image", "mask", "image_prompts", "denoise", "outpaint", "priority")
 
 # Command-line flag (argparse dest) → the dotted setting it overrides.
 FLAG_SETTINGS: dict[str, str] = {
@@ -495,14 +499,30 @@ def _explain_validation(exc: ValidationError, sources: dict[str, str]) -> str:
         where = _origin(key, sources).replace("file:", "file ").replace("env:", "environment variable ")
         if error["type"] == "extra_forbidden":
             section = str(error["loc"][0]) if len(error["loc"]) > 1 else ""
+            name = str(error["loc"][-1])
             known = _known_keys(section)
-            close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1, cutoff=0.6)
-            guess = f" — did you mean '{close[0]}'?" if close else ""
+            advice = _misplaced_key_advice(section, name) or suggest(name, known, limit=1)
             known_text = ", ".join(known)
-            lines.append(f"  - unknown key '{key}' (from {where}){guess}; known keys here: {known_text}")
+            lines.append(f"  - unknown key '{key}' (from {where}){advice}; known keys here: {known_text}")
         else:
             lines.append(f"  - '{key}' = {error.get('input')!r} (from {where}): {error['msg']}")
     return "\n".join(lines)
+
+
+def _misplaced_key_advice(section: str, name: str) -> str:
+    """Why a job or preset key is not a ``[generation]`` default, and where it goes instead."""
+    if section != "generation":
+        return ""
+    if name == "model":
+        return " — the checkpoint is set by engine.model (under [engine]); a preset or a job may name another"
+    if name in PRESET_ONLY_KEYS:
+        return (
+            f" — '{name}' cannot be a [generation] default: set it in a preset (NAME.toml in the"
+            " paths.presets folder) and name that preset in generation.preset, or set it in each job file"
+        )
+    if name in JOB_ONLY_KEYS:
+        return f" — '{name}' belongs in each job file, not in the configuration"
+    return ""
 
 
 def _origin(key: str, sources: dict[str, str]) -> str:

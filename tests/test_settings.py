@@ -64,6 +64,38 @@ def test_a_misspelled_section_is_named_with_its_file_and_the_section_meant(tmp_p
     assert f"unknown key 'engin' (from file {config}) — did you mean 'engine'?" in str(caught.value)
 
 
+def test_a_preset_key_in_generation_says_to_set_it_in_a_preset(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[generation]\nsteps = 12\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    message = str(caught.value)
+    assert "'steps' cannot be a [generation] default" in message
+    assert "generation.preset" in message and "did you mean" not in message
+
+
+def test_a_model_or_seed_in_generation_points_to_engine_model_and_the_job_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[generation]\nmodel = "x"\nseed = 3\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    message = str(caught.value)
+    assert "set by engine.model" in message
+    assert "'seed' belongs in each job file" in message
+
+
+def test_the_preset_only_keys_are_exactly_what_a_preset_adds_to_generation() -> None:
+    from fooocusd.jobs.presets import Preset
+    from fooocusd.jobs.spec import JobSpec
+    from fooocusd.settings import JOB_ONLY_KEYS, PRESET_ONLY_KEYS, GenerationSettings
+
+    assert set(JOB_ONLY_KEYS) <= set(JobSpec.model_fields)
+
+    bookkeeping = {"name", "description", "path", "model"}
+    added = set(Preset.model_fields) - set(GenerationSettings.model_fields) - bookkeeping
+    assert added == set(PRESET_ONLY_KEYS)
+
+
 def test_invalid_value_error_names_key_source_and_expectation(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[outbox]\nformat = "gif"\n')
