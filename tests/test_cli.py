@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from loguru import logger
 
 from fooocusd.cli import main
 from fooocusd.service.doctor import run_checks
@@ -211,6 +212,28 @@ def test_doctor_reports_each_check(sandbox: Sandbox, capsys: pytest.CaptureFixtu
     for check in ("torch", "speed settings", "folder layout", "inbox folder", "model", "inotify"):
         assert check in out
     assert code == 0, out
+
+
+def test_doctor_calls_the_tiny_model_a_test_model_and_finds_the_default_files(sandbox: Sandbox) -> None:
+    checks = {check.name: check for check in run_checks(sandbox.settings())}
+    assert checks["model"].level == "warn" and "random weights" in checks["model"].detail
+    assert checks["default files"].level == "ok"
+
+
+def test_doctor_and_the_start_warn_when_the_default_performance_lacks_its_lora(sandbox: Sandbox) -> None:
+    text = sandbox.config.read_text()
+    sandbox.config.write_text(text.replace('performance = "speed"', 'performance = "lightning"'))
+    checks = {check.name: check for check in run_checks(sandbox.settings())}
+    assert checks["default files"].level == "warn"
+    assert "fooocusd models fetch sdxl_lightning_4step_lora" in checks["default files"].detail
+
+    warnings: list[str] = []
+    sink = logger.add(lambda message: warnings.append(str(message)), level="WARNING")
+    try:
+        assert sandbox.drain().ok
+    finally:
+        logger.remove(sink)
+    assert any("sdxl_lightning_4step_lora.safetensors" in line for line in warnings)
 
 
 def test_doctor_says_what_the_auto_speed_settings_become_here(sandbox: Sandbox) -> None:

@@ -9,7 +9,7 @@ import pytest
 from fooocusd.engine.samplers import SAMPLERS, SIGMA_SCHEDULES
 from fooocusd.engine.styles import load_styles
 from fooocusd.errors import ConfigError, InvalidInput
-from fooocusd.jobs.preset_check import check_preset_models
+from fooocusd.jobs.preset_check import check_preset_models, missing_default_files
 from fooocusd.jobs.presets import (
     bundled_presets_dir,
     list_presets,
@@ -243,3 +243,21 @@ def test_job_on_a_preset_with_a_missing_lora_fails_with_the_fetch_command_in_its
     assert "sd_xl_offset_example-lora_1.0.safetensors" in text
     assert "fooocusd models fetch sd_xl_offset_example-lora_1.0" in text
     assert not sandbox.images()
+
+
+def test_the_defaults_need_the_default_performance_lora_unless_the_preset_sets_its_own(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    bundled = [bundled_presets_dir()]
+    default = load_preset("default", bundled)
+    assert missing_default_files(default, "speed", models, "tiny-random") == []
+    [lcm] = missing_default_files(default, "extreme_speed", models, "tiny-random")
+    assert lcm.name == "sdxl_lcm_lora.safetensors" and lcm.folder == models / "loras"
+    assert "generation.performance = 'extreme_speed'" in lcm.describe()
+    # The lightning preset's own mode wins over the configured one.
+    _touch(models / "checkpoints" / "juggernautXL_v8Rundiffusion.safetensors")
+    [lightning] = missing_default_files(load_preset("lightning", bundled), "extreme_speed", models, "m")
+    assert lightning.name == "sdxl_lightning_4step_lora.safetensors"
+    _touch(models / "loras" / "sdxl_lcm_lora.safetensors")
+    assert missing_default_files(default, "extreme_speed", models, "tiny-random") == []

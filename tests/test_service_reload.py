@@ -230,6 +230,22 @@ def test_settings_that_need_a_restart_keep_their_old_value_and_are_named(
     assert "outbox.name_template" in plan.changed
 
 
+def test_a_reload_to_defaults_whose_lora_is_missing_applies_and_says_what_to_fetch(
+    sandbox: Sandbox, folders_of: Folders
+) -> None:
+    _, prepare = _prepare(sandbox, folders_of)
+    assert prepare().warning is None
+    text = sandbox.config.read_text()
+    sandbox.config.write_text(text.replace('performance = "speed"', 'performance = "lightning"'))
+
+    plan = prepare()
+
+    assert plan.settings.generation.performance == "lightning"
+    assert plan.warning is not None
+    assert "sdxl_lightning_4step_lora.safetensors" in plan.warning
+    assert "fooocusd models fetch sdxl_lightning_4step_lora" in plan.warning
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [

@@ -46,7 +46,30 @@ def check_preset_models(
 
     ``models`` is ``paths.models`` (one root or several).
     """
-    dirs = ModelDirs.of(models)
+    job_weights = {lora_key(lora.name): lora.weight for lora in spec.loras or ()}
+    wanted = _preset_files(preset, spec.model_fields_set, job_weights, engine_model)
+    missing = _missing(wanted, ModelDirs.of(models))
+    if missing:
+        raise _missing_error(preset, missing)
+
+
+def missing_default_files(
+    preset: Preset, performance: str, models: ModelDirs | Path | Sequence[Path], engine_model: str
+) -> list[MissingFile]:
+    """The model files a job that sets nothing itself needs but lacks: those of the default preset,
+    and the LoRA of ``generation.performance`` when that preset sets no performance of its own."""
+    wanted = _preset_files(preset, set(), {}, engine_model)
+    if preset.performance is None:
+        mode = performance_mode(performance)
+        if mode.lora is not None:
+            wanted.append(("loras", mode.lora[0], f"for generation.performance = {performance!r}"))
+    return _missing(wanted, ModelDirs.of(models))
+
+
+def _preset_files(
+    preset: Preset, job_sets: set[str], job_weights: dict[str, float], engine_model: str
+) -> list[tuple[ModelFileKind, str, str]]:
+    """(kind, name, purpose) of each file the preset makes a job use, given the keys the job sets."""
     wanted: list[tuple[ModelFileKind, str, str]] = []
     if engine_model != TINY_MODEL:
         for field, kind, purpose in (
@@ -55,28 +78,24 @@ def check_preset_models(
             ("vae", "vae", "its VAE"),
         ):
             value = getattr(preset, field)
-            if (
-                value is not None
-                and value.strip().lower() not in _NO_FILE
-                and field not in spec.model_fields_set
-            ):
+            if value is not None and value.strip().lower() not in _NO_FILE and field not in job_sets:
                 wanted.append((kind, value, purpose))
-    job_weights = {lora_key(lora.name): lora.weight for lora in spec.loras or ()}
     for lora in preset.loras or ():
         if lora.weight != 0.0 and job_weights.get(lora_key(lora.name), lora.weight) != 0.0:
             wanted.append(("loras", lora.name, f"at weight {lora.weight:g}"))
-    if preset.performance is not None and "performance" not in spec.model_fields_set:
+    if preset.performance is not None and "performance" not in job_sets:
         mode = performance_mode(preset.performance)
         if mode.lora is not None:
             wanted.append(("loras", mode.lora[0], f"for its {mode.label} performance mode"))
+    return wanted
 
-    missing = [
+
+def _missing(wanted: list[tuple[ModelFileKind, str, str]], dirs: ModelDirs) -> list[MissingFile]:
+    return [
         MissingFile(kind, name, purpose, dirs.download_folder(kind))
         for kind, name, purpose in wanted
         if not _exists(kind, name, dirs)
     ]
-    if missing:
-        raise _missing_error(preset, missing)
 
 
 def _exists(kind: ModelFileKind, name: str, dirs: ModelDirs) -> bool:

@@ -39,7 +39,7 @@ from fooocusd.service.notify import (
 )
 from fooocusd.service.reconcile import reconcile
 from fooocusd.service.reload import Reloader, SettingsSource, apply_on_main_thread, apply_to_worker
-from fooocusd.service.settings_checks import check_generation_defaults
+from fooocusd.service.settings_checks import check_generation_defaults, missing_default_files_warning
 from fooocusd.service.start_timeline import StartTimeline
 from fooocusd.service.state_lock import state_folder_lock
 from fooocusd.service.warm_up import warm_up, warm_up_request
@@ -117,6 +117,10 @@ class Daemon:
         load_all_presets(preset_dirs)  # a broken preset file stops the start, not a job later
         styles = load_styles([folders.styles] if folders.styles else [])
         check_generation_defaults(self.settings.generation, preset_dirs, styles)
+        if warning := missing_default_files_warning(
+            self.settings.generation, preset_dirs, folders.models, self.settings.engine.model
+        ):
+            logger.warning(warning)
         timeline.reached("settings, presets and styles")
         # Resolving the model comes first: without one, say where to put it and stop.
         engine = create_engine(self.settings.engine, folders.models, folders.cache, self.settings.controlnet)

@@ -22,7 +22,15 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [_torch(), _speed(settings), *_folders(settings), _daemon(settings), _model(settings), _inotify()]
+    return [
+        _torch(),
+        _speed(settings),
+        *_folders(settings),
+        _daemon(settings),
+        _model(settings),
+        _default_files(settings),
+        _inotify(),
+    ]
 
 
 def _torch() -> Check:
@@ -105,7 +113,7 @@ def _daemon(settings: Settings) -> Check:
 
 
 def _model(settings: Settings) -> Check:
-    from fooocusd.engine.models import resolve_model
+    from fooocusd.engine.models import TINY_MODEL, resolve_model
 
     try:
         location = resolve_model(
@@ -115,10 +123,35 @@ def _model(settings: Settings) -> Check:
         )
     except FooocusdError as exc:
         return Check("model", "fail", exc.explain())
-    path = getattr(location, "path", None)
+    path = location.path
     if path is not None and not os.access(path, os.R_OK):
         return Check("model", "fail", f"{path} is not readable by this user")
-    return Check("model", "ok", str(path or location))
+    if location.is_tiny:
+        detail = f"{TINY_MODEL}: random weights for trying fooocusd; its images are noise"
+        return Check("model", "warn", detail)
+    return Check("model", "ok", str(path))
+
+
+def _default_files(settings: Settings) -> Check:
+    """Model files the default preset and performance make every plain job use."""
+    from fooocusd.jobs.presets import preset_search_dirs
+    from fooocusd.service.settings_checks import missing_default_files_warning
+
+    paths = settings.paths.resolved()
+    try:
+        warning = missing_default_files_warning(
+            settings.generation, preset_search_dirs(paths.presets), paths.models, settings.engine.model
+        )
+    except FooocusdError as exc:
+        return Check("default files", "fail", exc.explain())
+    if warning:
+        return Check("default files", "warn", warning)
+    generation = settings.generation
+    return Check(
+        "default files",
+        "ok",
+        f"preset '{generation.preset}' and performance '{generation.performance}' have every file they need",
+    )
 
 
 def _inotify() -> Check:

@@ -30,7 +30,7 @@ from fooocusd.jobs.presets import load_all_presets
 from fooocusd.service.folders import Folders
 from fooocusd.service.logs import configure_logging
 from fooocusd.service.notify import Notifier, ServiceReporter
-from fooocusd.service.settings_checks import check_generation_defaults
+from fooocusd.service.settings_checks import check_generation_defaults, missing_default_files_warning
 from fooocusd.settings import LoadedSettings, Settings, flatten, load_settings
 
 if TYPE_CHECKING:
@@ -89,6 +89,7 @@ class ReloadPlan:
     styles: StyleLibrary
     changed: list[str]  # keys whose new value takes effect
     kept: list[str]  # keys that changed in the file but need a restart
+    warning: str | None = None  # applied all the same: model files the new defaults need but lack
 
 
 def prepare_reload(
@@ -105,7 +106,9 @@ def prepare_reload(
     check_generation_defaults(settings.generation, preset_dirs, styles)
     old, new = flatten(current), flatten(settings)
     changed = sorted(key for key in new if new[key] != old.get(key))
-    return ReloadPlan(settings=settings, styles=styles, changed=changed, kept=kept)
+    engine_model = settings.engine.model
+    warning = missing_default_files_warning(settings.generation, preset_dirs, folders.models, engine_model)
+    return ReloadPlan(settings=settings, styles=styles, changed=changed, kept=kept, warning=warning)
 
 
 def keep_restart_only_values(current: Settings, fresh: Settings) -> tuple[Settings, list[str]]:
@@ -171,6 +174,8 @@ class Reloader:
             self.notifier.ready()
             self._report("refused")
             return None
+        if plan.warning:
+            logger.warning("reload: {}", plan.warning)
         for key in plan.kept:
             logger.warning("reload: {} changed, but keeps its old value: restart to apply", key)
         applied = [key for key in plan.changed if key not in plan.kept]

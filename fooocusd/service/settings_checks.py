@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.engine.samplers import check_sampler
 from fooocusd.engine.styles import StyleLibrary
 from fooocusd.errors import ConfigError, InvalidInput
-from fooocusd.jobs.performance import forced_settings
+from fooocusd.jobs.performance import fetch_name, forced_settings
+from fooocusd.jobs.preset_check import missing_default_files
 from fooocusd.jobs.presets import load_preset
 from fooocusd.settings import GenerationSettings
 
@@ -31,3 +33,26 @@ def check_generation_defaults(
         check_sampler(sampler, scheduler)
     except InvalidInput as exc:
         raise ConfigError(exc.message, hint=exc.hint, where=f"generation.{exc.where or 'styles'}") from exc
+
+
+def missing_default_files_warning(
+    generation: GenerationSettings,
+    preset_dirs: Sequence[Path],
+    models: ModelDirs | Sequence[Path],
+    engine_model: str,
+) -> str | None:
+    """What to download so that a job setting nothing itself can run, or None when nothing is missing.
+
+    Only a warning: jobs that name their own preset or performance still run, and each job that
+    needs a missing file fails with the same advice, so the start (or reload) goes on.
+    """
+    preset = load_preset(generation.preset, preset_dirs)
+    missing = missing_default_files(preset, generation.performance, models, engine_model)
+    if not missing:
+        return None
+    files = "; ".join(item.describe() for item in missing)
+    fetch = " && ".join(f"fooocusd models fetch {fetch_name(item.name)}" for item in missing)
+    return (
+        f"the defaults (preset '{generation.preset}', performance '{generation.performance}') need model "
+        f"files that are not installed: {files}. Jobs that rely on them will fail until you run `{fetch}`"
+    )
