@@ -64,24 +64,25 @@ def test_a_misspelled_section_is_named_with_its_file_and_the_section_meant(tmp_p
     assert f"unknown key 'engin' (from file {config}) — did you mean 'engine'?" in str(caught.value)
 
 
-def test_a_preset_key_in_generation_says_to_set_it_in_a_preset(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("generation", "expected"),
+    [
+        ("steps = 12", ["'steps' cannot be a [generation] default", "generation.preset"]),
+        ('model = "x"', ["set by engine.model"]),
+        ("seed = 3", ["'seed' belongs in each job file"]),
+    ],
+    ids=["preset-key", "model", "job-key"],
+)
+def test_a_job_or_preset_key_in_generation_says_where_it_belongs(
+    tmp_path: Path, generation: str, expected: list[str]
+) -> None:
     config = tmp_path / "c.toml"
-    config.write_text("[generation]\nsteps = 12\n")
+    config.write_text(f"[generation]\n{generation}\n")
     with pytest.raises(ConfigError) as caught:
         load_settings(config, environ={})
     message = str(caught.value)
-    assert "'steps' cannot be a [generation] default" in message
-    assert "generation.preset" in message and "did you mean" not in message
-
-
-def test_a_model_or_seed_in_generation_points_to_engine_model_and_the_job_file(tmp_path: Path) -> None:
-    config = tmp_path / "c.toml"
-    config.write_text('[generation]\nmodel = "x"\nseed = 3\n')
-    with pytest.raises(ConfigError) as caught:
-        load_settings(config, environ={})
-    message = str(caught.value)
-    assert "set by engine.model" in message
-    assert "'seed' belongs in each job file" in message
+    assert all(fragment in message for fragment in expected), message
+    assert "did you mean" not in message
 
 
 def test_the_preset_only_keys_are_exactly_what_a_preset_adds_to_generation() -> None:
