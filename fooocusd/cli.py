@@ -96,7 +96,15 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common, folders],
         help="run a failed or cancelled job again, or put a refused file back in the inbox",
     )
-    retry.add_argument("job", help="job id, the start of the input's name, or a refused file's name")
+    retry_what = retry.add_mutually_exclusive_group(required=True)
+    retry_what.add_argument(
+        "job", nargs="*", default=[], help="job id, the start of the input's name, or a refused file's name"
+    )
+    retry_what.add_argument(
+        "--all-failed",
+        action="store_true",
+        help="every failed job, e.g. after downloading the model they lacked (refused files stay in failed/)",
+    )
     retry.set_defaults(handler=commands.retry)
     cancel = sub.add_parser("cancel", parents=[common, folders], help="cancel a queued or running job")
     cancel.add_argument("job", help="job id, or the start of the input's name")

@@ -862,6 +862,22 @@ class Journal:
             ).fetchall()
             return [job_from_row(row) for row in rows]
 
+    def failed_jobs(self) -> list[JobRow]:
+        """Failed jobs whose file was not dropped again since, oldest input first.
+
+        A later input under the same name (the fixed file dropped again, or an edited one that
+        `fooocusd retry` returned to the inbox) supersedes the failures of the earlier one.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT j.* FROM jobs j JOIN inputs i ON i.id = j.input_id"
+                " WHERE j.state = 'failed' AND i.state != 'abandoned' AND NOT EXISTS ("
+                "   SELECT 1 FROM inputs later WHERE later.relpath = i.relpath AND later.id > i.id"
+                "   AND later.state != 'abandoned')"
+                " ORDER BY i.id, j.seq"
+            ).fetchall()
+            return [job_from_row(row) for row in rows]
+
     def status(self, recent_failures: int = 10) -> dict[str, Any]:
         """A JSON-ready snapshot for ``fooocusd status``: counts, running jobs, recent failures."""
         now = self._clock()

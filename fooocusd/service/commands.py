@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fooocusd.errors import ConfigError, InvalidInput
+from fooocusd.errors import ConfigError, FooocusdError, InvalidInput
 from fooocusd.intake.claim import unique_destination
 from fooocusd.intake.waiting import inbox_waiting
 from fooocusd.journal.journal import Journal, JournalError, status_report
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from fooocusd.service.daemon import Summary
 
 _out = Console()
+_err = Console(stderr=True)
 
 
 def run(args: argparse.Namespace, loaded: LoadedSettings) -> int:
@@ -185,6 +186,7 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
                 (failure.get("error") or "").splitlines()[0] if failure.get("error") else "",
             )
         _out.print(table)
+        _out.print("`fooocusd retry ID` runs one again; `fooocusd retry --all-failed` runs every failed job")
     in_failed = report["refused_files"]["in_failed"]
     if in_failed:
         _out.print(
@@ -232,16 +234,31 @@ def _relpath(subdir: str, name: str) -> str:
 
 
 def retry(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    from fooocusd.service.requeue import retry
+    from fooocusd.service.requeue import retry, retry_all_failed
 
     journal = _open_journal(loaded)
     try:
         folders = _folders(loaded)
-        message = retry(journal, args.job, folders.inbox, folders.failed)
+        if args.all_failed:
+            done, problems = retry_all_failed(journal, folders.inbox)
+            if not done and not problems:
+                done = ["no failed jobs to retry"]
+        elif len(args.job) == 1:  # one name: its error is the command's error
+            done, problems = [retry(journal, args.job[0], folders.inbox, folders.failed)], []
+        else:
+            done, problems = [], []
+            for ref in args.job:
+                try:
+                    done.append(retry(journal, ref, folders.inbox, folders.failed))
+                except FooocusdError as exc:
+                    problems.append(f"{ref}: {exc.explain()}")
     finally:
         journal.close()
-    _out.print(message)
-    return 0
+    for message in done:
+        _out.print(message)
+    for problem in problems:
+        _err.print(f"not retried: {problem}", highlight=False)
+    return 1 if problems else 0
 
 
 def cancel(args: argparse.Namespace, loaded: LoadedSettings) -> int:

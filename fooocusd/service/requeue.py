@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from fooocusd.errors import InvalidInput
 from fooocusd.intake.claim import digest_files, move_durably
 from fooocusd.journal.journal import Journal, JournalError
-from fooocusd.journal.rows import InputRow, InputState, JobState, RefusalRow
+from fooocusd.journal.rows import InputRow, InputState, JobRow, JobState, RefusalRow
 from fooocusd.service.failing import error_file_for
 
 
@@ -77,6 +77,39 @@ def retry_job(journal: Journal, ref: str, inbox: Path) -> str:
     if plan.restore_files:
         restore_input_files(journal, plan.input)
     return f"job {job.id} ({plan.input.relpath}) is queued again"
+
+
+def retry_all_failed(journal: Journal, inbox: Path) -> tuple[list[str], list[str]]:
+    """Queue every failed job again, input by input: (what was done, what was skipped and why).
+
+    All the failed jobs of one input are reopened together before its files move back, so the
+    daemon cannot finish the input again between two of them.
+    """
+    by_input: dict[int, list[JobRow]] = {}
+    for job in journal.failed_jobs():
+        by_input.setdefault(job.input_id, []).append(job)
+    done: list[str] = []
+    skipped: list[str] = []
+    for input_id, jobs in by_input.items():
+        source = journal.get_input(input_id)
+        if source is None:
+            continue
+        try:
+            done.append(_retry_input_jobs(journal, source, jobs, inbox))
+        except (InvalidInput, JournalError) as exc:
+            skipped.append(f"{source.relpath}: {exc}")
+    return done, skipped
+
+
+def _retry_input_jobs(journal: Journal, source: InputRow, jobs: list[JobRow], inbox: Path) -> str:
+    if _edited_where_it_failed(source):
+        return _return_edited_input(journal, source, inbox)
+    _require_files_still_there(source)
+    plans = [journal.retry_job(job.id) for job in jobs]
+    if any(plan.restore_files for plan in plans):
+        restore_input_files(journal, plans[-1].input)
+    ids = ", ".join(str(job.id) for job in jobs)
+    return f"{source.relpath}: job{'s' if len(jobs) > 1 else ''} {ids} queued again"
 
 
 def _edited_where_it_failed(source: InputRow) -> bool:
