@@ -496,7 +496,7 @@ def _explain_validation(exc: ValidationError, sources: dict[str, str]) -> str:
     lines = ["invalid configuration:"]
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
-        where = _origin(key, sources).replace("file:", "file ").replace("env:", "environment variable ")
+        where = describe_origin(_origin(key, sources))
         if error["type"] == "extra_forbidden":
             section = str(error["loc"][0]) if len(error["loc"]) > 1 else ""
             name = str(error["loc"][-1])
@@ -523,6 +523,14 @@ def _misplaced_key_advice(section: str, name: str) -> str:
     if name in JOB_ONLY_KEYS:
         return f" — '{name}' belongs in each job file, not in the configuration"
     return ""
+
+
+def describe_origin(origin: str) -> str:
+    """``file:/etc/x.toml`` → ``file /etc/x.toml``, ``env:NAME`` → ``environment variable NAME``,
+    ``cli`` → ``the command line``."""
+    if origin == "cli":
+        return "the command line"
+    return origin.replace("file:", "file ", 1).replace("env:", "environment variable ", 1)
 
 
 def _origin(key: str, sources: dict[str, str]) -> str:

@@ -46,7 +46,15 @@ def _verify(unit: Path) -> None:
 
 
 def _install(sandbox: Sandbox, unit_dir: Path, *extra: str) -> int:
+    if "--instance" in extra and "--user" not in extra:
+        _leave_the_state_folder_to_systemd(sandbox)
     return main(["install-service", "--config", str(sandbox.config), "--unit-dir", str(unit_dir), *extra])
+
+
+def _leave_the_state_folder_to_systemd(sandbox: Sandbox) -> None:
+    """Per-GPU instances each take their own StateDirectory=, so the shared config names none."""
+    lines = sandbox.config.read_text().splitlines(keepends=True)
+    sandbox.config.write_text("".join(line for line in lines if not line.startswith("state = ")))
 
 
 @pytest.mark.parametrize(
@@ -194,3 +202,18 @@ def test_print_shows_the_unit_and_writes_nothing(
 def test_an_instance_of_the_user_unit_is_refused_with_a_reason(sandbox: Sandbox, tmp_path: Path) -> None:
     assert _install(sandbox, tmp_path, "--user", "--instance", "0") == 2
     assert list(tmp_path.rglob("*.service")) == []
+
+
+def test_instances_are_refused_a_state_folder_that_all_of_them_would_share(
+    sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command = ["install-service", "--config", str(sandbox.config), "--unit-dir", str(tmp_path)]
+    assert main([*command, "--instance", "0"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"paths.state is set ({sandbox.state}, from file {sandbox.config})" in err
+    assert "leave paths.state unset" in err
+    _leave_the_state_folder_to_systemd(sandbox)
+    assert main([*command, "--instance", "0", "--state-dir", str(tmp_path / "s")]) == 2
+    assert "from the command line" in capsys.readouterr().err
+    assert list(tmp_path.glob("*.service")) == []
+    assert main([*command, "--instance", "0"]) == 0

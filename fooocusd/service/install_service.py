@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from fooocusd.errors import ConfigError
-from fooocusd.settings import FLAG_SETTINGS, LoadedSettings, flatten
+from fooocusd.settings import FLAG_SETTINGS, LoadedSettings, describe_origin, flatten
 
 UnitKind = Literal["system", "template", "user"]
 
@@ -151,6 +151,21 @@ def next_steps(kind: UnitKind, instance: str | None) -> str:
     )
 
 
+def refuse_a_shared_state_folder(loaded: LoadedSettings) -> None:
+    """Per-GPU instances share the configuration; a ``paths.state`` in it would give them all one
+    state folder, which only the first to start may hold: the others would fail in a loop."""
+    if loaded.settings.paths.state is None:
+        return
+    origin = describe_origin(loaded.sources.get("paths.state", "the configuration"))
+    raise ConfigError(
+        f"paths.state is set ({loaded.settings.paths.resolved().state}, from {origin}), so every "
+        "instance would use that one state folder; the first to start holds it and the others "
+        "could not start",
+        hint="leave paths.state unset (remove it from the config file, or drop --state-dir): each "
+        "instance then keeps its journal in /var/lib/fooocusd/<GPU>",
+    )
+
+
 def install_service(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     """The CLI handler: ``install-service [--user] [--instance N] [--print] [--force] [--unit-dir D]``."""
     if args.user and args.instance is not None:
@@ -159,6 +174,8 @@ def install_service(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             hint="drop --user, or drop --instance",
         )
     kind: UnitKind = "user" if args.user else "template" if args.instance is not None else "system"
+    if kind == "template":
+        refuse_a_shared_state_folder(loaded)
     text = render_unit(kind, unit_paths(loaded))
     for note in settings_from_environment(loaded):
         print(f"note: {note}, which the service will not see: put it in the config file", file=sys.stderr)
