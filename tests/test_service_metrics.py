@@ -74,6 +74,11 @@ def test_scrape_after_jobs_counts_jobs_images_steps_and_waits(sandbox: Sandbox) 
     assert samples[("fooocusd_step_seconds_count", ())] == 4
     assert samples[("fooocusd_queue_wait_seconds_count", ())] == 2  # both jobs were started
     assert samples[("fooocusd_hook_events_dropped_total", ())] == 0
+    # Counters with labels are there at 0 before anything happens, so rate() and alerts see them.
+    for kind in ("command", "timeout", "webhook", "internal"):
+        assert samples[("fooocusd_hook_failures_total", (("kind", kind),))] == 0
+    for result in ("applied", "refused"):
+        assert samples[("fooocusd_config_reloads_total", (("result", result),))] == 0
     gpu = [name for name, _ in samples if name.startswith("fooocusd_gpu_memory")]
     assert bool(gpu) == torch.cuda.is_available()
 

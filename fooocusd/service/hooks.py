@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from loguru import logger
 
@@ -40,6 +40,9 @@ from fooocusd.journal.rows import OutputState
 from fooocusd.outbox.naming import sidecar_path_for
 from fooocusd.service.worker_events import NoWorkerEvents
 from fooocusd.settings import HooksSettings
+
+HookFailureKind = Literal["command", "timeout", "webhook", "internal"]
+HOOK_FAILURE_KINDS: tuple[HookFailureKind, ...] = get_args(HookFailureKind)
 
 _POLL_SECONDS = 0.2
 _STOP_GRACE_SECONDS = 5.0
@@ -290,7 +293,7 @@ class PostJobHooks(NoWorkerEvents):
             logger.warning("killing the running post-job hook: {}", why)
             _kill_group(process)
 
-    def _failed(self, kind: str) -> None:
+    def _failed(self, kind: HookFailureKind) -> None:
         if self.on_failure is not None:
             self.on_failure(kind)
 

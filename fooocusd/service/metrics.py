@@ -23,6 +23,8 @@ from fooocusd.engine.base import GeneratedImage
 from fooocusd.errors import ConfigError, FooocusdError
 from fooocusd.journal.journal import Journal
 from fooocusd.journal.rows import JobRow
+from fooocusd.service.hooks import HOOK_FAILURE_KINDS
+from fooocusd.service.reload import RELOAD_RESULTS
 from fooocusd.settings import MetricsSettings
 
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -102,6 +104,11 @@ class DaemonMetrics:
             "Seconds of the last start to ready, all steps together.",
             registry=self.registry,
         )
+        # Every label value exists from the start, at 0, so that rate() and alerts see the series.
+        for kind in HOOK_FAILURE_KINDS:
+            self.hook_failures.labels(kind)
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result)
         self.journal_collector = JournalCollector(journal_db)
         self.registry.register(self.journal_collector)
         self.registry.register(GpuMemoryCollector())

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from loguru import logger
 
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from fooocusd.service.intake_stage import IntakeStage
     from fooocusd.service.notify import WorkerPulse
     from fooocusd.service.worker import Worker
+
+ReloadResult = Literal["applied", "refused"]
+RELOAD_RESULTS: tuple[ReloadResult, ...] = get_args(ReloadResult)
 
 # Dotted keys (or "section." prefixes) read once at start: a reload keeps their old values.
 RESTART_ONLY = (
@@ -199,7 +202,7 @@ class Reloader:
             plan, self._for_worker = self._for_worker, None
         return plan
 
-    def _report(self, result: str) -> None:
+    def _report(self, result: ReloadResult) -> None:
         if self.on_result is not None:
             self.on_result(result)
 
