@@ -276,3 +276,19 @@ def test_watchdogs_stop_race_message_is_dropped_and_its_other_errors_kept() -> N
         record("InotifyEmitter.queue_events() called when the thread is inactive")
     )
     assert _not_inotify_stop_race(record("inotify watch limit reached"))
+
+
+def test_the_everyday_commands_answer_without_importing_torch_or_diffusers(sandbox: Sandbox) -> None:
+    """A script calling `submit` or `status` in a loop must not pay seconds of imports each time."""
+    sandbox.write_config("\n[metrics]\nenabled = true\nport = 0\n")  # its check runs at every load
+    commands = ["status", "submit --prompt x", "retry --all-failed", "cancel 9", "config show", "models list"]
+    script = (
+        "import sys\nfrom fooocusd.cli import main\n"
+        f"for command in {commands!r}:\n"
+        f"    main([*command.split(), '--config', {str(sandbox.config)!r}])\n"
+        "print(sorted(name for name in ('torch', 'diffusers', 'transformers') if name in sys.modules))\n"
+    )
+    run = [sys.executable, "-c", script]
+    result = subprocess.run(run, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal, get_args
 from wsgiref.simple_server import WSGIServer
 
 from loguru import logger
@@ -24,8 +25,10 @@ from fooocusd.errors import ConfigError, FooocusdError
 from fooocusd.journal.journal import Journal
 from fooocusd.journal.rows import JobRow
 from fooocusd.service.hooks import HOOK_FAILURE_KINDS
-from fooocusd.service.reload import RELOAD_RESULTS
 from fooocusd.settings import MetricsSettings
+
+ReloadResult = Literal["applied", "refused"]
+RELOAD_RESULTS: tuple[ReloadResult, ...] = get_args(ReloadResult)
 
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 QUEUE_WAIT_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -37,11 +37,9 @@ if TYPE_CHECKING:
     from fooocusd.service.finisher import Finisher
     from fooocusd.service.hooks import PostJobHooks
     from fooocusd.service.intake_stage import IntakeStage
+    from fooocusd.service.metrics import ReloadResult
     from fooocusd.service.notify import WorkerPulse
     from fooocusd.service.worker import Worker
-
-ReloadResult = Literal["applied", "refused"]
-RELOAD_RESULTS: tuple[ReloadResult, ...] = get_args(ReloadResult)
 
 # Dotted keys (or "section." prefixes) read once at start: a reload keeps their old values.
 RESTART_ONLY = (
