@@ -281,7 +281,10 @@ def test_watchdogs_stop_race_message_is_dropped_and_its_other_errors_kept() -> N
 def test_the_everyday_commands_answer_without_importing_torch_or_diffusers(sandbox: Sandbox) -> None:
     """A script calling `submit` or `status` in a loop must not pay seconds of imports each time."""
     sandbox.write_config("\n[metrics]\nenabled = true\nport = 0\n")  # its check runs at every load
-    commands = ["status", "submit --prompt x", "retry --all-failed", "cancel 9", "config show", "models list"]
+    job = sandbox.root / "fox.txt"
+    job.write_text("a fox\nsampler: euler\n")
+    commands = ["status", "submit --prompt x", f"submit {job}", "retry --all-failed", "cancel 9"]
+    commands += ["config show", "models list"]
     script = (
         "import sys\nfrom fooocusd.cli import main\n"
         f"for command in {commands!r}:\n"

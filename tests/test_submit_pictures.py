@@ -79,8 +79,16 @@ def test_submit_brings_the_picture_and_mask_that_pair_with_the_job_file_by_name(
             "a fox\nimage: ../elsewhere/a.png\n",
             "far.txt names ../elsewhere/a.png, outside its own folder",
         ),
+        ("typo.txt", "a fox\nsampler: dpmpp_2m_sde_gpo\n", "unknown sampler 'dpmpp_2m_sde_gpo' — did you"),
+        ("style.txt", "a fox\nstyles: Fooocus V2, No Such Style\n", "unknown style: 'No Such Style'"),
+        (
+            "several.toml",
+            '[[job]]\nprompt = "x"\n\n[[job]]\nprompt = "y"\npreset = "nope"\n',
+            "there is no preset named 'nope' Where: job 2",
+        ),
+        ("noir.txt", "a fox\nperformance: speed\nscheduler: lcm\n", "cannot use scheduler 'lcm'"),
     ],
-    ids=["missing-picture", "unreadable", "picture-outside"],
+    ids=["missing-picture", "unreadable", "picture-outside", "sampler", "style", "preset", "pair"],
 )
 def test_submit_of_a_job_that_cannot_go_in_as_it_is_writes_nothing_and_says_why(
     sandbox: Sandbox,
@@ -128,3 +136,27 @@ def test_submit_refuses_a_job_whose_name_is_taken_when_pictures_pair_with_it_by_
     assert _submit(sandbox, tmp_path / "fox.txt") == 2
     assert "already holds fox.txt" in capsys.readouterr().err
     assert _inbox_files(sandbox) == ["fox.txt"]
+
+
+def test_submit_checks_names_against_the_preset_of_the_subfolder_it_goes_to(
+    sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "noir.toml").write_text('sampler = "warp"\n')
+    text = sandbox.config.read_text()
+    sandbox.config.write_text(text.replace("[intake]", f'presets = "{presets}"\n\n[intake]', 1))
+    (tmp_path / "fox.txt").write_text("a fox\n")
+
+    command = ["submit", str(tmp_path / "fox.txt"), "--subdir", "noir", "--config", str(sandbox.config)]
+    assert main(command) == 2
+    assert "Where: sampler (from the preset 'noir')" in capsys.readouterr().err
+    assert _submit(sandbox, tmp_path / "fox.txt") == 0, "at the top of the inbox the default preset applies"
+
+
+def test_submit_of_an_empty_prompt_is_refused_at_once(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", "--prompt", "  ", "--config", str(sandbox.config)]) == 2
+    assert "the prompt is empty" in capsys.readouterr().err
+    assert _inbox_files(sandbox) == []

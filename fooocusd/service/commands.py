@@ -218,6 +218,8 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         )
         _out.print(f"submitted {job_file}{with_pictures}")
         return 0
+    if not args.prompt.strip():
+        raise InvalidInput("the prompt is empty", hint='say what to draw: --prompt "a red fox in the snow"')
     slug = re.sub(r"[^A-Za-z0-9]+", "-", args.prompt).strip("-")[:40].lower() or "prompt"
     name = f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     refuse_what_the_daemon_would_not_take(_relpath(args.subdir, name), loaded.settings)

@@ -36,14 +36,15 @@ from loguru import logger
 from fooocusd.crashpoints import crashpoint
 from fooocusd.engine.samplers import check_sampler
 from fooocusd.engine.styles import StyleLibrary
-from fooocusd.errors import ConfigError, InvalidInput
+from fooocusd.errors import InvalidInput
 from fooocusd.intake.claim import copy_durably, digest_files, move_durably, move_to_unique
 from fooocusd.intake.pairing import Drop
 from fooocusd.intake.watcher import Ready
 from fooocusd.jobs.drop_files import DropFiles, paths_named_by, resolve_written_path
 from fooocusd.jobs.loader import error_report, load_drop, parse_job_file
-from fooocusd.jobs.presets import Preset, load_preset, preset_for_subfolder
-from fooocusd.jobs.resolve import fix_seed, resolve_requests
+from fooocusd.jobs.name_checks import check_job_names, with_preset
+from fooocusd.jobs.presets import preset_for_subfolder
+from fooocusd.jobs.resolve import fix_seed
 from fooocusd.jobs.spec import JobSpec, image_attached_after_parsing
 from fooocusd.jobs.txt_format import mistyped_options_unsaid
 from fooocusd.journal.journal import Journal
@@ -178,41 +179,12 @@ class IntakeStage:
         routed = preset_for_subfolder(_first(drop).relpath, self.preset_dirs)
         fixed: list[JobSpec] = []
         for number, spec in enumerate(specs, start=1):
-            if spec.preset is None and routed is not None:
-                spec = spec.model_copy(update={"preset": routed})
-            preset_name = spec.preset or self.settings.generation.preset
-            try:
-                preset = load_preset(preset_name, self.preset_dirs)
-            except ConfigError as exc:  # the preset file itself is broken (edited while running)
-                raise InvalidInput(exc.message, where=exc.where or "preset", hint=exc.hint) from exc
-            except InvalidInput as exc:
-                where = f"job {number}" if len(specs) > 1 else "preset"
-                raise InvalidInput(exc.message, where=where, hint=exc.hint) from exc
+            place = f"job {number}" if len(specs) > 1 else ""
+            spec, preset, preset_name = with_preset(spec, routed, place, self.settings, self.preset_dirs)
             seeded = fix_seed(spec, self._rng)
-            self._check_names(seeded, preset, preset_name, f"job {number}, " if len(specs) > 1 else "")
+            check_job_names(seeded, preset, preset_name, place, self.settings, self.styles, check_sampler)
             fixed.append(seeded)
         return fixed
-
-    def _check_names(self, spec: JobSpec, preset: Preset, preset_name: str, place: str) -> None:
-        """The styles, sampler and scheduler the job will run with: a name that cannot work refuses
-        the drop now, rather than failing the job when its turn comes, perhaps hours later."""
-        styles = _first_set(spec.styles, preset.styles, self.settings.generation.styles)
-        try:
-            self.styles.canonical_names(styles)
-        except InvalidInput as exc:
-            raise InvalidInput(exc.message, where=f"{place}styles", hint=exc.hint) from exc
-        request = resolve_requests(spec, preset, self.settings.generation, self.settings.engine.model)[0]
-        try:
-            check_sampler(request.sampler, request.scheduler)
-        except InvalidInput as exc:
-            field = exc.where or "sampler"
-            if field in spec.model_fields_set or "performance" in spec.model_fields_set:
-                origin = ""
-            elif getattr(preset, field, None) is not None:
-                origin = f" (from the preset '{preset_name}')"
-            else:
-                origin = f" (from generation.{field} in the configuration)"
-            raise InvalidInput(exc.message, where=f"{place}{field}{origin}", hint=exc.hint) from exc
 
     def _claim_files(self, drop: Drop, named: list[str]) -> list[_ClaimFile]:
         """The drop's own files, then each file its jobs name (once, in the order first named)."""
@@ -315,11 +287,6 @@ def _naming(relpath: str, reason: str) -> str:
     if reason.startswith((f"{name}:", f"{name} ")):
         return relpath + reason[len(name) :]
     return f"{relpath}: {reason}"
-
-
-def _first_set(*candidates: list[str] | None) -> list[str]:
-    """Styles come from the job, else its preset, else the config (an empty list counts as set)."""
-    return next((list(c) for c in candidates if c is not None), [])
 
 
 def _first(drop: Drop) -> Ready:

@@ -4,8 +4,9 @@ A job file may name pictures (``image``, ``mask``, image prompts), relative to i
 intake pairs ``fox.txt`` with ``fox.png`` and ``fox.mask.png`` beside it. Copied alone, such a job
 would be refused for want of its pictures, so they are copied too, under the same relative paths,
 before the job file (the order the intake expects). Everything is checked before anything is
-written: a named picture that is missing, a name in the inbox already taken by other content, or
-a job file the daemon would refuse anyway is said at once, and the inbox is left as it was.
+written: a named picture that is missing, a name in the inbox already taken by other content, a
+job file the daemon would refuse anyway, or a preset, style, sampler or scheduler name that cannot
+work is said at once, and the inbox is left as it was.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from fooocusd.engine.sampler_table import check_sampler_names
+from fooocusd.engine.styles import load_styles
 from fooocusd.errors import InvalidInput
 from fooocusd.intake.claim import unique_destination
 from fooocusd.intake.ignore import JOB_EXTENSIONS, Kind, classify_name
 from fooocusd.intake.pairing import image_names_for, mask_names_for
 from fooocusd.jobs.drop_files import paths_named_by, resolve_written_path
 from fooocusd.jobs.loader import parse_job_file
-from fooocusd.jobs.spec import image_attached_after_parsing
+from fooocusd.jobs.name_checks import check_job_names, with_preset
+from fooocusd.jobs.presets import preset_for_subfolder, preset_search_dirs
+from fooocusd.jobs.spec import JobSpec, image_attached_after_parsing
 from fooocusd.outbox.atomic import publish_bytes
 from fooocusd.settings import Settings
 
@@ -36,7 +41,12 @@ def submit_file(source: Path, target_dir: Path, inbox: Path, settings: Settings)
     """Copy ``source`` (and its pictures) into ``target_dir``; the paths written, the job file last."""
     if not source.is_file():
         raise InvalidInput(f"{source} is not a file", hint="give the path of a .txt, .toml or image file")
-    companions = pictures_for(source, inbox, settings) if source.suffix.lower() in JOB_EXTENSIONS else []
+    companions: list[Companion] = []
+    if source.suffix.lower() in JOB_EXTENSIONS:
+        with image_attached_after_parsing():  # a picture beside it may stand in for the prompt
+            specs = parse_job_file(source, max_job_file_bytes=settings.intake.max_job_file_bytes)
+        refuse_names_that_cannot_work(specs, _inbox_relpath(target_dir / source.name, inbox), settings)
+        companions = pictures_for(source, specs, inbox)
     for companion in companions:
         refuse_what_the_daemon_would_not_take(_inbox_relpath(target_dir / companion.relpath, inbox), settings)
     to_write = [(companion.source, target_dir / companion.relpath) for companion in companions]
@@ -60,15 +70,30 @@ def submit_file(source: Path, target_dir: Path, inbox: Path, settings: Settings)
     return written
 
 
-def pictures_for(job_file: Path, inbox: Path, settings: Settings) -> list[Companion]:
-    """The pictures ``job_file`` names, then those beside it that the intake pairs with it by name.
+def refuse_names_that_cannot_work(specs: list[JobSpec], relpath: str, settings: Settings) -> None:
+    """The intake's checks of the preset, styles, sampler and scheduler each job would run with.
+
+    Only the names are checked (``check_sampler_names``), not whether diffusers can run the pair,
+    so that submitting stays a fraction of a second; the intake checks that part.
+    """
+    paths = settings.paths.resolved()
+    preset_dirs = preset_search_dirs(paths.presets)
+    styles = load_styles([paths.styles] if paths.styles else [])
+    routed = preset_for_subfolder(relpath, preset_dirs)
+    for number, spec in enumerate(specs, start=1):
+        place = f"job {number}" if len(specs) > 1 else ""
+        spec, preset, preset_name = with_preset(spec, routed, place, settings, preset_dirs)
+        check_job_names(spec, preset, preset_name, place, settings, styles, check_sampler_names)
+
+
+def pictures_for(job_file: Path, specs: list[JobSpec], inbox: Path) -> list[Companion]:
+    """The pictures ``job_file`` (read as ``specs``) names, then those beside it that the intake
+    pairs with it by name.
 
     A picture named by a path into the inbox (``~/fooocusd/inbox/refs/cat.png``) is there already
-    and is left out. Raises ``InvalidInput`` when the file cannot be read as a job, or names a
-    picture that is not there or lies outside the job file's folder.
+    and is left out. Raises ``InvalidInput`` when the file names a picture that is not there or
+    lies outside the job file's folder.
     """
-    with image_attached_after_parsing():  # a picture beside it may stand in for the prompt
-        specs = parse_job_file(job_file, max_job_file_bytes=settings.intake.max_job_file_bytes)
     folder = job_file.parent.resolve()
     found: dict[str, Companion] = {}
     for spec in specs:
