@@ -66,7 +66,13 @@ def test_status_counts_jobs_and_shows_running_progress_and_recent_failures(
         clock.now,
     )
     assert status["recent_failures"] == [
-        {"id": bad.id, "relpath": "broken.txt", "error": "unknown sampler 'euler_z'", "finished": clock.now}
+        {
+            "id": bad.id,
+            "relpath": "broken.txt",
+            "error": "unknown sampler 'euler_z'",
+            "finished": clock.now,
+            "dropped_again": False,
+        }
     ]
     assert status["inputs"]["claimed"] == 2
 

@@ -3,6 +3,8 @@ e.g. after downloading the file they all lacked."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fooocusd.cli import main
@@ -54,6 +56,12 @@ def test_all_failed_leaves_a_file_dropped_again_since_and_names_one_taken_out_of
     sandbox.drop("dog.txt", "a dog\nseed: 3\n")  # fixed and dropped again: the old failure is over
     assert sandbox.drain().ok
     (sandbox.failed / "cat.txt").unlink()
+    assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
+    failures = json.loads(capsys.readouterr().out)["recent_failures"]
+    assert {failure["relpath"]: failure["dropped_again"] for failure in failures} == {
+        "dog.txt": True,
+        "cat.txt": False,
+    }
 
     assert _retry(sandbox, "--all-failed") == 1
 

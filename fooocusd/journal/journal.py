@@ -66,6 +66,13 @@ _UNSETTLED_JOB_SQL = (
 _RUNNABLE_NOW_SQL = "state = 'queued' AND not_before <= ? ORDER BY priority DESC, id"
 
 
+# For a job's input ``i``: a later input came in under the same name (the file, fixed, dropped again).
+_DROPPED_AGAIN = (
+    "EXISTS (SELECT 1 FROM inputs later WHERE later.relpath = i.relpath AND later.id > i.id"
+    " AND later.state != 'abandoned')"
+)
+
+
 class JournalError(FooocusdError):
     """The requested change is not possible in the current state (the message says why)."""
 
@@ -871,9 +878,7 @@ class Journal:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT j.* FROM jobs j JOIN inputs i ON i.id = j.input_id"
-                " WHERE j.state = 'failed' AND i.state != 'abandoned' AND NOT EXISTS ("
-                "   SELECT 1 FROM inputs later WHERE later.relpath = i.relpath AND later.id > i.id"
-                "   AND later.state != 'abandoned')"
+                f" WHERE j.state = 'failed' AND i.state != 'abandoned' AND NOT {_DROPPED_AGAIN}"
                 " ORDER BY i.id, j.seq"
             ).fetchall()
             return [job_from_row(row) for row in rows]
@@ -919,9 +924,11 @@ class Journal:
                     "relpath": row["relpath"],
                     "error": row["error"],
                     "finished": row["finished"],
+                    "dropped_again": bool(row["dropped_again"]),
                 }
                 for row in conn.execute(
-                    "SELECT j.*, i.relpath FROM jobs j JOIN inputs i ON i.id = j.input_id"
+                    f"SELECT j.*, i.relpath, {_DROPPED_AGAIN} AS dropped_again"
+                    " FROM jobs j JOIN inputs i ON i.id = j.input_id"
                     " WHERE j.state = 'failed' ORDER BY j.finished DESC, j.id DESC LIMIT ?",
                     (recent_failures,),
                 )

@@ -183,7 +183,8 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             table.add_row(
                 str(failure.get("id", "")),
                 failure.get("relpath", ""),
-                (failure.get("error") or "").splitlines()[0] if failure.get("error") else "",
+                ("(dropped again since) " if failure.get("dropped_again") else "")
+                + ((failure.get("error") or "").splitlines()[0] if failure.get("error") else ""),
             )
         _out.print(table)
         _out.print("`fooocusd retry ID` runs one again; `fooocusd retry --all-failed` runs every failed job")
