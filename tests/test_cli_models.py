@@ -54,6 +54,28 @@ def test_models_list_json_shows_every_root_kind_family_and_size(
     assert (rows[str(lora)]["kind"], rows[str(lora)]["family"]) == ("loras", "lora")
     assert rows[str(base)]["size"] == base.stat().st_size
     assert rows[str(base)]["sha256"] == ""  # not hashed unless asked
+    # The name a job writes: below the kind's folder, without .safetensors.
+    assert (rows[str(base)]["name"], rows[str(sd15)]["name"], rows[str(lora)]["name"]) == (
+        "base",
+        "SD1/v1-5",
+        "detail",
+    )
+
+
+def test_models_list_says_a_pickle_is_not_loaded_without_allow_unsafe_pickle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = tmp_path / "models" / "checkpoints" / "old.ckpt"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"not opened")
+    config = _config(tmp_path, [tmp_path / "models"])
+
+    assert main(["models", "list", "--json", "--config", str(config)]) == 0
+    [row] = json.loads(capsys.readouterr().out)["files"]
+    assert row["name"] == "old.ckpt"
+    assert row["note"] == "a pickle: not loaded unless engine.allow_unsafe_pickle = true"
+    assert main(["models", "list", "--config", str(config)]) == 0
+    assert "allow_unsafe_pickle" in capsys.readouterr().out
 
 
 def test_models_list_hash_computes_and_caches_sha256(

@@ -189,6 +189,15 @@ class ModelDirs:
                     seen.add(key)
                     yield path
 
+    def name_for(self, kind: ModelFileKind, path: Path) -> str:
+        """What a job writes to use ``path``: its path below the folder of ``kind`` that holds it,
+        without ``.safetensors`` (``sub/foo`` for ``loras/sub/foo.safetensors``)."""
+        for folder in self.search_folders(kind):
+            if path.is_relative_to(folder.path) and path != folder.path:
+                relative = path.relative_to(folder.path).as_posix()
+                return relative.removesuffix(SAFE_SUFFIX)
+        return path.name.removesuffix(SAFE_SUFFIX)
+
     def _nested_matches(self, kind: ModelFileKind, name: str, suffixes: Sequence[str]) -> list[Path]:
         wanted = {Path(candidate).name for candidate in _names_with_suffixes(name, suffixes)}
         relative = Path(name)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fooocusd.engine.families import detect_family
+from fooocusd.engine.families import PICKLE_SUFFIXES, detect_family
 from fooocusd.engine.fetch import fetch, load_catalogue, lookup
 from fooocusd.engine.model_dirs import KINDS, ModelDirs, is_diffusers_folder, root_layout
 from fooocusd.engine.models import HASH_CACHE_NAME, autov2, cached_sha256, file_sha256, remember_sha256
@@ -26,6 +26,8 @@ _MIN_WIDTH = 140
 @dataclass(frozen=True)
 class ModelFileRow:
     kind: str
+    name: str
+    """What a job (or the config) writes to use the file."""
     family: str
     label: str
     prediction: str
@@ -33,6 +35,8 @@ class ModelFileRow:
     size: int
     sha256: str
     path: str
+    note: str = ""
+    """Why the file cannot be used as it is (a pickle, unreadable), or empty."""
 
 
 def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -103,34 +107,39 @@ def model_rows(
             if path in seen:
                 continue
             seen.add(path)
-            rows.append(_row(kind, path, hash_cache, compute_hashes, allow_pickle))
+            rows.append(_row(kind, dirs.name_for(kind, path), path, hash_cache, compute_hashes, allow_pickle))
     return rows
 
 
-def _row(kind: str, path: Path, hash_cache: Path, compute_hashes: bool, allow_pickle: bool) -> ModelFileRow:
+def _row(
+    kind: str, name: str, path: Path, hash_cache: Path, compute_hashes: bool, allow_pickle: bool
+) -> ModelFileRow:
     try:
         info = detect_family(path, allow_pickle=allow_pickle)
         family, label = info.family, info.label
+        refused = path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle
+        note = "a pickle: not loaded unless engine.allow_unsafe_pickle = true" if refused else ""
         prediction, resolution = info.prediction or "", info.resolution
-    except FooocusdError:
-        family, label, prediction, resolution = "unreadable", "unreadable", "", None
+    except FooocusdError as exc:
+        family, label, prediction, resolution, note = "unreadable", "unreadable", "", None, exc.message
     if is_diffusers_folder(path):
         size = sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
         sha256 = ""
     else:
         size = path.stat().st_size
         sha256 = file_sha256(path, hash_cache) if compute_hashes else cached_sha256(path, hash_cache)
-    return ModelFileRow(kind, family, label, prediction, resolution, size, sha256, str(path))
+    return ModelFileRow(kind, name, family, label, prediction, resolution, size, sha256, str(path), note)
 
 
 def _table(rows: list[ModelFileRow]) -> Table:
     table = Table(show_lines=False)
-    for column in ("kind", "family", "size", "sha256", "path"):
-        table.add_column(column, no_wrap=column != "path", overflow="fold")
+    for column in ("kind", "name", "family", "size", "sha256", "path"):
+        table.add_column(column, no_wrap=column not in ("name", "family", "path"), overflow="fold")
     for row in rows:
         table.add_row(
             row.kind,
-            row.label,
+            escape(row.name),
+            row.label + (f" [dim]({escape(row.note)})[/dim]" if row.note else ""),
             _human_size(row.size),
             autov2(row.sha256) if row.sha256 else "(--hash)",
             escape(row.path),
