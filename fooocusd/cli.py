@@ -115,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
         "show", parents=[common, daemon], help="effective settings and their sources"
     )
     show.set_defaults(handler=commands.config_show)
+    check = config_sub.add_parser(
+        "check",
+        parents=[common, daemon],
+        help="check the configuration as a start or reload would, without starting anything",
+    )
+    check.set_defaults(handler=commands.config_check)
     from fooocusd.service import styles_command
 
     styles = sub.add_parser("styles", parents=[common], help="list the styles a job may name")

@@ -206,6 +206,25 @@ def test_cancel_of_an_unknown_job_is_a_clear_error(
     assert "no job matches" in capsys.readouterr().err
 
 
+def test_config_check_says_a_good_file_is_valid_and_refuses_what_a_reload_would(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    check = ["config", "check", "--config", str(sandbox.config)]
+    assert main(check) == 0
+    assert f"{sandbox.config}: valid; model tiny-random" in " ".join(capsys.readouterr().out.split())
+
+    text = sandbox.config.read_text()
+    sandbox.config.write_text(text.replace('performance = "speed"', 'styles = ["Nope"]'))
+    assert main(check) == 2
+    assert "unknown style: 'Nope'" in capsys.readouterr().err
+
+    sandbox.config.write_text(text.replace('performance = "speed"', 'performance = "lightning"'))
+    assert main(check) == 0, "a missing LoRA is a warning, as at start"
+    captured = capsys.readouterr()
+    assert "fooocusd models fetch sdxl_lightning_4step_lora" in " ".join(captured.err.split())
+    assert "valid" in captured.out
+
+
 def test_doctor_reports_each_check(sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["doctor", "--config", str(sandbox.config)])
     out = capsys.readouterr().out

@@ -289,6 +289,27 @@ def config_show(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     return 0
 
 
+def config_check(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    """What ``systemctl reload`` (or a start) would say about the file, before it is asked to."""
+    from fooocusd.intake.layout import assert_folders_disjoint
+    from fooocusd.jobs.presets import preset_search_dirs
+    from fooocusd.service.settings_checks import check_configuration
+
+    paths = loaded.settings.paths.resolved()
+    assert_folders_disjoint(paths.inbox, paths.outbox, paths.state, paths.done, paths.failed)
+    preset_dirs = preset_search_dirs(paths.presets)
+    checked = check_configuration(loaded.settings, paths.models, paths.styles, preset_dirs)
+    if checked.warning:
+        _err.print(f"warning: {checked.warning}", highlight=False)
+    source = loaded.config_file or "the defaults (no config file found)"
+    model = checked.model.path or checked.model.name
+    _out.print(
+        f"{source}: valid; model {model}, {checked.presets} presets, {len(checked.styles)} styles",
+        highlight=False,
+    )
+    return 0
+
+
 def doctor(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     from fooocusd.service.doctor import run_checks
 

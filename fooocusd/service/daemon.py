@@ -21,10 +21,10 @@ from loguru import logger
 from fooocusd.engine.base import Engine
 from fooocusd.engine.expansion import PromptExpansion, build_prompt_expansion
 from fooocusd.engine.factory import create_engine
-from fooocusd.engine.styles import StyleLibrary, load_styles
+from fooocusd.engine.styles import StyleLibrary
 from fooocusd.intake.pairing import Pairer
 from fooocusd.intake.watcher import InboxWatcher
-from fooocusd.jobs.presets import load_all_presets, preset_search_dirs
+from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.journal.journal import Journal
 from fooocusd.service.extras import DaemonExtras
 from fooocusd.service.finisher import Finisher
@@ -39,7 +39,7 @@ from fooocusd.service.notify import (
 )
 from fooocusd.service.reconcile import reconcile
 from fooocusd.service.reload import Reloader, SettingsSource, apply_on_main_thread, apply_to_worker
-from fooocusd.service.settings_checks import check_generation_defaults, missing_default_files_warning
+from fooocusd.service.settings_checks import check_configuration
 from fooocusd.service.start_timeline import StartTimeline
 from fooocusd.service.state_lock import state_folder_lock
 from fooocusd.service.warm_up import warm_up, warm_up_request
@@ -114,13 +114,11 @@ class Daemon:
     def _start_and_serve(self, folders: Folders, timeline: StartTimeline, *, drain: bool) -> Summary:
         os.umask(self.settings.outbox.umask)
         preset_dirs = preset_search_dirs(folders.presets)
-        load_all_presets(preset_dirs)  # a broken preset file stops the start, not a job later
-        styles = load_styles([folders.styles] if folders.styles else [])
-        check_generation_defaults(self.settings.generation, preset_dirs, styles)
-        if warning := missing_default_files_warning(
-            self.settings.generation, preset_dirs, folders.models, self.settings.engine.model
-        ):
-            logger.warning(warning)
+        # A broken preset or style file, or defaults no job could run with, stop the start.
+        checked = check_configuration(self.settings, folders.models, folders.styles, preset_dirs)
+        styles = checked.styles
+        if checked.warning:
+            logger.warning(checked.warning)
         timeline.reached("settings, presets and styles")
         # Resolving the model comes first: without one, say where to put it and stop.
         engine = create_engine(self.settings.engine, folders.models, folders.cache, self.settings.controlnet)

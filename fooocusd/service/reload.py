@@ -22,15 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from fooocusd.engine.models import resolve_model
-from fooocusd.engine.styles import StyleLibrary, load_styles
+from fooocusd.engine.styles import StyleLibrary
 from fooocusd.errors import ConfigError
 from fooocusd.intake.layout import assert_folders_disjoint
-from fooocusd.jobs.presets import load_all_presets
 from fooocusd.service.folders import Folders
 from fooocusd.service.logs import configure_logging
 from fooocusd.service.notify import Notifier, ServiceReporter
-from fooocusd.service.settings_checks import check_generation_defaults, missing_default_files_warning
+from fooocusd.service.settings_checks import check_configuration
 from fooocusd.settings import LoadedSettings, Settings, flatten, load_settings
 
 if TYPE_CHECKING:
@@ -101,15 +99,12 @@ def prepare_reload(
     paths = fresh.paths.resolved()
     assert_folders_disjoint(paths.inbox, paths.outbox, paths.state, paths.done, paths.failed)
     settings, kept = keep_restart_only_values(current, fresh)
-    resolve_model(settings.engine.model, folders.models, allow_pickle=settings.engine.allow_unsafe_pickle)
-    load_all_presets(preset_dirs)
-    styles = load_styles([folders.styles] if folders.styles else [])
-    check_generation_defaults(settings.generation, preset_dirs, styles)
+    checked = check_configuration(settings, folders.models, folders.styles, preset_dirs)
     old, new = flatten(current), flatten(settings)
     changed = sorted(key for key in new if new[key] != old.get(key))
-    engine_model = settings.engine.model
-    warning = missing_default_files_warning(settings.generation, preset_dirs, folders.models, engine_model)
-    return ReloadPlan(settings=settings, styles=styles, changed=changed, kept=kept, warning=warning)
+    return ReloadPlan(
+        settings=settings, styles=checked.styles, changed=changed, kept=kept, warning=checked.warning
+    )
 
 
 def keep_restart_only_values(current: Settings, fresh: Settings) -> tuple[Settings, list[str]]:

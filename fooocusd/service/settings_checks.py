@@ -1,4 +1,4 @@
-"""Checks of the configuration's job defaults, at start and on reload.
+"""Checks of a configuration beyond its syntax, at start, on reload and by ``config check``.
 
 A default that cannot work (a preset that is not there, an unknown style, a sampler that cannot
 run on the scheduler) would otherwise refuse or fail every job that relies on it, one by one.
@@ -7,16 +7,43 @@ run on the scheduler) would otherwise refuse or fail every job that relies on it
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from fooocusd.engine.model_dirs import ModelDirs
+from fooocusd.engine.models import ModelLocation, resolve_model
 from fooocusd.engine.samplers import check_sampler
-from fooocusd.engine.styles import StyleLibrary
+from fooocusd.engine.styles import StyleLibrary, load_styles
 from fooocusd.errors import ConfigError, InvalidInput
 from fooocusd.jobs.performance import fetch_name, forced_settings
 from fooocusd.jobs.preset_check import missing_default_files
-from fooocusd.jobs.presets import load_preset
-from fooocusd.settings import GenerationSettings
+from fooocusd.jobs.presets import load_all_presets, load_preset
+from fooocusd.settings import GenerationSettings, Settings
+
+
+@dataclass(frozen=True)
+class CheckedConfiguration:
+    model: ModelLocation
+    styles: StyleLibrary
+    presets: int
+    warning: str | None
+    """Applied all the same: model files the defaults need but lack (see below)."""
+
+
+def check_configuration(
+    settings: Settings, models: Sequence[Path], styles_dir: Path | None, preset_dirs: Sequence[Path]
+) -> CheckedConfiguration:
+    """Everything a daemon would refuse to start (or reload) with, as a ``ConfigError``: a model that
+    cannot be found, a broken preset or style file, a default no job could run with.
+
+    ``models`` and ``styles_dir`` are the folders in use (a reload keeps those of the start).
+    """
+    model = resolve_model(settings.engine.model, models, allow_pickle=settings.engine.allow_unsafe_pickle)
+    presets = load_all_presets(preset_dirs)
+    styles = load_styles([styles_dir] if styles_dir else [])
+    check_generation_defaults(settings.generation, preset_dirs, styles)
+    warning = missing_default_files_warning(settings.generation, preset_dirs, models, settings.engine.model)
+    return CheckedConfiguration(model, styles, len(presets), warning)
 
 
 def check_generation_defaults(
