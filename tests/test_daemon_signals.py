@@ -32,6 +32,7 @@ def test_sigterm_finishes_the_current_image_and_the_rest_runs_after_restart(sand
     stopped_with = len(sandbox.sidecars())
     assert 1 <= stopped_with < 6, "it stopped after the image in progress, not at the end of the job"
     assert (sandbox.state / "processing").exists() and not (sandbox.done / "many.txt").exists()
+    assert "stopped: 1 job(s) wait in the journal and run at the next start" in output
 
     assert sandbox.drain().ok
     names = sorted(p.name for p in sandbox.images())

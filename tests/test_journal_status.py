@@ -105,6 +105,19 @@ def test_find_jobs_accepts_a_job_id_or_the_start_of_an_input_path(tmp_path: Path
     assert journal.find_jobs("9999") == []
 
 
+def test_find_jobs_prefers_the_input_a_name_means_whole_over_those_it_begins(
+    tmp_path: Path, journal: Journal
+) -> None:
+    short = add_input(journal, tmp_path, "j2.txt")
+    add_input(journal, tmp_path, "j20.txt")
+    add_input(journal, tmp_path, "j21.toml")
+
+    assert [job.input_id for job in journal.find_jobs("j2")] == [short]
+    assert [job.input_id for job in journal.find_jobs("j2.txt")] == [short]
+    assert len(journal.find_jobs("j")) == 3
+    assert len(journal.find_jobs("j2.")) == 1
+
+
 def test_find_job_returns_the_single_match_or_names_the_candidates(tmp_path: Path, journal: Journal) -> None:
     cats = add_input(journal, tmp_path, "animals/cats.txt", [(spec_json("a"), 0), (spec_json("b"), 0)])
     [dog] = journal.jobs_for_input(add_input(journal, tmp_path, "animals/dogs.txt"))

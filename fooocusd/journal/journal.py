@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, Self
 
@@ -850,7 +850,8 @@ class Journal:
     def find_jobs(self, ref: str) -> list[JobRow]:
         """Jobs a user may mean by ``ref``: a job id, or else the start of an input's path in the inbox.
 
-        Matches by path are newest input first; abandoned claims are left out.
+        Matches by path are newest input first; abandoned claims are left out. A path that ``ref``
+        names whole (``j2`` or ``j2.txt``) wins over those it only begins (``j20.txt``...).
         """
         ref = ref.strip()
         if not ref:
@@ -862,12 +863,13 @@ class Journal:
                     return [job]
             # substr() instead of LIKE: paths may contain % or _ and must match case-sensitively.
             rows = self._conn.execute(
-                "SELECT j.* FROM jobs j JOIN inputs i ON i.id = j.input_id"
+                "SELECT j.*, i.relpath FROM jobs j JOIN inputs i ON i.id = j.input_id"
                 " WHERE substr(i.relpath, 1, length(?)) = ? AND i.state != 'abandoned'"
                 " ORDER BY i.id DESC, j.seq",
                 (ref, ref),
             ).fetchall()
-            return [job_from_row(row) for row in rows]
+        whole = [row for row in rows if _names_whole(ref, row["relpath"])]
+        return [job_from_row(row) for row in whole or rows]
 
     def failed_jobs(self) -> list[JobRow]:
         """Failed jobs whose file was not dropped again since, oldest input first.
@@ -1128,6 +1130,11 @@ def _require_input_state(current: InputRow, expected: InputState, action: str) -
         raise JournalError(
             f"cannot {action} for input {current.relpath}: it is {current.state.value}, not {expected.value}"
         )
+
+
+def _names_whole(ref: str, relpath: str) -> bool:
+    """``ref`` is the input's path, with or without its extension."""
+    return relpath == ref or PurePosixPath(relpath).with_suffix("").as_posix() == ref
 
 
 def status_report(

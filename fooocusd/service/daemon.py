@@ -66,6 +66,16 @@ class Summary:
         return self.jobs_failed == 0 and self.inputs_failed == 0
 
 
+def _log_what_waits(journal: Journal) -> None:
+    """The last line of a stop: what the next start will pick up, so nobody wonders if it was lost."""
+    counts = journal.status()["counts"]
+    waiting = sum(counts.get(state, 0) for state in ("queued", "running", "claiming"))
+    if waiting:
+        logger.info("stopped: {} job(s) wait in the journal and run at the next start", waiting)
+    else:
+        logger.info("stopped: nothing was waiting")
+
+
 def _empty_files_left(watcher: InboxWatcher, inbox: Path) -> tuple[str, ...]:
     names = sorted(
         path.relative_to(inbox).as_posix() if path.is_relative_to(inbox) else str(path)
@@ -274,6 +284,8 @@ class Daemon:
                 reporter.while_stopping()
                 worker_thread.join(_TICK)
             finisher.finish_ready()
+            if not drain:
+                _log_what_waits(journal)
         return Summary(
             queued_jobs=intake.counts.queued_jobs,
             jobs_done=worker.counts.jobs_done,
