@@ -11,9 +11,11 @@ import pytest
 from loguru import logger
 
 from fooocusd.cli import main
+from fooocusd.journal import Journal
 from fooocusd.service.doctor import run_checks
 from fooocusd.settings import load_settings
 from tests.daemon_harness import REPO, Sandbox
+from tests.test_journal_helpers import add_input
 
 
 def _run(box: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
@@ -168,6 +170,24 @@ def test_refused_files_are_named_once_with_their_folder_and_place(sandbox: Sandb
         "latin1.txt is not valid UTF-8 text (byte 0xe9 on line 1)",
         "portrait/bad.toml: 'steps' = 'many' is not valid: expected a whole number (key 'steps')",
     ]
+
+
+def test_status_shows_a_running_jobs_progress_and_when_it_is_decoding(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox.state.mkdir(parents=True, exist_ok=True)
+    with Journal.open(sandbox.state / "journal.sqlite3", owner="test") as journal:
+        add_input(journal, sandbox.root, "first.txt")
+        add_input(journal, sandbox.root, "second.txt")
+        first, second = journal.claim_next_job(60), journal.claim_next_job(60)
+        assert first is not None and second is not None
+        journal.heartbeat(first.id, 30, 30, 60)
+        journal.heartbeat(second.id, 3, 30, 60)
+
+    assert main(["status", "--config", str(sandbox.config)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"running: job {first.id} first.txt — step 30/30 (decoding and saving)" in out
+    assert f"running: job {second.id} second.txt — step 3/30 (10%)" in out
 
 
 def test_status_names_the_empty_files_waiting_in_the_inbox(

@@ -174,8 +174,13 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         )
     for job in report.get("running", []):
         step, total = job.get("progress_step") or 0, job.get("progress_total") or 0
-        percent = f"{100 * step / total:.0f}%" if total else "starting"
-        _out.print(f"running: job {job['id']} {job['relpath']} — step {step}/{total} ({percent})")
+        if not total:
+            stage = "starting"
+        elif step >= total:  # denoised; the next job may already be denoising beside it
+            stage = "decoding and saving"
+        else:
+            stage = f"{100 * step / total:.0f}%"
+        _out.print(f"running: job {job['id']} {job['relpath']} — step {step}/{total} ({stage})")
     failures = report.get("recent_failures", [])
     if failures:
         table = Table("job", "input", "error", title="recent failures")
