@@ -13,6 +13,7 @@ from loguru import logger
 from fooocusd.cli import main
 from fooocusd.journal import Journal
 from fooocusd.service.doctor import run_checks
+from fooocusd.service.state_lock import state_folder_lock
 from fooocusd.settings import load_settings
 from tests.daemon_harness import REPO, Sandbox
 from tests.test_journal_helpers import add_input
@@ -172,7 +173,7 @@ def test_refused_files_are_named_once_with_their_folder_and_place(sandbox: Sandb
     ]
 
 
-def test_status_shows_a_running_jobs_progress_and_when_it_is_decoding(
+def test_status_shows_progress_while_a_daemon_runs_and_interrupted_jobs_when_none_does(
     sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sandbox.state.mkdir(parents=True, exist_ok=True)
@@ -184,10 +185,16 @@ def test_status_shows_a_running_jobs_progress_and_when_it_is_decoding(
         journal.heartbeat(first.id, 30, 30, 60)
         journal.heartbeat(second.id, 3, 30, 60)
 
-    assert main(["status", "--config", str(sandbox.config)]) == 0
+    with state_folder_lock(sandbox.state):  # as a running daemon holds it
+        assert main(["status", "--config", str(sandbox.config)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert f"running: job {first.id} first.txt — step 30/30 (decoding and saving)" in out
     assert f"running: job {second.id} second.txt — step 3/30 (10%)" in out
+
+    assert main(["status", "--config", str(sandbox.config)]) == 0  # the daemon has gone
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 job(s) wait for it (`fooocusd run`, or `systemctl start fooocusd`)" in out
+    assert f"interrupted: job {first.id} first.txt at step 30/30; it runs again at the next start" in out
 
 
 def test_status_names_the_empty_files_waiting_in_the_inbox(

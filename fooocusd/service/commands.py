@@ -151,11 +151,17 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             f"no journal yet at {folders.journal_db}: the daemon has not run with this state folder "
             "(if it has, check --state-dir or paths.state)"
         )
+    counts = report["counts"]
     if holder is None:
-        _out.print(f"daemon: not running on the state folder {folders.state}")
+        waiting_jobs = sum(counts.get(state, 0) for state in ("queued", "running", "claiming"))
+        start = (
+            f"; {waiting_jobs} job(s) wait for it (`fooocusd run`, or `systemctl start fooocusd`)"
+            if waiting_jobs
+            else ""
+        )
+        _out.print(f"daemon: not running on the state folder {folders.state}{start}")
     else:
         _out.print(f"daemon: running (pid {holder})")
-    counts = report["counts"]
     _out.print(
         "jobs: "
         + ", ".join(
@@ -173,14 +179,7 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             f"content): each waits until it has content: {', '.join(waiting.empty)}{more}"
         )
     for job in report.get("running", []):
-        step, total = job.get("progress_step") or 0, job.get("progress_total") or 0
-        if not total:
-            stage = "starting"
-        elif step >= total:  # denoised; the next job may already be denoising beside it
-            stage = "decoding and saving"
-        else:
-            stage = f"{100 * step / total:.0f}%"
-        _out.print(f"running: job {job['id']} {job['relpath']} — step {step}/{total} ({stage})")
+        _out.print(_progress_line(job, daemon_running=holder is not None))
     failures = report.get("recent_failures", [])
     if failures:
         table = Table("job", "input", "error", title="recent failures")
@@ -235,6 +234,20 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     publish_bytes(final, (args.prompt.strip() + "\n").encode("utf-8"), umask=loaded.settings.outbox.umask)
     _out.print(f"submitted {final}")
     return 0
+
+
+def _progress_line(job: dict[str, Any], *, daemon_running: bool) -> str:
+    step, total = job.get("progress_step") or 0, job.get("progress_total") or 0
+    name = f"job {job['id']} {job['relpath']}"
+    if not daemon_running:  # its daemon stopped or crashed mid-image: the next start runs it again
+        return f"interrupted: {name} at step {step}/{total}; it runs again at the next start"
+    if not total:
+        stage = "starting"
+    elif step >= total:  # denoised; the next job may already be denoising beside it
+        stage = "decoding and saving"
+    else:
+        stage = f"{100 * step / total:.0f}%"
+    return f"running: {name} — step {step}/{total} ({stage})"
 
 
 def _relpath(subdir: str, name: str) -> str:
