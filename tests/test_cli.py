@@ -94,6 +94,18 @@ def test_submit_prompt_drops_a_txt_job_into_the_inbox(sandbox: Sandbox) -> None:
     assert [p for p in sandbox.inbox.iterdir() if p.name.startswith(".")] == []
 
 
+def test_submit_prints_the_path_it_wrote_on_one_line_however_long(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scripts read the path back from the output, so it must never be wrapped."""
+    subdir = "a-folder-name-long-enough-that-the-whole-path-is-wider-than-a-terminal"
+    command = ["submit", "--prompt", "a red kite over a windy beach at dusk", "--subdir", subdir]
+    assert main([*command, "--config", str(sandbox.config)]) == 0
+    [dropped] = sandbox.files(sandbox.inbox / subdir)
+    assert len(str(dropped)) > 120
+    assert f"submitted {dropped}\n" in capsys.readouterr().out
+
+
 def test_submit_file_into_a_subfolder_never_overwrites(sandbox: Sandbox, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
     source = tmp_path_factory.mktemp("src") / "job.txt"
     source.write_text("a cat\n")

@@ -28,8 +28,9 @@ from fooocusd.settings import LoadedSettings, flatten
 if TYPE_CHECKING:
     from fooocusd.service.daemon import Summary
 
-_out = Console()
-_err = Console(stderr=True)
+# Lines are not wrapped, so that scripts and copy-paste get whole paths; tables still fit the width.
+_out = Console(soft_wrap=True)
+_err = Console(stderr=True, soft_wrap=True)
 
 
 def run(args: argparse.Namespace, loaded: LoadedSettings) -> int:
@@ -190,7 +191,7 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
                 ("(dropped again since) " if failure.get("dropped_again") else "")
                 + ((failure.get("error") or "").splitlines()[0] if failure.get("error") else ""),
             )
-        _out.print(table)
+        _out.print(table, soft_wrap=False)
         _out.print("`fooocusd retry ID` runs one again; `fooocusd retry --all-failed` runs every failed job")
     in_failed = report["refused_files"]["in_failed"]
     if in_failed:
@@ -203,7 +204,7 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         table = Table("when", "file and reason", title="recently refused files (see failed/)")
         for refusal in refusals:
             table.add_row(time.strftime("%Y-%m-%d %H:%M", time.localtime(refusal["ts"])), refusal["detail"])
-        _out.print(table)
+        _out.print(table, soft_wrap=False)
     return 0
 
 
@@ -338,5 +339,5 @@ def doctor(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         mark = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}[check.level]
         table.add_row(check.name, mark, check.detail)
         worst = max(worst, {"ok": 0, "warn": 0, "fail": 1}[check.level])
-    _out.print(table)
+    _out.print(table, soft_wrap=False)
     return worst

@@ -82,7 +82,7 @@ def fetch_model(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     catalogue = load_catalogue()
     entry = lookup(args.name, catalogue)
     dirs, hash_cache = _dirs_and_cache(loaded)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     result = fetch(
         entry,
         dirs,
