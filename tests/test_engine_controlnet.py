@@ -132,6 +132,14 @@ def test_missing_control_net_names_the_file_and_the_folder(tmp_path: Path) -> No
         models.control_net("pyracanny", device=torch.device("cpu"), dtype=torch.float32)
     assert "'nope'" in caught.value.message
     assert str(tmp_path / "controlnet") in caught.value.where
+    assert "models fetch" not in caught.value.hint  # not a file the catalogue has
+
+
+def test_a_missing_catalogue_control_net_says_which_fetch_command_gets_it(tmp_path: Path) -> None:
+    models = ControlNetModels(ModelDirs.of(tmp_path), tmp_path / "h.json", ControlNetConfig())
+    with pytest.raises(InvalidInput) as caught:
+        models.control_net("depth", device=torch.device("cpu"), dtype=torch.float32)
+    assert "fooocusd models fetch controlnet-depth-sdxl-1.0" in caught.value.hint
 
 
 def test_control_lora_files_are_refused_with_a_hint(tmp_path: Path) -> None:

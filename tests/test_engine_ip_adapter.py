@@ -278,6 +278,7 @@ def test_a_missing_adapter_file_names_the_file_and_the_folder(tmp_path: Path) ->
     assert ADAPTER_FILES["image_prompt"] in text
     assert str(empty.folders("ipadapter")[0]) in text
     assert "h94/IP-Adapter" in text
+    assert "fooocusd models fetch ip-adapter-plus_sdxl_vit-h" in text
 
 
 def test_a_pickled_adapter_is_named_and_refused(tmp_path: Path) -> None:
@@ -298,6 +299,7 @@ def test_a_missing_image_encoder_names_the_clip_vision_folder(tmp_path: Path, mo
     text = _refusal(dirs, _prompt(1, 0.6))
     assert "ViT-H/14" in text and str(dirs.folders("clip_vision")[0]) in text
     assert "clip_vision_vit_h.safetensors" in text
+    assert "fooocusd models fetch clip_vision_vit_h" in text
 
 
 def test_a_face_prompt_without_the_detector_model_says_where_to_get_it(models: Path) -> None:

@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from fooocusd.engine.controlnet.preprocess import DepthEstimator
+from fooocusd.engine.fetch import fetch_suggestion
 from fooocusd.engine.model_dirs import SAFE_SUFFIX, ModelDirs
 from fooocusd.engine.models import SDXL_CONFIG_DIR, file_sha256, folder_sha256
 from fooocusd.engine.pipeline_loading import reported_failures
@@ -167,7 +168,7 @@ class ControlNetModels:
             raise InvalidInput(
                 exc.message,
                 where=f"controlnet.{setting} ({exc.where})",
-                hint=f"{exc.hint}; suggested: {_SUGGESTED[setting]}, "
+                hint=f"{exc.hint}{fetch_suggestion(name)}; suggested: {_SUGGESTED[setting]}, "
                 "as a diffusers folder or one .safetensors file",
             ) from exc
 

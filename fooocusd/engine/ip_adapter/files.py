@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fooocusd.engine.fetch import fetch_suggestion
 from fooocusd.engine.model_dirs import ModelDirs, ModelFileKind
 from fooocusd.errors import InvalidInput
 
@@ -67,7 +68,7 @@ def adapter_file(kind: str, model_dirs: ModelDirs) -> Located:
         "ipadapter",
         model_dirs,
         hint=f"download {name} from {_ADAPTER_SOURCE} "
-        f"and put it into {_first_folder('ipadapter', model_dirs)}",
+        f"and put it into {_first_folder('ipadapter', model_dirs)}{fetch_suggestion(name)}",
     )
 
 
@@ -86,7 +87,8 @@ def encoder_location(model_dirs: ModelDirs) -> Located:
         "clip_vision",
         model_dirs,
         hint=f"put config.json and model.safetensors from {_ENCODER_SOURCE} into {folder / 'clip-vit-h-14'}, "
-        f"or the single file clip_vision_vit_h.safetensors into {folder}",
+        f"or the single file clip_vision_vit_h.safetensors into {folder}"
+        + fetch_suggestion("clip_vision_vit_h"),
     )
 
 
