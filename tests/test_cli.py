@@ -94,7 +94,7 @@ def test_submit_prompt_drops_a_txt_job_into_the_inbox(sandbox: Sandbox) -> None:
     assert [p for p in sandbox.inbox.iterdir() if p.name.startswith(".")] == []
 
 
-def test_submit_prints_the_path_it_wrote_on_one_line_however_long(
+def test_submit_prints_the_path_it_wrote_whole_on_one_line(
     sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Scripts read the path back from the output, so it must never be wrapped."""
@@ -104,6 +104,10 @@ def test_submit_prints_the_path_it_wrote_on_one_line_however_long(
     [dropped] = sandbox.files(sandbox.inbox / subdir)
     assert len(str(dropped)) > 120
     assert f"submitted {dropped}\n" in capsys.readouterr().out
+
+    assert main(["submit", "--prompt", "a kite", "--subdir", "[wip]", "--config", str(sandbox.config)]) == 0
+    [dropped] = sandbox.files(sandbox.inbox / "[wip]")
+    assert f"submitted {dropped}\n" in capsys.readouterr().out, "brackets in a name are not markup"
 
 
 def test_submit_file_into_a_subfolder_never_overwrites(sandbox: Sandbox, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
@@ -292,6 +296,14 @@ def test_doctor_and_the_start_warn_when_the_default_performance_lacks_its_lora(s
     finally:
         logger.remove(sink)
     assert any("sdxl_lightning_4step_lora.safetensors" in line for line in warnings)
+
+
+def test_doctor_prints_a_failing_checks_advice_whole_brackets_included(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["doctor", "--config", str(sandbox.config), "--model", ""]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "FAIL" in out and "[engine]" in out
 
 
 def test_doctor_says_what_the_auto_speed_settings_become_here(sandbox: Sandbox) -> None:

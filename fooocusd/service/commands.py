@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from fooocusd.errors import ConfigError, FooocusdError, InvalidInput
 from fooocusd.intake.claim import unique_destination
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
     from fooocusd.service.daemon import Summary
 
 # Lines are not wrapped, so that scripts and copy-paste get whole paths; tables still fit the width.
-_out = Console(soft_wrap=True)
-_err = Console(stderr=True, soft_wrap=True)
+# No markup: file names and error texts may hold brackets ("[draft] cat.txt", "[engine] model").
+_out = Console(soft_wrap=True, markup=False)
+_err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def run(args: argparse.Namespace, loaded: LoadedSettings) -> int:
@@ -304,7 +306,7 @@ def config_show(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     table = Table("setting", "value", "from", title=f"config file: {loaded.config_file or '(none found)'}")
     for key, value in flatten(loaded.settings).items():
         table.add_row(key, json.dumps(value), loaded.sources.get(key, "default"))
-    Console(width=max(_out.width, 120)).print(table)
+    Console(width=max(_out.width, 120), markup=False).print(table)
     return 0
 
 
@@ -334,10 +336,10 @@ def doctor(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 
     checks = run_checks(loaded.settings)
     table = Table("check", "result", "detail")
+    marks = {"ok": Text("ok", "green"), "warn": Text("warn", "yellow"), "fail": Text("FAIL", "red")}
     worst = 0
     for check in checks:
-        mark = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}[check.level]
-        table.add_row(check.name, mark, check.detail)
+        table.add_row(check.name, marks[check.level], Text(check.detail, overflow="fold"))
         worst = max(worst, {"ok": 0, "warn": 0, "fail": 1}[check.level])
     _out.print(table, soft_wrap=False)
     return worst
