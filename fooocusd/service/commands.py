@@ -64,7 +64,7 @@ def once(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             _restore_signal_handlers(previous)
     else:
         with Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             TextColumn("{task.completed}/{task.total} steps"),
             TimeElapsedColumn(),
