@@ -36,6 +36,13 @@ def test_missing_upscale_model_names_the_file_and_the_folder(tmp_path: Path) -> 
     assert "4x-UltraSharp" in error.message
     assert str(tmp_path / "models" / "upscale_models") in error.message + error.hint
     assert error.where == "upscale_model"
+    assert "models fetch" not in error.hint  # not a catalogue file
+
+
+def test_the_missing_default_upscale_model_says_which_fetch_command_gets_it(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        find_upscaler(ModelDirs.of(tmp_path / "models"), "RealESRGAN_x4plus")
+    assert "fooocusd models fetch RealESRGAN_x4plus" in caught.value.hint
 
 
 def test_pickled_upscale_models_are_refused_unless_allowed(tmp_path: Path) -> None:

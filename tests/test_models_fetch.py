@@ -243,6 +243,7 @@ def test_bundled_catalogue_names_every_preset_and_image_prompt_file_and_pins_not
         "clip_vision_vit_h": "clip_vision",
         "controlnet-canny-sdxl-1.0": "controlnet",
         "controlnet-depth-sdxl-1.0": "controlnet",
+        "RealESRGAN_x4plus": "upscale_models",
     }
     assert {name: entry.kind for name, entry in catalogue.items()} == expected
     for entry in catalogue.values():

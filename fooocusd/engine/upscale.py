@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fooocusd.engine.fetch import fetch_suggestion
 from fooocusd.engine.img2img import shape_ceil, size_for_ceil
 from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.errors import InvalidInput, ModelNotFound
@@ -65,7 +66,7 @@ def find_upscaler(model_dirs: ModelDirs, name: str) -> Path:
         raise InvalidInput(
             f"the upscale model {name!r} was not found ({exc.where})",
             where="upscale_model",
-            hint=f"{exc.hint}, or name another file with 'upscale_model' (job) or "
+            hint=f"{exc.hint}{fetch_suggestion(name)}, or name another file with 'upscale_model' (job) or "
             "generation.upscale_model (config)",
         ) from exc
 
