@@ -53,9 +53,17 @@ class Interrupted(FooocusdError):
     """The engine stopped early because shutdown was requested. The job is requeued, not failed."""
 
 
-def suggest(name: str, known: Iterable[str], *, cutoff: float = 0.6, limit: int = 3) -> str:
-    """`` — did you mean 'negative'?`` for the known names closest to ``name``, or an empty string."""
-    close = difflib.get_close_matches(name, list(known), n=limit, cutoff=cutoff)
+def suggest(
+    name: str, known: Iterable[str], *, cutoff: float = 0.6, limit: int = 3, ignore_case: bool = False
+) -> str:
+    """`` — did you mean 'negative'?`` for the known names closest to ``name``, or an empty string.
+
+    With ``ignore_case`` the comparison is made in lower case, and the names are shown as known.
+    """
+    spelled = {(item.lower() if ignore_case else item): item for item in known}
+    wanted = name.lower() if ignore_case else name
+    matches = difflib.get_close_matches(wanted, list(spelled), n=limit, cutoff=cutoff)
+    close = [spelled[match] for match in matches]
     if not close:
         return ""
     return " — did you mean " + " or ".join(f"'{match}'" for match in close) + "?"

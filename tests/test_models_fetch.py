@@ -257,3 +257,18 @@ def test_lookup_ignores_case_and_suffix_and_lists_the_catalogue_when_unknown() -
     with pytest.raises(CatalogueError) as caught:
         lookup("nope", catalogue)
     assert "juggernautXL_v8Rundiffusion" in caught.value.hint
+    assert "did you mean" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("realesrgan", "RealESRGAN_x4plus"),
+        ("sdxl_lcm", "sdxl_lcm_lora"),
+        ("Juggernaut", "juggernautXL_v8Rundiffusion"),
+    ],
+)
+def test_lookup_of_a_near_name_says_which_entry_was_meant(typed: str, meant: str) -> None:
+    with pytest.raises(CatalogueError) as caught:
+        lookup(typed, load_catalogue())
+    assert f"did you mean '{meant}'" in caught.value.message

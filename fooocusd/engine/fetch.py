@@ -35,7 +35,7 @@ from huggingface_hub.file_download import http_get
 
 from fooocusd.durable import fsync_folder
 from fooocusd.engine.model_dirs import ModelDirs, ModelFileKind
-from fooocusd.errors import FooocusdError, TransientError
+from fooocusd.errors import FooocusdError, TransientError, suggest
 
 CATALOGUE_FILE = Path(__file__).resolve().parent.parent / "data" / "catalogue.toml"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -104,8 +104,9 @@ def lookup(name: str, catalogue: dict[str, CatalogueEntry]) -> CatalogueEntry:
     for entry in catalogue.values():
         if entry.name.lower() == wanted:
             return entry
+    guess = suggest(wanted, catalogue, cutoff=0.5, limit=2, ignore_case=True)
     raise CatalogueError(
-        f"{name!r} is not in the model catalogue",
+        f"{name!r} is not in the model catalogue{guess}",
         hint="fetch one of: " + ", ".join(catalogue) + ". Other files: download them yourself into a "
         "models folder (see `fooocusd models list`)",
     )
