@@ -109,9 +109,15 @@ def _exists(kind: ModelFileKind, name: str, dirs: ModelDirs) -> bool:
     return dirs.locate(kind, name) is not None
 
 
-def _missing_error(preset: Preset, missing: list[MissingFile]) -> InvalidInput:
+def describe_missing(missing: list[MissingFile]) -> tuple[str, str]:
+    """The missing files described one after another, and the command that downloads them all."""
     files = "; ".join(item.describe() for item in missing)
     fetch = " && ".join(f"fooocusd models fetch {fetch_name(item.name)}" for item in missing)
+    return files, fetch
+
+
+def _missing_error(preset: Preset, missing: list[MissingFile]) -> InvalidInput:
+    files, fetch = describe_missing(missing)
     plural = "files" if len(missing) > 1 else "file"
     return InvalidInput(
         f"preset '{preset.name}' needs model {plural} that are not installed: {files}",

@@ -1137,6 +1137,11 @@ def _names_whole(ref: str, relpath: str) -> bool:
     return relpath == ref or PurePosixPath(relpath).with_suffix("").as_posix() == ref
 
 
+def unfinished_jobs(counts: dict[str, int]) -> int:
+    """Jobs of a status report's ``counts`` that a daemon has still to run (or to finish running)."""
+    return sum(counts.get(state.value, 0) for state in (JobState.QUEUED, JobState.RUNNING, JobState.CLAIMING))
+
+
 def status_report(
     now: float,
     counts: dict[str, int] | None = None,

@@ -20,7 +20,7 @@ from rich.text import Text
 from fooocusd.errors import ConfigError, FooocusdError, InvalidInput
 from fooocusd.intake.claim import unique_destination
 from fooocusd.intake.waiting import inbox_waiting
-from fooocusd.journal.journal import Journal, JournalError, status_report
+from fooocusd.journal.journal import Journal, JournalError, status_report, unfinished_jobs
 from fooocusd.outbox.atomic import publish_bytes
 from fooocusd.service.folders import Folders
 from fooocusd.service.state_lock import daemon_holding, refuse_if_a_daemon_holds
@@ -156,7 +156,7 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         )
     counts = report["counts"]
     if holder is None:
-        waiting_jobs = sum(counts.get(state, 0) for state in ("queued", "running", "claiming"))
+        waiting_jobs = unfinished_jobs(counts)
         start = (
             f"; {waiting_jobs} job(s) wait for it (`fooocusd run`, or `systemctl start fooocusd`)"
             if waiting_jobs

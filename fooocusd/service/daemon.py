@@ -25,7 +25,7 @@ from fooocusd.engine.styles import StyleLibrary
 from fooocusd.intake.pairing import Pairer
 from fooocusd.intake.watcher import InboxWatcher
 from fooocusd.jobs.presets import preset_search_dirs
-from fooocusd.journal.journal import Journal
+from fooocusd.journal.journal import Journal, unfinished_jobs
 from fooocusd.service.extras import DaemonExtras
 from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders, prepare_folders
@@ -68,8 +68,7 @@ class Summary:
 
 def _log_what_waits(journal: Journal) -> None:
     """The last line of a stop: what the next start will pick up, so nobody wonders if it was lost."""
-    counts = journal.status()["counts"]
-    waiting = sum(counts.get(state, 0) for state in ("queued", "running", "claiming"))
+    waiting = unfinished_jobs(journal.status()["counts"])
     if waiting:
         logger.info("stopped: {} job(s) wait in the journal and run at the next start", waiting)
     else:

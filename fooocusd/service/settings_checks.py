@@ -15,8 +15,8 @@ from fooocusd.engine.models import ModelLocation, resolve_model
 from fooocusd.engine.samplers import check_sampler
 from fooocusd.engine.styles import StyleLibrary, load_styles
 from fooocusd.errors import ConfigError, InvalidInput
-from fooocusd.jobs.performance import fetch_name, forced_settings
-from fooocusd.jobs.preset_check import missing_default_files
+from fooocusd.jobs.performance import forced_settings
+from fooocusd.jobs.preset_check import describe_missing, missing_default_files
 from fooocusd.jobs.presets import load_all_presets, load_preset
 from fooocusd.settings import GenerationSettings, Settings
 
@@ -77,8 +77,7 @@ def missing_default_files_warning(
     missing = missing_default_files(preset, generation.performance, models, engine_model)
     if not missing:
         return None
-    files = "; ".join(item.describe() for item in missing)
-    fetch = " && ".join(f"fooocusd models fetch {fetch_name(item.name)}" for item in missing)
+    files, fetch = describe_missing(missing)
     return (
         f"the defaults (preset '{generation.preset}', performance '{generation.performance}') need model "
         f"files that are not installed: {files}. Jobs that rely on them will fail until you run `{fetch}`"
