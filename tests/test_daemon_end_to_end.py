@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import date, timedelta
 
 from fooocusd.outbox.reader import read_embedded_metadata
 from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
@@ -39,6 +41,28 @@ def test_subfolder_routes_to_preset_and_outputs_mirror_it(sandbox: Sandbox) -> N
     assert sidecar["preset"] == "portrait"
     assert (sidecar["requested_width"], sidecar["requested_height"]) == (896, 1152)
     assert (sandbox.done / "portrait" / "face.txt").exists()
+
+
+def test_a_name_template_with_a_slash_files_images_in_dated_folders(sandbox: Sandbox) -> None:
+    sandbox.write_config("[outbox]\nname_template = '{date}/{stem}_{seed}_{index}'\n")
+    sandbox.drop("portrait/face.txt", "a face\nseed: 3\n")
+    sandbox.drop("face.txt", "a face\nseed: 3\n")
+    assert sandbox.drain().ok
+    sandbox.drop("face.txt", "a face\nseed: 3\n")
+    assert sandbox.drain().ok
+
+    days = {p.parent.name for p in sandbox.images()}
+    assert days <= {date.today().isoformat(), (date.today() - timedelta(days=1)).isoformat()}
+    names = [str(p.relative_to(sandbox.outbox)) for p in sandbox.images()]
+    relative = sorted(re.sub(r"\d{4}-\d\d-\d\d", "DAY", name) for name in names)
+    assert relative in (
+        ["DAY/face_3_0-1.png", "DAY/face_3_0.png", "portrait/DAY/face_3_0.png"],
+        ["DAY/face_3_0.png", "DAY/face_3_0.png", "portrait/DAY/face_3_0.png"],  # across midnight
+    )
+    for image in sandbox.images():
+        sidecar = image.with_suffix(".json")
+        assert json.loads(sidecar.read_text())["output_file"] == image.name
+        assert read_embedded_metadata(image) is not None
 
 
 def test_running_the_same_file_again_gives_new_names_and_never_overwrites(sandbox: Sandbox) -> None:

@@ -21,8 +21,10 @@ from fooocusd.outbox.naming import (
     validate_template,
 )
 
+_PROMPT = "a  cat\non a sofa, in the evening light, very detailed, 8k"
 
-def _fields(**overrides: Any) -> dict[str, Any]:
+
+def _fields(prompt: str = _PROMPT, **overrides: Any) -> dict[str, Any]:
     fields = name_fields(
         stem="cat",
         seed=1234,
@@ -34,7 +36,7 @@ def _fields(**overrides: Any) -> dict[str, Any]:
         height=896,
         model="juggernautXL_v8.safetensors",
         performance="speed",
-        prompt="a  cat\non a sofa, in the evening light, very detailed, 8k",
+        prompt=prompt,
     )
     fields.update(overrides)
     return fields
@@ -60,10 +62,46 @@ def test_format_specs_are_applied() -> None:
     assert render_name("{stem}-{index:03d}", _fields(index=7)) == "cat-007"
 
 
-@pytest.mark.parametrize("stem", ["../x", "..\\x", "a/b", "/etc/passwd"])
-def test_stem_with_a_path_separator_is_refused(stem: str) -> None:
-    with pytest.raises(InvalidInput, match="path separator"):
+@pytest.mark.parametrize(
+    ("stem", "expected"),
+    [("a/b", "a-b_1234"), ("/etc/passwd", "-etc-passwd_1234"), ("x\\..\\y", "x-..-y_1234")],
+)
+def test_path_separators_in_a_value_become_dashes_and_make_no_folder(stem: str, expected: str) -> None:
+    assert render_name("{stem}_{seed}", _fields(stem=stem)) == expected
+
+
+@pytest.mark.parametrize("stem", ["../x", "..\\x"])
+def test_a_value_that_would_lead_out_of_the_outbox_makes_a_refused_dotfile_name(stem: str) -> None:
+    with pytest.raises(InvalidInput, match="start with a dot"):
         render_name("{stem}_{seed}", _fields(stem=stem))
+
+
+def test_a_prompt_with_slashes_and_leading_dots_names_a_plain_file() -> None:
+    assert render_name("{prompt}_{seed}", _fields(prompt="AC/DC poster")) == "AC-DC poster_1234"
+    assert render_name("{prompt}_{seed}", _fields(prompt="../../etc/cron.d/evil")) == "etc-cron.d-evil_1234"
+    assert render_name("{prompt}_{seed}", _fields(prompt="...and then -v")) == "and then -v_1234"
+
+
+def test_slashes_in_the_template_make_folders() -> None:
+    assert render_name("{date}/{stem}_{seed}_{index}", _fields()) == "2025-01-31/cat_1234_0"
+    assert render_name("{model}/{performance}/{index:03d}", _fields()) == "juggernautXL_v8/speed/000"
+    assert render_name("{{raw}}/{stem}", _fields()) == "{raw}/cat"
+
+
+def test_a_folder_that_renders_empty_is_left_out() -> None:
+    assert render_name("{prompt}/{stem}_{seed}", _fields(prompt="???")) == "cat_1234"
+
+
+def test_a_folder_name_loses_leading_dots_and_unsafe_characters() -> None:
+    assert render_name("{stem}/{seed}", _fields(stem="..a:b?")) == "ab/1234"
+    assert render_name("{stem}/{seed}", _fields(stem="NUL")) == "_NUL/1234"
+
+
+def test_a_long_folder_name_is_capped_in_bytes() -> None:
+    folder, name = render_name("{stem}/{seed}", _fields(stem="y" * 400)).split("/")
+
+    assert len(folder.encode("utf-8")) == MAX_NAME_BYTES
+    assert name == "1234"
 
 
 @pytest.mark.parametrize("stem", [".hidden", "..", ":.x"])
@@ -92,7 +130,25 @@ def test_attribute_index_and_nested_fields_are_refused(template: str) -> None:
         validate_template(template)
 
 
-@pytest.mark.parametrize("template", ["out/{stem}", "..\\{stem}", ".{stem}", "", "{stem", "{stem:03d}"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "..\\{stem}",
+        "out\\{stem}",
+        ".{stem}",
+        "",
+        "{stem",
+        "{stem:03d}",
+        "/{stem}",
+        "{date}/",
+        "{date}//{stem}",
+        "../{stem}",
+        "{date}/./{stem}",
+        ".cache/{stem}",
+        " /{stem}",
+        "{index:/>3}",
+    ],
+)
 def test_unusable_templates_are_refused_at_startup(template: str) -> None:
     with pytest.raises(ConfigError):
         validate_template(template)

@@ -104,7 +104,7 @@ def test_hostile_files_are_refused_with_reasons_and_the_good_job_still_runs(
 @pytest.mark.parametrize(
     ("template", "word"),
     [
-        ("../{stem}_{seed}", "separator"),
+        ("../{stem}_{seed}", "leaves the outbox"),
         ("/tmp/{stem}", "separator"),
         ("{stem}\\..\\{seed}", "separator"),
         ("..{stem}", "dot"),
@@ -121,17 +121,16 @@ def test_name_template_that_could_leave_the_outbox_stops_the_start(
     assert word in caught.value.explain().lower()
 
 
-def test_prompt_with_a_slash_in_a_prompt_named_output_fails_that_job_only(sandbox: Sandbox) -> None:
+def test_a_prompt_with_slashes_in_a_prompt_named_output_stays_in_the_outbox(sandbox: Sandbox) -> None:
     sandbox.write_config("[outbox]\nname_template = '{prompt}_{seed}'\n")
     sandbox.drop("slashed.txt", "../../etc/cron.d/evil\nseed: 1\nsteps: 2\n")
     sandbox.drop("plain.txt", "a calm sea\nseed: 2\nsteps: 2\n")
 
     summary = sandbox.drain()
 
-    assert summary.jobs_failed == 1
-    report = (sandbox.failed / "slashed.txt.error.txt").read_text(encoding="utf-8")
-    assert "path separator" in report
-    assert [p.name for p in sandbox.images()] == ["a calm sea_2.png"]
+    assert summary.jobs_failed == 0
+    assert sorted(p.name for p in sandbox.images()) == ["a calm sea_2.png", "etc-cron.d-evil_1.png"]
+    assert {p.parent for p in sandbox.images()} == {sandbox.outbox}
     assert not list(sandbox.root.parent.rglob("evil*"))
 
 

@@ -20,9 +20,13 @@ field           meaning                                                        e
 ``prompt``      first 40 characters of the prompt                              ``a cat on a sofa``
 ==============  =============================================================  ===================
 
-Rendered names never contain a path separator (refused), never start with a dot (refused:
-the file would be hidden and ignored by sync tools), lose the characters Windows and Android
-cannot store (``<>:"|?*`` and control characters), and are capped at 150 UTF-8 bytes.
+A ``/`` written in the template makes folders inside the output folder
+(``{date}/{stem}_{seed}_{index}`` puts each day's images in a folder of their own); a ``/`` or
+``\\`` in a field's value never does: it becomes ``-`` (a prompt such as ``AC/DC poster``). Each
+part of a name loses the characters Windows and Android cannot store (``<>:"|?*`` and control
+characters) and is capped at 150 UTF-8 bytes. A file name never starts with a dot (refused: the
+file would be hidden and ignored by sync tools); a folder name loses its leading dots, and a folder
+whose name comes out empty is left out.
 """
 
 from __future__ import annotations
@@ -122,7 +126,8 @@ def name_fields(
         "height": height,
         "model": model_stem(model),
         "performance": performance,
-        "prompt": " ".join(prompt.split())[:PROMPT_FIELD_CHARS],
+        # A prompt's leading dots or dashes would make a hidden file or one a shell takes for an option.
+        "prompt": _without_separators(" ".join(prompt.split())[:PROMPT_FIELD_CHARS]).lstrip(".- "),
     }
 
 
@@ -164,12 +169,14 @@ def validate_template(template: str) -> None:
         )
     template_fields(template)
     literal_text = "".join(literal for literal, *_ in string.Formatter().parse(template))
-    if any(separator in literal_text for separator in _SEPARATORS):
+    if "\\" in literal_text:
         raise ConfigError(
-            f"output name template {template!r} contains a path separator",
-            hint="names are files directly in the outbox; use '_' or '-' instead of '/' or '\\'",
+            f"output name template {template!r} contains a backslash (a path separator)",
+            hint="use '/' to put images in folders ({date}/{stem}_{seed}_{index}), or '_' or '-'",
             where=_TEMPLATE_KEY,
         )
+    for part in _template_parts(template):
+        _check_template_part(template, part)
     try:
         render_name(template, _SAMPLE_FIELDS)
     except InvalidInput as exc:
@@ -186,11 +193,31 @@ def validate_template(template: str) -> None:
         ) from exc
 
 
-def render_name(template: str, fields: Mapping[str, Any]) -> str:
-    """Render ``template`` into a safe file name (without extension).
+def _check_template_part(template: str, part: str) -> None:
+    """A part between two '/' of the template: it must name something inside the outbox."""
+    hint = "folders go inside the output folder: write them as {date}/{stem}_{seed}_{index}"
+    if not part.strip(" "):
+        raise ConfigError(
+            f"output name template {template!r} has an empty folder or file name (a leading, "
+            "trailing or doubled path separator)",
+            hint=hint,
+            where=_TEMPLATE_KEY,
+        )
+    if part.startswith("."):
+        raise ConfigError(
+            f"output name template {template!r} has a part that starts with a dot ({part!r}): "
+            "a hidden file or folder that sync tools skip, or one that leaves the outbox",
+            hint=hint,
+            where=_TEMPLATE_KEY,
+        )
 
-    Raises ``ConfigError`` for unknown fields and ``InvalidInput`` when this job's values would
-    produce a path (``/``, ``\\``), an empty name or a hidden dotfile.
+
+def render_name(template: str, fields: Mapping[str, Any]) -> str:
+    """Render ``template`` into a safe name (without extension), relative to the output folder.
+
+    The result is the file name, after the folders the template's ``/`` make, joined by ``/``
+    (``2025-01-31/cat_1_0``). Raises ``ConfigError`` for unknown fields and ``InvalidInput``
+    when this job's values would produce an empty file name or a hidden dotfile.
     """
     used = template_fields(template)
     missing = [field for field in used if field not in fields]
@@ -200,7 +227,37 @@ def render_name(template: str, fields: Mapping[str, Any]) -> str:
             hint="this is a bug in the caller of render_name; please report it",
             where=_TEMPLATE_KEY,
         )
-    values = {field: fields[field] for field in used}
+    values = {field: _without_separators(fields[field]) for field in used}
+    *folder_parts, file_part = _template_parts(template)
+    folders = [_render_folder(part, values) for part in folder_parts]
+    return "/".join([*(folder for folder in folders if folder), _render_file_name(file_part, values)])
+
+
+def _template_parts(template: str) -> list[str]:
+    """The template cut at its literal '/' (never at one inside a field), each a template itself."""
+    parts = [""]
+    for literal, field, spec, _conversion in string.Formatter().parse(template):
+        pieces = literal.replace("{", "{{").replace("}", "}}").split("/")
+        parts[-1] += pieces[0]
+        parts.extend(pieces[1:])
+        if field is not None:
+            parts[-1] += "{" + field + (f":{spec}" if spec else "") + "}"
+    return parts
+
+
+def _without_separators(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("/", "-").replace("\\", "-")
+    return value
+
+
+def _render_folder(template: str, values: Mapping[str, Any]) -> str:
+    name = _cut_bytes(_sanitise(template.format_map(values)), MAX_NAME_BYTES)
+    name = _tidy_ends(name.lstrip(". "))
+    return f"_{name}" if _WINDOWS_RESERVED.match(name) else name
+
+
+def _render_file_name(template: str, values: dict[str, Any]) -> str:
     name = _sanitise(template.format_map(values))
     overflow = len(name.encode("utf-8")) - MAX_NAME_BYTES
     for field in _FREE_TEXT_FIELDS:
@@ -229,10 +286,10 @@ def render_name(template: str, fields: Mapping[str, Any]) -> str:
 
 
 def _sanitise(rendered: str) -> str:
-    if any(separator in rendered for separator in _SEPARATORS):
+    if any(separator in rendered for separator in _SEPARATORS):  # only a format spec's fill can do this
         raise InvalidInput(
-            f"output name {rendered!r} contains a path separator and could leave the outbox",
-            hint="rename the input (or the job's 'name') without '/' or '\\'",
+            f"output name {rendered!r} contains a path separator",
+            hint="use '/' only between fields of outbox.name_template, never in a format spec",
             where=_TEMPLATE_KEY,
         )
     text = unicodedata.normalize("NFC", rendered)

@@ -40,6 +40,7 @@ from fooocusd.engine.styles import StyleLibrary, Workloads
 from fooocusd.errors import FooocusdError, Interrupted, InvalidInput, OutOfMemory, TransientError
 from fooocusd.journal.journal import Journal
 from fooocusd.journal.rows import JobRow, JobState
+from fooocusd.outbox.atomic import ensure_folder
 from fooocusd.outbox.folder_names import FolderNames
 from fooocusd.outbox.naming import choose_free_name, name_fields, render_name
 from fooocusd.outbox.writer import extension_for, write_image_with_sidecar
@@ -359,7 +360,7 @@ class Worker:
         row = run.planned.get(index)
         try:
             if row is None:
-                row = self.journal.plan_output(run.job_id, index, self._free_name(run, index, run.out_dir))
+                row = self.journal.plan_output(run.job_id, index, self._free_name(run, index))
                 run.planned[index] = row
         except Exception as exc:
             self._end_run(run, exc)
@@ -459,7 +460,7 @@ class Worker:
                 )
                 break
             except FileExistsError:
-                target = self._free_name(run, index, target.parent)
+                target = self._free_name(run, index)
                 self.journal.plan_output(run.job_id, index, target, replace=True)
                 record["output_file"] = target.name
         else:
@@ -503,7 +504,7 @@ class Worker:
             self._finish(run)
         return True
 
-    def _free_name(self, run: PreparedJob, index: int, out_dir: Path) -> Path:
+    def _free_name(self, run: PreparedJob, index: int) -> Path:
         request = run.requests[index]
         fields = name_fields(
             stem=run.stem,
@@ -518,8 +519,9 @@ class Worker:
             performance=request.performance,
             prompt=request.prompt,
         )
-        base = render_name(self.settings.outbox.name_template, fields)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        *folders, base = render_name(self.settings.outbox.name_template, fields).split("/")
+        out_dir = run.out_dir.joinpath(*folders)
+        ensure_folder(out_dir, umask=self.settings.outbox.umask)
         extension = extension_for(run.fmt)
         reserved = self.journal.is_path_reserved
         return choose_free_name(out_dir, base, extension, taken=reserved, names=self._folder_names)
