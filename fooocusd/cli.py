@@ -42,6 +42,17 @@ def _load(args: argparse.Namespace) -> LoadedSettings:
     return load_settings(getattr(args, "config", None), overrides)
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated flags: ``submit --model x`` would otherwise be read as ``--models-dir x``.
+
+    Subcommands' parsers are of the same class (``add_subparsers`` uses the parent's type).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
     # Settings flags default to SUPPRESS so that each may stand before the command, between
     # `config` and `show`, or after: with a real default, the innermost parser's unset flag
@@ -61,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument("--settle-seconds", type=float)
     daemon.add_argument("--polling", choices=["auto", "always", "never"])
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fooocusd",
         description="Watch-folder daemon for local SDXL images.",
         parents=[common, daemon],

@@ -118,6 +118,37 @@ def test_submit_file_into_a_subfolder_never_overwrites(sandbox: Sandbox, tmp_pat
     assert sorted(p.name for p in (sandbox.inbox / "portrait").iterdir()) == ["job-1.txt", "job.txt"]
 
 
+def test_submit_warns_of_a_model_file_the_job_lacks_and_submits_it_all_the_same(
+    sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path_factory.mktemp("src") / "job.txt"
+    source.write_text("a cat\nloras: sdxl_lcm_lora:0.5\n---\na dog\n")
+    assert main(["submit", str(source), "--config", str(sandbox.config)]) == 0
+
+    captured = capsys.readouterr()
+    err = " ".join(captured.err.split())
+    assert "warning: job.txt, job 1, needs a model file that is not installed: LoRA sdxl_lcm_lora" in err
+    assert "run `fooocusd models fetch sdxl_lcm_lora`" in err
+    assert "job 2" not in err
+    assert f"submitted {sandbox.inbox / 'job.txt'}" in captured.out
+    assert (sandbox.inbox / "job.txt").exists()
+
+
+def test_an_abbreviated_flag_is_refused_rather_than_taken_for_a_longer_one(
+    sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`submit FILE --model x` once went to --models-dir, and `--inb` to --inbox."""
+    source = tmp_path_factory.mktemp("src") / "job.txt"
+    source.write_text("a cat\n")
+    with pytest.raises(SystemExit) as caught:
+        main(["submit", str(source), "--model", "tiny-random", "--config", str(sandbox.config)])
+    assert caught.value.code == 2
+    assert "unrecognized arguments: --model tiny-random" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["status", "--inb", str(sandbox.inbox), "--config", str(sandbox.config)])
+    assert not list(sandbox.inbox.iterdir())
+
+
 @pytest.mark.parametrize(
     ("name", "subdir", "said"),
     [

@@ -24,9 +24,9 @@ from fooocusd.engine.batching import (
 )
 from fooocusd.engine.expansion import PromptExpansion
 from fooocusd.engine.factory import create_engine
+from fooocusd.engine.models import TINY_REFINER
 from fooocusd.engine.router import FamilyRouter
 from fooocusd.engine.styles import Workloads
-from fooocusd.engine.tiny import TINY_REFINER
 from fooocusd.errors import OutOfMemory
 from fooocusd.settings import EngineSettings
 from tests.engine_helpers import default_request, write_tiny_sd1x_checkpoint

@@ -8,9 +8,9 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from fooocusd.engine.factory import create_engine
+from fooocusd.engine.models import TINY_REFINER
 from fooocusd.engine.refiner import REFINER_CONFIG_DIR, _is_refiner_shaped, switch_call
 from fooocusd.engine.sdxl import SDXLEngine
-from fooocusd.engine.tiny import TINY_REFINER
 from fooocusd.errors import InvalidInput
 from fooocusd.settings import EngineSettings
 from tests.engine_helpers import default_request

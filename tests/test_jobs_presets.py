@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from fooocusd.engine.samplers import SAMPLERS, SIGMA_SCHEDULES
 from fooocusd.engine.styles import load_styles
 from fooocusd.errors import ConfigError, InvalidInput
-from fooocusd.jobs.preset_check import check_preset_models, missing_default_files
+from fooocusd.jobs.preset_check import (
+    MissingFile,
+    check_preset_models,
+    job_files_warning,
+    missing_default_files,
+    missing_job_files,
+)
 from fooocusd.jobs.presets import (
     bundled_presets_dir,
     list_presets,
@@ -261,3 +268,94 @@ def test_the_defaults_need_the_default_performance_lora_unless_the_preset_sets_i
     assert lightning.name == "sdxl_lightning_4step_lora.safetensors"
     _touch(models / "loras" / "sdxl_lcm_lora.safetensors")
     assert missing_default_files(default, "extreme_speed", models, "tiny-random") == []
+
+
+# -- model files a job needs, checked when it is queued ---------------------------------------------
+
+
+def _missing_for(
+    spec: JobSpec, models: Path, preset: str = "default", engine_model: str = "tiny-random"
+) -> list[MissingFile]:
+    loaded = load_preset(preset, [bundled_presets_dir()])
+    return missing_job_files(spec, loaded, GenerationSettings(), models, engine_model)
+
+
+def test_a_job_s_own_model_refiner_vae_and_loras_are_listed_when_not_installed(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    spec = JobSpec(
+        prompt="x",
+        model="mine",
+        refiner="ref",
+        vae="myvae",
+        loras=[LoraSpec(name="detail", weight=0.5), LoraSpec(name="off", weight=0.0)],
+    )
+    missing = _missing_for(spec, models)
+    assert [(item.kind, item.name) for item in missing] == [
+        ("checkpoints", "mine"),
+        ("checkpoints", "ref"),
+        ("vae", "myvae"),
+        ("loras", "detail"),
+    ]
+    assert [item.purpose for item in missing] == [
+        "the job's model",
+        "the job's refiner",
+        "the job's VAE",
+        "at weight 0.5",
+    ]
+    _touch(models / "checkpoints" / "mine.safetensors")
+    _touch(models / "checkpoints" / "sub" / "ref.safetensors")  # found in a subfolder, as the engine does
+    _touch(models / "vae" / "myvae.safetensors")
+    _touch(models / "loras" / "detail.pt")  # a pickle: there, and the engine says why it is refused
+    assert _missing_for(spec, models) == []
+
+
+def test_files_that_need_no_check_when_queued_are_left_out(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    # the configured model is checked at start; no refiner at switch 1.0; the tiny models are built in
+    assert _missing_for(JobSpec(prompt="x", model="configured"), models, engine_model="configured") == []
+    assert _missing_for(JobSpec(prompt="x", refiner="ref", refiner_switch=1.0), models) == []
+    assert _missing_for(JobSpec(prompt="x", model="tiny-random", refiner="tiny-random-refiner"), models) == []
+    assert _missing_for(JobSpec(prompt="x", vae="default", refiner="none"), models) == []
+
+
+def test_a_preset_s_files_and_a_performance_lora_say_where_they_come_from(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    missing = _missing_for(JobSpec(prompt="x"), models, preset="pony", engine_model="m")
+    assert {(item.name, item.purpose) for item in missing} == {
+        ("ponyDiffusionV6XL.safetensors", "the model of preset 'pony'"),
+        ("ponyDiffusionV6XL_vae.safetensors", "the VAE of preset 'pony'"),
+    }
+    [lora] = _missing_for(JobSpec(prompt="x", performance="lightning"), models)
+    assert lora.name == "sdxl_lightning_4step_lora.safetensors"
+    assert lora.purpose == "for the Lightning performance mode"
+
+
+def test_the_warning_names_the_job_each_file_and_only_the_fetch_commands_that_exist(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    spec = JobSpec(prompt="x", performance="lightning", loras=[LoraSpec(name="detail", weight=1.0)])
+    text = job_files_warning(_missing_for(spec, models), "job 2")
+    assert text.startswith(", job 2, needs model files that are not installed: ")
+    assert "LoRA detail.safetensors (at weight 1)" in text and str(models / "loras") in text
+    assert "run `fooocusd models fetch sdxl_lightning_4step_lora` and copy the other into place" in text
+    assert "fooocusd models fetch detail" not in text
+    single = job_files_warning(_missing_for(JobSpec(prompt="x", vae="myvae"), models), "")
+    assert single.startswith(" needs a model file that is not installed: VAE myvae.safetensors")
+    assert "unless it is there by then: copy it into the folder named above" in single
+
+
+def test_a_job_that_names_a_missing_lora_is_queued_with_a_warning_and_fails_only_when_it_runs(
+    sandbox: Sandbox,
+) -> None:
+    sandbox.drop("owl.txt", "an owl\nseed: 1\nloras: detail:0.5\n")
+    messages: list[str] = []
+    sink = logger.add(lambda message: messages.append(str(message)), level="INFO", format="{message}")
+    try:
+        summary = sandbox.drain()
+    finally:
+        logger.remove(sink)
+
+    assert summary.queued_jobs == 1 and summary.jobs_failed == 1
+    log = " ".join(" ".join(messages).split())
+    assert "owl.txt needs a model file that is not installed: LoRA detail.safetensors (at weight 0.5)" in log
+    assert log.index("queued owl.txt") < log.index("owl.txt needs a model file")
+    assert (sandbox.failed / "owl.txt.error.txt").exists()

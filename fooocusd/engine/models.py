@@ -33,6 +33,9 @@ from fooocusd.errors import InvalidInput, ModelNotFound
 from fooocusd.json_store import read_json_object, write_json_atomically
 
 TINY_MODEL = "tiny-random"
+TINY_REFINER = "tiny-random-refiner"
+NO_REFINER = frozenset({"", "none", "off", "no"})
+"""Refiner names that mean no refiner."""
 SDXL_CONFIG_DIR = Path(__file__).parent / "configs" / "sdxl_base"
 """The shipped diffusers-format SDXL base configs and CLIP tokenizers (no weights)."""
 CHECKPOINT_SUBDIR = "checkpoints"

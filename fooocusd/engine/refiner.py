@@ -26,19 +26,20 @@ import torch
 from fooocusd.engine.denoise import NoisePredictor, unet_noise_predictor
 from fooocusd.engine.extra_unet import ExtraUNetCache, LoadedUNet, load_unet
 from fooocusd.engine.models import (
+    NO_REFINER,
     SDXL_CONFIG_DIR,
+    TINY_REFINER,
     ModelLocation,
     ModelRoots,
     autov2,
     checkpoint_family,
     resolve_model,
 )
-from fooocusd.engine.tiny import TINY_REFINER, build_tiny_refiner_unet
+from fooocusd.engine.tiny import build_tiny_refiner_unet
 from fooocusd.errors import InvalidInput, ModelNotFound
 
 REFINER_CONFIG_DIR = Path(__file__).parent / "configs" / "sdxl_refiner"
 """The SDXL refiner 1.0 UNet config (no weights), for loading a single-file refiner offline."""
-NO_REFINER = frozenset({"", "none", "off", "no"})
 POSITIVE_AESTHETIC_SCORE = 6.0
 NEGATIVE_AESTHETIC_SCORE = 2.5
 

@@ -19,7 +19,6 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from fooocusd.engine.models import SDXL_CONFIG_DIR
 
 TINY_SEED = 20_231_126
-TINY_REFINER = "tiny-random-refiner"
 """A refiner-shaped tiny UNet (CLIP-G-only cross-attention, aesthetic-score time ids), for tests."""
 TINY_REFINER_SEED = 20_230_726
 TEXT_WIDTH_1 = 32

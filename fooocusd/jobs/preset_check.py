@@ -1,8 +1,14 @@
-"""Before rendering: does every model file a preset names exist?
+"""Does every model file a job will use exist?
 
-A preset that names a checkpoint, refiner, VAE or LoRA the user has not downloaded would otherwise
-fail deep inside the engine, one file at a time. This check lists every missing file at once, with
-the folder it belongs in and the ``fooocusd models fetch`` command that downloads it.
+A job, or its preset, that names a checkpoint, refiner, VAE or LoRA the user has not downloaded
+would otherwise fail deep inside the engine, one file at a time. These checks list every missing
+file at once, with the folder it belongs in and the ``fooocusd models fetch`` command that
+downloads it, where the catalogue has one.
+
+* ``missing_job_files`` runs when a file is queued and in ``fooocusd submit``: a warning at once,
+  rather than only a failure when the job's turn comes. The job is still queued, since the file
+  may arrive before then (and ``fooocusd retry --all-failed`` reruns jobs that failed for it).
+* ``check_preset_models`` fails the job before rendering when its preset's files are missing.
 
 Files the job replaces with its own (its ``model``, ``refiner``, ``vae`` or ``performance``) are
 not checked, since the job will not use them. With ``engine.model = "tiny-random"`` the preset's
@@ -15,13 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fooocusd.engine.families import PICKLE_SUFFIXES
 from fooocusd.engine.model_dirs import SAFE_SUFFIX, ModelDirs, ModelFileKind
-from fooocusd.engine.models import CHECKPOINT_SUFFIXES, TINY_MODEL, resolve_model
+from fooocusd.engine.models import CHECKPOINT_SUFFIXES, NO_REFINER, TINY_MODEL, TINY_REFINER, resolve_model
 from fooocusd.errors import InvalidInput, ModelNotFound
 from fooocusd.jobs.performance import fetch_name, performance_mode
 from fooocusd.jobs.presets import Preset
-from fooocusd.jobs.resolve import lora_key
+from fooocusd.jobs.resolve import lora_key, resolve_requests
 from fooocusd.jobs.spec import JobSpec
+from fooocusd.settings import GenerationSettings
 
 _NO_FILE = {"", "none", "default", "default (model)"}
 _KIND_LABEL: dict[str, str] = {"checkpoints": "checkpoint", "loras": "LoRA", "vae": "VAE"}
@@ -51,6 +59,79 @@ def check_preset_models(
     missing = _missing(wanted, ModelDirs.of(models))
     if missing:
         raise _missing_error(preset, missing)
+
+
+def missing_job_files(
+    spec: JobSpec,
+    preset: Preset,
+    generation: GenerationSettings,
+    models: ModelDirs | Path | Sequence[Path],
+    engine_model: str,
+) -> list[MissingFile]:
+    """Every model file the job will use that is not installed now.
+
+    The files are those of the job's resolved settings: its model, refiner, VAE and LoRAs (the
+    preset's, the performance mode's and its own), wherever each came from. The configured
+    ``engine.model`` is checked when the daemon starts, not here; LoRAs named inside the prompt
+    are not checked. A name found in two subfolders counts as present: the engine explains it.
+    """
+    if spec.seed is None:  # not chosen yet: any seed resolves the same files
+        spec = spec.model_copy(update={"seed": 0})
+    request = resolve_requests(spec, preset, generation, engine_model)[0]
+    job_sets = spec.model_fields_set
+
+    def purpose(field: str, label: str) -> str:
+        return f"the job's {label}" if field in job_sets else f"the {label} of preset '{preset.name}'"
+
+    wanted: list[tuple[ModelFileKind, str, str]] = []
+    if request.model.strip() not in {"", TINY_MODEL, engine_model}:
+        wanted.append(("checkpoints", request.model, purpose("model", "model")))
+    refiner = request.refiner.strip()
+    if refiner.lower() not in NO_REFINER and refiner != TINY_REFINER and request.refiner_switch < 1.0:
+        wanted.append(("checkpoints", refiner, purpose("refiner", "refiner")))
+    if request.vae.strip():
+        wanted.append(("vae", request.vae, purpose("vae", "VAE")))
+    mode = performance_mode(request.performance)
+    for name, weight in request.loras:
+        if weight == 0.0:
+            continue
+        if mode.lora is not None and lora_key(name) == lora_key(mode.lora[0]):
+            wanted.append(("loras", name, f"for the {mode.label} performance mode"))
+        else:
+            wanted.append(("loras", name, f"at weight {weight:g}"))
+    dirs = ModelDirs.of(models)
+    missing: list[MissingFile] = []
+    for kind, name, why in wanted:
+        try:
+            missing.extend(_missing([(kind, name, why)], dirs))
+        except ModelNotFound:  # in two subfolders: present, and the engine says which to name
+            continue
+    return missing
+
+
+def job_files_warning(missing: list[MissingFile], place: str) -> str:
+    """A warning for a queued job that lacks ``missing`` (not empty), to follow the file's name:
+    what, and how to get it. ``place`` is "job 2" in a file of several jobs, else empty."""
+    from fooocusd.engine.fetch import fetch_suggestion  # huggingface_hub: only when something is missing
+
+    files = "; ".join(item.describe() for item in missing)
+    fetchable = [item for item in missing if fetch_suggestion(item.name)]
+    others = [item for item in missing if item not in fetchable]
+    fetch = " && ".join(f"fooocusd models fetch {fetch_name(item.name)}" for item in fetchable)
+    several = len(missing) > 1
+    needs, are = ("model files that are", "are") if several else ("a model file that is", "is")
+    if not fetchable:
+        how = f"copy {'them into the folders' if several else 'it into the folder'} named above"
+    elif not others:
+        how = f"run `{fetch}`"
+    else:
+        how = f"run `{fetch}` and copy the other{'s' if len(others) > 1 else ''} into place (named above)"
+    job = f", {place}," if place else ""
+    return (
+        f"{job} needs {needs} not installed: {files}. It fails when its turn comes unless "
+        f"{'they' if several else 'it'} {are} there by then: {how}, or correct the job "
+        "(`fooocusd models list` shows the names a job uses)"
+    )
 
 
 def missing_default_files(
@@ -106,6 +187,8 @@ def _exists(kind: ModelFileKind, name: str, dirs: ModelDirs) -> bool:
             # Present but refused (a pickle, say): not "missing"; the engine explains the refusal.
             return dirs.locate("checkpoints", name, CHECKPOINT_SUFFIXES) is not None
         return True
+    if kind == "loras":  # present but refused (a pickle): the engine explains the refusal
+        return dirs.locate(kind, name, (SAFE_SUFFIX, *sorted(PICKLE_SUFFIXES))) is not None
     return dirs.locate(kind, name) is not None
 
 

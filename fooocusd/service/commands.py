@@ -220,7 +220,9 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     if args.prompt is None:
         source: Path = args.path
         refuse_what_the_daemon_would_not_take(_relpath(args.subdir, source.name), loaded.settings)
-        *pictures, job_file = submit_file(source, target_dir, inbox, loaded.settings)
+        *pictures, job_file = submit_file(
+            source, target_dir, inbox, loaded.settings, warn=lambda text: _err.print(f"warning: {text}")
+        )
         with_pictures = (
             f" (with {', '.join(str(p.relative_to(target_dir)) for p in pictures)})" if pictures else ""
         )

@@ -43,6 +43,7 @@ from fooocusd.intake.watcher import Ready
 from fooocusd.jobs.drop_files import DropFiles, paths_named_by, resolve_written_path
 from fooocusd.jobs.loader import error_report, load_drop, parse_job_file
 from fooocusd.jobs.name_checks import check_job_names, with_preset
+from fooocusd.jobs.preset_check import job_files_warning, missing_job_files
 from fooocusd.jobs.presets import preset_for_subfolder
 from fooocusd.jobs.resolve import fix_seed
 from fooocusd.jobs.spec import JobSpec, image_attached_after_parsing
@@ -116,7 +117,7 @@ class IntakeStage:
             return
         pictures = DropFiles(self.folders.inbox, self.settings.intake.max_image_pixels)
         try:
-            specs = self._validated_specs(drop, pictures)
+            specs, warnings = self._validated_specs(drop, pictures)
         except InvalidInput as exc:
             if not _first(drop).path.exists():  # taken meanwhile: not ours to fail
                 logger.info("{} vanished while it was read; skipped", relpath)
@@ -131,7 +132,9 @@ class IntakeStage:
         if self.settings.intake.duplicates == "skip" and self._seen_before(sha256):
             self._skip_duplicate([file.source for file in files if not file.copied], relpath)
             return
-        self._claim(drop, files, specs, sha256, size)
+        if self._claim(drop, files, specs, sha256, size):
+            for warning in warnings:
+                logger.warning("{}{}", relpath, warning)
 
     def files_named_by(self, job_file: Path) -> list[Path]:
         """The inbox files the jobs of ``job_file`` name, as written (they may not exist yet).
@@ -164,7 +167,10 @@ class IntakeStage:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _validated_specs(self, drop: Drop, pictures: DropFiles) -> list[JobSpec]:
+    def _validated_specs(self, drop: Drop, pictures: DropFiles) -> tuple[list[JobSpec], list[str]]:
+        """The drop's jobs, checked and with their seeds fixed, and a warning for each job that
+        names model files that are not installed (ending in failed/ would be premature: see
+        ``preset_check``)."""
         intake = self.settings.intake
         specs = load_drop(
             drop.spec.path if drop.spec else None,
@@ -178,13 +184,18 @@ class IntakeStage:
         )
         routed = preset_for_subfolder(_first(drop).relpath, self.preset_dirs)
         fixed: list[JobSpec] = []
+        warnings: list[str] = []
         for number, spec in enumerate(specs, start=1):
             place = f"job {number}" if len(specs) > 1 else ""
             spec, preset, preset_name = with_preset(spec, routed, place, self.settings, self.preset_dirs)
             seeded = fix_seed(spec, self._rng)
             check_job_names(seeded, preset, preset_name, place, self.settings, self.styles, check_sampler)
+            generation, engine_model = self.settings.generation, self.settings.engine.model
+            missing = missing_job_files(seeded, preset, generation, self.folders.models, engine_model)
+            if missing:
+                warnings.append(job_files_warning(missing, place))
             fixed.append(seeded)
-        return fixed
+        return fixed, warnings
 
     def _claim_files(self, drop: Drop, named: list[str]) -> list[_ClaimFile]:
         """The drop's own files, then each file its jobs name (once, in the order first named)."""
@@ -207,7 +218,8 @@ class IntakeStage:
 
     def _claim(
         self, drop: Drop, files: list[_ClaimFile], specs: list[JobSpec], sha256: str, size: int
-    ) -> None:
+    ) -> bool:
+        """Claim the drop's files and queue its jobs; False when a file vanished first."""
         claim_dir = files[0].destination.parent
         relpath = _first(drop).relpath
         input_id = self.journal.begin_claim(
@@ -236,12 +248,13 @@ class IntakeStage:
                 logger.info("{} vanished while {} was claimed; put its files back", gone.name, relpath)
             else:  # the usual case: another fooocusd on the same inbox took the file first
                 logger.debug("{} was taken by someone else before this daemon could claim it", relpath)
-            return
+            return False
         self.journal.complete_claim(input_id)
         crashpoint("after_complete_claim")
         self.counts.queued_inputs += 1
         self.counts.queued_jobs += len(specs)
         logger.info("queued {} ({} job{})", relpath, len(specs), "" if len(specs) == 1 else "s")
+        return True
 
     def _fail(self, paths: list[Path], relpath: str, report: str, reason: str) -> None:
         """Move ``paths`` to failed/ with ``report`` as the error file; ``reason`` goes to the journal."""

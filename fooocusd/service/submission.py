@@ -11,6 +11,7 @@ work is said at once, and the inbox is left as it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -23,6 +24,7 @@ from fooocusd.intake.pairing import image_names_for, mask_names_for
 from fooocusd.jobs.drop_files import paths_named_by, resolve_written_path
 from fooocusd.jobs.loader import parse_job_file
 from fooocusd.jobs.name_checks import check_job_names, with_preset
+from fooocusd.jobs.preset_check import job_files_warning, missing_job_files
 from fooocusd.jobs.presets import preset_for_subfolder, preset_search_dirs
 from fooocusd.jobs.spec import JobSpec, image_attached_after_parsing
 from fooocusd.outbox.atomic import publish_bytes
@@ -37,15 +39,27 @@ class Companion:
     relpath: str
 
 
-def submit_file(source: Path, target_dir: Path, inbox: Path, settings: Settings) -> list[Path]:
-    """Copy ``source`` (and its pictures) into ``target_dir``; the paths written, the job file last."""
+def submit_file(
+    source: Path,
+    target_dir: Path,
+    inbox: Path,
+    settings: Settings,
+    warn: Callable[[str], object] = lambda _text: None,
+) -> list[Path]:
+    """Copy ``source`` (and its pictures) into ``target_dir``; the paths written, the job file last.
+
+    ``warn`` is told of each job that names model files that are not installed (it is submitted
+    all the same, as the daemon queues it: the files may be there by the time it runs).
+    """
     if not source.is_file():
         raise InvalidInput(f"{source} is not a file", hint="give the path of a .txt, .toml or image file")
     companions: list[Companion] = []
     if source.suffix.lower() in JOB_EXTENSIONS:
         with image_attached_after_parsing():  # a picture beside it may stand in for the prompt
             specs = parse_job_file(source, max_job_file_bytes=settings.intake.max_job_file_bytes)
-        refuse_names_that_cannot_work(specs, _inbox_relpath(target_dir / source.name, inbox), settings)
+        relpath = _inbox_relpath(target_dir / source.name, inbox)
+        for warning in refuse_jobs_that_cannot_work(specs, relpath, settings):
+            warn(f"{source.name}{warning}")
         companions = pictures_for(source, specs, inbox)
     for companion in companions:
         refuse_what_the_daemon_would_not_take(_inbox_relpath(target_dir / companion.relpath, inbox), settings)
@@ -70,20 +84,28 @@ def submit_file(source: Path, target_dir: Path, inbox: Path, settings: Settings)
     return written
 
 
-def refuse_names_that_cannot_work(specs: list[JobSpec], relpath: str, settings: Settings) -> None:
-    """The intake's checks of the preset, styles, sampler and scheduler each job would run with.
+def refuse_jobs_that_cannot_work(specs: list[JobSpec], relpath: str, settings: Settings) -> list[str]:
+    """The intake's checks of the preset, styles, sampler and scheduler each job would run with,
+    and its warnings about the model files they would use: one for each job that lacks some,
+    to follow the file's name.
 
-    Only the names are checked (``check_sampler_names``), not whether diffusers can run the pair,
-    so that submitting stays a fraction of a second; the intake checks that part.
+    Only the sampler's and scheduler's names are checked (``check_sampler_names``), not whether
+    diffusers can run the pair, so that submitting stays a fraction of a second; the intake checks
+    that part.
     """
     paths = settings.paths.resolved()
     preset_dirs = preset_search_dirs(paths.presets)
     styles = load_styles([paths.styles] if paths.styles else [])
     routed = preset_for_subfolder(relpath, preset_dirs)
+    warnings: list[str] = []
     for number, spec in enumerate(specs, start=1):
         place = f"job {number}" if len(specs) > 1 else ""
         spec, preset, preset_name = with_preset(spec, routed, place, settings, preset_dirs)
         check_job_names(spec, preset, preset_name, place, settings, styles, check_sampler_names)
+        missing = missing_job_files(spec, preset, settings.generation, paths.models, settings.engine.model)
+        if missing:
+            warnings.append(job_files_warning(missing, place))
+    return warnings
 
 
 def pictures_for(job_file: Path, specs: list[JobSpec], inbox: Path) -> list[Companion]:
