@@ -160,6 +160,7 @@ def test_missing_depth_estimator_names_the_folder_and_a_model_to_get(tmp_path: P
         models.depth_estimator(device=torch.device("cpu"), dtype=torch.float32)
     assert str(tmp_path / "depth_estimator") in caught.value.where
     assert "Depth-Anything-V2-Small-hf" in caught.value.hint
+    assert "fooocusd models fetch Depth-Anything-V2-Small-hf" in caught.value.hint
 
 
 def test_softness_damps_the_shallowest_residual_most_and_leaves_the_tenth_alone() -> None:

@@ -25,6 +25,7 @@ from fooocusd.engine.fetch import (
     lookup,
 )
 from fooocusd.engine.model_dirs import ModelDirs
+from fooocusd.settings import ControlNetSettings
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB
@@ -36,6 +37,7 @@ class FakeHub:
 
     files: dict[str, bytes] = field(default_factory=dict)
     advertised_sha256: dict[str, str] = field(default_factory=dict)
+    in_git: set[str] = field(default_factory=set)  # small files the hub keeps in git, not LFS
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, Range header
     url: str = ""
 
@@ -43,6 +45,14 @@ class FakeHub:
         path = f"/{repo}/resolve/main/{file}"
         self.files[path] = content
         self.advertised_sha256[path] = advertised or hashlib.sha256(content).hexdigest()
+
+    def add_in_git(self, repo: str, file: str, content: bytes, advertised: str | None = None) -> None:
+        """A small file kept in git: the hub sends its git blob id as the ETag, and no LFS headers."""
+        path = f"/{repo}/resolve/main/{file}"
+        self.files[path] = content
+        self.in_git.add(path)
+        blob = hashlib.sha1(f"blob {len(content)}\0".encode() + content, usedforsecurity=False)
+        self.advertised_sha256[path] = advertised or blob.hexdigest()
 
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
@@ -73,8 +83,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.send_response(206 if start else 200)
             sha256 = hub.advertised_sha256[self.path]
             self.send_header("X-Repo-Commit", COMMIT)
-            self.send_header("X-Linked-Etag", f'"{sha256}"')
-            self.send_header("X-Linked-Size", str(len(content)))
+            if self.path not in hub.in_git:
+                self.send_header("X-Linked-Etag", f'"{sha256}"')
+                self.send_header("X-Linked-Size", str(len(content)))
             self.send_header("ETag", f'"{sha256}"')
             self.send_header("Accept-Ranges", "bytes")
             if start:
@@ -223,6 +234,99 @@ def test_not_enough_disk_space_is_refused_before_downloading(
     assert not any(method == "GET" for method, _path, _range in hub.requests)
 
 
+DEPTH_REPO = "someone/depth-small-hf"
+CONFIG = b'{"model_type": "depth_anything"}\n'
+
+
+def _folder_entry() -> CatalogueEntry:
+    return _entry(
+        name="depth-small",
+        kind="depth_estimator",
+        repo=DEPTH_REPO,
+        file="",
+        files=("config.json", "model.safetensors"),
+    )
+
+
+def test_a_folder_entry_lands_as_one_folder_with_every_file_verified(hub: FakeHub, tmp_path: Path) -> None:
+    hub.add_in_git(DEPTH_REPO, "config.json", CONFIG)
+    hub.add(DEPTH_REPO, "model.safetensors", PAYLOAD)
+    said: list[str] = []
+
+    result = fetch(_folder_entry(), ModelDirs.of(tmp_path), say=said.append)
+
+    assert result.path == tmp_path / "depth_estimator" / "depth-small" and result.downloaded
+    assert (result.path / "config.json").read_bytes() == CONFIG
+    assert (result.path / "model.safetensors").read_bytes() == PAYLOAD
+    assert result.size == len(CONFIG) + len(PAYLOAD)
+    assert [p.name for p in (tmp_path / "depth_estimator").iterdir()] == ["depth-small"]  # no staging left
+    assert sorted(p.name for p in result.path.iterdir()) == ["config.json", "model.safetensors"]
+    assert any(str(result.path / "model.safetensors") in line for line in said)
+    again = fetch(_folder_entry(), ModelDirs.of(tmp_path))
+    assert not again.downloaded and again.size == result.size
+
+
+def test_a_file_kept_in_git_that_does_not_match_its_blob_id_fails_and_no_folder_appears(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    hub.add_in_git(DEPTH_REPO, "config.json", CONFIG, advertised="0" * 40)
+    hub.add(DEPTH_REPO, "model.safetensors", PAYLOAD)
+    with pytest.raises(FetchError, match=r"config\.json failed verification"):
+        fetch(_folder_entry(), ModelDirs.of(tmp_path))
+    assert not (tmp_path / "depth_estimator" / "depth-small").exists()
+
+
+def test_an_interrupted_folder_fetch_keeps_the_files_it_finished_and_resumes(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    hub.add_in_git(DEPTH_REPO, "config.json", CONFIG)
+    hub.add(DEPTH_REPO, "model.safetensors", PAYLOAD)
+    staging = tmp_path / "depth_estimator" / ".depth-small.part"
+    staging.mkdir(parents=True)
+    (staging / "config.json").write_bytes(CONFIG)  # verified by the run that stopped
+    half = len(PAYLOAD) // 2
+    (staging / ".model.safetensors.part").write_bytes(PAYLOAD[:half])
+
+    result = fetch(_folder_entry(), ModelDirs.of(tmp_path))
+
+    assert result.resumed_from == half
+    assert not any("config.json" in path for _method, path, _range in hub.requests)
+    assert (result.path / "model.safetensors").read_bytes() == PAYLOAD
+
+
+def test_force_replaces_a_folder_only_once_the_new_one_is_complete(hub: FakeHub, tmp_path: Path) -> None:
+    old = tmp_path / "depth_estimator" / "depth-small"
+    old.mkdir(parents=True)
+    (old / "stale.bin").write_bytes(b"old")
+    hub.add_in_git(DEPTH_REPO, "config.json", CONFIG)
+    with pytest.raises(FetchError, match="HTTP 404"):  # model.safetensors is missing upstream
+        fetch(_folder_entry(), ModelDirs.of(tmp_path), force=True)
+    assert (old / "stale.bin").exists()
+
+    hub.add(DEPTH_REPO, "model.safetensors", PAYLOAD)
+    fetch(_folder_entry(), ModelDirs.of(tmp_path), force=True)
+    assert sorted(p.name for p in old.iterdir()) == ["config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        'file = "a.safetensors"\nfiles = ["b.json"]',
+        "",
+        'files = ["../escape.json"]',
+        'files = ["x"]\nsha256 = "' + "a" * 64 + '"',
+    ],
+    ids=["both", "neither", "escaping", "pinned-folder"],
+)
+def test_a_catalogue_entry_must_be_either_one_file_or_a_folder_of_files_inside_its_repository(
+    tmp_path: Path, extra: str
+) -> None:
+    catalogue = tmp_path / "catalogue.toml"
+    catalogue.write_text(f'[[model]]\nname = "x"\nkind = "loras"\nrepo = "a/b"\n{extra}\n')
+    with pytest.raises(CatalogueError, match="broken entry"):
+        load_catalogue(catalogue)
+
+
 def test_bundled_catalogue_names_every_preset_and_image_prompt_file_and_pins_nothing_unverified() -> None:
     catalogue = load_catalogue(CATALOGUE_FILE)
     expected = {
@@ -244,11 +348,15 @@ def test_bundled_catalogue_names_every_preset_and_image_prompt_file_and_pins_not
         "controlnet-canny-sdxl-1.0": "controlnet",
         "controlnet-depth-sdxl-1.0": "controlnet",
         "RealESRGAN_x4plus": "upscale_models",
+        "Depth-Anything-V2-Small-hf": "depth_estimator",
     }
     assert {name: entry.kind for name, entry in catalogue.items()} == expected
     for entry in catalogue.values():
-        assert entry.file_name == f"{entry.name}.safetensors"
+        assert entry.file_name == (entry.name if entry.files else f"{entry.name}.safetensors")
         assert entry.sha256 == "" or len(entry.sha256) == 64
+    depth = catalogue["Depth-Anything-V2-Small-hf"]
+    assert depth.name == ControlNetSettings().depth_estimator  # the default setting can be fetched
+    assert set(depth.files) == {"config.json", "preprocessor_config.json", "model.safetensors"}
 
 
 def test_lookup_ignores_case_and_suffix_and_lists_the_catalogue_when_unknown() -> None:

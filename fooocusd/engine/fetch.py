@@ -12,6 +12,11 @@ Only the CLI calls this; the daemon never downloads. Steps:
 3. Hash the result. A mismatch deletes the partial file and fails; a match is fsynced and renamed
    into place atomically, so a half-written model never appears under its real name.
 
+A folder entry (``files = [...]``: a transformers model such as the depth estimator) fetches each
+file that way into a hidden ``.<name>.part/`` folder, which an interrupted run resumes, then renames
+the folder into place. Its small files are kept in git rather than LFS: the hub's ETag is then
+their git blob id, and that is what they are checked against.
+
 ``HF_ENDPOINT`` (a mirror) is read at call time; ``HF_TOKEN`` (gated repositories) is honoured by
 huggingface_hub as usual.
 """
@@ -40,6 +45,7 @@ from fooocusd.errors import FooocusdError, TransientError, suggest
 CATALOGUE_FILE = Path(__file__).resolve().parent.parent / "data" / "catalogue.toml"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_GIT_BLOB = re.compile(r"[0-9a-f]{40}")
 _SPARE_BYTES = 256 * 1024**2  # keep some room for the journal and the outbox
 
 
@@ -67,9 +73,15 @@ class CatalogueEntry:
     source: str = ""
     save_as: str = ""
     """File name in the kind folder when the repository's name is too generic (model.safetensors)."""
+    files: tuple[str, ...] = ()
+    """A folder entry (a transformers model): these files of the repository go into a folder of
+    the entry's name in the kind folder, and ``file`` is empty."""
 
     @property
     def file_name(self) -> str:
+        """The name of what lands in the kind folder: the file, or the folder of a folder entry."""
+        if self.files:
+            return self.name
         return self.save_as or Path(self.file).name
 
 
@@ -136,37 +148,96 @@ def fetch(
     target = folder / entry.file_name
     if target.exists() and not force:
         say(f"{target} is already there (use --force to download it again)")
-        return FetchResult(target, "", target.stat().st_size, downloaded=False)
+        size = target.stat().st_size if target.is_file() else _folder_size(target)
+        return FetchResult(target, "", size, downloaded=False)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FetchError(f"cannot create {folder}: {exc.strerror}", hint="check paths.models") from exc
-
-    url = hf_hub_url(entry.repo, entry.file, revision=entry.revision, endpoint=_endpoint())
-    expected_sha256, expected_size = _expected(entry, url)
+    if entry.files:
+        return _fetch_folder(entry, target, progress, say)
     partial = folder / f".{entry.file_name}.part"
-    resume_from = _resumable_size(partial, expected_size)
-    _check_free_space(folder, expected_size - resume_from if expected_size else 0, entry)
+    sha256, size, resumed_from = _fetch_file(entry, entry.file, partial, progress, say, shown_as=target)
+    _publish(partial, target)
+    return FetchResult(target, sha256, size, downloaded=True, resumed_from=resumed_from)
+
+
+def _fetch_folder(entry: CatalogueEntry, target: Path, progress: bool, say: ProgressHook) -> FetchResult:
+    """Each file into a hidden staging folder (kept, to resume), then the folder into place at once."""
+    staging = target.parent / f".{entry.name}.part"
+    staging.mkdir(exist_ok=True)
+    total = resumed = 0
+    for repo_file in entry.files:
+        done = staging / repo_file
+        if done.is_file():  # verified by an earlier, interrupted run
+            total += done.stat().st_size
+            continue
+        done.parent.mkdir(parents=True, exist_ok=True)
+        partial = done.parent / f".{done.name}.part"
+        shown_as = target / repo_file
+        _sha256, size, resumed_from = _fetch_file(entry, repo_file, partial, progress, say, shown_as=shown_as)
+        os.replace(partial, done)
+        total += size
+        resumed += resumed_from
+    for folder in {(staging / name).parent for name in entry.files}:
+        fsync_folder(folder)
+    if target.exists():  # --force: the old folder goes only once the new one is complete
+        shutil.rmtree(target)
+    _publish(staging, target)
+    say(f"{target} is complete: {', '.join(entry.files)}")
+    return FetchResult(target, "", total, downloaded=True, resumed_from=resumed)
+
+
+def _fetch_file(
+    entry: CatalogueEntry, repo_file: str, partial: Path, progress: bool, say: ProgressHook, *, shown_as: Path
+) -> tuple[str, int, int]:
+    """Download one file of ``entry`` into ``partial`` (resuming it) and verify it against the hub:
+    its SHA-256 (``sha256``, size and the bytes resumed from)."""
+    url = hf_hub_url(entry.repo, repo_file, revision=entry.revision, endpoint=_endpoint())
+    expected = _expected(entry, url)
+    resume_from = _resumable_size(partial, expected.size)
+    _check_free_space(partial.parent, expected.size - resume_from if expected.size else 0, entry)
     say(
-        f"downloading {entry.repo}/{entry.file} → {target}"
+        f"downloading {entry.repo}/{repo_file} → {shown_as}"
         + (f" (resuming at {resume_from} bytes)" if resume_from else "")
     )
-    _download(url, partial, resume_from, expected_size, progress, entry)
+    _download(url, partial, resume_from, expected.size, progress, entry)
 
     actual_size = partial.stat().st_size
-    with partial.open("rb") as handle:
-        actual = hashlib.file_digest(handle, "sha256").hexdigest()
-    if (expected_sha256 and actual != expected_sha256) or (expected_size and actual_size != expected_size):
+    actual, git_blob = _digests(partial, actual_size)
+    wrong_content = (expected.sha256 and actual != expected.sha256) or (
+        expected.git_blob and git_blob != expected.git_blob
+    )
+    if wrong_content or (expected.size and actual_size != expected.size):
         partial.unlink(missing_ok=True)
+        wanted = expected.sha256 or (f"git blob {expected.git_blob}" if expected.git_blob else "any")
         raise FetchError(
-            f"{entry.file_name} failed verification: got SHA-256 {actual} ({actual_size} bytes), expected "
-            f"{expected_sha256 or 'any'} ({expected_size or 'any'} bytes); the download was deleted",
+            f"{shown_as.name} failed verification: got SHA-256 {actual} ({actual_size} bytes), expected "
+            f"{wanted} ({expected.size or 'any'} bytes); the download was deleted",
             where=url,
             hint="run the command again; if it keeps failing the upstream file changed or a proxy alters it",
         )
-    _publish(partial, target)
-    say(f"verified SHA-256 {actual}")
-    return FetchResult(target, actual, actual_size, downloaded=True, resumed_from=resume_from)
+    say(
+        f"verified SHA-256 {actual}"
+        if expected.sha256 or not expected.git_blob
+        else f"verified {shown_as.name}"
+    )
+    return actual, actual_size, resume_from
+
+
+def _digests(path: Path, size: int) -> tuple[str, str]:
+    """The file's SHA-256, and its git blob id (the hub's ETag for files not stored in LFS)."""
+    sha256 = hashlib.sha256()
+    git_blob = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            sha256.update(chunk)
+            git_blob.update(chunk)
+    return sha256.hexdigest(), git_blob.hexdigest()
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 def _entry(raw: Any, path: Path) -> CatalogueEntry:
@@ -176,15 +247,24 @@ def _entry(raw: Any, path: Path) -> CatalogueEntry:
             name=str(raw["name"]),
             kind=raw["kind"],
             repo=str(raw["repo"]),
-            file=str(raw["file"]),
+            file=str(raw.get("file", "")),
             revision=str(raw.get("revision", "main")),
             size=int(raw.get("size", 0)),
             sha256=str(raw.get("sha256", "")).lower(),
             source=str(raw.get("source", "")),
             save_as=str(raw.get("save_as", "")),
+            files=tuple(str(name) for name in raw.get("files", ())),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CatalogueError(f"broken entry in {path}: {raw!r} ({exc})") from exc
+    if bool(entry.files) == bool(entry.file) or (
+        entry.files and (entry.sha256 or entry.size or entry.save_as)
+    ):
+        raise CatalogueError(
+            f"broken entry {entry.name!r} in {path}: give either file (with sha256, size, save_as) or files"
+        )
+    if any(name.startswith(("/", ".")) or ".." in Path(name).parts for name in entry.files):
+        raise CatalogueError(f"broken entry {entry.name!r} in {path}: files must stay inside the repository")
     if entry.save_as and Path(entry.save_as).name != entry.save_as:
         raise CatalogueError(f"broken entry {entry.name!r} in {path}: save_as must be a plain file name")
     if entry.kind not in kinds or (entry.sha256 and not _SHA256.fullmatch(entry.sha256)):
@@ -198,14 +278,25 @@ def _endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
-def _expected(entry: CatalogueEntry, url: str) -> tuple[str, int]:
-    """The SHA-256 and size the download must have: the hub's LFS values, checked against the catalogue."""
+@dataclass(frozen=True)
+class _Expected:
+    sha256: str
+    """The hub's LFS SHA-256, or the catalogue's pinned one; empty for a file not in LFS."""
+    git_blob: str
+    """The hub's git blob id (its ETag) for a file not in LFS; empty otherwise."""
+    size: int
+
+
+def _expected(entry: CatalogueEntry, url: str) -> _Expected:
+    """What the download must be: the hub's LFS SHA-256 (or git blob id) and size, checked against
+    the catalogue."""
     try:
         metadata = get_hf_file_metadata(url, endpoint=_endpoint(), retry_on_errors=True)
     except Exception as exc:  # huggingface_hub raises httpx, OSError and its own errors alike
         raise _explain(exc, entry, url) from exc
-    hub_sha256 = (metadata.etag or "").strip('"').lower()
-    hub_sha256 = hub_sha256 if _SHA256.fullmatch(hub_sha256) else ""  # a git blob id for non-LFS files
+    etag = (metadata.etag or "").strip('"').lower()
+    hub_sha256 = etag if _SHA256.fullmatch(etag) else ""
+    git_blob = etag if _GIT_BLOB.fullmatch(etag) else ""  # a small file kept in git, not in LFS
     hub_size = metadata.size or 0
     if entry.sha256 and hub_sha256 and hub_sha256 != entry.sha256:
         raise FetchError(
@@ -214,7 +305,7 @@ def _expected(entry: CatalogueEntry, url: str) -> tuple[str, int]:
             where=url,
             hint="upstream replaced the file; update fooocusd, or download it yourself if you trust it",
         )
-    return entry.sha256 or hub_sha256, entry.size or hub_size
+    return _Expected(entry.sha256 or hub_sha256, git_blob, entry.size or hub_size)
 
 
 def _resumable_size(partial: Path, expected_size: int) -> int:

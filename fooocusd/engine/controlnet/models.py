@@ -146,6 +146,7 @@ class ControlNetModels:
         folder = self._model_dirs.locate("depth_estimator", name, ()) if name else None
         if folder is None or not folder.is_dir():
             folders = self._model_dirs.folders("depth_estimator")
+            fetch = fetch_suggestion(name or DEFAULT_DEPTH_ESTIMATOR)
             raise InvalidInput(
                 f"the depth estimator {name!r} was not found" if name else "no depth estimator is configured",
                 where=f"looked in {', '.join(str(f) for f in folders) or 'no models folder'}",
@@ -153,7 +154,7 @@ class ControlNetModels:
                 f"{folders[0] if folders else 'a models folder'}"
                 f"/{name or DEFAULT_DEPTH_ESTIMATOR} (Depth Anything V2 Small: "
                 "depth-anything/Depth-Anything-V2-Small-hf, or DPT-hybrid: Intel/dpt-hybrid-midas) "
-                "and set controlnet.depth_estimator to its folder name",
+                f"and set controlnet.depth_estimator to its folder name{fetch}",
             )
         if self._depth is None or self._depth.folder != folder:
             self._depth = None
