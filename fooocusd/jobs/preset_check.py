@@ -114,10 +114,10 @@ def job_files_warning(missing: list[MissingFile], place: str) -> str:
     what, and how to get it. ``place`` is "job 2" in a file of several jobs, else empty."""
     from fooocusd.engine.fetch import fetch_suggestion  # huggingface_hub: only when something is missing
 
-    files = "; ".join(item.describe() for item in missing)
     fetchable = [item for item in missing if fetch_suggestion(item.name)]
     others = [item for item in missing if item not in fetchable]
-    fetch = " && ".join(f"fooocusd models fetch {fetch_name(item.name)}" for item in fetchable)
+    files, _ = describe_missing(missing)
+    _, fetch = describe_missing(fetchable)
     several = len(missing) > 1
     needs, are = ("model files that are", "are") if several else ("a model file that is", "is")
     if not fetchable:
