@@ -126,3 +126,27 @@ def test_models_fetch_of_an_unknown_name_lists_the_catalogue(
     err = capsys.readouterr().err
     assert "'juggernaut' is not in the model catalogue" in err
     assert "juggernautXL_v8Rundiffusion" in err and "sdxl_hyper_sd_4step_lora" in err
+
+
+def test_models_list_names_a_model_saved_as_a_folder_by_the_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The depth estimator and a diffusers ControlNet are set by folder name (controlnet.*), so that is
+    # what the listing must show, not the weights files inside them.
+    depth = tmp_path / "models" / "depth_estimator" / "Depth-Anything-V2-Small-hf"
+    _safetensors(depth / "model.safetensors", ("head.conv.weight",))
+    (depth / "config.json").write_text('{"model_type": "depth_anything"}', encoding="utf-8")
+    (depth / "preprocessor_config.json").write_text("{}", encoding="utf-8")
+    canny = tmp_path / "models" / "controlnet" / "controlnet-canny-sdxl-1.0"
+    _safetensors(canny / "diffusion_pytorch_model.fp16.safetensors", ("controlnet_cond_embedding.x",))
+    (canny / "config.json").write_text('{"_class_name": "ControlNetModel"}', encoding="utf-8")
+    config = _config(tmp_path, [tmp_path / "models"])
+
+    assert main(["models", "list", "--json", "--config", str(config)]) == 0
+    rows = {row["kind"]: row for row in json.loads(capsys.readouterr().out)["files"]}
+    assert rows.keys() == {"depth_estimator", "controlnet"}
+    estimator, controlnet = rows["depth_estimator"], rows["controlnet"]
+    assert (estimator["name"], estimator["path"]) == (depth.name, str(depth))
+    assert (estimator["family"], estimator["label"]) == ("transformers", "depth_anything (transformers)")
+    assert estimator["size"] == sum(item.stat().st_size for item in depth.iterdir())
+    assert (controlnet["name"], controlnet["family"]) == (canny.name, "controlnet")

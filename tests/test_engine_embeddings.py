@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fooocusd.engine.conditioning import encode_workloads
-from fooocusd.engine.embeddings import Embeddings, embedding_names
+from fooocusd.engine.embeddings import Embeddings
 from fooocusd.engine.factory import create_engine
 from fooocusd.engine.model_dirs import ModelDirs
+from fooocusd.engine.prompt_syntax import embedding_names
 from fooocusd.engine.sd1x_conditioning import encode_sd1x_workloads
 from fooocusd.engine.tiny import TEXT_WIDTH_1, TEXT_WIDTH_2, build_tiny_sdxl_pipeline
 from fooocusd.errors import InvalidInput

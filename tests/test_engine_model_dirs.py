@@ -147,6 +147,19 @@ def test_partial_downloads_and_hidden_files_are_not_listed(tmp_path: Path) -> No
     assert list(ModelDirs.of(tmp_path).files("loras")) == [real]
 
 
+def test_a_transformers_model_folder_is_one_entry_found_by_name_even_when_nested(tmp_path: Path) -> None:
+    depth = tmp_path / "depth_estimator" / "vendor" / "Depth-Anything-V2-Small-hf"
+    _file(depth / "model.safetensors", ("head.weight",))
+    (depth / "config.json").write_text('{"model_type": "depth_anything"}', encoding="utf-8")
+    no_weights = tmp_path / "depth_estimator" / "half-copied"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text("{}", encoding="utf-8")
+    dirs = ModelDirs.of(tmp_path)
+    assert list(dirs.files("depth_estimator")) == [depth]
+    assert dirs.locate("depth_estimator", depth.name, ()) == depth
+    assert dirs.name_for("depth_estimator", depth) == "vendor/Depth-Anything-V2-Small-hf"
+
+
 def test_settings_accept_one_models_folder_or_a_list(tmp_path: Path) -> None:
     single = tmp_path / "single.toml"
     single.write_text(f'[paths]\nmodels = "{tmp_path / "m"}"\n', encoding="utf-8")

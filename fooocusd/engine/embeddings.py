@@ -27,13 +27,11 @@ from typing import Any
 import torch
 
 from fooocusd.engine.families import PICKLE_SUFFIXES, SAFE_SUFFIX
-from fooocusd.engine.model_dirs import ModelDirs, put_file_into, searched_folders
+from fooocusd.engine.model_dirs import EMBEDDING_SUFFIXES, ModelDirs, put_file_into, searched_folders
 from fooocusd.engine.models import PICKLE_SETTING, autov2, file_sha256
+from fooocusd.engine.prompt_syntax import EMBEDDING_REFERENCE
 from fooocusd.errors import InvalidInput, ModelNotFound
 
-EMBEDDING_REFERENCE = re.compile(r"embedding:([\w\-./\\]+)", re.IGNORECASE)
-"""``embedding:name``; the name may carry subfolders and a suffix, and ends at a space, comma or ``:``."""
-EMBEDDING_SUFFIXES = (SAFE_SUFFIX, ".pt", ".bin")
 TOKEN_PREFIX = "<emb-"
 
 
@@ -61,11 +59,6 @@ class TextEncoderSlot:
     tokenizer: Any
     text_encoder: Any
     sdxl_key: str
-
-
-def embedding_names(text: str) -> list[str]:
-    """The embedding names ``text`` refers to, in order, without the trailing dots of a sentence."""
-    return [match.group(1).rstrip(".") for match in EMBEDDING_REFERENCE.finditer(text)]
 
 
 def encoder_slots(pipeline: Any) -> list[TextEncoderSlot]:

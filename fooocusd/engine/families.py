@@ -1,8 +1,9 @@
 """What a model file is, from its tensor names and shapes alone (no weight is read).
 
 Single files are classified from the ``.safetensors`` header (8-byte length + JSON naming every tensor
-with its shape); diffusers folders from ``model_index.json`` and their component configs. Rules, first
-match wins:
+with its shape); diffusers folders from ``model_index.json`` and their component configs; a folder of
+one saved model (``config.json`` beside its weights: a ControlNet, a depth estimator) from that
+``config.json``. Rules for single files, first match wins:
 
 1. **ControlNet**: ``control_model.*``, ``input_hint_block.*`` or ``controlnet_cond_embedding.*``
    tensors, or a Control-LoRA (``lora_controlnet``).
@@ -42,7 +43,17 @@ from fooocusd.errors import ModelNotFound
 from fooocusd.json_store import read_json_object
 
 Family = Literal[
-    "sdxl", "sdxl_inpaint", "sdxl_refiner", "sd15", "sd2", "lora", "vae", "controlnet", "embedding", "unknown"
+    "sdxl",
+    "sdxl_inpaint",
+    "sdxl_refiner",
+    "sd15",
+    "sd2",
+    "lora",
+    "vae",
+    "controlnet",
+    "embedding",
+    "transformers",
+    "unknown",
 ]
 Prediction = Literal["epsilon", "v_prediction"]
 
@@ -74,6 +85,7 @@ _LABELS: dict[Family, str] = {
     "vae": "VAE",
     "controlnet": "ControlNet",
     "embedding": "embedding",
+    "transformers": "transformers",
     "unknown": "unknown",
 }
 
@@ -100,7 +112,9 @@ class FamilyInfo:
     def label(self) -> str:
         """Short text for tables: ``SD 2.x (768, v)``."""
         text = _LABELS[self.family]
-        if self.family == "sd2" and self.prediction is not None:
+        if self.family == "transformers" and self.reason:
+            text = f"{self.reason} (transformers)"
+        elif self.family == "sd2" and self.prediction is not None:
             text += f" ({self.resolution}, {'v' if self.prediction == 'v_prediction' else 'eps'}"
             text += "?)" if self.guessed else ")"
         elif self.prediction == "v_prediction":
@@ -118,6 +132,8 @@ def detect_family(path: Path, *, allow_pickle: bool = False) -> FamilyInfo:
     Pickle-based files are only opened (with ``torch.load(weights_only=True)``) when ``allow_pickle``.
     """
     if path.is_dir():
+        if not (path / "model_index.json").is_file() and (path / "config.json").is_file():
+            return saved_model_family(path)
         return diffusers_family(path)
     suffix = path.suffix.lower()
     if suffix == SAFE_SUFFIX:
@@ -230,6 +246,21 @@ def diffusers_family(folder: Path) -> FamilyInfo:
             family, prediction=_scheduler_prediction(folder), resolution=resolution, reason=pipeline
         )
     return FamilyInfo("unknown", reason=f"diffusers pipeline {pipeline or '(unnamed)'}")
+
+
+def saved_model_family(folder: Path) -> FamilyInfo:
+    """A folder of one saved model, from its ``config.json``: a diffusers component (``_class_name``:
+    a ControlNet, a VAE) or a transformers model (``model_type``: a depth estimator, GPT-2, CLIP)."""
+    config = read_json_object(folder / "config.json")
+    class_name = config.get("_class_name")
+    if isinstance(class_name, str):
+        if class_name.startswith("ControlNet"):
+            return FamilyInfo("controlnet", reason=class_name)
+        if class_name.startswith("Autoencoder"):
+            return FamilyInfo("vae", reason=class_name)
+        return FamilyInfo("unknown", reason=f"diffusers {class_name}")
+    model_type = config.get("model_type")
+    return FamilyInfo("transformers", reason=model_type if isinstance(model_type, str) else "")
 
 
 def _full_checkpoint_family(header: CheckpointHeader) -> tuple[Family | None, str]:

@@ -36,11 +36,16 @@ Search order for a name: every folder above, root by root, for the name as given
 subfolders, e.g. ``SDXL/juggernaut``); then, if none matched, the subfolders of those folders (ComfyUI
 users nest checkpoints by family) for a file of that name. A nested name found in two places is an
 error that lists both, rather than a guess.
+
+A folder that is one model (a diffusers pipeline with ``model_index.json``, or a model saved with
+``save_pretrained``: ``config.json`` beside its weights, such as a ControlNet or the depth estimator)
+is listed and named as a whole, never by the files inside it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +82,22 @@ SUBFOLDERS: dict[str, tuple[str, ...]] = {
     "depth_estimator": ("depth_estimator",),
 }
 KINDS: tuple[ModelFileKind, ...] = tuple(SUBFOLDERS)  # type: ignore[assignment]
+KIND_LABELS: dict[ModelFileKind, str] = {
+    "checkpoints": "checkpoint",
+    "loras": "LoRA",
+    "vae": "VAE",
+    "controlnet": "ControlNet",
+    "upscale_models": "upscale model",
+    "embeddings": "embedding",
+    "clip_vision": "CLIP vision model",
+    "ipadapter": "IP-Adapter",
+    "prompt_expansion": "prompt expansion model",
+    "face_detection": "face detection model",
+    "depth_estimator": "depth estimator",
+}
 SAFE_SUFFIX = ".safetensors"
+EMBEDDING_SUFFIXES = (SAFE_SUFFIX, ".pt", ".bin")
+"""Tried in this order after an embedding's name (``embedding:name`` in a prompt)."""
 MODEL_FILE_SUFFIXES = frozenset({SAFE_SUFFIX, ".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle", ".gguf"})
 _INSTALL_MARKERS: tuple[tuple[str, RootLayout], ...] = (
     ("entry_with_update.py", "fooocus"),
@@ -88,6 +108,12 @@ _INSTALL_MARKERS: tuple[tuple[str, RootLayout], ...] = (
     ("launch.py", "a1111"),
 )
 _MAX_NESTING = 8
+_SAVED_WEIGHTS = re.compile(
+    r"(?:diffusion_pytorch_model|pytorch_model|model)(?:[.-][^/]*)?\.(?:safetensors|bin)(?:\.index\.json)?"
+)
+"""The weights ``save_pretrained`` writes (``model.safetensors``, ``pytorch_model.bin``,
+``diffusion_pytorch_model.fp16.safetensors``, ``model-00001-of-00002.safetensors``, their
+``.index.json``): beside a ``config.json``, they make the folder one model."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +206,7 @@ class ModelDirs:
         return [folder / candidate for folder in self.folders(kind) for candidate in names]
 
     def files(self, kind: ModelFileKind) -> Iterator[Path]:
-        """Every model file (and diffusers folder) of ``kind``, folder by folder in search order."""
+        """Every model file (and model folder) of ``kind``, folder by folder in search order."""
         seen: set[Path] = set()
         for folder in self.search_folders(kind):
             for path in _model_entries(folder):
@@ -230,6 +256,22 @@ def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model_index.json").is_file()
 
 
+def is_saved_model_folder(path: Path) -> bool:
+    """One model saved with ``save_pretrained`` (a transformers model, or one diffusers component such
+    as a ControlNet): ``config.json`` beside its weights."""
+    if not (path / "config.json").is_file():
+        return False
+    try:
+        return any(_SAVED_WEIGHTS.fullmatch(entry.name) for entry in path.iterdir())
+    except OSError:
+        return False
+
+
+def is_model_folder(path: Path) -> bool:
+    """A folder that is one model (a diffusers pipeline or a saved model), listed and named as a whole."""
+    return is_diffusers_folder(path) or (path.is_dir() and is_saved_model_folder(path))
+
+
 def _root_folders(root: Path, kind: ModelFileKind) -> list[SearchFolder]:
     base = models_folder(root)
     folders = [SearchFolder(base / sub) for sub in SUBFOLDERS[kind]]
@@ -241,7 +283,7 @@ def _root_folders(root: Path, kind: ModelFileKind) -> list[SearchFolder]:
 
 
 def _model_entries(folder: SearchFolder) -> Iterator[Path]:
-    """Model files and diffusers folders in ``folder`` (and below, when nested), sorted by name."""
+    """Model files and model folders in ``folder`` (and below, when nested), sorted by name."""
     if not folder.path.is_dir():
         return
     yield from _walk(folder.path, depth=_MAX_NESTING if folder.nested else 0)
@@ -257,7 +299,7 @@ def _walk(directory: Path, depth: int) -> Iterator[Path]:
         if entry.name.startswith("."):
             continue  # partial downloads, editor files, .git
         if entry.is_dir():
-            if is_diffusers_folder(entry):
+            if is_model_folder(entry):
                 yield entry
             else:
                 subfolders.append(entry)
@@ -289,19 +331,7 @@ def _identity(path: Path) -> Path:
 
 
 def _describe(kind: ModelFileKind) -> str:
-    return {
-        "checkpoints": "checkpoint",
-        "loras": "LoRA",
-        "vae": "VAE",
-        "controlnet": "ControlNet",
-        "upscale_models": "upscale model",
-        "embeddings": "embedding",
-        "clip_vision": "CLIP vision model",
-        "ipadapter": "IP-Adapter",
-        "prompt_expansion": "prompt expansion model",
-        "face_detection": "face detection model",
-        "depth_estimator": "depth estimator",
-    }[kind] + " file"
+    return f"{KIND_LABELS[kind]} file"
 
 
 def searched_folders(folders: Sequence[Path]) -> str:

@@ -1,4 +1,5 @@
-"""Prompt text pre-processing that happens before styles: inline LoRA tags, wildcards and arrays.
+"""Prompt text pre-processing that happens before styles: inline LoRA tags, wildcards and arrays;
+and finding the ``embedding:name`` references that ``embeddings.py`` rewrites.
 
 Order (Fooocus's, per job then per image):
 1. ``<lora:name:weight>`` tags are parsed once per job from the main positive line and stripped.
@@ -25,6 +26,8 @@ from fooocusd.errors import InvalidInput
 WILDCARD_PATTERN = re.compile(r"__([\w-]+)__")
 ARRAY_PATTERN = re.compile(r"\[\[(.*?)\]\]")
 INLINE_LORA_PATTERN = re.compile(r"<lora:([^:<>]+?)(?::([+-]?(?:\d+(?:\.\d*)?|\.\d+)))?>")
+EMBEDDING_REFERENCE = re.compile(r"embedding:([\w\-./\\]+)", re.IGNORECASE)
+"""``embedding:name``; the name may carry subfolders and a suffix, and ends at a space, comma or ``:``."""
 
 MAX_WILDCARD_DEPTH = 64
 # A wildcard file that names itself twice doubles the text at every level; stop well before that hurts.
@@ -61,6 +64,11 @@ def parse_inline_loras(text: str) -> tuple[str, list[InlineLora]]:
     if not loras:
         return text, []
     return tidy_prompt(INLINE_LORA_PATTERN.sub(" ", text)), loras
+
+
+def embedding_names(text: str) -> list[str]:
+    """The embedding names ``text`` refers to, in order, without the trailing dots of a sentence."""
+    return [match.group(1).rstrip(".") for match in EMBEDDING_REFERENCE.finditer(text)]
 
 
 def tidy_prompt(text: str) -> str:

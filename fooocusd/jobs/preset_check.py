@@ -1,6 +1,7 @@
 """Does every model file a job will use exist?
 
-A job, or its preset, that names a checkpoint, refiner, VAE or LoRA the user has not downloaded
+A job, or its preset, that names a checkpoint, refiner, VAE or LoRA the user has not downloaded, or
+whose image action or image prompts need an upscaler, IP-Adapter or ControlNet that is not there,
 would otherwise fail deep inside the engine, one file at a time. These checks list every missing
 file at once, with the folder it belongs in and the ``fooocusd models fetch`` command that
 downloads it, where the catalogue has one.
@@ -17,22 +18,32 @@ checkpoint, refiner and VAE are not used (see ``resolve.py``), so only its LoRAs
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fooocusd.engine.families import PICKLE_SUFFIXES
-from fooocusd.engine.model_dirs import SAFE_SUFFIX, ModelDirs, ModelFileKind
+from fooocusd.engine.model_dirs import (
+    EMBEDDING_SUFFIXES,
+    KIND_LABELS,
+    MODEL_FILE_SUFFIXES,
+    SAFE_SUFFIX,
+    ModelDirs,
+    ModelFileKind,
+)
 from fooocusd.engine.models import CHECKPOINT_SUFFIXES, NO_REFINER, TINY_MODEL, TINY_REFINER, resolve_model
+from fooocusd.engine.prompt_syntax import embedding_names, parse_inline_loras
 from fooocusd.errors import InvalidInput, ModelNotFound
+from fooocusd.jobs.action_files import WantedFile, action_files
 from fooocusd.jobs.performance import fetch_name, performance_mode
 from fooocusd.jobs.presets import Preset
 from fooocusd.jobs.resolve import lora_key, resolve_requests
 from fooocusd.jobs.spec import JobSpec
-from fooocusd.settings import GenerationSettings
+from fooocusd.settings import ControlNetSettings, GenerationSettings
 
 _NO_FILE = {"", "none", "default", "default (model)"}
-_KIND_LABEL: dict[str, str] = {"checkpoints": "checkpoint", "loras": "LoRA", "vae": "VAE"}
+_NAMED_WITH_SUFFIX = (*MODEL_FILE_SUFFIXES, ".onnx")
 
 
 @dataclass(frozen=True)
@@ -43,8 +54,14 @@ class MissingFile:
     folder: Path
 
     def describe(self) -> str:
-        file_name = self.name if self.name.endswith(SAFE_SUFFIX) else self.name + SAFE_SUFFIX
-        return f"{_KIND_LABEL[self.kind]} {file_name} ({self.purpose}), which belongs in {self.folder}"
+        label = KIND_LABELS[self.kind]
+        if self.kind == "depth_estimator":
+            label, file_name = f"{label} folder", f"{self.name}/"
+        elif self.name.lower().endswith(_NAMED_WITH_SUFFIX):
+            file_name = self.name
+        else:
+            file_name = self.name + SAFE_SUFFIX
+        return f"{label} {file_name} ({self.purpose}), which belongs in {self.folder}"
 
 
 def check_preset_models(
@@ -67,13 +84,17 @@ def missing_job_files(
     generation: GenerationSettings,
     models: ModelDirs | Path | Sequence[Path],
     engine_model: str,
+    *,
+    controlnet: ControlNetSettings,
 ) -> list[MissingFile]:
     """Every model file the job will use that is not installed now.
 
     The files are those of the job's resolved settings: its model, refiner, VAE and LoRAs (the
-    preset's, the performance mode's and its own), wherever each came from. The configured
-    ``engine.model`` is checked when the daemon starts, not here; LoRAs named inside the prompt
-    are not checked. A name found in two subfolders counts as present: the engine explains it.
+    preset's, the performance mode's, its own and its prompt's ``<lora:…>`` tags), wherever each
+    came from; the embeddings its prompts name (not those that wildcards or styles bring in); then
+    those of its image action and image prompts (``action_files``). The configured
+    ``engine.model`` is checked when the daemon starts, not here. A name found in two subfolders
+    counts as present: the engine explains it.
     """
     if spec.seed is None:  # not chosen yet: any seed resolves the same files
         spec = spec.model_copy(update={"seed": 0})
@@ -83,7 +104,7 @@ def missing_job_files(
     def purpose(field: str, label: str) -> str:
         return f"the job's {label}" if field in job_sets else f"the {label} of preset '{preset.name}'"
 
-    wanted: list[tuple[ModelFileKind, str, str]] = []
+    wanted: list[WantedFile] = []
     if request.model.strip() not in {"", TINY_MODEL, engine_model}:
         wanted.append(("checkpoints", request.model, purpose("model", "model")))
     refiner = request.refiner.strip()
@@ -99,6 +120,13 @@ def missing_job_files(
             wanted.append(("loras", name, f"for the {mode.label} performance mode"))
         else:
             wanted.append(("loras", name, f"at weight {weight:g}"))
+    listed = {lora_key(name) for name, _ in request.loras}
+    for tag in parse_inline_loras(request.prompt)[1]:
+        if tag.weight != 0.0 and lora_key(tag.name) not in listed:
+            listed.add(lora_key(tag.name))
+            wanted.append(("loras", tag.name, f"named in the prompt as {tag.tag}"))
+    wanted.extend(_embeddings(request.prompt, request.extra_prompts, request.negative))
+    wanted.extend(action_files(spec, generation, controlnet))
     dirs = ModelDirs.of(models)
     missing: list[MissingFile] = []
     for kind, name, why in wanted:
@@ -109,29 +137,63 @@ def missing_job_files(
     return missing
 
 
+def _embeddings(prompt: str, extra_prompts: Sequence[str], negative: str) -> list[WantedFile]:
+    wanted: dict[str, WantedFile] = {}
+    for where, text in (
+        ("prompt", prompt),
+        *(("prompt", extra) for extra in extra_prompts),
+        ("negative", negative),
+    ):
+        for name in embedding_names(text):
+            if ".." not in Path(name).parts:  # refused as a name when the job runs, with the reason
+                wanted.setdefault(
+                    name.lower(), ("embeddings", name, f"written embedding:{name} in the {where}")
+                )
+    return list(wanted.values())
+
+
 def job_files_warning(missing: list[MissingFile], place: str) -> str:
     """A warning for a queued job that lacks ``missing`` (not empty), to follow the file's name:
     what, and how to get it. ``place`` is "job 2" in a file of several jobs, else empty."""
+    files, _ = describe_missing(missing)
+    several = len(missing) > 1
+    needs, are = ("model files that are", "are") if several else ("a model file that is", "is")
+    job = f", {place}," if place else ""
+    return (
+        f"{job} needs {needs} not installed: {files}. It fails when its turn comes unless "
+        f"{'they' if several else 'it'} {are} there by then: {how_to_get(missing)}, or correct the job "
+        "(`fooocusd models list` shows the names a job uses)"
+    )
+
+
+def failed_job_files_note(missing: list[MissingFile], error: str) -> str:
+    """For the report of a job that failed with ``error``: every model file it lacks, so that they
+    can all be put in place before it runs again, not one per failure. Empty when ``error`` says
+    it all (it names the only one) or nothing is missing."""
+    if not missing or (len(missing) == 1 and _names_file(error, missing[0].name)):
+        return ""
+    files, _ = describe_missing(missing)
+    return (
+        f"\nModel files this job needs that are not installed: {files}.\nTo get them: {how_to_get(missing)}."
+    )
+
+
+def _names_file(text: str, name: str) -> bool:
+    return re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", text) is not None
+
+
+def how_to_get(missing: list[MissingFile]) -> str:
+    """``run `fooocusd models fetch …``` for those the catalogue has, and copying for the rest."""
     from fooocusd.engine.fetch import fetch_suggestion  # huggingface_hub: only when something is missing
 
     fetchable = [item for item in missing if fetch_suggestion(item.name)]
     others = [item for item in missing if item not in fetchable]
-    files, _ = describe_missing(missing)
     _, fetch = describe_missing(fetchable)
-    several = len(missing) > 1
-    needs, are = ("model files that are", "are") if several else ("a model file that is", "is")
     if not fetchable:
-        how = f"copy {'them into the folders' if several else 'it into the folder'} named above"
-    elif not others:
-        how = f"run `{fetch}`"
-    else:
-        how = f"run `{fetch}` and copy the other{'s' if len(others) > 1 else ''} into place (named above)"
-    job = f", {place}," if place else ""
-    return (
-        f"{job} needs {needs} not installed: {files}. It fails when its turn comes unless "
-        f"{'they' if several else 'it'} {are} there by then: {how}, or correct the job "
-        "(`fooocusd models list` shows the names a job uses)"
-    )
+        return f"copy {'them into the folders' if len(missing) > 1 else 'it into the folder'} named above"
+    if not others:
+        return f"run `{fetch}`"
+    return f"run `{fetch}` and copy the other{'s' if len(others) > 1 else ''} into place (named above)"
 
 
 def missing_default_files(
@@ -149,9 +211,9 @@ def missing_default_files(
 
 def _preset_files(
     preset: Preset, job_sets: set[str], job_weights: dict[str, float], engine_model: str
-) -> list[tuple[ModelFileKind, str, str]]:
+) -> list[WantedFile]:
     """(kind, name, purpose) of each file the preset makes a job use, given the keys the job sets."""
-    wanted: list[tuple[ModelFileKind, str, str]] = []
+    wanted: list[WantedFile] = []
     if engine_model != TINY_MODEL:
         for field, kind, purpose in (
             ("model", "checkpoints", "its model"),
@@ -171,7 +233,7 @@ def _preset_files(
     return wanted
 
 
-def _missing(wanted: list[tuple[ModelFileKind, str, str]], dirs: ModelDirs) -> list[MissingFile]:
+def _missing(wanted: list[WantedFile], dirs: ModelDirs) -> list[MissingFile]:
     return [
         MissingFile(kind, name, purpose, dirs.download_folder(kind))
         for kind, name, purpose in wanted
@@ -189,6 +251,20 @@ def _exists(kind: ModelFileKind, name: str, dirs: ModelDirs) -> bool:
         return True
     if kind == "loras":  # present but refused (a pickle): the engine explains the refusal
         return dirs.locate(kind, name, (SAFE_SUFFIX, *sorted(PICKLE_SUFFIXES))) is not None
+    if kind == "clip_vision":  # any of the encoder's names will do
+        from fooocusd.engine.ip_adapter.files import encoder_location
+
+        try:
+            encoder_location(dirs)
+        except InvalidInput:
+            return False
+        return True
+    if kind == "embeddings":
+        found = dirs.locate(kind, name, EMBEDDING_SUFFIXES)
+        return found is not None and found.is_file()
+    if kind == "depth_estimator":  # a folder
+        found = dirs.locate(kind, name, ())
+        return found is not None and found.is_dir()
     return dirs.locate(kind, name) is not None
 
 

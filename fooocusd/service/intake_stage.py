@@ -190,8 +190,15 @@ class IntakeStage:
             spec, preset, preset_name = with_preset(spec, routed, place, self.settings, self.preset_dirs)
             seeded = fix_seed(spec, self._rng)
             check_job_names(seeded, preset, preset_name, place, self.settings, self.styles, check_sampler)
-            generation, engine_model = self.settings.generation, self.settings.engine.model
-            missing = missing_job_files(seeded, preset, generation, self.folders.models, engine_model)
+            settings = self.settings
+            missing = missing_job_files(
+                seeded,
+                preset,
+                settings.generation,
+                self.folders.models,
+                settings.engine.model,
+                controlnet=settings.controlnet,
+            )
             if missing:
                 warnings.append(job_files_warning(missing, place))
             fixed.append(seeded)

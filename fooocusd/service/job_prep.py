@@ -18,7 +18,8 @@ from fooocusd.engine.image_actions import steps_for
 from fooocusd.engine.loras import with_inline_loras
 from fooocusd.engine.prompt_syntax import WildcardLibrary, expand_prompts
 from fooocusd.engine.styles import StyleLibrary, Workloads, compose_workloads
-from fooocusd.jobs.preset_check import check_preset_models
+from fooocusd.errors import FooocusdError
+from fooocusd.jobs.preset_check import check_preset_models, failed_job_files_note, missing_job_files
 from fooocusd.jobs.presets import Preset, load_preset
 from fooocusd.jobs.resolve import resolve_requests
 from fooocusd.jobs.spec import JobSpec
@@ -174,6 +175,26 @@ def expand_ahead(job: JobRow, context: PrepContext) -> None:
             with_styles(request, index, wildcards, context.styles, context.expansion)
     except Exception:
         return
+
+
+def missing_files_note(job: JobRow, error: str, context: PrepContext) -> str:
+    """What to add to the report of ``job``, which failed with ``error``: every model file it needs
+    that is not installed (``failed_job_files_note``), or nothing."""
+    settings = context.settings
+    try:
+        spec = JobSpec.model_validate_json(job.spec_json)
+        preset = load_preset(spec.preset or settings.generation.preset, context.preset_dirs)
+        missing = missing_job_files(
+            spec,
+            preset,
+            settings.generation,
+            context.folders.models,
+            settings.engine.model,
+            controlnet=settings.controlnet,
+        )
+    except (FooocusdError, ValueError):  # the error being reported says what is wrong with the job
+        return ""
+    return failed_job_files_note(missing, error)
 
 
 def _resolve(spec: JobSpec, context: PrepContext) -> tuple[Preset, list[GenerationRequest]]:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from fooocusd.engine.families import PICKLE_SUFFIXES, detect_family
 from fooocusd.engine.fetch import fetch, load_catalogue, lookup
-from fooocusd.engine.model_dirs import KINDS, ModelDirs, is_diffusers_folder, root_layout
+from fooocusd.engine.model_dirs import KINDS, ModelDirs, root_layout
 from fooocusd.engine.models import HASH_CACHE_NAME, autov2, cached_sha256, file_sha256, remember_sha256
 from fooocusd.errors import FooocusdError
 from fooocusd.service.folders import Folders
@@ -99,7 +99,7 @@ def fetch_model(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 def model_rows(
     dirs: ModelDirs, hash_cache: Path, *, compute_hashes: bool = False, allow_pickle: bool = False
 ) -> list[ModelFileRow]:
-    """One row per model file or diffusers folder, kind by kind, in search order."""
+    """One row per model file or model folder, kind by kind, in search order."""
     rows: list[ModelFileRow] = []
     seen: set[Path] = set()
     for kind in KINDS:
@@ -122,7 +122,7 @@ def _row(
         prediction, resolution = info.prediction or "", info.resolution
     except FooocusdError as exc:
         family, label, prediction, resolution, note = "unreadable", "unreadable", "", None, exc.message
-    if is_diffusers_folder(path):
+    if path.is_dir():
         size = sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
         sha256 = ""
     else:

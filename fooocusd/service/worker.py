@@ -37,7 +37,14 @@ from fooocusd.engine.expansion import PromptExpansion
 from fooocusd.engine.image_actions import run_image_action
 from fooocusd.engine.prompt_syntax import WildcardLibrary
 from fooocusd.engine.styles import StyleLibrary, Workloads
-from fooocusd.errors import FooocusdError, Interrupted, InvalidInput, OutOfMemory, TransientError
+from fooocusd.errors import (
+    FooocusdError,
+    Interrupted,
+    InvalidInput,
+    ModelNotFound,
+    OutOfMemory,
+    TransientError,
+)
 from fooocusd.journal.journal import Journal
 from fooocusd.journal.rows import JobRow, JobState
 from fooocusd.outbox.atomic import ensure_folder
@@ -58,6 +65,7 @@ from fooocusd.service.job_prep import (
     PrepContext,
     expand_ahead,
     job_label,
+    missing_files_note,
     prepare_job,
     with_styles,
 )
@@ -558,8 +566,9 @@ class Worker:
                 logger.info("{} interrupted by shutdown; it stays queued", label)
             else:
                 logger.info("{} cancelled", label)
-        elif isinstance(exc, InvalidInput):
-            self._fail(job.id, label, exc.explain())
+        elif isinstance(exc, InvalidInput | ModelNotFound):
+            error = exc.explain()
+            self._fail(job.id, label, error + missing_files_note(job, error, self._prep_context()))
         elif isinstance(exc, OutOfMemory):
             self.engine.free_memory()
             self._retry_or_fail(job, label, exc.explain())
