@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from fooocusd.engine.prompt_syntax import (
     MAX_WILDCARD_DEPTH,
@@ -94,10 +95,24 @@ def test_nested_wildcards_expand_level_by_level(tmp_path: Path) -> None:
     assert apply_wildcards("a __color_flower__", library, random.Random(0)) == "a red rose"
 
 
-def test_a_missing_or_empty_wildcard_leaves_the_bare_word(tmp_path: Path) -> None:
-    library = _wildcards(tmp_path, {"blank.txt": "\n \n"})
-    text = apply_wildcards("__nowhere__ __blank__ __nowhere__", library, random.Random(0))
-    assert text == "nowhere blank nowhere"
+def test_a_missing_or_empty_wildcard_leaves_the_bare_word_and_the_log_says_why(tmp_path: Path) -> None:
+    library = _wildcards(tmp_path, {"blank.txt": "\n \n", "colour.txt": "red"})
+    messages: list[str] = []
+    sink = logger.add(lambda message: messages.append(str(message)), level="WARNING", format="{message}")
+    try:
+        text = apply_wildcards("__nowhere__ __blank__ __nowhere__ __color__", library, random.Random(0))
+        apply_wildcards("__nowhere__", library, random.Random(1))  # the job's next image: said once
+        apply_wildcards("__nowhere__", WildcardLibrary(tmp_path, warn=False), random.Random(0))
+    finally:
+        logger.remove(sink)
+    assert text == "nowhere blank nowhere color"
+    folder = library.folder
+    assert [message.strip() for message in messages] == [
+        f"wildcard __nowhere__ becomes the bare word 'nowhere': there is no nowhere.txt in {folder}",
+        f"wildcard __blank__ becomes the bare word 'blank': {folder / 'blank.txt'} has no lines",
+        f"wildcard __color__ becomes the bare word 'color': there is no color.txt in {folder} — did you "
+        "mean 'colour'?",
+    ]
 
 
 def test_a_wildcard_cycle_is_refused_at_the_depth_limit_naming_the_wildcard(tmp_path: Path) -> None:

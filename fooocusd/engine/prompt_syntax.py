@@ -21,7 +21,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from fooocusd.errors import InvalidInput
+from fooocusd.errors import InvalidInput, suggest
 
 WILDCARD_PATTERN = re.compile(r"__([\w-]+)__")
 ARRAY_PATTERN = re.compile(r"\[\[(.*?)\]\]")
@@ -87,8 +87,11 @@ class WildcardLibrary:
     When two files share a stem, the first in sorted path order wins, so the choice is stable.
     """
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, *, warn: bool = True) -> None:
         self.folder = folder
+        self.warn = warn
+        """Log a warning for each wildcard that has no lines (off for a dry run of a job's prompts)."""
+        self._warned: set[str] = set()
         self._paths: dict[str, Path] = {}
         if folder is not None and folder.is_dir():
             for path in sorted(folder.rglob("*.txt")):
@@ -106,6 +109,20 @@ class WildcardLibrary:
             path = self._paths.get(name)
             self._lines[name] = _read_lines(path) if path is not None else ()
         return self._lines[name]
+
+    def warn_empty(self, name: str) -> None:
+        """Log once per library (one job) that ``name`` has no lines, and why."""
+        if self.warn and name not in self._warned:
+            self._warned.add(name)
+            logger.warning("wildcard __{}__ becomes the bare word {!r}: {}", name, name, self.why_empty(name))
+
+    def why_empty(self, name: str) -> str:
+        """Why ``lines(name)`` is empty: an empty file, or no file (and the names closest to it)."""
+        path = self._paths.get(name)
+        if path is not None:
+            return f"{path} has no lines"
+        where = f"in {self.folder}" if self.folder is not None else "(paths.wildcards is not set)"
+        return f"there is no {name}.txt {where}{suggest(name, self.names)}"
 
 
 def _read_lines(path: Path) -> tuple[str, ...]:
@@ -141,7 +158,7 @@ def apply_wildcards(
                 continue
             lines = library.lines(name)
             if not lines:
-                logger.warning("wildcard __{}__ has no file or no lines; using the bare word", name)
+                library.warn_empty(name)
                 text = text.replace(f"__{name}__", name)
                 continue
             word = lines[image_index % len(lines)] if in_order else rng.choice(lines)

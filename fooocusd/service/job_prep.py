@@ -170,7 +170,7 @@ def expand_ahead(job: JobRow, context: PrepContext) -> None:
     try:
         spec = JobSpec.model_validate_json(job.spec_json)
         _preset, requests = _resolve(spec, context)
-        wildcards = WildcardLibrary(context.folders.wildcards)
+        wildcards = WildcardLibrary(context.folders.wildcards, warn=False)  # prepare_job warns
         for index, request in enumerate(requests):
             with_styles(request, index, wildcards, context.styles, context.expansion)
     except Exception:
