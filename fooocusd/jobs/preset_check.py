@@ -53,15 +53,18 @@ class MissingFile:
     purpose: str
     folder: Path
 
-    def describe(self) -> str:
-        label = KIND_LABELS[self.kind]
+    @property
+    def file_name(self) -> str:
+        """The name as it is on disk: ``detail.safetensors``, ``yunet.onnx``, a folder's ``name/``."""
         if self.kind == "depth_estimator":
-            label, file_name = f"{label} folder", f"{self.name}/"
-        elif self.name.lower().endswith(_NAMED_WITH_SUFFIX):
-            file_name = self.name
-        else:
-            file_name = self.name + SAFE_SUFFIX
-        return f"{label} {file_name} ({self.purpose}), which belongs in {self.folder}"
+            return f"{self.name}/"
+        if self.name.lower().endswith(_NAMED_WITH_SUFFIX):
+            return self.name
+        return self.name + SAFE_SUFFIX
+
+    def describe(self) -> str:
+        label = KIND_LABELS[self.kind] + (" folder" if self.kind == "depth_estimator" else "")
+        return f"{label} {self.file_name} ({self.purpose}), which belongs in {self.folder}"
 
 
 def check_preset_models(
@@ -231,6 +234,11 @@ def _preset_files(
         if mode.lora is not None:
             wanted.append(("loras", mode.lora[0], f"for its {mode.label} performance mode"))
     return wanted
+
+
+def missing_files(wanted: list[WantedFile], models: ModelDirs | Path | Sequence[Path]) -> list[MissingFile]:
+    """Those of ``wanted`` that are not installed, each with the folder it belongs in."""
+    return _missing(wanted, ModelDirs.of(models))
 
 
 def _missing(wanted: list[WantedFile], dirs: ModelDirs) -> list[MissingFile]:

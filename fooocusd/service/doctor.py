@@ -29,6 +29,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _daemon(settings),
         _model(settings),
         _default_files(settings),
+        _image_features(settings),
         _inotify(),
     ]
 
@@ -152,6 +153,17 @@ def _default_files(settings: Settings) -> Check:
         "ok",
         f"preset '{generation.preset}' and performance '{generation.performance}' have every file they need",
     )
+
+
+def _image_features(settings: Settings) -> Check:
+    """Optional: which image actions and image-prompt types have their model files."""
+    from fooocusd.service.feature_files import feature_report
+
+    try:
+        ready, detail = feature_report(settings)
+    except FooocusdError as exc:
+        return Check("image features", "warn", exc.explain())
+    return Check("image features", "ok" if ready else "warn", detail)
 
 
 def _inotify() -> Check:
