@@ -101,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("path", nargs="?", type=Path, help="a .txt, .toml or image file")
     what.add_argument("--prompt", help="make a .txt job from this prompt")
     submit.add_argument("--subdir", default="", help="inbox subfolder (routes to the preset of that name)")
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the running daemon has made the images, and print their paths (exit 0: all done; "
+        "1: a job failed, or the file was refused; 3: the daemon stopped; 124: --timeout ran out)",
+    )
+    submit.add_argument(
+        "--timeout", type=float, default=None, metavar="SECONDS", help="with --wait: give up after"
+    )
     submit.set_defaults(handler=commands.submit)
     retry = sub.add_parser(
         "retry",

@@ -809,6 +809,14 @@ class Journal:
             ).fetchall()
             return [event_from_row(row) for row in rows]
 
+    def events_since(self, kind: str, since: float) -> list[EventRow]:
+        """The events of one kind at ``since`` or later, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM events WHERE kind = ? AND ts >= ? ORDER BY id", (kind, since)
+            ).fetchall()
+            return [event_from_row(row) for row in rows]
+
     # ------------------------------------------------------------------ looking things up
 
     def get_job(self, job_id: int) -> JobRow | None:
@@ -829,6 +837,25 @@ class Journal:
                 "SELECT * FROM input_files WHERE input_id = ? ORDER BY id", (input_id,)
             ).fetchall()
             return [input_file_from_row(row) for row in rows]
+
+    def inputs_dropped_as(self, relpath: str, since: float) -> list[InputRow]:
+        """The inputs dropped as ``relpath`` and taken in at ``since`` or later (claims abandoned
+        because the file vanished excluded), oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM inputs WHERE relpath = ? AND created >= ? AND state != 'abandoned' "
+                "ORDER BY id",
+                (relpath, since),
+            ).fetchall()
+            return [_input_with_files(self._conn, row) for row in rows]
+
+    def refusals_of(self, relpath: str, since: float) -> list[RefusalRow]:
+        """The drops of ``relpath`` refused at intake at ``since`` or later, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM refusals WHERE relpath = ? AND ts >= ? ORDER BY id", (relpath, since)
+            ).fetchall()
+        return [refusal_from_row(row) for row in rows]
 
     def find_job(self, ref: str) -> JobRow | None:
         """The one job a user means by ``ref`` (see ``find_jobs``), or None if nothing matches.

@@ -213,10 +213,20 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     from fooocusd.service.submission import refuse_what_the_daemon_would_not_take, submit_file
 
-    inbox = _folders(loaded).inbox
+    folders = _folders(loaded)
+    inbox = folders.inbox
     target_dir = inbox / args.subdir if args.subdir else inbox
     if args.subdir and (".." in Path(args.subdir).parts or Path(args.subdir).is_absolute()):
         raise InvalidInput("--subdir must be a folder name inside the inbox", hint="e.g. --subdir portrait")
+    wait = bool(getattr(args, "wait", False))
+    if wait and daemon_holding(folders.state) is None:
+        raise InvalidInput(
+            f"no daemon is running on the state folder {folders.state}, so --wait would wait forever",
+            hint="start it (`fooocusd run`, or `systemctl start fooocusd`) and submit again, or submit "
+            "without --wait (the file then waits in the inbox for the daemon)",
+        )
+    said = _err if wait else _out  # with --wait, stdout is the images' paths alone
+    since = time.time()
     if args.prompt is None:
         source: Path = args.path
         refuse_what_the_daemon_would_not_take(_relpath(args.subdir, source.name), loaded.settings)
@@ -226,19 +236,46 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         with_pictures = (
             f" (with {', '.join(str(p.relative_to(target_dir)) for p in pictures)})" if pictures else ""
         )
-        _out.print(f"submitted {job_file}{with_pictures}")
+        said.print(f"submitted {job_file}{with_pictures}")
+    else:
+        job_file = _submit_prompt(args.prompt, args.subdir, target_dir, loaded)
+        said.print(f"submitted {job_file}")
+    if not wait:
         return 0
-    if not args.prompt.strip():
+    return _wait_for(job_file.relative_to(inbox).as_posix(), since, folders, getattr(args, "timeout", None))
+
+
+def _submit_prompt(prompt: str, subdir: str, target_dir: Path, loaded: LoadedSettings) -> Path:
+    from fooocusd.service.submission import refuse_what_the_daemon_would_not_take
+
+    if not prompt.strip():
         raise InvalidInput("the prompt is empty", hint='say what to draw: --prompt "a red fox in the snow"')
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", args.prompt).strip("-")[:40].lower() or "prompt"
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", prompt).strip("-")[:40].lower() or "prompt"
     name = f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
-    refuse_what_the_daemon_would_not_take(_relpath(args.subdir, name), loaded.settings)
+    refuse_what_the_daemon_would_not_take(_relpath(subdir, name), loaded.settings)
     target_dir.mkdir(parents=True, exist_ok=True)
     final = unique_destination(target_dir, name)
     # Written under a hidden temporary name the daemon ignores, then renamed into place.
-    publish_bytes(final, (args.prompt.strip() + "\n").encode("utf-8"), umask=loaded.settings.outbox.umask)
-    _out.print(f"submitted {final}")
-    return 0
+    publish_bytes(final, (prompt.strip() + "\n").encode("utf-8"), umask=loaded.settings.outbox.umask)
+    return final
+
+
+def _wait_for(relpath: str, since: float, folders: Folders, timeout: float | None) -> int:
+    from fooocusd.service.submit_wait import EXIT_CODES, follow
+
+    _err.print(f"waiting for the daemon to render {relpath}…")
+    try:
+        followed = follow(relpath, since, folders, timeout=timeout)
+    except KeyboardInterrupt:
+        _err.print(f"stopped waiting; the daemon still has {relpath} (`fooocusd status` follows it)")
+        return 130
+    for image in followed.images:
+        _out.print(str(image))
+    for problem in followed.problems:
+        _err.print(problem)
+    if followed.report is not None:
+        _err.print(f"the report: {followed.report}")
+    return EXIT_CODES[followed.ending]
 
 
 def _progress_line(job: dict[str, Any], *, daemon_running: bool) -> str:

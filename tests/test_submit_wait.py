@@ -1,0 +1,104 @@
+"""``fooocusd submit --wait``: a script submits a job and gets its images' paths, or why there are none."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from fooocusd.cli import main
+from fooocusd.journal.journal import Journal
+from fooocusd.service.folders import Folders
+from fooocusd.service.state_lock import daemon_holding
+from fooocusd.service.submit_wait import DAEMON_GONE_SECONDS, follow, look_up
+from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
+
+
+def _folders(sandbox: Sandbox) -> Folders:
+    return Folders.from_paths(sandbox.settings().paths.resolved())
+
+
+def _submit(sandbox: Sandbox, *args: str) -> int:
+    wait_for(lambda: daemon_holding(sandbox.state) is not None, what="the daemon to hold the state folder")
+    return main(["submit", "--config", str(sandbox.config), "--wait", "--timeout", "120", *args])
+
+
+def test_waiting_prints_the_path_of_each_image_alone_on_stdout(
+    sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = tmp_path / "owls.txt"
+    job.write_text("two owls\nimages: 2\nseed: 3\n", encoding="utf-8")
+    with RunningDaemon(sandbox.settings()):
+        assert _submit(sandbox, str(job)) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [str(sandbox.outbox / "owls_3_0.png"), str(sandbox.outbox / "owls_4_1.png")]
+    assert all(
+        Path(line).is_file() and Path(line).with_suffix(".json").is_file() for line in out.splitlines()
+    )
+    assert "submitted" in err and "waiting for the daemon to render owls.txt" in err
+
+
+def test_a_job_that_fails_exits_1_naming_its_error_and_report(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with RunningDaemon(sandbox.settings()):
+        assert _submit(sandbox, "--prompt", "an owl <lora:missing-feathers>") == 1
+    out, err = capsys.readouterr()
+    err = " ".join(err.split())
+    assert out == ""
+    assert "failed: LoRA 'missing-feathers' was not found" in err
+    [report] = sandbox.failed.glob("*.error.txt")
+    assert f"the report: {report}" in err
+
+
+def test_without_a_running_daemon_waiting_is_refused_and_nothing_is_submitted(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox.write_config()
+    assert main(["submit", "--config", str(sandbox.config), "--wait", "--prompt", "an owl"]) == 2
+    assert "no daemon is running on the state folder" in " ".join(capsys.readouterr().err.split())
+    assert list(sandbox.inbox.iterdir()) == []
+
+
+def test_a_file_refused_at_intake_or_skipped_as_a_duplicate_ends_the_wait_saying_so(sandbox: Sandbox) -> None:
+    sandbox.write_config()
+    folders = _folders(sandbox)
+    since = time.time()
+    assert look_up("cat.txt", since, folders) is None  # no journal yet: still waiting
+    with Journal.open(folders.journal_db, owner="test") as journal:
+        journal.record_refusal(
+            "old.txt", "old.txt: refused before", [("old.txt", folders.failed / "old.txt")]
+        )
+        time.sleep(0.01)
+        since = time.time()
+        journal.record_refusal(
+            "cat.txt", "cat.txt: a conflict copy", [("cat.txt", folders.failed / "cat.txt")]
+        )
+        journal.log_event("duplicate-skipped", "dog.txt")
+    refused = look_up("cat.txt", since, folders)
+    assert refused is not None and refused.ending == "refused"
+    assert refused.problems == ["cat.txt: a conflict copy"]
+    assert refused.report == folders.failed / "cat.txt.error.txt"
+    assert look_up("old.txt", since, folders) is None  # refused before this submission
+    skipped = look_up("dog.txt", since, folders)
+    assert skipped is not None and skipped.ending == "skipped"
+    assert 'intake.duplicates = "skip"' in skipped.problems[0]
+
+
+def test_waiting_stops_at_the_timeout_or_when_the_daemon_has_been_gone_a_while(sandbox: Sandbox) -> None:
+    sandbox.write_config()
+    folders = _folders(sandbox)
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with RunningDaemon(sandbox.settings()):
+        timed_out = follow("late.txt", time.time(), folders, timeout=3.0, clock=lambda: now[0], sleep=sleep)
+    assert timed_out.ending == "timed out" and now[0] >= 3.0
+    assert "late.txt is still queued or rendering" in timed_out.problems[0]
+    now[0] = 0.0
+    gone = follow("late.txt", time.time(), folders, timeout=None, clock=lambda: now[0], sleep=sleep)
+    assert gone.ending == "daemon stopped" and now[0] >= DAEMON_GONE_SECONDS
+    assert "late.txt runs when it starts again" in gone.problems[0]
