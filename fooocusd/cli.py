@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     what = submit.add_mutually_exclusive_group(required=True)
     what.add_argument("path", nargs="?", type=Path, help="a .txt, .toml or image file")
     what.add_argument("--prompt", help="make a .txt job from this prompt")
+    submit.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="with --prompt: a job option, e.g. --set seed=42 --set images=4 (repeatable)",
+    )
     submit.add_argument("--subdir", default="", help="inbox subfolder (routes to the preset of that name)")
     submit.add_argument(
         "--wait",

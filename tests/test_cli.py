@@ -11,6 +11,7 @@ import pytest
 from loguru import logger
 
 from fooocusd.cli import main
+from fooocusd.jobs.loader import parse_job_file
 from fooocusd.journal import Journal
 from fooocusd.service.doctor import run_checks
 from fooocusd.service.state_lock import state_folder_lock
@@ -92,6 +93,35 @@ def test_submit_prompt_drops_a_txt_job_into_the_inbox(sandbox: Sandbox) -> None:
     assert dropped.name.startswith("a-red-kite-windy-beach-") and dropped.suffix == ".txt"
     assert dropped.read_text() == "A red kite, windy beach!\n"
     assert [p for p in sandbox.inbox.iterdir() if p.name.startswith(".")] == []
+
+
+def test_submit_prompt_with_set_options_writes_a_job_that_reads_back_as_given(sandbox: Sandbox) -> None:
+    command = ["submit", "--config", str(sandbox.config), "--prompt", "model: a woman on\na catwalk"]
+    assert main([*command, "--set", "seed=5", "--set", "Images = 2"]) == 0
+    [dropped] = sandbox.files(sandbox.inbox)
+    # "model:" would read as the model option; the escape keeps it prompt text, on one line.
+    assert dropped.read_text() == "prompt: model: a woman on a catwalk\nseed: 5\nImages: 2\n"
+    [spec] = parse_job_file(dropped, max_job_file_bytes=10_000)
+    assert (spec.prompt, spec.seed, spec.images) == ("model: a woman on a catwalk", 5, 2)
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["sed=5"], "--set 'sed=5' is not KEY=VALUE with a job option as KEY — did you mean 'seed'?"),
+        (["seed"], "--set 'seed' is not KEY=VALUE"),
+        (["prompt=x"], "--set 'prompt=x' is not KEY=VALUE"),
+        (["image=cat.png"], "--set image names a picture"),
+        (["seed=banana"], "Where: --set seed=banana"),
+    ],
+)
+def test_submit_prompt_refuses_a_set_option_that_cannot_work_and_writes_nothing(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str], options: list[str], said: str
+) -> None:
+    command = ["submit", "--config", str(sandbox.config), "--prompt", "a fox"]
+    assert main([*command, *(f"--set={option}" for option in options)]) == 2
+    assert said in " ".join(capsys.readouterr().err.split())
+    assert sandbox.files(sandbox.inbox) == []
 
 
 def test_submit_prints_the_path_it_wrote_whole_on_one_line(

@@ -230,3 +230,42 @@ def _warn_if_mistyped_option(line: str, number: int, source_name: str) -> None:
         logger.warning(
             "{}: line {} ({!r}) is read as prompt text, not an option{}", source_name, number, line[:60], near
         )
+
+
+_PICTURE_FIELDS = frozenset({"image", "mask", "image_prompts"})
+
+
+def prompt_job_text(prompt: str, options: list[str]) -> str:
+    """A ``.txt`` job: ``prompt`` on one line, then a ``key: value`` line for each ``KEY=VALUE`` of
+    ``options`` (``fooocusd submit --prompt TEXT --set KEY=VALUE``). The prompt is written after
+    ``prompt:`` when it would otherwise read as an option, a comment or a job separator.
+
+    Raises ``InvalidInput`` for an empty prompt, and for an option that is not ``KEY=VALUE`` with
+    a known key: written as it is, an unknown key would be read as more prompt text.
+    """
+    line = " ".join(prompt.split())
+    if not line:
+        raise InvalidInput("the prompt is empty", hint='say what to draw: --prompt "a red fox in the snow"')
+    if line.startswith("#") or line == JOB_SEPARATOR or _option(line) is not None:
+        line = f"prompt: {line}"
+    lines = [line]
+    for option in options:
+        key, equals, value = option.partition("=")
+        field_name = TXT_OPTION_KEYS.get(canonical_key(key))
+        if not equals or not value.strip() or field_name in (None, "prompt"):
+            known = [name for name in TXT_OPTION_KEYS if name != "prompt"]
+            raise InvalidInput(
+                f"--set {option!r} is not KEY=VALUE with a job option as KEY"
+                + suggest(canonical_key(key), known),
+                where="--set",
+                hint='e.g. --set seed=42 --set images=4 --set aspect=16:9; the README\'s "Job files" section '
+                "lists every option",
+            )
+        if field_name in _PICTURE_FIELDS:
+            raise InvalidInput(
+                f"--set {key.strip()} names a picture, which a job made from --prompt has no folder for",
+                where="--set",
+                hint="write a .txt job file beside the picture (e.g. 'image: cat.png') and submit that file",
+            )
+        lines.append(f"{key.strip()}: {' '.join(value.split())}")
+    return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,10 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from fooocusd.errors import ConfigError, FooocusdError, InvalidInput
-from fooocusd.intake.claim import unique_destination
 from fooocusd.intake.waiting import inbox_waiting
 from fooocusd.journal.journal import Journal, JournalError, status_report, unfinished_jobs
-from fooocusd.outbox.atomic import publish_bytes
 from fooocusd.service.folders import Folders
 from fooocusd.service.state_lock import daemon_holding, refuse_if_a_daemon_holds
 from fooocusd.settings import LoadedSettings, flatten
@@ -227,6 +226,8 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         )
     said = _err if wait else _out  # with --wait, stdout is the images' paths alone
     since = time.time()
+    if args.prompt is None and getattr(args, "set", None):
+        raise InvalidInput("--set goes with --prompt", hint="for a job file, write the options into the file")
     if args.prompt is None:
         source: Path = args.path
         refuse_what_the_daemon_would_not_take(_relpath(args.subdir, source.name), loaded.settings)
@@ -238,26 +239,40 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         )
         said.print(f"submitted {job_file}{with_pictures}")
     else:
-        job_file = _submit_prompt(args.prompt, args.subdir, target_dir, loaded)
+        job_file = _submit_prompt(args, target_dir, inbox, loaded)
         said.print(f"submitted {job_file}")
     if not wait:
         return 0
     return _wait_for(job_file.relative_to(inbox).as_posix(), since, folders, getattr(args, "timeout", None))
 
 
-def _submit_prompt(prompt: str, subdir: str, target_dir: Path, loaded: LoadedSettings) -> Path:
-    from fooocusd.service.submission import refuse_what_the_daemon_would_not_take
+def _submit_prompt(args: argparse.Namespace, target_dir: Path, inbox: Path, loaded: LoadedSettings) -> Path:
+    """``--prompt TEXT`` (with ``--set KEY=VALUE`` options) as a ``.txt`` job, checked and
+    submitted as a job file would be."""
+    from fooocusd.jobs.txt_format import prompt_job_text
+    from fooocusd.service.submission import refuse_what_the_daemon_would_not_take, submit_file
 
-    if not prompt.strip():
-        raise InvalidInput("the prompt is empty", hint='say what to draw: --prompt "a red fox in the snow"')
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", prompt).strip("-")[:40].lower() or "prompt"
+    options = list(getattr(args, "set", None) or [])
+    text = prompt_job_text(args.prompt, options)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", args.prompt).strip("-")[:40].lower() or "prompt"
     name = f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
-    refuse_what_the_daemon_would_not_take(_relpath(subdir, name), loaded.settings)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    final = unique_destination(target_dir, name)
-    # Written under a hidden temporary name the daemon ignores, then renamed into place.
-    publish_bytes(final, (prompt.strip() + "\n").encode("utf-8"), umask=loaded.settings.outbox.umask)
-    return final
+    refuse_what_the_daemon_would_not_take(_relpath(args.subdir, name), loaded.settings)
+    with tempfile.TemporaryDirectory(prefix="fooocusd-submit-") as folder:
+        source = Path(folder) / name
+        source.write_text(text, encoding="utf-8")
+        try:
+            *_, job_file = submit_file(
+                source,
+                target_dir,
+                inbox,
+                loaded.settings,
+                warn=lambda warning: _err.print(f"warning: {warning}"),
+            )
+        except InvalidInput as exc:  # "line 3" of a file the user never saw: say which argument
+            lines = {f"line {number}": f"--set {option}" for number, option in enumerate(options, start=2)}
+            exc.where = {"line 1": "--prompt", **lines}.get(exc.where, exc.where)
+            raise
+    return job_file
 
 
 def _wait_for(relpath: str, since: float, folders: Folders, timeout: float | None) -> int:
