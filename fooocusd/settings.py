@@ -61,7 +61,11 @@ class PathsSettings(_Section):
     )
     presets: Path | None = Field(None, description="Extra user presets, beside the bundled ones.")
     styles: Path | None = Field(None, description="Extra user styles (.toml, or Fooocus .json arrays).")
-    wildcards: Path | None = Field(None, description="Wildcard lists: <name>.txt, one choice per line.")
+    wildcards: Path | None = Field(
+        None,
+        description="Wildcard lists: <name>.txt, one choice per line, before the bundled ones. "
+        "Default: 'wildcards' beside the inbox.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -83,7 +87,7 @@ class PathsSettings(_Section):
             models=tuple(_expand(root) for root in self.models),
             presets=_expand(self.presets) if self.presets else None,
             styles=_expand(self.styles) if self.styles else None,
-            wildcards=_expand(self.wildcards) if self.wildcards else None,
+            wildcards=_expand(self.wildcards) if self.wildcards else inbox.parent / "wildcards",
         )
 
 

@@ -10,6 +10,7 @@ import pytest
 from loguru import logger
 
 from fooocusd.engine.prompt_syntax import (
+    BUNDLED_WILDCARDS,
     MAX_WILDCARD_DEPTH,
     InlineLora,
     WildcardLibrary,
@@ -34,7 +35,7 @@ def _wildcards(folder: Path, files: dict[str, str]) -> WildcardLibrary:
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    return WildcardLibrary(folder)
+    return WildcardLibrary(folder, bundled=None)
 
 
 # -- inline LoRA -------------------------------------------------------------------------------
@@ -102,16 +103,17 @@ def test_a_missing_or_empty_wildcard_leaves_the_bare_word_and_the_log_says_why(t
     try:
         text = apply_wildcards("__nowhere__ __blank__ __nowhere__ __color__", library, random.Random(0))
         apply_wildcards("__nowhere__", library, random.Random(1))  # the job's next image: said once
-        apply_wildcards("__nowhere__", WildcardLibrary(tmp_path, warn=False), random.Random(0))
+        apply_wildcards("__nowhere__", WildcardLibrary(tmp_path, warn=False, bundled=None), random.Random(0))
     finally:
         logger.remove(sink)
     assert text == "nowhere blank nowhere color"
     folder = library.folder
     assert [message.strip() for message in messages] == [
-        f"wildcard __nowhere__ becomes the bare word 'nowhere': there is no nowhere.txt in {folder}",
+        f"wildcard __nowhere__ becomes the bare word 'nowhere': there is no nowhere.txt in {folder} or among "
+        "the bundled wildcards",
         f"wildcard __blank__ becomes the bare word 'blank': {folder / 'blank.txt'} has no lines",
-        f"wildcard __color__ becomes the bare word 'color': there is no color.txt in {folder} — did you "
-        "mean 'colour'?",
+        f"wildcard __color__ becomes the bare word 'color': there is no color.txt in {folder} or among the "
+        "bundled wildcards — did you mean 'colour'?",
     ]
 
 
@@ -130,8 +132,32 @@ def test_a_self_doubling_wildcard_is_refused_instead_of_exhausting_memory(tmp_pa
     assert "characters" in caught.value.message
 
 
-def test_no_wildcard_folder_means_every_wildcard_is_a_bare_word() -> None:
-    assert apply_wildcards("a __cat__", WildcardLibrary(None), random.Random(0)) == "a cat"
+def test_no_wildcard_folder_leaves_the_bundled_wildcards_and_bare_words_for_the_rest() -> None:
+    library = WildcardLibrary(None)
+    assert apply_wildcards("a __cat__", library, random.Random(0)) == "a cat"
+    colour = apply_wildcards("__color__", library, random.Random(0))
+    assert colour in (BUNDLED_WILDCARDS / "color.txt").read_text(encoding="utf-8").splitlines()
+    assert {"animal", "color", "flower", "lighting", "art_medium"} <= set(library.names)
+
+
+def test_a_users_wildcard_file_replaces_the_bundled_one_of_the_same_name(tmp_path: Path) -> None:
+    path = tmp_path / "mine" / "color.txt"
+    path.parent.mkdir()
+    path.write_text("ultramarine\n", encoding="utf-8")
+    library = WildcardLibrary(tmp_path)
+    assert [apply_wildcards("__color__", library, random.Random(seed)) for seed in range(5)] == [
+        "ultramarine"
+    ] * 5
+    assert "animal" in library.names  # the other bundled lists stay
+
+
+def test_every_bundled_wildcard_list_has_distinct_non_empty_lines() -> None:
+    files = sorted(BUNDLED_WILDCARDS.glob("*.txt"))
+    assert len(files) >= 10
+    for path in files:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        assert lines and all(line.strip() == line and line for line in lines), path.name
+        assert len(set(lines)) == len(lines), path.name
 
 
 # -- arrays ------------------------------------------------------------------------------------

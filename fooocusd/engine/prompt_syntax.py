@@ -81,22 +81,31 @@ def tidy_prompt(text: str) -> str:
 # -- wildcards ---------------------------------------------------------------------------------
 
 
-class WildcardLibrary:
-    """The ``*.txt`` files under a folder (subfolders too), by file stem; read on first use.
+BUNDLED_WILDCARDS = Path(__file__).resolve().parent.parent / "data" / "wildcards"
+"""fooocusd's own lists (``__color__``, ``__animal__``, ``__lighting__``...), after the user's."""
 
-    When two files share a stem, the first in sorted path order wins, so the choice is stable.
+
+class WildcardLibrary:
+    """The ``*.txt`` files under a folder (subfolders too), then the bundled ones, by file stem;
+    read on first use.
+
+    A user's file replaces the bundled one of the same name. When two of the user's files share a
+    stem, the first in sorted path order wins, so the choice is stable.
     """
 
-    def __init__(self, folder: Path | None, *, warn: bool = True) -> None:
+    def __init__(
+        self, folder: Path | None, *, warn: bool = True, bundled: Path | None = BUNDLED_WILDCARDS
+    ) -> None:
         self.folder = folder
         self.warn = warn
         """Log a warning for each wildcard that has no lines (off for a dry run of a job's prompts)."""
         self._warned: set[str] = set()
         self._paths: dict[str, Path] = {}
-        if folder is not None and folder.is_dir():
-            for path in sorted(folder.rglob("*.txt")):
-                if path.is_file():
-                    self._paths.setdefault(path.stem, path)
+        for root in (folder, bundled):
+            if root is not None and root.is_dir():
+                for path in sorted(root.rglob("*.txt")):
+                    if path.is_file():
+                        self._paths.setdefault(path.stem, path)
         self._lines: dict[str, tuple[str, ...]] = {}
 
     @property
@@ -122,7 +131,7 @@ class WildcardLibrary:
         if path is not None:
             return f"{path} has no lines"
         where = f"in {self.folder}" if self.folder is not None else "(paths.wildcards is not set)"
-        return f"there is no {name}.txt {where}{suggest(name, self.names)}"
+        return f"there is no {name}.txt {where} or among the bundled wildcards{suggest(name, self.names)}"
 
 
 def _read_lines(path: Path) -> tuple[str, ...]:
