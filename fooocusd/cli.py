@@ -155,6 +155,12 @@ def _parser() -> argparse.ArgumentParser:
         "--styles-dir", dest="styles_dir", type=Path, action="append", help="extra style folder (repeatable)"
     )
     styles.set_defaults(handler=styles_command.styles)
+    from fooocusd.service import wildcards_command
+
+    wildcards = sub.add_parser(
+        "wildcards", parents=[common, folders], help="list the __name__ wildcards a prompt may use"
+    )
+    wildcards.set_defaults(handler=wildcards_command.wildcards)
     from fooocusd.service import models_command
 
     models_command.add_parser(sub, parents=[common, folders])

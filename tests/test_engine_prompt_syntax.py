@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
+from fooocusd.cli import main
 from fooocusd.engine.prompt_syntax import (
     BUNDLED_WILDCARDS,
     MAX_WILDCARD_DEPTH,
@@ -26,6 +27,7 @@ from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.journal.journal import Journal
 from fooocusd.service.folders import Folders
 from fooocusd.service.worker import Worker
+from tests.daemon_harness import Sandbox
 from tests.engine_helpers import default_request
 from tests.test_worker import ScriptedEngine
 
@@ -261,3 +263,19 @@ def test_without_a_wildcards_folder_the_worker_leaves_bare_words(setup) -> None:
     worker = _worker(setup, ScriptedEngine())
     styled, _ = worker._with_styles(default_request(prompt="a __cat__", styles=()), 0, WildcardLibrary(None))
     assert styled.positive_workloads == ("a cat",)
+
+
+def test_the_wildcards_command_lists_the_users_files_before_the_bundled_ones(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # long temp paths would otherwise fold inside the table
+    sandbox.write_config()
+    mine = sandbox.root / "wildcards" / "color.txt"  # the default folder: beside the inbox
+    mine.parent.mkdir()
+    mine.write_text("ultramarine\n", encoding="utf-8")
+    assert main(["wildcards", "--config", str(sandbox.config)]) == 0
+    rows = {
+        line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines() if "│ __" in line
+    }
+    assert str(mine) in rows["__color__"] and "ultramarine" in rows["__color__"]
+    assert str(BUNDLED_WILDCARDS / "animal.txt") in rows["__animal__"]

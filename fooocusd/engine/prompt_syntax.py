@@ -112,6 +112,10 @@ class WildcardLibrary:
     def names(self) -> list[str]:
         return sorted(self._paths)
 
+    def path_of(self, name: str) -> Path | None:
+        """The file wildcard ``name`` is read from, or None when there is none."""
+        return self._paths.get(name)
+
     def lines(self, name: str) -> tuple[str, ...]:
         """The non-empty lines of wildcard ``name``; empty when there is no such file."""
         if name not in self._lines:
