@@ -366,12 +366,12 @@ def config_show(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 
 def config_check(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     """What ``systemctl reload`` (or a start) would say about the file, before it is asked to."""
-    from fooocusd.intake.layout import assert_folders_disjoint
+    from fooocusd.intake.layout import check_folder_layout
     from fooocusd.jobs.presets import preset_search_dirs
     from fooocusd.service.settings_checks import check_configuration
 
     paths = loaded.settings.paths.resolved()
-    assert_folders_disjoint(paths.inbox, paths.outbox, paths.state, paths.done, paths.failed)
+    check_folder_layout(loaded.settings)
     preset_dirs = preset_search_dirs(paths.presets)
     checked = check_configuration(loaded.settings, paths.models, paths.styles, preset_dirs)
     if checked.warning:

@@ -81,13 +81,20 @@ def _speed(settings: Settings) -> Check:
 
 
 def _folders(settings: Settings) -> list[Check]:
-    from fooocusd.intake.layout import assert_folders_disjoint
+    from fooocusd.intake.layout import check_folder_layout
 
     paths = settings.paths.resolved()
     checks: list[Check] = []
     try:
-        assert_folders_disjoint(paths.inbox, paths.outbox, paths.state, paths.done, paths.failed)
-        checks.append(Check("folder layout", "ok", "inbox, outbox, state, done and failed do not nest"))
+        check_folder_layout(settings)
+        checks.append(
+            Check(
+                "folder layout",
+                "ok",
+                "inbox, outbox, state, done and failed do not nest; no folder fooocusd reads from is "
+                "inside the inbox",
+            )
+        )
     except FooocusdError as exc:
         checks.append(Check("folder layout", "fail", exc.message))
     for name in ("inbox", "outbox", "done", "failed", "state"):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fooocusd.errors import ConfigError
-from fooocusd.intake.layout import assert_folders_disjoint
+from fooocusd.intake.layout import check_folder_layout
 from fooocusd.settings import ResolvedPaths, Settings
 
 
@@ -49,7 +49,7 @@ class Folders:
 def prepare_folders(settings: Settings) -> Folders:
     """Resolve, check and create every folder. Raises ``ConfigError`` with a clear message."""
     folders = Folders.from_paths(settings.paths.resolved())
-    assert_folders_disjoint(folders.inbox, folders.outbox, folders.state, folders.done, folders.failed)
+    check_folder_layout(settings)
     for path in (
         folders.inbox,
         folders.outbox,

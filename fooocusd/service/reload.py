@@ -24,7 +24,7 @@ from loguru import logger
 
 from fooocusd.engine.styles import StyleLibrary
 from fooocusd.errors import ConfigError
-from fooocusd.intake.layout import assert_folders_disjoint
+from fooocusd.intake.layout import check_folder_layout
 from fooocusd.service.folders import Folders
 from fooocusd.service.logs import configure_logging
 from fooocusd.service.notify import Notifier, ServiceReporter
@@ -96,8 +96,7 @@ def prepare_reload(
 ) -> ReloadPlan:
     """The checked new settings and styles. Raises ``ConfigError`` saying why they are refused."""
     fresh = source.load()
-    paths = fresh.paths.resolved()
-    assert_folders_disjoint(paths.inbox, paths.outbox, paths.state, paths.done, paths.failed)
+    check_folder_layout(fresh)
     settings, kept = keep_restart_only_values(current, fresh)
     checked = check_configuration(settings, folders.models, folders.styles, preset_dirs)
     old, new = flatten(current), flatten(settings)
