@@ -155,6 +155,12 @@ def _parser() -> argparse.ArgumentParser:
         "--styles-dir", dest="styles_dir", type=Path, action="append", help="extra style folder (repeatable)"
     )
     styles.set_defaults(handler=styles_command.styles)
+    from fooocusd.service import presets_command
+
+    presets = sub.add_parser(
+        "presets", parents=[common, folders], help="list the presets a job may name, and their model files"
+    )
+    presets.set_defaults(handler=presets_command.presets)
     from fooocusd.service import wildcards_command
 
     wildcards = sub.add_parser(
