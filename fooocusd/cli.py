@@ -116,6 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--timeout", type=float, default=None, metavar="SECONDS", help="with --wait: give up after"
     )
+    submit.add_argument(
+        "--json",
+        action="store_true",
+        help="with --wait: print one JSON object (ending, exit_code, images, problems, report) instead",
+    )
     submit.set_defaults(handler=commands.submit)
     retry = sub.add_parser(
         "retry",

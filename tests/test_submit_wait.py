@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -50,6 +51,21 @@ def test_a_job_that_fails_exits_1_naming_its_error_and_report(
     assert "failed: LoRA 'missing-feathers' was not found" in err
     [report] = sandbox.failed.glob("*.error.txt")
     assert f"the report: {report}" in err
+
+
+def test_with_json_the_outcome_is_one_object_on_stdout(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with RunningDaemon(sandbox.settings()):
+        assert _submit(sandbox, "--json", "--prompt", "an owl", "--set", "seed=9") == 0
+        assert _submit(sandbox, "--json", "--prompt", "an owl <lora:missing-feathers>") == 1
+    done, failed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    [image] = done["images"]
+    assert (done["ending"], done["exit_code"], done["problems"], done["report"]) == ("done", 0, [], None)
+    assert Path(image).is_file() and done["sidecars"] == [str(Path(image).with_suffix(".json"))]
+    assert (failed["ending"], failed["exit_code"], failed["images"]) == ("failed", 1, [])
+    assert "LoRA 'missing-feathers' was not found" in failed["problems"][0]
+    assert Path(failed["report"]).is_file() and failed["input"].startswith("an-owl-lora-missing-feathers-")
 
 
 def test_without_a_running_daemon_waiting_is_refused_and_nothing_is_submitted(

@@ -224,6 +224,8 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             hint="start it (`fooocusd run`, or `systemctl start fooocusd`) and submit again, or submit "
             "without --wait (the file then waits in the inbox for the daemon)",
         )
+    if getattr(args, "json", False) and not wait:
+        raise InvalidInput("--json goes with --wait", hint="add --wait, or leave --json out")
     said = _err if wait else _out  # with --wait, stdout is the images' paths alone
     since = time.time()
     if args.prompt is None and getattr(args, "set", None):
@@ -243,7 +245,9 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         said.print(f"submitted {job_file}")
     if not wait:
         return 0
-    return _wait_for(job_file.relative_to(inbox).as_posix(), since, folders, getattr(args, "timeout", None))
+    relpath = job_file.relative_to(inbox).as_posix()
+    as_json = bool(getattr(args, "json", False))
+    return _wait_for(relpath, since, folders, getattr(args, "timeout", None), as_json=as_json)
 
 
 def _submit_prompt(args: argparse.Namespace, target_dir: Path, inbox: Path, loaded: LoadedSettings) -> Path:
@@ -275,7 +279,7 @@ def _submit_prompt(args: argparse.Namespace, target_dir: Path, inbox: Path, load
     return job_file
 
 
-def _wait_for(relpath: str, since: float, folders: Folders, timeout: float | None) -> int:
+def _wait_for(relpath: str, since: float, folders: Folders, timeout: float | None, *, as_json: bool) -> int:
     from fooocusd.service.submit_wait import EXIT_CODES, follow
 
     _err.print(f"waiting for the daemon to render {relpath}…")
@@ -284,13 +288,27 @@ def _wait_for(relpath: str, since: float, folders: Folders, timeout: float | Non
     except KeyboardInterrupt:
         _err.print(f"stopped waiting; the daemon still has {relpath} (`fooocusd status` follows it)")
         return 130
+    code = EXIT_CODES[followed.ending]
+    if as_json:
+        report = str(followed.report) if followed.report is not None else None
+        outcome = {
+            "input": relpath,
+            "ending": followed.ending,
+            "exit_code": code,
+            "images": [str(image) for image in followed.images],
+            "sidecars": [str(image.with_suffix(".json")) for image in followed.images],
+            "problems": followed.problems,
+            "report": report,
+        }
+        print(json.dumps(outcome))
+        return code
     for image in followed.images:
         _out.print(str(image))
     for problem in followed.problems:
         _err.print(problem)
     if followed.report is not None:
         _err.print(f"the report: {followed.report}")
-    return EXIT_CODES[followed.ending]
+    return code
 
 
 def _progress_line(job: dict[str, Any], *, daemon_running: bool) -> str:
