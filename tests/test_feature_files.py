@@ -25,11 +25,13 @@ def test_doctor_names_what_each_image_feature_lacks_by_its_fetch_name(sandbox: S
     assert detail.startswith("ready: none; upscale lacks RealESRGAN_x4plus; ")
     assert "; image prompts lacks ip-adapter-plus_sdxl_vit-h, clip_vision_vit_h; " in detail
     assert (
-        f"face_detection_yunet_2023mar.onnx (not in the catalogue: put it into {models / 'face_detection'})"
+        "; face image prompts lacks ip-adapter-plus-face_sdxl_vit-h, clip_vision_vit_h, "
+        "face_detection_yunet_2023mar; "
     ) in detail
     assert "; depth image prompts lacks controlnet-depth-sdxl-1.0, Depth-Anything-V2-Small-hf; " in detail
     assert "cpds image prompts: controlnet.cpds names no ControlNet" in detail
-    assert detail.endswith(". `fooocusd models fetch NAME` downloads the others")
+    assert detail.endswith(". `fooocusd models fetch NAME` downloads each")
+    assert str(models) not in detail  # every file here is in the catalogue
 
 
 def test_doctor_says_every_image_feature_is_ready_once_its_files_are_there(sandbox: Sandbox) -> None:

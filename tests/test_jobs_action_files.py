@@ -172,11 +172,12 @@ def test_control_image_prompts_need_the_configured_controlnet_and_depth_its_esti
 def test_the_warning_offers_the_fetch_command_for_catalogue_files_among_the_image_prompt_files(
     tmp_path: Path,
 ) -> None:
-    spec = JobSpec(prompt="x", image_prompts=[ImagePromptSpec(image="c.png", type="face")])
+    spec = JobSpec(prompt="x <lora:grain>", image_prompts=[ImagePromptSpec(image="c.png", type="face")])
     text = job_files_warning(_missing(spec, tmp_path / "models"), "")
     assert (
         "run `fooocusd models fetch ip-adapter-plus-face_sdxl_vit-h && "
-        "fooocusd models fetch clip_vision_vit_h` and copy the other into place"
+        "fooocusd models fetch clip_vision_vit_h && "
+        "fooocusd models fetch face_detection_yunet_2023mar` and copy the other into place"
     ) in text
 
 

@@ -24,6 +24,7 @@ from fooocusd.engine.fetch import (
     load_catalogue,
     lookup,
 )
+from fooocusd.engine.ip_adapter.files import FACE_DETECTOR_FILE
 from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.settings import ControlNetSettings
 
@@ -349,14 +350,18 @@ def test_bundled_catalogue_names_every_preset_and_image_prompt_file_and_pins_not
         "controlnet-depth-sdxl-1.0": "controlnet",
         "RealESRGAN_x4plus": "upscale_models",
         "Depth-Anything-V2-Small-hf": "depth_estimator",
+        "face_detection_yunet_2023mar": "face_detection",
     }
     assert {name: entry.kind for name, entry in catalogue.items()} == expected
     for entry in catalogue.values():
-        assert entry.file_name == (entry.name if entry.files else f"{entry.name}.safetensors")
+        suffix = ".onnx" if entry.kind == "face_detection" else ".safetensors"
+        assert entry.file_name == (entry.name if entry.files else f"{entry.name}{suffix}")
         assert entry.sha256 == "" or len(entry.sha256) == 64
     depth = catalogue["Depth-Anything-V2-Small-hf"]
     assert depth.name == ControlNetSettings().depth_estimator  # the default setting can be fetched
     assert set(depth.files) == {"config.json", "preprocessor_config.json", "model.safetensors"}
+    # The face detector the engine looks for can be fetched, named by its entry or by its file.
+    assert lookup(FACE_DETECTOR_FILE, catalogue).name == "face_detection_yunet_2023mar"
 
 
 def test_lookup_ignores_case_and_suffix_and_lists_the_catalogue_when_unknown() -> None:

@@ -111,10 +111,11 @@ def load_catalogue(path: Path = CATALOGUE_FILE) -> dict[str, CatalogueEntry]:
 
 
 def lookup(name: str, catalogue: dict[str, CatalogueEntry]) -> CatalogueEntry:
-    """The entry for ``name`` (case-insensitive, ``.safetensors`` optional)."""
+    """The entry for ``name`` (case-insensitive, ``.safetensors`` optional), or for the file it saves
+    (``face_detection_yunet_2023mar.onnx``)."""
     wanted = name.strip().removesuffix(".safetensors").lower()
     for entry in catalogue.values():
-        if entry.name.lower() == wanted:
+        if wanted in (entry.name.lower(), entry.file_name.lower()):
             return entry
     guess = suggest(wanted, catalogue, cutoff=0.5, limit=2, ignore_case=True)
     raise CatalogueError(
@@ -124,14 +125,18 @@ def lookup(name: str, catalogue: dict[str, CatalogueEntry]) -> CatalogueEntry:
     )
 
 
+def catalogue_name(name: str) -> str | None:
+    """The name ``fooocusd models fetch`` takes for the file ``name``, or None when it has none."""
+    try:
+        return lookup(Path(name).name, load_catalogue()).name
+    except CatalogueError:
+        return None
+
+
 def fetch_suggestion(name: str) -> str:
     """``", or run fooocusd models fetch <name>"`` when the catalogue has ``name``; else empty."""
-    stem = Path(name).name
-    try:
-        entry = lookup(stem, load_catalogue())
-    except CatalogueError:
-        return ""
-    return f", or run fooocusd models fetch {entry.name}"
+    entry_name = catalogue_name(name)
+    return f", or run fooocusd models fetch {entry_name}" if entry_name else ""
 
 
 def fetch(

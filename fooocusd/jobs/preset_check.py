@@ -187,11 +187,12 @@ def _names_file(text: str, name: str) -> bool:
 
 def how_to_get(missing: list[MissingFile]) -> str:
     """``run `fooocusd models fetch …``` for those the catalogue has, and copying for the rest."""
-    from fooocusd.engine.fetch import fetch_suggestion  # huggingface_hub: only when something is missing
+    from fooocusd.engine.fetch import catalogue_name  # huggingface_hub: only when something is missing
 
-    fetchable = [item for item in missing if fetch_suggestion(item.name)]
+    names = {item: catalogue_name(item.name) for item in missing}
+    fetchable = [item for item in missing if names[item]]
     others = [item for item in missing if item not in fetchable]
-    _, fetch = describe_missing(fetchable)
+    fetch = " && ".join(f"fooocusd models fetch {names[item]}" for item in fetchable)
     if not fetchable:
         return f"copy {'them into the folders' if len(missing) > 1 else 'it into the folder'} named above"
     if not others:

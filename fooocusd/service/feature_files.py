@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fooocusd.jobs.action_files import action_files
-from fooocusd.jobs.performance import fetch_name
 from fooocusd.jobs.preset_check import MissingFile, missing_files
 from fooocusd.jobs.spec import ImagePromptSpec, ImagePromptType, JobSpec
 from fooocusd.settings import Settings
@@ -51,7 +50,7 @@ def feature_files(settings: Settings) -> list[FeatureFiles]:
 def feature_report(settings: Settings) -> tuple[bool, str]:
     """(every feature is ready, what to say): the features ready, then what each other one lacks,
     by the name ``fooocusd models fetch`` takes where the catalogue has it."""
-    from fooocusd.engine.fetch import fetch_suggestion  # huggingface_hub
+    from fooocusd.engine.fetch import catalogue_name  # huggingface_hub
 
     features = feature_files(settings)
     ready = [item.feature for item in features if not item.missing]
@@ -65,15 +64,16 @@ def feature_report(settings: Settings) -> tuple[bool, str]:
         return True, "; ".join([f"ready: {', '.join(ready)}", *notes])
 
     def named(missing: MissingFile) -> str:
-        if fetch_suggestion(missing.name):
-            return fetch_name(missing.name)
-        return f"{missing.file_name} (not in the catalogue: put it into {missing.folder})"
+        return (
+            catalogue_name(missing.name)
+            or f"{missing.file_name} (not in the catalogue: put it into {missing.folder})"
+        )
 
     needs = [
         f"{item.feature} lacks {', '.join(named(missing) for missing in item.missing)}" for item in lacking
     ]
     detail = "; ".join([f"ready: {', '.join(ready) or 'none'}", *needs, *notes])
-    fetchable = [bool(fetch_suggestion(missing.name)) for item in lacking for missing in item.missing]
+    fetchable = [bool(catalogue_name(missing.name)) for item in lacking for missing in item.missing]
     if any(fetchable):
         detail += f". `fooocusd models fetch NAME` downloads {'each' if all(fetchable) else 'the others'}"
     return False, detail

@@ -102,7 +102,8 @@ def face_detector_file(model_dirs: ModelDirs) -> Path:
         "face_detection",
         model_dirs,
         hint=f"download {FACE_DETECTOR_FILE} from {FACE_DETECTOR_URL} and put it into "
-        f"{_first_folder('face_detection', model_dirs)}, or use type image_prompt instead",
+        f"{_first_folder('face_detection', model_dirs)}{fetch_suggestion(FACE_DETECTOR_FILE)}, "
+        "or use type image_prompt instead",
     )
 
 
