@@ -14,6 +14,7 @@ from fooocusd.service.folders import Folders
 from fooocusd.service.state_lock import daemon_holding
 from fooocusd.service.submit_wait import DAEMON_GONE_SECONDS, follow, look_up
 from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
+from tests.test_journal_helpers import add_input, spec_json
 
 
 def _folders(sandbox: Sandbox) -> Folders:
@@ -81,7 +82,7 @@ def test_a_file_refused_at_intake_or_skipped_as_a_duplicate_ends_the_wait_saying
     sandbox.write_config()
     folders = _folders(sandbox)
     since = time.time()
-    assert look_up("cat.txt", since, folders) is None  # no journal yet: still waiting
+    assert look_up("cat.txt", since, folders).progress == "waiting for the daemon to take it in"  # no journal
     with Journal.open(folders.journal_db, owner="test") as journal:
         journal.record_refusal(
             "old.txt", "old.txt: refused before", [("old.txt", folders.failed / "old.txt")]
@@ -96,7 +97,7 @@ def test_a_file_refused_at_intake_or_skipped_as_a_duplicate_ends_the_wait_saying
     assert refused is not None and refused.ending == "refused"
     assert refused.problems == ["cat.txt: a conflict copy"]
     assert refused.report == folders.failed / "cat.txt.error.txt"
-    assert look_up("old.txt", since, folders) is None  # refused before this submission
+    assert look_up("old.txt", since, folders).ending == "waiting"  # refused before this submission
     skipped = look_up("dog.txt", since, folders)
     assert skipped is not None and skipped.ending == "skipped"
     assert 'intake.duplicates = "skip"' in skipped.problems[0]
@@ -118,3 +119,27 @@ def test_waiting_stops_at_the_timeout_or_when_the_daemon_has_been_gone_a_while(s
     gone = follow("late.txt", time.time(), folders, timeout=None, clock=lambda: now[0], sleep=sleep)
     assert gone.ending == "daemon stopped" and now[0] >= DAEMON_GONE_SECONDS
     assert "late.txt runs when it starts again" in gone.problems[0]
+
+
+def test_while_waiting_each_look_says_where_the_file_is(sandbox: Sandbox) -> None:
+    sandbox.write_config()
+    folders = _folders(sandbox)
+    since = time.time()
+    with Journal.open(folders.journal_db, owner="test") as journal:
+        input_id = add_input(journal, sandbox.root, "owls.txt", [(spec_json(), 0), (spec_json(), 0)])
+        assert look_up("owls.txt", since, folders).progress == "queued"
+        job = journal.claim_next_job(lease_seconds=60)
+        assert job is not None and job.input_id == input_id
+        assert look_up("owls.txt", since, folders).progress == "job 1 of 2: starting"
+        journal.heartbeat(job.id, 5, 30, lease_seconds=60)
+        assert look_up("owls.txt", since, folders).progress == "job 1 of 2: step 5/30"
+    seen: list[str] = []
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    follow(
+        "owls.txt", since, folders, timeout=1.0, clock=lambda: now[0], sleep=sleep, on_progress=seen.append
+    )
+    assert seen and set(seen) == {"job 1 of 2: step 5/30"}

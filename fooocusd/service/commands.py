@@ -284,7 +284,11 @@ def _wait_for(relpath: str, since: float, folders: Folders, timeout: float | Non
 
     _err.print(f"waiting for the daemon to render {relpath}…")
     try:
-        followed = follow(relpath, since, folders, timeout=timeout)
+        if _err.is_terminal:  # a line that follows it; scripts reading stderr get no animation
+            with _err.status("waiting for the daemon to take it in") as line:
+                followed = follow(relpath, since, folders, timeout=timeout, on_progress=line.update)
+        else:
+            followed = follow(relpath, since, folders, timeout=timeout)
     except KeyboardInterrupt:
         _err.print(f"stopped waiting; the daemon still has {relpath} (`fooocusd status` follows it)")
         return 130

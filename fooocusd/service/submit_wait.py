@@ -20,12 +20,12 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from fooocusd.journal.journal import Journal
-from fooocusd.journal.rows import TERMINAL_JOB_STATES, InputRow, InputState, JobState, OutputState
+from fooocusd.journal.rows import TERMINAL_JOB_STATES, InputRow, InputState, JobRow, JobState, OutputState
 from fooocusd.service.failing import error_file_for
 from fooocusd.service.folders import Folders
 from fooocusd.service.state_lock import daemon_holding
 
-Ending = Literal["done", "failed", "refused", "skipped", "timed out", "daemon stopped"]
+Ending = Literal["waiting", "done", "failed", "refused", "skipped", "timed out", "daemon stopped"]
 EXIT_CODES: dict[Ending, int] = {
     "done": 0,
     "failed": 1,
@@ -34,7 +34,8 @@ EXIT_CODES: dict[Ending, int] = {
     "timed out": 124,
     "daemon stopped": 3,
 }
-"""``fooocusd submit --wait``'s exit status for each ending (124 as ``timeout`` uses)."""
+"""``fooocusd submit --wait``'s exit status for each ending (124 as ``timeout`` uses); "waiting"
+is never the end."""
 DAEMON_GONE_SECONDS = 10.0
 """How long the daemon may be missing (a restart) before waiting stops."""
 
@@ -50,6 +51,8 @@ class Followed:
     """One line per job that failed or was cancelled, or the reason it was refused or skipped."""
     report: Path | None = None
     """The error report in ``failed/``, where there is one."""
+    progress: str = ""
+    """While waiting: where it is (taken in, queued, a job's step, finishing)."""
 
 
 def follow(
@@ -61,14 +64,17 @@ def follow(
     poll_seconds: float = 0.25,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    on_progress: Callable[[str], object] = lambda _text: None,
 ) -> Followed:
-    """Wait for the file dropped as ``relpath`` (inbox-relative) at wall-clock time ``since``."""
+    """Wait for the file dropped as ``relpath`` (inbox-relative) at wall-clock time ``since``;
+    ``on_progress`` is told where it is at each look."""
     started = clock()
     gone_since: float | None = None
     while True:
         found = look_up(relpath, since, folders)
-        if found is not None:
+        if found.ending != "waiting":
             return found
+        on_progress(found.progress)
         now = clock()
         if daemon_holding(folders.state) is None:
             gone_since = now if gone_since is None else gone_since
@@ -85,10 +91,10 @@ def follow(
         sleep(poll_seconds)
 
 
-def look_up(relpath: str, since: float, folders: Folders) -> Followed | None:
-    """What became of the file so far: None while it is waiting, queued or rendering."""
+def look_up(relpath: str, since: float, folders: Folders) -> Followed:
+    """What became of the file so far (ending "waiting" while it waits, is queued or renders)."""
     if not folders.journal_db.is_file():
-        return None
+        return _NOT_TAKEN
     journal = Journal.open_read_only(folders.journal_db)
     try:
         refusals = journal.refusals_of(relpath, since)
@@ -110,17 +116,17 @@ def look_up(relpath: str, since: float, folders: Folders) -> Followed | None:
                 ],
             )
         inputs = journal.inputs_dropped_as(relpath, since)
-        return _ended(journal, inputs[0]) if inputs else None
+        return _ended(journal, inputs[0]) if inputs else _NOT_TAKEN
     finally:
         journal.close()
 
 
-def _ended(journal: Journal, source: InputRow) -> Followed | None:
-    if source.state != InputState.FINISHED:  # rendering, or its files are still being moved
-        return None
+def _ended(journal: Journal, source: InputRow) -> Followed:
     jobs = journal.jobs_for_input(source.id)
     if not all(job.state in TERMINAL_JOB_STATES for job in jobs):
-        return None
+        return Followed("waiting", progress=_progress(jobs))
+    if source.state != InputState.FINISHED:  # its files are still being moved to done/ or failed/
+        return Followed("waiting", progress="finishing")
     images = [
         output.path
         for job in jobs
@@ -138,3 +144,17 @@ def _ended(journal: Journal, source: InputRow) -> Followed | None:
     first = source.files[0].final_path if source.files else None
     report = error_file_for(first) if first is not None else None
     return Followed("failed", images, problems, report if report is not None and report.exists() else None)
+
+
+def _progress(jobs: list[JobRow]) -> str:
+    running = [job for job in jobs if job.state == JobState.RUNNING]
+    if not running:
+        return "queued"
+    job = running[0]
+    place = f"job {job.seq + 1} of {len(jobs)}: " if len(jobs) > 1 else ""
+    if not job.progress_total:
+        return f"{place}starting"
+    return f"{place}step {job.progress_step}/{job.progress_total}"
+
+
+_NOT_TAKEN = Followed("waiting", progress="waiting for the daemon to take it in")
