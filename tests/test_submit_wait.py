@@ -133,6 +133,10 @@ def test_while_waiting_each_look_says_where_the_file_is(sandbox: Sandbox) -> Non
         assert look_up("owls.txt", since, folders).progress == "job 1 of 2: starting"
         journal.heartbeat(job.id, 5, 30, lease_seconds=60)
         assert look_up("owls.txt", since, folders).progress == "job 1 of 2: step 5/30"
+        journal.finish_job(job.id, "done")
+        [other] = [row for row in journal.jobs_for_input(input_id) if row.id != job.id]
+        assert journal.cancel_job(other.id)
+        assert look_up("owls.txt", since, folders).progress == "finishing"  # files not moved yet
     seen: list[str] = []
     now = [0.0]
 
@@ -142,4 +146,13 @@ def test_while_waiting_each_look_says_where_the_file_is(sandbox: Sandbox) -> Non
     follow(
         "owls.txt", since, folders, timeout=1.0, clock=lambda: now[0], sleep=sleep, on_progress=seen.append
     )
-    assert seen and set(seen) == {"job 1 of 2: step 5/30"}
+    assert seen and set(seen) == {"finishing"}
+    with Journal.open(folders.journal_db, owner="test") as journal:
+        [claimed] = journal.files_for_input(input_id)
+        journal.begin_finish(input_id, folders.done, {claimed.claimed_path: folders.done / "owls.txt"})
+        journal.complete_finish(input_id)
+    ended = look_up("owls.txt", since, folders)
+    assert (ended.ending, ended.problems) == (
+        "failed",
+        [f"job {other.id} cancelled (`fooocusd retry {other.id}` runs it again)"],
+    )

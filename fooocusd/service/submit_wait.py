@@ -135,7 +135,9 @@ def _ended(journal: Journal, source: InputRow) -> Followed:
         if output.state == OutputState.COMPLETE
     ]
     problems = [
-        f"job {job.id} {job.state.value}: {(job.error or 'no reason recorded').splitlines()[0]}"
+        f"job {job.id} cancelled (`fooocusd retry {job.id}` runs it again)"
+        if job.state == JobState.CANCELLED
+        else f"job {job.id} failed: {(job.error or 'no reason recorded').splitlines()[0]}"
         for job in jobs
         if job.state != JobState.DONE
     ]
