@@ -279,3 +279,25 @@ def test_the_wildcards_command_lists_the_users_files_before_the_bundled_ones(
     }
     assert str(mine) in rows["__color__"] and "ultramarine" in rows["__color__"]
     assert str(BUNDLED_WILDCARDS / "animal.txt") in rows["__animal__"]
+
+
+def test_wildcard_files_saved_by_windows_editors_read_cleanly_and_other_encodings_are_said(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfteal\r\nplum\r\n")
+    (tmp_path / "wide.txt").write_text("saffron\n", encoding="utf-16")
+    (tmp_path / "latin.txt").write_bytes("café\n".encode("latin-1"))
+    library = WildcardLibrary(tmp_path, bundled=None)
+    messages: list[str] = []
+    sink = logger.add(lambda message: messages.append(str(message)), level="WARNING", format="{message}")
+    try:
+        assert library.lines("bom") == ("teal", "plum")  # no BOM in the first word
+        assert library.lines("wide") == ("saffron",)
+        assert library.lines("latin") == ()
+    finally:
+        logger.remove(sink)
+    [said] = messages
+    assert (
+        "latin.txt is not valid UTF-8 text (byte 0xe9 on line 1); treated as empty (save the file as UTF-8"
+        in said
+    )

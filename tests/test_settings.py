@@ -135,6 +135,12 @@ def test_invalid_toml_reports_the_line(tmp_path: Path) -> None:
         load_settings(config, environ={})
 
 
+def test_a_config_file_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    config = tmp_path / "fooocusd.toml"
+    config.write_bytes(b'\xef\xbb\xbf[paths]\r\ninbox = "/srv/in"\r\n')
+    assert load_settings(config, environ={}).settings.paths.inbox == Path("/srv/in")
+
+
 def test_state_dir_follows_systemd_then_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/fooocusd")
     assert Settings().paths.resolved().state == Path("/var/lib/fooocusd")

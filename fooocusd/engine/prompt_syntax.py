@@ -139,10 +139,18 @@ class WildcardLibrary:
 
 
 def _read_lines(path: Path) -> tuple[str, ...]:
+    """The file's non-empty lines. Read as job files are: UTF-8 with or without a BOM, or UTF-16
+    with one (Notepad's "Unicode"); a file in another encoding is said and treated as empty, rather
+    than put into prompts as replacement characters."""
+    from fooocusd.jobs.loader import decode_job_text
+
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = decode_job_text(path.read_bytes(), path.name)
     except OSError as exc:
         logger.warning("wildcard file {} cannot be read ({}); treated as empty", path, exc)
+        return ()
+    except InvalidInput as exc:
+        logger.warning("wildcard file {}: {}; treated as empty ({})", path, exc.message, exc.hint)
         return ()
     return tuple(stripped for line in text.splitlines() if (stripped := line.strip()))
 
