@@ -118,6 +118,28 @@ def test_models_fetch_downloads_a_catalogue_entry_into_the_first_root(
     assert rows[0]["sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
 
 
+def test_models_fetch_takes_several_names_and_checks_them_all_before_downloading(
+    hub: FakeHub,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    hub.add("lllyasviel/misc", "sdxl_lcm_lora.safetensors", PAYLOAD)
+    hub.add("opencv/face_detection_yunet", "face_detection_yunet_2023mar.onnx", PAYLOAD[::-1])
+    models = tmp_path / "models"
+    config = _config(tmp_path, [models])
+    command = ["models", "fetch", "--config", str(config), "sdxl_lcm_lora", "face_detection_yunet_2023mar"]
+    assert main([*command, "nope"]) == 2  # the typo is found before anything is downloaded
+    assert not models.exists() or not any(models.rglob("*.safetensors"))
+    capsys.readouterr()
+    assert main(command) == 0
+    lora, detector = (
+        models / "loras" / "sdxl_lcm_lora.safetensors",
+        models / "face_detection" / "face_detection_yunet_2023mar.onnx",
+    )
+    assert capsys.readouterr().out.split() == [str(lora), str(detector)]
+    assert lora.read_bytes() == PAYLOAD and detector.read_bytes() == PAYLOAD[::-1]
+
+
 def test_models_fetch_of_an_unknown_name_lists_the_catalogue(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -175,9 +175,8 @@ def test_the_warning_offers_the_fetch_command_for_catalogue_files_among_the_imag
     spec = JobSpec(prompt="x <lora:grain>", image_prompts=[ImagePromptSpec(image="c.png", type="face")])
     text = job_files_warning(_missing(spec, tmp_path / "models"), "")
     assert (
-        "run `fooocusd models fetch ip-adapter-plus-face_sdxl_vit-h && "
-        "fooocusd models fetch clip_vision_vit_h && "
-        "fooocusd models fetch face_detection_yunet_2023mar` and copy the other into place"
+        "run `fooocusd models fetch ip-adapter-plus-face_sdxl_vit-h clip_vision_vit_h "
+        "face_detection_yunet_2023mar` and copy the other into place"
     ) in text
 
 

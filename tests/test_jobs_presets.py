@@ -190,8 +190,7 @@ def test_missing_model_files_name_the_preset_each_file_its_folder_and_the_fetch_
     assert str(models / "checkpoints") in error.message
     assert "sd_xl_offset_example-lora_1.0.safetensors" in error.message
     assert str(models / "loras") in error.message
-    assert "fooocusd models fetch sd_xl_refiner_1.0_0.9vae" in error.hint
-    assert "fooocusd models fetch sd_xl_offset_example-lora_1.0" in error.hint
+    assert "`fooocusd models fetch sd_xl_refiner_1.0_0.9vae sd_xl_offset_example-lora_1.0`" in error.hint
     assert "sai" in error.where
 
 

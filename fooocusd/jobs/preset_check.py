@@ -192,7 +192,7 @@ def how_to_get(missing: list[MissingFile]) -> str:
     names = {item: catalogue_name(item.name) for item in missing}
     fetchable = [item for item in missing if names[item]]
     others = [item for item in missing if item not in fetchable]
-    fetch = " && ".join(f"fooocusd models fetch {names[item]}" for item in fetchable)
+    fetch = "fooocusd models fetch " + " ".join(dict.fromkeys(str(names[item]) for item in fetchable))
     if not fetchable:
         return f"copy {'them into the folders' if len(missing) > 1 else 'it into the folder'} named above"
     if not others:
@@ -280,7 +280,7 @@ def _exists(kind: ModelFileKind, name: str, dirs: ModelDirs) -> bool:
 def describe_missing(missing: list[MissingFile]) -> tuple[str, str]:
     """The missing files described one after another, and the command that downloads them all."""
     files = "; ".join(item.describe() for item in missing)
-    fetch = " && ".join(f"fooocusd models fetch {fetch_name(item.name)}" for item in missing)
+    fetch = "fooocusd models fetch " + " ".join(dict.fromkeys(fetch_name(item.name) for item in missing))
     return files, fetch
 
 

@@ -47,8 +47,13 @@ def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentP
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.add_argument("--hash", action="store_true", help="compute missing SHA-256 hashes (slow)")
     listing.set_defaults(handler=list_models)
-    fetching = actions.add_parser("fetch", parents=parents, help="download a file from the catalogue")
-    fetching.add_argument("name", help="catalogue name, e.g. juggernautXL_v8Rundiffusion")
+    fetching = actions.add_parser("fetch", parents=parents, help="download files from the catalogue")
+    fetching.add_argument(
+        "names",
+        nargs="+",
+        metavar="NAME",
+        help="catalogue names, e.g. juggernautXL_v8Rundiffusion sdxl_lcm_lora",
+    )
     fetching.add_argument("--force", action="store_true", help="download again even if the file exists")
     fetching.set_defaults(handler=fetch_model)
 
@@ -79,20 +84,23 @@ def list_models(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 
 
 def fetch_model(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    """Download each named entry in turn, printing the path of each once it is in place. Every name
+    is looked up first, so a typo stops the command before anything is downloaded."""
     catalogue = load_catalogue()
-    entry = lookup(args.name, catalogue)
+    entries = list({entry.name: entry for entry in (lookup(name, catalogue) for name in args.names)}.values())
     dirs, hash_cache = _dirs_and_cache(loaded)
     console = Console(stderr=True, soft_wrap=True)
-    result = fetch(
-        entry,
-        dirs,
-        force=bool(getattr(args, "force", False)),
-        progress=sys.stderr.isatty(),
-        say=lambda message: console.print(escape(message)),
-    )
-    if result.sha256:
-        remember_sha256(result.path, result.sha256, hash_cache)
-    print(result.path)
+    for entry in entries:
+        result = fetch(
+            entry,
+            dirs,
+            force=bool(getattr(args, "force", False)),
+            progress=sys.stderr.isatty(),
+            say=lambda message: console.print(escape(message)),
+        )
+        if result.sha256:
+            remember_sha256(result.path, result.sha256, hash_cache)
+        print(result.path, flush=True)
     return 0
 
 
