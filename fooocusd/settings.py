@@ -435,9 +435,8 @@ def load_settings(
     file_data: dict[str, Any] = {}
     if path is not None:
         try:
-            file_data = tomllib.loads(
-                path.read_text(encoding="utf-8").removeprefix("\ufeff")
-            )  # Notepad's BOM
+            text = path.read_text(encoding="utf-8").removeprefix("\ufeff")  # a BOM, as Notepad writes
+            file_data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the syntax at that line") from exc
         except (OSError, UnicodeDecodeError) as exc:
