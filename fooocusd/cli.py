@@ -165,12 +165,14 @@ def _parser() -> argparse.ArgumentParser:
     presets = sub.add_parser(
         "presets", parents=[common, folders], help="list the presets a job may name, and their model files"
     )
+    presets.add_argument("--json", action="store_true", help="machine-readable output")
     presets.set_defaults(handler=presets_command.presets)
     from fooocusd.service import wildcards_command
 
     wildcards = sub.add_parser(
         "wildcards", parents=[common, folders], help="list the __name__ wildcards a prompt may use"
     )
+    wildcards.add_argument("--json", action="store_true", help="machine-readable output, every line included")
     wildcards.set_defaults(handler=wildcards_command.wildcards)
     from fooocusd.service import models_command
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from pathlib import Path
@@ -279,6 +280,12 @@ def test_the_wildcards_command_lists_the_users_files_before_the_bundled_ones(
     }
     assert str(mine) in rows["__color__"] and "ultramarine" in rows["__color__"]
     assert str(BUNDLED_WILDCARDS / "animal.txt") in rows["__animal__"]
+    assert main(["wildcards", "--json", "--config", str(sandbox.config)]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    by_name = {row["name"]: row for row in listing["wildcards"]}
+    assert listing["folder"] == str(mine.parent)
+    assert by_name["color"] == {"name": "color", "lines": ["ultramarine"], "file": str(mine)}
+    assert by_name["season"]["lines"][0] == "early spring"
 
 
 def test_wildcard_files_saved_by_windows_editors_read_cleanly_and_other_encodings_are_said(

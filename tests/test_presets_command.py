@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fooocusd.cli import main
@@ -37,3 +39,20 @@ def test_presets_lists_the_bundled_and_the_users_presets_with_what_they_lack(
     assert "lacks SDXL_FILM_PHOTOGRAPHY_STYLE_V1" in rows["realistic"]
     assert "│ ready" in rows["default"]
     assert "`fooocusd models fetch NAME` downloads each file a preset lacks" in out
+
+
+def test_presets_json_gives_each_presets_settings_and_lacking_files(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox.write_config()
+    assert main(["presets", "--json", "--config", str(sandbox.config)]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    presets = {row["name"]: row for row in listing["presets"]}
+    assert listing["default"] == "default"
+    realistic = presets["realistic"]
+    assert realistic["sets"]["cfg"] == 3.0 and realistic["sets"]["aspect"] == "896*1152"
+    assert realistic["sets"]["loras"] == [
+        {"name": "SDXL_FILM_PHOTOGRAPHY_STYLE_V1.safetensors", "weight": 0.25}
+    ]
+    assert realistic["lacks"] == ["SDXL_FILM_PHOTOGRAPHY_STYLE_V1"]
+    assert presets["default"]["lacks"] == [] and realistic["file"].endswith("realistic.toml")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from rich.console import Console
 from rich.markup import escape
@@ -21,6 +22,27 @@ def presets(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     settings = loaded.settings
     paths = settings.paths.resolved()
     found = load_all_presets(preset_search_dirs(paths.presets))
+    lacks = {
+        name: missing_default_files(
+            preset, settings.generation.performance, paths.models, settings.engine.model
+        )
+        for name, preset in found.items()
+    }
+    if getattr(args, "json", False):
+        rows = [
+            {
+                "name": name,
+                "description": preset.description,
+                "sets": preset.model_dump(
+                    mode="json", exclude={"name", "path", "description"}, exclude_none=True
+                ),
+                "lacks": [fetch_name(item.name) for item in lacks[name]],
+                "file": str(preset.path or ""),
+            }
+            for name, preset in sorted(found.items(), key=lambda item: item[0].lower())
+        ]
+        print(json.dumps({"default": settings.generation.preset, "presets": rows}, indent=2))
+        return 0
     console = Console(width=max(Console().width, _MIN_WIDTH))
     console.print(
         f"a job names one with 'preset: NAME'; a file dropped into {escape(str(paths.inbox))}/NAME/ uses it "
@@ -32,9 +54,7 @@ def presets(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         table.add_column(column, overflow="fold", no_wrap=column == "name")
     for name in sorted(found, key=str.lower):
         preset = found[name]
-        missing = missing_default_files(
-            preset, settings.generation.performance, paths.models, settings.engine.model
-        )
+        missing = lacks[name]
         files = "ready" if not missing else "lacks " + ", ".join(fetch_name(item.name) for item in missing)
         lacking = lacking or bool(missing)
         table.add_row(

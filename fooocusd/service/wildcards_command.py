@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,6 +20,13 @@ def wildcards(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     """Print each wildcard's name, line count, first lines and file: the user's, then the bundled."""
     folder = loaded.settings.paths.resolved().wildcards
     library = WildcardLibrary(folder, warn=False)
+    if getattr(args, "json", False):
+        rows = [
+            {"name": name, "lines": list(library.lines(name)), "file": str(library.path_of(name))}
+            for name in library.names
+        ]
+        print(json.dumps({"folder": str(folder), "wildcards": rows}, indent=2))
+        return 0
     console = Console(width=max(Console().width, _MIN_WIDTH))
     where = f"{folder}" + ("" if folder is not None and folder.is_dir() else " (not there yet)")
     console.print(f"your wildcards folder: {escape(where)}; a file there replaces a bundled one of its name")
