@@ -118,26 +118,38 @@ def test_models_fetch_downloads_a_catalogue_entry_into_the_first_root(
     assert rows[0]["sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
 
 
-def test_models_fetch_takes_several_names_and_checks_them_all_before_downloading(
+def test_models_fetch_takes_several_names_or_a_preset_and_checks_every_name_before_downloading(
     hub: FakeHub,  # noqa: F811
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     hub.add("lllyasviel/misc", "sdxl_lcm_lora.safetensors", PAYLOAD)
     hub.add("opencv/face_detection_yunet", "face_detection_yunet_2023mar.onnx", PAYLOAD[::-1])
+    hub.add("lllyasviel/fav_models", "fav/realisticStockPhoto_v20.safetensors", PAYLOAD)
+    hub.add("mashb1t/fav_models", "fav/SDXL_FILM_PHOTOGRAPHY_STYLE_V1.safetensors", PAYLOAD[::-1])
     models = tmp_path / "models"
-    config = _config(tmp_path, [models])
-    command = ["models", "fetch", "--config", str(config), "sdxl_lcm_lora", "face_detection_yunet_2023mar"]
-    assert main([*command, "nope"]) == 2  # the typo is found before anything is downloaded
+    fetch = ["models", "fetch", "--config", str(_config(tmp_path, [models]))]
+    named = [*fetch, "sdxl_lcm_lora", "face_detection_yunet_2023mar"]
+    assert main([*named, "nope"]) == 2  # the typo is found before anything is downloaded
     assert not models.exists() or not any(models.rglob("*.safetensors"))
     capsys.readouterr()
-    assert main(command) == 0
-    lora, detector = (
-        models / "loras" / "sdxl_lcm_lora.safetensors",
-        models / "face_detection" / "face_detection_yunet_2023mar.onnx",
-    )
+    assert main(named) == 0
+    lora = models / "loras" / "sdxl_lcm_lora.safetensors"
+    detector = models / "face_detection" / "face_detection_yunet_2023mar.onnx"
     assert capsys.readouterr().out.split() == [str(lora), str(detector)]
     assert lora.read_bytes() == PAYLOAD and detector.read_bytes() == PAYLOAD[::-1]
+
+    # --preset: every file the preset uses and lacks (its checkpoint and film LoRA here).
+    checkpoint = models / "checkpoints" / "realisticStockPhoto_v20.safetensors"
+    assert main([*fetch, "--preset", "realistic"]) == 0
+    film = models / "loras" / "SDXL_FILM_PHOTOGRAPHY_STYLE_V1.safetensors"
+    assert capsys.readouterr().out.split() == [str(checkpoint), str(film)]
+    assert checkpoint.read_bytes() == PAYLOAD
+    assert main([*fetch, "--preset", "realistic"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "preset 'realistic' has every file it uses" in err
+    assert main(fetch) == 2
+    assert "name what to fetch" in capsys.readouterr().err
 
 
 def test_models_fetch_of_an_unknown_name_lists_the_catalogue(

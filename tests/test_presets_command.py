@@ -38,7 +38,7 @@ def test_presets_lists_the_bundled_and_the_users_presets_with_what_they_lack(
     # With engine.model = "tiny-random" the checkpoints are not used; the LoRAs still are.
     assert "lacks SDXL_FILM_PHOTOGRAPHY_STYLE_V1" in rows["realistic"]
     assert "│ ready" in rows["default"]
-    assert "`fooocusd models fetch NAME` downloads each file a preset lacks" in out
+    assert "`fooocusd models fetch --preset PRESET` downloads the files a preset lacks" in out
 
 
 def test_presets_json_gives_each_presets_settings_and_lacking_files(

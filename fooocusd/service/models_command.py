@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,10 +14,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from fooocusd.engine.families import PICKLE_SUFFIXES, detect_family
-from fooocusd.engine.fetch import fetch, load_catalogue, lookup
+from fooocusd.engine.fetch import CatalogueError, catalogue_name, fetch, load_catalogue, lookup
 from fooocusd.engine.model_dirs import KINDS, ModelDirs, root_layout
 from fooocusd.engine.models import HASH_CACHE_NAME, autov2, cached_sha256, file_sha256, remember_sha256
 from fooocusd.errors import FooocusdError
+from fooocusd.jobs.preset_check import missing_default_files
+from fooocusd.jobs.presets import load_preset, preset_search_dirs
 from fooocusd.service.folders import Folders
 from fooocusd.settings import LoadedSettings
 
@@ -50,9 +53,16 @@ def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentP
     fetching = actions.add_parser("fetch", parents=parents, help="download files from the catalogue")
     fetching.add_argument(
         "names",
-        nargs="+",
+        nargs="*",
         metavar="NAME",
         help="catalogue names, e.g. juggernautXL_v8Rundiffusion sdxl_lcm_lora",
+    )
+    fetching.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="PRESET",
+        help="also every file preset PRESET uses that is not installed, e.g. --preset realistic (repeatable)",
     )
     fetching.add_argument("--force", action="store_true", help="download again even if the file exists")
     fetching.set_defaults(handler=fetch_model)
@@ -87,9 +97,20 @@ def fetch_model(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     """Download each named entry in turn, printing the path of each once it is in place. Every name
     is looked up first, so a typo stops the command before anything is downloaded."""
     catalogue = load_catalogue()
-    entries = list({entry.name: entry for entry in (lookup(name, catalogue) for name in args.names)}.values())
     dirs, hash_cache = _dirs_and_cache(loaded)
     console = Console(stderr=True, soft_wrap=True)
+    presets = list(getattr(args, "preset", None) or [])
+    if not args.names and not presets:
+        raise CatalogueError(
+            "name what to fetch",
+            hint="give catalogue names (`fooocusd models fetch sdxl_lcm_lora`) or a preset "
+            "(`fooocusd models fetch --preset realistic`); `fooocusd models fetch nope` lists the names",
+        )
+    names = [
+        *args.names,
+        *_preset_entry_names(presets, loaded, dirs, say=lambda text: console.print(escape(text))),
+    ]
+    entries = list({entry.name: entry for entry in (lookup(name, catalogue) for name in names)}.values())
     for entry in entries:
         result = fetch(
             entry,
@@ -102,6 +123,31 @@ def fetch_model(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             remember_sha256(result.path, result.sha256, hash_cache)
         print(result.path, flush=True)
     return 0
+
+
+def _preset_entry_names(
+    presets: list[str], loaded: LoadedSettings, dirs: ModelDirs, say: Callable[[str], object]
+) -> list[str]:
+    """The catalogue names of the files each preset uses (its checkpoint, refiner, VAE, LoRAs and
+    performance LoRA) that are not installed. Raises ``CatalogueError`` for one the catalogue lacks."""
+    settings = loaded.settings
+    search = preset_search_dirs(settings.paths.resolved().presets)
+    names: list[str] = []
+    for preset_name in presets:
+        preset = load_preset(preset_name, search)
+        # engine_model "": the preset's own checkpoint counts even while engine.model is the tiny test model
+        missing = missing_default_files(preset, settings.generation.performance, dirs, engine_model="")
+        if not missing:
+            say(f"preset '{preset.name}' has every file it uses")
+        for item in missing:
+            entry_name = catalogue_name(item.name)
+            if entry_name is None:
+                raise CatalogueError(
+                    f"preset '{preset.name}' uses {item.file_name}, which is not in the model catalogue",
+                    hint=f"download it yourself into {item.folder}",
+                )
+            names.append(entry_name)
+    return names
 
 
 def model_rows(

@@ -66,7 +66,7 @@ def presets(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         )
     console.print(table)
     if lacking:
-        console.print("`fooocusd models fetch NAME` downloads each file a preset lacks, by the name shown")
+        console.print("`fooocusd models fetch --preset PRESET` downloads the files a preset lacks")
     return 0
 
 
