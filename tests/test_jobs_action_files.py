@@ -12,20 +12,14 @@ from fooocusd.jobs.preset_check import (
 )
 from fooocusd.jobs.presets import bundled_presets_dir, load_preset
 from fooocusd.jobs.spec import ImagePromptSpec, JobSpec, LoraSpec
-from fooocusd.settings import ControlNetSettings, GenerationSettings
+from fooocusd.settings import ControlNetSettings, Settings
 from tests.daemon_harness import Sandbox
 
 
 def _missing(spec: JobSpec, models: Path, controlnet: ControlNetSettings | None = None) -> list[MissingFile]:
     preset = load_preset("default", [bundled_presets_dir()])
-    return missing_job_files(
-        spec,
-        preset,
-        GenerationSettings(),
-        models,
-        "tiny-random",
-        controlnet=controlnet or ControlNetSettings(),
-    )
+    settings = Settings(engine={"model": "tiny-random"}, controlnet=controlnet or ControlNetSettings())
+    return missing_job_files(spec, preset, settings, models)
 
 
 def _names(missing: list[MissingFile]) -> list[tuple[str, str]]:

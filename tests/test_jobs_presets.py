@@ -28,7 +28,7 @@ from fooocusd.jobs.presets import (
 )
 from fooocusd.jobs.resolve import resolve_requests
 from fooocusd.jobs.spec import JobSpec, LoraSpec
-from fooocusd.settings import ControlNetSettings, GenerationSettings
+from fooocusd.settings import GenerationSettings, Settings
 from tests.daemon_harness import Sandbox
 
 FOOOCUS_PRESETS = {"realistic", "anime", "lightning", "lcm", "sai", "pony"}
@@ -276,9 +276,7 @@ def _missing_for(
     spec: JobSpec, models: Path, preset: str = "default", engine_model: str = "tiny-random"
 ) -> list[MissingFile]:
     loaded = load_preset(preset, [bundled_presets_dir()])
-    return missing_job_files(
-        spec, loaded, GenerationSettings(), models, engine_model, controlnet=ControlNetSettings()
-    )
+    return missing_job_files(spec, loaded, Settings(engine={"model": engine_model}), models)
 
 
 def test_a_job_s_own_model_refiner_vae_and_loras_are_listed_when_not_installed(tmp_path: Path) -> None:

@@ -125,10 +125,11 @@ def lookup(name: str, catalogue: dict[str, CatalogueEntry]) -> CatalogueEntry:
     )
 
 
-def catalogue_name(name: str) -> str | None:
-    """The name ``fooocusd models fetch`` takes for the file ``name``, or None when it has none."""
+def catalogue_name(name: str, catalogue: dict[str, CatalogueEntry] | None = None) -> str | None:
+    """The name ``fooocusd models fetch`` takes for the file ``name``, or None when it has none.
+    ``catalogue`` saves reading the bundled one again when several names are looked up."""
     try:
-        return lookup(Path(name).name, load_catalogue()).name
+        return lookup(Path(name).name, catalogue if catalogue is not None else load_catalogue()).name
     except CatalogueError:
         return None
 

@@ -40,7 +40,7 @@ from fooocusd.jobs.performance import fetch_name, performance_mode
 from fooocusd.jobs.presets import Preset
 from fooocusd.jobs.resolve import lora_key, resolve_requests
 from fooocusd.jobs.spec import JobSpec
-from fooocusd.settings import ControlNetSettings, GenerationSettings
+from fooocusd.settings import Settings
 
 _NO_FILE = {"", "none", "default", "default (model)"}
 _NAMED_WITH_SUFFIX = (*MODEL_FILE_SUFFIXES, ".onnx")
@@ -82,13 +82,7 @@ def check_preset_models(
 
 
 def missing_job_files(
-    spec: JobSpec,
-    preset: Preset,
-    generation: GenerationSettings,
-    models: ModelDirs | Path | Sequence[Path],
-    engine_model: str,
-    *,
-    controlnet: ControlNetSettings,
+    spec: JobSpec, preset: Preset, settings: Settings, models: ModelDirs | Path | Sequence[Path]
 ) -> list[MissingFile]:
     """Every model file the job will use that is not installed now.
 
@@ -101,7 +95,8 @@ def missing_job_files(
     """
     if spec.seed is None:  # not chosen yet: any seed resolves the same files
         spec = spec.model_copy(update={"seed": 0})
-    request = resolve_requests(spec, preset, generation, engine_model)[0]
+    engine_model = settings.engine.model
+    request = resolve_requests(spec, preset, settings.generation, engine_model)[0]
     job_sets = spec.model_fields_set
 
     def purpose(field: str, label: str) -> str:
@@ -129,7 +124,7 @@ def missing_job_files(
             listed.add(lora_key(tag.name))
             wanted.append(("loras", tag.name, f"named in the prompt as {tag.tag}"))
     wanted.extend(_embeddings(request.prompt, request.extra_prompts, request.negative))
-    wanted.extend(action_files(spec, generation, controlnet))
+    wanted.extend(action_files(spec, settings.generation, settings.controlnet))
     dirs = ModelDirs.of(models)
     missing: list[MissingFile] = []
     for kind, name, why in wanted:
@@ -187,9 +182,10 @@ def _names_file(text: str, name: str) -> bool:
 
 def how_to_get(missing: list[MissingFile]) -> str:
     """``run `fooocusd models fetch …``` for those the catalogue has, and copying for the rest."""
-    from fooocusd.engine.fetch import catalogue_name  # huggingface_hub: only when something is missing
+    from fooocusd.engine.fetch import catalogue_name, load_catalogue  # huggingface_hub: only when needed
 
-    names = {item: catalogue_name(item.name) for item in missing}
+    catalogue = load_catalogue()
+    names = {item: catalogue_name(item.name, catalogue) for item in missing}
     fetchable = [item for item in missing if names[item]]
     others = [item for item in missing if item not in fetchable]
     fetch = "fooocusd models fetch " + " ".join(dict.fromkeys(str(names[item]) for item in fetchable))

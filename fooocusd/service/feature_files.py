@@ -50,7 +50,7 @@ def feature_files(settings: Settings) -> list[FeatureFiles]:
 def feature_report(settings: Settings) -> tuple[bool, str]:
     """(every feature is ready, what to say): the features ready, then what each other one lacks,
     by the name ``fooocusd models fetch`` takes where the catalogue has it."""
-    from fooocusd.engine.fetch import catalogue_name  # huggingface_hub
+    from fooocusd.engine.fetch import catalogue_name, load_catalogue  # huggingface_hub
 
     features = feature_files(settings)
     ready = [item.feature for item in features if not item.missing]
@@ -62,10 +62,16 @@ def feature_report(settings: Settings) -> tuple[bool, str]:
     lacking = [item for item in features if item.missing]
     if not lacking:
         return True, "; ".join([f"ready: {', '.join(ready)}", *notes])
+    catalogue = load_catalogue()
+    fetch_names = {
+        (missing.kind, missing.name): catalogue_name(missing.name, catalogue)
+        for item in lacking
+        for missing in item.missing
+    }
 
     def named(missing: MissingFile) -> str:
         return (
-            catalogue_name(missing.name)
+            fetch_names[(missing.kind, missing.name)]
             or f"{missing.file_name} (not in the catalogue: put it into {missing.folder})"
         )
 
@@ -73,7 +79,7 @@ def feature_report(settings: Settings) -> tuple[bool, str]:
         f"{item.feature} lacks {', '.join(named(missing) for missing in item.missing)}" for item in lacking
     ]
     detail = "; ".join([f"ready: {', '.join(ready) or 'none'}", *needs, *notes])
-    fetchable = [bool(catalogue_name(missing.name)) for item in lacking for missing in item.missing]
+    fetchable = [name is not None for name in fetch_names.values()]
     if any(fetchable):
         detail += f". `fooocusd models fetch NAME` downloads {'each' if all(fetchable) else 'the others'}"
     return False, detail

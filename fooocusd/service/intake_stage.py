@@ -190,15 +190,7 @@ class IntakeStage:
             spec, preset, preset_name = with_preset(spec, routed, place, self.settings, self.preset_dirs)
             seeded = fix_seed(spec, self._rng)
             check_job_names(seeded, preset, preset_name, place, self.settings, self.styles, check_sampler)
-            settings = self.settings
-            missing = missing_job_files(
-                seeded,
-                preset,
-                settings.generation,
-                self.folders.models,
-                settings.engine.model,
-                controlnet=settings.controlnet,
-            )
+            missing = missing_job_files(seeded, preset, self.settings, self.folders.models)
             if missing:
                 warnings.append(job_files_warning(missing, place))
             fixed.append(seeded)

@@ -14,7 +14,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from fooocusd.engine.families import PICKLE_SUFFIXES, detect_family
-from fooocusd.engine.fetch import CatalogueError, catalogue_name, fetch, load_catalogue, lookup
+from fooocusd.engine.fetch import (
+    CatalogueEntry,
+    CatalogueError,
+    catalogue_name,
+    fetch,
+    load_catalogue,
+    lookup,
+)
 from fooocusd.engine.model_dirs import KINDS, ModelDirs, root_layout
 from fooocusd.engine.models import HASH_CACHE_NAME, autov2, cached_sha256, file_sha256, remember_sha256
 from fooocusd.errors import FooocusdError
@@ -108,7 +115,7 @@ def fetch_model(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         )
     names = [
         *args.names,
-        *_preset_entry_names(presets, loaded, dirs, say=lambda text: console.print(escape(text))),
+        *_preset_entry_names(presets, loaded, dirs, catalogue, say=lambda text: console.print(escape(text))),
     ]
     entries = list({entry.name: entry for entry in (lookup(name, catalogue) for name in names)}.values())
     for entry in entries:
@@ -126,7 +133,11 @@ def fetch_model(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 
 
 def _preset_entry_names(
-    presets: list[str], loaded: LoadedSettings, dirs: ModelDirs, say: Callable[[str], object]
+    presets: list[str],
+    loaded: LoadedSettings,
+    dirs: ModelDirs,
+    catalogue: dict[str, CatalogueEntry],
+    say: Callable[[str], object],
 ) -> list[str]:
     """The catalogue names of the files each preset uses (its checkpoint, refiner, VAE, LoRAs and
     performance LoRA) that are not installed. Raises ``CatalogueError`` for one the catalogue lacks."""
@@ -140,7 +151,7 @@ def _preset_entry_names(
         if not missing:
             say(f"preset '{preset.name}' has every file it uses")
         for item in missing:
-            entry_name = catalogue_name(item.name)
+            entry_name = catalogue_name(item.name, catalogue)
             if entry_name is None:
                 raise CatalogueError(
                     f"preset '{preset.name}' uses {item.file_name}, which is not in the model catalogue",
