@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fooocusd.engine.controlnet.models import SETTING_FOR_TYPE
+from fooocusd.jobs.action_files import CONTROL_SETTINGS
 from fooocusd.jobs.preset_check import (
     MissingFile,
     failed_job_files_note,
@@ -196,3 +198,7 @@ def test_the_failure_note_is_left_out_when_the_error_names_the_only_missing_file
     assert note.startswith("\nModel files this job needs that are not installed: upscale model RealESRGAN")
     assert note.endswith("To get them: run `fooocusd models fetch RealESRGAN_x4plus`.")
     assert failed_job_files_note([], "anything") == ""
+
+
+def test_the_control_types_settings_agree_with_the_engines() -> None:
+    assert CONTROL_SETTINGS == SETTING_FOR_TYPE

@@ -29,7 +29,8 @@ WantedFile = tuple[ModelFileKind, str, str]
 
 IMAGE_ENCODER = "clip_vision_vit_h"
 """The name the ViT-H/14 image encoder is fetched under; any of the engine's encoder names will do."""
-_CONTROL_SETTINGS = {"pyracanny": "canny", "cpds": "cpds", "depth": "depth"}
+CONTROL_SETTINGS = {"pyracanny": "canny", "cpds": "cpds", "depth": "depth"}
+"""As ``SETTING_FOR_TYPE`` in ``engine/controlnet/models.py``, which loads torch: submitting must not."""
 
 
 def image_action(spec: JobSpec, generation: GenerationSettings) -> ImageAction | None:
@@ -68,7 +69,7 @@ def _image_prompt_files(prompts: list[ImagePromptSpec], controlnet: ControlNetSe
             if kind == "face":
                 wanted.append(("face_detection", FACE_DETECTOR_FILE, purpose))
             continue
-        setting = _CONTROL_SETTINGS[kind]
+        setting = CONTROL_SETTINGS[kind]
         name = str(getattr(controlnet, setting)).strip()
         if name:
             wanted.append(("controlnet", name, f"{purpose}, controlnet.{setting}"))

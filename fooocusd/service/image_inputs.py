@@ -16,6 +16,7 @@ from fooocusd.engine.base import GeneratedImage
 from fooocusd.engine.image_actions import ImageActionContext, ImageJob
 from fooocusd.engine.model_dirs import ModelDirs
 from fooocusd.errors import InvalidInput
+from fooocusd.jobs.action_files import image_action
 from fooocusd.jobs.images import load_input_image, load_mask
 from fooocusd.jobs.spec import JobSpec
 from fooocusd.journal.rows import InputRow
@@ -53,7 +54,8 @@ def load_image_input(spec: JobSpec, source: InputRow, folders: Folders, settings
         mask_path = claimed_path(source, "mask", spec.mask, folders.inbox)
         mask = load_mask(mask_path, image.size, max_pixels)
         mask_name = spec.mask
-    action = spec.image_action or ("inpaint" if mask is not None else settings.generation.image_action)
+    action = image_action(spec, settings.generation)
+    assert action is not None
     job = ImageJob(
         action=action,
         image=image,
