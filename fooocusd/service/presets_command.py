@@ -48,7 +48,6 @@ def presets(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         f"a job names one with 'preset: NAME'; a file dropped into {escape(str(paths.inbox))}/NAME/ uses it "
         f"too; without either, generation.preset ('{escape(settings.generation.preset)}') applies"
     )
-    lacking = False
     table = Table(title=f"{len(found)} presets", show_lines=True)
     for column in ("name", "description", "sets", "model files", "file"):
         table.add_column(column, overflow="fold", no_wrap=column == "name")
@@ -56,7 +55,6 @@ def presets(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         preset = found[name]
         missing = lacks[name]
         files = "ready" if not missing else "lacks " + ", ".join(fetch_name(item.name) for item in missing)
-        lacking = lacking or bool(missing)
         table.add_row(
             escape(name),
             escape(preset.description),
@@ -65,7 +63,7 @@ def presets(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             escape(str(preset.path or "")),
         )
     console.print(table)
-    if lacking:
+    if any(lacks.values()):
         console.print("`fooocusd models fetch --preset PRESET` downloads the files a preset lacks")
     return 0
 
