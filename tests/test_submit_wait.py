@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
 from fooocusd.cli import main
+from fooocusd.errors import ConfigError
 from fooocusd.journal.journal import Journal
 from fooocusd.service.folders import Folders
 from fooocusd.service.state_lock import daemon_holding
@@ -156,3 +158,37 @@ def test_while_waiting_each_look_says_where_the_file_is(sandbox: Sandbox) -> Non
         "failed",
         [f"job {other.id} cancelled (`fooocusd retry {other.id}` runs it again)"],
     )
+
+
+def test_a_journal_the_daemon_is_still_creating_is_waited_for_and_one_that_stays_unreadable_is_said(
+    sandbox: Sandbox,
+) -> None:
+    # The daemon takes the state folder before its journal has its tables: --wait must not fail then.
+    sandbox.write_config()
+    folders = _folders(sandbox)
+    folders.journal_db.parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(folders.journal_db).close()  # an empty database, schema version 0
+    with pytest.raises(ConfigError):
+        look_up("owl.txt", time.time(), folders)
+    now = [0.0]
+
+    def sleep_then_create(seconds: float) -> None:
+        now[0] += seconds
+        if now[0] >= 1.0:
+            Journal.open(folders.journal_db, owner="test").close()  # the daemon gets there
+
+    waited = follow(
+        "owl.txt", time.time(), folders, timeout=3.0, clock=lambda: now[0], sleep=sleep_then_create
+    )
+    assert waited.ending == "timed out"
+
+    folders.journal_db.unlink()
+    sqlite3.connect(folders.journal_db).close()
+    now[0] = 0.0
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(ConfigError, match="schema version 0"):
+        follow("owl.txt", time.time(), folders, timeout=None, clock=lambda: now[0], sleep=sleep)
+    assert now[0] >= DAEMON_GONE_SECONDS

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from fooocusd.errors import ConfigError
 from fooocusd.journal.journal import Journal
 from fooocusd.journal.rows import TERMINAL_JOB_STATES, InputRow, InputState, JobRow, JobState, OutputState
 from fooocusd.service.failing import error_file_for
@@ -70,8 +71,18 @@ def follow(
     ``on_progress`` is told where it is at each look."""
     started = clock()
     gone_since: float | None = None
+    unreadable_since: float | None = None
     while True:
-        found = look_up(relpath, since, folders)
+        try:
+            found = look_up(relpath, since, folders)
+            unreadable_since = None
+        except ConfigError:
+            # A daemon that has just taken the state folder may still be creating or upgrading its
+            # journal; one that stays unreadable is said.
+            unreadable_since = clock() if unreadable_since is None else unreadable_since
+            if clock() - unreadable_since >= DAEMON_GONE_SECONDS:
+                raise
+            found = _NOT_TAKEN
         if found.ending != "waiting":
             return found
         on_progress(found.progress)
