@@ -1,6 +1,12 @@
 """The durable journal: a SQLite state machine for inputs, jobs, outputs and their history."""
 
-from fooocusd.journal.journal import DEFAULT_MAX_CRASHES, Journal, JournalError, OutputNameTaken
+from fooocusd.journal.journal import (
+    DEFAULT_MAX_CRASHES,
+    Journal,
+    JournalError,
+    JournalNotReady,
+    OutputNameTaken,
+)
 from fooocusd.journal.rows import (
     TERMINAL_JOB_STATES,
     EventRow,
@@ -31,6 +37,7 @@ __all__ = [
     "JobState",
     "Journal",
     "JournalError",
+    "JournalNotReady",
     "Outcome",
     "OutputNameTaken",
     "OutputRow",

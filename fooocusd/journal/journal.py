@@ -81,6 +81,14 @@ class OutputNameTaken(JournalError):
     """Another output already reserved that path, or this output reserved a different one."""
 
 
+class JournalNotReady(ConfigError):
+    """The journal does not exist yet or has not been brought to this version's schema.
+
+    A daemon that has just taken the state folder is in this state for a moment; readers that
+    know one is starting wait for it, others report it.
+    """
+
+
 class Journal:
     """One connection to the journal file; safe to share between threads of one process."""
 
@@ -121,7 +129,7 @@ class Journal:
     def open_read_only(cls, db_path: Path, clock: Clock = time.time) -> Journal:
         """Open an existing journal for reading (``fooocusd status``), even while a daemon writes."""
         if not db_path.is_file():
-            raise ConfigError(
+            raise JournalNotReady(
                 f"there is no journal at {db_path}",
                 hint="start the daemon once, or point paths.state at the folder it uses",
                 where=str(db_path),
@@ -139,7 +147,7 @@ class Journal:
             raise
         if version < SCHEMA_VERSION:
             conn.close()
-            raise ConfigError(
+            raise JournalNotReady(
                 f"the journal {db_path} has schema version {version}; this fooocusd needs {SCHEMA_VERSION}",
                 hint="start the daemon, or restart it after upgrading fooocusd: "
                 "it upgrades the journal as it starts",

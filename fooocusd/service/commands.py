@@ -122,11 +122,15 @@ def _open_journal(loaded: LoadedSettings) -> Journal:
 
 
 def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    from fooocusd.service.journal_reader import open_when_ready
+
     folders = _folders(loaded)
-    # Before the daemon's first start there are no jobs yet, but the inbox may already hold files.
-    journal_exists = folders.journal_db.is_file()
-    if journal_exists:
-        journal = Journal.open_read_only(folders.journal_db)
+    # Before the daemon's first start there are no jobs yet, but the inbox may already hold files;
+    # a daemon that has just started may still be creating its journal.
+    journal = None
+    if folders.journal_db.is_file() or daemon_holding(folders.state) is not None:
+        journal = open_when_ready(folders.journal_db, folders.state)
+    if journal is not None:
         try:
             report = journal.status()
             report["recent_refusals"] = [
@@ -137,18 +141,21 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     else:
         report = status_report(time.time())
         report["recent_refusals"] = []
+    journal_exists = folders.journal_db.is_file()
     report["journal"] = str(folders.journal_db) if journal_exists else None
     holder = daemon_holding(folders.state)
+    starting = holder is not None and journal is None
     report["daemon"] = {
         "running": holder is not None,
         "pid": int(holder) if holder and holder.isdigit() else None,
+        "starting": starting,
     }
     waiting = inbox_waiting(folders.inbox, loaded.settings.intake.ignore_patterns)
     report["inbox_waiting"] = waiting.record()
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
-    if not journal_exists:
+    if not journal_exists and not starting:
         _out.print(
             f"no journal yet at {folders.journal_db}: the daemon has not run with this state folder "
             "(if it has, check --state-dir or paths.state)"
@@ -162,6 +169,11 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             else ""
         )
         _out.print(f"daemon: not running on the state folder {folders.state}{start}")
+    elif starting:
+        _out.print(
+            f"daemon: starting (pid {holder}): it is still creating or upgrading its journal "
+            f"{folders.journal_db}; job counts follow once it is ready"
+        )
     else:
         _out.print(f"daemon: running (pid {holder})")
     _out.print(

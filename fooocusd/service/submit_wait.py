@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from fooocusd.errors import ConfigError
-from fooocusd.journal.journal import Journal
+from fooocusd.journal.journal import Journal, JournalNotReady
 from fooocusd.journal.rows import TERMINAL_JOB_STATES, InputRow, InputState, JobRow, JobState, OutputState
 from fooocusd.service.failing import error_file_for
 from fooocusd.service.folders import Folders
@@ -76,9 +75,9 @@ def follow(
         try:
             found = look_up(relpath, since, folders)
             unreadable_since = None
-        except ConfigError:
+        except JournalNotReady:
             # A daemon that has just taken the state folder may still be creating or upgrading its
-            # journal; one that stays unreadable is said.
+            # journal; one that stays unready is said.
             unreadable_since = clock() if unreadable_since is None else unreadable_since
             if clock() - unreadable_since >= DAEMON_GONE_SECONDS:
                 raise
