@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fooocusd.engine.controlnet.models import SETTING_FOR_TYPE
+from fooocusd.engine.styles import load_styles
 from fooocusd.jobs.action_files import CONTROL_SETTINGS
 from fooocusd.jobs.preset_check import (
     MissingFile,
@@ -21,7 +22,7 @@ from tests.daemon_harness import Sandbox
 def _missing(spec: JobSpec, models: Path, controlnet: ControlNetSettings | None = None) -> list[MissingFile]:
     preset = load_preset("default", [bundled_presets_dir()])
     settings = Settings(engine={"model": "tiny-random"}, controlnet=controlnet or ControlNetSettings())
-    return missing_job_files(spec, preset, settings, models)
+    return missing_job_files(spec, preset, settings, load_styles(), models)
 
 
 def _names(missing: list[MissingFile]) -> list[tuple[str, str]]:
@@ -71,6 +72,28 @@ def test_embeddings_written_in_the_prompts_are_checked_once_each(tmp_path: Path)
     _touch(models / "embeddings" / "neg" / "bad_hands.pt")  # the engine tries .pt and .bin too
     _touch(models / "embeddings" / "EasyNegative.pt")
     assert _missing(spec, models) == []
+
+
+def test_embeddings_that_styles_or_any_line_of_a_wildcard_bring_in_are_checked(tmp_path: Path) -> None:
+    models, wildcards, style_dir = tmp_path / "models", tmp_path / "wildcards", tmp_path / "styles"
+    wildcards.mkdir()
+    (wildcards / "look.txt").write_text("plain\n__fancy__\n")
+    (wildcards / "fancy.txt").write_text("embedding:shiny, gold\n__look__\n")  # names itself back
+    style_dir.mkdir()
+    (style_dir / "mine.toml").write_text(
+        '[[style]]\nname = "Clean"\nprompt = "{prompt}, crisp"\nnegative = "embedding:bad_hands"\n'
+    )
+    settings = Settings(engine={"model": "tiny-random"}, paths={"wildcards": str(wildcards)})
+    preset = load_preset("default", [bundled_presets_dir()])
+    spec = JobSpec(prompt="a cat, __look__", styles=["Clean", "Random Style"])
+    missing = missing_job_files(spec, preset, settings, load_styles([style_dir]), models)
+    assert [(item.name, item.purpose) for item in missing] == [
+        ("bad_hands", "written embedding:bad_hands in style 'Clean'"),
+        ("shiny", "written embedding:shiny in a line of __fancy__"),
+    ]
+    _touch(models / "embeddings" / "bad_hands.safetensors")
+    _touch(models / "embeddings" / "shiny.safetensors")
+    assert missing_job_files(spec, preset, settings, load_styles([style_dir]), models) == []
 
 
 def test_an_upscale_job_needs_its_upscaler_and_a_vary_job_does_not(tmp_path: Path) -> None:

@@ -276,7 +276,7 @@ def _missing_for(
     spec: JobSpec, models: Path, preset: str = "default", engine_model: str = "tiny-random"
 ) -> list[MissingFile]:
     loaded = load_preset(preset, [bundled_presets_dir()])
-    return missing_job_files(spec, loaded, Settings(engine={"model": engine_model}), models)
+    return missing_job_files(spec, loaded, Settings(engine={"model": engine_model}), load_styles(), models)
 
 
 def test_a_job_s_own_model_refiner_vae_and_loras_are_listed_when_not_installed(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fooocusd.engine.base import GenerationRequest
 from fooocusd.engine.families import PICKLE_SUFFIXES
 from fooocusd.engine.model_dirs import (
     EMBEDDING_SUFFIXES,
@@ -33,7 +34,13 @@ from fooocusd.engine.model_dirs import (
     ModelFileKind,
 )
 from fooocusd.engine.models import CHECKPOINT_SUFFIXES, NO_REFINER, TINY_MODEL, TINY_REFINER, resolve_model
-from fooocusd.engine.prompt_syntax import embedding_names, parse_inline_loras
+from fooocusd.engine.prompt_syntax import (
+    WILDCARD_PATTERN,
+    WildcardLibrary,
+    embedding_names,
+    parse_inline_loras,
+)
+from fooocusd.engine.styles import StyleLibrary
 from fooocusd.errors import InvalidInput, ModelNotFound
 from fooocusd.jobs.action_files import WantedFile, action_files
 from fooocusd.jobs.performance import fetch_name, performance_mode
@@ -82,13 +89,18 @@ def check_preset_models(
 
 
 def missing_job_files(
-    spec: JobSpec, preset: Preset, settings: Settings, models: ModelDirs | Path | Sequence[Path]
+    spec: JobSpec,
+    preset: Preset,
+    settings: Settings,
+    styles: StyleLibrary,
+    models: ModelDirs | Path | Sequence[Path],
 ) -> list[MissingFile]:
     """Every model file the job will use that is not installed now.
 
     The files are those of the job's resolved settings: its model, refiner, VAE and LoRAs (the
     preset's, the performance mode's, its own and its prompt's ``<lora:…>`` tags), wherever each
-    came from; the embeddings its prompts name (not those that wildcards or styles bring in); then
+    came from; the embeddings its prompts name, or its styles, or any line of the wildcards they
+    use (``prompt_texts``); then
     those of its image action and image prompts (``action_files``). The configured
     ``engine.model`` is checked when the daemon starts, not here. A name found in two subfolders
     counts as present: the engine explains it.
@@ -123,7 +135,8 @@ def missing_job_files(
         if tag.weight != 0.0 and lora_key(tag.name) not in listed:
             listed.add(lora_key(tag.name))
             wanted.append(("loras", tag.name, f"named in the prompt as {tag.tag}"))
-    wanted.extend(_embeddings(request.prompt, request.extra_prompts, request.negative))
+    wildcards = WildcardLibrary(settings.paths.resolved().wildcards, warn=False)
+    wanted.extend(_embeddings(prompt_texts(request, styles, wildcards)))
     wanted.extend(action_files(spec, settings.generation, settings.controlnet))
     dirs = ModelDirs.of(models)
     missing: list[MissingFile] = []
@@ -135,18 +148,36 @@ def missing_job_files(
     return missing
 
 
-def _embeddings(prompt: str, extra_prompts: Sequence[str], negative: str) -> list[WantedFile]:
+def prompt_texts(
+    request: GenerationRequest, styles: StyleLibrary, wildcards: WildcardLibrary
+) -> list[tuple[str, str]]:
+    """Every text that may end up in the job's prompts, each with where it comes from: its own
+    lines, the templates of its styles, and every line of each wildcard they name (any line may be
+    picked), level by level. "Random Style" is left out: it may pick any style."""
+    texts: list[tuple[str, str]] = [
+        ("the prompt", request.prompt),
+        *(("the prompt", extra) for extra in request.extra_prompts),
+        ("the negative", request.negative),
+    ]
+    for name in request.styles:
+        if name in styles:
+            style = styles.get(name)
+            texts += [(f"style '{style.name}'", style.prompt), (f"style '{style.name}'", style.negative)]
+    seen: set[str] = set()
+    for _where, text in texts:  # grows as wildcard lines are added: nested wildcards too
+        for name in WILDCARD_PATTERN.findall(text):
+            if name not in seen:
+                seen.add(name)
+                texts += [(f"a line of __{name}__", line) for line in wildcards.lines(name)]
+    return texts
+
+
+def _embeddings(texts: Sequence[tuple[str, str]]) -> list[WantedFile]:
     wanted: dict[str, WantedFile] = {}
-    for where, text in (
-        ("prompt", prompt),
-        *(("prompt", extra) for extra in extra_prompts),
-        ("negative", negative),
-    ):
+    for where, text in texts:
         for name in embedding_names(text):
             if ".." not in Path(name).parts:  # refused as a name when the job runs, with the reason
-                wanted.setdefault(
-                    name.lower(), ("embeddings", name, f"written embedding:{name} in the {where}")
-                )
+                wanted.setdefault(name.lower(), ("embeddings", name, f"written embedding:{name} in {where}"))
     return list(wanted.values())
 
 

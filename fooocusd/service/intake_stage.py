@@ -190,7 +190,7 @@ class IntakeStage:
             spec, preset, preset_name = with_preset(spec, routed, place, self.settings, self.preset_dirs)
             seeded = fix_seed(spec, self._rng)
             check_job_names(seeded, preset, preset_name, place, self.settings, self.styles, check_sampler)
-            missing = missing_job_files(seeded, preset, self.settings, self.folders.models)
+            missing = missing_job_files(seeded, preset, self.settings, self.styles, self.folders.models)
             if missing:
                 warnings.append(job_files_warning(missing, place))
             fixed.append(seeded)

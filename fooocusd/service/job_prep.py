@@ -184,7 +184,7 @@ def missing_files_note(job: JobRow, error: str, context: PrepContext) -> str:
     try:
         spec = JobSpec.model_validate_json(job.spec_json)
         preset = load_preset(spec.preset or settings.generation.preset, context.preset_dirs)
-        missing = missing_job_files(spec, preset, settings, context.folders.models)
+        missing = missing_job_files(spec, preset, settings, context.styles, context.folders.models)
     except (FooocusdError, ValueError):  # the error being reported says what is wrong with the job
         return ""
     return failed_job_files_note(missing, error)

@@ -102,7 +102,7 @@ def refuse_jobs_that_cannot_work(specs: list[JobSpec], relpath: str, settings: S
         place = f"job {number}" if len(specs) > 1 else ""
         spec, preset, preset_name = with_preset(spec, routed, place, settings, preset_dirs)
         check_job_names(spec, preset, preset_name, place, settings, styles, check_sampler_names)
-        missing = missing_job_files(spec, preset, settings, paths.models)
+        missing = missing_job_files(spec, preset, settings, styles, paths.models)
         if missing:
             warnings.append(job_files_warning(missing, place))
     return warnings
