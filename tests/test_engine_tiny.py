@@ -138,7 +138,7 @@ def test_a_missing_model_a_job_names_is_explained_as_the_jobs_not_the_configurat
     assert "Where: model = 'juggernautXL_v8Rundiffusion' (looked for" in explained
     assert "engine.model =" not in explained and "[engine] model" not in explained
     assert "run fooocusd models fetch juggernautXL_v8Rundiffusion" in explained  # it is in the catalogue
-    assert "or leave model out of the job (and its preset) to use the configured one" in explained
+    assert "or leave model out of the job (and its preset), or write 'model: default', to use" in explained
 
 
 def test_job_naming_a_missing_model_is_invalid_input_not_a_crash(engine: SDXLEngine) -> None:

@@ -98,7 +98,8 @@ def resolve_model(
     from fooocusd.engine.fetch import fetch_suggestion  # huggingface_hub, only when it is needed
 
     instead = (
-        f"leave model out of the job (and its preset) to use the configured one ({CONFIG_KEY})"
+        f"leave model out of the job (and its preset), or write 'model: default', to use the configured "
+        f"one ({CONFIG_KEY})"
         if named_by == "model"
         else f"change {named_by}"
     )

@@ -23,7 +23,8 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 ACCEPTED_INPUTS_REMINDER = """\
 What the inbox accepts:
   name.txt         the prompt on the first line; optional 'key: value' lines (seed: 42,
-                   aspect: 16:9, images: 4, ...); a line with only --- starts another job
+                   aspect: 16:9, images: 4, ...); a line with only --- starts another job;
+                   or generation settings pasted from civitai, A1111 or Fooocus
   name.toml        the same keys as TOML (prompt = "..."), or several [[job]] tables
   name.png/.jpg/.webp
                    an image alone is varied; next to name.txt or name.toml it is that

@@ -74,7 +74,7 @@ KEY_HELP: dict[str, str] = {
     "clip_skip": "use a whole number from 1 to 12 (2 is the default)",
     "sampler": "use a sampler name such as dpmpp_2m_sde_gpu",
     "scheduler": "use a scheduler name such as karras",
-    "model": "use a checkpoint file name from the models folder",
+    "model": "use a checkpoint file name from the models folder, or 'default' for the configured one",
     "output_format": FORMAT_HELP,
     "priority": "use a whole number from -100 to 100 (higher runs first)",
     "name": "use a plain file name without '/' or '\\' and not starting with '.'",
@@ -130,6 +130,8 @@ def normalise_value(field: str, value: Any) -> Any:
     """Turn user spellings into canonical values. Raises ``ValueError`` with a reason."""
     if field == "seed" and (value == -1 or str(value).strip().lower() in RANDOM_SEED_WORDS):
         return None
+    if field == "model" and str(value).strip().lower() == "default":
+        return None  # the preset's or the configured model, over one that pasted settings name
     if field == "styles" and isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     if field == "loras":

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from fooocusd.errors import InvalidInput, suggest
+from fooocusd.jobs.pasted_settings import PastedSettings, pasted_settings
 from fooocusd.jobs.spec import JobSpec, prompt_is_optional
 from fooocusd.jobs.toml_format import build_spec, canonical_key
 
@@ -90,6 +91,9 @@ class _Block:
 def parse_txt(text: str, source_name: str) -> list[JobSpec]:
     """Parse a ``.txt`` job file. Errors are ``InvalidInput`` with ``where="line N"``."""
     lines = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    pasted = pasted_settings(lines, source_name)
+    if pasted is not None:
+        return [_pasted_to_spec(pasted, lines, source_name)]
     blocks = [block for block in _split_blocks(lines, source_name) if not block.is_empty()]
     if not blocks:
         raise InvalidInput(
@@ -102,9 +106,40 @@ def parse_txt(text: str, source_name: str) -> list[JobSpec]:
     return [_to_spec(block, source_name) for block in blocks]
 
 
-def _split_blocks(lines: list[str], source_name: str) -> list[_Block]:
-    blocks = [_Block(number=1, first_line=1)]
-    for number, raw in enumerate(lines, start=1):
+def _pasted_to_spec(pasted: PastedSettings, lines: list[str], source_name: str) -> JobSpec:
+    """The pasted settings, with the option lines after them on top."""
+    pasted_lines = f"the pasted {pasted.kind} (lines 1–{pasted.line_count})"
+    blocks = _split_blocks(lines[pasted.line_count :], source_name, first_number=pasted.line_count + 1)
+    stray = [line for block in blocks for line in block.prompts] + [
+        (block.first_line - 1, JOB_SEPARATOR) for block in blocks[1:]
+    ]
+    if stray:
+        number, line = min(stray)
+        raise InvalidInput(
+            f"{source_name}: line {number} ({line[:60]!r}) follows {pasted_lines}, where only option "
+            "lines may follow",
+            where=f"line {number}",
+            hint="put the prompt before the settings line, or make the line an option ('images: 4'); "
+            "a file with pasted settings is one job",
+        )
+    options = blocks[0].options
+    if _MISTYPED_OPTIONS_SAID.get():
+        read = [name for name, value in pasted.fields.items() if value not in ("", [], None)]
+        logger.info("{}: read as {} ({})", source_name, pasted.kind, ", ".join(read))
+        for note in pasted.notes:
+            logger.warning("{}: {}", source_name, note)
+    fields = {**pasted.fields, **{name: value for name, (_, _, value) in options.items()}}
+
+    def locate(field_name: str) -> str:
+        return f"line {options[field_name][0]}" if field_name in options else pasted_lines
+
+    written = {name: key for name, (_, key, _) in options.items()}
+    return build_spec(fields, locate, whole=pasted_lines, source_name=source_name, written=written)
+
+
+def _split_blocks(lines: list[str], source_name: str, first_number: int = 1) -> list[_Block]:
+    blocks = [_Block(number=1, first_line=first_number)]
+    for number, raw in enumerate(lines, start=first_number):
         line = raw.strip()
         block = blocks[-1]
         block.last_line = number

@@ -110,12 +110,12 @@ def read_recorded_image(
             where=str(path),
             hint="another program may have rewritten them; write the job file by hand",
         ) from exc
-    _keep_runnable_sampling(image.job, image.notes)
+    keep_runnable_sampling(image.job, image.notes)
     image.job["images"] = 1  # one record, one image: not the configuration's generation.images
     return image
 
 
-def _keep_runnable_sampling(job: dict[str, Any], notes: list[str]) -> None:
+def keep_runnable_sampling(job: dict[str, Any], notes: list[str]) -> None:
     """Leave out a sampler or scheduler fooocusd does not have (Fooocus has a few more), saying so:
     the job then runs with the default rather than being refused when it is dropped."""
     sampler, scheduler = job.get("sampler"), job.get("scheduler")
@@ -445,7 +445,10 @@ def from_a1111(path: Path, text: str) -> RecordedImage:
     written_by_fooocus = "Sharpness" in params
     # fooocusd writes what the user wrote as "Raw prompt" (prompt, then extra prompts, a line each)
     # and the styles by name, when they changed the prompt line.
-    prompt_lines = params.get("Raw prompt", parsed["prompt"]).split("\n")
+    # A1111 reads a line break in a prompt as a space.
+    prompt_lines = (
+        params["Raw prompt"].split("\n") if "Raw prompt" in params else [" ".join(parsed["prompt"].split())]
+    )
     job: dict[str, Any] = {
         "prompt": prompt_lines[0],
         "extra_prompts": [line for line in prompt_lines[1:] if line.strip()],
