@@ -9,7 +9,7 @@ import pytest
 from loguru import logger
 
 from fooocusd.errors import InvalidInput
-from fooocusd.jobs.txt_format import parse_txt
+from fooocusd.jobs.txt_format import parse_txt, prompt_job_text
 from tests.daemon_harness import Sandbox
 
 CIVITAI = """\
@@ -115,12 +115,20 @@ def test_fooocus_parameters_json_from_its_image_log_becomes_the_jobs_settings(lo
         "portrait: a woman, style: baroque, mood: dark, light: low\n",  # colons, but no Steps
         "a fox\nseed: 42\nsteps: 30\ncfg: 7\n",  # our own options, one per line
         '{"prompt": "a fox"}\n',  # JSON, but not Fooocus's parameters
+        "a poster that reads Steps: 25, Sampler: Euler, CFG scale: 7\n",  # not a settings line
     ],
-    ids=["prompt with colons", "option lines", "json prompt"],
+    ids=["prompt with colons", "option lines", "json prompt", "settings inside a prompt"],
 )
 def test_an_ordinary_job_file_is_not_taken_for_pasted_settings(text: str, logged: list[str]) -> None:
     parse_txt(text, "job.txt")
     assert not any("read as" in line for line in logged)
+
+
+def test_a_recipe_given_to_submit_prompt_keeps_its_lines_and_takes_the_set_options() -> None:
+    text = prompt_job_text(CIVITAI, ["images=2", "model=default"])
+    [spec] = parse_txt(text, "submitted.txt")
+    assert (spec.steps, spec.seed, spec.images, spec.model) == (25, 1234567, 2, None)
+    assert spec.negative == "lowres, blurry,\nwatermark"
 
 
 def test_the_daemon_renders_a_pasted_civitai_recipe_with_the_configured_model(sandbox: Sandbox) -> None:

@@ -104,7 +104,8 @@ def test_status_and_doctor_say_whether_a_daemon_holds_the_state_folder_and_leave
     with state_folder_lock(sandbox.state):
         assert daemon_holding(sandbox.state) == str(os.getpid())
         assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
-        assert json.loads(capsys.readouterr().out)["daemon"] == {"running": True, "pid": os.getpid()}
+        daemon = json.loads(capsys.readouterr().out)["daemon"]
+        assert daemon == {"running": True, "pid": os.getpid(), "starting": False}
         main(["doctor", "--config", str(sandbox.config)])
         assert f"running (pid {os.getpid()})" in " ".join(capsys.readouterr().out.split())
         assert daemon_holding(sandbox.state) == str(os.getpid()), "probing did not take the lock away"

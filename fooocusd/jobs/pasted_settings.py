@@ -26,6 +26,8 @@ from typing import Any
 from fooocusd.engine.styles import PSEUDO_STYLES, StyleLibrary, load_styles, style_key
 
 _SETTINGS_LINE_MIN_PAIRS = 3
+_SETTINGS_LINE_START = "Steps:"
+"""How A1111, civitai and Fooocus begin the settings line."""
 _FOOOCUS_KEYS = frozenset(
     {"base_model", "steps", "resolution", "seed", "performance", "sampler", "scheduler", "guidance_scale"}
 )
@@ -132,8 +134,8 @@ def _a1111_generation_data(lines: Sequence[str], source_name: str) -> PastedSett
         (
             (index, params)
             for index, line in enumerate(lines)
-            if len(params := parse_settings_line(line.strip())) >= _SETTINGS_LINE_MIN_PAIRS
-            and "Steps" in params
+            if line.strip().startswith(_SETTINGS_LINE_START)
+            and len(params := parse_settings_line(line.strip())) >= _SETTINGS_LINE_MIN_PAIRS
         ),
         None,
     )

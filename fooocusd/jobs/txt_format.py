@@ -273,7 +273,8 @@ _PICTURE_FIELDS = frozenset({"image", "mask", "image_prompts"})
 def prompt_job_text(prompt: str, options: list[str]) -> str:
     """A ``.txt`` job: ``prompt`` on one line, then a ``key: value`` line for each ``KEY=VALUE`` of
     ``options`` (``fooocusd submit --prompt TEXT --set KEY=VALUE``). The prompt is written after
-    ``prompt:`` when it would otherwise read as an option, a comment or a job separator.
+    ``prompt:`` when it would otherwise read as an option, a comment or a job separator. Pasted
+    generation settings (``pasted_settings``) keep their lines.
 
     Raises ``InvalidInput`` for an empty prompt, and for an option that is not ``KEY=VALUE`` with
     a known key: written as it is, an unknown key would be read as more prompt text.
@@ -281,9 +282,13 @@ def prompt_job_text(prompt: str, options: list[str]) -> str:
     line = " ".join(prompt.split())
     if not line:
         raise InvalidInput("the prompt is empty", hint='say what to draw: --prompt "a red fox in the snow"')
-    if line.startswith("#") or line == JOB_SEPARATOR or _option(line) is not None:
-        line = f"prompt: {line}"
-    lines = [line]
+    pasted = prompt.strip().splitlines()
+    if pasted_settings(pasted, "--prompt") is not None:
+        lines = pasted  # a recipe pasted from civitai, A1111 or Fooocus: its lines are its structure
+    elif line.startswith("#") or line == JOB_SEPARATOR or _option(line) is not None:
+        lines = [f"prompt: {line}"]
+    else:
+        lines = [line]
     for option in options:
         key, equals, value = option.partition("=")
         field_name = TXT_OPTION_KEYS.get(canonical_key(key))
