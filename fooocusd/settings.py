@@ -235,6 +235,9 @@ class GenerationSettings(_Section):
     image_action: Literal["vary_subtle", "vary_strong", "upscale_1.5x", "upscale_2x", "upscale_fast_2x"] = (
         Field("vary_subtle", description="What an image dropped alone asks for.")
     )
+    use_recorded_prompt: bool = Field(
+        True, description="An image dropped alone is redrawn with the prompt recorded in it, if any."
+    )
     upscale_model: str = Field(
         "RealESRGAN_x4plus", description="Super-resolution model (.safetensors) in <models>/upscale_models."
     )

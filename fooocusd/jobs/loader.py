@@ -10,8 +10,11 @@ from __future__ import annotations
 from contextlib import nullcontext
 from pathlib import Path
 
+from loguru import logger
+
 from fooocusd.errors import InvalidInput
 from fooocusd.jobs.drop_files import DropFiles, resolve_written_path
+from fooocusd.jobs.recorded_prompt import recorded_prompt
 from fooocusd.jobs.resolve import normalise_image_action
 from fooocusd.jobs.spec import JobSpec, image_attached_after_parsing
 from fooocusd.jobs.toml_format import parse_toml
@@ -45,6 +48,7 @@ def load_drop(
     max_image_pixels: int,
     default_image_action: str,
     files: DropFiles | None = None,
+    use_recorded_prompt: bool = False,
 ) -> list[JobSpec]:
     """Read, parse and check one drop. Paths must still be at their place inside ``inbox``.
 
@@ -55,7 +59,8 @@ def load_drop(
       it names are resolved relative to it and must lie in the inbox (intake claims them with it);
     - a job file with an image: the image becomes the input of every job that names none, and
       those jobs need no prompt;
-    - an image alone: one job that applies ``default_image_action`` to it;
+    - an image alone: one job that applies ``default_image_action`` to it, with the prompt the
+      image records when ``use_recorded_prompt`` (``recorded_prompt``);
     - a mask needs its image, goes with the jobs that use that image, and makes ``inpaint``
       their default action. A mask must have its image's shape; the worker scales it to size.
     """
@@ -76,8 +81,14 @@ def load_drop(
     if spec_path is None:
         if paired is None:
             raise ValueError("load_drop needs a job file, an image, or both")
-        alone = {"prompt": "", "image": paired, "image_action": "inpaint" if paired_mask else action}
-        return [JobSpec(**alone, mask=paired_mask) if paired_mask else JobSpec(**alone)]
+        alone: dict[str, object] = {"prompt": "", "image": paired}
+        alone["image_action"] = "inpaint" if paired_mask else action
+        if paired_mask:
+            alone["mask"] = paired_mask
+        recorded = recorded_prompt(image_path) if use_recorded_prompt else {}
+        if recorded:
+            logger.info("{}: redrawn with the prompt recorded in it: {!r}", paired, recorded["prompt"][:80])
+        return [JobSpec.model_validate({**alone, **recorded})]
 
     # With an image beside the file, every job gets an image below, so none needs a prompt.
     # Without one, the parsers refuse a job that has neither, with their own precise message.

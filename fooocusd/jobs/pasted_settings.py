@@ -115,10 +115,10 @@ def _fooocus_parameters(lines: Sequence[str], source_name: str) -> PastedSetting
         return None
     from fooocusd.outbox.remake import from_fooocus_scheme, keep_runnable_sampling
 
-    image = from_fooocus_scheme(Path(source_name), scheme, _known_style)
+    image = from_fooocus_scheme(Path(source_name), scheme, known_bundled_style)
     keep_runnable_sampling(image.job, image.notes)
     styles = image.job.get("styles") or []
-    unknown = [name for name in styles if not _known_style(name)]
+    unknown = [name for name in styles if not known_bundled_style(name)]
     if unknown:
         image.job["styles"] = [name for name in styles if name not in unknown]
         image.notes = [note for note in image.notes if not note.startswith("style(s)")]
@@ -155,7 +155,7 @@ def _bundled_styles() -> StyleLibrary:
     return load_styles()
 
 
-def _known_style(name: str) -> bool:
+def known_bundled_style(name: str) -> bool:
     """Whether fooocusd has the style (by name or Fooocus alias). User styles are not looked at:
     the job file parser does not know the configured folder."""
     return name in _bundled_styles() or style_key(name) in {style_key(pseudo) for pseudo in PSEUDO_STYLES}

@@ -180,6 +180,7 @@ class IntakeStage:
             max_job_file_bytes=intake.max_job_file_bytes,
             max_image_pixels=intake.max_image_pixels,
             default_image_action=self.settings.generation.image_action,
+            use_recorded_prompt=self.settings.generation.use_recorded_prompt,
             files=pictures,
         )
         routed = preset_for_subfolder(_first(drop).relpath, self.preset_dirs)
