@@ -109,6 +109,21 @@ def test_fooocus_parameters_json_from_its_image_log_becomes_the_jobs_settings(lo
     assert "style(s) SAI Anime have no fooocusd equivalent: left out" in said
 
 
+def test_a_fooocusd_sidecar_pasted_as_a_job_makes_its_image_again_with_more_images(sandbox: Sandbox) -> None:
+    sandbox.drop("owl.txt", "an owl at night\nstyles: Film Noir\nseed: 77\nsteps: 4\n")
+    assert sandbox.drain().ok
+    [first] = sandbox.images()
+    sidecar = first.with_suffix(".json").read_text()
+    [spec] = parse_txt(sidecar + "\nimages: 2\n", "again.txt")
+    assert (spec.prompt, spec.styles, spec.seed, spec.steps, spec.images) == (
+        "an owl at night",
+        ["Film Noir"],
+        77,
+        4,
+        2,
+    )
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -6,7 +6,7 @@ Two forms are read, as Fooocus's "Load Parameters" and A1111's "PNG Info" read t
   ``Negative prompt:`` line, then one ``Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1,
   Size: 832x1216, Model: …`` line.
 * **Fooocus's parameters JSON**, from the "Copy to Clipboard" button of Fooocus's image log
-  (``{"prompt": …, "base_model": …, "steps": …}``).
+  (``{"prompt": …, "base_model": …, "steps": …}``), or a fooocusd sidecar's JSON.
 
 They become the job's settings through the same translation ``fooocusd inspect --job`` uses
 (``outbox/remake.py``), so a pasted A1111 recipe runs without Fooocus's refinements, as A1111 made
@@ -83,7 +83,7 @@ _A1111_USED = frozenset(
 @dataclass
 class PastedSettings:
     kind: str
-    """"A1111 generation data" or "Fooocus parameters"."""
+    """"A1111 generation data", "Fooocus parameters" or "fooocusd sidecar"."""
     fields: dict[str, Any]
     """JobSpec fields, as a TOML job file would give them."""
     line_count: int
@@ -113,9 +113,14 @@ def _fooocus_parameters(lines: Sequence[str], source_name: str) -> PastedSetting
         or len(_FOOOCUS_KEYS & set(scheme)) < _FOOOCUS_MIN_KEYS
     ):
         return None
-    from fooocusd.outbox.remake import from_fooocus_scheme, keep_runnable_sampling
+    from fooocusd.outbox.remake import from_fooocus_scheme, from_sidecar, keep_runnable_sampling
 
-    image = from_fooocus_scheme(Path(source_name), scheme, known_bundled_style)
+    if "schema" in scheme and "input_file" in scheme:  # fooocusd's own sidecar
+        image = from_sidecar(Path(source_name), scheme, known_bundled_style)
+        kind = "fooocusd sidecar"
+    else:
+        image = from_fooocus_scheme(Path(source_name), scheme, known_bundled_style)
+        kind = "Fooocus parameters"
     keep_runnable_sampling(image.job, image.notes)
     styles = image.job.get("styles") or []
     unknown = [name for name in styles if not known_bundled_style(name)]
@@ -123,7 +128,7 @@ def _fooocus_parameters(lines: Sequence[str], source_name: str) -> PastedSetting
         image.job["styles"] = [name for name in styles if name not in unknown]
         image.notes = [note for note in image.notes if not note.startswith("style(s)")]
         image.notes.append(f"style(s) {', '.join(unknown)} have no fooocusd equivalent: left out")
-    return PastedSettings("Fooocus parameters", image.job, text[:end].count("\n") + 1, image.notes)
+    return PastedSettings(kind, image.job, text[:end].count("\n") + 1, image.notes)
 
 
 def _a1111_generation_data(lines: Sequence[str], source_name: str) -> PastedSettings | None:
