@@ -89,12 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     once = sub.add_parser("once", parents=[common, daemon], help="drain the inbox, print a summary, exit")
     once.add_argument("--no-progress", action="store_true", help="no progress bar")
     once.set_defaults(handler=commands.once)
-    status = sub.add_parser("status", parents=[common, folders], help="queue, running job, recent failures")
+    status = sub.add_parser("status", parents=[common, daemon], help="queue, running job, recent failures")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=commands.status)
     submit = sub.add_parser(
         "submit",
-        parents=[common, folders],
+        parents=[common, daemon],
         help="drop a file into the inbox atomically, with the pictures a job file needs",
     )
     what = submit.add_mutually_exclusive_group(required=True)
@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.set_defaults(handler=commands.submit)
     retry = sub.add_parser(
         "retry",
-        parents=[common, folders],
+        parents=[common, daemon],
         help="run a failed or cancelled job again, or put a refused file back in the inbox",
     )
     retry_what = retry.add_mutually_exclusive_group(required=True)
@@ -137,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         help="every failed job, e.g. after downloading the model they lacked (refused files stay in failed/)",
     )
     retry.set_defaults(handler=commands.retry)
-    cancel = sub.add_parser("cancel", parents=[common, folders], help="cancel a queued or running job")
+    cancel = sub.add_parser("cancel", parents=[common, daemon], help="cancel a queued or running job")
     cancel.add_argument("job", help="job id, or the start of the input's name")
     cancel.set_defaults(handler=commands.cancel)
     config = sub.add_parser("config", parents=[common, daemon], help="configuration")
@@ -154,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=commands.config_check)
     from fooocusd.service import styles_command
 
-    styles = sub.add_parser("styles", parents=[common], help="list the styles a job may name")
+    styles = sub.add_parser("styles", parents=[common, daemon], help="list the styles a job may name")
     styles.add_argument("--search", metavar="TEXT", help="only styles matching every word")
     styles.add_argument(
         "--styles-dir", dest="styles_dir", type=Path, action="append", help="extra style folder (repeatable)"
@@ -163,28 +163,28 @@ def _parser() -> argparse.ArgumentParser:
     from fooocusd.service import presets_command
 
     presets = sub.add_parser(
-        "presets", parents=[common, folders], help="list the presets a job may name, and their model files"
+        "presets", parents=[common, daemon], help="list the presets a job may name, and their model files"
     )
     presets.add_argument("--json", action="store_true", help="machine-readable output")
     presets.set_defaults(handler=presets_command.presets)
     from fooocusd.service import wildcards_command
 
     wildcards = sub.add_parser(
-        "wildcards", parents=[common, folders], help="list the __name__ wildcards a prompt may use"
+        "wildcards", parents=[common, daemon], help="list the __name__ wildcards a prompt may use"
     )
     wildcards.add_argument("--json", action="store_true", help="machine-readable output, every line included")
     wildcards.set_defaults(handler=wildcards_command.wildcards)
     from fooocusd.service import models_command
 
-    models_command.add_parser(sub, parents=[common, folders])
+    models_command.add_parser(sub, parents=[common, daemon])
     from fooocusd.service import inspect_command
 
-    inspect_command.add_parser(sub, parents=[common, folders])
+    inspect_command.add_parser(sub, parents=[common, daemon])
     doctor = sub.add_parser("doctor", parents=[common, daemon], help="check torch, devices, models, folders")
     doctor.set_defaults(handler=commands.doctor)
     from fooocusd.service import install_service
 
-    install_service.add_parser(sub, parents=[common, folders])
+    install_service.add_parser(sub, parents=[common, daemon])
     return parser
 
 

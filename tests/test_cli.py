@@ -62,6 +62,20 @@ def test_settings_flags_count_wherever_they_stand_on_the_command_line(
     assert "4" in settle_row and "cli" in settle_row
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["submit", "--prompt", "a fox"], ["styles"], ["presets"], ["wildcards"], ["models", "list"]],
+    ids=lambda command: " ".join(command),
+)
+def test_every_command_takes_the_settings_flags_after_it_as_the_help_says(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # One shell alias with the daemon's flags serves every command.
+    flags = ["--model", "tiny-random", "--device", "cpu", "--settle-seconds", "0.5", "--polling", "never"]
+    assert main([*command, *flags, "--config", str(sandbox.config)]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
 def test_missing_model_says_where_to_put_one_and_exits_non_zero(
     sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -171,9 +185,9 @@ def test_an_abbreviated_flag_is_refused_rather_than_taken_for_a_longer_one(
     source = tmp_path_factory.mktemp("src") / "job.txt"
     source.write_text("a cat\n")
     with pytest.raises(SystemExit) as caught:
-        main(["submit", str(source), "--model", "tiny-random", "--config", str(sandbox.config)])
+        main(["submit", str(source), "--models", "elsewhere", "--config", str(sandbox.config)])
     assert caught.value.code == 2
-    assert "unrecognized arguments: --model tiny-random" in capsys.readouterr().err
+    assert "unrecognized arguments: --models elsewhere" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["status", "--inb", str(sandbox.inbox), "--config", str(sandbox.config)])
     assert not list(sandbox.inbox.iterdir())
