@@ -138,6 +138,27 @@ def test_submit_prompt_refuses_a_set_option_that_cannot_work_and_writes_nothing(
     assert sandbox.files(sandbox.inbox) == []
 
 
+def test_submit_prompt_with_a_pasted_recipe_is_named_after_its_prompt_and_says_which_set_is_wrong(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = "Steps: 12, Sampler: Euler a, CFG scale: 5, Seed: 9"
+    recipe = f"a lighthouse at dusk\nNegative prompt: blurry\n{settings}"
+    command = ["submit", "--config", str(sandbox.config), "--prompt", recipe]
+    assert main([*command, "--set", "images=2", "--set", "seed=banana"]) == 2
+    assert "Where: --set seed=banana" in " ".join(capsys.readouterr().err.split())
+    assert main([*command, "--set", "images=2"]) == 0
+    [dropped] = sandbox.files(sandbox.inbox)
+    assert dropped.name.startswith("a-lighthouse-at-dusk-2")
+    [spec] = parse_job_file(dropped, max_job_file_bytes=10_000)
+    assert (spec.prompt, spec.negative, spec.steps, spec.seed, spec.images) == (
+        "a lighthouse at dusk",
+        "blurry",
+        12,
+        9,
+        2,
+    )
+
+
 def test_submit_prints_the_path_it_wrote_whole_on_one_line(
     sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -270,7 +270,8 @@ def _submit_prompt(args: argparse.Namespace, target_dir: Path, inbox: Path, load
 
     options = list(getattr(args, "set", None) or [])
     text = prompt_job_text(args.prompt, options)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", args.prompt).strip("-")[:40].lower() or "prompt"
+    first_line = next(iter(args.prompt.strip().splitlines()), "")
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", first_line).strip("-")[:40].lower() or "prompt"
     name = f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     refuse_what_the_daemon_would_not_take(_relpath(args.subdir, name), loaded.settings)
     with tempfile.TemporaryDirectory(prefix="fooocusd-submit-") as folder:
@@ -285,8 +286,10 @@ def _submit_prompt(args: argparse.Namespace, target_dir: Path, inbox: Path, load
                 warn=lambda warning: _err.print(f"warning: {warning}"),
             )
         except InvalidInput as exc:  # "line 3" of a file the user never saw: say which argument
-            lines = {f"line {number}": f"--set {option}" for number, option in enumerate(options, start=2)}
-            exc.where = {"line 1": "--prompt", **lines}.get(exc.where, exc.where)
+            first_option = len(text.splitlines()) - len(options) + 1  # a pasted recipe has several lines
+            lines = {f"line {number}": "--prompt" for number in range(1, first_option)}
+            lines |= {f"line {n}": f"--set {option}" for n, option in enumerate(options, start=first_option)}
+            exc.where = lines.get(exc.where, exc.where)
             raise
     return job_file
 
