@@ -124,7 +124,11 @@ def _pasted_to_spec(pasted: PastedSettings, lines: list[str], source_name: str) 
         )
     options = blocks[0].options
     if _MISTYPED_OPTIONS_SAID.get():
-        read = [name for name, value in pasted.fields.items() if value not in ("", [], None)]
+        read = [
+            name
+            for name, value in pasted.fields.items()
+            if value not in ("", [], None) and name not in options
+        ]
         logger.info("{}: read as {} ({})", source_name, pasted.kind, ", ".join(read))
         for note in pasted.notes:
             logger.warning("{}: {}", source_name, note)
