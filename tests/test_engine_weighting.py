@@ -8,10 +8,12 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
+from fooocusd.engine.clip_tokens import clip_chunks, clip_token_count
 from fooocusd.engine.conditioning import encode_workloads
 from fooocusd.engine.models import SDXL_CONFIG_DIR
 from fooocusd.engine.tiny import build_tiny_sdxl_pipeline
 from fooocusd.engine.weighting import (
+    BREAK_ID,
     TokenChunk,
     WeightedSpan,
     apply_token_weights,
@@ -60,7 +62,34 @@ def test_weight_one_spans_merge_back_into_the_plain_text() -> None:
     assert parse_weights("a (lighthouse:1.0) at dawn") == [WeightedSpan("a lighthouse at dawn", 1.0)]
 
 
+def test_break_in_capitals_as_a_word_is_a_span_of_its_own_wherever_it_stands() -> None:
+    assert parse_weights("a cat BREAK (a hat:1.2) BREAK,") == [
+        WeightedSpan("a cat", 1.0),
+        WeightedSpan("", 1.0, chunk_break=True),
+        WeightedSpan("a hat", 1.2),
+        WeightedSpan("", 1.0, chunk_break=True),
+        WeightedSpan(",", 1.0),
+    ]
+    assert parse_weights("(fur BREAK tail:1.3)")[1].chunk_break  # inside a weight too, as in A1111
+    for text in ("a break in the clouds", "BREAKFAST club", "outBREAK"):
+        assert parse_weights(text) == [WeightedSpan(text, 1.0)]
+
+
 # -- chunking ----------------------------------------------------------------------------------
+
+
+def test_a_break_ends_the_chunk_it_stands_in_and_never_makes_an_empty_one() -> None:
+    tokens = [(BREAK_ID, 1.0), (10, 1.0), (11, 1.0), (BREAK_ID, 1.0), (BREAK_ID, 1.0), (12, 1.3)]
+    first, second = chunk_tokens([*tokens, (BREAK_ID, 1.0)], bos=1, eos=2, pad=0)
+    assert first.ids == (1, 10, 11, 2, *([0] * 73)) and not first.weighted
+    assert second.ids == (1, 12, 2, *([0] * 74)) and second.weighted
+    full = [(100 + n, 1.0) for n in range(75)]
+    assert len(chunk_tokens([*full, (BREAK_ID, 1.0), (7, 1.0)], bos=1, eos=2, pad=0)) == 2
+
+
+def test_token_and_chunk_counts_follow_breaks() -> None:
+    assert clip_chunks("a cat BREAK a hat") == 2 and clip_chunks("a cat BREAK") == 1
+    assert clip_token_count("a cat BREAK a hat") == clip_token_count("a cat a hat")
 
 
 def test_a_short_prompt_is_framed_as_one_77_token_chunk() -> None:
@@ -185,3 +214,15 @@ def test_a_long_prompt_takes_two_blocks_and_its_first_block_is_the_stock_truncat
     assert torch.equal(ours.pooled, truncated_pooled)
     assert torch.equal(ours.tokens[:, 154:], second_line.tokens)
     assert not torch.equal(ours.tokens[:, 77:154], truncated_tokens)
+
+
+def test_text_after_a_break_starts_a_new_block_that_encodes_as_it_would_alone(
+    pipeline: StableDiffusionXLPipeline,
+) -> None:
+    with torch.inference_mode():
+        ours = encode_workloads(pipeline, ["a lighthouse BREAK golden hour"], clip_skip=2, device=CPU)
+        first = encode_workloads(pipeline, ["a lighthouse"], clip_skip=2, device=CPU)
+        second = encode_workloads(pipeline, ["golden hour"], clip_skip=2, device=CPU)
+    assert ours.tokens.shape[1] == 2 * 77
+    assert torch.equal(ours.tokens[:, :77], first.tokens) and torch.equal(ours.tokens[:, 77:], second.tokens)
+    assert torch.equal(ours.pooled, first.pooled)

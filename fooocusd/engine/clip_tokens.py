@@ -9,12 +9,11 @@ encoder sees them: their text without the weight syntax (``embedding:name`` is c
 from __future__ import annotations
 
 import functools
-import math
 
 from transformers import CLIPTokenizer
 
 from fooocusd.engine.models import SDXL_CONFIG_DIR
-from fooocusd.engine.weighting import TOKENS_PER_CHUNK, parse_weights
+from fooocusd.engine.weighting import BREAK_ID, chunk_tokens, parse_weights, weighted_tokens
 
 
 @functools.lru_cache(maxsize=1)
@@ -25,14 +24,17 @@ def shipped_clip_tokenizer() -> CLIPTokenizer:
 
 
 def clip_token_count(text: str) -> int:
-    """CLIP tokens of ``text`` without the begin and end tokens."""
-    tokenizer = shipped_clip_tokenizer()
-    return sum(
-        len(tokenizer(span.text, add_special_tokens=False, verbose=False).input_ids)
-        for span in parse_weights(text)
-    )
+    """CLIP tokens of ``text`` without the begin and end tokens (a ``BREAK`` counts none)."""
+    return sum(1 for token, _ in _tokens(text) if token != BREAK_ID)
 
 
 def clip_chunks(text: str) -> int:
     """77-token blocks the text encoders run for ``text`` (at least one, for an empty prompt too)."""
-    return max(1, math.ceil(clip_token_count(text) / TOKENS_PER_CHUNK))
+    return len(chunk_tokens(_tokens(text), bos=0, eos=0, pad=0))
+
+
+def _tokens(text: str) -> list[tuple[int, float]]:
+    tokenizer = shipped_clip_tokenizer()
+    return weighted_tokens(
+        parse_weights(text), lambda span: tokenizer(span, add_special_tokens=False, verbose=False).input_ids
+    )

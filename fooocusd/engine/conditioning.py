@@ -37,6 +37,7 @@ from fooocusd.engine.weighting import (
     chunk_tokens,
     empty_chunk,
     parse_weights,
+    weighted_tokens,
 )
 from fooocusd.errors import InvalidInput
 
@@ -178,12 +179,11 @@ def _run_encoder(
 def _token_chunks(
     pipeline: StableDiffusionXLPipeline, tokenizer: PreTrainedTokenizerBase, spans: list[WeightedSpan]
 ) -> list[TokenChunk]:
-    tokens: list[tuple[int, float]] = []
-    for span in spans:
-        prompt = pipeline.maybe_convert_prompt(span.text, tokenizer)  # textual-inversion tokens, if any
-        ids = tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids  # no length warning
-        tokens.extend((token, span.weight) for token in ids)
-    return chunk_tokens(tokens, **_special_ids(tokenizer))
+    def tokenize(text: str) -> list[int]:
+        prompt = pipeline.maybe_convert_prompt(text, tokenizer)  # textual-inversion tokens, if any
+        return tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids  # no length warning
+
+    return chunk_tokens(weighted_tokens(spans, tokenize), **_special_ids(tokenizer))
 
 
 def _special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:

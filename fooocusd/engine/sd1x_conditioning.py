@@ -24,7 +24,13 @@ import torch
 
 from fooocusd.engine.conditioning import AdmTimeIds, Conditioning, PromptEmbeddings
 from fooocusd.engine.encoding_cache import EncodingCache
-from fooocusd.engine.weighting import apply_token_weights, chunk_tokens, empty_chunk, parse_weights
+from fooocusd.engine.weighting import (
+    apply_token_weights,
+    chunk_tokens,
+    empty_chunk,
+    parse_weights,
+    weighted_tokens,
+)
 from fooocusd.errors import InvalidInput
 
 
@@ -88,12 +94,12 @@ def _placeholder(like: torch.Tensor) -> torch.Tensor:
 def _encode_one(pipeline: Any, text: str, layer: int) -> torch.Tensor:
     tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
     special = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
-    pairs: list[tuple[int, float]] = []
-    for span in parse_weights(text):
-        prompt = pipeline.maybe_convert_prompt(span.text, tokenizer)  # multi-vector embeddings
-        ids = tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids
-        pairs.extend((token, span.weight) for token in ids)
-    chunks = chunk_tokens(pairs, **special)
+
+    def tokenize(span_text: str) -> list[int]:
+        prompt = pipeline.maybe_convert_prompt(span_text, tokenizer)  # multi-vector embeddings
+        return tokenizer(prompt, add_special_tokens=False, verbose=False).input_ids
+
+    chunks = chunk_tokens(weighted_tokens(parse_weights(text), tokenize), **special)
     # One chunk at a time, as for SDXL: the first block of a long prompt stays what the cut prompt gives.
     encoded = torch.cat([_hidden(encoder, chunk.ids, layer) for chunk in chunks])
     if any(chunk.weighted for chunk in chunks):

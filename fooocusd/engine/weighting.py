@@ -4,6 +4,9 @@ Syntax (as Fooocus reads it):
 - ``(text)`` multiplies the surrounding weight by 1.1; nesting multiplies again: ``((text))`` = 1.21.
 - ``(text:1.5)`` sets the weight to 1.5, whatever surrounds it.
 - ``\\(`` and ``\\)`` are literal parentheses. An unmatched parenthesis is literal too.
+- ``BREAK`` (A1111's keyword, in capitals, as a word of its own) ends the current 77-token chunk:
+  the text after it starts a new one. Recipes pasted from A1111 and civitai use it; Fooocus reads
+  it as the word "break".
 
 Maths (A1111 style): a weighted token embedding ``z`` becomes ``z_empty + w·(z − z_empty)``, where
 ``z_empty`` is the same position in the encoding of the empty prompt; then the chunk is scaled so
@@ -16,7 +19,7 @@ Long prompts: the tokens are cut into chunks of 75, each framed as BOS + tokens 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +30,9 @@ TOKENS_PER_CHUNK = CHUNK_LENGTH - 2  # BOS and EOS frame each chunk
 
 _EXPLICIT_WEIGHT = re.compile(r":\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*$")
 _ESCAPABLE = "()"
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+BREAK_ID = -1
+"""Stands in a token list for ``BREAK``: ``chunk_tokens`` starts a new chunk there."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,8 @@ class WeightedSpan:
 
     text: str
     weight: float
+    chunk_break: bool = False
+    """A ``BREAK`` (no text): the next span starts a new 77-token chunk."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,20 @@ def parse_weights(text: str) -> list[WeightedSpan]:
     closing = _matching_parentheses(text)
     spans: list[WeightedSpan] = []
     _collect(text, 0, len(text), 1.0, closing, spans)
-    return _merge(spans)
+    return _merge(_with_breaks(spans))
+
+
+def weighted_tokens(
+    spans: Sequence[WeightedSpan], tokenize: Callable[[str], list[int]]
+) -> list[tuple[int, float]]:
+    """(token id, weight) for each token of ``spans``, with ``BREAK_ID`` where a ``BREAK`` stands."""
+    tokens: list[tuple[int, float]] = []
+    for span in spans:
+        if span.chunk_break:
+            tokens.append((BREAK_ID, 1.0))
+        else:
+            tokens.extend((token, span.weight) for token in tokenize(span.text))
+    return tokens
 
 
 def has_weights(spans: Sequence[WeightedSpan]) -> bool:
@@ -119,12 +140,26 @@ def _collect(
     flush()
 
 
+def _with_breaks(spans: list[WeightedSpan]) -> list[WeightedSpan]:
+    """Each ``BREAK`` inside a span's text as a span of its own."""
+    split: list[WeightedSpan] = []
+    for span in spans:
+        for index, part in enumerate(_BREAK.split(span.text)):
+            if index:
+                split.append(WeightedSpan("", 1.0, chunk_break=True))
+            split.append(WeightedSpan(part, span.weight))
+    return split
+
+
 def _merge(spans: list[WeightedSpan]) -> list[WeightedSpan]:
     merged: list[WeightedSpan] = []
     for span in spans:
+        if span.chunk_break:
+            merged.append(span)
+            continue
         if not span.text:
             continue
-        if merged and merged[-1].weight == span.weight:
+        if merged and not merged[-1].chunk_break and merged[-1].weight == span.weight:
             merged[-1] = WeightedSpan(merged[-1].text + span.text, span.weight)
         else:
             merged.append(span)
@@ -137,11 +172,23 @@ def _merge(spans: list[WeightedSpan]) -> list[WeightedSpan]:
 def chunk_tokens(tokens: Sequence[tuple[int, float]], *, bos: int, eos: int, pad: int) -> list[TokenChunk]:
     """Cut (id, weight) pairs into 77-token chunks: BOS + up to 75 tokens + EOS + padding.
 
-    No tokens still give one chunk (the empty prompt), exactly as the tokenizer frames ``""``.
+    A ``BREAK_ID`` ends the chunk it stands in (one that has tokens; a ``BREAK`` at the start or
+    after another changes nothing). No tokens still give one chunk (the empty prompt), exactly as
+    the tokenizer frames ``""``.
     """
+    bodies: list[list[tuple[int, float]]] = [[]]
+    for token in tokens:
+        if token[0] == BREAK_ID:
+            if bodies[-1]:
+                bodies.append([])
+            continue
+        if len(bodies[-1]) == TOKENS_PER_CHUNK:
+            bodies.append([])
+        bodies[-1].append(token)
+    if len(bodies) > 1 and not bodies[-1]:  # a BREAK at the end
+        bodies.pop()
     chunks: list[TokenChunk] = []
-    for start in range(0, max(len(tokens), 1), TOKENS_PER_CHUNK):
-        body = tokens[start : start + TOKENS_PER_CHUNK]
+    for body in bodies:
         padding = CHUNK_LENGTH - 2 - len(body)
         ids = (bos, *(token for token, _ in body), eos, *([pad] * padding))
         weights = (1.0, *(weight for _, weight in body), 1.0, *([1.0] * padding))

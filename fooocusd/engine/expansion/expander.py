@@ -64,7 +64,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from fooocusd.engine.clip_tokens import clip_chunks, clip_token_count
+from fooocusd.engine.clip_tokens import clip_chunks
 from fooocusd.engine.expansion.sampling import DrawRows, RowPrompt
 from fooocusd.engine.expansion.static_step import StaticGPT2, supports
 from fooocusd.engine.expansion.tiny import build_tiny_model, build_tiny_tokenizer
@@ -116,11 +116,11 @@ def fit_in_clip_chunks(prompt: str, added: str) -> str:
     than its neighbours."""
     if not added:
         return added
-    limit = TOKENS_PER_CHUNK * clip_chunks(prompt)
+    limit = clip_chunks(prompt)
     words = added.split(" ")
 
-    def fits(count: int) -> bool:
-        return clip_token_count(joined(prompt, clean_expansion_text(" ".join(words[:count])))) <= limit
+    def fits(count: int) -> bool:  # in chunks, not tokens: a BREAK in the prompt starts one early
+        return clip_chunks(joined(prompt, clean_expansion_text(" ".join(words[:count])))) <= limit
 
     if fits(len(words)):
         return added
