@@ -94,6 +94,18 @@ def test_a_bad_value_in_pasted_settings_points_at_the_pasted_lines() -> None:
     assert raised.value.where == "the pasted A1111 generation data (lines 1–2)"
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["a fox\nSteps: 20, Sampler: Euler, Seed: abc\n", '{"prompt": "a fox", "steps": "lots", "seed": 1}\n'],
+    ids=["A1111", "Fooocus"],
+)
+def test_a_pasted_value_that_cannot_be_read_refuses_the_file_saying_which(text: str) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        parse_txt(text, "c.txt")
+    assert "the pasted generation settings have a value fooocusd cannot read" in raised.value.message
+    assert "is not a number" in raised.value.message and raised.value.where == "the pasted settings"
+
+
 def test_fooocus_parameters_json_from_its_image_log_becomes_the_jobs_settings(logged: list[str]) -> None:
     [spec] = parse_txt(json.dumps(FOOOCUS_LOG, indent=0) + "\nimages: 2\n", "fooocus.txt")
     assert spec.prompt == "a cat in a hat" and spec.negative == "blurry" and spec.images == 2

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fooocusd.engine.styles import PSEUDO_STYLES, StyleLibrary, load_styles, style_key
+from fooocusd.errors import InvalidInput
 
 _SETTINGS_LINE_MIN_PAIRS = 3
 _SETTINGS_LINE_START = "Steps:"
@@ -94,11 +96,21 @@ class PastedSettings:
 
 def pasted_settings(lines: Sequence[str], source_name: str) -> PastedSettings | None:
     """The settings pasted at the start of a ``.txt`` job's ``lines``, or None when it is an
-    ordinary job file."""
-    return _fooocus_parameters(lines, source_name) or _a1111_generation_data(lines, source_name)
+    ordinary job file. ``InvalidInput`` when a pasted value cannot be read (``Seed: abc``)."""
+    try:
+        return _fooocus_parameters(lines) or _a1111_generation_data(lines)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        quoted = re.search(r"'([^']*)'$", str(exc)) if isinstance(exc, ValueError) else None
+        what = f"{quoted.group(1)!r} is not a number" if quoted else str(exc)
+        raise InvalidInput(
+            f"{source_name}: the pasted generation settings have a value fooocusd cannot read: {what}",
+            where="the pasted settings",
+            hint="correct that value, or delete it from the settings line and write it as an option "
+            "line after the settings ('steps: 30')",
+        ) from exc
 
 
-def _fooocus_parameters(lines: Sequence[str], source_name: str) -> PastedSettings | None:
+def _fooocus_parameters(lines: Sequence[str]) -> PastedSettings | None:
     text = "\n".join(lines)
     start = len(text) - len(text.lstrip())
     if not text[start:].startswith("{"):
@@ -116,10 +128,10 @@ def _fooocus_parameters(lines: Sequence[str], source_name: str) -> PastedSetting
     from fooocusd.outbox.remake import from_fooocus_scheme, from_sidecar, keep_runnable_sampling
 
     if "schema" in scheme and "input_file" in scheme:  # fooocusd's own sidecar
-        image = from_sidecar(Path(source_name), scheme, known_bundled_style)
+        image = from_sidecar(Path("pasted"), scheme, known_bundled_style)
         kind = "fooocusd sidecar"
     else:
-        image = from_fooocus_scheme(Path(source_name), scheme, known_bundled_style)
+        image = from_fooocus_scheme(Path("pasted"), scheme, known_bundled_style)
         kind = "Fooocus parameters"
     keep_runnable_sampling(image.job, image.notes)
     styles = image.job.get("styles") or []
@@ -131,7 +143,7 @@ def _fooocus_parameters(lines: Sequence[str], source_name: str) -> PastedSetting
     return PastedSettings(kind, image.job, text[:end].count("\n") + 1, image.notes)
 
 
-def _a1111_generation_data(lines: Sequence[str], source_name: str) -> PastedSettings | None:
+def _a1111_generation_data(lines: Sequence[str]) -> PastedSettings | None:
     from fooocusd.outbox.reader import parse_settings_line
     from fooocusd.outbox.remake import from_a1111, keep_runnable_sampling
 
@@ -147,7 +159,7 @@ def _a1111_generation_data(lines: Sequence[str], source_name: str) -> PastedSett
     if found is None:
         return None
     index, params = found
-    image = from_a1111(Path(source_name), "\n".join(lines[: index + 1]))
+    image = from_a1111(Path("pasted"), "\n".join(lines[: index + 1]))
     keep_runnable_sampling(image.job, image.notes)
     ignored = [key for key in params if key not in _A1111_USED and key not in _A1111_INFORMATION]
     if ignored:
