@@ -99,7 +99,7 @@ def pasted_settings(lines: Sequence[str], source_name: str) -> PastedSettings | 
     ordinary job file. ``InvalidInput`` when a pasted value cannot be read (``Seed: abc``)."""
     try:
         return _fooocus_parameters(lines) or _a1111_generation_data(lines)
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as exc:
         quoted = re.search(r"'([^']*)'$", str(exc)) if isinstance(exc, ValueError) else None
         what = f"{quoted.group(1)!r} is not a number" if quoted else str(exc)
         raise InvalidInput(

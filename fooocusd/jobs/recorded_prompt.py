@@ -47,7 +47,7 @@ def recorded_prompt(image: Path) -> dict[str, Any]:
             record = from_a1111(image, parameters)
         else:
             return {}
-    except (InvalidInput, OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
+    except (InvalidInput, OSError, KeyError, ValueError, TypeError, AttributeError, OverflowError) as exc:
         logger.debug(
             "{}: its recorded settings are not readable ({}); no prompt taken from it", image.name, exc
         )
