@@ -97,8 +97,28 @@ txt_like = st.lists(
     ),
     max_size=12,
 ).map("\n".join)
+A1111_KEYS = ["Sampler", "CFG scale", "Seed", "Size", "Model", "Clip skip", "Schedule type", "Lora weights"]
+A1111_KEYS += ["Refiner", "Refiner switch", "VAE", "Sharpness", "ADM Guidance", "Adaptive CFG", "Styles"]
+A1111_KEYS += ["Performance", "Raw prompt", "Raw negative prompt", "Hires upscale"]
+pasted_a1111 = st.builds(
+    lambda prompt, steps, pairs: (
+        f"{prompt}\nNegative prompt: blurry\nSteps: {steps}, "
+        + ", ".join(f"{key}: {value}" for key, value in pairs)
+    ),
+    st.text(max_size=40),
+    st.text(max_size=6),
+    st.lists(st.tuples(st.sampled_from(A1111_KEYS), st.text(max_size=14)), min_size=2, max_size=8),
+)
+FOOOCUS_KEYS = ["prompt", "negative_prompt", "steps", "seed", "resolution", "base_model", "styles"]
+FOOOCUS_KEYS += ["adm_guidance", "guidance_scale", "sharpness", "performance", "sampler", "scheduler"]
+FOOOCUS_KEYS += ["loras", "lora_combined_1", "refiner_model", "refiner_switch", "vae", "schema", "input_file"]
+pasted_fooocus = st.dictionaries(st.sampled_from(FOOOCUS_KEYS), values, min_size=2).map(
+    lambda scheme: json.dumps({"prompt": "a fox", "steps": 30, **scheme})
+)
 job_bytes = st.one_of(
     st.binary(max_size=512),
+    pasted_a1111.map(str.encode),
+    pasted_fooocus.map(str.encode),
     st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")),
     txt_like.map(str.encode),
     structured_toml().map(str.encode),
