@@ -236,7 +236,7 @@ class GenerationSettings(_Section):
         Field("vary_subtle", description="What an image dropped alone asks for.")
     )
     use_recorded_prompt: bool = Field(
-        True, description="An image dropped alone is redrawn with the prompt recorded in it, if any."
+        True, description="An image job with no prompt takes the prompt recorded in its image, if any."
     )
     upscale_model: str = Field(
         "RealESRGAN_x4plus", description="Super-resolution model (.safetensors) in <models>/upscale_models."

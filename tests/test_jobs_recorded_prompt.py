@@ -83,6 +83,20 @@ def test_the_loader_redraws_an_image_alone_with_its_recorded_prompt_only_when_as
     assert plain.prompt == "" and plain.image == "knight.png"
 
 
+def test_a_job_file_without_a_prompt_takes_its_images_prompt_but_keeps_what_it_sets(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    image = _png(inbox / "knight.png", {"parameters": A1111})
+    job = inbox / "knight.txt"
+    job.write_text("action: upscale_2x\nnegative: jpeg artefacts\n---\na dragon\n", encoding="utf-8")
+    first, second = load_drop(job, image, None, inbox, **LIMITS, use_recorded_prompt=True)
+    assert (first.prompt, first.negative, first.image_action) == (
+        "a knight in ornate armour, castle",
+        "jpeg artefacts",
+        "upscale_2x",
+    )
+    assert (second.prompt, second.negative) == ("a dragon", "")  # a prompt of its own: left alone
+
+
 def test_an_output_dropped_back_alone_is_varied_with_its_own_prompt_and_styles(sandbox: Sandbox) -> None:
     sandbox.drop("fox.txt", "a red fox in fresh snow\nstyles: Film Noir\nseed: 5\n")
     assert sandbox.drain().ok

@@ -59,8 +59,8 @@ def load_drop(
       it names are resolved relative to it and must lie in the inbox (intake claims them with it);
     - a job file with an image: the image becomes the input of every job that names none, and
       those jobs need no prompt;
-    - an image alone: one job that applies ``default_image_action`` to it, with the prompt the
-      image records when ``use_recorded_prompt`` (``recorded_prompt``);
+    - an image alone: one job that applies ``default_image_action`` to it;
+    - with ``use_recorded_prompt``, an image job without a prompt takes the one its image records;
     - a mask needs its image, goes with the jobs that use that image, and makes ``inpaint``
       their default action. A mask must have its image's shape; the worker scales it to size.
     """
@@ -81,20 +81,34 @@ def load_drop(
     if spec_path is None:
         if paired is None:
             raise ValueError("load_drop needs a job file, an image, or both")
-        alone: dict[str, object] = {"prompt": "", "image": paired}
-        alone["image_action"] = "inpaint" if paired_mask else action
+        alone = JobSpec(prompt="", image=paired, image_action="inpaint" if paired_mask else action)
         if paired_mask:
-            alone["mask"] = paired_mask
-        recorded = recorded_prompt(image_path) if use_recorded_prompt else {}
-        if recorded:
-            logger.info("{}: redrawn with the prompt recorded in it: {!r}", paired, recorded["prompt"][:80])
-        return [JobSpec.model_validate({**alone, **recorded})]
+            alone = alone.model_copy(update={"mask": paired_mask})
+        return [_with_recorded_prompt(alone, files) if use_recorded_prompt else alone]
 
     # With an image beside the file, every job gets an image below, so none needs a prompt.
     # Without one, the parsers refuse a job that has neither, with their own precise message.
     with image_attached_after_parsing() if paired is not None else nullcontext():
         specs = parse_job_file(spec_path, max_job_file_bytes=max_job_file_bytes)
-    return [_with_inputs(spec, spec_path, files, paired, paired_mask, action) for spec in specs]
+    specs = [_with_inputs(spec, spec_path, files, paired, paired_mask, action) for spec in specs]
+    return [_with_recorded_prompt(spec, files) if use_recorded_prompt else spec for spec in specs]
+
+
+def _with_recorded_prompt(spec: JobSpec, files: DropFiles) -> JobSpec:
+    """An image job written without a prompt takes the one its image records (``recorded_prompt``);
+    its negative and styles too, unless the job sets them."""
+    if spec.image is None or spec.prompt.strip() or spec.extra_prompts:
+        return spec
+    recorded = recorded_prompt(files.inbox_root / spec.image)
+    update = {
+        name: value
+        for name, value in recorded.items()
+        if name in ("prompt", "extra_prompts") or name not in spec.model_fields_set
+    }
+    if not update:
+        return spec
+    logger.info("{}: redrawn with the prompt recorded in it: {!r}", spec.image, update["prompt"][:80])
+    return spec.model_copy(update=update)
 
 
 def parse_job_file(path: Path, *, max_job_file_bytes: int) -> list[JobSpec]:

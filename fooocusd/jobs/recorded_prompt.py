@@ -1,6 +1,7 @@
-"""The prompt a picture carries, for a picture dropped alone.
+"""The prompt a picture carries, for an image job that gives none.
 
-An image dropped without a job file is varied or upscaled. Without a prompt the result drifts
+An image dropped without a job file, or with one that has no prompt, is varied, upscaled or
+repainted. Without a prompt the result drifts
 towards whatever the model draws unprompted; with the prompt that made the picture it stays on its
 subject, as it does in Fooocus, where the prompt box still holds it. Images made by fooocusd,
 Fooocus (with "Save Metadata to Images") or A1111, and most images from civitai, carry their
