@@ -67,3 +67,18 @@ def suggest(
     if not close:
         return ""
     return " — did you mean " + " or ".join(f"'{match}'" for match in close) + "?"
+
+
+def shown_value(value: object, limit: int = 80) -> str:
+    """``value`` as a message quotes it (``repr``), cut short when long: a 30,000-character
+    prompt must not fill the log, the journal and the error file."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, str):
+        size = f"{len(value):,} characters"
+    elif isinstance(value, list | tuple | dict):
+        size = f"{len(value):,} entries"
+    else:
+        size = f"{len(text):,} characters written"
+    return f"{text[: limit - 1]}… ({size})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from loguru import logger
 
-from fooocusd.errors import InvalidInput
+from fooocusd.errors import InvalidInput, shown_value
 from fooocusd.jobs.txt_format import parse_txt
 
 
@@ -283,3 +283,20 @@ def test_height_alone_in_a_txt_file_names_its_line_and_the_prompt_escape() -> No
     assert caught.value.where == "line 2"
     assert "'height' is set but 'width' is not" in caught.value.message
     assert "prompt: <the line>" in caught.value.hint
+
+
+def test_an_overlong_value_is_quoted_short_in_the_error_with_a_hint_to_shorten_it() -> None:
+    with pytest.raises(InvalidInput) as raised:
+        parse_txt("a fox " * 5000, "huge.txt")
+    message = raised.value.message
+    assert len(message) < 300 and "… (29,999 characters) is not valid" in message
+    assert raised.value.hint == "shorten it to at most 20,000 characters"
+    with pytest.raises(InvalidInput) as raised:
+        parse_txt("\n".join(f"line {n}" for n in range(40)), "lines.txt")
+    assert "(39 entries) is not valid" in raised.value.message
+    assert raised.value.hint.startswith("shorten it to at most 32 entries (in a .txt file each line after")
+
+
+def test_a_short_value_is_quoted_whole() -> None:
+    assert shown_value("banana") == "'banana'" and shown_value(7) == "7"
+    assert shown_value(list(range(100))).endswith("… (100 entries)")

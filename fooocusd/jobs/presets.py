@@ -21,7 +21,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import fooocusd
-from fooocusd.errors import ConfigError, InvalidInput, suggest
+from fooocusd.errors import ConfigError, InvalidInput, shown_value, suggest
 from fooocusd.jobs.resolve import (
     normalise_aspect,
     normalise_output_format,
@@ -171,7 +171,7 @@ def read_preset_file(path: Path) -> Preset:
         key = ".".join(str(part) for part in error["loc"])
         reason = str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(
-            f"preset file {path}: '{key}' = {error.get('input')!r} is not valid: {reason}",
+            f"preset file {path}: '{key}' = {shown_value(error.get('input'))} is not valid: {reason}",
             where=f"{path}, key '{key}'",
             hint="see the preset section of the README for each key's allowed values",
         ) from exc

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fooocusd.errors import InvalidInput, suggest
+from fooocusd.errors import InvalidInput, shown_value, suggest
 from fooocusd.jobs.resolve import (
     ACTION_HELP,
     ASPECT_HELP,
@@ -303,7 +303,7 @@ def build_spec(
             value = normalise_value(field, raw)
         except ValueError as exc:
             raise InvalidInput(
-                f"{source_name}: '{labels.get(field, field)}' = {raw!r} is not valid: {exc}",
+                f"{source_name}: '{labels.get(field, field)}' = {shown_value(raw)} is not valid: {exc}",
                 where=locate(field),
                 hint=KEY_HELP.get(field, ""),
             ) from exc
@@ -369,10 +369,17 @@ def _explain(
     got = error.get("input")
     more = len(exc.errors()) - 1
     extra = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    hint = KEY_HELP.get(field, "see the job-file keys in the README")
+    if error["type"] in ("string_too_long", "too_long"):
+        limit = (error.get("ctx") or {}).get("max_length")
+        unit = "characters" if error["type"] == "string_too_long" else "entries"
+        hint = f"shorten it to at most {limit:,} {unit}" if isinstance(limit, int) else hint
+        if field == "extra_prompts":
+            hint += " (in a .txt file each line after the first is one; a line '---' starts another job)"
     return InvalidInput(
-        f"{source_name}: '{labels.get(field, field)}' = {got!r} is not valid: {detail}{extra}",
+        f"{source_name}: '{labels.get(field, field)}' = {shown_value(got)} is not valid: {detail}{extra}",
         where=locate(field),
-        hint=KEY_HELP.get(field, "see the job-file keys in the README"),
+        hint=hint,
     )
 
 
