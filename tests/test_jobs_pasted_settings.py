@@ -18,7 +18,9 @@ masterpiece, (film grain:1.2)
 Negative prompt: lowres, blurry,
 watermark
 Steps: 25, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 1234567, Size: 832x1216, Model hash: 31e35c80fc, \
-Model: juggernautXL_v9, Hires upscale: 1.5, ADetailer model: face_yolov8n.pt, Version: v1.6.0
+Model: juggernautXL_v9, Hires upscale: 1.5, ADetailer model: face_yolov8n.pt, Version: v1.6.0, \
+Created Date: 2024-05-01T1234Z, Civitai resources: [{"type":"checkpoint","modelVersionId":290640}], \
+Civitai metadata: {}
 """
 
 FOOOCUS_LOG = {
@@ -64,7 +66,7 @@ def test_civitai_generation_data_becomes_the_jobs_settings_as_a1111_made_it(logg
     said = " ".join(logged)
     assert "civitai.txt: read as A1111 generation data (prompt, negative," in said
     assert "Hires upscale, ADetailer model: fooocusd has no equivalent, so these are not used" in said
-    assert "Model hash" not in said and "Version" not in said  # facts, not settings
+    assert "Model hash" not in said and "Version" not in said and "Civitai" not in said  # facts
 
 
 def test_option_lines_after_the_pasted_settings_win_and_model_default_means_the_configured_one() -> None:

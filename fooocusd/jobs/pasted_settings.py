@@ -52,6 +52,9 @@ _A1111_INFORMATION = frozenset(
         "Module 1",
         "User",
         "Metadata Scheme",
+        "Created Date",
+        "Civitai resources",
+        "Civitai metadata",
     }
 )
 # A1111 keys ``from_a1111`` turns into job settings.
