@@ -1,12 +1,11 @@
 """The prompt a picture carries, for an image job that gives none.
 
 An image dropped without a job file, or with one that has no prompt, is varied, upscaled or
-repainted. Without a prompt the result drifts
-towards whatever the model draws unprompted; with the prompt that made the picture it stays on its
-subject, as it does in Fooocus, where the prompt box still holds it. Images made by fooocusd,
-Fooocus (with "Save Metadata to Images") or A1111, and most images from civitai, carry their
-prompt; it is read through the same translation as ``fooocusd inspect --job``
-(``outbox/remake.py``).
+repainted. Without a prompt the result drifts towards whatever the model draws unprompted; with
+the prompt that made the picture it stays on its subject, as it does in Fooocus, where the prompt
+box still holds it. Images made by fooocusd, Fooocus (with "Save Metadata to Images") or A1111,
+and most images from civitai, carry their prompt; it is read through the same translation as
+``fooocusd inspect --job`` (``outbox/remake.py``).
 
 Only the prompts and styles are taken: the picture is redrawn with this installation's model, at
 a new seed. Pictures made elsewhere (Fooocus, A1111) lose their ``<lora:…>`` tags and
