@@ -50,6 +50,14 @@ def test_a_journal_still_not_ready_after_the_patience_means_the_daemon_is_starti
     assert now[0] >= 2.0
 
 
+def test_a_daemon_that_has_not_created_its_journal_yet_is_starting_without_waiting(tmp_path: Path) -> None:
+    def never_sleep(_seconds: float) -> None:
+        raise AssertionError("it loads its model first, which may take a minute: no waiting")
+
+    with state_folder_lock(tmp_path):
+        assert open_when_ready(tmp_path / "journal.sqlite3", tmp_path, sleep=never_sleep) is None
+
+
 def test_without_a_daemon_a_journal_that_is_not_ready_is_an_error_at_once(tmp_path: Path) -> None:
     db = tmp_path / "journal.sqlite3"
     _empty_database(db)

@@ -113,3 +113,27 @@ def test_status_and_doctor_say_whether_a_daemon_holds_the_state_folder_and_leave
     assert daemon_holding(sandbox.state) is None
     with state_folder_lock(sandbox.state):  # and the probes left it free for the next daemon
         pass
+
+
+class _Loaded(Exception):
+    """Raised where the daemon would load torch and its model."""
+
+
+@pytest.mark.parametrize("command", [["run"], ["once", "--no-progress"]], ids=["run", "once"])
+def test_run_and_once_hold_the_state_folder_before_the_daemon_loads_torch_and_its_model(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    # Seconds of imports and model loading: status must see a daemon, and a second one be refused.
+    from fooocusd.service.daemon import Daemon
+
+    seen: list[tuple[str | None, bool]] = []
+
+    def loading(self: Daemon, *, drain: bool = False, state_locked: bool = False) -> None:
+        seen.append((daemon_holding(sandbox.state), state_locked))
+        raise _Loaded
+
+    monkeypatch.setattr(Daemon, "run", loading)
+    with pytest.raises(_Loaded):
+        main([*command, "--config", str(sandbox.config)])
+    assert seen == [(str(os.getpid()), True)]
+    assert daemon_holding(sandbox.state) is None  # and let go when the command ends, however it ends

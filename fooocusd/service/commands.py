@@ -10,6 +10,8 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +23,8 @@ from rich.text import Text
 from fooocusd.errors import ConfigError, FooocusdError, InvalidInput
 from fooocusd.intake.waiting import inbox_waiting
 from fooocusd.journal.journal import Journal, JournalError, status_report, unfinished_jobs
-from fooocusd.service.folders import Folders
-from fooocusd.service.state_lock import daemon_holding, refuse_if_a_daemon_holds
+from fooocusd.service.folders import Folders, prepare_folders
+from fooocusd.service.state_lock import daemon_holding, state_folder_lock
 from fooocusd.settings import LoadedSettings, flatten
 
 if TYPE_CHECKING:
@@ -35,22 +37,37 @@ _err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def run(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    refuse_if_a_daemon_holds(_folders(loaded).state)
-    from fooocusd.service.daemon import Daemon  # torch and diffusers load only where needed
-    from fooocusd.service.reload import SettingsSource
+    with _state_folder_taken(loaded):
+        from fooocusd.service.daemon import Daemon  # torch and diffusers load only where needed
+        from fooocusd.service.reload import SettingsSource
 
-    # SIGHUP (systemctl reload) reads the same file, environment and flags again.
-    daemon = Daemon(loaded.settings, settings_source=SettingsSource.from_loaded(loaded))
-    previous = daemon.install_signal_handlers()
-    try:
-        daemon.run()
-    finally:
-        _restore_signal_handlers(previous)
+        # SIGHUP (systemctl reload) reads the same file, environment and flags again.
+        daemon = Daemon(loaded.settings, settings_source=SettingsSource.from_loaded(loaded))
+        previous = daemon.install_signal_handlers()
+        try:
+            daemon.run(state_locked=True)
+        finally:
+            _restore_signal_handlers(previous)
     return 0
 
 
 def once(args: argparse.Namespace, loaded: LoadedSettings) -> int:
-    refuse_if_a_daemon_holds(_folders(loaded).state)
+    with _state_folder_taken(loaded):
+        summary = _drain(args, loaded)
+    _print_summary(summary)
+    return 0 if summary.ok else 1
+
+
+@contextmanager
+def _state_folder_taken(loaded: LoadedSettings) -> Iterator[None]:
+    """Hold the state folder from the start, before torch loads (seconds) and the model (more):
+    a second daemon is refused at once, and ``status`` says this one is starting meanwhile."""
+    folders = prepare_folders(loaded.settings)
+    with state_folder_lock(folders.state):
+        yield
+
+
+def _drain(args: argparse.Namespace, loaded: LoadedSettings) -> Summary:
     from fooocusd.service.daemon import Daemon
 
     show_bar = sys.stderr.isatty() and not args.no_progress
@@ -58,33 +75,30 @@ def once(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         daemon = Daemon(loaded.settings)
         previous = daemon.install_signal_handlers()
         try:
-            summary = daemon.run(drain=True)
+            return daemon.run(drain=True, state_locked=True)
         finally:
             _restore_signal_handlers(previous)
-    else:
-        with Progress(
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} steps"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        ) as bar:
-            tasks: dict[str, Any] = {}
+    with Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        tasks: dict[str, Any] = {}
 
-            def sink(label: str, done: int, total: int) -> None:
-                if label not in tasks:
-                    tasks[label] = bar.add_task(label, total=total)
-                bar.update(tasks[label], completed=done, total=total)
+        def sink(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done, total=total)
 
-            daemon = Daemon(loaded.settings, progress_sink=sink)
-            previous = daemon.install_signal_handlers()
-            try:
-                summary = daemon.run(drain=True)
-            finally:
-                _restore_signal_handlers(previous)
-    _print_summary(summary)
-    return 0 if summary.ok else 1
+        daemon = Daemon(loaded.settings, progress_sink=sink)
+        previous = daemon.install_signal_handlers()
+        try:
+            return daemon.run(drain=True, state_locked=True)
+        finally:
+            _restore_signal_handlers(previous)
 
 
 def _restore_signal_handlers(previous: dict[int, Any]) -> None:
@@ -171,8 +185,8 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         _out.print(f"daemon: not running on the state folder {folders.state}{start}")
     elif starting:
         _out.print(
-            f"daemon: starting (pid {holder}): it is still creating or upgrading its journal "
-            f"{folders.journal_db}; job counts follow once it is ready"
+            f"daemon: starting (pid {holder}): it is loading its model, or creating or upgrading its "
+            f"journal {folders.journal_db}; job counts follow once it is ready"
         )
     else:
         _out.print(f"daemon: running (pid {holder})")

@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -113,11 +114,14 @@ class Daemon:
         self.start_timeline: StartTimeline | None = None
         """The last ``run``'s start, step by step (``start_timeline.py``)."""
 
-    def run(self, *, drain: bool = False) -> Summary:
+    def run(self, *, drain: bool = False, state_locked: bool = False) -> Summary:
+        """Serve until stopped (or, with ``drain``, until the inbox is empty). ``state_locked``: the
+        caller holds the state folder's lock already (``fooocusd run`` takes it before importing
+        torch)."""
         timeline = StartTimeline.begin(from_process_start=self.timed_from_process_start)
         self.start_timeline = timeline
         folders = prepare_folders(self.settings)
-        with state_folder_lock(folders.state):
+        with nullcontext() if state_locked else state_folder_lock(folders.state):
             return self._start_and_serve(folders, timeline, drain=drain)
 
     def _start_and_serve(self, folders: Folders, timeline: StartTimeline, *, drain: bool) -> Summary:

@@ -28,8 +28,8 @@ def open_when_ready(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Journal | None:
-    """The journal, opened read-only; None when a daemon holds ``state`` and its journal is still
-    not ready after ``patience`` seconds.
+    """The journal, opened read-only; None when a daemon holds ``state`` and has not created its
+    journal yet, or its journal is still not ready after ``patience`` seconds.
 
     With no daemon on ``state``, a journal that is not ready is an error (``JournalNotReady``): only
     a daemon makes it ready.
@@ -41,6 +41,8 @@ def open_when_ready(
         except JournalNotReady:
             if daemon_holding(state) is None:
                 raise
-            if clock() - started >= patience:
+            # No file yet: the daemon is still loading torch and its model (seconds to a minute)
+            # and creates it after; an existing one is being created or upgraded, briefly.
+            if not db_path.exists() or clock() - started >= patience:
                 return None
         sleep(_POLL_SECONDS)

@@ -76,16 +76,6 @@ def another_daemon_holds(state: Path, holder: str) -> ConfigError:
     )
 
 
-def refuse_if_a_daemon_holds(state: Path) -> None:
-    """Say at once that the state folder is taken, before a start spends seconds importing torch.
-
-    Only a courtesy: ``state_folder_lock`` is what keeps a second daemon out.
-    """
-    holder = daemon_holding(state)
-    if holder is not None:
-        raise another_daemon_holds(state, holder)
-
-
 def daemon_holding(state: Path) -> str | None:
     """The pid of the daemon that holds the state folder now ("?" when it is not written yet),
     or None when no daemon holds it.
