@@ -117,9 +117,16 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=None, metavar="SECONDS", help="with --wait: give up after"
     )
     submit.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check it and show what each job would run with (preset, model, size, steps, sampler, "
+        "LoRAs), writing nothing",
+    )
+    submit.add_argument(
         "--json",
         action="store_true",
-        help="with --wait: print one JSON object (ending, exit_code, images, problems, report) instead",
+        help="with --wait: print one JSON object (ending, exit_code, images, problems, report) instead; "
+        "with --dry-run: the jobs' settings as JSON",
     )
     submit.set_defaults(handler=commands.submit)
     retry = sub.add_parser(

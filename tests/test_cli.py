@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 
@@ -157,6 +158,37 @@ def test_submit_prompt_with_a_pasted_recipe_is_named_after_its_prompt_and_says_w
         9,
         2,
     )
+
+
+def test_submit_dry_run_shows_what_each_job_would_run_with_and_writes_nothing(
+    sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path_factory.mktemp("src")
+    job = folder / "fox.txt"
+    job.write_text("a red fox\nstyles: Film Noir\nimages: 2\n---\na lighthouse\nseed: 7\naspect: 16:9\n")
+    command = ["submit", str(job), "--subdir", "realistic", "--dry-run", "--config", str(sandbox.config)]
+    assert main(command) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "would submit realistic/fox.txt (--dry-run: nothing was written)" in out
+    assert "job 1 (preset 'realistic', text to image): prompt: a red fox negative: painting," in out
+    assert "styles: Film Noir 2 image(s) from a random seed, 896×1152, 30 steps (speed), cfg 3," in out
+    assert "1 image(s) from seed 7, 1344×768" in out and "model: tiny-random;" in out
+    assert "LoRAs: SDXL_FILM_PHOTOGRAPHY_STYLE_V1.safetensors 0.25" in out  # the preset's
+    assert not sandbox.inbox.exists() or sandbox.files(sandbox.inbox) == []
+
+    shutil.copy(REPO / "inbox_example" / "garden-shed.png", folder / "fox.png")  # pairs by name
+    assert main([*command, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["would_submit"] == "realistic/fox.txt"
+    assert [(job["image"], job["image_action"], job["size"]) for job in report["jobs"]] == [
+        ("fox.png", "vary_subtle", "from the image"),
+        ("fox.png", "vary_subtle", "from the image"),
+    ]
+    prompt = ["submit", "--prompt", "a cat", "--set", "seed=5", "--dry-run", "--json"]
+    assert main([*prompt, "--config", str(sandbox.config)]) == 0
+    assert json.loads(capsys.readouterr().out)["jobs"][0]["seed"] == 5
+    assert not sandbox.inbox.exists() or sandbox.files(sandbox.inbox) == []
+    assert main(["submit", str(job), "--dry-run", "--wait", "--config", str(sandbox.config)]) == 2
 
 
 def test_submit_prints_the_path_it_wrote_whole_on_one_line(

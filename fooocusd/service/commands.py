@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -243,69 +243,98 @@ def submit(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     target_dir = inbox / args.subdir if args.subdir else inbox
     if args.subdir and (".." in Path(args.subdir).parts or Path(args.subdir).is_absolute()):
         raise InvalidInput("--subdir must be a folder name inside the inbox", hint="e.g. --subdir portrait")
-    wait = bool(getattr(args, "wait", False))
+    wait, dry_run = bool(getattr(args, "wait", False)), bool(getattr(args, "dry_run", False))
+    as_json = bool(getattr(args, "json", False))
+    if wait and dry_run:
+        raise InvalidInput("--dry-run writes nothing, so there is nothing to --wait for", hint="drop one")
     if wait and daemon_holding(folders.state) is None:
         raise InvalidInput(
             f"no daemon is running on the state folder {folders.state}, so --wait would wait forever",
             hint="start it (`fooocusd run`, or `systemctl start fooocusd`) and submit again, or submit "
             "without --wait (the file then waits in the inbox for the daemon)",
         )
-    if getattr(args, "json", False) and not wait:
-        raise InvalidInput("--json goes with --wait", hint="add --wait, or leave --json out")
+    if as_json and not (wait or dry_run):
+        raise InvalidInput("--json goes with --wait or --dry-run", hint="add one, or leave --json out")
     said = _err if wait else _out  # with --wait, stdout is the images' paths alone
     since = time.time()
     if args.prompt is None and getattr(args, "set", None):
         raise InvalidInput("--set goes with --prompt", hint="for a job file, write the options into the file")
-    if args.prompt is None:
-        source: Path = args.path
+    with _prompt_job_file(args) if args.prompt is not None else nullcontext(args.path) as source:
         refuse_what_the_daemon_would_not_take(_relpath(args.subdir, source.name), loaded.settings)
         *pictures, job_file = submit_file(
-            source, target_dir, inbox, loaded.settings, warn=lambda text: _err.print(f"warning: {text}")
+            source,
+            target_dir,
+            inbox,
+            loaded.settings,
+            warn=lambda text: _err.print(f"warning: {text}"),
+            dry_run=dry_run,
         )
-        with_pictures = (
-            f" (with {', '.join(str(p.relative_to(target_dir)) for p in pictures)})" if pictures else ""
-        )
-        said.print(f"submitted {job_file}{with_pictures}")
-    else:
-        job_file = _submit_prompt(args, target_dir, inbox, loaded)
-        said.print(f"submitted {job_file}")
+        relpath = job_file.relative_to(inbox).as_posix()
+        if dry_run:
+            return _preview(source, relpath, loaded, as_json=as_json)
+    beside = ", ".join(str(picture.relative_to(target_dir)) for picture in pictures)
+    with_pictures = f" (with {beside})" if pictures else ""
+    said.print(f"submitted {job_file}{with_pictures}")
     if not wait:
         return 0
-    relpath = job_file.relative_to(inbox).as_posix()
-    as_json = bool(getattr(args, "json", False))
     return _wait_for(relpath, since, folders, getattr(args, "timeout", None), as_json=as_json)
 
 
-def _submit_prompt(args: argparse.Namespace, target_dir: Path, inbox: Path, loaded: LoadedSettings) -> Path:
-    """``--prompt TEXT`` (with ``--set KEY=VALUE`` options) as a ``.txt`` job, checked and
-    submitted as a job file would be."""
+@contextmanager
+def _prompt_job_file(args: argparse.Namespace) -> Iterator[Path]:
+    """``--prompt TEXT`` (with ``--set KEY=VALUE`` options) as a ``.txt`` job in a temporary
+    folder, to be checked and submitted as a job file would be."""
     from fooocusd.jobs.txt_format import prompt_job_text
-    from fooocusd.service.submission import refuse_what_the_daemon_would_not_take, submit_file
 
     options = list(getattr(args, "set", None) or [])
     text = prompt_job_text(args.prompt, options)
     first_line = next(iter(args.prompt.strip().splitlines()), "")
     slug = re.sub(r"[^A-Za-z0-9]+", "-", first_line).strip("-")[:40].lower() or "prompt"
     name = f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
-    refuse_what_the_daemon_would_not_take(_relpath(args.subdir, name), loaded.settings)
     with tempfile.TemporaryDirectory(prefix="fooocusd-submit-") as folder:
         source = Path(folder) / name
         source.write_text(text, encoding="utf-8")
         try:
-            *_, job_file = submit_file(
-                source,
-                target_dir,
-                inbox,
-                loaded.settings,
-                warn=lambda warning: _err.print(f"warning: {warning}"),
-            )
+            yield source
         except InvalidInput as exc:  # "line 3" of a file the user never saw: say which argument
             first_option = len(text.splitlines()) - len(options) + 1  # a pasted recipe has several lines
             lines = {f"line {number}": "--prompt" for number in range(1, first_option)}
             lines |= {f"line {n}": f"--set {option}" for n, option in enumerate(options, start=first_option)}
             exc.where = lines.get(exc.where, exc.where)
             raise
-    return job_file
+
+
+def _preview(source: Path, relpath: str, loaded: LoadedSettings, *, as_json: bool) -> int:
+    """``submit --dry-run``: what the file's jobs would run with; nothing was written."""
+    from fooocusd.intake.ignore import JOB_EXTENSIONS
+    from fooocusd.intake.pairing import image_names_for, mask_names_for
+    from fooocusd.jobs.loader import parse_job_file
+    from fooocusd.jobs.spec import image_attached_after_parsing
+    from fooocusd.jobs.txt_format import mistyped_options_unsaid
+    from fooocusd.service.job_preview import job_previews, preview_lines
+
+    previews: list[dict[str, Any]] = []
+    if source.suffix.lower() in JOB_EXTENSIONS:
+        with image_attached_after_parsing(), mistyped_options_unsaid():  # submit_file said them
+            specs = parse_job_file(source, max_job_file_bytes=loaded.settings.intake.max_job_file_bytes)
+        beside = [name for name in image_names_for(source.stem) if (source.parent / name).is_file()]
+        paired = None
+        if beside:
+            masks = mask_names_for(Path(beside[0]).stem)
+            paired = (beside[0], any((source.parent / name).is_file() for name in masks))
+        previews = job_previews(specs, relpath, loaded.settings, paired)
+    if as_json:
+        print(json.dumps({"would_submit": relpath, "jobs": previews}, indent=2))
+        return 0
+    _out.print(f"would submit {relpath} (--dry-run: nothing was written)")
+    if not previews:  # an image alone
+        _out.print(
+            f"an image alone: {loaded.settings.generation.image_action} (generation.image_action), with the "
+            "prompt it records if it has one"
+        )
+    for line in preview_lines(previews):
+        _out.print(line)
+    return 0
 
 
 def _wait_for(relpath: str, since: float, folders: Folders, timeout: float | None, *, as_json: bool) -> int:

@@ -45,11 +45,13 @@ def submit_file(
     inbox: Path,
     settings: Settings,
     warn: Callable[[str], object] = lambda _text: None,
+    dry_run: bool = False,
 ) -> list[Path]:
     """Copy ``source`` (and its pictures) into ``target_dir``; the paths written, the job file last.
 
     ``warn`` is told of each job that names model files that are not installed (it is submitted
-    all the same, as the daemon queues it: the files may be there by the time it runs).
+    all the same, as the daemon queues it: the files may be there by the time it runs). With
+    ``dry_run`` every check runs and the paths that would be written are returned; nothing is.
     """
     if not source.is_file():
         raise InvalidInput(f"{source} is not a file", hint="give the path of a .txt, .toml or image file")
@@ -75,6 +77,8 @@ def submit_file(
                 "or rename the job file and its pictures",
             )
         job_target = unique_destination(target_dir, source.name)
+    if dry_run:
+        return [target for _, target in to_write] + [job_target]
     written = []
     for path, target in [*to_write, (source, job_target)]:
         target.parent.mkdir(parents=True, exist_ok=True)
