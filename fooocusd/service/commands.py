@@ -141,8 +141,9 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     folders = _folders(loaded)
     # Before the daemon's first start there are no jobs yet, but the inbox may already hold files;
     # a daemon that has just started may still be creating its journal.
+    holder = daemon_holding(folders.state)
     journal = None
-    if folders.journal_db.is_file() or daemon_holding(folders.state) is not None:
+    if folders.journal_db.is_file() or holder is not None:
         journal = open_when_ready(folders.journal_db, folders.state)
     if journal is not None:
         try:
@@ -157,7 +158,6 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         report["recent_refusals"] = []
     journal_exists = folders.journal_db.is_file()
     report["journal"] = str(folders.journal_db) if journal_exists else None
-    holder = daemon_holding(folders.state)
     starting = holder is not None and journal is None
     report["daemon"] = {
         "running": holder is not None,

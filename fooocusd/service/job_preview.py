@@ -36,9 +36,9 @@ def job_previews(
         if paired is not None and spec.image is None and not _image_prompt_only(spec, paired[0]):
             default = "inpaint" if paired[1] else settings.generation.image_action
             spec = spec.model_copy(update={"image": paired[0], "image_action": spec.image_action or default})
-        spec, _preset, preset_name = with_preset(spec, routed, f"job {number}", settings, preset_dirs)
+        spec, preset, preset_name = with_preset(spec, routed, f"job {number}", settings, preset_dirs)
         seeded = spec if spec.seed is not None else spec.model_copy(update={"seed": 0})
-        request = resolve_requests(seeded, _preset, settings.generation, settings.engine.model)[0]
+        request = resolve_requests(seeded, preset, settings.generation, settings.engine.model)[0]
         action = image_action(spec, settings.generation)
         steps = request.steps
         if action is not None and action.startswith("upscale") and spec.steps is None:
