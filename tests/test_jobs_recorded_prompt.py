@@ -6,8 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image, PngImagePlugin
 
+from fooocusd.cli import main
 from fooocusd.jobs.loader import load_drop
 from fooocusd.jobs.recorded_prompt import recorded_prompt
 from tests.daemon_harness import Sandbox
@@ -107,3 +109,14 @@ def test_an_output_dropped_back_alone_is_varied_with_its_own_prompt_and_styles(s
     record = json.loads(again.with_suffix(".json").read_text())
     assert record["prompt"] == "a red fox in fresh snow" and record["styles"] == ["Film Noir"]
     assert record["image_action"]["action"] == "vary_subtle" and record["seed"] != 5
+
+
+def test_submit_dry_run_of_an_image_shows_the_prompt_it_records(
+    sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = _png(tmp_path / "knight.png", {"parameters": A1111})
+    assert main(["submit", str(image), "--dry-run", "--config", str(sandbox.config)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "an image alone: vary_subtle (generation.image_action), with the prompt it records:" in out
+    assert "'a knight in ornate armour, castle'" in out
+    assert sandbox.files(sandbox.inbox) == []

@@ -328,10 +328,12 @@ def _preview(source: Path, relpath: str, loaded: LoadedSettings, *, as_json: boo
         return 0
     _out.print(f"would submit {relpath} (--dry-run: nothing was written)")
     if not previews:  # an image alone
-        _out.print(
-            f"an image alone: {loaded.settings.generation.image_action} (generation.image_action), with the "
-            "prompt it records if it has one"
-        )
+        from fooocusd.jobs.recorded_prompt import recorded_prompt
+
+        generation = loaded.settings.generation
+        recorded = recorded_prompt(source) if generation.use_recorded_prompt else {}
+        prompt = f"the prompt it records: {recorded['prompt']!r}" if recorded else "no prompt"
+        _out.print(f"an image alone: {generation.image_action} (generation.image_action), with {prompt}")
     for line in preview_lines(previews):
         _out.print(line)
     return 0
