@@ -1,10 +1,11 @@
-"""Prompt text pre-processing that happens before styles: inline LoRA tags, wildcards and arrays;
-and finding the ``embedding:name`` references that ``embeddings.py`` rewrites.
+"""Prompt text pre-processing that happens before styles: inline LoRA tags, wildcards, ``{a|b}``
+choices and arrays; and finding the ``embedding:name`` references that ``embeddings.py`` rewrites.
 
 Order (Fooocus's, per job then per image):
 1. ``<lora:name:weight>`` tags are parsed once per job from the main positive line and stripped.
-2. Per image, ``__name__`` wildcards are expanded in every prompt line, drawing from the image's
-   ``random.Random`` (or taking line ``image_index % len`` when read in order).
+2. Per image, ``__name__`` wildcards and ``{a|b}`` choices are expanded in every prompt line,
+   drawing from the image's ``random.Random`` (a wildcard read in order takes line
+   ``image_index % len``).
 3. Per image, ``[[a, b, c]]`` arrays on the main positive line pick an element by image index.
 
 Everything here is pure text; nothing touches the model.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from fooocusd.engine.prompt_variants import CHOICE_PATTERN, apply_choices, has_choices
 from fooocusd.errors import InvalidInput, suggest
 
 WILDCARD_PATTERN = re.compile(r"__([\w-]+)__")
@@ -163,7 +165,8 @@ def apply_wildcards(
     image_index: int = 0,
     in_order: bool = False,
 ) -> str:
-    """Replace each ``__name__`` by a line of ``name.txt``, level by level, up to 64 levels deep.
+    """Replace each ``__name__`` by a line of ``name.txt``, and each innermost ``{a|b}`` by a pick
+    (``prompt_variants``), level by level, up to 64 levels deep.
 
     Each occurrence is replaced on its own (two ``__color__`` may differ). A missing or empty file
     leaves the bare name. Past the depth limit (a file that names itself, directly or not) or the
@@ -172,7 +175,7 @@ def apply_wildcards(
     """
     for _ in range(MAX_WILDCARD_DEPTH):
         names = WILDCARD_PATTERN.findall(text)
-        if not names:
+        if not names and not has_choices(text):
             return text
         for name in names:
             if f"__{name}__" not in text:  # a missing name already replaced everywhere
@@ -184,6 +187,7 @@ def apply_wildcards(
                 continue
             word = lines[image_index % len(lines)] if in_order else rng.choice(lines)
             text = text.replace(f"__{name}__", word, 1)
+        text = apply_choices(text, rng)
         if len(text) > MAX_EXPANDED_CHARS:
             raise InvalidInput(
                 f"wildcards grew the prompt past {MAX_EXPANDED_CHARS:,} characters",
@@ -191,7 +195,7 @@ def apply_wildcards(
                 hint="a wildcard file probably names itself more than once per line (e.g. "
                 "'__x__ and __x__' in x.txt); fix that file",
             )
-    leftover = WILDCARD_PATTERN.search(text)
+    leftover = WILDCARD_PATTERN.search(text) or CHOICE_PATTERN.search(text)
     if leftover:
         raise InvalidInput(
             f"wildcards are nested more than {MAX_WILDCARD_DEPTH} levels deep, still at {leftover.group(0)} "
