@@ -165,10 +165,13 @@ def test_submit_dry_run_shows_what_each_job_would_run_with_and_writes_nothing(
 ) -> None:
     folder = tmp_path_factory.mktemp("src")
     job = folder / "fox.txt"
-    job.write_text("a red fox\nstyles: Film Noir\nimages: 2\n---\na lighthouse\nseed: 7\naspect: 16:9\n")
+    job.write_text(
+        "a red fox\nstyles: Film Noir\nimages: 2\nnote: v2\n---\na lighthouse\nseed: 7\naspect: 16:9\n"
+    )
     command = ["submit", str(job), "--subdir", "realistic", "--dry-run", "--config", str(sandbox.config)]
     assert main(command) == 0
     out = " ".join(capsys.readouterr().out.split())
+    assert "LoRAs: SDXL_FILM_PHOTOGRAPHY_STYLE_V1.safetensors 0.25 note: v2 job 2" in out
     assert "would submit realistic/fox.txt (--dry-run: nothing was written)" in out
     assert "job 1 (preset 'realistic', text to image): prompt: a red fox negative: painting," in out
     assert "styles: Film Noir 2 image(s) from a random seed, 896×1152, 30 steps (speed), cfg 3," in out

@@ -168,3 +168,20 @@ def test_the_daemon_renders_a_pasted_civitai_recipe_with_the_configured_model(sa
     settings = (record["seed"], record["steps"], record["sampler"], record["cfg"])
     assert settings == (1234567, 25, "dpmpp_2m", 6.5)
     assert record["model"] == "tiny-random" and record["negative"] == "lowres, blurry,\nwatermark"
+
+
+def test_what_a_pasted_recipe_changed_or_left_out_is_recorded_in_the_sidecar(sandbox: Sandbox) -> None:
+    sandbox.drop("recipe.txt", CIVITAI.replace("DPM++ 2M Karras", "Restart") + "model: default\n")
+    assert sandbox.drain().ok
+    [image] = sandbox.images()
+    notes = json.loads(image.with_suffix(".json").read_text())["notes"]
+    assert notes[0] == "read from the pasted A1111 generation data"
+    assert "sampler 'restart' is not one fooocusd has: the default sampler is used" in notes
+    assert any(
+        note.startswith("Hires upscale, ADetailer model: fooocusd has no equivalent") for note in notes
+    )
+
+
+def test_a_note_after_a_pasted_recipe_comes_first_among_its_notes() -> None:
+    [spec] = parse_txt(CIVITAI + "note: from civitai, for the poster\n", "recipe.txt")
+    assert spec.notes[:2] == ["from civitai, for the poster", "read from the pasted A1111 generation data"]

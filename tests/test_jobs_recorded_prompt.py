@@ -109,6 +109,7 @@ def test_an_output_dropped_back_alone_is_varied_with_its_own_prompt_and_styles(s
     record = json.loads(again.with_suffix(".json").read_text())
     assert record["prompt"] == "a red fox in fresh snow" and record["styles"] == ["Film Noir"]
     assert record["image_action"]["action"] == "vary_subtle" and record["seed"] != 5
+    assert record["notes"] == ["prompt and styles taken from what again.png records"]
 
 
 def test_submit_dry_run_of_an_image_shows_the_prompt_it_records(

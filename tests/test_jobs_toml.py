@@ -259,3 +259,12 @@ loras = [
 """
     [spec] = parse_toml(text, "api.toml")
     assert [(lora.name, lora.weight) for lora in spec.loras] == [("film.safetensors", 0.4)]
+
+
+def test_notes_may_be_one_text_or_a_list_and_too_many_are_refused() -> None:
+    [one, many] = parse_toml(
+        '[[job]]\nprompt = "a"\nnote = "v2"\n[[job]]\nprompt = "b"\nnotes = ["x", "y"]\n', "j.toml"
+    )
+    assert (one.notes, many.notes) == (["v2"], ["x", "y"])
+    with pytest.raises(InvalidInput, match="notes"):
+        parse_toml(f'prompt = "a"\nnotes = {[str(n) for n in range(33)]}\n', "j.toml")

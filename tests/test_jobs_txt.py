@@ -300,3 +300,8 @@ def test_an_overlong_value_is_quoted_short_in_the_error_with_a_hint_to_shorten_i
 def test_a_short_value_is_quoted_whole() -> None:
     assert shown_value("banana") == "'banana'" and shown_value(7) == "7"
     assert shown_value(list(range(100))).endswith("… (100 entries)")
+
+
+def test_a_note_line_is_kept_as_a_note_not_read_as_a_prompt_line() -> None:
+    [spec] = parse_txt("a red fox\nNote: for the Acme brief\nseed: 4\n", "fox.txt")
+    assert (spec.prompt, spec.extra_prompts, spec.notes) == ("a red fox", [], ["for the Acme brief"])

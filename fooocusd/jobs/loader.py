@@ -8,7 +8,7 @@ Image and mask paths in the returned specs are relative to the inbox, in POSIX f
 from __future__ import annotations
 
 from contextlib import nullcontext
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from loguru import logger
 
@@ -16,7 +16,7 @@ from fooocusd.errors import InvalidInput
 from fooocusd.jobs.drop_files import DropFiles, resolve_written_path
 from fooocusd.jobs.recorded_prompt import recorded_prompt
 from fooocusd.jobs.resolve import normalise_image_action
-from fooocusd.jobs.spec import JobSpec, image_attached_after_parsing
+from fooocusd.jobs.spec import MAX_NOTES, JobSpec, image_attached_after_parsing
 from fooocusd.jobs.toml_format import parse_toml
 from fooocusd.jobs.txt_format import parse_txt
 
@@ -108,7 +108,10 @@ def _with_recorded_prompt(spec: JobSpec, files: DropFiles) -> JobSpec:
     if not update:
         return spec
     logger.info("{}: redrawn with the prompt recorded in it: {!r}", spec.image, update["prompt"][:80])
-    return spec.model_copy(update=update)
+    names = [name.replace("_", " ") for name in update]
+    taken = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+    notes = [*spec.notes, f"{taken} taken from what {PurePath(spec.image).name} records"][:MAX_NOTES]
+    return spec.model_copy(update={**update, "notes": notes})
 
 
 def parse_job_file(path: Path, *, max_job_file_bytes: int) -> list[JobSpec]:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -72,6 +72,7 @@ class LoraSpec(BaseModel):
 
 MAX_LORAS = 5
 MAX_IMAGE_PROMPTS = 4
+MAX_NOTES = 32
 ImagePromptType = Literal["image_prompt", "face", "pyracanny", "cpds", "depth"]
 
 
@@ -140,6 +141,11 @@ class JobSpec(BaseModel):
     outpaint: list[OutpaintDirection] | None = Field(None, max_length=4, description="Sides to extend.")
     outpaint_distance: float | None = Field(
         None, gt=0.0, le=4096.0, description="Per side: a fraction (≤ 1) of that side, or pixels (> 1)."
+    )
+    notes: list[Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=list,
+        max_length=MAX_NOTES,
+        description="Recorded in each image's sidecar: yours, and what reading the job changed or left out.",
     )
 
     @field_validator("aspect")

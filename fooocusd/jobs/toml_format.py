@@ -33,6 +33,7 @@ KEY_ALIASES: dict[str, str] = {
     "negative_prompt": "negative",
     "aspect_ratio": "aspect",
     "image_prompt": "image_prompts",
+    "note": "notes",
     # The names Fooocus-API requests, Fooocus's presets, A1111 and diffusers use, for scripts and
     # habits brought from them. Only names that cannot be mistaken for prompt text in a .txt line.
     "image_number": "images",
@@ -94,6 +95,7 @@ KEY_HELP: dict[str, str] = {
     "outpaint": 'list sides from left, right, top, bottom, e.g. ["left", "right"] or \'left, right\'',
     "outpaint_distance": "use a fraction of the side (0.3 = 30%) or a number of pixels above 1 (e.g. 256)",
     "save_control_images": "use true or false",
+    "notes": 'write a note as text, or several as a list, e.g. ["for the Acme brief", "v2"]',
     "image_prompts": 'list up to 4, e.g. [{ image = "ref.png", type = "pyracanny", weight = 0.6, '
     "stop_at = 0.5 }] "
     'or ["ref.png pyracanny 0.6 0.5"]; types: image_prompt, face, pyracanny, cpds, depth; weight 0-2, '
@@ -134,6 +136,8 @@ def normalise_value(field: str, value: Any) -> Any:
         return None  # the preset's or the configured model, over one that pasted settings name
     if field == "styles" and isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
+    if field == "notes" and isinstance(value, str):
+        return [value]
     if field == "loras":
         return lora_entries(value)
     if field == "image_prompts":

@@ -18,7 +18,7 @@ from loguru import logger
 
 from fooocusd.errors import InvalidInput, suggest
 from fooocusd.jobs.pasted_settings import PastedSettings, pasted_settings
-from fooocusd.jobs.spec import JobSpec, prompt_is_optional
+from fooocusd.jobs.spec import MAX_NOTES, JobSpec, prompt_is_optional
 from fooocusd.jobs.toml_format import build_spec, canonical_key
 
 # Option key as written (after canonical_key) → JobSpec field. ``prompt`` is the escape hatch.
@@ -65,6 +65,7 @@ TXT_OPTION_KEYS: dict[str, str] = {
     "outpaint_distance": "outpaint_distance",
     "image_prompts": "image_prompts",
     "save_control_images": "save_control_images",
+    "notes": "notes",
 }
 JOB_SEPARATOR = "---"
 
@@ -133,6 +134,8 @@ def _pasted_to_spec(pasted: PastedSettings, lines: list[str], source_name: str) 
         for note in pasted.notes:
             logger.warning("{}: {}", source_name, note)
     fields = {**pasted.fields, **{name: value for name, (_, _, value) in options.items()}}
+    yours = [options["notes"][2]] if "notes" in options else []
+    fields["notes"] = [*yours, f"read from the pasted {pasted.kind}", *pasted.notes][:MAX_NOTES]
 
     def locate(field_name: str) -> str:
         return f"line {options[field_name][0]}" if field_name in options else pasted_lines

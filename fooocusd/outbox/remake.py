@@ -216,6 +216,7 @@ def from_sidecar(
         "model sha256": str(record.get("model_sha256") or ""),
         "device": f"{record.get('device', '')} {record.get('dtype', '')}".strip(),
         "expanded prompt": str(record.get("expanded_prompt") or ""),
+        "notes": "; ".join(str(note) for note in record.get("notes") or []),
     }
     return RecordedImage(path, "fooocusd sidecar", job, _filled(about), notes)
 

@@ -92,6 +92,8 @@ class PreparedJob:
         if self.image_input is not None:
             record.update(self.image_input.sidecar_fields(image))
         record.update(image_prompt_fields(image))
+        if self.spec.notes:
+            record["notes"] = list(self.spec.notes)
         return record
 
 

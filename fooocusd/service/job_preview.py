@@ -3,7 +3,7 @@
 A job file sets a few keys; its preset (named, or routed by the inbox subfolder), the performance
 mode and ``[generation]`` fill in the rest. The preview resolves them as the daemon will, so a
 user sees the model, size, steps, sampler and LoRAs before queueing a hundred images. Wildcards,
-arrays and the prompt expansion are drawn per image when it runs, so prompts are shown as written.
+choices, arrays and the prompt expansion are drawn per image when it runs, so prompts are shown as written.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def job_previews(
                 "vae": request.vae or "the model's own",
                 "image": spec.image,
                 "image_action": action,
+                "notes": list(spec.notes),
             }
         )
     return previews
@@ -97,6 +98,9 @@ def preview_lines(previews: Sequence[dict[str, Any]]) -> list[str]:
         loras = ", ".join(f"{lora['name']} {lora['weight']:g}" for lora in preview["loras"]) or "none"
         files = f"refiner: {preview['refiner']}; VAE: {preview['vae']}; LoRAs: {loras}"
         lines.append(f"  model: {preview['model']}; {files}")
+        lines += [f"  note: {note}" for note in preview["notes"]]
     if lines:
-        lines.append("wildcards, [[arrays]] and the prompt expansion are drawn for each image when it runs")
+        lines.append(
+            "wildcards, {choices}, [[arrays]] and the prompt expansion are drawn for each image when it runs"
+        )
     return lines
