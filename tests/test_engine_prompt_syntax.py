@@ -308,3 +308,14 @@ def test_wildcard_files_saved_by_windows_editors_read_cleanly_and_other_encoding
         "latin.txt is not valid UTF-8 text (byte 0xe9 on line 1); treated as empty (save the file as UTF-8"
         in said
     )
+
+
+def test_a_wildcard_left_as_a_bare_word_is_noted_in_the_sidecar_with_the_reason(sandbox: Sandbox) -> None:
+    sandbox.drop("fox.txt", "a __colour__ fox\nimages: 2\n")
+    assert sandbox.drain().ok
+    for sidecar in sandbox.sidecars():
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+        assert record["prompt"] == "a colour fox"
+        [note] = record["notes"]
+        assert note.startswith("wildcard __colour__ became the bare word 'colour': there is no colour.txt in ")
+        assert note.endswith("did you mean 'color'?")

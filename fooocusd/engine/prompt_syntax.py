@@ -101,7 +101,8 @@ class WildcardLibrary:
         self.folder = folder
         self.warn = warn
         """Log a warning for each wildcard that has no lines (off for a dry run of a job's prompts)."""
-        self._warned: set[str] = set()
+        self.unresolved: dict[str, str] = {}
+        """Each wildcard that became its bare word, and why (``why_empty``), in the order met."""
         self._paths: dict[str, Path] = {}
         for root in (folder, bundled):
             if root is not None and root.is_dir():
@@ -126,10 +127,13 @@ class WildcardLibrary:
         return self._lines[name]
 
     def warn_empty(self, name: str) -> None:
-        """Log once per library (one job) that ``name`` has no lines, and why."""
-        if self.warn and name not in self._warned:
-            self._warned.add(name)
-            logger.warning("wildcard __{}__ becomes the bare word {!r}: {}", name, name, self.why_empty(name))
+        """Note, and log once per library (one job), that ``name`` has no lines, and why."""
+        if name not in self.unresolved:
+            self.unresolved[name] = self.why_empty(name)
+            if self.warn:
+                logger.warning(
+                    "wildcard __{}__ becomes the bare word {!r}: {}", name, name, self.unresolved[name]
+                )
 
     def why_empty(self, name: str) -> str:
         """Why ``lines(name)`` is empty: an empty file, or no file (and the names closest to it)."""

@@ -133,6 +133,12 @@ def prepare_job(job: JobRow, source: InputRow, context: PrepContext) -> Prepared
         with_styles(request, index, wildcards, context.styles, context.expansion)
         for index, request in enumerate(requests)
     ]
+    if wildcards.unresolved:  # said in the log; the sidecar keeps it with the picture
+        said = [
+            f"wildcard __{name}__ became the bare word '{name}': {why}"
+            for name, why in wildcards.unresolved.items()
+        ]
+        spec = spec.model_copy(update={"notes": [*spec.notes, *said]})
     relpath = PurePosixPath(source.relpath)
     stem = spec.name or relpath.stem
     if spec.name is None and len(context.journal.jobs_for_input(source.id)) > 1:
