@@ -139,6 +139,9 @@ class JournalSettings(_Section):
     max_crashes: int = Field(
         2, ge=1, le=100, description="Daemon crashes during one job before it is quarantined in failed/."
     )
+    keep_days: float = Field(
+        90.0, ge=0.0, description="Forget files finished this many days ago; 0 keeps everything."
+    )
 
 
 class EngineSettings(_Section):

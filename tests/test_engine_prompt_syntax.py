@@ -317,5 +317,5 @@ def test_a_wildcard_left_as_a_bare_word_is_noted_in_the_sidecar_with_the_reason(
         record = json.loads(sidecar.read_text(encoding="utf-8"))
         assert record["prompt"] == "a colour fox"
         [note] = record["notes"]
-        assert note.startswith("wildcard __colour__ became the bare word 'colour': there is no colour.txt in ")
+        assert note.startswith("wildcard __colour__ became the bare word 'colour': there is no colour.txt")
         assert note.endswith("did you mean 'color'?")

@@ -745,6 +745,37 @@ class Journal:
 
     # ------------------------------------------------------------------ audit trail
 
+    def forget_before(self, cutoff: float, *, batch: int = 500) -> int:
+        """Delete up to ``batch`` records of each kind older than ``cutoff`` (a clock time), in one
+        short transaction; the number deleted (0: nothing older is left).
+
+        Forgotten: inputs that finished or were abandoned before ``cutoff``, with their jobs,
+        outputs and file rows; events before it that belong to no remaining input; refusals made
+        before it. An input that is still waiting, running or being moved is never touched. The
+        newest input stays, so that SQLite never hands out a job id it gave before.
+        """
+        with self._write() as conn:
+            inputs = conn.execute(
+                "DELETE FROM inputs WHERE id IN (SELECT id FROM inputs"
+                " WHERE state IN ('finished', 'abandoned') AND updated < ?"
+                " AND id < (SELECT MAX(id) FROM inputs) LIMIT ?)",
+                (cutoff, batch),
+            ).rowcount
+            # Events are written in time order: those before the first one at or after the cutoff.
+            boundary = conn.execute(
+                "SELECT id FROM events WHERE ts >= ? ORDER BY id LIMIT 1", (cutoff,)
+            ).fetchone()
+            events = conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < ? AND input_id IS NULL"
+                " ORDER BY id LIMIT ?)",
+                (boundary[0] if boundary else 2**63 - 1, batch),
+            ).rowcount
+            refusals = conn.execute(
+                "DELETE FROM refusals WHERE id IN (SELECT id FROM refusals WHERE ts < ? LIMIT ?)",
+                (cutoff, batch),
+            ).rowcount
+        return inputs + events + refusals
+
     def log_event(
         self, kind: str, detail: str = "", *, input_id: int | None = None, job_id: int | None = None
     ) -> None:

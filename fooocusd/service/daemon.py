@@ -32,6 +32,7 @@ from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders, prepare_folders
 from fooocusd.service.intake_refusals import as_takeable, refusal_for
 from fooocusd.service.intake_stage import IntakeStage
+from fooocusd.service.journal_upkeep import JournalUpkeep
 from fooocusd.service.notify import (
     MODEL_LOAD_EXTENSION_SECONDS,
     Notifier,
@@ -264,6 +265,7 @@ class Daemon:
         if self.extras is not None:
             self.extras.ready(timeline)
         last_stale_check = time.monotonic()
+        upkeep = JournalUpkeep(journal)
         try:
             while not self.stop_intake.is_set():
                 self._intake_once(watcher, pairer, intake)
@@ -274,6 +276,7 @@ class Daemon:
                 if time.monotonic() - last_stale_check > _STALE_CHECK_EVERY:
                     last_stale_check = time.monotonic()
                     journal.recover_stale_jobs(max_crashes=self.settings.journal.max_crashes)
+                upkeep.tick(self.settings.journal.keep_days)
                 if self._worker_error is not None:
                     raise self._worker_error
                 if drain and self._drained(watcher, pairer, journal):

@@ -64,7 +64,9 @@ def retry_job(journal: Journal, ref: str, inbox: Path) -> str:
         job = journal.find_job(ref)
         if job is None:
             raise InvalidInput(
-                f"no job or refused file matches '{ref}'", hint="see `fooocusd status` for job ids"
+                f"no job or refused file matches '{ref}'",
+                hint="see `fooocusd status` for job ids; the journal forgets files that finished more "
+                "than journal.keep_days ago, so move such a file from failed/ back into the inbox yourself",
             )
         source = journal.get_input(job.input_id)
         if source is not None and job.state == JobState.FAILED and _edited_where_it_failed(source):
