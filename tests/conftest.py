@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from fooocusd.journal import Journal
     from tests.daemon_harness import Sandbox
+    from tests.test_journal_helpers import FakeClock
 
 # Tests never reach a model hub, and never see the developer's own configuration.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -27,6 +31,28 @@ def sandbox(tmp_path: Path) -> Sandbox:
     box = Sandbox(tmp_path)
     box.write_config()
     return box
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The journal tests' clock: it moves only when told to."""
+    from tests.test_journal_helpers import FakeClock
+
+    return FakeClock()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "journal.sqlite3"
+
+
+@pytest.fixture
+def journal(db_path: Path, clock: FakeClock) -> Iterator[Journal]:
+    """A fresh journal on ``clock``, owned by ``gpu0``."""
+    from fooocusd.journal import Journal
+
+    with Journal.open(db_path, "gpu0", clock) as opened:
+        yield opened
 
 
 @pytest.fixture

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fooocusd.journal import InputState, JobState, Journal, JournalError
-from tests.test_journal_helpers import FakeClock, add_input, spec_json
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    with Journal.open(tmp_path / "journal.sqlite3", "gpu0", FakeClock()) as opened:
-        yield opened
+from tests.test_journal_helpers import add_input, spec_json
 
 
 def test_begin_claim_records_input_files_and_jobs_that_cannot_run_yet(

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fooocusd.journal import InputState, JobState, Journal, JournalError
 from tests.test_journal_helpers import FakeClock, add_input, spec_json
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "journal.sqlite3"
-
-
-@pytest.fixture
-def journal(db_path: Path, clock: FakeClock) -> Iterator[Journal]:
-    with Journal.open(db_path, "gpu0", clock) as opened:
-        yield opened
 
 
 def _run(journal: Journal, state: str, error: str | None = None) -> int:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from loguru import logger
 
 from fooocusd.journal import Journal
@@ -15,17 +13,6 @@ from tests.daemon_harness import Sandbox
 from tests.test_journal_helpers import FakeClock, add_input
 
 DAY = SECONDS_PER_DAY
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def journal(tmp_path: Path, clock: FakeClock) -> Iterator[Journal]:
-    with Journal.open(tmp_path / "journal.sqlite3", "gpu0", clock) as opened:
-        yield opened
 
 
 def _done(journal: Journal, root: Path, name: str) -> int:

@@ -12,16 +12,6 @@ from tests.test_journal_helpers import FakeClock, add_input, spec_json
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "journal.sqlite3"
-
-
-@pytest.fixture
 def journal(db_path: Path, clock: FakeClock) -> Iterator[Journal]:
     with Journal.open(db_path, "host:gpu0", clock) as opened:
         yield opened

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fooocusd.journal import Journal, JournalError
 from tests.test_journal_helpers import FakeClock, add_input, spec_json
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def journal(tmp_path: Path, clock: FakeClock) -> Iterator[Journal]:
-    with Journal.open(tmp_path / "journal.sqlite3", "gpu0", clock) as opened:
-        yield opened
 
 
 def test_status_counts_jobs_and_shows_running_progress_and_recent_failures(
