@@ -347,3 +347,27 @@ def test_a_prompt_kept_encoded_without_loras_is_encoded_again_under_each_text_en
         assert text_calls, f"ink at {weight}: the encoding kept without it was reused"
         engine.encodings.clear()
         assert np.array_equal(_pixels(engine, loras=(("ink", weight),)), inked)
+
+
+def test_a_lora_tag_drawn_from_an_array_or_a_wildcard_is_that_images_own_lora(sandbox: Sandbox) -> None:
+    loras = ModelDirs.of(sandbox.root / "models").folders("loras")[0]
+    loras.mkdir(parents=True)
+    write_diffusers_lora(loras, "ink", seed=1)
+    write_diffusers_lora(loras, "pastel", seed=2)
+    wildcards = sandbox.inbox.parent / "wildcards"
+    wildcards.mkdir()
+    (wildcards / "medium.txt").write_text("<lora:pastel:0.5> pastel drawing\n", encoding="utf-8")
+    sandbox.drop("fox.txt", "a red fox, [[<lora:ink:0.6> ink, __medium__, photo]]\nimages: 3\nsteps: 2\n")
+    assert sandbox.drain().ok
+    records = [json.loads(path.read_text()) for path in sandbox.sidecars()]
+    records.sort(key=lambda record: record["image_index"])
+    assert [record["prompt"] for record in records] == [
+        "a red fox, ink",
+        "a red fox, pastel drawing",
+        "a red fox, photo",
+    ]
+    assert [[(lora["name"], lora["weight"]) for lora in record["loras"]] for record in records] == [
+        [("ink", 0.6)],
+        [("pastel", 0.5)],
+        [],
+    ]

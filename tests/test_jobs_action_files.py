@@ -96,6 +96,20 @@ def test_embeddings_that_styles_or_any_line_of_a_wildcard_bring_in_are_checked(t
     assert missing_job_files(spec, preset, settings, load_styles([style_dir]), models) == []
 
 
+def test_a_lora_tag_in_a_choice_or_any_line_of_a_wildcard_is_checked(tmp_path: Path) -> None:
+    models, wildcards = tmp_path / "models", tmp_path / "wildcards"
+    wildcards.mkdir()
+    (wildcards / "medium.txt").write_text("photo\n<lora:pastel:0.5> pastel\n")
+    settings = Settings(engine={"model": "tiny-random"}, paths={"wildcards": str(wildcards)})
+    preset = load_preset("default", [bundled_presets_dir()])
+    spec = JobSpec(prompt="a cat, {<lora:ink:0.6> ink|__medium__}", negative="<lora:neg:1>")
+    missing = missing_job_files(spec, preset, settings, load_styles(), models)
+    assert [(item.name, item.purpose) for item in missing] == [
+        ("ink", "named in the prompt as <lora:ink:0.6>"),
+        ("pastel", "named in a line of __medium__ as <lora:pastel:0.5>"),
+    ]
+
+
 def test_an_upscale_job_needs_its_upscaler_and_a_vary_job_does_not(tmp_path: Path) -> None:
     models = tmp_path / "models"
     upscale = JobSpec(prompt="", image="in.png", image_action="upscale_2x")

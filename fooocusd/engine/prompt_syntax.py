@@ -1,12 +1,13 @@
 """Prompt text pre-processing that happens before styles: inline LoRA tags, wildcards, ``{a|b}``
 choices and arrays; and finding the ``embedding:name`` references that ``embeddings.py`` rewrites.
 
-Order (Fooocus's, per job then per image):
-1. ``<lora:name:weight>`` tags are parsed once per job from the main positive line and stripped.
-2. Per image, ``__name__`` wildcards and ``{a|b}`` choices are expanded in every prompt line,
-   drawing from the image's ``random.Random`` (a wildcard read in order takes line
-   ``image_index % len``).
-3. Per image, ``[[a, b, c]]`` arrays on the main positive line pick an element by image index.
+Order, per image:
+1. ``__name__`` wildcards and ``{a|b}`` choices are expanded in every prompt line, drawing from
+   the image's ``random.Random`` (a wildcard read in order takes line ``image_index % len``).
+2. ``[[a, b, c]]`` arrays on the main positive line pick an element by image index.
+3. ``<lora:name:weight>`` tags are parsed from the result and stripped (``loras.with_inline_loras``),
+   so a tag a wildcard line or a choice brings is that image's own LoRA. Fooocus parses them
+   once per job, before wildcards.
 
 Everything here is pure text; nothing touches the model.
 """

@@ -130,13 +130,17 @@ def missing_job_files(
             wanted.append(("loras", name, f"for the {mode.label} performance mode"))
         else:
             wanted.append(("loras", name, f"at weight {weight:g}"))
-    listed = {lora_key(name) for name, _ in request.loras}
-    for tag in parse_inline_loras(request.prompt)[1]:
-        if tag.weight != 0.0 and lora_key(tag.name) not in listed:
-            listed.add(lora_key(tag.name))
-            wanted.append(("loras", tag.name, f"named in the prompt as {tag.tag}"))
     wildcards = WildcardLibrary(settings.paths.resolved().wildcards, warn=False)
-    wanted.extend(_embeddings(prompt_texts(request, styles, wildcards)))
+    texts = prompt_texts(request, styles, wildcards)
+    listed = {lora_key(name) for name, _ in request.loras}
+    # The texts whose tags load a LoRA: the prompt, and any wildcard line it may draw.
+    tag_texts = [("the prompt", request.prompt), *((w, t) for w, t in texts if w.startswith("a line of"))]
+    for where, text in tag_texts:
+        for tag in parse_inline_loras(text)[1]:
+            if tag.weight != 0.0 and lora_key(tag.name) not in listed:
+                listed.add(lora_key(tag.name))
+                wanted.append(("loras", tag.name, f"named in {where} as {tag.tag}"))
+    wanted.extend(_embeddings(texts))
     wanted.extend(action_files(spec, settings.generation, settings.controlnet))
     dirs = ModelDirs.of(models)
     missing: list[MissingFile] = []

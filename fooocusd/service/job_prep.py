@@ -215,10 +215,11 @@ def with_styles(
 ) -> tuple[GenerationRequest, Workloads]:
     """Each image composes its own workloads from its own ``random.Random(seed)``.
 
-    Fooocus's order: inline LoRA tags (into ``request.loras``), then wildcards, then arrays (by
-    ``image_index``), then styles ("Random Style" draws from the same rng, after wildcards).
+    Wildcards and ``{choices}``, then arrays (by ``image_index``), then the ``<lora:…>`` tags of the
+    result (into ``request.loras``), then styles ("Random Style" draws from the same rng, after
+    wildcards). Fooocus reads LoRA tags before wildcards, once per job; here a tag a wildcard line
+    or a choice brings is that image's own LoRA.
     """
-    request = with_inline_loras(request)
     rng = random.Random(request.seed)
     expanded = expand_prompts(
         request.prompt,
@@ -229,14 +230,15 @@ def with_styles(
         image_index=image_index,
         wildcards_in_order=request.wildcards_in_order,
     )
+    request = with_inline_loras(dataclasses.replace(request, prompt=expanded.prompt))
     workloads = compose_workloads(
-        expanded.prompt, expanded.extra_prompts, expanded.negative, request.styles, styles, rng
+        request.prompt, expanded.extra_prompts, expanded.negative, request.styles, styles, rng
     )
     # Each image's own expansion, seeded by its seed, becomes its last positive workload.
     workloads = apply_expansion(workloads, expansion, request.seed)
     styled = dataclasses.replace(
         request,
-        prompt=expanded.prompt,  # the sidecar records the text this image really used
+        prompt=request.prompt,  # the sidecar records the text this image really used
         extra_prompts=expanded.extra_prompts,
         negative=expanded.negative,
         positive_workloads=tuple(workloads.positive),
