@@ -407,6 +407,25 @@ def test_doctor_reports_each_check(sandbox: Sandbox, capsys: pytest.CaptureFixtu
     assert code == 0, out
 
 
+def test_doctor_reports_the_journals_size_and_whether_it_forgets_old_files(sandbox: Sandbox) -> None:
+    def journal_check() -> str:
+        [check] = [check for check in run_checks(sandbox.settings()) if check.name == "journal"]
+        assert check.level == "ok", check.detail
+        return check.detail
+
+    assert journal_check().endswith("does not exist yet; the daemon creates it at its first start")
+    sandbox.drop("fox.txt", "a fox\nimages: 2\n---\nan owl\n")
+    assert sandbox.drain().ok
+    detail = journal_check()
+    assert " MiB, 2 jobs, the oldest dropped 20" in detail
+    assert detail.endswith("it forgets files finished over 90 days ago")
+    sandbox.write_config("[journal]\nkeep_days = 0\n")
+    assert journal_check().endswith("journal.keep_days = 0: it keeps everything and grows without bound")
+    (sandbox.state / "journal.sqlite3").write_bytes(b"not a database" * 100)
+    [broken] = [check for check in run_checks(sandbox.settings()) if check.name == "journal"]
+    assert broken.level == "fail"
+
+
 def test_doctor_calls_the_tiny_model_a_test_model_and_finds_the_default_files(sandbox: Sandbox) -> None:
     checks = {check.name: check for check in run_checks(sandbox.settings())}
     assert checks["model"].level == "warn" and "random weights" in checks["model"].detail

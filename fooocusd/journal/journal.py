@@ -832,6 +832,11 @@ class Journal:
             conn.execute("UPDATE refusals SET returned = ? WHERE id = ?", (now, refusal_id))
             _event(conn, now, "refusal-returned", row["relpath"], None)
 
+    def oldest_input_time(self) -> float | None:
+        """When the oldest input the journal still holds was dropped; None when it holds none."""
+        with self._lock:
+            return self._conn.execute("SELECT MIN(created) FROM inputs").fetchone()[0]
+
     def events_for_input(self, input_id: int) -> list[EventRow]:
         """Everything that happened to an input and its jobs, oldest first."""
         with self._lock:

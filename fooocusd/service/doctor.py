@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +13,7 @@ from fooocusd.errors import FooocusdError
 from fooocusd.settings import Settings
 
 _MIN_FREE_BYTES = 2 * 1024**3
+_LARGE_JOURNAL_BYTES = 1024**3
 
 
 @dataclass
@@ -27,6 +29,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _speed(settings),
         *_folders(settings),
         _daemon(settings),
+        _journal(settings),
         _model(settings),
         _default_files(settings),
         _image_features(settings),
@@ -118,6 +121,34 @@ def _daemon(settings: Settings) -> Check:
     if holder is None:
         return Check("daemon", "ok", f"none running on {state}")
     return Check("daemon", "ok", f"running (pid {holder}) on {state}; another one needs its own state folder")
+
+
+def _journal(settings: Settings) -> Check:
+    """Its size and what it holds, and whether ``journal.keep_days`` keeps it bounded."""
+    from fooocusd.journal.journal import Journal, JournalNotReady
+    from fooocusd.service.folders import Folders
+
+    db = Folders.from_paths(settings.paths.resolved()).journal_db
+    if not db.exists():
+        return Check("journal", "ok", f"{db} does not exist yet; the daemon creates it at its first start")
+    try:
+        with Journal.open_read_only(db) as journal:
+            jobs = sum(journal.status(recent_failures=0)["counts"].values())
+            oldest = journal.oldest_input_time()
+    except JournalNotReady as exc:
+        return Check("journal", "warn", f"{exc.message}; the daemon brings it up to date when it starts")
+    except FooocusdError as exc:
+        return Check("journal", "fail", exc.explain())
+    size = sum(path.stat().st_size for path in (db, db.with_name(db.name + "-wal")) if path.exists())
+    since = f", the oldest dropped {datetime.fromtimestamp(oldest):%Y-%m-%d}" if oldest is not None else ""
+    detail = f"{db}: {size / 1024**2:.1f} MiB, {jobs:,} jobs{since}; "
+    keep = settings.journal.keep_days
+    if keep:
+        return Check("journal", "ok", detail + f"it forgets files finished over {keep:g} days ago")
+    level: Literal["ok", "warn"] = "warn" if size > _LARGE_JOURNAL_BYTES else "ok"
+    return Check(
+        "journal", level, detail + "journal.keep_days = 0: it keeps everything and grows without bound"
+    )
 
 
 def _model(settings: Settings) -> Check:
