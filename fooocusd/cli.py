@@ -147,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", parents=[common, daemon], help="cancel a queued or running job")
     cancel.add_argument("job", help="job id, or the start of the input's name")
     cancel.set_defaults(handler=commands.cancel)
+    from fooocusd.service import pause_command
+
+    pause_command.add_parser(sub, parents=[common, daemon])
     config = sub.add_parser("config", parents=[common, daemon], help="configuration")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = config_sub.add_parser(

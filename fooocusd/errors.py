@@ -53,6 +53,10 @@ class Interrupted(FooocusdError):
     """The engine stopped early because shutdown was requested. The job is requeued, not failed."""
 
 
+class Paused(Interrupted):
+    """``fooocusd pause``: the job stopped after an image and is requeued, its images kept."""
+
+
 def suggest(
     name: str, known: Iterable[str], *, cutoff: float = 0.6, limit: int = 3, ignore_case: bool = False
 ) -> str:

@@ -390,8 +390,8 @@ class Journal:
             _requeue(conn, job, now + delay, error, now)
             return JobState.QUEUED
 
-    def release_interrupted(self, job_id: int) -> bool:
-        """Shutdown stopped the job: requeue it at once without counting the attempt."""
+    def release_interrupted(self, job_id: int, detail: str = "shutdown interrupted it; requeued") -> bool:
+        """Shutdown (or a pause) stopped the job: requeue it at once without counting the attempt."""
         now = self._clock()
         with self._write() as conn:
             job = self._owned_running_job(conn, job_id)
@@ -403,7 +403,7 @@ class Journal:
                 " updated = ? WHERE id = ?",
                 (now, now, job_id),
             )
-            _event(conn, now, "interrupted", "shutdown interrupted it; requeued", job.input_id, job_id)
+            _event(conn, now, "interrupted", detail, job.input_id, job_id)
             return True
 
     def recover_stale_jobs(

@@ -24,6 +24,7 @@ from fooocusd.errors import ConfigError, FooocusdError, InvalidInput
 from fooocusd.intake.waiting import inbox_waiting
 from fooocusd.journal.journal import Journal, JournalError, status_report, unfinished_jobs
 from fooocusd.service.folders import Folders, prepare_folders
+from fooocusd.service.pause import current_pause
 from fooocusd.service.state_lock import daemon_holding, state_folder_lock
 from fooocusd.settings import LoadedSettings, flatten
 
@@ -115,6 +116,11 @@ def _print_summary(summary: Summary) -> None:
             f", {len(summary.empty_files_left)} empty file(s) left in the inbox"
             if summary.empty_files_left
             else ""
+        )
+        + (
+            f"; paused: {summary.left_paused} job(s) left queued until `fooocusd resume`"
+            if summary.left_paused
+            else ""
         ),
         soft_wrap=True,
         highlight=False,
@@ -164,6 +170,8 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         "pid": int(holder) if holder and holder.isdigit() else None,
         "starting": starting,
     }
+    pause = current_pause(folders.state)
+    report["paused"] = pause.record() if pause is not None else None
     waiting = inbox_waiting(folders.inbox, loaded.settings.intake.ignore_patterns)
     report["inbox_waiting"] = waiting.record()
     if args.json:
@@ -190,6 +198,8 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         )
     else:
         _out.print(f"daemon: running (pid {holder})")
+    if pause is not None:
+        _out.print(f"queue: {pause.describe()}; no job starts until `fooocusd resume`")
     _out.print(
         "jobs: "
         + ", ".join(

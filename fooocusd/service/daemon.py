@@ -39,6 +39,7 @@ from fooocusd.service.notify import (
     ServiceReporter,
     WorkerPulse,
 )
+from fooocusd.service.pause import current_pause
 from fooocusd.service.reconcile import reconcile
 from fooocusd.service.reload import Reloader, SettingsSource, apply_on_main_thread, apply_to_worker
 from fooocusd.service.settings_checks import check_configuration
@@ -62,6 +63,8 @@ class Summary:
     duplicates_skipped: int
     empty_files_left: tuple[str, ...] = ()
     """Zero-byte files still in the inbox when ``run(drain=True)`` ended (they wait to fill)."""
+    left_paused: int = 0
+    """Jobs left queued because ``fooocusd pause`` held the queue when ``run(drain=True)`` ended."""
 
     @property
     def ok(self) -> bool:
@@ -108,6 +111,8 @@ class Daemon:
         self.stop_intake = threading.Event()
         self.stop_now = threading.Event()
         self._wake_worker = threading.Event()
+        self.paused = threading.Event()
+        """Set while ``fooocusd pause`` holds the queue (``pause.py``); followed at every tick."""
         self._worker_error: BaseException | None = None
         # SIGHUP re-reads the settings from here; None (e.g. `once`): SIGHUP keeps its default.
         self.reloader = Reloader(settings_source, self.notifier, on_result=self._count_reload)
@@ -244,6 +249,7 @@ class Daemon:
             styles=styles,
             stop_now=self.stop_now,
             stop_after_image=self.stop_intake,
+            paused=self.paused,
             progress_sink=self._on_progress,
             events=self.extras.worker_events() if self.extras else None,
             expansion=expansion,
@@ -251,6 +257,7 @@ class Daemon:
         # A job claimed while a reload waits would be prepared with the old settings.
         worker.may_claim = lambda: not self.reloader.staged_for_worker()
         reporter = ServiceReporter(self.notifier, self.pulse)
+        self._follow_pause(folders.state, reporter)  # before the worker's first claim
         worker_thread = threading.Thread(
             target=self._work, args=(worker,), name="fooocusd-worker", daemon=True
         )
@@ -277,6 +284,7 @@ class Daemon:
                     last_stale_check = time.monotonic()
                     journal.recover_stale_jobs(max_crashes=self.settings.journal.max_crashes)
                 upkeep.tick(self.settings.journal.keep_days)
+                self._follow_pause(folders.state, reporter)
                 if self._worker_error is not None:
                     raise self._worker_error
                 if drain and self._drained(watcher, pairer, journal):
@@ -300,6 +308,7 @@ class Daemon:
             inputs_failed=intake.counts.failed_inputs + finisher.failed_inputs,
             duplicates_skipped=intake.counts.skipped_duplicates,
             empty_files_left=_empty_files_left(watcher, folders.inbox) if drain else (),
+            left_paused=journal.status()["counts"].get("queued", 0) if drain and self.paused.is_set() else 0,
         )
 
     def _intake_once(self, watcher: InboxWatcher, pairer: Pairer, intake: IntakeStage) -> None:
@@ -377,8 +386,26 @@ class Daemon:
             self.progress_sink(label, done_steps, total_steps)
 
     def _drained(self, watcher: InboxWatcher, pairer: Pairer, journal: Journal) -> bool:
+        """The inbox is taken in and every job has ended; while paused, queued jobs stay queued."""
         if watcher.arriving() or pairer.holding():
             return False
         status = journal.status()
-        busy = sum(status["counts"].get(state, 0) for state in ("claiming", "queued", "running"))
+        waiting = ("claiming", "running") if self.paused.is_set() else ("claiming", "queued", "running")
+        busy = sum(status["counts"].get(state, 0) for state in waiting)
         return busy == 0 and not journal.inputs_ready_to_finish()
+
+    def _follow_pause(self, state: Path, reporter: ServiceReporter) -> None:
+        """Start or end a pause when ``fooocusd pause`` / ``resume`` (or its end time) changed it."""
+        pause = current_pause(state)
+        reporter.paused = pause is not None
+        if pause is not None and not self.paused.is_set():
+            self.paused.set()
+            logger.info(
+                "{}: no job starts until `fooocusd resume`; a running job stops after its current image "
+                "and stays queued; files dropped meanwhile are taken in and queued",
+                pause.describe(),
+            )
+        elif pause is None and self.paused.is_set():
+            self.paused.clear()
+            self._wake_worker.set()
+            logger.info("resumed: jobs start again")

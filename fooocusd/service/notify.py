@@ -144,6 +144,7 @@ class ServiceReporter:
         self._last_ping: float | None = None
         self._last_extension: float | None = None
         self.note: str | None = None  # e.g. "reload refused: ...", kept in every STATUS= line
+        self.paused = False
 
     def tick(self, journal_status: Callable[[], dict[str, Any]]) -> None:
         if not self.notifier.enabled:
@@ -176,6 +177,8 @@ class ServiceReporter:
     def status_text(self, journal_status: dict[str, Any]) -> str:
         counts = journal_status.get("counts", {})
         text = f"queued {counts.get('queued', 0)}, running {counts.get('running', 0)}"
+        if self.paused:
+            text = f"paused (fooocusd resume); {text}"
         if self.pulse.label is not None:
             text += f"; {self.pulse.label}: step {self.pulse.done_steps}/{self.pulse.total_steps}"
         if self.note:

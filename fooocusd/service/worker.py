@@ -43,6 +43,7 @@ from fooocusd.errors import (
     InvalidInput,
     ModelNotFound,
     OutOfMemory,
+    Paused,
     TransientError,
 )
 from fooocusd.journal.journal import Journal
@@ -107,6 +108,7 @@ class Worker:
         styles: StyleLibrary,
         stop_now: threading.Event,
         stop_after_image: threading.Event | None = None,
+        paused: threading.Event | None = None,
         progress_sink: ProgressSink | None = None,
         events: WorkerEvents | None = None,
         expansion: PromptExpansion | None = None,
@@ -119,6 +121,9 @@ class Worker:
         self.styles = styles
         self.stop_now = stop_now
         self.stop_after_image = stop_after_image or threading.Event()
+        self.paused = paused or threading.Event()
+        """Set while ``fooocusd pause`` holds the queue: no job is claimed, and the running one
+        goes back to the queue after its current image."""
         self.progress_sink = progress_sink
         self.expansion = expansion  # "Fooocus V2"; None: unavailable
         self.counts = WorkerCounts()
@@ -153,8 +158,8 @@ class Worker:
             if head is not None:
                 self._render_job(head)
             self._look_ahead()
-        except Interrupted:
-            self._release_all()
+        except Interrupted as exc:
+            self._release_all(exc)
         return True
 
     def adopt_settings(self, settings: Settings, styles: StyleLibrary) -> None:
@@ -187,7 +192,7 @@ class Worker:
         return next((run for run in self.claimed if not run.ended and run.to_render), None)
 
     def _claim(self) -> JobRow | None:
-        if not self.may_claim():
+        if self.paused.is_set() or not self.may_claim():
             return None
         self._expand_upcoming()
         return self.journal.claim_next_job(self.settings.journal.lease_seconds)
@@ -291,6 +296,8 @@ class Worker:
         while not head.ended and head.to_render:
             if self.stop_after_image.is_set():
                 raise Interrupted("stopping: the remaining images stay queued")
+            if self.paused.is_set():
+                raise Paused("paused: the remaining images stay queued")
             self._render_batch(self._gather(head))
 
     def _key_of(self, request: GenerationRequest) -> Hashable | None:
@@ -552,18 +559,23 @@ class Worker:
         if run in self.claimed:
             self.claimed.remove(run)
 
-    def _release_all(self) -> None:
-        """Shutdown: the publications handed over still land; every job still held goes back to the queue."""
+    def _release_all(self, why: Interrupted | None = None) -> None:
+        """Shutdown or pause: the publications handed over still land; every job still held goes
+        back to the queue."""
         self._settle_all()
         for run in list(self.claimed):
-            self._end_run(run, Interrupted("stopping"))
+            self._end_run(run, why or Interrupted("stopping"))
 
     def _record_outcome(self, job: JobRow, label: str, exc: BaseException) -> None:
         if isinstance(exc, Interrupted):
             current = self.journal.get_job(job.id)
             if current is not None and current.state == JobState.RUNNING:
-                self.journal.release_interrupted(job.id)
-                logger.info("{} interrupted by shutdown; it stays queued", label)
+                if isinstance(exc, Paused):
+                    self.journal.release_interrupted(job.id, "paused by `fooocusd pause`; requeued")
+                    logger.info("{} stopped for the pause; it stays queued, its finished images kept", label)
+                else:
+                    self.journal.release_interrupted(job.id)
+                    logger.info("{} interrupted by shutdown; it stays queued", label)
             else:
                 logger.info("{} cancelled", label)
         elif isinstance(exc, InvalidInput | ModelNotFound):

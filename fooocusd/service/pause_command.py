@@ -1,0 +1,55 @@
+"""``fooocusd pause`` and ``fooocusd resume``: hold the queue, and let it go again (``pause.py``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from fooocusd.service.folders import Folders
+from fooocusd.service.pause import parse_duration, pause_queue, resume_queue
+from fooocusd.service.state_lock import daemon_holding
+from fooocusd.settings import LoadedSettings
+
+_out = Console(soft_wrap=True, markup=False, highlight=False)
+
+
+def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Register ``pause`` and ``resume`` (called from ``cli.py``)."""
+    pause = sub.add_parser(
+        "pause",
+        parents=parents,
+        help="start no new job until `fooocusd resume`; files are still taken in and queued",
+    )
+    pause.add_argument(
+        "--for",
+        dest="duration",
+        metavar="DURATION",
+        help="resume by itself after this long: 90s, 30m, 2h, 1h30m or 1d",
+    )
+    pause.set_defaults(handler=pause_jobs)
+    resume = sub.add_parser("resume", parents=parents, help="start jobs again after `fooocusd pause`")
+    resume.set_defaults(handler=resume_jobs)
+
+
+def pause_jobs(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    seconds = parse_duration(args.duration) if args.duration else None
+    state = Folders.from_paths(loaded.settings.paths.resolved()).state
+    pause = pause_queue(state, seconds)
+    running = daemon_holding(state) is not None
+    after = (
+        "the image it is making finishes, then its job goes back to the queue"
+        if running
+        else "no daemon runs now"
+    )
+    _out.print(f"{pause.describe()}: {after}; files dropped meanwhile are queued. `fooocusd resume` ends it.")
+    return 0
+
+
+def resume_jobs(args: argparse.Namespace, loaded: LoadedSettings) -> int:
+    state = Folders.from_paths(loaded.settings.paths.resolved()).state
+    ended = resume_queue(state)
+    _out.print(
+        f"resumed: the queue was {ended.describe()}" if ended is not None else "the queue was not paused"
+    )
+    return 0

@@ -1,0 +1,94 @@
+"""``fooocusd pause`` / ``resume``: the queue held and let go, with files still taken in."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from fooocusd.cli import main
+from fooocusd.errors import InvalidInput
+from fooocusd.service.pause import current_pause, parse_duration, pause_queue, resume_queue
+from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("1d", 86400), ("1.5h", 5400)],
+)
+def test_durations_are_read_in_days_hours_minutes_and_seconds(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "10", "2 weeks", "0m", "5m later"])
+def test_a_duration_that_cannot_be_read_is_refused_with_examples(text: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_duration(text)
+    assert "30m" in (caught.value.hint or "")
+
+
+def test_a_pause_holds_until_resumed_or_until_its_end_time(tmp_path: Path) -> None:
+    assert current_pause(tmp_path) is None
+    pause_queue(tmp_path, None, now=1000.0)
+    assert current_pause(tmp_path, now=10**10) is not None
+    ended = resume_queue(tmp_path)
+    assert ended is not None and ended.since == 1000.0
+    assert current_pause(tmp_path) is None and resume_queue(tmp_path) is None
+    pause_queue(tmp_path, 60.0, now=1000.0)
+    assert current_pause(tmp_path, now=1059.0) is not None
+    assert current_pause(tmp_path, now=1060.0) is None
+
+
+def test_the_commands_pause_and_resume_and_status_says_so(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = ["--config", str(sandbox.config)]
+    assert main(["pause", "--for", "2h", *config]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert said.startswith("paused since ") and " until " in said and "`fooocusd resume` ends it" in said
+    assert main(["status", *config]) == 0
+    assert "queue: paused since " in capsys.readouterr().out
+    assert main(["status", "--json", *config]) == 0
+    paused = json.loads(capsys.readouterr().out)["paused"]
+    assert paused["until"] - paused["since"] == pytest.approx(7200)
+    assert main(["resume", *config]) == 0
+    assert capsys.readouterr().out.startswith("resumed: the queue was paused since ")
+    assert main(["status", "--json", *config]) == 0
+    assert json.loads(capsys.readouterr().out)["paused"] is None
+    assert main(["pause", "--for", "soon", *config]) == 2
+
+
+def test_once_while_paused_queues_the_files_and_runs_nothing_until_resumed(sandbox: Sandbox) -> None:
+    pause_queue(sandbox.state, None)
+    sandbox.drop("fox.txt", "a fox\nsteps: 2\n")
+    sandbox.drop("owl.txt", "an owl\nsteps: 2\n")
+    summary = sandbox.drain()
+    assert (summary.queued_jobs, summary.jobs_done, summary.left_paused) == (2, 0, 2)
+    assert sandbox.images() == [] and sandbox.files(sandbox.inbox) == []
+    resume_queue(sandbox.state)
+    summary = sandbox.drain()
+    assert (summary.jobs_done, summary.images_written, summary.left_paused) == (2, 2, 0)
+
+
+def test_a_pause_stops_a_running_job_after_its_image_and_resume_makes_only_the_rest(sandbox: Sandbox) -> None:
+    sandbox.drop("many.txt", "a field of flowers\nimages: 12\nsteps: 3\n")
+    with RunningDaemon(sandbox.settings()):
+        wait_for(lambda: len(sandbox.images()) >= 1, what="the first image")
+        pause_queue(sandbox.state, None)
+        wait_for(
+            lambda: sandbox.journal_rows("SELECT state FROM jobs") == [("queued",)],
+            what="the job back in the queue",
+        )
+        made = len(sandbox.images())
+        assert 1 <= made < 12
+        time.sleep(1.0)
+        assert len(sandbox.images()) == made, "nothing renders while paused"
+        [(detail,)] = sandbox.journal_rows("SELECT detail FROM events WHERE kind = 'interrupted'")
+        assert detail == "paused by `fooocusd pause`; requeued"
+        resume_queue(sandbox.state)
+        wait_for(lambda: sandbox.journal_rows("SELECT state FROM jobs") == [("done",)], what="the job done")
+    names = sorted(image.name for image in sandbox.images())
+    assert len(names) == 12 and not any("-1." in name for name in names), names
+    assert sorted(int(name.rsplit("_", 1)[1].split(".")[0]) for name in names) == list(range(12))
