@@ -13,6 +13,7 @@ from fooocusd.cli import main
 from fooocusd.errors import ConfigError
 from fooocusd.journal.journal import Journal
 from fooocusd.service.folders import Folders
+from fooocusd.service.pause import pause_queue
 from fooocusd.service.state_lock import daemon_holding
 from fooocusd.service.submit_wait import DAEMON_GONE_SECONDS, follow, look_up
 from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
@@ -192,3 +193,31 @@ def test_a_journal_the_daemon_is_still_creating_is_waited_for_and_one_that_stays
     with pytest.raises(ConfigError, match="schema version 0"):
         follow("owl.txt", time.time(), folders, timeout=None, clock=lambda: now[0], sleep=sleep)
     assert now[0] >= DAEMON_GONE_SECONDS
+
+
+def test_waiting_on_a_paused_queue_says_it_is_paused_and_how_to_resume(sandbox: Sandbox) -> None:
+    sandbox.write_config()
+    folders = _folders(sandbox)
+    since = time.time()
+    with Journal.open(folders.journal_db, owner="test") as journal:
+        add_input(journal, sandbox.root, "owls.txt")
+    pause_queue(folders.state, None)
+    seen: list[str] = []
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with RunningDaemon(sandbox.settings()):
+        timed_out = follow(
+            "owls.txt",
+            since,
+            folders,
+            timeout=1.0,
+            clock=lambda: now[0],
+            sleep=sleep,
+            on_progress=seen.append,
+        )
+    assert seen and all(text.startswith("queued; the queue is paused since ") for text in seen)
+    assert timed_out.problems[0].startswith("owls.txt is queued, and the queue is paused since ")
+    assert timed_out.problems[0].endswith("(`fooocusd resume`)")

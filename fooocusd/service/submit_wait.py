@@ -23,6 +23,7 @@ from fooocusd.journal.journal import Journal, JournalNotReady
 from fooocusd.journal.rows import TERMINAL_JOB_STATES, InputRow, InputState, JobRow, JobState, OutputState
 from fooocusd.service.failing import error_file_for
 from fooocusd.service.folders import Folders
+from fooocusd.service.pause import current_pause
 from fooocusd.service.state_lock import daemon_holding
 
 Ending = Literal["waiting", "done", "failed", "refused", "skipped", "timed out", "daemon stopped"]
@@ -84,7 +85,12 @@ def follow(
             found = _NOT_TAKEN
         if found.ending != "waiting":
             return found
-        on_progress(found.progress)
+        pause = current_pause(folders.state) if found.progress == "queued" else None
+        on_progress(
+            found.progress
+            if pause is None
+            else f"queued; the queue is {pause.describe()} (`fooocusd resume`)"
+        )
         now = clock()
         if daemon_holding(folders.state) is None:
             gone_since = now if gone_since is None else gone_since
@@ -97,6 +103,8 @@ def follow(
         if timeout is not None and now - started >= timeout:
             name = PurePosixPath(relpath).name
             still = f"{name} is still queued or rendering; `fooocusd status` follows it"
+            if pause is not None:
+                still = f"{name} is queued, and the queue is {pause.describe()} (`fooocusd resume`)"
             return Followed("timed out", problems=[still])
         sleep(poll_seconds)
 
