@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fooocusd.errors import ConfigError
 from fooocusd.service.extras import DaemonExtras
 from fooocusd.service.metrics import is_loopback
+from fooocusd.service.pause import pause_queue
 from fooocusd.settings import Settings, load_settings
 from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
 
@@ -54,8 +55,11 @@ def test_scrape_after_jobs_counts_jobs_images_steps_and_waits(sandbox: Sandbox) 
             what="both inputs to finish and the typo to be refused",
         )
         samples = _scrape(port)
+        pause_queue(sandbox.state, None)
+        wait_for(lambda: _scrape(port).get(("fooocusd_paused", ())) == 1, what="the pause to show")
 
     assert samples[("fooocusd_up", ())] == 1
+    assert samples[("fooocusd_paused", ())] == 0
     assert samples[("fooocusd_ready", ())] == 1
     start = {
         labels[0][1]: value for (name, labels), value in samples.items() if name == "fooocusd_start_seconds"

@@ -398,6 +398,8 @@ class Daemon:
         """Start or end a pause when ``fooocusd pause`` / ``resume`` (or its end time) changed it."""
         pause = current_pause(state)
         reporter.paused = pause is not None
+        if self.extras is not None:
+            self.extras.set_paused(pause is not None)
         if pause is not None and not self.paused.is_set():
             self.paused.set()
             logger.info(

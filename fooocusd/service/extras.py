@@ -58,6 +58,10 @@ class DaemonExtras:
             self.metrics.start_seconds.labels(step).set(seconds)
         self.metrics.start_total_seconds.set(timeline.total)
 
+    def set_paused(self, paused: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.paused.set(int(paused))
+
     def count_reload(self, result: str) -> None:
         if self.metrics is not None:
             self.metrics.reloads.labels(result).inc()

@@ -54,6 +54,9 @@ class DaemonMetrics:
         self.ready = Gauge(
             "fooocusd_ready", "1 once the model is loaded and the inbox watched.", registry=self.registry
         )
+        self.paused = Gauge(
+            "fooocusd_paused", "1 while `fooocusd pause` holds the queue.", registry=self.registry
+        )
         self.images = Counter(
             "fooocusd_images_generated",
             "Images written to the outbox (with sidecar).",
