@@ -23,6 +23,7 @@ from fooocusd.journal.rows import (
     RetryPlan,
 )
 from fooocusd.journal.schema import SCHEMA_VERSION
+from fooocusd.journal.space import JournalFull, SpaceWait
 
 __all__ = [
     "DEFAULT_MAX_CRASHES",
@@ -37,6 +38,7 @@ __all__ = [
     "JobState",
     "Journal",
     "JournalError",
+    "JournalFull",
     "JournalNotReady",
     "Outcome",
     "OutputNameTaken",
@@ -44,4 +46,5 @@ __all__ = [
     "OutputState",
     "RefusalRow",
     "RetryPlan",
+    "SpaceWait",
 ]

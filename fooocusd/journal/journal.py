@@ -50,6 +50,7 @@ from fooocusd.journal.rows import (
     refusal_from_row,
 )
 from fooocusd.journal.schema import SCHEMA_VERSION, check_not_newer, migrate, schema_version
+from fooocusd.journal.space import SpaceWait, is_disk_full, journal_full, waits_for_space
 
 Clock = Callable[[], float]
 
@@ -102,6 +103,10 @@ class Journal:
         self.owner = owner
         self._clock = clock
         self.read_only = read_only
+        self.space_wait: SpaceWait | None = None
+        """Set (by the daemon) to make writes wait for room on a full disk (``space.py``)."""
+        self.full_said_at: float | None = None
+        """When the log last said the disk was full (monotonic): it is said at most every few minutes."""
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -175,6 +180,7 @@ class Journal:
 
     # ------------------------------------------------------------------ claiming inputs
 
+    @waits_for_space
     def begin_claim(
         self,
         key: str,
@@ -230,6 +236,7 @@ class Journal:
                 _event(conn, now, "input_error", error, input_id)
         return input_id
 
+    @waits_for_space
     def complete_claim(self, input_id: int) -> None:
         """The files are in processing/: the input becomes 'claimed' and its jobs 'queued'.
 
@@ -249,6 +256,7 @@ class Journal:
             )
             _event(conn, now, "claimed", "files moved into processing", input_id)
 
+    @waits_for_space
     def abandon_claim(self, input_id: int, reason: str) -> None:
         """The source vanished before it was moved: drop its jobs; the input row stays for the record."""
         now = self._clock()
@@ -274,6 +282,7 @@ class Journal:
             ).fetchall()
             return [_input_with_files(self._conn, row) for row in rows]
 
+    @waits_for_space
     def set_input_error(self, input_id: int, error: str) -> None:
         """Record a problem with the input itself; it will finish as failed."""
         now = self._clock()
@@ -284,6 +293,7 @@ class Journal:
 
     # ------------------------------------------------------------------ running jobs
 
+    @waits_for_space
     def claim_next_job(self, lease_seconds: float) -> JobRow | None:
         """Take the most urgent runnable job for this owner, or None if there is none.
 
@@ -315,6 +325,7 @@ class Journal:
             ).fetchall()
             return [job_from_row(row) for row in rows]
 
+    @waits_for_space
     def heartbeat(self, job_id: int, step: int, total: int, lease_seconds: float) -> bool:
         """Report progress and extend the lease. False means "stop": the job was cancelled, or
         its lease expired and it was taken back, so this worker no longer owns it.
@@ -333,6 +344,7 @@ class Journal:
             self._let_go_of_cancelled(conn, job_id)
             return False
 
+    @waits_for_space
     def finish_job(self, job_id: int, state: JobState | str, error: str | None = None) -> bool:
         """Mark a job this owner runs as 'done' or 'failed' (a failure needs its ``error``).
 
@@ -352,6 +364,7 @@ class Journal:
             _finish(conn, job, final, error, now)
             return True
 
+    @waits_for_space
     def retry_later(self, job_id: int, delay_seconds: float, error: str) -> bool:
         """Put a job this owner runs back in the queue, runnable after ``delay_seconds``."""
         now = self._clock()
@@ -362,6 +375,7 @@ class Journal:
             _requeue(conn, job, now + delay_seconds, error, now)
             return True
 
+    @waits_for_space
     def fail_or_retry(
         self,
         job_id: int,
@@ -390,6 +404,7 @@ class Journal:
             _requeue(conn, job, now + delay, error, now)
             return JobState.QUEUED
 
+    @waits_for_space
     def release_interrupted(self, job_id: int, detail: str = "shutdown interrupted it; requeued") -> bool:
         """Shutdown (or a pause) stopped the job: requeue it at once without counting the attempt."""
         now = self._clock()
@@ -406,6 +421,7 @@ class Journal:
             _event(conn, now, "interrupted", detail, job.input_id, job_id)
             return True
 
+    @waits_for_space
     def recover_stale_jobs(
         self, *, max_crashes: int = DEFAULT_MAX_CRASHES, at_startup: bool = False
     ) -> list[JobRow]:
@@ -446,6 +462,7 @@ class Journal:
 
     # ------------------------------------------------------------------ user actions
 
+    @waits_for_space
     def cancel_job(self, job_id: int) -> bool:
         """Cancel a job that has not finished; a running worker learns it at its next heartbeat.
 
@@ -468,6 +485,7 @@ class Journal:
             _event(conn, now, "cancelled", detail, job.input_id, job_id)
             return True
 
+    @waits_for_space
     def retry_job(self, job_id: int) -> RetryPlan:
         """Run a failed or cancelled job again from scratch (attempts and crashes reset).
 
@@ -524,6 +542,7 @@ class Journal:
                 restore_files=restore_files,
             )
 
+    @waits_for_space
     def complete_reopen(self, input_id: int) -> None:
         """The files of a reopened input are back in processing/: run its held jobs."""
         now = self._clock()
@@ -573,6 +592,7 @@ class Journal:
             ).fetchone()[0]
             return "failed" if source.error is not None or failed else "done"
 
+    @waits_for_space
     def begin_finish(
         self,
         input_id: int,
@@ -628,6 +648,7 @@ class Journal:
             _set_input_state(conn, input_id, InputState.FINISHING, now)
             _event(conn, now, "finishing", f"moving to {final_dir}" if final_dir else "deleting", input_id)
 
+    @waits_for_space
     def complete_finish(self, input_id: int) -> None:
         """All recorded moves are done: the input is 'finished'. Repeating it does nothing."""
         now = self._clock()
@@ -641,6 +662,7 @@ class Journal:
                 conn, now, "finished", f"in {current.final_dir}" if current.final_dir else "deleted", input_id
             )
 
+    @waits_for_space
     def retarget_final_path(self, input_id: int, claimed_path: Path | str, final_path: Path | str) -> None:
         """While finishing, before the move: another process took the recorded target name
         (daemons sharing done/ and failed/), so the file goes to ``final_path`` instead."""
@@ -662,6 +684,7 @@ class Journal:
 
     # ------------------------------------------------------------------ outputs
 
+    @waits_for_space
     def plan_output(self, job_id: int, index: int, path: Path, *, replace: bool = False) -> OutputRow:
         """Reserve ``path`` for image ``index`` of a job before writing it.
 
@@ -706,6 +729,7 @@ class Journal:
             ).fetchone()
             return output_from_row(row)
 
+    @waits_for_space
     def complete_output(self, job_id: int, index: int, sha256: str) -> None:
         """The image file is published (fsynced and renamed into place)."""
         now = self._clock()
@@ -776,6 +800,7 @@ class Journal:
             ).rowcount
         return inputs + events + refusals
 
+    @waits_for_space
     def log_event(
         self, kind: str, detail: str = "", *, input_id: int | None = None, job_id: int | None = None
     ) -> None:
@@ -786,6 +811,7 @@ class Journal:
                 input_id = _require_job(conn, job_id).input_id
             _event(conn, now, kind, detail, input_id, job_id)
 
+    @waits_for_space
     def record_refusal(self, relpath: str, detail: str, files: Sequence[tuple[str, Path]]) -> None:
         """A drop refused at intake: its 'refused' event, and where each of its files (by its
         path in the inbox) went in failed/, so that ``return_refusal`` can bring them back."""
@@ -822,6 +848,7 @@ class Journal:
             )
         return starting[0] if starting else None
 
+    @waits_for_space
     def mark_refusal_returned(self, refusal_id: int) -> None:
         """``fooocusd retry`` put the refused drop's files back in the inbox."""
         now = self._clock()
@@ -1029,9 +1056,11 @@ class Journal:
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                if is_disk_full(exc):
+                    raise journal_full(self.db_path) from exc
                 raise
 
     @contextmanager

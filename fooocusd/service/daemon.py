@@ -27,6 +27,7 @@ from fooocusd.intake.pairing import Pairer
 from fooocusd.intake.watcher import InboxWatcher
 from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.journal.journal import Journal, unfinished_jobs
+from fooocusd.journal.space import SpaceWait
 from fooocusd.service.extras import DaemonExtras
 from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders, prepare_folders
@@ -145,6 +146,7 @@ class Daemon:
         # Stable across restarts, so the next start knows the running jobs it finds were its own.
         owner = f"{socket.gethostname()}:{folders.state}:{self.settings.engine.device}"
         journal = Journal.open(folders.journal_db, owner=owner)
+        journal.space_wait = SpaceWait(keep_waiting=self._waiting_for_space, sleep=self.stop_intake.wait)
         self.extras = DaemonExtras(self.settings, folders.journal_db)
         timeline.reached("engine and journal opened")
         try:
@@ -393,6 +395,13 @@ class Daemon:
         waiting = ("claiming", "running") if self.paused.is_set() else ("claiming", "queued", "running")
         busy = sum(status["counts"].get(state, 0) for state in waiting)
         return busy == 0 and not journal.inputs_ready_to_finish()
+
+    def _waiting_for_space(self) -> bool:
+        """A journal write found the disk full: keep waiting (and tell systemd we are alive and
+        why) unless a stop was asked for."""
+        self.notifier.status("waiting for room on the disk that holds the journal")
+        self.notifier.watchdog()
+        return not self.stop_intake.is_set()
 
     def _follow_pause(self, state: Path, reporter: ServiceReporter) -> None:
         """Start or end a pause when ``fooocusd pause`` / ``resume`` (or its end time) changed it."""
