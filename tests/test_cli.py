@@ -187,9 +187,10 @@ def test_submit_dry_run_shows_what_each_job_would_run_with_and_writes_nothing(
         ("fox.png", "vary_subtle", "from the image"),
         ("fox.png", "vary_subtle", "from the image"),
     ]
-    prompt = ["submit", "--prompt", "a cat", "--set", "seed=5", "--dry-run", "--json"]
+    prompt = ["submit", "--prompt", "a cat <lora:ink:0.5>", "--set", "seed=5", "--dry-run", "--json"]
     assert main([*prompt, "--config", str(sandbox.config)]) == 0
-    assert json.loads(capsys.readouterr().out)["jobs"][0]["seed"] == 5
+    [cat] = json.loads(capsys.readouterr().out)["jobs"]
+    assert cat["seed"] == 5 and cat["loras"] == [{"name": "ink", "weight": 0.5}]  # the prompt's tag
     assert not sandbox.inbox.exists() or sandbox.files(sandbox.inbox) == []
     assert main(["submit", str(job), "--dry-run", "--wait", "--config", str(sandbox.config)]) == 2
 

@@ -29,7 +29,7 @@ from fooocusd.engine.fetch import fetch_suggestion
 from fooocusd.engine.lora_merge import FoldedUNetLoras
 from fooocusd.engine.model_dirs import ModelDirs, put_file_into, searched_folders
 from fooocusd.engine.models import autov2, file_sha256
-from fooocusd.engine.prompt_syntax import parse_inline_loras
+from fooocusd.engine.prompt_syntax import loras_from_tags, parse_inline_loras
 from fooocusd.errors import InvalidInput, ModelNotFound
 
 MAX_LORAS_PER_IMAGE = 8
@@ -335,12 +335,7 @@ def with_inline_loras(request: GenerationRequest) -> GenerationRequest:
     prompt, tags = parse_inline_loras(request.prompt)
     if not tags:
         return request
-    seen = {name.strip().lower() for name, _ in request.loras}
-    added: list[tuple[str, float]] = []
-    for tag in tags:
-        if tag.name.lower() not in seen:
-            seen.add(tag.name.lower())
-            added.append((tag.name, tag.weight))
+    added = loras_from_tags(request.loras, tags)
     total = len(request.loras) + len(added)
     if total > MAX_LORAS_PER_IMAGE:
         error = too_many_loras(total)

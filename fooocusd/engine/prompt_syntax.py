@@ -69,6 +69,20 @@ def parse_inline_loras(text: str) -> tuple[str, list[InlineLora]]:
     return tidy_prompt(INLINE_LORA_PATTERN.sub(" ", text)), loras
 
 
+def loras_from_tags(
+    listed: Sequence[tuple[str, float]], tags: Sequence[InlineLora]
+) -> list[tuple[str, float]]:
+    """The (name, weight) of each tag whose LoRA ``listed`` does not name yet, as in Fooocus: a
+    name already listed, or tagged before, is skipped (names compared without case)."""
+    seen = {name.strip().lower() for name, _ in listed}
+    added: list[tuple[str, float]] = []
+    for tag in tags:
+        if tag.name.lower() not in seen:
+            seen.add(tag.name.lower())
+            added.append((tag.name, tag.weight))
+    return added
+
+
 def embedding_names(text: str) -> list[str]:
     """The embedding names ``text`` refers to, in order, without the trailing dots of a sentence."""
     return [match.group(1).rstrip(".") for match in EMBEDDING_REFERENCE.finditer(text)]

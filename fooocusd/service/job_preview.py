@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
+from fooocusd.engine.base import GenerationRequest
+from fooocusd.engine.prompt_syntax import loras_from_tags, parse_inline_loras
 from fooocusd.jobs.action_files import image_action
 from fooocusd.jobs.name_checks import with_preset
 from fooocusd.jobs.performance import uov_steps
@@ -61,7 +63,7 @@ def job_previews(
                 "sampler": request.sampler,
                 "scheduler": request.scheduler,
                 "model": request.model or "engine.model (not set)",
-                "loras": [{"name": name, "weight": weight} for name, weight in request.loras if weight],
+                "loras": [{"name": name, "weight": weight} for name, weight in _all_loras(request) if weight],
                 "refiner": request.refiner or "none",
                 "vae": request.vae or "the model's own",
                 "image": spec.image,
@@ -70,6 +72,11 @@ def job_previews(
             }
         )
     return previews
+
+
+def _all_loras(request: GenerationRequest) -> list[tuple[str, float]]:
+    """The preset's, the mode's and the job's LoRAs, then those its prompt's ``<lora:…>`` tags add."""
+    return [*request.loras, *loras_from_tags(request.loras, parse_inline_loras(request.prompt)[1])]
 
 
 def _image_prompt_only(spec: JobSpec, picture: str) -> bool:

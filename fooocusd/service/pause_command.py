@@ -36,13 +36,14 @@ def pause_jobs(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     seconds = parse_duration(args.duration) if args.duration else None
     state = Folders.from_paths(loaded.settings.paths.resolved()).state
     pause = pause_queue(state, seconds)
-    running = daemon_holding(state) is not None
-    after = (
-        "the image it is making finishes, then its job goes back to the queue"
-        if running
-        else "no daemon runs now"
-    )
-    _out.print(f"{pause.describe()}: {after}; files dropped meanwhile are queued. `fooocusd resume` ends it.")
+    if daemon_holding(state) is not None:
+        after = (
+            "the image being made finishes, then its job goes back to the queue; "
+            "files dropped meanwhile are queued"
+        )
+    else:
+        after = "no daemon runs now; when one starts, it takes files in but starts no job"
+    _out.print(f"{pause.describe()}: {after}. `fooocusd resume` ends it.")
     return 0
 
 
