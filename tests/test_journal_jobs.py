@@ -262,3 +262,15 @@ def test_max_crashes_is_configurable(tmp_path: Path, journal: Journal) -> None:
     [job] = journal.recover_stale_jobs(max_crashes=4, at_startup=True)
     assert job.state == JobState.FAILED
     assert job.error is not None and "4 times" in job.error
+
+
+def test_its_own_running_job_is_not_taken_back_when_a_suspend_or_clock_jump_expired_the_lease(
+    tmp_path: Path, journal: Journal, clock: FakeClock
+) -> None:
+    job_id = _one_job(journal, tmp_path)
+    _claim(journal, lease_seconds=60)
+    clock.advance(3600)  # the laptop slept for an hour in the middle of the job
+    assert journal.recover_stale_jobs() == []
+    assert journal.heartbeat(job_id, 5, 30, lease_seconds=60), "its worker carries on"
+    job = journal.get_job(job_id)
+    assert job is not None and (job.state, job.crashes) == (JobState.RUNNING, 0)

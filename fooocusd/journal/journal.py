@@ -427,19 +427,22 @@ class Journal:
     ) -> list[JobRow]:
         """Take back running jobs whose worker died; returns them as they are now.
 
-        A running job is stale when its lease expired, or (``at_startup``) when it is held by this
-        very owner, which can only mean our previous process crashed. Each such job counts a
-        crash; below ``max_crashes`` it is queued again, at ``max_crashes`` it is failed as a
-        poison input so that one bad file cannot crash the daemon in a loop.
+        A running job is stale when another owner holds it and its lease expired, or
+        (``at_startup``) when it is held by this very owner, which can only mean our previous
+        process crashed. A job this owner holds while it runs is never stale: its lease can only
+        have run out because the machine was suspended, the process stopped, or the clock jumped,
+        and its worker carries on (a hung worker is systemd's watchdog's to restart). Each stale
+        job counts a crash; below ``max_crashes`` it is queued again, at ``max_crashes`` it is
+        failed as a poison input so that one bad file cannot crash the daemon in a loop.
         """
         if max_crashes < 1:
             raise ValueError("max_crashes must be at least 1")
         now = self._clock()
         with self._write() as conn:
             rows = conn.execute(
-                "SELECT * FROM jobs WHERE state = 'running'"
-                " AND (lease_expires <= ? OR (? AND lease_owner = ?)) ORDER BY id",
-                (now, at_startup, self.owner),
+                "SELECT * FROM jobs WHERE state = 'running' AND CASE WHEN lease_owner = ? THEN ?"
+                " ELSE lease_expires <= ? END ORDER BY id",
+                (self.owner, at_startup, now),
             ).fetchall()
             recovered: list[JobRow] = []
             for job in map(job_from_row, rows):
