@@ -862,6 +862,31 @@ class Journal:
             conn.execute("UPDATE refusals SET returned = ? WHERE id = ?", (now, refusal_id))
             _event(conn, now, "refusal-returned", row["relpath"], None)
 
+    def images_left(self, default_images: int = 1) -> int:
+        """Images the queued and running jobs still have to make; a job that does not say how
+        many makes ``default_images`` (a preset may say otherwise: this is an estimate)."""
+        with self._read() as conn:
+            wanted = conn.execute(
+                "SELECT COALESCE(SUM(COALESCE(json_extract(spec_json, '$.images'), ?)), 0) FROM jobs"
+                " WHERE state IN ('queued', 'running')",
+                (default_images,),
+            ).fetchone()[0]
+            made = conn.execute(
+                "SELECT COUNT(*) FROM outputs o JOIN jobs j ON j.id = o.job_id"
+                " WHERE j.state IN ('queued', 'running') AND o.state = 'complete'"
+            ).fetchone()[0]
+        return max(0, int(wanted) - int(made))
+
+    def recent_output_times(self, limit: int) -> list[float]:
+        """When the last ``limit`` images were completed, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT completed FROM outputs WHERE state = 'complete' AND completed IS NOT NULL"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return sorted(float(row[0]) for row in rows)
+
     def oldest_input_time(self) -> float | None:
         """When the oldest input the journal still holds was dropped; None when it holds none."""
         with self._lock:

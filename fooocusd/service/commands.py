@@ -25,6 +25,7 @@ from fooocusd.intake.waiting import inbox_waiting
 from fooocusd.journal.journal import Journal, JournalError, status_report, unfinished_jobs
 from fooocusd.service.folders import Folders, prepare_folders
 from fooocusd.service.pause import current_pause
+from fooocusd.service.queue_estimate import QueueEstimate, estimate_queue
 from fooocusd.service.state_lock import daemon_holding, state_folder_lock
 from fooocusd.settings import LoadedSettings, flatten
 
@@ -149,6 +150,7 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     # a daemon that has just started may still be creating its journal.
     holder = daemon_holding(folders.state)
     journal = None
+    estimate: QueueEstimate | None = None
     if folders.journal_db.is_file() or holder is not None:
         journal = open_when_ready(folders.journal_db, folders.state)
     if journal is not None:
@@ -157,11 +159,14 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             report["recent_refusals"] = [
                 {"ts": event.ts, "detail": event.detail} for event in journal.recent_events("refused")
             ]
+            estimate = estimate_queue(journal, loaded.settings.generation.images)
+            report["estimate"] = estimate.record() if unfinished_jobs(report["counts"]) else None
         finally:
             journal.close()
     else:
         report = status_report(time.time())
         report["recent_refusals"] = []
+        report["estimate"] = None
     journal_exists = folders.journal_db.is_file()
     report["journal"] = str(folders.journal_db) if journal_exists else None
     starting = holder is not None and journal is None
@@ -207,6 +212,8 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             for state in ("queued", "running", "done", "failed", "cancelled")
         )
     )
+    if estimate is not None and report["estimate"] is not None:
+        _out.print(f"queue: {estimate.describe()}")
     if waiting.files:
         _out.print(f"inbox: {waiting.files} file(s) not picked up yet")
     if waiting.empty_count:
