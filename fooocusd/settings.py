@@ -121,7 +121,9 @@ class IntakeSettings(_Section):
     follow_symlinks: bool = False
     conflict_copies: Literal["quarantine", "process"] = "quarantine"
     ignore_patterns: list[str] = Field(default_factory=list, description="Extra fnmatch patterns to ignore.")
-    max_job_file_bytes: int = Field(1_000_000, ge=1024, description="Larger .txt/.toml files are refused.")
+    max_job_file_bytes: int = Field(
+        1_000_000, ge=1024, description="Larger .txt/.toml/.json job files are refused."
+    )
     max_image_pixels: int = Field(
         64_000_000, ge=1_000_000, description="Larger images are refused (decompression bombs)."
     )

@@ -136,7 +136,6 @@ def test_other_visible_files_are_unsupported_with_a_message_listing_accepted_typ
     [
         ("IMG_0042.HEIC", "iPhone photo: export it as JPEG"),
         ("scan.tiff", "export it as PNG or JPEG"),
-        ("job.json", "write the same keys as TOML"),
         ("prompt.md", "in a .txt file"),
     ],
 )

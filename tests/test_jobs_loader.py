@@ -90,9 +90,9 @@ def test_utf8_bom_job_file_is_accepted(inbox: Path) -> None:
 
 
 def test_unknown_extension_is_refused(inbox: Path) -> None:
-    spec_path = inbox / "job.json"
-    spec_path.write_text("{}")
-    with pytest.raises(InvalidInput, match=r"\.txt or \.toml"):
+    spec_path = inbox / "job.yaml"
+    spec_path.write_text("prompt: a fox")
+    with pytest.raises(InvalidInput, match=r"\.txt, \.toml or \.json"):
         load(inbox, spec_path)
 
 

@@ -175,7 +175,7 @@ def test_what_a_pasted_recipe_changed_or_left_out_is_recorded_in_the_sidecar(san
     assert sandbox.drain().ok
     [image] = sandbox.images()
     notes = json.loads(image.with_suffix(".json").read_text())["notes"]
-    assert notes[0] == "read from the pasted A1111 generation data"
+    assert notes[0] == "read from the A1111 generation data"
     assert "sampler 'restart' is not one fooocusd has: the default sampler is used" in notes
     assert any(
         note.startswith("Hires upscale, ADetailer model: fooocusd has no equivalent") for note in notes
@@ -184,4 +184,4 @@ def test_what_a_pasted_recipe_changed_or_left_out_is_recorded_in_the_sidecar(san
 
 def test_a_note_after_a_pasted_recipe_comes_first_among_its_notes() -> None:
     [spec] = parse_txt(CIVITAI + "note: from civitai, for the poster\n", "recipe.txt")
-    assert spec.notes[:2] == ["from civitai, for the poster", "read from the pasted A1111 generation data"]
+    assert spec.notes[:2] == ["from civitai, for the poster", "read from the A1111 generation data"]

@@ -31,6 +31,7 @@ KNOWN_KEYS = [
     "prompt", "negative", "seed", "images", "aspect", "performance", "steps", "cfg", "sharpness",
     "styles", "sampler", "scheduler", "model", "format", "priority", "name", "image", "action",
     "preset", "clip_skip", "adaptive_cfg", "disable_seed_increment", "wildcards_in_order", "job",
+    "jobs", "notes", "image_number", "style_selections",
 ]  # fmt: skip
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -80,12 +81,19 @@ def structured_toml(draw: st.DrawFn) -> str:
     return body
 
 
+structured_json = st.one_of(
+    st.dictionaries(st.one_of(st.sampled_from(KNOWN_KEYS), st.text(max_size=12)), values, max_size=8),
+    st.lists(st.dictionaries(st.sampled_from(KNOWN_KEYS), values, max_size=5), max_size=3),
+    values,
+).map(lambda document: json.dumps(document, allow_nan=True))
+
 deep_nesting = st.integers(min_value=50, max_value=2500).flatmap(
     lambda depth: st.sampled_from(
         [
             "prompt = " + "[" * depth + "]" * depth,
             "prompt = " + "{a = " * depth + "1" + "}" * depth,
             "\n".join(f"[{'.'.join(['t'] * n)}]" for n in range(1, min(depth, 300))),
+            '{"prompt": ' + "[" * depth + "]" * depth + "}",
         ]
     )
 )
@@ -122,6 +130,7 @@ job_bytes = st.one_of(
     st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")),
     txt_like.map(str.encode),
     structured_toml().map(str.encode),
+    structured_json.map(str.encode),
     deep_nesting.map(str.encode),
 )
 
@@ -143,7 +152,7 @@ def _load(inbox: Path, name: str, data: bytes) -> list[JobSpec]:
     )
 
 
-@pytest.mark.parametrize("suffix", [".txt", ".toml"])
+@pytest.mark.parametrize("suffix", [".txt", ".toml", ".json"])
 @FUZZ
 @given(data=job_bytes)
 def test_any_job_file_gives_specs_or_invalid_input_and_nothing_else(
@@ -182,7 +191,7 @@ def _ready(path: Path, inbox: Path) -> Ready:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=job_bytes, suffix=st.sampled_from([".txt", ".toml"]))
+@given(data=job_bytes, suffix=st.sampled_from([".txt", ".toml", ".json"]))
 def test_intake_stage_queues_or_fails_each_fuzzed_file_with_an_error_file(
     stage: IntakeStage, data: bytes, suffix: str
 ) -> None:
@@ -212,3 +221,8 @@ def test_toml_nested_thousands_deep_is_invalid_input_not_a_crash(tmp_path: Path,
     """Found by the fuzzer: tomllib's RecursionError escaped, and the daemon retried the file forever."""
     with pytest.raises(InvalidInput, match="nested too deeply"):
         _load(tmp_path, "deep.toml", f"prompt = {nested}\n".encode())
+
+
+def test_json_nested_thousands_deep_is_invalid_input_not_a_crash(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="nested too deeply"):
+        _load(tmp_path, "deep.json", ('{"prompt": ' + "[" * 20_000 + "]" * 20_000 + "}").encode())

@@ -40,12 +40,12 @@ class Verdict:
     conflict_kind: Kind | None = None
 
 
-JOB_EXTENSIONS: frozenset[str] = frozenset({".txt", ".toml"})
+JOB_EXTENSIONS: frozenset[str] = frozenset({".txt", ".toml", ".json"})
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 MASK_MARKER = ".mask"
 ACCEPTED_TYPES_TEXT = (
-    "a prompt file (.txt or .toml), an image (.png, .jpg, .jpeg, .webp), "
-    "or an image plus a same-named .toml/.txt and optional <name>.mask.png"
+    "a prompt file (.txt, .toml or .json), an image (.png, .jpg, .jpeg, .webp), "
+    "or an image plus a same-named .txt/.toml/.json and optional <name>.mask.png"
 )
 
 
@@ -228,7 +228,6 @@ _UNSUPPORTED_ADVICE: dict[str, str] = {
     ".bmp": "a bitmap: export it as PNG",
     ".tif": "a TIFF: export it as PNG or JPEG",
     ".tiff": "a TIFF: export it as PNG or JPEG",
-    ".json": 'a JSON job: write the same keys as TOML (prompt = "...") in a .toml file',
     ".md": "write the prompt in a .txt file",
     ".rtf": "save it as plain text (.txt)",
     ".docx": "save it as plain text (.txt)",

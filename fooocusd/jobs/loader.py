@@ -14,13 +14,14 @@ from loguru import logger
 
 from fooocusd.errors import InvalidInput
 from fooocusd.jobs.drop_files import DropFiles, resolve_written_path
+from fooocusd.jobs.json_format import parse_json
 from fooocusd.jobs.recorded_prompt import recorded_prompt
 from fooocusd.jobs.resolve import normalise_image_action
 from fooocusd.jobs.spec import MAX_NOTES, JobSpec, image_attached_after_parsing
 from fooocusd.jobs.toml_format import parse_toml
 from fooocusd.jobs.txt_format import parse_txt
 
-JOB_FILE_PARSERS = {".txt": parse_txt, ".toml": parse_toml}
+JOB_FILE_PARSERS = {".txt": parse_txt, ".toml": parse_toml, ".json": parse_json}
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 ACCEPTED_INPUTS_REMINDER = """\
@@ -29,8 +30,10 @@ What the inbox accepts:
                    aspect: 16:9, images: 4, ...); a line with only --- starts another job;
                    or generation settings pasted from civitai, A1111 or Fooocus
   name.toml        the same keys as TOML (prompt = "..."), or several [[job]] tables
+  name.json        the same keys as JSON ({"prompt": "..."}), a list of such objects, or
+                   a fooocusd sidecar or Fooocus parameters to make an image again
   name.png/.jpg/.webp
-                   an image alone is varied; next to name.txt or name.toml it is that
+                   an image alone is varied; next to name.txt, .toml or .json it is that
                    job's input image (the prompt is then optional); name.mask.png beside
                    it marks the area to repaint
 Lines starting with # in a .txt file are comments. Files must be saved as UTF-8 (or UTF-16
@@ -115,13 +118,13 @@ def _with_recorded_prompt(spec: JobSpec, files: DropFiles) -> JobSpec:
 
 
 def parse_job_file(path: Path, *, max_job_file_bytes: int) -> list[JobSpec]:
-    """Check the size, decode (``decode_job_text``) and parse by extension (``.txt`` or ``.toml``)."""
+    """Check the size, decode (``decode_job_text``) and parse by extension (.txt, .toml or .json)."""
     parser = JOB_FILE_PARSERS.get(path.suffix.lower())
     if parser is None:
         raise InvalidInput(
-            f"{path.name}: job files must end in .txt or .toml",
+            f"{path.name}: job files must end in .txt, .toml or .json",
             where=path.name,
-            hint="rename the file to .txt (a plain prompt) or .toml (a full job spec)",
+            hint="rename the file to .txt (a plain prompt), or .toml or .json (a full job spec)",
         )
     try:
         size = path.stat().st_size

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -400,38 +401,62 @@ def parse_toml(text: str, source_name: str) -> list[JobSpec]:
             where=where,
             hint='fix the syntax there; text values need quotes, e.g. prompt = "a red fox"',
         ) from exc
+    return specs_from_document(document, source_name, TOML_JOBS)
 
-    jobs = document.pop("job", None)
-    shared = _canonical_table(document, "top level", source_name)
+
+@dataclass(frozen=True)
+class JobListSyntax:
+    """How a format writes several jobs, for ``specs_from_document`` and its messages."""
+
+    key: str
+    """The top-level key that holds the list of jobs."""
+    label: str
+    """One job, as a user finds it in the file: ``[[job]]``."""
+    not_a_list: str
+    empty: str
+
+
+TOML_JOBS = JobListSyntax(
+    key="job",
+    label="[[job]]",
+    not_a_list="start each job with a [[job]] line (double brackets)",
+    empty="add at least one [[job]] table",
+)
+
+
+def specs_from_document(document: dict[str, Any], source_name: str, syntax: JobListSyntax) -> list[JobSpec]:
+    """A decoded job file: one job (every key at the top level), or a list of jobs under
+    ``syntax.key`` that share the keys beside it as defaults each job may override."""
+    document = dict(document)
+    jobs = document.pop(syntax.key, None)
+    shared = _canonical_table(document, "top level", source_name, syntax.key)
     if jobs is None:
         fields = _split_prompt_lines(shared)
         return [build_spec(fields, lambda field: f"key '{field}'", whole="the file", source_name=source_name)]
     if not isinstance(jobs, list) or not all(isinstance(job, dict) for job in jobs):
         raise InvalidInput(
-            f"{source_name}: 'job' must be a list of tables",
-            where="key 'job'",
-            hint="start each job with a [[job]] line (double brackets)",
+            f"{source_name}: '{syntax.key}' must be a list of tables",
+            where=f"key '{syntax.key}'",
+            hint=syntax.not_a_list,
         )
     if not jobs:
-        raise InvalidInput(
-            f"{source_name} has no jobs", where="key 'job'", hint="add at least one [[job]] table"
-        )
+        raise InvalidInput(f"{source_name} has no jobs", where=f"key '{syntax.key}'", hint=syntax.empty)
     specs = []
     for number, job in enumerate(jobs, start=1):
-        label = f"[[job]] #{number}"
-        own = _canonical_table(job, label, source_name)
+        label = f"{syntax.label} #{number}"
+        own = _canonical_table(job, label, source_name, syntax.key)
 
         def locate(field: str, own: dict[str, Any] = own, label: str = label) -> str:
             if field in own:
                 return f"{label}, key '{field}'"
-            return f"top-level key '{field}' (shared by every [[job]])"
+            return f"top-level key '{field}' (shared by every {syntax.label})"
 
         merged = _split_prompt_lines({**_not_overridden(shared, own), **own})
         specs.append(build_spec(merged, locate, whole=label, source_name=source_name))
     return specs
 
 
-def _canonical_table(table: dict[str, Any], label: str, source_name: str) -> dict[str, Any]:
+def _canonical_table(table: dict[str, Any], label: str, source_name: str, jobs_key: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     unknown: list[str] = []
     for raw_key, value in table.items():
@@ -450,7 +475,7 @@ def _canonical_table(table: dict[str, Any], label: str, source_name: str) -> dic
         first = unknown[0]
         names = ", ".join(f"'{name}'" for name in unknown)
         plural = "s" if len(unknown) > 1 else ""
-        known = [*JOB_FIELDS, "format", "action", *(["job"] if label == "top level" else [])]
+        known = [*JOB_FIELDS, "format", "action", *([jobs_key] if label == "top level" else [])]
         raise InvalidInput(
             f"{source_name}: unknown key{plural} {names} in {label}{suggest(canonical_key(first), known)}",
             where=f"{label}, key '{first}'",

@@ -94,7 +94,7 @@ def parse_txt(text: str, source_name: str) -> list[JobSpec]:
     lines = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     pasted = pasted_settings(lines, source_name)
     if pasted is not None:
-        return [_pasted_to_spec(pasted, lines, source_name)]
+        return [pasted_to_spec(pasted, lines, source_name)]
     blocks = [block for block in _split_blocks(lines, source_name) if not block.is_empty()]
     if not blocks:
         raise InvalidInput(
@@ -107,7 +107,7 @@ def parse_txt(text: str, source_name: str) -> list[JobSpec]:
     return [_to_spec(block, source_name) for block in blocks]
 
 
-def _pasted_to_spec(pasted: PastedSettings, lines: list[str], source_name: str) -> JobSpec:
+def pasted_to_spec(pasted: PastedSettings, lines: list[str], source_name: str) -> JobSpec:
     """The pasted settings, with the option lines after them on top."""
     pasted_lines = f"the pasted {pasted.kind} (lines 1–{pasted.line_count})"
     blocks = _split_blocks(lines[pasted.line_count :], source_name, first_number=pasted.line_count + 1)
@@ -135,7 +135,7 @@ def _pasted_to_spec(pasted: PastedSettings, lines: list[str], source_name: str) 
             logger.warning("{}: {}", source_name, note)
     fields = {**pasted.fields, **{name: value for name, (_, _, value) in options.items()}}
     yours = [options["notes"][2]] if "notes" in options else []
-    fields["notes"] = [*yours, f"read from the pasted {pasted.kind}", *pasted.notes][:MAX_NOTES]
+    fields["notes"] = [*yours, f"read from the {pasted.kind}", *pasted.notes][:MAX_NOTES]
 
     def locate(field_name: str) -> str:
         return f"line {options[field_name][0]}" if field_name in options else pasted_lines
