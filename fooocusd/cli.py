@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         help="drop a file into the inbox atomically, with the pictures a job file needs",
     )
     what = submit.add_mutually_exclusive_group(required=True)
-    what.add_argument("path", nargs="?", type=Path, help="a .txt, .toml or image file")
+    what.add_argument("path", nargs="?", type=Path, help="a .txt, .toml, .json or image file")
     what.add_argument("--prompt", help="make a .txt job from this prompt")
     submit.add_argument(
         "--set",

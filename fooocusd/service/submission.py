@@ -54,7 +54,9 @@ def submit_file(
     ``dry_run`` every check runs and the paths that would be written are returned; nothing is.
     """
     if not source.is_file():
-        raise InvalidInput(f"{source} is not a file", hint="give the path of a .txt, .toml or image file")
+        raise InvalidInput(
+            f"{source} is not a file", hint="give the path of a .txt, .toml, .json or image file"
+        )
     companions: list[Companion] = []
     if source.suffix.lower() in JOB_EXTENSIONS:
         with image_attached_after_parsing():  # a picture beside it may stand in for the prompt
@@ -166,7 +168,7 @@ def refuse_what_the_daemon_would_not_take(relpath: str, settings: Settings) -> N
             hint="rename it without the conflict marker",
         )
     if verdict.kind is Kind.UNSUPPORTED:
-        raise InvalidInput(f"{relpath}: {verdict.reason}", hint="submit a .txt, .toml or image file")
+        raise InvalidInput(f"{relpath}: {verdict.reason}", hint="submit a .txt, .toml, .json or image file")
 
 
 def _already_there(source: Path, target: Path) -> bool:
