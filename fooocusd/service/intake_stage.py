@@ -54,7 +54,6 @@ from fooocusd.service.failing import quarantine
 from fooocusd.service.folders import Folders
 from fooocusd.settings import Settings
 
-ACCEPTED = ".txt, .toml, .json, .png, .jpg, .jpeg, .webp"
 NAMED_FOLDER = "named"  # inside a claim folder: the files the jobs name, by their inbox path
 
 
