@@ -368,3 +368,37 @@ def test_native_watch_failure_falls_back_to_polling(inbox: Path, monkeypatch: py
         watcher.poll()
         (inbox / "a.png").write_bytes(b"png")
         assert [r.relpath for r in poll_until_found(watcher, 1, limit=3.0)] == ["a.png"]
+
+
+def test_an_inbox_that_vanishes_is_said_once_and_watched_anew_when_it_is_back(
+    inbox: Path, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    said: list[str] = []
+    sink = watcher_module.logger.add(
+        lambda message: said.append(str(message)), level="INFO", format="{message}"
+    )
+    watcher = InboxWatcher(inbox, settle_seconds=0.2, rescan_seconds=30, polling="never", clock=clock)
+    try:
+        with running(watcher):
+            assert watcher.poll() == []
+            inbox.rename(tmp_path / "unmounted")
+            for _ in range(2):
+                clock.now += 30
+                assert watcher.poll() == []
+            assert sum("is gone (a share unmounted" in line for line in said) == 1
+            inbox.mkdir()
+            clock.now += 30
+            assert watcher.poll() == []
+            assert any(line.endswith("is back: watching it anew\n") for line in said)
+            (inbox / "new.txt").write_text("a fox")
+            found: list[Ready] = []
+            for _ in range(40):  # 12 s of the fake clock: native events, long before the next rescan
+                watcher.wait(0.05)
+                clock.now += 0.3
+                found.extend(watcher.poll())
+                if found:
+                    break
+            assert [ready.relpath for ready in found] == ["new.txt"]
+    finally:
+        watcher_module.logger.remove(sink)

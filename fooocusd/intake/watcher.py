@@ -173,6 +173,9 @@ class InboxWatcher:
         self._next_rescan: float | None = None
         self._observers: list[BaseObserver] = []
         self._watches: list[tuple[Path, bool]] = []
+        self._inbox_identity: tuple[int, int] | None = None
+        """(device, inode) of the inbox being watched; None while it is gone."""
+        self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -184,6 +187,11 @@ class InboxWatcher:
                 hint="create it, or point paths.inbox at an existing folder",
                 where="paths.inbox",
             )
+        self._inbox_identity = _folder_identity(self.inbox)
+        self._started = True
+        self._watch()
+
+    def _watch(self) -> None:
         mounts = read_mounts() if self._mounts is None else self._mounts
         decision = decide_polling(self.inbox, self.polling, mounts)
         main = self._start_observer(self.inbox, decision.use_polling)
@@ -198,13 +206,48 @@ class InboxWatcher:
         logger.info("watching {} ({})", self.inbox, self.watch_mode)
 
     def stop(self) -> None:
+        self._started = False
+        self._stop_observers()
+        self._wakeup.set()
+
+    def _stop_observers(self) -> None:
         for observer in self._observers:
             observer.stop()
         for observer in self._observers:
             observer.join(timeout=5)
         self._observers.clear()
         self._watches.clear()
-        self._wakeup.set()
+
+    def _inbox_still_there(self) -> bool:
+        """At each rescan: the inbox is the folder being watched. One that is gone (a share
+        unmounted, a sync client that moved it away) is said once and looked for again at each
+        rescan; one that is back, or replaced by another folder, is watched anew, since native
+        events follow the old folder."""
+        identity = _folder_identity(self.inbox)
+        if not self._started or identity == self._inbox_identity:
+            return identity is not None
+        if identity is None:
+            logger.warning(
+                "the inbox {} is gone (a share unmounted, or the folder moved or deleted?): fooocusd "
+                "looks for it every {:g} s and carries on when it is back",
+                self.inbox,
+                self.rescan_seconds,
+            )
+        else:
+            what = (
+                "is back"
+                if self._inbox_identity is None
+                else "is another folder now (remounted or recreated?)"
+            )
+            logger.info("the inbox {} {}: watching it anew", self.inbox, what)
+            self._stop_observers()
+            try:
+                self._watch()
+            except OSError as exc:  # gone again already: looked for at the next rescan
+                logger.warning("cannot watch the inbox {}: {}", self.inbox, exc)
+                identity = None
+        self._inbox_identity = identity
+        return identity is not None
 
     def wait(self, timeout: float) -> bool:
         """Sleep until an event arrives (True) or until ``timeout``, the next possible stability
@@ -234,7 +277,7 @@ class InboxWatcher:
                     self._next_rescan = now + self.rescan_seconds
             for folder in dirty_dirs:
                 dirty.setdefault(folder, False)  # _decide scans it unless it is ignored
-            if rescan:
+            if rescan and self._inbox_still_there():
                 for path in self._scan_tree(self.inbox):
                     dirty.setdefault(path, False)
                 # Whatever we track or handed out but the scan did not find is looked at again
@@ -455,6 +498,15 @@ class InboxWatcher:
                 continue
             self._start_observer(folder, use_polling=True)
             logger.info("polling {} inside the inbox: {} ({})", folder, reason, mount.fs_type)
+
+
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``folder``; None when it is not there or not a folder."""
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat_mode.S_ISDIR(info.st_mode) else None
 
 
 def _not_regular_reason(mode: int) -> str:
