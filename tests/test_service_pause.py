@@ -92,3 +92,16 @@ def test_a_pause_stops_a_running_job_after_its_image_and_resume_makes_only_the_r
     names = sorted(image.name for image in sandbox.images())
     assert len(names) == 12 and not any("-1." in name for name in names), names
     assert sorted(int(name.rsplit("_", 1)[1].split(".")[0]) for name in names) == list(range(12))
+
+
+def test_a_state_folder_the_user_cannot_write_is_said_with_who_can(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refused(*_args: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("fooocusd.service.pause.write_json_atomically", refused)
+    assert main(["pause", "--config", str(sandbox.config)]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "cannot change" in said and "paused.json: Permission denied" in said
+    assert "sudo -u fooocusd fooocusd pause" in said

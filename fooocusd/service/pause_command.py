@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 
+from fooocusd.errors import ConfigError
 from fooocusd.service.folders import Folders
-from fooocusd.service.pause import parse_duration, pause_queue, resume_queue
+from fooocusd.service.pause import parse_duration, pause_file, pause_queue, resume_queue
 from fooocusd.service.state_lock import daemon_holding
 from fooocusd.settings import LoadedSettings
 
@@ -35,7 +37,10 @@ def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentP
 def pause_jobs(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     seconds = parse_duration(args.duration) if args.duration else None
     state = Folders.from_paths(loaded.settings.paths.resolved()).state
-    pause = pause_queue(state, seconds)
+    try:
+        pause = pause_queue(state, seconds)
+    except OSError as exc:
+        raise _cannot_change(state, exc) from exc
     if daemon_holding(state) is not None:
         after = (
             "the image being made finishes, then its job goes back to the queue; "
@@ -49,8 +54,20 @@ def pause_jobs(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 
 def resume_jobs(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     state = Folders.from_paths(loaded.settings.paths.resolved()).state
-    ended = resume_queue(state)
+    try:
+        ended = resume_queue(state)
+    except OSError as exc:
+        raise _cannot_change(state, exc) from exc
     _out.print(
         f"resumed: the queue was {ended.describe()}" if ended is not None else "the queue was not paused"
     )
     return 0
+
+
+def _cannot_change(state: Path, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"cannot change {pause_file(state)}: {exc.strerror or exc}",
+        hint="run the command as the user the daemon runs as (for the system service: "
+        "`sudo -u fooocusd fooocusd pause`), with the same --config or --state-dir",
+        where=str(state),
+    )
