@@ -53,14 +53,17 @@ def test_status_says_how_long_the_queue_will_take_at_the_recent_pace(
     sandbox.drop("first.txt", "a fox\nimages: 4\nsteps: 2\n")
     assert sandbox.drain().ok
     pause_queue(sandbox.state, None)
-    sandbox.drop("next.txt", "an owl\nimages: 3\nsteps: 2\n")
-    assert sandbox.drain().left_paused == 1
+    sandbox.drop("next.txt", "an owl\nimages: 3\nsteps: 2\n---\na cat\n")
+    assert sandbox.drain().left_paused == 2
     assert main(["status", "--json", *config]) == 0
-    estimate = json.loads(capsys.readouterr().out)["estimate"]
-    assert estimate["images_left"] == 3 and estimate["seconds_per_image"] > 0
+    report = json.loads(capsys.readouterr().out)
+    estimate = report["estimate"]
+    assert estimate["images_left"] == 4 and estimate["seconds_per_image"] > 0
+    assert [job["input"] for job in report["next"]] == ["next.txt", "next.txt #2"]
     assert main(["status", *config]) == 0
     said = " ".join(capsys.readouterr().out.split())
-    assert "queue: about 3 image(s) to make, " in said and " at the recent pace of " in said
+    assert "queue: about 4 image(s) to make, " in said and " at the recent pace of " in said
+    assert "next: next.txt, next.txt #2" in said
     resume_queue(sandbox.state)
     assert sandbox.drain().ok
     assert main(["status", "--json", *config]) == 0

@@ -108,6 +108,19 @@ def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         signal.signal(signum, handler)
 
 
+NEXT_JOBS_SHOWN = 5
+
+
+def _next_jobs(journal: Journal) -> list[dict[str, Any]]:
+    """The queued jobs that run next, in order (a job of a file with several: ``name #2``)."""
+    shown = []
+    for job in journal.next_runnable_jobs(NEXT_JOBS_SHOWN):
+        source = journal.get_input(job.input_id)
+        name = (source.relpath if source is not None else "?") + (f" #{job.seq + 1}" if job.seq else "")
+        shown.append({"id": job.id, "input": name, "priority": job.priority})
+    return shown
+
+
 def _print_summary(summary: Summary) -> None:
     _out.print(
         f"fooocusd once: {summary.jobs_done} job(s) done, {summary.images_written} image(s) written, "
@@ -161,12 +174,14 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             ]
             estimate = estimate_queue(journal, loaded.settings.generation.images)
             report["estimate"] = estimate.record() if unfinished_jobs(report["counts"]) else None
+            report["next"] = _next_jobs(journal)
         finally:
             journal.close()
     else:
         report = status_report(time.time())
         report["recent_refusals"] = []
         report["estimate"] = None
+        report["next"] = []
     journal_exists = folders.journal_db.is_file()
     report["journal"] = str(folders.journal_db) if journal_exists else None
     starting = holder is not None and journal is None
@@ -214,6 +229,10 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     )
     if estimate is not None and report["estimate"] is not None:
         _out.print(f"queue: {estimate.describe()}")
+    if report["next"]:
+        names = ", ".join(job["input"] for job in report["next"])
+        more = counts.get("queued", 0) - len(report["next"])
+        _out.print(f"next: {names}" + (f" (+{more} more)" if more > 0 else ""))
     if waiting.files:
         _out.print(f"inbox: {waiting.files} file(s) not picked up yet")
     if waiting.empty_count:
