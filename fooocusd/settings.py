@@ -116,7 +116,7 @@ class IntakeSettings(_Section):
     )
     poll_interval_seconds: float = Field(2.0, ge=0.1, le=600)
     pair_wait_seconds: float = Field(
-        10.0, ge=0.0, le=3600, description="How long an image waits for a same-stem .toml/.txt partner."
+        10.0, ge=0.0, le=3600, description="How long an image waits for a same-stem .txt/.toml/.json partner."
     )
     follow_symlinks: bool = False
     conflict_copies: Literal["quarantine", "process"] = "quarantine"
