@@ -181,6 +181,20 @@ def test_status_line_shows_queue_depth_and_current_step(systemd: FakeSystemd) ->
     assert systemd.collect() == ["STATUS=queued 3, running 1; cats/cat.txt #2: step 7/30"]
 
 
+def test_status_line_says_how_long_the_queue_will_take_while_jobs_wait(systemd: FakeSystemd) -> None:
+    clock = FakeClock()
+    reporter = ServiceReporter(
+        Notifier.from_environment(), WorkerPulse(stale_after=60, clock=clock), clock=clock
+    )
+    reporter.tick(lambda: {"counts": {"queued": 40, "running": 1}}, lambda: 840.0)
+    clock.now += 10
+    reporter.tick(lambda: {"counts": {"queued": 0, "running": 0}}, lambda: 0.0)
+    assert systemd.collect() == [
+        "STATUS=queued 40, running 1 (about 14 min left)",
+        "STATUS=queued 0, running 0",
+    ]
+
+
 def test_stop_timeout_is_extended_only_while_the_worker_moves(systemd: FakeSystemd) -> None:
     clock = FakeClock()
     pulse = WorkerPulse(stale_after=60, clock=clock)

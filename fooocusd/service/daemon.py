@@ -41,6 +41,7 @@ from fooocusd.service.notify import (
     WorkerPulse,
 )
 from fooocusd.service.pause import current_pause
+from fooocusd.service.queue_estimate import estimate_queue
 from fooocusd.service.reconcile import reconcile
 from fooocusd.service.reload import Reloader, SettingsSource, apply_on_main_thread, apply_to_worker
 from fooocusd.service.settings_checks import check_configuration
@@ -281,7 +282,10 @@ class Daemon:
                 finisher.finish_ready()
                 if self.reloader.requested():
                     self._reload(folders, preset_dirs, intake, finisher, reporter)
-                reporter.tick(journal.status)
+                reporter.tick(
+                    journal.status,
+                    lambda: estimate_queue(journal, self.settings.generation.images).seconds_left,
+                )
                 if time.monotonic() - last_stale_check > _STALE_CHECK_EVERY:
                     last_stale_check = time.monotonic()
                     journal.recover_stale_jobs(max_crashes=self.settings.journal.max_crashes)

@@ -13,6 +13,9 @@ from typing import Any
 
 from loguru import logger
 
+from fooocusd.journal.journal import unfinished_jobs
+from fooocusd.service.queue_estimate import duration_text
+
 Clock = Callable[[], float]
 
 MODEL_LOAD_EXTENSION_SECONDS = 300.0
@@ -146,13 +149,21 @@ class ServiceReporter:
         self.note: str | None = None  # e.g. "reload refused: ...", kept in every STATUS= line
         self.paused = False
 
-    def tick(self, journal_status: Callable[[], dict[str, Any]]) -> None:
+    def tick(
+        self,
+        journal_status: Callable[[], dict[str, Any]],
+        seconds_left: Callable[[], float | None] | None = None,
+    ) -> None:
+        """``seconds_left``: how long the queue will take (``queue_estimate``), read with each
+        STATUS= line."""
         if not self.notifier.enabled:
             return
         now = self.clock()
         if self._last_status is None or now - self._last_status >= STATUS_EVERY_SECONDS:
             self._last_status = now
-            self.notifier.status(self.status_text(journal_status()))
+            status = journal_status()
+            left = seconds_left() if seconds_left is not None and unfinished_jobs(status["counts"]) else None
+            self.notifier.status(self.status_text(status, left))
         interval = self.notifier.watchdog_interval
         if interval is not None and (self._last_ping is None or now - self._last_ping >= interval):
             if self.pulse.healthy():
@@ -174,9 +185,11 @@ class ServiceReporter:
             self._last_extension = now
             self.notifier.extend_timeout(STOP_EXTENSION_SECONDS)
 
-    def status_text(self, journal_status: dict[str, Any]) -> str:
+    def status_text(self, journal_status: dict[str, Any], seconds_left: float | None = None) -> str:
         counts = journal_status.get("counts", {})
         text = f"queued {counts.get('queued', 0)}, running {counts.get('running', 0)}"
+        if seconds_left is not None:
+            text += f" (about {duration_text(seconds_left)} left)"
         if self.paused:
             text = f"paused (fooocusd resume); {text}"
         if self.pulse.label is not None:

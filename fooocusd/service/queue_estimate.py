@@ -38,7 +38,7 @@ class QueueEstimate:
         text = f"about {self.images_left} image(s) to make"
         if self.seconds_left is not None and self.seconds_per_image is not None:
             pace = f"{self.seconds_per_image:.1f} s per image"
-            text += f", {_duration(self.seconds_left)} at the recent pace of {pace}"
+            text += f", {duration_text(self.seconds_left)} at the recent pace of {pace}"
         return text
 
 
@@ -59,7 +59,7 @@ def recent_pace(completed: list[float]) -> float | None:
     return sum(busy) / len(busy)
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     minutes = seconds / 60
