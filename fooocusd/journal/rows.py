@@ -218,6 +218,11 @@ def output_from_row(row: sqlite3.Row) -> OutputRow:
     )
 
 
+def job_label(job: JobRow, source: InputRow) -> str:
+    """How logs and ``status`` name a job: its input's path, and ``#2`` for a file's second job."""
+    return f"{source.relpath}" + (f" #{job.seq + 1}" if job.seq else "")
+
+
 def refusal_from_row(row: sqlite3.Row) -> RefusalRow:
     files = tuple((str(relpath), Path(failed)) for relpath, failed in json.loads(row["files"]))
     return RefusalRow(

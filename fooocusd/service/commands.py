@@ -23,6 +23,7 @@ from rich.text import Text
 from fooocusd.errors import ConfigError, FooocusdError, InvalidInput
 from fooocusd.intake.waiting import inbox_waiting
 from fooocusd.journal.journal import Journal, JournalError, status_report, unfinished_jobs
+from fooocusd.journal.rows import job_label
 from fooocusd.service.folders import Folders, prepare_folders
 from fooocusd.service.pause import current_pause
 from fooocusd.service.queue_estimate import QueueEstimate, estimate_queue
@@ -116,7 +117,7 @@ def _next_jobs(journal: Journal) -> list[dict[str, Any]]:
     shown = []
     for job in journal.next_runnable_jobs(NEXT_JOBS_SHOWN):
         source = journal.get_input(job.input_id)
-        name = (source.relpath if source is not None else "?") + (f" #{job.seq + 1}" if job.seq else "")
+        name = job_label(job, source) if source is not None else "?"
         shown.append({"id": job.id, "input": name, "priority": job.priority})
     return shown
 
@@ -172,16 +173,16 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             report["recent_refusals"] = [
                 {"ts": event.ts, "detail": event.detail} for event in journal.recent_events("refused")
             ]
-            estimate = estimate_queue(journal, loaded.settings.generation.images)
-            report["estimate"] = estimate.record() if unfinished_jobs(report["counts"]) else None
+            if unfinished_jobs(report["counts"]):
+                estimate = estimate_queue(journal, loaded.settings.generation.images)
             report["next"] = _next_jobs(journal)
         finally:
             journal.close()
     else:
         report = status_report(time.time())
         report["recent_refusals"] = []
-        report["estimate"] = None
         report["next"] = []
+    report["estimate"] = estimate.record() if estimate is not None else None
     journal_exists = folders.journal_db.is_file()
     report["journal"] = str(folders.journal_db) if journal_exists else None
     starting = holder is not None and journal is None
@@ -227,7 +228,7 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             for state in ("queued", "running", "done", "failed", "cancelled")
         )
     )
-    if estimate is not None and report["estimate"] is not None:
+    if estimate is not None:
         _out.print(f"queue: {estimate.describe()}")
     if report["next"]:
         names = ", ".join(job["input"] for job in report["next"])

@@ -410,9 +410,10 @@ class Daemon:
     def _follow_pause(self, state: Path, reporter: ServiceReporter) -> None:
         """Start or end a pause when ``fooocusd pause`` / ``resume`` (or its end time) changed it."""
         pause = current_pause(state)
-        reporter.paused = pause is not None
-        if self.extras is not None:
-            self.extras.set_paused(pause is not None)
+        if (pause is not None) != self.paused.is_set():
+            reporter.paused = pause is not None
+            if self.extras is not None:
+                self.extras.set_paused(pause is not None)
         if pause is not None and not self.paused.is_set():
             self.paused.set()
             logger.info(

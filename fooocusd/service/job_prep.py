@@ -24,7 +24,7 @@ from fooocusd.jobs.presets import Preset, load_preset
 from fooocusd.jobs.resolve import resolve_requests
 from fooocusd.jobs.spec import JobSpec
 from fooocusd.journal.journal import Journal
-from fooocusd.journal.rows import InputRow, JobRow, OutputRow, OutputState
+from fooocusd.journal.rows import InputRow, JobRow, OutputRow, OutputState, job_label
 from fooocusd.outbox.metadata import build_record
 from fooocusd.service.folders import Folders
 from fooocusd.service.image_inputs import ImageInput, load_image_input
@@ -107,10 +107,6 @@ class PrepContext:
     preset_dirs: list[Path]
     styles: StyleLibrary
     expansion: PromptExpansion | None
-
-
-def job_label(job: JobRow, source: InputRow) -> str:
-    return f"{source.relpath}" + (f" #{job.seq + 1}" if job.seq else "")
 
 
 def prepare_job(job: JobRow, source: InputRow, context: PrepContext) -> PreparedJob:

@@ -47,7 +47,7 @@ from fooocusd.errors import (
     TransientError,
 )
 from fooocusd.journal.journal import Journal
-from fooocusd.journal.rows import JobRow, JobState
+from fooocusd.journal.rows import JobRow, JobState, job_label
 from fooocusd.outbox.atomic import ensure_folder
 from fooocusd.outbox.folder_names import FolderNames
 from fooocusd.outbox.naming import choose_free_name, name_fields, render_name
@@ -65,7 +65,6 @@ from fooocusd.service.job_prep import (
     PreparedJob,
     PrepContext,
     expand_ahead,
-    job_label,
     missing_files_note,
     prepare_job,
     with_styles,
