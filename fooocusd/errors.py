@@ -37,6 +37,11 @@ class TransientError(FooocusdError):
     """Something outside the input went wrong (disk full, device busy). Retried with backoff."""
 
 
+class DiskFull(TransientError):
+    """No room on a disk for a write, which left nothing behind. Inside the daemon the write waits
+    for room and is tried again (``space_wait.py``) instead of failing its job."""
+
+
 class OutOfMemory(TransientError):
     """The accelerator ran out of memory; retried after the engine frees memory."""
 

@@ -56,6 +56,17 @@ def journal(db_path: Path, clock: FakeClock) -> Iterator[Journal]:
 
 
 @pytest.fixture
+def logged() -> Iterator[list[str]]:
+    """The messages logged at INFO and above while the test runs."""
+    from loguru import logger
+
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="INFO", format="{message}")
+    yield lines
+    logger.remove(sink)
+
+
+@pytest.fixture
 def triton_device() -> object:
     """Where our Triton kernels run in tests: a CUDA GPU, or CPU tensors through Triton's
     interpreter, which this file chooses where there is none (slow: small sizes only)."""

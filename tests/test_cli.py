@@ -14,6 +14,7 @@ from loguru import logger
 from fooocusd.cli import main
 from fooocusd.jobs.loader import parse_job_file
 from fooocusd.journal import Journal
+from fooocusd.service import free_space
 from fooocusd.service.doctor import run_checks
 from fooocusd.service.state_lock import state_folder_lock
 from fooocusd.settings import load_settings
@@ -291,6 +292,22 @@ def test_status_before_the_first_start_shows_the_waiting_inbox_and_says_there_is
     report = json.loads(capsys.readouterr().out)
     assert report["journal"] is None and report["counts"]["queued"] == 0 and report["running"] == []
     assert report["inbox_waiting"]["files"] == 1
+
+
+def test_status_warns_once_per_disk_when_the_outbox_and_state_disk_is_low_on_room(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
+    assert json.loads(capsys.readouterr().out)["low_disk"] == []
+    monkeypatch.setattr(free_space, "LOW_FREE_BYTES", 2**62)  # more than any disk here has
+    assert main(["status", "--config", str(sandbox.config)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("disk: only") == 1, "outbox and state share the test's disk: said once"
+    assert f"free on the disk that holds the outbox ({sandbox.outbox})" in out
+    assert "the daemon waits for room (nothing fails), so free some space" in out
+    assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
+    [low] = json.loads(capsys.readouterr().out)["low_disk"]
+    assert low["folder"] == "outbox" and low["free_bytes"] > 0
 
 
 def test_status_json_reports_counts_failures_and_refused_files(sandbox: Sandbox) -> None:

@@ -11,7 +11,8 @@ from fooocusd.journal import JobState, Journal
 from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders
 from fooocusd.settings import Settings
-from tests.test_journal_helpers import add_input, spec_json
+from tests.daemon_harness import Sandbox
+from tests.test_journal_helpers import FakeClock, add_input, spec_json
 
 
 @pytest.fixture
@@ -20,7 +21,9 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
         yield opened
 
 
-def _finisher(tmp_path: Path, journal: Journal, after_success: str) -> Finisher:
+def _finisher(
+    tmp_path: Path, journal: Journal, after_success: str, clock: FakeClock | None = None
+) -> Finisher:
     settings = Settings.model_validate(
         {
             "paths": {
@@ -31,7 +34,8 @@ def _finisher(tmp_path: Path, journal: Journal, after_success: str) -> Finisher:
             "outbox": {"after_success": after_success},
         }
     )
-    return Finisher(settings, Folders.from_paths(settings.paths.resolved()), journal)
+    folders = Folders.from_paths(settings.paths.resolved())
+    return Finisher(settings, folders, journal, clock) if clock else Finisher(settings, folders, journal)
 
 
 def _claimed(tmp_path: Path, journal: Journal, name: str, jobs: int) -> tuple[int, Path]:
@@ -72,3 +76,70 @@ def test_an_input_whose_jobs_all_succeeded_is_deleted_when_success_deletes_input
     assert _finisher(tmp_path, journal, "delete").finish_ready() == 1
     assert not claimed.exists()
     assert not (tmp_path / "done").exists() or list((tmp_path / "done").iterdir()) == []
+
+
+def test_an_input_that_cannot_be_moved_stays_says_why_once_and_moves_when_it_can(
+    tmp_path: Path, journal: Journal, logged: list[str]
+) -> None:
+    clock = FakeClock()
+    finisher = _finisher(tmp_path, journal, "move", clock)
+    _, claimed = _claimed(tmp_path, journal, "fox.txt", jobs=1)
+    _run_one(journal)
+    blocker = tmp_path / "done"
+    blocker.write_text("a file where done/ should be\n")  # done/ cannot be made: as a lost mount
+
+    assert finisher.finish_ready() == 0
+    assert claimed.exists() and finisher.unmoved == 1 and not finisher.pending()
+    [error] = logged
+    assert f"could not move fox.txt out of {claimed.parent}" in error
+    assert "tried again by itself (first in 5 s" in error and str(blocker) in error
+    clock.advance(4)
+    assert finisher.finish_ready() == 0 and len(logged) == 1, "not due yet"
+    clock.advance(1)
+    assert finisher.finish_ready() == 0 and len(logged) == 1, "the same reason is not logged again"
+
+    blocker.unlink()
+    clock.advance(10)  # the second wait is twice the first
+    assert finisher.finish_ready() == 1
+    assert not claimed.exists() and (blocker / "fox.txt").read_text() == "a cat\n"
+    assert finisher.unmoved == 0
+    assert "fox.txt could be moved after all, 15 s after the first try" in logged[-1]
+
+
+def test_a_move_that_failed_after_its_target_was_recorded_completes_under_that_name(
+    tmp_path: Path, journal: Journal
+) -> None:
+    clock = FakeClock()
+    finisher = _finisher(tmp_path, journal, "move", clock)
+    input_id, claimed = _claimed(tmp_path, journal, "fox.txt", jobs=1)
+    _run_one(journal)
+    target = tmp_path / "done" / "evening" / "fox.txt"
+    target.parent.parent.mkdir()
+    target.parent.write_text("not a folder\n")
+    journal.begin_finish(input_id, target.parent, {claimed: target})
+
+    assert finisher.finish_ready() == 0 and claimed.exists() and finisher.unmoved == 1
+    target.parent.unlink()
+    target.parent.mkdir()
+    clock.advance(5)
+    assert finisher.finish_ready() == 1
+    assert target.read_text() == "a cat\n" and not claimed.exists()
+    found = journal.get_input(input_id)
+    assert found is not None and found.state == "finished"
+
+
+def test_once_reports_an_input_it_could_not_move_and_the_next_run_moves_it(sandbox: Sandbox) -> None:
+    sandbox.drop("portrait/fox.txt", "a fox\nsteps: 2\n")
+    sandbox.done.mkdir(parents=True)
+    blocker = sandbox.done / "portrait"
+    blocker.write_text("a file where the subfolder should be\n")
+
+    summary = sandbox.drain()
+    assert (summary.jobs_done, summary.inputs_unmoved, summary.ok) == (1, 1, False)
+    assert [p.name for p in sandbox.files(sandbox.state / "processing")] == ["fox.txt"]
+
+    blocker.unlink()
+    summary = sandbox.drain()
+    assert (summary.jobs_done, summary.inputs_unmoved, summary.ok) == (0, 0, True)
+    assert (sandbox.done / "portrait" / "fox.txt").is_file()
+    assert sandbox.files(sandbox.state / "processing") == []

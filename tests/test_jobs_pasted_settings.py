@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
-from loguru import logger
 
 from fooocusd.errors import InvalidInput
 from fooocusd.jobs.txt_format import parse_txt, prompt_job_text
@@ -45,14 +43,6 @@ FOOOCUS_LOG = {
     "metadata_scheme": False,
     "version": "Fooocus v2.5.5",
 }
-
-
-@pytest.fixture
-def logged() -> Iterator[list[str]]:
-    lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(str(message)), level="INFO", format="{message}")
-    yield lines
-    logger.remove(sink)
 
 
 def test_civitai_generation_data_becomes_the_jobs_settings_as_a1111_made_it(logged: list[str]) -> None:

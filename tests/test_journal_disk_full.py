@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from fooocusd.journal import Journal, JournalFull, SpaceWait
+from fooocusd.journal import Journal, JournalFull
+from fooocusd.space_wait import SpaceWait
 from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
 from tests.test_journal_helpers import add_input
 
@@ -68,7 +69,7 @@ def test_with_a_space_wait_a_write_waits_for_room_and_the_log_says_so_once(
         if len(pauses) == 4:
             _make_room(journal)
 
-    journal.space_wait = SpaceWait(keep_waiting=lambda: True, sleep=sleep)
+    journal.space_wait = SpaceWait(keep_waiting=lambda _full: True, sleep=sleep)
     said: list[str] = []
     sink = logger.add(lambda message: said.append(str(message)), level="INFO", format="{message}")
     try:
@@ -82,7 +83,7 @@ def test_with_a_space_wait_a_write_waits_for_room_and_the_log_says_so_once(
 
 def test_a_space_wait_that_is_told_to_stop_gives_up_with_the_error(tmp_path: Path, journal: Journal) -> None:
     _fill(journal)
-    journal.space_wait = SpaceWait(keep_waiting=lambda: False, sleep=lambda _seconds: None)
+    journal.space_wait = SpaceWait(keep_waiting=lambda _full: False, sleep=lambda _seconds: None)
     with pytest.raises(JournalFull):
         add_input(journal, tmp_path, "gives-up.txt")
 

@@ -1,5 +1,6 @@
-"""A full disk under the outbox: the job waits (transient), nothing partial shows, and it completes
-once space returns; if space never returns, it fails saying "disk full" and "free some space".
+"""A full disk under the outbox: the rendered image waits for room, nothing partial shows, and it is
+written under its own name once space returns; the job is never failed for it, and a stop during
+the wait puts the job back in the queue without charging an attempt.
 
 The disk is filled at the lowest level the outbox uses: ``os.write`` / ``os.fsync`` raise ENOSPC
 for file descriptors that point into the outbox (found through /proc/self/fd), and nothing else,
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
 from tests.reliability_checks import (
@@ -65,10 +68,6 @@ def full_outbox(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
     yield fill
 
 
-def _job_errors(box: Sandbox) -> list[str]:
-    return [row[0] or "" for row in box.journal_rows("SELECT error FROM jobs")]
-
-
 def _retry_config(box: Sandbox, max_attempts: int) -> None:
     box.write_config(f"[journal]\nretry_backoff_seconds = 0.3\nmax_attempts = {max_attempts}\n")
 
@@ -86,44 +85,58 @@ def _is_sidecar_temp(name: str) -> bool:
     ],
     ids=["image-write", "image-fsync", "sidecar-write"],
 )
-def test_disk_full_requeues_the_job_leaves_nothing_partial_and_completes_when_space_returns(
+def test_a_full_outbox_holds_the_image_until_space_returns_then_writes_it_under_its_own_name(
     sandbox: Sandbox, full_outbox: Callable[..., FullDisk], call: str, only: Callable[[str], bool]
 ) -> None:
-    _retry_config(sandbox, max_attempts=10)
+    _retry_config(sandbox, max_attempts=1)  # a failed attempt would fail the job at once
     disk = full_outbox(call, only)
     sandbox.drop("fox.txt", "a fox in snow\nseed: 5\nimages: 2\nsteps: 2\n")
+    said: list[str] = []
+    sink = logger.add(lambda message: said.append(str(message)), level="INFO", format="{message}")
+    try:
+        with RunningDaemon(sandbox.settings()) as running:
+            wait_for(lambda: disk.refusals >= 3, what="the write tried again on the full disk")
+            assert running.error is None
+            assert sandbox.images() == [] and sandbox.sidecars() == [], "a partial output is visible"
+            assert temp_leftovers(sandbox) == [], "a temp file was left behind"
+            assert sandbox.files(sandbox.failed) == [], "a full disk is not the input's fault"
+            assert sandbox.journal_rows("SELECT state, attempts, error FROM jobs") == [("running", 1, None)]
+            disk.full = False  # space returns
+            wait_for(lambda: (sandbox.done / "fox.txt").exists(), what="the job to finish")
+    finally:
+        logger.remove(sink)
 
-    with RunningDaemon(sandbox.settings()):
-        wait_for(lambda: any("disk full" in e for e in _job_errors(sandbox)), what="a disk-full retry")
-        assert sandbox.images() == [] and sandbox.sidecars() == [], "a partial output is visible"
-        assert temp_leftovers(sandbox) == [], "a temp file was left behind"
-        assert sandbox.files(sandbox.failed) == [], "a full disk is not the input's fault"
-        disk.full = False  # space returns
-        wait_for(lambda: (sandbox.done / "fox.txt").exists(), what="the job to finish")
-
-    assert disk.refusals >= 1
+    full_lines = [line for line in said if "disk full while writing" in line]
+    assert len(full_lines) == 1, "said once, not at every try"
+    assert "free some space" in full_lines[0] and "the daemon waits" in full_lines[0]
     assert sorted(p.name for p in sandbox.images()) == ["fox_5_0.png", "fox_6_1.png"], (
         "same names, no -1 copies"
     )
+    assert sandbox.journal_rows("SELECT state, attempts FROM jobs") == [("done", 1)]
     assert_every_input_ended_exactly_once(sandbox, ["fox.txt"])
     assert_outputs_complete_and_unique(sandbox)
     assert_journal_consistent(sandbox)
 
 
-def test_disk_full_that_lasts_fails_the_job_saying_disk_full_and_free_space(
+def test_stopping_while_the_outbox_is_full_requeues_the_job_without_charging_an_attempt(
     sandbox: Sandbox, full_outbox: Callable[..., FullDisk]
 ) -> None:
-    _retry_config(sandbox, max_attempts=2)
-    full_outbox("write")
+    _retry_config(sandbox, max_attempts=1)
+    disk = full_outbox("write")
     sandbox.drop("fox.txt", "a fox in snow\nseed: 5\nsteps: 2\n")
 
-    summary = sandbox.drain()
+    with RunningDaemon(sandbox.settings()) as running:
+        wait_for(lambda: disk.refusals >= 2, what="the write waiting for room")
+        asked_to_stop = time.monotonic()
+    assert time.monotonic() - asked_to_stop < 10, "a stop wakes the wait"
+    assert running.error is None
+    assert sandbox.journal_rows("SELECT state, attempts, error FROM jobs") == [("queued", 0, None)]
+    assert sandbox.images() == [] and temp_leftovers(sandbox) == []
+    assert sandbox.files(sandbox.failed) == []
 
-    assert summary.jobs_failed == 1
-    report = (sandbox.failed / "fox.txt.error.txt").read_text(encoding="utf-8")
-    assert "disk full" in report.lower()
-    assert "free some space" in report.lower()
-    assert "gave up after 2 attempts" in report
-    assert sandbox.images() == [] and sandbox.sidecars() == []
-    assert temp_leftovers(sandbox) == []
+    disk.full = False
+    summary = sandbox.drain()
+    assert (summary.jobs_done, summary.jobs_failed) == (1, 0)
+    assert [p.name for p in sandbox.images()] == ["fox_5_0.png"]
+    assert_every_input_ended_exactly_once(sandbox, ["fox.txt"])
     assert_journal_consistent(sandbox)

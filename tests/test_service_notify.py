@@ -181,6 +181,29 @@ def test_status_line_shows_queue_depth_and_current_step(systemd: FakeSystemd) ->
     assert systemd.collect() == ["STATUS=queued 3, running 1; cats/cat.txt #2: step 7/30"]
 
 
+def test_a_worker_waiting_for_room_on_a_full_disk_stays_healthy_and_status_says_why(
+    systemd: FakeSystemd,
+) -> None:
+    clock = FakeClock()
+    pulse = WorkerPulse(stale_after=60, clock=clock)
+    reporter = ServiceReporter(Notifier.from_environment(), pulse, clock=clock)
+    pulse.job_started()
+    pulse.progressed("cat.txt", 30, 30)
+    for _ in range(10):  # ten minutes of waits, each pause a sign of life
+        clock.now += 59
+        pulse.waiting("waiting for room: disk full while writing /out/cat_1_0.png")
+        assert pulse.healthy()
+    reporter.tick(lambda: {"counts": {"queued": 0, "running": 1}})
+    pulse.progressed("dog.txt", 1, 30)
+    clock.now += 10
+    reporter.tick(lambda: {"counts": {"queued": 0, "running": 1}})
+    assert systemd.collect() == [
+        "STATUS=queued 0, running 1; cat.txt: step 30/30; "
+        "waiting for room: disk full while writing /out/cat_1_0.png",
+        "STATUS=queued 0, running 1; dog.txt: step 1/30",
+    ]
+
+
 def test_status_line_says_how_long_the_queue_will_take_while_jobs_wait(systemd: FakeSystemd) -> None:
     clock = FakeClock()
     reporter = ServiceReporter(

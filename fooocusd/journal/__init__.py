@@ -23,7 +23,7 @@ from fooocusd.journal.rows import (
     RetryPlan,
 )
 from fooocusd.journal.schema import SCHEMA_VERSION
-from fooocusd.journal.space import JournalFull, SpaceWait
+from fooocusd.journal.space import JournalFull
 
 __all__ = [
     "DEFAULT_MAX_CRASHES",
@@ -46,5 +46,4 @@ __all__ = [
     "OutputState",
     "RefusalRow",
     "RetryPlan",
-    "SpaceWait",
 ]

@@ -50,7 +50,8 @@ from fooocusd.journal.rows import (
     refusal_from_row,
 )
 from fooocusd.journal.schema import SCHEMA_VERSION, check_not_newer, migrate, schema_version
-from fooocusd.journal.space import SpaceWait, is_disk_full, journal_full, waits_for_space
+from fooocusd.journal.space import is_disk_full, journal_full, waits_for_space
+from fooocusd.space_wait import FullDiskLog, SpaceWait
 
 Clock = Callable[[], float]
 
@@ -105,8 +106,7 @@ class Journal:
         self.read_only = read_only
         self.space_wait: SpaceWait | None = None
         """Set (by the daemon) to make writes wait for room on a full disk (``space.py``)."""
-        self.full_said_at: float | None = None
-        """When the log last said the disk was full (monotonic): it is said at most every few minutes."""
+        self.full_disk_log = FullDiskLog("the journal")
 
     # ------------------------------------------------------------------ opening and closing
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from loguru import logger
 
 from fooocusd.durable import fsync_folder
-from fooocusd.errors import TransientError
+from fooocusd.errors import DiskFull, TransientError
 
 TEMP_PREFIX = ".fooocusd-"
 TEMP_SUFFIX = ".tmp"
@@ -165,10 +165,10 @@ def describe_os_error(exc: OSError, path: Path) -> TransientError:
     """Turn a low-level write failure into a plain-language, retryable error."""
     where = str(path)
     if exc.errno in _DISK_FULL:
-        return TransientError(
+        return DiskFull(
             f"disk full while writing {path}",
-            hint="free some space (or raise the quota) on the disk that holds the outbox; "
-            "the job is retried automatically",
+            hint=f"free some space (or raise the quota) on the disk that holds {path.parent} "
+            f"(`df -h {path.parent}` shows it)",
             where=where,
         )
     if exc.errno in {errno.EACCES, errno.EPERM}:

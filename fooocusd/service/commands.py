@@ -25,6 +25,7 @@ from fooocusd.intake.waiting import inbox_waiting
 from fooocusd.journal.journal import Journal, JournalError, status_report, unfinished_jobs
 from fooocusd.journal.rows import job_label
 from fooocusd.service.folders import Folders, prepare_folders
+from fooocusd.service.free_space import low_disks
 from fooocusd.service.pause import current_pause
 from fooocusd.service.queue_estimate import QueueEstimate, estimate_queue
 from fooocusd.service.state_lock import daemon_holding, state_folder_lock
@@ -136,6 +137,12 @@ def _print_summary(summary: Summary) -> None:
             f"; paused: {summary.left_paused} job(s) left queued until `fooocusd resume`"
             if summary.left_paused
             else ""
+        )
+        + (
+            f"; {summary.inputs_unmoved} input(s) could not be moved out of processing/ (the log says why; "
+            "the next start moves them)"
+            if summary.inputs_unmoved
+            else ""
         ),
         soft_wrap=True,
         highlight=False,
@@ -195,6 +202,8 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     report["paused"] = pause.record() if pause is not None else None
     waiting = inbox_waiting(folders.inbox, loaded.settings.intake.ignore_patterns)
     report["inbox_waiting"] = waiting.record()
+    low_on_room = low_disks({"outbox": folders.outbox, "state folder": folders.state})
+    report["low_disk"] = [space.record() for space in low_on_room]
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
@@ -234,6 +243,11 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         names = ", ".join(job["input"] for job in report["next"])
         more = counts.get("queued", 0) - len(report["next"])
         _out.print(f"next: {names}" + (f" (+{more} more)" if more > 0 else ""))
+    for space in low_on_room:
+        _out.print(
+            f"disk: only {space.describe()}; when it is full the daemon waits for room "
+            "(nothing fails), so free some space"
+        )
     if waiting.files:
         _out.print(f"inbox: {waiting.files} file(s) not picked up yet")
     if waiting.empty_count:

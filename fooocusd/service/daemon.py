@@ -23,11 +23,11 @@ from fooocusd.engine.base import Engine
 from fooocusd.engine.expansion import PromptExpansion, build_prompt_expansion
 from fooocusd.engine.factory import create_engine
 from fooocusd.engine.styles import StyleLibrary
+from fooocusd.errors import DiskFull
 from fooocusd.intake.pairing import Pairer
 from fooocusd.intake.watcher import InboxWatcher
 from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.journal.journal import Journal, unfinished_jobs
-from fooocusd.journal.space import SpaceWait
 from fooocusd.service.extras import DaemonExtras
 from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders, prepare_folders
@@ -50,6 +50,7 @@ from fooocusd.service.state_lock import state_folder_lock
 from fooocusd.service.warm_up import warm_up, warm_up_request
 from fooocusd.service.worker import ProgressSink, Worker
 from fooocusd.settings import Settings
+from fooocusd.space_wait import SpaceWait
 
 _TICK = 0.2
 _STALE_CHECK_EVERY = 30.0
@@ -67,10 +68,12 @@ class Summary:
     """Zero-byte files still in the inbox when ``run(drain=True)`` ended (they wait to fill)."""
     left_paused: int = 0
     """Jobs left queued because ``fooocusd pause`` held the queue when ``run(drain=True)`` ended."""
+    inputs_unmoved: int = 0
+    """Inputs whose jobs ended but that could not be moved out of processing/ (the next start does)."""
 
     @property
     def ok(self) -> bool:
-        return self.jobs_failed == 0 and self.inputs_failed == 0
+        return self.jobs_failed == 0 and self.inputs_failed == 0 and self.inputs_unmoved == 0
 
 
 def _log_what_waits(journal: Journal) -> None:
@@ -293,7 +296,7 @@ class Daemon:
                 self._follow_pause(folders.state, reporter)
                 if self._worker_error is not None:
                     raise self._worker_error
-                if drain and self._drained(watcher, pairer, journal):
+                if drain and self._drained(watcher, pairer, journal, finisher):
                     break
                 watcher.wait(_TICK)
         finally:
@@ -315,6 +318,7 @@ class Daemon:
             duplicates_skipped=intake.counts.skipped_duplicates,
             empty_files_left=_empty_files_left(watcher, folders.inbox) if drain else (),
             left_paused=journal.status()["counts"].get("queued", 0) if drain and self.paused.is_set() else 0,
+            inputs_unmoved=finisher.unmoved,
         )
 
     def _intake_once(self, watcher: InboxWatcher, pairer: Pairer, intake: IntakeStage) -> None:
@@ -391,19 +395,21 @@ class Daemon:
         if self.progress_sink is not None:
             self.progress_sink(label, done_steps, total_steps)
 
-    def _drained(self, watcher: InboxWatcher, pairer: Pairer, journal: Journal) -> bool:
-        """The inbox is taken in and every job has ended; while paused, queued jobs stay queued."""
+    def _drained(self, watcher: InboxWatcher, pairer: Pairer, journal: Journal, finisher: Finisher) -> bool:
+        """The inbox is taken in, every job has ended, and every input was moved or failed to move;
+        while paused, queued jobs stay queued."""
         if watcher.arriving() or pairer.holding():
             return False
         status = journal.status()
         waiting = ("claiming", "running") if self.paused.is_set() else ("claiming", "queued", "running")
         busy = sum(status["counts"].get(state, 0) for state in waiting)
-        return busy == 0 and not journal.inputs_ready_to_finish()
+        return busy == 0 and not finisher.pending()
 
-    def _waiting_for_space(self) -> bool:
-        """A journal write found the disk full: keep waiting (and tell systemd we are alive and
-        why) unless a stop was asked for."""
-        self.notifier.status("waiting for room on the disk that holds the journal")
+    def _waiting_for_space(self, full: DiskFull) -> bool:
+        """A journal or outbox write found the disk full: keep waiting (and tell systemd we are
+        alive and why) unless a stop was asked for."""
+        self.pulse.waiting(f"waiting for room: {full.message}")
+        self.notifier.status(f"waiting for room: {full.message}")
         self.notifier.watchdog()
         return not self.stop_intake.is_set()
 

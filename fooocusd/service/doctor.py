@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 from fooocusd.errors import FooocusdError
+from fooocusd.service.free_space import folder_space, free_text
 from fooocusd.settings import Settings
 
-_MIN_FREE_BYTES = 2 * 1024**3
 _LARGE_JOURNAL_BYTES = 1024**3
 
 
@@ -103,13 +102,13 @@ def _folders(settings: Settings) -> list[Check]:
     for name in ("inbox", "outbox", "done", "failed", "state"):
         path: Path = getattr(paths, name)
         existing = next((p for p in (path, *path.parents) if p.exists()), None)
-        if existing is None or not os.access(existing, os.W_OK | os.X_OK):
+        space = folder_space(name, path)
+        if existing is None or space is None or not os.access(existing, os.W_OK | os.X_OK):
             checks.append(Check(f"{name} folder", "fail", f"{path} is not writable"))
             continue
-        free = shutil.disk_usage(existing).free
-        level = "ok" if free >= _MIN_FREE_BYTES else "warn"
+        level = "warn" if space.low else "ok"
         state = "exists" if path.exists() else "will be created"
-        checks.append(Check(f"{name} folder", level, f"{path} ({state}, {free / 1024**3:.1f} GiB free)"))
+        checks.append(Check(f"{name} folder", level, f"{path} ({state}, {free_text(space.free)} free)"))
     return checks
 
 

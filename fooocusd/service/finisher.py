@@ -3,38 +3,120 @@
 Targets are recorded in the journal (``finishing``) before anything moves, so a crash half-way
 is completed by start-up reconciliation with the same names. Daemons sharing done/ and failed/
 may pick the same free name at once: the loser records the next free one, then moves there.
+
+A move that fails (done/ on a full disk or a share that went away, a folder it may not write)
+leaves the input in processing/, says why once, and is tried again later, 5 s doubling to
+5 minutes apart; the daemon carries on meanwhile, and a stop leaves it to the next start.
 """
 
 from __future__ import annotations
 
+import errno
 import shutil
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from loguru import logger
 
 from fooocusd.crashpoints import crashpoint
+from fooocusd.errors import FooocusdError, TransientError
 from fooocusd.intake.claim import move_durably, unique_destination
 from fooocusd.journal.journal import Journal
+from fooocusd.journal.rows import InputRow, InputState
 from fooocusd.outbox.atomic import publish_bytes
 from fooocusd.service.failing import error_file_for
 from fooocusd.service.folders import Folders
 from fooocusd.settings import Settings
 
+FIRST_RETRY_SECONDS = 5.0
+LONGEST_RETRY_SECONDS = 300.0
+
+
+@dataclass
+class _Unmoved:
+    """An input whose move out of processing/ failed: why, and when to try again."""
+
+    reason: str
+    since: float
+    next_try: float
+    delay: float
+
 
 class Finisher:
-    def __init__(self, settings: Settings, folders: Folders, journal: Journal) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        folders: Folders,
+        journal: Journal,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.folders = folders
         self.journal = journal
+        self.clock = clock
         self.failed_inputs = 0
+        self._unmoved: dict[int, _Unmoved] = {}
 
     def finish_ready(self) -> int:
+        """Move the inputs whose jobs have all ended (and retry the moves that failed, when due);
+        returns how many were moved."""
         count = 0
-        for source in self.journal.inputs_ready_to_finish():
-            self._finish(source)
+        for source in self._to_finish():
+            unmoved = self._unmoved.get(source.id)
+            if unmoved is not None and self.clock() < unmoved.next_try:
+                continue
+            try:
+                if source.state == InputState.FINISHING:
+                    finish_recorded_moves(self.journal, source)
+                    logger.info("{} → {}", source.relpath, source.final_dir or "deleted")
+                else:
+                    self._finish(source)
+            except (OSError, TransientError) as exc:
+                self._cannot_move(source, exc)
+                continue
+            if unmoved is not None:
+                del self._unmoved[source.id]
+                logger.info(
+                    "{} could be moved after all, {:.0f} s after the first try",
+                    source.relpath,
+                    self.clock() - unmoved.since,
+                )
             count += 1
         return count
+
+    def pending(self) -> bool:
+        """An input waits to be moved that has not failed to move yet."""
+        return any(source.id not in self._unmoved for source in self._to_finish())
+
+    @property
+    def unmoved(self) -> int:
+        """Inputs whose jobs have ended but which could not be moved out of processing/."""
+        return len(self._unmoved)
+
+    def _to_finish(self) -> list[InputRow]:
+        # 'finishing' at run time: a move that failed after its targets were recorded.
+        return [*self.journal.inputs_finishing(), *self.journal.inputs_ready_to_finish()]
+
+    def _cannot_move(self, source: InputRow, exc: OSError | TransientError) -> None:
+        reason, hint = _why_not_moved(exc, self.folders)
+        now = self.clock()
+        before = self._unmoved.get(source.id)
+        delay = FIRST_RETRY_SECONDS if before is None else min(before.delay * 2, LONGEST_RETRY_SECONDS)
+        self._unmoved[source.id] = _Unmoved(reason, before.since if before else now, now + delay, delay)
+        if before is not None and before.reason == reason:
+            logger.debug("{} still cannot be moved: {}", source.relpath, reason)
+            return
+        logger.error(
+            "could not move {} out of {}: {}; {}. It stays there and is tried again by itself "
+            "(first in {:.0f} s, then less often)",
+            source.relpath,
+            source.files[0].claimed_path.parent if source.files else self.folders.processing,
+            reason,
+            hint,
+            delay,
+        )
 
     def _finish(self, source) -> None:  # type: ignore[no-untyped-def]
         jobs = self.journal.jobs_for_input(source.id)
@@ -70,9 +152,10 @@ class Finisher:
                 umask=self.settings.outbox.umask,
                 overwrite=True,
             )
-            self.failed_inputs += 1
         self.journal.begin_finish(source.id, str(target_dir), finals)
         crashpoint("after_begin_finish")
+        if failed:
+            self.failed_inputs += 1
 
         def retarget(claimed: str, taken: Path, final: Path) -> None:
             retarget_in_journal(self.journal, source.id)(claimed, taken, final)
@@ -84,6 +167,29 @@ class Finisher:
         self.journal.complete_finish(source.id)
         verdict = "failed" if failed else "cancelled" if cancelled else "done"
         logger.info("{} {} → {}", source.relpath, verdict, target_dir if policy != "delete" else "deleted")
+
+
+def finish_recorded_moves(journal: Journal, source: InputRow) -> None:
+    """Complete the moves recorded for an input in state 'finishing' (after a crash, or a move
+    that failed), under the recorded names."""
+    files = journal.files_for_input(source.id)
+    complete_moves({f.claimed_path: f.final_path for f in files}, retarget_in_journal(journal, source.id))
+    journal.complete_finish(source.id)
+
+
+def _why_not_moved(exc: OSError | TransientError, folders: Folders) -> tuple[str, str]:
+    """A plain reason and what to do about it."""
+    targets = f"{folders.done} and {folders.failed}"
+    healthy = f"check that {targets} are on a healthy, writable disk"
+    if isinstance(exc, FooocusdError):
+        return exc.message, exc.hint or healthy
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = f"{exc.strerror or exc}{where}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return reason, f"free some space on the disk that holds {targets} (`df -h {folders.done}`)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return reason, f"let the user running fooocusd write to {targets} (check owner, mode and mount)"
+    return reason, healthy
 
 
 Retarget = Callable[[str, Path, Path], None]

@@ -116,20 +116,30 @@ class WorkerPulse:
         self.label: str | None = None
         self.done_steps = 0
         self.total_steps = 0
+        self.waiting_for: str | None = None
+        """Why the worker is waiting rather than stuck (a full disk), until it moves on."""
         self._busy = False
         self._last_sign_of_life = clock()
 
     def job_started(self) -> None:
         self._busy = True
+        self.waiting_for = None
         self._last_sign_of_life = self.clock()
 
     def progressed(self, label: str, done_steps: int, total_steps: int) -> None:
         self.label, self.done_steps, self.total_steps = label, done_steps, total_steps
+        self.waiting_for = None
+        self._last_sign_of_life = self.clock()
+
+    def waiting(self, why: str) -> None:
+        """Alive, and waiting for something outside it (each pause of a wait calls this)."""
+        self.waiting_for = why
         self._last_sign_of_life = self.clock()
 
     def job_ended(self) -> None:
         self._busy = False
         self.label = None
+        self.waiting_for = None
         self._last_sign_of_life = self.clock()
 
     def healthy(self) -> bool:
@@ -194,6 +204,8 @@ class ServiceReporter:
             text = f"paused (fooocusd resume); {text}"
         if self.pulse.label is not None:
             text += f"; {self.pulse.label}: step {self.pulse.done_steps}/{self.pulse.total_steps}"
+        if self.pulse.waiting_for:
+            text += f"; {self.pulse.waiting_for}"
         if self.note:
             text += f"; {self.note}"
         return text

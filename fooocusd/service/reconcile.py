@@ -11,7 +11,7 @@ from loguru import logger
 from fooocusd.intake.claim import copy_durably, move_durably
 from fooocusd.journal.journal import DEFAULT_MAX_CRASHES, Journal
 from fooocusd.outbox.atomic import cleanup_stale_temps, set_temp_owner
-from fooocusd.service.finisher import complete_moves, retarget_in_journal
+from fooocusd.service.finisher import finish_recorded_moves
 from fooocusd.service.folders import Folders
 from fooocusd.service.requeue import restore_input_files
 
@@ -70,9 +70,10 @@ def _settle_claims(journal: Journal) -> None:
 
 def _settle_finishes(journal: Journal) -> None:
     for source in journal.inputs_finishing():
-        files = journal.files_for_input(source.id)
-        complete_moves({f.claimed_path: f.final_path for f in files}, retarget_in_journal(journal, source.id))
-        journal.complete_finish(source.id)
+        try:
+            finish_recorded_moves(journal, source)
+        except OSError as exc:  # done/ full or away: the running daemon's finisher tries again
+            logger.warning("could not yet move {} out of processing/: {}", source.relpath, exc)
 
 
 def _settle_outputs(journal: Journal) -> None:

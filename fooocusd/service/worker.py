@@ -19,13 +19,14 @@ Two things keep the GPU busy:
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 from PIL import Image
@@ -38,6 +39,7 @@ from fooocusd.engine.image_actions import run_image_action
 from fooocusd.engine.prompt_syntax import WildcardLibrary
 from fooocusd.engine.styles import StyleLibrary, Workloads
 from fooocusd.errors import (
+    DiskFull,
     FooocusdError,
     Interrupted,
     InvalidInput,
@@ -72,11 +74,13 @@ from fooocusd.service.job_prep import (
 from fooocusd.service.publisher import Publisher
 from fooocusd.service.worker_events import NoWorkerEvents, WorkerEvents
 from fooocusd.settings import OutboxSettings, Settings
+from fooocusd.space_wait import FullDiskLog, retry_until_room
 
 ProgressSink = Callable[[str, int, int], None]
 """``sink(label, done_steps, total_steps)`` for terminal progress bars."""
 
 _NAME_RACE_RETRIES = 5
+R = TypeVar("R")
 
 
 @dataclass
@@ -135,6 +139,7 @@ class Worker:
         """Jobs whose expansions ``_expand_upcoming`` already ran (each job once)."""
         self._folder_names = FolderNames()
         """The output folders' names, kept between name choices (``_free_name``)."""
+        self._full_outbox_log = FullDiskLog("the outbox")
         self.may_claim: Callable[[], bool] = lambda: True
         """False while the daemon has a reload waiting: no new job is claimed until it is applied."""
 
@@ -431,7 +436,9 @@ class Worker:
         control_images = take_control_images(image)
         saved_controls = None
         if control_images and wants_control_images(run.spec, self.settings):
-            saved_controls = save_control_images(control_images, target, umask=self.settings.outbox.umask)
+            umask = self.settings.outbox.umask
+            save = functools.partial(save_control_images, control_images, target, umask=umask)
+            saved_controls = self._until_room(save)
         publisher = self.publisher
         self._settle_finished()
         while publisher.full:
@@ -463,14 +470,17 @@ class Worker:
         """On the publisher thread: publish under the reserved name (another one if someone took it)."""
         for _ in range(_NAME_RACE_RETRIES):
             try:
-                _, _, sha256 = write_image_with_sidecar(
-                    image,
-                    record,
-                    target,
-                    fmt=run.fmt,
-                    quality=outbox.quality,
-                    embed_metadata=outbox.embed_metadata,
-                    umask=outbox.umask,
+                _, _, sha256 = self._until_room(
+                    functools.partial(
+                        write_image_with_sidecar,
+                        image,
+                        record,
+                        target,
+                        fmt=run.fmt,
+                        quality=outbox.quality,
+                        embed_metadata=outbox.embed_metadata,
+                        umask=outbox.umask,
+                    )
                 )
                 break
             except FileExistsError:
@@ -483,6 +493,18 @@ class Worker:
         self.journal.complete_output(run.job_id, index, sha256)
         crashpoint("after_output_recorded")
         return target
+
+    def _until_room(self, write: Callable[[], R]) -> R:
+        """``write()``, waiting for room while the outbox's disk is full (as the journal does): the
+        rendered image is kept and written once there is room, instead of failing its job. A stop
+        during the wait puts the job back in the queue without counting an attempt."""
+        try:
+            return retry_until_room(write, self.journal.space_wait, self._full_outbox_log)
+        except DiskFull as exc:
+            stopping = self.stop_after_image.is_set() or self.stop_now.is_set()
+            if self.journal.space_wait is not None and stopping:
+                raise Interrupted(f"stopping while the outbox was full: {exc.message}") from exc
+            raise
 
     def _settle_all(self) -> bool:
         """Wait for every outstanding publication and take its outcome; returns whether there was one."""
