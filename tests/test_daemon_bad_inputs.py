@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import time
 
 from loguru import logger
 from PIL import Image
 
-from tests.daemon_harness import Sandbox
+from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
 
 
 def _truncated_png() -> bytes:
@@ -80,3 +81,30 @@ def test_a_mistyped_option_in_a_dropped_txt_is_warned_about_once(sandbox: Sandbo
         logger.remove(sink)
     warnings = [message for message in messages if "read as prompt text" in message]
     assert len(warnings) == 1 and "typo.txt: line 2" in warnings[0] and "'steps'" in warnings[0], messages
+
+
+def test_bad_inputs_wait_in_the_inbox_while_failed_cannot_be_written_and_the_daemon_carries_on(
+    sandbox: Sandbox, logged: list[str]
+) -> None:
+    with RunningDaemon(sandbox.settings()) as running:
+        wait_for(lambda: any(line.startswith("ready: ") for line in logged), what="the daemon ready")
+        sandbox.failed.rmdir()
+        sandbox.failed.write_text("a file where failed/ should be: a share gone, a disk full\n")
+        sandbox.drop("notes.pdf", b"%PDF-1.4\n")  # refused by its type
+        sandbox.drop("typo.toml", 'prompt = "a cat"\nnegatve = "dogs"\n')  # refused by its content
+        sandbox.drop("good.txt", "a good dog\nseed: 4\nsteps: 2\n")
+        wait_for(lambda: (sandbox.done / "good.txt").exists(), what="the good file done")
+        time.sleep(4.5)  # two more rescans (every 2 s here): each tries the bad files again
+        assert running.error is None, "the daemon stopped"
+        assert sorted(p.name for p in sandbox.files(sandbox.inbox)) == ["notes.pdf", "typo.toml"]
+        troubles = [line for line in logged if line.startswith("could not ")]
+        assert len(troubles) == 2, "each file's trouble is said once, not at every rescan"
+        assert any(line.startswith("could not move notes.pdf to failed/: ") for line in troubles)
+        assert all("It stays in the inbox and is tried again at the next rescan" in t for t in troubles)
+
+        sandbox.failed.unlink()
+        sandbox.failed.mkdir()
+        wait_for(lambda: len(sandbox.files(sandbox.failed, "*.error.txt")) == 2, what="both in failed/")
+        assert running.error is None
+    assert sandbox.files(sandbox.inbox) == []
+    assert "negative" in (sandbox.failed / "typo.toml.error.txt").read_text(encoding="utf-8")

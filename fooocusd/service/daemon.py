@@ -23,7 +23,7 @@ from fooocusd.engine.base import Engine
 from fooocusd.engine.expansion import PromptExpansion, build_prompt_expansion
 from fooocusd.engine.factory import create_engine
 from fooocusd.engine.styles import StyleLibrary
-from fooocusd.errors import DiskFull
+from fooocusd.errors import DiskFull, FooocusdError
 from fooocusd.intake.pairing import Pairer
 from fooocusd.intake.watcher import InboxWatcher
 from fooocusd.jobs.presets import preset_search_dirs
@@ -33,6 +33,7 @@ from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders, prepare_folders
 from fooocusd.service.intake_refusals import as_takeable, refusal_for
 from fooocusd.service.intake_stage import IntakeStage
+from fooocusd.service.intake_trouble import IntakeTrouble
 from fooocusd.service.journal_upkeep import JournalUpkeep
 from fooocusd.service.notify import (
     MODEL_LOAD_EXTENSION_SECONDS,
@@ -76,11 +77,16 @@ class Summary:
         return self.jobs_failed == 0 and self.inputs_failed == 0 and self.inputs_unmoved == 0
 
 
-def _log_what_waits(journal: Journal) -> None:
+def _log_what_waits(journal: Journal, unmoved: int) -> None:
     """The last line of a stop: what the next start will pick up, so nobody wonders if it was lost."""
     waiting = unfinished_jobs(journal.status()["counts"])
+    parts = []
     if waiting:
-        logger.info("stopped: {} job(s) wait in the journal and run at the next start", waiting)
+        parts.append(f"{waiting} job(s) wait in the journal and run")
+    if unmoved:
+        parts.append(f"{unmoved} input(s) wait in processing/ to be moved to done/ or failed/")
+    if parts:
+        logger.info("stopped: {} at the next start", "; ".join(parts))
     else:
         logger.info("stopped: nothing was waiting")
 
@@ -114,6 +120,7 @@ class Daemon:
         # A worker silent longer than its job lease is as dead to systemd as it is to the journal.
         self.pulse = WorkerPulse(stale_after=settings.journal.lease_seconds)
         self.stop_intake = threading.Event()
+        self.intake_trouble = IntakeTrouble()
         self.stop_now = threading.Event()
         self._wake_worker = threading.Event()
         self.paused = threading.Event()
@@ -308,7 +315,7 @@ class Daemon:
                 worker_thread.join(_TICK)
             finisher.finish_ready()
             if not drain:
-                _log_what_waits(journal)
+                _log_what_waits(journal, finisher.unmoved)
         return Summary(
             queued_jobs=intake.counts.queued_jobs,
             jobs_done=worker.counts.jobs_done,
@@ -332,19 +339,22 @@ class Daemon:
             reason, hint = refusal
             try:
                 intake.refuse(item.path, item.relpath, reason, hint)
-            except OSError as exc:
-                logger.error("could not move {} to failed/: {}", item.relpath, exc)
+                self.intake_trouble.taken(item.relpath)
+            except (OSError, FooocusdError) as exc:  # failed/ full or unwritable: at the next rescan
+                self.intake_trouble.cannot_take(item.relpath, exc, doing="move {} to failed/")
             watcher.forget(item.path)
         pairer.offer(takeable)
         for drop in pairer.release():
+            relpath = drop.parts[0].relpath
             try:
                 intake.take(drop)
+                self.intake_trouble.taken(relpath)
             except FileNotFoundError:
-                logger.info("{} vanished before it could be taken", drop.parts[0].relpath)
-            except Exception:  # one odd file (permissions, I/O error) must not stop the daemon
-                logger.exception(
-                    "could not take {}; it is tried again at the next rescan", drop.parts[0].relpath
-                )
+                logger.info("{} vanished before it could be taken", relpath)
+            except (OSError, FooocusdError) as exc:  # a full disk, a folder it may not write
+                self.intake_trouble.cannot_take(relpath, exc)
+            except Exception:  # one odd file must not stop the daemon
+                logger.exception("could not take {}; it is tried again at the next rescan", relpath)
             for part in drop.parts:
                 watcher.forget(part.path)
             self._wake_worker.set()

@@ -50,8 +50,13 @@ def current_pause(state: Path, now: float | None = None) -> Pause | None:
     data = read_json_object(path)
     since = data.get("since")
     until = data.get("until")
+    if not isinstance(since, int | float):
+        try:
+            since = path.stat().st_mtime
+        except FileNotFoundError:  # resumed between the two looks
+            return None
     pause = Pause(
-        since=float(since) if isinstance(since, int | float) else path.stat().st_mtime,
+        since=float(since),
         until=float(until) if isinstance(until, int | float) else None,
     )
     moment = time.time() if now is None else now
