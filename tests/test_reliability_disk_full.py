@@ -140,3 +140,27 @@ def test_stopping_while_the_outbox_is_full_requeues_the_job_without_charging_an_
     assert [p.name for p in sandbox.images()] == ["fox_5_0.png"]
     assert_every_input_ended_exactly_once(sandbox, ["fox.txt"])
     assert_journal_consistent(sandbox)
+
+
+def test_a_new_outbox_subfolder_on_a_full_disk_waits_for_room_too(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _retry_config(sandbox, max_attempts=1)
+    sandbox.outbox.mkdir(parents=True)
+    refused: list[str] = []
+    real_mkdir = os.mkdir
+
+    def mkdir(path: str | os.PathLike[str], *args: object, **kwargs: object) -> None:
+        if Path(path).parent == sandbox.outbox and len(refused) < 3:
+            refused.append(str(path))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    sandbox.drop("portrait/fox.txt", "a fox in snow\nseed: 5\nsteps: 2\n")
+
+    summary = sandbox.drain()
+
+    assert len(refused) == 3 and (summary.jobs_done, summary.jobs_failed) == (1, 0)
+    assert [p.relative_to(sandbox.outbox).as_posix() for p in sandbox.images()] == ["portrait/fox_5_0.png"]
+    assert sandbox.journal_rows("SELECT attempts FROM jobs") == [(1,)]

@@ -50,7 +50,7 @@ from fooocusd.errors import (
 )
 from fooocusd.journal.journal import Journal
 from fooocusd.journal.rows import JobRow, JobState, job_label
-from fooocusd.outbox.atomic import ensure_folder
+from fooocusd.outbox.atomic import describe_os_error, ensure_folder
 from fooocusd.outbox.folder_names import FolderNames
 from fooocusd.outbox.naming import choose_free_name, name_fields, render_name
 from fooocusd.outbox.writer import extension_for, write_image_with_sidecar
@@ -557,7 +557,7 @@ class Worker:
         )
         *folders, base = render_name(self.settings.outbox.name_template, fields).split("/")
         out_dir = run.out_dir.joinpath(*folders)
-        ensure_folder(out_dir, umask=self.settings.outbox.umask)
+        self._until_room(functools.partial(_make_folder, out_dir, self.settings.outbox.umask))
         extension = extension_for(run.fmt)
         reserved = self.journal.is_path_reserved
         return choose_free_name(out_dir, base, extension, taken=reserved, names=self._folder_names)
@@ -632,6 +632,13 @@ class Worker:
 def _first_line(exc: BaseException) -> str:
     text = exc.explain() if isinstance(exc, FooocusdError) else f"{type(exc).__name__}: {exc}"
     return (text.splitlines() or [""])[0]
+
+
+def _make_folder(folder: Path, umask: int) -> None:
+    try:
+        ensure_folder(folder, umask=umask)
+    except OSError as exc:  # a full disk waits for room; the rest is retried with its reason
+        raise describe_os_error(exc, folder) from exc
 
 
 def _remove_orphan(target: Path) -> None:
