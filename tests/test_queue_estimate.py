@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from fooocusd.cli import main
+from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.journal import Journal
 from fooocusd.service.pause import pause_queue, resume_queue
-from fooocusd.service.queue_estimate import QueueEstimate, recent_pace
+from fooocusd.service.queue_estimate import QueueEstimate, images_per_preset, recent_pace
+from fooocusd.settings import Settings
 from tests.daemon_harness import Sandbox
 from tests.test_journal_helpers import FakeClock, add_input, spec_json
 
@@ -30,8 +32,28 @@ def test_images_left_count_each_jobs_images_less_those_already_made(tmp_path: Pa
         assert job is not None
         journal.plan_output(job.id, 0, tmp_path / "a_0.png")
         journal.complete_output(job.id, 0, "ab" * 32)
-        assert journal.images_left(default_images=1) == 3 + 1
-        assert journal.images_left(default_images=2) == 3 + 2
+        assert journal.images_left(1) == 3 + 1
+        assert journal.images_left(2) == 3 + 2
+
+
+def test_a_job_that_does_not_say_how_many_makes_as_many_as_its_preset_says(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "contact-sheet.toml").write_text("images = 6\nsteps = 20\n", encoding="utf-8")
+    (presets / "broken.toml").write_text("images = [\n", encoding="utf-8")
+    settings = Settings.model_validate({"generation": {"images": 2}})
+    images_of = images_per_preset(settings, preset_search_dirs(presets))
+    assert images_of("contact-sheet") == 6
+    assert images_of(None) == 2 and images_of("realistic") == 2, "the shipped presets leave it to the config"
+    assert images_of("broken") == 2 and images_of("gone") == 2
+
+    with Journal.open(tmp_path / "journal.sqlite3", "gpu0", clock) as journal:
+        add_input(journal, tmp_path, "sheet.txt", [(spec_json("a", preset="contact-sheet"), 0)])
+        add_input(journal, tmp_path, "three.txt", [(spec_json("b", preset="contact-sheet", images=3), 0)])
+        add_input(journal, tmp_path, "plain.txt", [(spec_json("c"), 0)])
+        assert journal.images_left(images_of) == 6 + 3 + 2
 
 
 def test_an_estimate_reads_in_plain_words() -> None:

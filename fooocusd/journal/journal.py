@@ -862,20 +862,26 @@ class Journal:
             conn.execute("UPDATE refusals SET returned = ? WHERE id = ?", (now, refusal_id))
             _event(conn, now, "refusal-returned", row["relpath"], None)
 
-    def images_left(self, default_images: int = 1) -> int:
-        """Images the queued and running jobs still have to make; a job that does not say how
-        many makes ``default_images`` (a preset may say otherwise: this is an estimate)."""
+    def images_left(self, images_of_preset: Callable[[str | None], int] | int = 1) -> int:
+        """Images the queued and running jobs still have to make. A job that does not say how many
+        makes ``images_of_preset(its preset)`` (None: it names none), or that number if one is given."""
         with self._read() as conn:
-            wanted = conn.execute(
-                "SELECT COALESCE(SUM(COALESCE(json_extract(spec_json, '$.images'), ?)), 0) FROM jobs"
-                " WHERE state IN ('queued', 'running')",
-                (default_images,),
+            given = conn.execute(
+                "SELECT COALESCE(SUM(json_extract(spec_json, '$.images')), 0) FROM jobs"
+                " WHERE state IN ('queued', 'running')"
             ).fetchone()[0]
+            unsaid = conn.execute(
+                "SELECT json_extract(spec_json, '$.preset'), COUNT(*) FROM jobs"
+                " WHERE state IN ('queued', 'running') AND json_extract(spec_json, '$.images') IS NULL"
+                " GROUP BY 1"
+            ).fetchall()
             made = conn.execute(
                 "SELECT COUNT(*) FROM outputs o JOIN jobs j ON j.id = o.job_id"
                 " WHERE j.state IN ('queued', 'running') AND o.state = 'complete'"
             ).fetchone()[0]
-        return max(0, int(wanted) - int(made))
+        per_preset = images_of_preset if callable(images_of_preset) else lambda _preset: images_of_preset
+        wanted = int(given) + sum(per_preset(preset) * count for preset, count in unsaid)
+        return max(0, wanted - int(made))
 
     def recent_output_times(self, limit: int) -> list[float]:
         """When the last ``limit`` images were completed, oldest first."""

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from fooocusd.errors import ConfigError, FooocusdError, InvalidInput
 from fooocusd.intake.waiting import inbox_waiting
+from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.journal.journal import Journal, JournalError, status_report, unfinished_jobs
 from fooocusd.journal.rows import job_label
 from fooocusd.service.folders import Folders, prepare_folders
@@ -181,7 +182,7 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
                 {"ts": event.ts, "detail": event.detail} for event in journal.recent_events("refused")
             ]
             if unfinished_jobs(report["counts"]):
-                estimate = estimate_queue(journal, loaded.settings.generation.images)
+                estimate = estimate_queue(journal, loaded.settings, preset_search_dirs(folders.presets))
             report["next"] = _next_jobs(journal)
         finally:
             journal.close()

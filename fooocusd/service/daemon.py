@@ -294,7 +294,7 @@ class Daemon:
                     self._reload(folders, preset_dirs, intake, finisher, reporter)
                 reporter.tick(
                     journal.status,
-                    lambda: estimate_queue(journal, self.settings.generation.images).seconds_left,
+                    lambda: estimate_queue(journal, self.settings, preset_dirs).seconds_left,
                 )
                 if time.monotonic() - last_stale_check > _STALE_CHECK_EVERY:
                     last_stale_check = time.monotonic()

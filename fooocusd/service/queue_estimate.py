@@ -7,10 +7,16 @@ of one batch complete together, so the pace is taken over the whole span, not pe
 
 from __future__ import annotations
 
+import functools
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from fooocusd.errors import FooocusdError
+from fooocusd.jobs.presets import load_preset
 from fooocusd.journal.journal import Journal
+from fooocusd.settings import Settings
 
 RECENT_IMAGES = 50
 IDLE_GAP_SECONDS = 600.0
@@ -42,10 +48,26 @@ class QueueEstimate:
         return text
 
 
-def estimate_queue(journal: Journal, default_images: int) -> QueueEstimate:
+def estimate_queue(journal: Journal, settings: Settings, preset_dirs: Sequence[Path]) -> QueueEstimate:
     return QueueEstimate(
-        journal.images_left(default_images), recent_pace(journal.recent_output_times(RECENT_IMAGES))
+        journal.images_left(images_per_preset(settings, preset_dirs)),
+        recent_pace(journal.recent_output_times(RECENT_IMAGES)),
     )
+
+
+def images_per_preset(settings: Settings, preset_dirs: Sequence[Path]) -> Callable[[str | None], int]:
+    """How many images a job that does not say makes, by the preset it names (None: the default
+    preset): the preset's ``images``, else ``generation.images``."""
+
+    @functools.cache
+    def images(name: str | None) -> int:
+        try:
+            preset = load_preset(name or settings.generation.preset, preset_dirs)
+        except FooocusdError:  # gone or broken since: the job fails when it runs
+            return settings.generation.images
+        return preset.images or settings.generation.images
+
+    return images
 
 
 def recent_pace(completed: list[float]) -> float | None:
