@@ -14,6 +14,8 @@ import pytest
 from loguru import logger
 
 from fooocusd.journal import Journal, JournalFull
+from fooocusd.journal import journal as journal_module
+from fooocusd.service import daemon as daemon_module
 from fooocusd.space_wait import SpaceWait
 from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
 from tests.test_journal_helpers import add_input
@@ -122,3 +124,59 @@ def test_the_daemon_waits_out_a_full_disk_and_then_runs_every_file_once(
         logger.remove(sink)
     assert len(sandbox.images()) == 6 and sandbox.files(sandbox.failed) == []
     assert sandbox.journal_rows("SELECT COUNT(*), COUNT(DISTINCT relpath) FROM inputs") == [(6, 6)]
+
+
+def test_status_reads_a_journal_whose_disk_is_too_full_to_open_it_the_usual_way(
+    tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_input(journal, tmp_path, "fox.txt")
+    journal.close()  # no daemon holds it: SQLite would have to create its shared-memory file
+    real_version = journal_module.schema_version
+    refusals: list[str] = []
+
+    def version_on_a_full_disk(conn: sqlite3.Connection) -> int:
+        if not refusals:  # the usual open needs room for the shared-memory file
+            refusals.append("disk I/O error")
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_version(conn)
+
+    monkeypatch.setattr(journal_module, "schema_version", version_on_a_full_disk)
+    monkeypatch.setattr(journal_module, "no_room_to_open", lambda _db: True)
+    with Journal.open_read_only(journal.db_path) as reader:
+        assert reader.status()["counts"]["queued"] == 1
+    assert refusals == ["disk I/O error"]
+
+
+def test_a_journal_that_cannot_be_opened_on_a_full_disk_says_so_and_not_that_it_is_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_path = tmp_path / "state" / "journal.sqlite3"
+    monkeypatch.setattr(journal_module, "no_room_to_open", lambda _db: True)
+    error = journal_module._cannot_open(db_path, sqlite3.OperationalError("disk I/O error"))
+    assert "the disk that holds it is full (disk I/O error)" in error.message
+    assert f"df -h {db_path.parent}" in error.hint and "nothing in it is lost" in error.hint
+    assert "move it aside" not in error.hint
+
+
+def test_the_daemon_waits_to_open_its_journal_until_the_disk_has_room(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, logged: list[str]
+) -> None:
+    attempts: list[float] = []
+    real_open = Journal.open
+
+    def open_on_a_disk_that_fills_then_frees(db_path: Path, owner: str, *args: object) -> Journal:
+        attempts.append(time.monotonic())
+        if len(attempts) <= 2:
+            raise journal_module._cannot_open(db_path, sqlite3.OperationalError("disk I/O error"))
+        return real_open(db_path, owner, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Journal, "open", staticmethod(open_on_a_disk_that_fills_then_frees))
+    monkeypatch.setattr(daemon_module, "no_room_to_open", lambda _db: len(attempts) <= 2)
+    sandbox.drop("fox.txt", "a fox\nsteps: 2\n")
+
+    summary = sandbox.drain()
+
+    assert len(attempts) == 3 and attempts[2] - attempts[0] >= 3.0  # waited 1 s, then 2 s
+    assert summary.jobs_done == 1
+    full = [line for line in logged if "the disk is full" in line]
+    assert len(full) == 1 and "the daemon waits and carries on by itself" in full[0]

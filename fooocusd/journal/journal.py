@@ -20,6 +20,7 @@ without waiting for their leases to expire. Two live processes must never share 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -144,7 +145,12 @@ class Journal:
             version = schema_version(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise _cannot_open(db_path, exc) from exc
+            if not (no_room_to_open(db_path) and _wal_is_empty(db_path)):
+                raise _cannot_open(db_path, exc) from exc
+            # A disk too full for SQLite's shared-memory file (no daemon has the journal open, so
+            # it must be created): read the file as it stands, which is all of it.
+            conn = _connect(db_path, read_only=True, immutable=True)
+            version = schema_version(conn)
         try:
             check_not_newer(version, db_path)
         except ConfigError:
@@ -1138,8 +1144,9 @@ class Journal:
 # ---------------------------------------------------------------------- module helpers
 
 
-def _connect(db_path: Path, *, read_only: bool) -> sqlite3.Connection:
+def _connect(db_path: Path, *, read_only: bool, immutable: bool = False) -> sqlite3.Connection:
     uri = db_path.absolute().as_uri() + ("?mode=ro" if read_only else "")
+    uri += "&immutable=1" if immutable else ""
     try:
         conn = sqlite3.connect(
             uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
@@ -1170,7 +1177,35 @@ def _connect(db_path: Path, *, read_only: bool) -> sqlite3.Connection:
     return conn
 
 
+ROOM_TO_OPEN_BYTES = 1024 * 1024
+"""SQLite needs a little room beside the journal to open it (its write-ahead log and shared memory)."""
+
+
+def no_room_to_open(db_path: Path) -> bool:
+    """The disk under the journal is too full for SQLite to open it."""
+    try:
+        return shutil.disk_usage(db_path.parent).free < ROOM_TO_OPEN_BYTES
+    except OSError:
+        return False
+
+
+def _wal_is_empty(db_path: Path) -> bool:
+    wal = db_path.with_name(db_path.name + "-wal")
+    try:
+        return wal.stat().st_size == 0
+    except FileNotFoundError:
+        return True
+
+
 def _cannot_open(db_path: Path, exc: BaseException) -> ConfigError:
+    if no_room_to_open(db_path):
+        folder = db_path.parent
+        return ConfigError(
+            f"cannot open the journal {db_path}: the disk that holds it is full ({exc})",
+            hint=f"free some space on the disk that holds {folder} (`df -h {folder}` shows it); "
+            "the journal itself is fine, and nothing in it is lost",
+            where=str(db_path),
+        )
     return ConfigError(
         f"cannot open the journal {db_path}: {exc}",
         hint="check that the state folder exists, is writable by this user and lies on a local disk;"

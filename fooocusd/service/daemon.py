@@ -23,11 +23,12 @@ from fooocusd.engine.base import Engine
 from fooocusd.engine.expansion import PromptExpansion, build_prompt_expansion
 from fooocusd.engine.factory import create_engine
 from fooocusd.engine.styles import StyleLibrary
-from fooocusd.errors import DiskFull, FooocusdError
+from fooocusd.errors import ConfigError, DiskFull, FooocusdError
 from fooocusd.intake.pairing import Pairer
 from fooocusd.intake.watcher import InboxWatcher
 from fooocusd.jobs.presets import preset_search_dirs
-from fooocusd.journal.journal import Journal, unfinished_jobs
+from fooocusd.journal.journal import Journal, no_room_to_open, unfinished_jobs
+from fooocusd.journal.space import journal_full
 from fooocusd.service.extras import DaemonExtras
 from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders, prepare_folders
@@ -51,7 +52,7 @@ from fooocusd.service.state_lock import state_folder_lock
 from fooocusd.service.warm_up import warm_up, warm_up_request
 from fooocusd.service.worker import ProgressSink, Worker
 from fooocusd.settings import Settings
-from fooocusd.space_wait import SpaceWait
+from fooocusd.space_wait import FullDiskLog, SpaceWait, retry_until_room
 
 _TICK = 0.2
 _STALE_CHECK_EVERY = 30.0
@@ -156,7 +157,7 @@ class Daemon:
         expansion = build_prompt_expansion(self.settings.engine, folders.models)  # "Fooocus V2"
         # Stable across restarts, so the next start knows the running jobs it finds were its own.
         owner = f"{socket.gethostname()}:{folders.state}:{self.settings.engine.device}"
-        journal = Journal.open(folders.journal_db, owner=owner)
+        journal = self._open_journal(folders.journal_db, owner)
         journal.space_wait = SpaceWait(keep_waiting=self._waiting_for_space, sleep=self.stop_intake.wait)
         self.extras = DaemonExtras(self.settings, folders.journal_db)
         timeline.reached("engine and journal opened")
@@ -414,6 +415,25 @@ class Daemon:
         waiting = ("claiming", "running") if self.paused.is_set() else ("claiming", "queued", "running")
         busy = sum(status["counts"].get(state, 0) for state in waiting)
         return busy == 0 and not finisher.pending()
+
+    def _open_journal(self, db_path: Path, owner: str) -> Journal:
+        """The journal; on a disk too full to open it, wait for room rather than exit: under
+        systemd an exit would be restarted a few times, then given up on until someone noticed."""
+
+        def attempt() -> Journal:
+            try:
+                return Journal.open(db_path, owner=owner)
+            except ConfigError as exc:
+                if no_room_to_open(db_path):
+                    raise journal_full(db_path) from exc
+                raise
+
+        def keep_waiting(full: DiskFull) -> bool:
+            self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
+            return self._waiting_for_space(full)
+
+        wait = SpaceWait(keep_waiting=keep_waiting, sleep=self.stop_intake.wait)
+        return retry_until_room(attempt, wait, FullDiskLog("the journal"))
 
     def _waiting_for_space(self, full: DiskFull) -> bool:
         """A journal or outbox write found the disk full: keep waiting (and tell systemd we are
