@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fooocusd.cli import main
 from fooocusd.journal import JobState, Journal
 from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders
@@ -128,7 +130,9 @@ def test_a_move_that_failed_after_its_target_was_recorded_completes_under_that_n
     assert found is not None and found.state == "finished"
 
 
-def test_once_reports_an_input_it_could_not_move_and_the_next_run_moves_it(sandbox: Sandbox) -> None:
+def test_once_reports_an_input_it_could_not_move_and_the_next_run_moves_it(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
     sandbox.drop("portrait/fox.txt", "a fox\nsteps: 2\n")
     sandbox.done.mkdir(parents=True)
     blocker = sandbox.done / "portrait"
@@ -137,9 +141,14 @@ def test_once_reports_an_input_it_could_not_move_and_the_next_run_moves_it(sandb
     summary = sandbox.drain()
     assert (summary.jobs_done, summary.inputs_unmoved, summary.ok) == (1, 1, False)
     assert [p.name for p in sandbox.files(sandbox.state / "processing")] == ["fox.txt"]
+    assert main(["status", "--config", str(sandbox.config)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "processing: 1 input(s) whose jobs have ended wait to be moved to done/ or failed/" in said
 
     blocker.unlink()
     summary = sandbox.drain()
     assert (summary.jobs_done, summary.inputs_unmoved, summary.ok) == (0, 0, True)
     assert (sandbox.done / "portrait" / "fox.txt").is_file()
     assert sandbox.files(sandbox.state / "processing") == []
+    assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
+    assert json.loads(capsys.readouterr().out)["inputs_to_move"] == 0

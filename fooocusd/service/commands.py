@@ -184,12 +184,14 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             if unfinished_jobs(report["counts"]):
                 estimate = estimate_queue(journal, loaded.settings, preset_search_dirs(folders.presets))
             report["next"] = _next_jobs(journal)
+            report["inputs_to_move"] = len(journal.inputs_finishing()) + len(journal.inputs_ready_to_finish())
         finally:
             journal.close()
     else:
         report = status_report(time.time())
         report["recent_refusals"] = []
         report["next"] = []
+        report["inputs_to_move"] = 0
     report["estimate"] = estimate.record() if estimate is not None else None
     journal_exists = folders.journal_db.is_file()
     report["journal"] = str(folders.journal_db) if journal_exists else None
@@ -244,6 +246,12 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         names = ", ".join(job["input"] for job in report["next"])
         more = counts.get("queued", 0) - len(report["next"])
         _out.print(f"next: {names}" + (f" (+{more} more)" if more > 0 else ""))
+    if report["inputs_to_move"]:
+        _out.print(
+            f"processing: {report['inputs_to_move']} input(s) whose jobs have ended wait to be moved to "
+            "done/ or failed/; if this lasts, the daemon's log says why "
+            "(a full disk, a folder it may not write)"
+        )
     for space in low_on_room:
         _out.print(
             f"disk: only {space.describe()}; when it is full the daemon waits for room "
