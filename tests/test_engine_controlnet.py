@@ -209,3 +209,29 @@ def test_a_pyracanny_job_through_the_daemon_records_the_prompt_and_saves_its_map
     assert sidecar["control_images"] == [control.name]
     with Image.open(control) as saved:
         assert saved.size == (sidecar["width"], sidecar["height"])
+
+
+def test_a_control_map_that_cannot_be_written_fails_its_job_and_the_daemon_carries_on(
+    sandbox: Sandbox,
+) -> None:
+    import io
+
+    _save_tiny_control_nets(sandbox.root / "models")
+    sandbox.write_config('[controlnet]\ncanny = "tiny-canny"\n\n[journal]\nmax_attempts = 1\n')
+    buffer = io.BytesIO()
+    _reference_image().save(buffer, format="PNG")
+    sandbox.drop("sketch.png", buffer.getvalue())
+    sandbox.drop(
+        "sketch.txt",
+        "a house\nimage prompt: sketch.png pyracanny\nsteps: 2\nseed: 5\nsave control images: yes\n",
+    )
+    sandbox.drop("fox.txt", "a fox\nsteps: 2\n")
+    # Where the map would go stands a folder: its write fails whatever the disk has room for.
+    (sandbox.outbox / "sketch_5_0.control-1-pyracanny.png").mkdir(parents=True)
+
+    summary = sandbox.drain()
+
+    assert (summary.jobs_done, summary.jobs_failed) == (1, 1)
+    report = (sandbox.failed / "sketch.txt.error.txt").read_text(encoding="utf-8")
+    assert "could not write" in report and "sketch_5_0.control-1-pyracanny.png" in report
+    assert (sandbox.done / "fox.txt").exists()

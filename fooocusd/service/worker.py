@@ -381,11 +381,11 @@ class Worker:
             if row is None:
                 row = self.journal.plan_output(run.job_id, index, self._free_name(run, index))
                 run.planned[index] = row
+            target = Path(row.path)
+            _remove_orphan(target)
         except Exception as exc:
             self._end_run(run, exc)
             return None
-        target = Path(row.path)
-        _remove_orphan(target)
         crashpoint("before_generate")
         return target
 
@@ -438,7 +438,11 @@ class Worker:
         if control_images and wants_control_images(run.spec, self.settings):
             umask = self.settings.outbox.umask
             save = functools.partial(save_control_images, control_images, target, umask=umask)
-            saved_controls = self._until_room(save)
+            try:
+                saved_controls = self._until_room(save)
+            except Exception as exc:  # its job's trouble (retried, then failed), not the worker's
+                self._end_run(run, exc)
+                return
         publisher = self.publisher
         self._settle_finished()
         while publisher.full:
