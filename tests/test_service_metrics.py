@@ -59,6 +59,8 @@ def test_scrape_after_jobs_counts_jobs_images_steps_and_waits(sandbox: Sandbox) 
         wait_for(lambda: _scrape(port).get(("fooocusd_paused", ())) == 1, what="the pause to show")
 
     assert samples[("fooocusd_up", ())] == 1
+    assert samples[("fooocusd_disk_free_bytes", (("folder", "outbox"),))] > 0
+    assert samples[("fooocusd_disk_free_bytes", (("folder", "state"),))] > 0
     assert samples[("fooocusd_paused", ())] == 0
     assert samples[("fooocusd_ready", ())] == 1
     start = {

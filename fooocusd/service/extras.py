@@ -19,7 +19,8 @@ class DaemonExtras:
         self.metrics: DaemonMetrics | None = None
         self.server: MetricsServer | None = None
         if settings.metrics.enabled:
-            self.metrics = DaemonMetrics(journal_db)
+            paths = settings.paths.resolved()
+            self.metrics = DaemonMetrics(journal_db, {"outbox": paths.outbox, "state": paths.state})
             self.server = MetricsServer(settings.metrics, self.metrics)
         self.hooks = PostJobHooks(
             settings.hooks,

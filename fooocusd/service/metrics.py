@@ -24,6 +24,7 @@ from fooocusd.engine.base import GeneratedImage
 from fooocusd.errors import ConfigError, FooocusdError
 from fooocusd.journal.journal import Journal
 from fooocusd.journal.rows import JobRow
+from fooocusd.service.free_space import folder_space
 from fooocusd.service.hooks import HOOK_FAILURE_KINDS
 from fooocusd.settings import MetricsSettings
 
@@ -48,7 +49,8 @@ def is_loopback(host: str) -> bool:
 class DaemonMetrics:
     """The daemon's metrics; also a ``WorkerEvents`` observer (see ``service/worker_events.py``)."""
 
-    def __init__(self, journal_db: Path) -> None:
+    def __init__(self, journal_db: Path, disk_folders: dict[str, Path] | None = None) -> None:
+        """``disk_folders``: name → folder whose disk's free bytes are reported."""
         self.registry = CollectorRegistry()
         self.up = Gauge("fooocusd_up", "1 while the daemon process runs.", registry=self.registry)
         self.ready = Gauge(
@@ -118,6 +120,8 @@ class DaemonMetrics:
         self.journal_collector = JournalCollector(journal_db)
         self.registry.register(self.journal_collector)
         self.registry.register(GpuMemoryCollector())
+        if disk_folders:
+            self.registry.register(DiskFreeCollector(disk_folders))
         self.up.set(1)
         self._last_step: tuple[int, float] | None = None  # (job id, when)
 
@@ -194,6 +198,24 @@ class JournalCollector(Collector):
             if self._journal is not None:
                 self._journal.close()
                 self._journal = None
+
+
+class DiskFreeCollector(Collector):
+    """Bytes free on the disks under the folders fooocusd writes: a full disk makes it wait (it fails
+    nothing), so this is what an alert should watch."""
+
+    def __init__(self, folders: dict[str, Path]) -> None:
+        self.folders = folders
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "fooocusd_disk_free_bytes", "Bytes free on the disk that holds each folder.", labels=["folder"]
+        )
+        for name, path in self.folders.items():
+            space = folder_space(name, path)
+            if space is not None:
+                family.add_metric([name], space.free)
+        yield family
 
 
 class GpuMemoryCollector(Collector):
