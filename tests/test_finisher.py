@@ -152,3 +152,17 @@ def test_once_reports_an_input_it_could_not_move_and_the_next_run_moves_it(
     assert sandbox.files(sandbox.state / "processing") == []
     assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
     assert json.loads(capsys.readouterr().out)["inputs_to_move"] == 0
+
+
+def test_an_unmoved_input_whose_job_is_retried_meanwhile_is_no_longer_counted_as_unmoved(
+    tmp_path: Path, journal: Journal
+) -> None:
+    finisher = _finisher(tmp_path, journal, "move", FakeClock())
+    _claimed(tmp_path, journal, "fox.txt", jobs=1)
+    job = journal.claim_next_job(lease_seconds=60)
+    assert job is not None and journal.finish_job(job.id, "failed", "the model was missing")
+    (tmp_path / "failed").write_text("a file where failed/ should be\n")
+    assert finisher.finish_ready() == 0 and finisher.unmoved == 1
+
+    journal.retry_job(job.id)  # `fooocusd retry`: the job runs again, the input stays claimed
+    assert finisher.finish_ready() == 0 and finisher.unmoved == 0

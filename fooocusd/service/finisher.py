@@ -63,7 +63,10 @@ class Finisher:
         """Move the inputs whose jobs have all ended (and retry the moves that failed, when due);
         returns how many were moved."""
         count = 0
-        for source in self._to_finish():
+        sources = self._to_finish()
+        for gone in set(self._unmoved) - {source.id for source in sources}:
+            del self._unmoved[gone]  # its jobs were retried meanwhile, or another process moved it
+        for source in sources:
             unmoved = self._unmoved.get(source.id)
             if unmoved is not None and self.clock() < unmoved.next_try:
                 continue
