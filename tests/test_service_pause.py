@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from pathlib import Path
@@ -105,3 +106,16 @@ def test_a_state_folder_the_user_cannot_write_is_said_with_who_can(
     said = " ".join(capsys.readouterr().err.split())
     assert "cannot change" in said and "paused.json: Permission denied" in said
     assert "sudo -u fooocusd fooocusd pause" in said
+
+
+def test_a_state_folder_on_a_full_disk_is_said_with_where_to_free_space(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("fooocusd.service.pause.write_json_atomically", full)
+    assert main(["pause", "--config", str(sandbox.config)]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "paused.json: No space left on device" in said
+    assert f"free some space on the disk that holds {sandbox.state}" in said and "sudo" not in said

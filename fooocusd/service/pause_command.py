@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 from pathlib import Path
 
 from rich.console import Console
@@ -65,9 +66,12 @@ def resume_jobs(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 
 
 def _cannot_change(state: Path, exc: OSError) -> ConfigError:
-    return ConfigError(
-        f"cannot change {pause_file(state)}: {exc.strerror or exc}",
-        hint="run the command as the user the daemon runs as (for the system service: "
-        "`sudo -u fooocusd fooocusd pause`), with the same --config or --state-dir",
-        where=str(state),
-    )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = f"free some space on the disk that holds {state} (`df -h {state}` shows it)"
+    else:
+        hint = (
+            "run the command as the user the daemon runs as (for the system service: "
+            "`sudo -u fooocusd fooocusd pause`), with the same --config or --state-dir"
+        )
+    reason = exc.strerror or exc
+    return ConfigError(f"cannot change {pause_file(state)}: {reason}", hint=hint, where=str(state))
