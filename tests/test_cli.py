@@ -297,6 +297,7 @@ def test_status_before_the_first_start_shows_the_waiting_inbox_and_says_there_is
 def test_status_warns_once_per_disk_when_the_outbox_and_state_disk_is_low_on_room(
     sandbox: Sandbox, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(free_space, "LOW_FREE_BYTES", 0)  # no disk is low
     assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
     assert json.loads(capsys.readouterr().out)["low_disk"] == []
     monkeypatch.setattr(free_space, "LOW_FREE_BYTES", 2**62)  # more than any disk here has
@@ -308,6 +309,16 @@ def test_status_warns_once_per_disk_when_the_outbox_and_state_disk_is_low_on_roo
     assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
     [low] = json.loads(capsys.readouterr().out)["low_disk"]
     assert low["folder"] == "outbox" and low["free_bytes"] > 0
+
+
+def test_the_daemon_warns_at_start_when_the_outbox_disk_is_low_on_room(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, logged: list[str]
+) -> None:
+    monkeypatch.setattr(free_space, "LOW_FREE_BYTES", 2**62)  # more than any disk here has
+    assert sandbox.drain().ok
+    [warning] = [line for line in logged if line.startswith("only ")]
+    assert f"free on the disk that holds the outbox ({sandbox.outbox})" in warning
+    assert "the daemon waits for room" in warning
 
 
 def test_status_json_reports_counts_failures_and_refused_files(sandbox: Sandbox) -> None:

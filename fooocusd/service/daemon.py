@@ -32,6 +32,7 @@ from fooocusd.journal.space import journal_full
 from fooocusd.service.extras import DaemonExtras
 from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders, prepare_folders
+from fooocusd.service.free_space import low_disks
 from fooocusd.service.intake_refusals import as_takeable, refusal_for
 from fooocusd.service.intake_stage import IntakeStage
 from fooocusd.service.intake_trouble import IntakeTrouble
@@ -151,6 +152,8 @@ class Daemon:
         styles = checked.styles
         if checked.warning:
             logger.warning(checked.warning)
+        for space in low_disks({"outbox": folders.outbox, "state folder": folders.state}):
+            logger.warning("only {}; when it is full the daemon waits for room", space.describe())
         timeline.reached("settings, presets and styles")
         # Resolving the model comes first: without one, say where to put it and stop.
         engine = create_engine(self.settings.engine, folders.models, folders.cache, self.settings.controlnet)
