@@ -182,18 +182,23 @@ def test_the_engine_reuses_a_loaded_control_net(engine: SDXLEngine) -> None:
     assert engine._image_prompts.models.loads == loads
 
 
-def test_a_pyracanny_job_through_the_daemon_records_the_prompt_and_saves_its_map(sandbox: Sandbox) -> None:
+def _drop_a_pyracanny_job(sandbox: Sandbox, config: str = "", job: str = "") -> None:
+    """``sketch.txt`` with its reference ``sketch.png``, saving its map, on the tiny canny model."""
     import io
-    import json
 
     _save_tiny_control_nets(sandbox.root / "models")
-    sandbox.write_config('[controlnet]\ncanny = "tiny-canny"\n')
+    sandbox.write_config(f'[controlnet]\ncanny = "tiny-canny"\n\n{config}')
     buffer = io.BytesIO()
     _reference_image().save(buffer, format="PNG")
     sandbox.drop("sketch.png", buffer.getvalue())
-    sandbox.drop(
-        "sketch.txt", "a house\nimage prompt: sketch.png pyracanny\nsteps: 2\nsave control images: yes\n"
-    )
+    lines = "a house\nimage prompt: sketch.png pyracanny\nsteps: 2\nsave control images: yes\n"
+    sandbox.drop("sketch.txt", lines + job)
+
+
+def test_a_pyracanny_job_through_the_daemon_records_the_prompt_and_saves_its_map(sandbox: Sandbox) -> None:
+    import json
+
+    _drop_a_pyracanny_job(sandbox)
     summary = sandbox.drain()
     errors = [path.read_text() for path in sandbox.files(sandbox.failed, "*.error.txt")]
     assert summary.ok and not errors, errors
@@ -214,17 +219,7 @@ def test_a_pyracanny_job_through_the_daemon_records_the_prompt_and_saves_its_map
 def test_a_control_map_that_cannot_be_written_fails_its_job_and_the_daemon_carries_on(
     sandbox: Sandbox,
 ) -> None:
-    import io
-
-    _save_tiny_control_nets(sandbox.root / "models")
-    sandbox.write_config('[controlnet]\ncanny = "tiny-canny"\n\n[journal]\nmax_attempts = 1\n')
-    buffer = io.BytesIO()
-    _reference_image().save(buffer, format="PNG")
-    sandbox.drop("sketch.png", buffer.getvalue())
-    sandbox.drop(
-        "sketch.txt",
-        "a house\nimage prompt: sketch.png pyracanny\nsteps: 2\nseed: 5\nsave control images: yes\n",
-    )
+    _drop_a_pyracanny_job(sandbox, config="[journal]\nmax_attempts = 1\n", job="seed: 5\n")
     sandbox.drop("fox.txt", "a fox\nsteps: 2\n")
     # Where the map would go stands a folder: its write fails whatever the disk has room for.
     (sandbox.outbox / "sketch_5_0.control-1-pyracanny.png").mkdir(parents=True)

@@ -101,9 +101,8 @@ def _folders(settings: Settings) -> list[Check]:
         checks.append(Check("folder layout", "fail", exc.message))
     for name in ("inbox", "outbox", "done", "failed", "state"):
         path: Path = getattr(paths, name)
-        existing = next((p for p in (path, *path.parents) if p.exists()), None)
         space = folder_space(name, path)
-        if existing is None or space is None or not os.access(existing, os.W_OK | os.X_OK):
+        if space is None or not os.access(space.existing, os.W_OK | os.X_OK):
             checks.append(Check(f"{name} folder", "fail", f"{path} is not writable"))
             continue
         level = "warn" if space.low else "ok"

@@ -6,7 +6,6 @@ commands are where a user learns that it is near.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,11 @@ LOW_FREE_BYTES = 2 * 1024**3
 class FolderSpace:
     name: str
     path: Path
+    existing: Path
+    """``path``, or its nearest parent that exists (where it will be created)."""
     free: int
     """Bytes free on the disk that holds ``path`` (or would hold it, once created)."""
+    device: int
 
     @property
     def low(self) -> bool:
@@ -39,7 +41,7 @@ def folder_space(name: str, path: Path) -> FolderSpace | None:
     if existing is None:
         return None
     try:
-        return FolderSpace(name, path, shutil.disk_usage(existing).free)
+        return FolderSpace(name, path, existing, shutil.disk_usage(existing).free, existing.stat().st_dev)
     except OSError:
         return None
 
@@ -50,12 +52,9 @@ def low_disks(folders: dict[str, Path]) -> list[FolderSpace]:
     low: list[FolderSpace] = []
     for name, path in folders.items():
         space = folder_space(name, path)
-        if space is None or not space.low:
+        if space is None or not space.low or space.device in seen:
             continue
-        device = _device_of(path)
-        if device in seen:
-            continue
-        seen.add(device)
+        seen.add(space.device)
         low.append(space)
     return low
 
@@ -64,8 +63,3 @@ def free_text(free: int) -> str:
     if free >= 1024**3:
         return f"{free / 1024**3:.1f} GiB"
     return f"{free / 1024**2:.0f} MB"
-
-
-def _device_of(path: Path) -> int:
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    return os.stat(existing).st_dev
