@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 
 from loguru import logger
@@ -108,3 +109,37 @@ def test_bad_inputs_wait_in_the_inbox_while_failed_cannot_be_written_and_the_dae
         assert running.error is None
     assert sandbox.files(sandbox.inbox) == []
     assert "negative" in (sandbox.failed / "typo.toml.error.txt").read_text(encoding="utf-8")
+
+
+def test_names_that_are_not_utf8_are_renamed_then_run_with_their_picture_still_paired(
+    sandbox: Sandbox, logged: list[str]
+) -> None:
+    sandbox.inbox.mkdir(parents=True, exist_ok=True)
+    inbox = os.fsencode(sandbox.inbox)
+    with open(inbox + b"/caf\xe9.txt", "w") as job:  # as unzip writes a Windows zip's names
+        job.write("a cafe\nseed: 5\n")
+    Image.new("RGB", (64, 64), "red").save(os.fsdecode(inbox + b"/shed-\xff.png"))
+    with open(inbox + b"/shed-\xff.txt", "w") as job:
+        job.write("a shed\nseed: 6\n")
+    os.mkdir(inbox + b"/\xe9t\xe9")
+    with open(inbox + b"/\xe9t\xe9/summer.txt", "w") as job:
+        job.write("summer\nseed: 7\n")
+
+    summary = sandbox.drain()
+
+    assert summary.ok and summary.inputs_failed == 0
+    assert sorted(p.relative_to(sandbox.outbox).as_posix() for p in sandbox.images()) == [
+        "caf\ufffd_5_0.png",
+        "shed-\ufffd_6_0.png",
+        "\ufffdt\ufffd/summer_7_0.png",
+    ]
+    assert sorted(p.relative_to(sandbox.done).as_posix() for p in sandbox.files(sandbox.done)) == [
+        "caf\ufffd.txt",
+        "shed-\ufffd.png",
+        "shed-\ufffd.txt",
+        "\ufffdt\ufffd/summer.txt",
+    ]
+    assert sandbox.files(sandbox.inbox) == []
+    renames = [line for line in logged if "is not valid UTF-8" in line]
+    assert any(line.startswith("caf\\xe9.txt: ") and "renamed to caf\ufffd.txt" in line for line in renames)
+    assert any("its folder was renamed to \ufffdt\ufffd" in line for line in renames)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from fooocusd.intake.waiting import NAMES_SHOWN, inbox_waiting
@@ -41,3 +43,12 @@ def test_names_only_the_first_empty_files_and_counts_them_all(tmp_path: Path) ->
 
 def test_a_missing_inbox_has_nothing_waiting(tmp_path: Path) -> None:
     assert inbox_waiting(tmp_path / "not-there").record() == {"files": 0, "empty": [], "empty_count": 0}
+
+
+def test_an_empty_file_whose_name_is_not_utf8_is_named_with_its_stray_bytes_escaped(tmp_path: Path) -> None:
+    (Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.txt"))).write_bytes(b"")
+
+    waiting = inbox_waiting(tmp_path)
+
+    assert waiting.empty == ["caf\\xe9.txt"]
+    json.dumps(waiting.record(), ensure_ascii=False).encode("utf-8")  # printable and storable as it is

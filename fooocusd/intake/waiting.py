@@ -14,6 +14,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
+from fooocusd.intake.readable_names import shown
 from fooocusd.intake.scan import candidate_files
 
 NAMES_SHOWN = 10
@@ -24,7 +25,8 @@ NAMES_SHOWN = 10
 class InboxWaiting:
     files: int = 0
     empty: list[str] = field(default_factory=list)
-    """Paths relative to the inbox of the empty files, the first ``NAMES_SHOWN``."""
+    """Paths relative to the inbox of the empty files, the first ``NAMES_SHOWN``; bytes that are
+    not UTF-8 are written as ``\\xe9``."""
     empty_count: int = 0
 
     def record(self) -> dict[str, Any]:
@@ -43,5 +45,5 @@ def inbox_waiting(inbox: Path, extra_patterns: Sequence[str] = ()) -> InboxWaiti
             continue
         files += 1
         if stat.st_size == 0:
-            empty.append(path.relative_to(inbox).as_posix())
+            empty.append(shown(path.relative_to(inbox).as_posix()))
     return InboxWaiting(files, empty[:NAMES_SHOWN], len(empty))

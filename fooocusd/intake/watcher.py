@@ -301,6 +301,11 @@ class InboxWatcher:
             self._writing.pop(key, None)
         self._tracker.forget(key)
 
+    def look_at(self, path: Path) -> None:
+        """Treat ``path`` (a file or folder we just renamed in the inbox) as new, without waiting
+        for its event or the next rescan."""
+        self._note(str(path), os.path.isdir(path), True)
+
     def watches(self) -> list[tuple[Path, bool]]:
         """The running observers as (folder, polled?) pairs, for status and doctor output."""
         return list(self._watches)
@@ -310,8 +315,11 @@ class InboxWatcher:
         return len(self._tracker)
 
     def arriving(self) -> int:
-        """Pending files that have content: zero-byte placeholders, which may never fill, don't count."""
-        return self._tracker.filling()
+        """Pending files that have content, and paths noticed but not looked at yet: zero-byte
+        placeholders, which may never fill, don't count."""
+        with self._lock:
+            unseen = len(self._dirty) + len(self._dirty_dirs)
+        return self._tracker.filling() + unseen
 
     def placeholders(self) -> list[Path]:
         """Pending zero-byte files: placeholders that wait until they fill (and may never)."""

@@ -25,7 +25,8 @@ from fooocusd.engine.factory import create_engine
 from fooocusd.engine.styles import StyleLibrary
 from fooocusd.errors import ConfigError, DiskFull, FooocusdError
 from fooocusd.intake.pairing import Pairer
-from fooocusd.intake.watcher import InboxWatcher
+from fooocusd.intake.readable_names import is_readable, rename_readable, shown
+from fooocusd.intake.watcher import InboxWatcher, Ready
 from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.journal.journal import Journal, no_room_to_open, unfinished_jobs
 from fooocusd.journal.space import journal_full
@@ -95,7 +96,7 @@ def _log_what_waits(journal: Journal, unmoved: int) -> None:
 
 def _empty_files_left(watcher: InboxWatcher, inbox: Path) -> tuple[str, ...]:
     names = sorted(
-        path.relative_to(inbox).as_posix() if path.is_relative_to(inbox) else str(path)
+        shown(path.relative_to(inbox).as_posix() if path.is_relative_to(inbox) else str(path))
         for path in watcher.placeholders()
     )
     if names:
@@ -336,6 +337,9 @@ class Daemon:
         ready = watcher.poll()
         takeable = []
         for item in ready:
+            if not is_readable(item.relpath):
+                self._rename_unreadable(watcher, item)
+                continue
             refusal = refusal_for(item, self.settings.intake.conflict_copies)
             if refusal is None:
                 takeable.append(as_takeable(item))
@@ -362,6 +366,28 @@ class Daemon:
             for part in drop.parts:
                 watcher.forget(part.path)
             self._wake_worker.set()
+
+    def _rename_unreadable(self, watcher: InboxWatcher, item: Ready) -> None:
+        """A name that is not UTF-8 is renamed in place; the renamed file is taken like any other."""
+        watcher.forget(item.path)
+        name = shown(item.relpath)
+        try:
+            renamed = rename_readable(watcher.inbox, item.relpath)
+        except FileNotFoundError:  # its folder was renamed for an earlier file: seen under the new name
+            return
+        except OSError as exc:
+            self.intake_trouble.cannot_take(name, exc, doing="rename {} to a readable name")
+            return
+        self.intake_trouble.taken(name)
+        what = "it was" if renamed.is_file() else "its folder was"
+        logger.warning(
+            "{}: its name is not valid UTF-8 (written by a tool using another character set), so {} "
+            "renamed to {}",
+            name,
+            what,
+            renamed.relative_to(watcher.inbox).as_posix(),
+        )
+        watcher.look_at(renamed)
 
     def _work(self, worker: Worker) -> None:
         try:
