@@ -14,15 +14,17 @@ if [ ! -f .bench-anchor/anchor_sdxl.py ] && [ -f ../shared/bench/anchor_sdxl.py 
     mkdir -p .bench-anchor && cp ../shared/bench/anchor_sdxl.py .bench-anchor/
 fi
 
-if ! compgen -G ".whl/diffusers-*.whl" >/dev/null; then
-    # pydantic-core must be the version pydantic's METADATA pins
-    for pkg in diffusers==0.42.1 pydantic pydantic-core==2.50.5 pydantic-settings python-dotenv \
-        typing-inspection annotated-types typing-extensions loguru watchdog torchao==0.18.0; do
-        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-            --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-            --platform manylinux2014_x86_64 -d .whl "$pkg"
-    done
-fi
+# pydantic-core must be the version pydantic's METADATA pins
+for pkg in diffusers==0.42.1 pydantic pydantic-core==2.50.5 pydantic-settings python-dotenv \
+    typing-inspection annotated-types typing-extensions loguru watchdog torchao==0.18.0 pi-heif; do
+    wheel_name="${pkg%%==*}"
+    if compgen -G ".whl/${wheel_name//-/_}-*.whl" >/dev/null; then
+        continue
+    fi
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl "$pkg"
+done
 
 if [ ! -f .fa4-part2/flash4.manifest ]; then
     bash bench/flash4_wheels.sh

@@ -134,8 +134,8 @@ def test_other_visible_files_are_unsupported_with_a_message_listing_accepted_typ
 @pytest.mark.parametrize(
     ("name", "advice"),
     [
-        ("IMG_0042.HEIC", "iPhone photo: export it as JPEG"),
-        ("scan.tiff", "export it as PNG or JPEG"),
+        ("IMG_0042.MOV", "Live Photo"),
+        ("logo.svg", "export it as PNG"),
         ("prompt.md", "in a .txt file"),
     ],
 )
@@ -164,3 +164,12 @@ def test_classify_dir_ignores_hidden_nas_and_user_folders_only() -> None:
 def test_image_stem_of_a_mask_is_the_stem_of_its_image() -> None:
     assert image_stem("cat.mask.png") == "cat"
     assert image_stem("cat.png") == "cat"
+
+
+@pytest.mark.parametrize(
+    "name", ["IMG_0042.HEIC", "photo.heif", "render.avif", "scan.TIFF", "old.bmp", "meme.gif"]
+)
+def test_photos_from_phones_and_other_programs_are_images(name: str) -> None:
+    assert classify_name(name).kind is Kind.IMAGE
+    mask = name.replace(".", ".mask.", 1)
+    assert classify_name(mask).kind is Kind.MASK

@@ -19,7 +19,7 @@ def test_counts_what_intake_would_handle_and_names_the_empty_files(tmp_path: Pat
     _write(tmp_path, "a.txt", b"a cat\n")
     _write(tmp_path, "b.txt")
     _write(tmp_path, "portrait/c.toml")
-    _write(tmp_path, "photo.heic", b"\0" * 8)  # refused once picked up: it still waits now
+    _write(tmp_path, "notes.pdf", b"%PDF")  # refused once picked up: it still waits now
     _write(tmp_path, ".hidden.txt")
     _write(tmp_path, "d.txt.part")
     _write(tmp_path, ".stversions/e.txt")

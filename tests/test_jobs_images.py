@@ -14,6 +14,7 @@ from fooocusd.errors import InvalidInput
 from fooocusd.jobs.images import NEUTRAL_BACKGROUND, inspect_image, load_input_image, load_mask
 
 LIMIT = 64_000_000
+DATA = Path(__file__).parent / "data"
 
 
 def noisy_png(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
@@ -34,12 +35,45 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("fmt", "suffix"), [("PNG", ".png"), ("JPEG", ".jpg"), ("WEBP", ".webp")])
-def test_png_jpeg_and_webp_are_accepted_with_size_and_mode(tmp_path: Path, fmt: str, suffix: str) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "suffix"),
+    [
+        ("PNG", ".png"),
+        ("JPEG", ".jpg"),
+        ("WEBP", ".webp"),
+        ("AVIF", ".avif"),
+        ("TIFF", ".tif"),
+        ("BMP", ".bmp"),
+    ],
+)
+def test_common_image_formats_are_accepted_with_size_and_mode(tmp_path: Path, fmt: str, suffix: str) -> None:
     path = tmp_path / f"in{suffix}"
     Image.new("RGB", (40, 24), "red").save(path, fmt)
     info = inspect_image(path, LIMIT)
     assert (info.width, info.height, info.mode, info.format) == (40, 24, "RGB", fmt)
+
+
+def test_an_iphone_heic_photo_is_read_upright(tmp_path: Path) -> None:
+    # Saved 64×32 (red left, blue right) with orientation 6: shown upright it is 32×64, red on top.
+    path = tmp_path / "IMG_0042.HEIC"
+    path.write_bytes((DATA / "sideways-iphone-photo.heic").read_bytes())
+
+    info = inspect_image(path, LIMIT)
+    image = load_input_image(path, LIMIT)
+
+    assert info.format == "HEIF" and info.upright_size == (32, 64)
+    assert image.mode == "RGB" and image.size == (32, 64)
+    red, blue = image.getpixel((16, 4)), image.getpixel((16, 60))
+    assert red[0] > 200 and red[2] < 50 and blue[2] > 200 and blue[0] < 50
+
+
+def test_an_animated_gif_gives_its_first_frame(tmp_path: Path) -> None:
+    path = tmp_path / "loop.gif"
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ("red", "lime", "blue")]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+
+    assert inspect_image(path, LIMIT).format == "GIF"
+    assert load_input_image(path, LIMIT).getpixel((8, 8)) == (255, 0, 0)
 
 
 def test_content_decides_not_the_extension(tmp_path: Path) -> None:
@@ -53,16 +87,16 @@ def test_text_file_named_png_is_refused(tmp_path: Path) -> None:
     path.write_text("definitely not an image")
     with pytest.raises(InvalidInput) as caught:
         inspect_image(path, LIMIT)
-    assert "only PNG, JPEG and WebP" in caught.value.message
+    assert "only PNG, JPEG, WebP, HEIC, AVIF, TIFF, BMP and GIF images are accepted" in caught.value.message
     assert caught.value.where == "fake.png"
 
 
-def test_gif_named_png_is_refused_and_named_as_gif(tmp_path: Path) -> None:
-    path = tmp_path / "anim.png"
-    Image.new("P", (8, 8)).save(path, "GIF")
+def test_pdf_named_png_is_refused_and_named_as_a_pdf(tmp_path: Path) -> None:
+    path = tmp_path / "scan.png"
+    path.write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
     with pytest.raises(InvalidInput) as caught:
         inspect_image(path, LIMIT)
-    assert "GIF" in caught.value.message
+    assert "scan.png is a PDF document" in caught.value.message
 
 
 def test_empty_file_is_refused(tmp_path: Path) -> None:

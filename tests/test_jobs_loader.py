@@ -168,7 +168,7 @@ def test_corrupt_named_image_is_refused(inbox: Path) -> None:
     (inbox / "fake.png").write_text("hello")
     spec_path = inbox / "job.txt"
     spec_path.write_text("x\nimage: fake.png\n")
-    with pytest.raises(InvalidInput, match="only PNG, JPEG and WebP"):
+    with pytest.raises(InvalidInput, match="only PNG, JPEG, WebP, HEIC, AVIF, TIFF, BMP and GIF images"):
         load(inbox, spec_path)
 
 
@@ -341,7 +341,7 @@ def test_named_mask_that_is_not_an_image_is_refused(inbox: Path) -> None:
     (inbox / "notes.png").write_text("not a picture")
     spec_path = inbox / "hall.toml"
     spec_path.write_text('mask = "notes.png"\n')
-    with pytest.raises(InvalidInput, match="only PNG, JPEG and WebP"):
+    with pytest.raises(InvalidInput, match="only PNG, JPEG, WebP, HEIC, AVIF, TIFF, BMP and GIF images"):
         load(inbox, spec_path, inbox / "hall.png")
 
 

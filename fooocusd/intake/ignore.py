@@ -41,10 +41,12 @@ class Verdict:
 
 
 JOB_EXTENSIONS: frozenset[str] = frozenset({".txt", ".toml", ".json"})
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".heic", ".heif", ".avif", ".tif", ".tiff", ".bmp", ".gif"}
+)
 MASK_MARKER = ".mask"
 ACCEPTED_TYPES_TEXT = (
-    "a prompt file (.txt, .toml or .json), an image (.png, .jpg, .jpeg, .webp), "
+    "a prompt file (.txt, .toml or .json), an image (.png, .jpg, .webp, .heic, .avif, .tif, .bmp, .gif), "
     "or an image plus a same-named .txt/.toml/.json and optional <name>.mask.png"
 )
 
@@ -219,15 +221,11 @@ def _is_mask(name: str) -> bool:
 
 
 # Files people drop by habit, and what to do instead (what ACCEPTED_TYPES_TEXT alone does not say).
-_IPHONE_PHOTO = "an iPhone photo: export it as JPEG, or set Settings → Camera → Formats to Most Compatible"
 _UNSUPPORTED_ADVICE: dict[str, str] = {
-    ".heic": _IPHONE_PHOTO,
-    ".heif": _IPHONE_PHOTO,
-    ".avif": "an AVIF image: export it as PNG, JPEG or WebP",
-    ".gif": "a GIF: export a frame as PNG",
-    ".bmp": "a bitmap: export it as PNG",
-    ".tif": "a TIFF: export it as PNG or JPEG",
-    ".tiff": "a TIFF: export it as PNG or JPEG",
+    ".mov": "a video (an iPhone Live Photo's movie?): drop the photo itself",
+    ".mp4": "a video: export a frame as PNG or JPEG",
+    ".psd": "a Photoshop document: export it as PNG",
+    ".svg": "a vector drawing: export it as PNG",
     ".md": "write the prompt in a .txt file",
     ".rtf": "save it as plain text (.txt)",
     ".docx": "save it as plain text (.txt)",

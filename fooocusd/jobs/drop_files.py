@@ -1,8 +1,9 @@
 """The pictures a drop uses: its paired image and mask, and any image or mask a job names by path.
 
 Each one is followed to its real path (symbolic links included), must lie inside the inbox, and
-must be a PNG, JPEG or WebP within the pixel limit. It is then known by its inbox-relative path in
-POSIX form, which is what job specs store and what the worker looks up (claim folder, then inbox).
+must be an accepted image (``images.ACCEPTED_FORMATS``) within the pixel limit. It is then known
+by its inbox-relative path in POSIX form, which is what job specs store and what the worker looks
+up (claim folder, then inbox).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Checking dropped images before any job uses them: real PNG/JPEG/WebP, sane size, fully readable."""
+"""Checking dropped images before any job uses them: a real image, sane size, fully readable.
+
+PNG, JPEG and WebP, and what phones and other programs save: HEIC/HEIF (iPhones, decoded by pi-heif),
+AVIF, TIFF, BMP and GIF. A file with several frames (an animated GIF or WebP, a multi-page TIFF)
+gives its first.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from pi_heif import register_heif_opener
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fooocusd.errors import InvalidInput
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "HEIF", "AVIF", "TIFF", "BMP", "GIF")
+_ACCEPTED_LIST = "PNG, JPEG, WebP, HEIC, AVIF, TIFF, BMP and GIF images"
 _FORMAT_ALIASES = {"MPO": "JPEG"}  # multi-picture JPEGs from phones open as MPO
 _REEXPORT = "open it in an image editor and export it again as PNG, JPEG or WebP"
 _MAX_PIXELS_KEY = "intake.max_image_pixels"
@@ -19,17 +26,16 @@ _PILLOW_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 # Magic bytes of formats people commonly drop by mistake, so the error can name what it is.
 _OTHER_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
-    (b"GIF8", 0, "a GIF image"),
-    (b"BM", 0, "a BMP image"),
-    (b"II*\x00", 0, "a TIFF image"),
-    (b"MM\x00*", 0, "a TIFF image"),
     (b"%PDF", 0, "a PDF document"),
-    (b"ftypheic", 4, "a HEIC photo"),
-    (b"ftypheix", 4, "a HEIC photo"),
-    (b"ftypmif1", 4, "a HEIF image"),
-    (b"ftypavif", 4, "an AVIF image"),
     (b"PK\x03\x04", 0, "a ZIP archive"),
+    (b"ftypqt", 4, "a video (a Live Photo's movie?)"),
+    (b"8BPS", 0, "a Photoshop document"),
 )
+# ISO-BMFF brands (bytes 8-12, after "ftyp"): HEIC from iPhones and Android, and AVIF.
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+# Registered once: Pillow then opens HEIC/HEIF like any other format.
+register_heif_opener()
 
 
 _EXIF_ORIENTATION_TAG = 0x0112
@@ -41,7 +47,7 @@ class ImageInfo:
     width: int
     height: int
     mode: str
-    format: str  # "PNG", "JPEG" or "WEBP"
+    format: str  # one of ACCEPTED_FORMATS
     orientation: int = 1  # EXIF orientation; 1 = stored upright
 
     @property
@@ -57,18 +63,28 @@ class ImageInfo:
 
 
 def sniff_format(head: bytes) -> str | None:
-    """ "PNG", "JPEG" or "WEBP" from the first bytes of a file; None for anything else."""
+    """One of ``ACCEPTED_FORMATS`` from the first 16 bytes of a file; None for anything else."""
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return "HEIF" if brand in _HEIF_BRANDS else "AVIF" if brand in _AVIF_BRANDS else None
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
+    if head.startswith(b"BM"):
+        return "BMP"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
     return None
 
 
 def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
-    """Check that ``path`` is a PNG, JPEG or WebP of at most ``max_pixels`` that decodes completely.
+    """Check that ``path`` is an image of ``ACCEPTED_FORMATS`` of at most ``max_pixels`` that decodes
+    completely.
 
     The pixel count is checked from the header, before any pixel data is decoded.
     Raises ``InvalidInput`` with a reason and a hint.
@@ -111,7 +127,7 @@ def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
 
     if info.format not in ACCEPTED_FORMATS:
         raise InvalidInput(
-            f"{path.name} is a {info.format or 'unknown'} image; only PNG, JPEG and WebP are accepted",
+            f"{path.name} is a {info.format or 'unknown'} image; only {_ACCEPTED_LIST} are accepted",
             where=where,
             hint=_REEXPORT,
         )
@@ -139,7 +155,7 @@ def _require_accepted_content(head: bytes, path: Path) -> None:
         "not an image this daemon can read",
     )
     raise InvalidInput(
-        f"{path.name} is {actual}; only PNG, JPEG and WebP are accepted, whatever the file extension says",
+        f"{path.name} is {actual}; only {_ACCEPTED_LIST} are accepted, whatever the file extension says",
         where=path.name,
         hint=_REEXPORT,
     )

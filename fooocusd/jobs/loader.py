@@ -32,7 +32,7 @@ What the inbox accepts:
   name.toml        the same keys as TOML (prompt = "..."), or several [[job]] tables
   name.json        the same keys as JSON ({"prompt": "..."}), a list of such objects, or
                    a fooocusd sidecar or Fooocus parameters to make an image again
-  name.png/.jpg/.webp
+  name.png/.jpg/.webp (or .heic, .avif, .tif, .bmp, .gif)
                    an image alone is varied; next to name.txt, .toml or .json it is that
                    job's input image (the prompt is then optional); name.mask.png beside
                    it marks the area to repaint
