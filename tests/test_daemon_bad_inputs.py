@@ -143,3 +143,18 @@ def test_names_that_are_not_utf8_are_renamed_then_run_with_their_picture_still_p
     renames = [line for line in logged if "is not valid UTF-8" in line]
     assert any(line.startswith("caf\\xe9.txt: ") and "renamed to caf\ufffd.txt" in line for line in renames)
     assert any("its folder was renamed to \ufffdt\ufffd" in line for line in renames)
+
+
+def test_bad_files_with_names_near_the_limit_end_in_failed_with_their_error_files(sandbox: Sandbox) -> None:
+    broken, unsupported = "b" * 248 + ".toml", "c" * 251 + ".pdf"  # + ".error.txt": over 255 bytes
+    sandbox.inbox.mkdir(parents=True, exist_ok=True)
+    (sandbox.inbox / broken).write_text('prompt = "a cat')  # no temp name: it would be too long
+    (sandbox.inbox / unsupported).write_bytes(b"%PDF-1.4\n")
+
+    summary = sandbox.drain()
+
+    assert summary.inputs_failed == 2
+    assert sandbox.files(sandbox.inbox) == []
+    reports = sorted(p.name for p in sandbox.files(sandbox.failed, "*.error.txt"))
+    assert reports == ["b" * 240 + ".toml.error.txt", "c" * 241 + ".pdf.error.txt"]
+    assert "TOML" in (sandbox.failed / reports[0]).read_text(encoding="utf-8")

@@ -195,3 +195,34 @@ def test_move_to_unique_picks_the_next_free_name(folders: tuple[Path, Path]) -> 
 
 def test_fsync_dir_works_on_a_real_folder(tmp_path: Path) -> None:
     fsync_dir(tmp_path)
+
+
+def test_cross_filesystem_move_of_a_name_at_the_limit_uses_a_temp_name_that_fits(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inbox, state = folders
+    simulate_other_filesystem(monkeypatch, inbox)
+    name = "é" * 123 + ".txt"  # 250 bytes: the temp name around it would be 269
+    (inbox / name).write_text("a cat")
+
+    move_durably(inbox / name, state / name)
+
+    assert os.listdir(state) == [name]
+
+
+def test_a_variant_of_a_long_name_is_cut_to_leave_room_for_its_error_file(tmp_path: Path) -> None:
+    name = "x" * 240 + ".toml"
+    (tmp_path / name).write_text("taken")
+
+    variant = unique_destination(tmp_path, name)
+
+    assert variant.name == "x" * 238 + "-1.toml"
+    assert len(os.fsencode(variant.name + ".error.txt")) == 255
+    variant.write_text("a cat")  # the name is allowed
+    assert unique_destination(tmp_path, name).name == "x" * 238 + "-2.toml"
+
+
+def test_a_name_too_long_for_an_error_file_beside_it_is_cut_to_fit(tmp_path: Path) -> None:
+    name = "y" * 250 + ".txt"
+
+    assert unique_destination(tmp_path, name).name == "y" * 241 + ".txt"

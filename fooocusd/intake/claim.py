@@ -20,6 +20,7 @@ from pathlib import Path
 from loguru import logger
 
 from fooocusd.durable import fsync_folder
+from fooocusd.file_names import NAME_MAX, fitted_name
 
 TEMP_PREFIX = ".fooocusd-"
 _COPY_CHUNK = 1024 * 1024
@@ -60,7 +61,7 @@ def copy_durably(src: Path, dst: Path) -> None:
     info = os.lstat(src)
     if not stat_mode.S_ISREG(info.st_mode):
         raise OSError(errno.EINVAL, "only regular files can be copied", str(src))
-    temp = dst.parent / f"{TEMP_PREFIX}{dst.name}.{secrets.token_hex(4)}.part"
+    temp = dst.parent / fitted_name(f"{TEMP_PREFIX}{dst.name}", f".{secrets.token_hex(4)}.part")
     try:
         _copy_and_fsync(src, temp)
         _publish_no_clobber(temp, dst)
@@ -70,8 +71,17 @@ def copy_durably(src: Path, dst: Path) -> None:
     fsync_dir(dst.parent)
 
 
+ROOM_KEPT = len(".error.txt")
+"""Names made here stay this many bytes under the limit, so that failed/ can hold a
+``<name>.error.txt`` beside any input."""
+
+
 def unique_destination(folder: Path, name: str) -> Path:
     """A path in ``folder`` that does not exist yet: ``name``, else a free ``stem-N.ext``.
+
+    A name too long to fit ``NAME_MAX`` less ``ROOM_KEPT`` bytes has its stem cut to fit (the
+    ``-N`` and the extension are kept), so that neither it nor its error file fails with
+    ENAMETOOLONG.
 
     The variants of one name are usually a run (``stem-1`` … ``stem-n``, a script that always
     drops ``job.txt``), so the search doubles N until a free one, then bisects back to the first
@@ -85,8 +95,10 @@ def unique_destination(folder: Path, name: str) -> Path:
     suffix = Path(name).suffix
     stem = name[: -len(suffix)] if suffix else name
 
+    limit = NAME_MAX - ROOM_KEPT
+
     def variant(counter: int) -> Path:
-        return folder / (name if counter == 0 else f"{stem}-{counter}{suffix}")
+        return folder / fitted_name(stem, f"-{counter}{suffix}" if counter else suffix, limit)
 
     if not os.path.lexists(variant(0)):
         return variant(0)

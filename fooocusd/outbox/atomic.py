@@ -21,6 +21,7 @@ from loguru import logger
 
 from fooocusd.durable import fsync_folder
 from fooocusd.errors import DiskFull, TransientError
+from fooocusd.file_names import cut_to_bytes
 
 TEMP_PREFIX = ".fooocusd-"
 TEMP_SUFFIX = ".tmp"
@@ -61,7 +62,7 @@ def temp_owner_of(name: str) -> str:
 
 def temp_path_for(final: Path) -> Path:
     """A fresh hidden temp name beside ``final``."""
-    stem = final.name.encode("utf-8")[:_MAX_TEMP_STEM_BYTES].decode("utf-8", "ignore")
+    stem = cut_to_bytes(final.name, _MAX_TEMP_STEM_BYTES)
     owner = f"{_temp_owner}-" if _temp_owner else ""
     return final.with_name(f"{TEMP_PREFIX}{stem}.{owner}{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
