@@ -216,6 +216,29 @@ def test_option_set_twice_in_a_block_names_both_lines() -> None:
     assert "lines 2 and 3" in caught.value.message
 
 
+def test_two_names_for_one_option_are_both_named() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_txt("a cat\nsize: 1024x1024\naspect: 16:9\n", "job.txt")
+    assert "'size' and 'aspect' set the same option" in caught.value.message
+    assert caught.value.where == "line 3"
+
+
+@pytest.mark.parametrize(
+    ("line", "aspect"),
+    [("size: 1024x1024", "1024*1024"), ("Size: 832 x 1216", "832*1216"), ("resolution: 16:9", "1344*768")],
+)
+def test_a1111_size_and_resolution_lines_set_the_aspect(line: str, aspect: str) -> None:
+    spec = only(f"a lighthouse\n{line}\n")
+    assert (spec.aspect, spec.extra_prompts) == (aspect, [])
+
+
+def test_a_size_line_in_prose_stays_prompt_text_without_a_warning(logged: list[str]) -> None:
+    spec = only("a giant\nSize: enormous, towering over the hills\n")
+    assert spec.aspect is None
+    assert spec.extra_prompts == ["Size: enormous, towering over the hills"]
+    assert not any("read as prompt text" in line for line in logged)
+
+
 def test_option_without_value_is_an_error() -> None:
     with pytest.raises(InvalidInput) as caught:
         parse_txt("a cat\nnegative:\n", "job.txt")

@@ -33,6 +33,9 @@ KEY_ALIASES: dict[str, str] = {
     "action": "image_action",
     "negative_prompt": "negative",
     "aspect_ratio": "aspect",
+    # A1111's "Size: 1024x1024"; in a .txt only with such a value (``txt_format.PROSE_KEYS``).
+    "size": "aspect",
+    "resolution": "aspect",
     "image_prompt": "image_prompts",
     "note": "notes",
     # The names Fooocus-API requests, Fooocus's presets, A1111 and diffusers use, for scripts and

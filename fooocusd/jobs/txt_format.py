@@ -71,6 +71,10 @@ JOB_SEPARATOR = "---"
 
 _OPTION = re.compile(r"^([A-Za-z][A-Za-z _-]*?)\s*:(.*)$")
 _ESCAPE_HINT = "if this line is meant as prompt text, write it as 'prompt: <the line>'"
+# Words that start prose as often as options ("Size: enormous, towering"): option keys in a .txt
+# only when the value is a size or ratio, such as 1024x1024 or 16:9.
+PROSE_KEYS = frozenset({"size", "resolution"})
+_SIZE_OR_RATIO = re.compile(r"^\d+(\.\d+)?\s*[x×*:]\s*\d+(\.\d+)?$", re.IGNORECASE)
 
 
 @dataclass
@@ -175,11 +179,13 @@ def _option(line: str) -> tuple[str, str, str] | None:
     match = _OPTION.match(line)
     if not match:
         return None
-    key = match.group(1).strip()
+    key, value = match.group(1).strip(), match.group(2).strip()
+    if key.lower() in PROSE_KEYS and not _SIZE_OR_RATIO.match(value):
+        return None
     field_name = TXT_OPTION_KEYS.get(canonical_key(key))
     if field_name is None:
         return None
-    return key, field_name, match.group(2).strip()
+    return key, field_name, value
 
 
 def _add_option(block: _Block, number: int, key: str, field_name: str, value: str, source_name: str) -> None:
@@ -200,9 +206,11 @@ def _add_option(block: _Block, number: int, key: str, field_name: str, value: st
         block.options[field_name] = (first, first_key, f"{earlier_value}\n{value}")
         return
     if field_name in block.options:
-        earlier = block.options[field_name][0]
+        earlier, earlier_key, _ = block.options[field_name]
+        twice = earlier_key.lower() == key.lower()
+        what = f"option '{key}' is set twice" if twice else f"'{earlier_key}' and '{key}' set the same option"
         raise InvalidInput(
-            f"{source_name}: option '{key}' is set twice in {block.label} (lines {earlier} and {number})",
+            f"{source_name}: {what} in {block.label}, on lines {earlier} and {number}",
             where=f"line {number}",
             hint=f"keep one of the two lines; to start another job, put a line '{JOB_SEPARATOR}' before it",
         )
@@ -265,7 +273,7 @@ def _warn_if_mistyped_option(line: str, number: int, source_name: str) -> None:
     if not _MISTYPED_OPTIONS_SAID.get():
         return
     match = _OPTION.match(line)
-    if not match or " " in match.group(1).strip():
+    if not match or " " in match.group(1).strip() or match.group(1).strip().lower() in PROSE_KEYS:
         return
     near = suggest(canonical_key(match.group(1)), list(TXT_OPTION_KEYS), cutoff=0.8)
     if near:
