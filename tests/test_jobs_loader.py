@@ -83,6 +83,38 @@ def test_broken_utf16_job_file_is_refused_with_a_hint(inbox: Path) -> None:
     assert "UTF-8" in caught.value.hint
 
 
+@pytest.mark.parametrize(
+    ("fmt", "what", "extension"), [("PNG", "a PNG image", ".png"), ("TIFF", "a TIFF image", ".tif")]
+)
+def test_a_picture_saved_as_a_job_file_is_named_with_the_extension_to_give_it(
+    inbox: Path, fmt: str, what: str, extension: str
+) -> None:
+    spec_path = inbox / "shed.toml"
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, fmt)
+    spec_path.write_bytes(buffer.getvalue())
+    with pytest.raises(InvalidInput) as caught:
+        load(inbox, spec_path)
+    assert caught.value.message == f"shed.toml is {what}, not text"
+    assert caught.value.hint == f"rename it to shed{extension}: an image alone is varied"
+
+
+def test_a_pdf_saved_as_a_job_file_is_named_as_a_pdf(inbox: Path) -> None:
+    spec_path = inbox / "brief.txt"
+    spec_path.write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    with pytest.raises(InvalidInput, match=r"brief\.txt is a PDF document, not text"):
+        load(inbox, spec_path)
+
+
+@pytest.mark.parametrize(
+    "prompt", ["BMW at dusk, wet street", "GIF89a style pixel art", "II* roman numerals"]
+)
+def test_a_prompt_that_starts_like_a_file_signature_is_still_a_prompt(inbox: Path, prompt: str) -> None:
+    spec_path = inbox / "car.txt"
+    spec_path.write_text(prompt + "\n", encoding="utf-8")
+    assert load(inbox, spec_path)[0].prompt == prompt
+
+
 def test_utf8_bom_job_file_is_accepted(inbox: Path) -> None:
     spec_path = inbox / "bom.toml"
     spec_path.write_bytes(b'\xef\xbb\xbfprompt = "a dog"\n')

@@ -75,11 +75,35 @@ def sniff_format(head: bytes) -> str | None:
         return "HEIF" if brand in _HEIF_BRANDS else "AVIF" if brand in _AVIF_BRANDS else None
     if head.startswith((b"II*\x00", b"MM\x00*")):
         return "TIFF"
-    if head.startswith(b"BM"):
+    if head.startswith(b"BM") and head[6:10] == b"\x00\x00\x00\x00":  # reserved, always zero
         return "BMP"
     if head.startswith((b"GIF87a", b"GIF89a")):
         return "GIF"
     return None
+
+
+# Each accepted format in words, and the extension a file of it should have.
+_FORMAT_NAMES: dict[str, tuple[str, str]] = {
+    "PNG": ("a PNG image", ".png"),
+    "JPEG": ("a JPEG image", ".jpg"),
+    "WEBP": ("a WebP image", ".webp"),
+    "HEIF": ("a HEIC photo", ".heic"),
+    "AVIF": ("an AVIF image", ".avif"),
+    "TIFF": ("a TIFF image", ".tif"),
+    "BMP": ("a BMP image", ".bmp"),
+    "GIF": ("a GIF image", ".gif"),
+}
+
+
+def binary_content(head: bytes) -> tuple[str, str | None] | None:
+    """What a file that should be text is, from its first 16 bytes: ``("a PNG image", ".png")`` for
+    an image this daemon accepts (with the extension to give it), ``("a PDF document", None)`` for
+    another known format; None when it does not start like one."""
+    image_format = sniff_format(head)
+    if image_format is not None:
+        return _FORMAT_NAMES[image_format]
+    other = next((name for magic, offset, name in _OTHER_SIGNATURES if head[offset:].startswith(magic)), None)
+    return (other, None) if other else None
 
 
 def inspect_image(path: Path, max_pixels: int) -> ImageInfo:

@@ -14,6 +14,7 @@ from loguru import logger
 
 from fooocusd.errors import InvalidInput
 from fooocusd.jobs.drop_files import DropFiles, resolve_written_path
+from fooocusd.jobs.images import binary_content
 from fooocusd.jobs.json_format import parse_json
 from fooocusd.jobs.recorded_prompt import recorded_prompt
 from fooocusd.jobs.resolve import normalise_image_action
@@ -171,10 +172,27 @@ def decode_job_text(data: bytes, source_name: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
+        _refuse_binary(data, source_name)
         line = data[: exc.start].count(b"\n") + 1
         reason = f"{source_name} is not valid UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})"
         raise _undecodable(reason, line) from exc
+    if "\x00" in text:  # text never holds NUL; a picture may decode as UTF-8 that far
+        _refuse_binary(data, source_name)
     return _refuse_nul(text, source_name)
+
+
+def _refuse_binary(data: bytes, source_name: str) -> None:
+    """A picture or document saved under a job file's name (it is not text): say what it is, not
+    which byte is bad."""
+    found = binary_content(data[:16])
+    if found is None:
+        return
+    what, extension = found
+    if extension is not None:
+        hint = f"rename it to {PurePath(source_name).stem}{extension}: an image alone is varied"
+    else:
+        hint = "write the prompt in a plain text file (.txt)"
+    raise InvalidInput(f"{source_name} is {what}, not text", where="the whole file", hint=hint)
 
 
 def _undecodable(reason: str, line: int) -> InvalidInput:
