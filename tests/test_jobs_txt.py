@@ -328,3 +328,11 @@ def test_a_short_value_is_quoted_whole() -> None:
 def test_a_note_line_is_kept_as_a_note_not_read_as_a_prompt_line() -> None:
     [spec] = parse_txt("a red fox\nNote: for the Acme brief\nseed: 4\n", "fox.txt")
     assert (spec.prompt, spec.extra_prompts, spec.notes) == ("a red fox", [], ["for the Acme brief"])
+
+
+@pytest.mark.parametrize("line", ["cfg: nan", "sharpness: inf", "denoise: -inf", "lora: ink:nan"])
+def test_nan_and_infinity_are_refused_as_not_a_finite_number(line: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_txt(f"a cat\n{line}\n", "job.txt")
+    assert "Input should be a finite number" in caught.value.message
+    assert caught.value.where == "line 2"

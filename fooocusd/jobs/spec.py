@@ -64,7 +64,7 @@ def parse_aspect(text: str) -> tuple[int, int]:
 class LoraSpec(BaseModel):
     """One LoRA: a file name (looked up in the LoRA folders) and its weight."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
 
     name: str = Field(..., min_length=1, max_length=300)
     weight: float = Field(1.0, ge=-2.0, le=2.0)
@@ -83,7 +83,7 @@ class ImagePromptSpec(BaseModel):
     ControlNet. ``None`` weight / stop_at take the type's default.
     """
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
 
     image: str = Field(..., min_length=1, max_length=1000, description="Relative to the job file.")
     type: ImagePromptType = "image_prompt"
@@ -94,7 +94,9 @@ class ImagePromptSpec(BaseModel):
 class JobSpec(BaseModel):
     """One job. Unknown keys are refused so that typos never pass silently."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", str_strip_whitespace=True, validate_assignment=True, allow_inf_nan=False
+    )
 
     prompt: str = Field("", max_length=20_000, description="Main prompt (line 1 of a .txt).")
     extra_prompts: list[str] = Field(default_factory=list, max_length=32)
