@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
+
+import pytest
 
 from fooocusd.intake.waiting import NAMES_SHOWN, inbox_waiting
 
@@ -52,3 +55,24 @@ def test_an_empty_file_whose_name_is_not_utf8_is_named_with_its_stray_bytes_esca
 
     assert waiting.empty == ["caf\\xe9.txt"]
     json.dumps(waiting.record(), ensure_ascii=False).encode("utf-8")  # printable and storable as it is
+
+
+def test_a_folder_that_cannot_be_listed_is_said_once_with_how_to_fix_it(
+    tmp_path: Path, logged: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    _write(tmp_path, "a.txt", b"a cat\n")
+    real_scandir = os.scandir
+
+    def scandir(folder):  # type: ignore[no-untyped-def]  # as for a folder another user made 700
+        if Path(folder) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(folder))
+        return real_scandir(folder)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    for _ in range(3):  # three rescans
+        assert inbox_waiting(tmp_path).files == 1
+
+    said = [line for line in logged if line.startswith("cannot look in")]
+    assert len(said) == 1 and f"`chmod a+rx {locked}`" in said[0]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from fooocusd.access import is_denied, unreadable_hint
 from fooocusd.intake.ignore import Kind, classify_dir, classify_name
 
 
@@ -35,5 +36,20 @@ def candidate_files(inbox: Path, top: Path, extra_ignore: Sequence[str] = ()) ->
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as exc:
-            logger.warning("cannot list {}: {}", folder, exc)
+            _cannot_list(folder, exc)
+            continue
+        _UNLISTABLE.pop(folder, None)
     return found
+
+
+_UNLISTABLE: dict[Path, str] = {}
+"""Folders said to be unlistable, with why: said once, not at every rescan, until it changes."""
+
+
+def _cannot_list(folder: Path, exc: OSError) -> None:
+    reason = exc.strerror or str(exc)
+    if _UNLISTABLE.get(folder) == reason:
+        return
+    _UNLISTABLE[folder] = reason
+    hint = unreadable_hint(folder) if is_denied(exc) else "check the disk"
+    logger.warning("cannot look in {}: {}; files there are not seen. How to fix: {}", folder, reason, hint)

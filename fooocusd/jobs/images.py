@@ -15,6 +15,7 @@ from pathlib import Path
 from pi_heif import register_heif_opener
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fooocusd.access import cannot_read
 from fooocusd.errors import InvalidInput
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "HEIF", "AVIF", "TIFF", "BMP", "GIF")
@@ -118,7 +119,7 @@ def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
         with path.open("rb") as handle:
             head = handle.read(16)
     except OSError as exc:
-        raise InvalidInput(f"cannot read image {path.name}: {exc.strerror or exc}", where=where) from exc
+        raise cannot_read(path, exc, "image") from exc
     _require_accepted_content(head, path)
 
     try:

@@ -12,6 +12,7 @@ from pathlib import Path, PurePath
 
 from loguru import logger
 
+from fooocusd.access import cannot_read
 from fooocusd.errors import InvalidInput
 from fooocusd.jobs.drop_files import DropFiles, resolve_written_path
 from fooocusd.jobs.images import binary_content
@@ -134,7 +135,7 @@ def parse_job_file(path: Path, *, max_job_file_bytes: int) -> list[JobSpec]:
         with path.open("rb") as handle:
             data = handle.read(max_job_file_bytes + 1)
     except OSError as exc:
-        raise InvalidInput(f"cannot read {path.name}: {exc.strerror or exc}", where=path.name) from exc
+        raise cannot_read(path, exc) from exc
     if len(data) > max_job_file_bytes:  # it grew after the size check
         raise _too_big(path, len(data), max_job_file_bytes)
     text = decode_job_text(data, path.name)
