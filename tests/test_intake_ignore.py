@@ -16,6 +16,14 @@ TEMP_AND_JUNK_NAMES = [
     "Unconfirmed 123456.crdownload",
     "cat.png.part",  # Firefox
     "cat.png.download",  # Safari
+    "cat.png.opdownload",  # Opera
+    "prompt.txt.crswap",  # Chrome saving through the File System Access API
+    "prompt.txt.sb-1a2b3c4d-AbC123",  # macOS safe-save
+    "cat.png.!qB",  # qBittorrent
+    "cat.png.!ut",  # uTorrent
+    "cat.png.!sync",  # Resilio Sync
+    "cat.png.aria2",  # aria2's control file (beside the download)
+    "cat.png_.gstmp",  # gsutil
     "~$prompt.txt",  # Office owner file
     "~WRL0001.tmp",
     ".~lock.prompt.txt#",  # LibreOffice
