@@ -130,7 +130,7 @@ def test_accepted_types_are_classified_case_insensitively(relpath: str, kind: Ki
     assert classify_name(relpath).kind is kind
 
 
-@pytest.mark.parametrize("name", ["report.pdf", "archive.zip", "README"])
+@pytest.mark.parametrize("name", ["report.pdf", "table.csv", "README"])
 def test_other_visible_files_are_unsupported_with_a_message_listing_accepted_types(name: str) -> None:
     verdict = classify_name(name)
     assert verdict.kind is Kind.UNSUPPORTED
@@ -145,6 +145,7 @@ def test_other_visible_files_are_unsupported_with_a_message_listing_accepted_typ
         ("IMG_0042.MOV", "Live Photo"),
         ("logo.svg", "export it as PNG"),
         ("prompt.md", "in a .txt file"),
+        ("prompts.zip", "unpack it into the inbox"),
     ],
 )
 def test_files_dropped_by_habit_are_unsupported_with_what_to_do_instead(name: str, advice: str) -> None:
@@ -175,7 +176,7 @@ def test_image_stem_of_a_mask_is_the_stem_of_its_image() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["IMG_0042.HEIC", "photo.heif", "render.avif", "scan.TIFF", "old.bmp", "meme.gif"]
+    "name", ["IMG_0042.HEIC", "photo.heif", "render.avif", "scan.TIFF", "old.bmp", "meme.gif", "saved.jfif"]
 )
 def test_photos_from_phones_and_other_programs_are_images(name: str) -> None:
     assert classify_name(name).kind is Kind.IMAGE

@@ -42,7 +42,8 @@ class Verdict:
 
 JOB_EXTENSIONS: frozenset[str] = frozenset({".txt", ".toml", ".json"})
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".webp", ".heic", ".heif", ".avif", ".tif", ".tiff", ".bmp", ".gif"}
+    # .jfif: what browsers on Windows often name a JPEG saved from a web page.
+    {".png", ".jpg", ".jpeg", ".jfif", ".webp", ".heic", ".heif", ".avif", ".tif", ".tiff", ".bmp", ".gif"}
 )
 MASK_MARKER = ".mask"
 ACCEPTED_TYPES_TEXT = (
@@ -233,6 +234,9 @@ _UNSUPPORTED_ADVICE: dict[str, str] = {
     ".mp4": "a video: export a frame as PNG or JPEG",
     ".psd": "a Photoshop document: export it as PNG",
     ".svg": "a vector drawing: export it as PNG",
+    ".zip": "an archive: unpack it into the inbox",
+    ".7z": "an archive: unpack it into the inbox",
+    ".rar": "an archive: unpack it into the inbox",
     ".md": "write the prompt in a .txt file",
     ".rtf": "save it as plain text (.txt)",
     ".docx": "save it as plain text (.txt)",
