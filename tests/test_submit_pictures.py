@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,21 @@ def test_submit_of_an_empty_prompt_is_refused_at_once(
     assert main(["submit", "--prompt", "  ", "--config", str(sandbox.config)]) == 2
     assert "the prompt is empty" in capsys.readouterr().err
     assert _inbox_files(sandbox) == []
+
+
+def test_submit_of_files_whose_names_are_not_utf8_writes_the_names_the_daemon_would_give_them(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    folder = os.fsencode(tmp_path)
+    with open(folder + b"/caf\xe9.txt", "w") as job:  # unpacked from a Windows zip
+        job.write("a cafe terrace\nsteps: 2\n")
+    with open(folder + b"/caf\xe9.png", "wb") as picture:
+        picture.write(_png("olive"))
+
+    assert _submit(sandbox, Path(os.fsdecode(folder + b"/caf\xe9.txt"))) == 0
+
+    assert _inbox_files(sandbox) == ["caf\ufffd.png", "caf\ufffd.txt"], "renamed already: --wait finds it"
+    summary = sandbox.drain()
+    assert (summary.jobs_done, summary.inputs_failed) == (1, 0)
+    (image,) = sandbox.images()
+    assert '"source_image": "caf\ufffd.png"' in image.with_suffix(".json").read_text(encoding="utf-8")

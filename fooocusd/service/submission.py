@@ -21,6 +21,7 @@ from fooocusd.errors import InvalidInput
 from fooocusd.intake.claim import unique_destination
 from fooocusd.intake.ignore import JOB_EXTENSIONS, Kind, classify_name
 from fooocusd.intake.pairing import image_names_for, mask_names_for
+from fooocusd.intake.readable_names import readable
 from fooocusd.jobs.drop_files import paths_named_by, resolve_written_path
 from fooocusd.jobs.loader import parse_job_file
 from fooocusd.jobs.name_checks import check_job_names, with_preset
@@ -57,19 +58,21 @@ def submit_file(
         raise InvalidInput(
             f"{source} is not a file", hint="give the path of a .txt, .toml, .json or image file"
         )
+    # Written under the name the daemon would give it (``readable_names``), so --wait finds it.
+    name = readable(source.name)
     companions: list[Companion] = []
     if source.suffix.lower() in JOB_EXTENSIONS:
         with image_attached_after_parsing():  # a picture beside it may stand in for the prompt
             specs = parse_job_file(source, max_job_file_bytes=settings.intake.max_job_file_bytes)
-        relpath = _inbox_relpath(target_dir / source.name, inbox)
+        relpath = _inbox_relpath(target_dir / name, inbox)
         for warning in refuse_jobs_that_cannot_work(specs, relpath, settings):
             warn(f"{source.name}{warning}")
         companions = pictures_for(source, specs, inbox)
-    for companion in companions:
-        refuse_what_the_daemon_would_not_take(_inbox_relpath(target_dir / companion.relpath, inbox), settings)
-    to_write = [(companion.source, target_dir / companion.relpath) for companion in companions]
+    to_write = [(companion.source, target_dir / readable(companion.relpath)) for companion in companions]
+    for _, target in to_write:
+        refuse_what_the_daemon_would_not_take(_inbox_relpath(target, inbox), settings)
     to_write = [(path, target) for path, target in to_write if not _already_there(path, target)]
-    job_target = target_dir / source.name
+    job_target = target_dir / name
     if job_target.exists():
         if any(PurePosixPath(companion.relpath).parent == PurePosixPath(".") for companion in companions):
             raise InvalidInput(
@@ -78,7 +81,7 @@ def submit_file(
                 hint="wait until the daemon has taken the one in the inbox, "
                 "or rename the job file and its pictures",
             )
-        job_target = unique_destination(target_dir, source.name)
+        job_target = unique_destination(target_dir, name)
     if dry_run:
         return [target for _, target in to_write] + [job_target]
     written = []
