@@ -37,9 +37,28 @@ class TransientError(FooocusdError):
     """Something outside the input went wrong (disk full, device busy). Retried with backoff."""
 
 
-class DiskFull(TransientError):
-    """No room on a disk for a write, which left nothing behind. Inside the daemon the write waits
-    for room and is tried again (``space_wait.py``) instead of failing its job."""
+class DiskWait(TransientError):
+    """A disk refused a write for now, which left nothing behind. Inside the daemon the write waits
+    and is tried again (``space_wait.py``) instead of failing its job."""
+
+    waiting_for = "the disk"
+    """What the wait is for, in words: "waiting for <waiting_for>"."""
+    until = "the disk takes writes again"
+    """When the wait ends, in words: "carries on by itself when <until>"."""
+
+
+class DiskFull(DiskWait):
+    """No room on a disk for a write."""
+
+    waiting_for = "room"
+    until = "there is room"
+
+
+class ShareGone(DiskWait):
+    """A network share (NFS, SMB, sshfs) stopped answering: it went away, or its server did."""
+
+    waiting_for = "the share"
+    until = "the share answers again"
 
 
 class OutOfMemory(TransientError):

@@ -28,11 +28,14 @@ from tests.reliability_checks import (
 
 
 class FullDisk:
-    """ENOSPC for writes (or fsyncs) into one folder while ``full`` is set."""
+    """ENOSPC (or ``error``) for writes (or fsyncs) into one folder while ``full`` is set."""
 
-    def __init__(self, folder: Path, only: Callable[[str], bool] = lambda _name: True) -> None:
+    def __init__(
+        self, folder: Path, only: Callable[[str], bool] = lambda _name: True, error: int = errno.ENOSPC
+    ) -> None:
         self.folder = str(folder.resolve())
         self.only = only
+        self.error = error
         self.full = True
         self.refusals = 0
 
@@ -51,7 +54,7 @@ class FullDisk:
     def wrap(self, real: Callable[..., int]) -> Callable[..., int]:
         def patched(fd: int, *args: object) -> int:
             if self.refuses(fd):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise OSError(self.error, os.strerror(self.error))
             return real(fd, *args)
 
         return patched
@@ -59,9 +62,11 @@ class FullDisk:
 
 @pytest.fixture
 def full_outbox(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FullDisk]]:
-    def fill(call: str = "write", only: Callable[[str], bool] = lambda _name: True) -> FullDisk:
+    def fill(
+        call: str = "write", only: Callable[[str], bool] = lambda _name: True, error: int = errno.ENOSPC
+    ) -> FullDisk:
         sandbox.outbox.mkdir(parents=True, exist_ok=True)
-        disk = FullDisk(sandbox.outbox, only)
+        disk = FullDisk(sandbox.outbox, only, error)
         monkeypatch.setattr(os, call, disk.wrap(getattr(os, call)))
         return disk
 
@@ -116,6 +121,30 @@ def test_a_full_outbox_holds_the_image_until_space_returns_then_writes_it_under_
     assert_every_input_ended_exactly_once(sandbox, ["fox.txt"])
     assert_outputs_complete_and_unique(sandbox)
     assert_journal_consistent(sandbox)
+
+
+@pytest.mark.parametrize("error", [errno.ENOTCONN, errno.ESTALE], ids=["fuse-disconnected", "nfs-stale"])
+def test_an_outbox_share_that_stops_answering_holds_the_image_until_it_answers_again(
+    sandbox: Sandbox, full_outbox: Callable[..., FullDisk], logged: list[str], error: int
+) -> None:
+    _retry_config(sandbox, max_attempts=1)  # a failed attempt would fail the job at once
+    share = full_outbox("write", error=error)
+    sandbox.drop("fox.txt", "a fox in snow\nseed: 5\nsteps: 2\n")
+
+    with RunningDaemon(sandbox.settings()) as running:
+        wait_for(lambda: share.refusals >= 3, what="the write tried again on the gone share")
+        assert running.error is None
+        assert sandbox.images() == [] and sandbox.files(sandbox.failed) == []
+        assert sandbox.journal_rows("SELECT state, attempts, error FROM jobs") == [("running", 1, None)]
+        share.full = False  # the server is back
+        wait_for(lambda: (sandbox.done / "fox.txt").exists(), what="the job to finish")
+
+    gone = [line for line in logged if "network share stopped answering" in line]
+    assert len(gone) == 1, "said once, not at every try"
+    assert "findmnt" in gone[0] and "carries on by itself when the share answers again" in gone[0]
+    assert [p.name for p in sandbox.images()] == ["fox_5_0.png"]
+    assert sandbox.journal_rows("SELECT state, attempts FROM jobs") == [("done", 1)]
+    assert_outputs_complete_and_unique(sandbox)
 
 
 def test_stopping_while_the_outbox_is_full_requeues_the_job_without_charging_an_attempt(

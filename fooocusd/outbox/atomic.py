@@ -20,7 +20,7 @@ from pathlib import Path
 from loguru import logger
 
 from fooocusd.durable import fsync_folder
-from fooocusd.errors import DiskFull, TransientError
+from fooocusd.errors import DiskFull, ShareGone, TransientError
 from fooocusd.file_names import cut_to_bytes
 
 TEMP_PREFIX = ".fooocusd-"
@@ -32,6 +32,19 @@ _MAX_TEMP_STEM_BYTES = 200
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS, errno.EXDEV}
 # Directory fsync is refused on some network filesystems; the data itself is already synced.
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+# What NFS, SMB and FUSE mounts (sshfs, rclone) answer when their server or connection is gone. Not
+# EIO: a failing local disk says that too, and waiting would hide it.
+_SHARE_GONE = {
+    errno.ENOTCONN,
+    errno.ESTALE,
+    errno.EHOSTDOWN,
+    errno.EHOSTUNREACH,
+    errno.ENETDOWN,
+    errno.ENETUNREACH,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+}
 
 
 def file_mode(umask: int) -> int:
@@ -170,6 +183,12 @@ def describe_os_error(exc: OSError, path: Path) -> TransientError:
             f"disk full while writing {path}",
             hint=f"free some space (or raise the quota) on the disk that holds {path.parent} "
             f"(`df -h {path.parent}` shows it)",
+            where=where,
+        )
+    if exc.errno in _SHARE_GONE:
+        return ShareGone(
+            f"the outbox's network share stopped answering while writing {path} ({exc.strerror or exc})",
+            hint=f"check the server and the mount of {path.parent} (`findmnt -T {path.parent}`)",
             where=where,
         )
     if exc.errno in {errno.EACCES, errno.EPERM}:

@@ -23,7 +23,7 @@ from fooocusd.engine.base import Engine
 from fooocusd.engine.expansion import PromptExpansion, build_prompt_expansion
 from fooocusd.engine.factory import create_engine
 from fooocusd.engine.styles import StyleLibrary
-from fooocusd.errors import ConfigError, DiskFull, FooocusdError
+from fooocusd.errors import ConfigError, DiskWait, FooocusdError
 from fooocusd.intake.pairing import Pairer
 from fooocusd.intake.readable_names import is_readable, rename_readable, shown
 from fooocusd.intake.watcher import InboxWatcher, Ready
@@ -457,18 +457,18 @@ class Daemon:
                     raise journal_full(db_path) from exc
                 raise
 
-        def keep_waiting(full: DiskFull) -> bool:
+        def keep_waiting(full: DiskWait) -> bool:
             self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
             return self._waiting_for_space(full)
 
         wait = SpaceWait(keep_waiting=keep_waiting, sleep=self.stop_intake.wait)
         return retry_until_room(attempt, wait, FullDiskLog("the journal"))
 
-    def _waiting_for_space(self, full: DiskFull) -> bool:
-        """A journal or outbox write found the disk full: keep waiting (and tell systemd we are
-        alive and why) unless a stop was asked for."""
-        self.pulse.waiting(f"waiting for room: {full.message}")
-        self.notifier.status(f"waiting for room: {full.message}")
+    def _waiting_for_space(self, full: DiskWait) -> bool:
+        """A journal or outbox write found the disk full (or its share gone): keep waiting (and tell
+        systemd we are alive and why) unless a stop was asked for."""
+        self.pulse.waiting(f"waiting for {full.waiting_for}: {full.message}")
+        self.notifier.status(f"waiting for {full.waiting_for}: {full.message}")
         self.notifier.watchdog()
         return not self.stop_intake.is_set()
 

@@ -39,7 +39,7 @@ from fooocusd.engine.image_actions import run_image_action
 from fooocusd.engine.prompt_syntax import WildcardLibrary
 from fooocusd.engine.styles import StyleLibrary, Workloads
 from fooocusd.errors import (
-    DiskFull,
+    DiskWait,
     FooocusdError,
     Interrupted,
     InvalidInput,
@@ -499,15 +499,16 @@ class Worker:
         return target
 
     def _until_room(self, write: Callable[[], R]) -> R:
-        """``write()``, waiting for room while the outbox's disk is full (as the journal does): the
-        rendered image is kept and written once there is room, instead of failing its job. A stop
-        during the wait puts the job back in the queue without counting an attempt."""
+        """``write()``, waiting for room while the outbox's disk is full, or for its network share to
+        answer again (as the journal does): the rendered image is kept and written once it can be,
+        instead of failing its job. A stop during the wait puts the job back in the queue without
+        counting an attempt."""
         try:
             return retry_until_room(write, self.journal.space_wait, self._full_outbox_log)
-        except DiskFull as exc:
+        except DiskWait as exc:
             stopping = self.stop_after_image.is_set() or self.stop_now.is_set()
             if self.journal.space_wait is not None and stopping:
-                raise Interrupted(f"stopping while the outbox was full: {exc.message}") from exc
+                raise Interrupted(f"stopping while waiting for {exc.waiting_for}: {exc.message}") from exc
             raise
 
     def _settle_all(self) -> bool:
