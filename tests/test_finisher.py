@@ -14,6 +14,7 @@ from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders
 from fooocusd.settings import Settings
 from tests.daemon_harness import Sandbox
+from tests.mounts_faked import on_another_disk
 from tests.test_journal_helpers import FakeClock, add_input, spec_json
 
 
@@ -166,3 +167,37 @@ def test_an_unmoved_input_whose_job_is_retried_meanwhile_is_no_longer_counted_as
 
     journal.retry_job(job.id)  # `fooocusd retry`: the job runs again, the input stays claimed
     assert finisher.finish_ready() == 0 and finisher.unmoved == 0
+
+
+def test_done_unmounted_with_its_share_keeps_the_input_instead_of_filling_the_bare_mount_point(
+    tmp_path: Path, journal: Journal, logged: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    nas = tmp_path / "nas"
+    done = nas / "done"
+    done.mkdir(parents=True)
+    settings = Settings.model_validate(
+        {
+            "paths": {
+                "inbox": tmp_path / "inbox",
+                "outbox": tmp_path / "outbox",
+                "state": tmp_path / "state",
+                "done": done,
+            }
+        }
+    )
+    finisher = Finisher(settings, Folders.from_paths(settings.paths.resolved()), journal, clock)
+    _, claimed = _claimed(tmp_path, journal, "fox.txt", jobs=1)
+    _run_one(journal)
+    done.rmdir()  # the share is unmounted, done/ with it ...
+    remount = on_another_disk(monkeypatch, nas)  # ... leaving its bare mount point
+
+    assert finisher.finish_ready() == 0
+    assert claimed.exists() and not done.exists(), "done/ was made again on the local disk"
+    assert any("along with the disk or share it was on" in line for line in logged)
+
+    remount()
+    done.mkdir()
+    clock.advance(5)
+    assert finisher.finish_ready() == 1
+    assert (done / "fox.txt").read_text() == "a cat\n"

@@ -19,6 +19,7 @@ import pytest
 from loguru import logger
 
 from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
+from tests.mounts_faked import on_another_disk
 from tests.reliability_checks import (
     assert_every_input_ended_exactly_once,
     assert_journal_consistent,
@@ -145,6 +146,31 @@ def test_an_outbox_share_that_stops_answering_holds_the_image_until_it_answers_a
     assert [p.name for p in sandbox.images()] == ["fox_5_0.png"]
     assert sandbox.journal_rows("SELECT state, attempts FROM jobs") == [("done", 1)]
     assert_outputs_complete_and_unique(sandbox)
+
+
+def test_an_outbox_unmounted_with_its_share_waits_instead_of_filling_the_bare_mount_point(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, logged: list[str]
+) -> None:
+    _retry_config(sandbox, max_attempts=1)
+    with RunningDaemon(sandbox.settings()) as running:
+        wait_for(lambda: any(line.startswith("ready: ") for line in logged), what="the daemon ready")
+        sandbox.outbox.rmdir()  # the share is unmounted: the outbox goes with it ...
+        remount = on_another_disk(monkeypatch, sandbox.root)  # ... leaving its bare mount point
+        sandbox.drop("fox.txt", "a fox in snow\nseed: 5\nsteps: 2\n")
+        wait_for(lambda: any("along with the disk or share" in line for line in logged), what="the wait")
+        time.sleep(1.5)  # a few more tries
+        assert running.error is None
+        assert not sandbox.outbox.exists(), "the outbox was made again on the local disk"
+        assert sandbox.journal_rows("SELECT state, attempts, error FROM jobs") == [("running", 1, None)]
+        assert sandbox.files(sandbox.failed) == []
+        remount()
+        sandbox.outbox.mkdir()  # mounted again
+        wait_for(lambda: (sandbox.done / "fox.txt").exists(), what="the job to finish")
+
+    gone = [line for line in logged if "along with the disk or share" in line]
+    assert len(gone) == 1 and "findmnt" in gone[0], "said once, with what to check"
+    assert [p.name for p in sandbox.images()] == ["fox_5_0.png"]
+    assert sandbox.journal_rows("SELECT state, attempts FROM jobs") == [("done", 1)]
 
 
 def test_stopping_while_the_outbox_is_full_requeues_the_job_without_charging_an_attempt(

@@ -26,6 +26,7 @@ from fooocusd.intake.claim import move_durably, unique_destination
 from fooocusd.journal.journal import Journal
 from fooocusd.journal.rows import InputRow, InputState
 from fooocusd.outbox.atomic import publish_bytes
+from fooocusd.outbox.folder_disk import FolderDisk
 from fooocusd.service.failing import error_file_for
 from fooocusd.service.folders import Folders
 from fooocusd.settings import Settings
@@ -58,6 +59,8 @@ class Finisher:
         self.clock = clock
         self.failed_inputs = 0
         self._unmoved: dict[int, _Unmoved] = {}
+        # The disks done/ and failed/ (made at start) are on, to tell a share gone from a deletion.
+        self._disks = {folder: FolderDisk(folder) for folder in (folders.done, folders.failed, folders.kept)}
 
     def finish_ready(self) -> int:
         """Move the inputs whose jobs have all ended (and retry the moves that failed, when due);
@@ -132,10 +135,10 @@ class Finisher:
         if failed or (cancelled and policy == "delete"):
             # A cancelled job's images were never made: its input stays, for `fooocusd retry`.
             policy = "move"
-        if policy == "keep":
-            target_dir = self.folders.kept / subdir
-        else:
-            target_dir = (self.folders.failed if failed else self.folders.done) / subdir
+        finished = self.folders.failed if failed else self.folders.done
+        root = self.folders.kept if policy == "keep" else finished
+        self._disks[root].check()  # never onto the bare mount point of a share gone
+        target_dir = root / subdir
         target_dir.mkdir(parents=True, exist_ok=True)
         finals: dict[str, str | None] = {}
         for file in files:

@@ -51,6 +51,7 @@ from fooocusd.errors import (
 from fooocusd.journal.journal import Journal
 from fooocusd.journal.rows import JobRow, JobState, job_label
 from fooocusd.outbox.atomic import describe_os_error, ensure_folder
+from fooocusd.outbox.folder_disk import FolderDisk
 from fooocusd.outbox.folder_names import FolderNames
 from fooocusd.outbox.naming import choose_free_name, name_fields, render_name
 from fooocusd.outbox.writer import extension_for, write_image_with_sidecar
@@ -140,6 +141,7 @@ class Worker:
         self._folder_names = FolderNames()
         """The output folders' names, kept between name choices (``_free_name``)."""
         self._full_outbox_log = FullDiskLog("the outbox")
+        self._outbox_disk = FolderDisk(folders.outbox)
         self.may_claim: Callable[[], bool] = lambda: True
         """False while the daemon has a reload waiting: no new job is claimed until it is applied."""
 
@@ -562,10 +564,14 @@ class Worker:
         )
         *folders, base = render_name(self.settings.outbox.name_template, fields).split("/")
         out_dir = run.out_dir.joinpath(*folders)
-        self._until_room(functools.partial(_make_folder, out_dir, self.settings.outbox.umask))
+        self._until_room(functools.partial(self._make_output_folder, out_dir))
         extension = extension_for(run.fmt)
         reserved = self.journal.is_path_reserved
         return choose_free_name(out_dir, base, extension, taken=reserved, names=self._folder_names)
+
+    def _make_output_folder(self, out_dir: Path) -> None:
+        self._outbox_disk.check()  # never onto the bare mount point of an outbox share gone
+        _make_folder(out_dir, self.settings.outbox.umask)
 
     # -- outcomes ------------------------------------------------------------------------------
 
