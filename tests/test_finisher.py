@@ -14,7 +14,7 @@ from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders
 from fooocusd.settings import Settings
 from tests.daemon_harness import Sandbox
-from tests.mounts_faked import on_another_disk
+from tests.mounts_faked import FakeMount
 from tests.test_journal_helpers import FakeClock, add_input, spec_json
 
 
@@ -176,27 +176,25 @@ def test_done_unmounted_with_its_share_keeps_the_input_instead_of_filling_the_ba
     nas = tmp_path / "nas"
     done = nas / "done"
     done.mkdir(parents=True)
-    settings = Settings.model_validate(
-        {
-            "paths": {
-                "inbox": tmp_path / "inbox",
-                "outbox": tmp_path / "outbox",
-                "state": tmp_path / "state",
-                "done": done,
-            }
-        }
-    )
+    share = FakeMount(monkeypatch, nas)
+    paths = {
+        "inbox": tmp_path / "inbox",
+        "outbox": tmp_path / "outbox",
+        "state": tmp_path / "state",
+        "done": done,
+    }
+    settings = Settings.model_validate({"paths": paths})
     finisher = Finisher(settings, Folders.from_paths(settings.paths.resolved()), journal, clock)
     _, claimed = _claimed(tmp_path, journal, "fox.txt", jobs=1)
     _run_one(journal)
-    done.rmdir()  # the share is unmounted, done/ with it ...
-    remount = on_another_disk(monkeypatch, nas)  # ... leaving its bare mount point
+    done.rmdir()  # the share is unmounted, and done/ with it
+    share.unmount()
 
     assert finisher.finish_ready() == 0
-    assert claimed.exists() and not done.exists(), "done/ was made again on the local disk"
-    assert any("along with the disk or share it was on" in line for line in logged)
+    assert claimed.exists() and not done.exists(), "done/ was made again on the bare mount point"
+    assert any(f"{done} is on {nas}, which is no longer mounted" in line for line in logged)
 
-    remount()
+    share.mount()
     done.mkdir()
     clock.advance(5)
     assert finisher.finish_ready() == 1

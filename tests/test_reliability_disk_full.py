@@ -19,7 +19,7 @@ import pytest
 from loguru import logger
 
 from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
-from tests.mounts_faked import on_another_disk
+from tests.mounts_faked import FakeMount
 from tests.reliability_checks import (
     assert_every_input_ended_exactly_once,
     assert_journal_consistent,
@@ -152,23 +152,23 @@ def test_an_outbox_unmounted_with_its_share_waits_instead_of_filling_the_bare_mo
     sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, logged: list[str]
 ) -> None:
     _retry_config(sandbox, max_attempts=1)
+    sandbox.outbox.mkdir(parents=True)
+    share = FakeMount(monkeypatch, sandbox.outbox)  # the outbox is a share's mount point
     with RunningDaemon(sandbox.settings()) as running:
         wait_for(lambda: any(line.startswith("ready: ") for line in logged), what="the daemon ready")
-        sandbox.outbox.rmdir()  # the share is unmounted: the outbox goes with it ...
-        remount = on_another_disk(monkeypatch, sandbox.root)  # ... leaving its bare mount point
+        share.unmount()
         sandbox.drop("fox.txt", "a fox in snow\nseed: 5\nsteps: 2\n")
-        wait_for(lambda: any("along with the disk or share" in line for line in logged), what="the wait")
+        wait_for(lambda: any("which is no longer mounted" in line for line in logged), what="the wait")
         time.sleep(1.5)  # a few more tries
         assert running.error is None
-        assert not sandbox.outbox.exists(), "the outbox was made again on the local disk"
+        assert sandbox.images() == [], "an image was written onto the bare mount point"
         assert sandbox.journal_rows("SELECT state, attempts, error FROM jobs") == [("running", 1, None)]
         assert sandbox.files(sandbox.failed) == []
-        remount()
-        sandbox.outbox.mkdir()  # mounted again
+        share.mount()
         wait_for(lambda: (sandbox.done / "fox.txt").exists(), what="the job to finish")
 
-    gone = [line for line in logged if "along with the disk or share" in line]
-    assert len(gone) == 1 and "findmnt" in gone[0], "said once, with what to check"
+    gone = [line for line in logged if "which is no longer mounted" in line]
+    assert len(gone) == 1 and f"mount {sandbox.outbox}" in gone[0], "said once, with what to do"
     assert [p.name for p in sandbox.images()] == ["fox_5_0.png"]
     assert sandbox.journal_rows("SELECT state, attempts FROM jobs") == [("done", 1)]
 
