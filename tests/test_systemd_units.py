@@ -147,6 +147,8 @@ def test_unit_names_the_folders_from_the_effective_settings(sandbox: Sandbox) ->
     assert f"-{sandbox.inbox}" in unit["ReadWritePaths"]
     assert f'"-{sandbox.root}/my 100%% outbox"' in unit["ReadWritePaths"]
     assert f"-{sandbox.state}" in unit["ReadWritePaths"]  # set in the config, so not StateDirectory's
+    [mounts] = unit["RequiresMountsFor"]  # started before a share, it would write on the mount point
+    assert mounts.startswith(f"{sandbox.inbox} ") and f'"{sandbox.root}/my 100%% outbox"' in mounts
 
 
 def test_settings_flags_given_to_install_service_reach_the_services_run_with_absolute_folders(

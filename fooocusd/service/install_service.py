@@ -99,8 +99,9 @@ def render_unit(kind: UnitKind, paths: UnitPaths) -> str:
     if kind == "user":
         return _USER_UNIT.format(common=common)
     read_write = "\n".join(f"ReadWritePaths={_path_word('-' + str(path))}" for path in paths.writable)
+    mounts = " ".join(_path_word(str(path)) for path in paths.writable)
     template = _TEMPLATE_UNIT if kind == "template" else _SYSTEM_UNIT
-    return template.format(common=common, hardening=_HARDENING, read_write=read_write)
+    return template.format(common=common, hardening=_HARDENING, read_write=read_write, mounts=mounts)
 
 
 PACKAGED_SYSTEM_PATHS = UnitPaths(
@@ -273,6 +274,9 @@ _SYSTEM_UNIT = """\
 [Unit]
 Description=fooocusd watch-folder image generation daemon
 After=local-fs.target nvidia-persistenced.service
+# Start only once the disks and shares holding the folders are mounted: started before a share,
+# the daemon would make its folders on the bare mount point, on the local disk.
+RequiresMountsFor={mounts}
 StartLimitIntervalSec=10min
 StartLimitBurst=5
 
@@ -302,6 +306,9 @@ _TEMPLATE_UNIT = """\
 [Unit]
 Description=fooocusd watch-folder image generation daemon on GPU %i
 After=local-fs.target nvidia-persistenced.service
+# Start only once the disks and shares holding the folders are mounted: started before a share,
+# the daemon would make its folders on the bare mount point, on the local disk.
+RequiresMountsFor={mounts}
 StartLimitIntervalSec=10min
 StartLimitBurst=5
 
