@@ -10,6 +10,7 @@ from typing import Literal
 
 from fooocusd.errors import FooocusdError
 from fooocusd.service.free_space import folder_space, free_text
+from fooocusd.service.fstab_mounts import unmounted_mount_above
 from fooocusd.settings import Settings
 
 _LARGE_JOURNAL_BYTES = 1024**3
@@ -101,6 +102,11 @@ def _folders(settings: Settings) -> list[Check]:
         checks.append(Check("folder layout", "fail", exc.message))
     for name in ("inbox", "outbox", "done", "failed", "state"):
         path: Path = getattr(paths, name)
+        point = unmounted_mount_above(path)
+        if point is not None:
+            detail = f"{path} is under {point}, which /etc/fstab lists but is not mounted: mount it first"
+            checks.append(Check(f"{name} folder", "fail", detail))
+            continue
         space = folder_space(name, path)
         if space is None or not os.access(space.existing, os.W_OK | os.X_OK):
             checks.append(Check(f"{name} folder", "fail", f"{path} is not writable"))

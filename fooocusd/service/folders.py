@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fooocusd.errors import ConfigError
 from fooocusd.intake.layout import check_folder_layout
+from fooocusd.service.fstab_mounts import unmounted_mount_above
 from fooocusd.settings import ResolvedPaths, Settings
 
 
@@ -50,6 +51,7 @@ def prepare_folders(settings: Settings) -> Folders:
     """Resolve, check and create every folder. Raises ``ConfigError`` with a clear message."""
     folders = Folders.from_paths(settings.paths.resolved())
     check_folder_layout(settings)
+    _refuse_bare_mount_points(folders)
     for path in (
         folders.inbox,
         folders.outbox,
@@ -71,3 +73,21 @@ def prepare_folders(settings: Settings) -> Folders:
                 hint="fix its owner or permissions (chown/chmod), or point the setting elsewhere",
             )
     return folders
+
+
+def _refuse_bare_mount_points(folders: Folders) -> None:
+    for name, path in (
+        ("inbox", folders.inbox),
+        ("outbox", folders.outbox),
+        ("done", folders.done),
+        ("failed", folders.failed),
+        ("state", folders.state),
+    ):
+        point = unmounted_mount_above(path)
+        if point is not None:
+            raise ConfigError(
+                f"the {name} folder {path} is under {point}, which /etc/fstab lists but is not mounted: "
+                "fooocusd would write to the local disk beneath it",
+                hint=f"mount it first (`mount {point}`); if the folder is meant to be on this disk, "
+                f"move it out from under {point}",
+            )
