@@ -38,6 +38,7 @@ TEMP_AND_JUNK_NAMES = [
     "Icon\r",
     "Thumbs.db",
     "desktop.ini",
+    "cat.png:Zone.Identifier",  # Windows Explorer copying into WSL
     ".nfs000000000123abcd00000001",
     ".directory",
     ".fooocusd-cat.png.1a2b.part",

@@ -131,6 +131,7 @@ IGNORED_FILE_RULES = _rules(
         (r"^\.VolumeIcon\.icns$", "macOS volume icon"),
         (r"^Thumbs\.db$|^ehthumbs(_vista)?\.db$", "Windows thumbnail cache"),
         (r"^desktop\.ini$", "Windows folder settings"),
+        (r":Zone\.Identifier$", "Windows download marker (copied in with a file, e.g. into WSL)"),
         (r"^\.nfs[0-9a-f]+", "NFS silly-rename of a deleted open file"),
         (r"^\.directory$", "KDE folder settings"),
         (r"@SynoEAStream$|@SynoResource$", "Synology metadata"),
