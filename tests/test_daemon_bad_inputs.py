@@ -121,6 +121,8 @@ def test_names_that_are_not_utf8_are_renamed_then_run_with_their_picture_still_p
     Image.new("RGB", (64, 64), "red").save(os.fsdecode(inbox + b"/shed-\xff.png"))
     with open(inbox + b"/shed-\xff.txt", "w") as job:
         job.write("a shed\nseed: 6\n")
+    with open(inbox + b"/new\nline.txt", "w") as job:  # a newline in a name would split log lines
+        job.write("a newline\nseed: 8\n")
     os.mkdir(inbox + b"/\xe9t\xe9")
     with open(inbox + b"/\xe9t\xe9/summer.txt", "w") as job:
         job.write("summer\nseed: 7\n")
@@ -130,19 +132,23 @@ def test_names_that_are_not_utf8_are_renamed_then_run_with_their_picture_still_p
     assert summary.ok and summary.inputs_failed == 0
     assert sorted(p.relative_to(sandbox.outbox).as_posix() for p in sandbox.images()) == [
         "caf\ufffd_5_0.png",
+        "new\ufffdline_8_0.png",
         "shed-\ufffd_6_0.png",
         "\ufffdt\ufffd/summer_7_0.png",
     ]
     assert sorted(p.relative_to(sandbox.done).as_posix() for p in sandbox.files(sandbox.done)) == [
         "caf\ufffd.txt",
+        "new\ufffdline.txt",
         "shed-\ufffd.png",
         "shed-\ufffd.txt",
         "\ufffdt\ufffd/summer.txt",
     ]
     assert sandbox.files(sandbox.inbox) == []
-    renames = [line for line in logged if "is not valid UTF-8" in line]
+    renames = [line for line in logged if "is not valid UTF-8" in line]  # one line each
     assert any(line.startswith("caf\\xe9.txt: ") and "renamed to caf\ufffd.txt" in line for line in renames)
     assert any("its folder was renamed to \ufffdt\ufffd" in line for line in renames)
+    assert any(line.startswith("new\\nline.txt: its name holds a control character") for line in logged)
+    assert not any("new\nline" in line for line in logged), "a log line was split by the name"
 
 
 def test_bad_files_with_names_near_the_limit_end_in_failed_with_their_error_files(sandbox: Sandbox) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fooocusd.intake.readable_names import is_readable, readable, rename_readable, shown
+from fooocusd.intake.readable_names import is_readable, readable, rename_readable, shown, why_unreadable
 
 LATIN1 = os.fsdecode(b"caf\xe9.txt")  # what os.listdir gives for a Latin-1 name
 
@@ -63,3 +63,11 @@ def test_a_taken_readable_name_gets_the_next_free_variant(tmp_path: Path) -> Non
 def test_a_file_gone_before_its_rename_says_so(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         rename_readable(tmp_path, LATIN1)
+
+
+def test_a_name_with_a_control_character_is_renamed_and_shown_on_one_line() -> None:
+    name = "fake\nERROR done.txt"  # would forge a log line
+    assert not is_readable(name) and not is_readable("tab\there.txt")
+    assert readable(name) == "fake\ufffdERROR done.txt"
+    assert shown(name) == "fake\\nERROR done.txt"
+    assert "control character" in why_unreadable(name) and "UTF-8" in why_unreadable(LATIN1)

@@ -25,7 +25,7 @@ from fooocusd.engine.factory import create_engine
 from fooocusd.engine.styles import StyleLibrary
 from fooocusd.errors import ConfigError, DiskWait, FooocusdError
 from fooocusd.intake.pairing import Pairer
-from fooocusd.intake.readable_names import is_readable, rename_readable, shown
+from fooocusd.intake.readable_names import is_readable, rename_readable, shown, why_unreadable
 from fooocusd.intake.watcher import InboxWatcher, Ready
 from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.journal.journal import Journal, no_room_to_open, unfinished_jobs
@@ -368,7 +368,8 @@ class Daemon:
             self._wake_worker.set()
 
     def _rename_unreadable(self, watcher: InboxWatcher, item: Ready) -> None:
-        """A name that is not UTF-8 is renamed in place; the renamed file is taken like any other."""
+        """A name that is not UTF-8, or holds control characters, is renamed in place; the renamed
+        file is taken like any other."""
         watcher.forget(item.path)
         name = shown(item.relpath)
         try:
@@ -381,9 +382,9 @@ class Daemon:
         self.intake_trouble.taken(name)
         what = "it was" if renamed.is_file() else "its folder was"
         logger.warning(
-            "{}: its name is not valid UTF-8 (written by a tool using another character set), so {} "
-            "renamed to {}",
+            "{}: {}, so {} renamed to {}",
             name,
+            why_unreadable(item.relpath),
             what,
             renamed.relative_to(watcher.inbox).as_posix(),
         )
