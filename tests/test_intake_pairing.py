@@ -181,3 +181,21 @@ def test_default_disk_check_sees_real_partner_files_but_not_links_or_folders(tmp
     assert [r.relpath for r in pairer.held()] == ["cat.png"]
     (tmp_path / "cat.toml").unlink()
     assert [d.image.relpath for d in pairer.release(now=10) if d.image] == ["cat.png"]
+
+
+def test_a_job_file_with_two_same_named_pictures_says_which_one_it_took(logged: list[str]) -> None:
+    pairer = Pairer(pair_wait_seconds=10)
+    files = ("IMG_0042.HEIC", "IMG_0042.JPG", "IMG_0042.txt")
+    pairer.offer([ready(name) for name in files], now=0)
+
+    drops = pairer.release(now=20, exists=Disk(*files))
+
+    assert [names(d) for d in drops] == [
+        ("IMG_0042.txt", "IMG_0042.HEIC", None),
+        (None, "IMG_0042.JPG", None),
+    ]
+    [said] = [line for line in logged if "pairs with" in line]
+    assert said.startswith(
+        "IMG_0042.txt pairs with IMG_0042.HEIC; IMG_0042.JPG (the same name) runs as a job"
+    )
+    assert said.rstrip().endswith("(image: IMG_0042.JPG)")

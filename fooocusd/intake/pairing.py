@@ -47,6 +47,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from loguru import logger
+
 from fooocusd.intake.ignore import IMAGE_EXTENSIONS, JOB_EXTENSIONS, MASK_MARKER, Kind, image_stem
 from fooocusd.intake.watcher import Ready
 
@@ -224,6 +226,7 @@ class Pairer:
                 ):
                     break
                 drop = Drop(spec.ready, image.ready, mask.ready if mask else None)
+                _say_which_picture(spec.ready, image.ready, group.images[1:])
             elif spec:
                 image_arriving = arriving(image_names_for(stem))
                 if image_arriving and not self._gave_up(spec.since, now):
@@ -371,3 +374,18 @@ def _regular_file_names(folder: Path) -> frozenset[str]:
             return frozenset(entry.name for entry in entries if entry.is_file(follow_symlinks=False))
     except OSError:
         return frozenset()
+
+
+def _say_which_picture(spec: Ready, image: Ready, others: list[_Held]) -> None:
+    """Several pictures share the job file's name (``IMG_0042.HEIC`` and ``IMG_0042.JPG``): say
+    which one it took, since the others then run as jobs of their own."""
+    if others:
+        logger.warning(
+            "{} pairs with {}; {} (the same name) {} a job of its own. To choose, name the picture in "
+            "the job file (image: {})",
+            spec.relpath,
+            image.path.name,
+            ", ".join(held.ready.path.name for held in others),
+            "runs as" if len(others) == 1 else "each run as",
+            others[0].ready.path.name,
+        )
