@@ -54,8 +54,9 @@ def shown(name: str) -> str:
 
 
 def rename_readable(inbox: Path, relpath: str) -> Path:
-    """Rename the topmost part of ``relpath`` (a folder, or the file itself) whose name is not UTF-8
-    to its readable form, or the next free ``name-N`` variant. Returns the new path of that part.
+    """Rename the topmost part of ``relpath`` (a folder, or the file itself) whose name is not
+    readable (``is_readable``) to its readable form, or the next free ``name-N`` variant. Returns
+    the new path of that part.
 
     Raises ``FileNotFoundError`` when it is gone (a folder above it was renamed meanwhile), and
     ``ValueError`` when every part is readable."""

@@ -25,8 +25,8 @@ NAMES_SHOWN = 10
 class InboxWaiting:
     files: int = 0
     empty: list[str] = field(default_factory=list)
-    """Paths relative to the inbox of the empty files, the first ``NAMES_SHOWN``; bytes that are
-    not UTF-8 are written as ``\\xe9``."""
+    """Paths relative to the inbox of the empty files, the first ``NAMES_SHOWN``, as ``shown``
+    writes them (a byte that is not UTF-8 as ``\\xe9``, a newline as ``\\n``)."""
     empty_count: int = 0
 
     def record(self) -> dict[str, Any]:
