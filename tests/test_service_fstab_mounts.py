@@ -16,18 +16,35 @@ from tests.daemon_harness import Sandbox
 from tests.mounts_faked import FakeMount
 
 
-def _fstab(tmp_path: Path, *mount_points: str) -> Path:
+def _fstab(tmp_path: Path, *mount_points: str, local: str = "/home") -> Path:
     lines = ["# /etc/fstab: static file system information.", "UUID=1234 / ext4 defaults 0 1"]
     lines += ["/swapfile none swap sw 0 0", "proc /proc proc defaults 0 0"]
+    lines += [f"UUID=5678 {local} ext4 defaults 0 2"]  # a local disk: always there, never counted
     lines += [f"nas:/export {point} nfs defaults,_netdev 0 0" for point in mount_points]
     path = tmp_path / "fstab"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def test_mount_points_are_read_with_escaped_spaces_and_without_swap_or_root(tmp_path: Path) -> None:
+def test_shares_and_removable_disks_are_read_with_escaped_spaces_and_local_disks_are_not(
+    tmp_path: Path,
+) -> None:
     fstab = _fstab(tmp_path, "/mnt/my\\040nas", "/srv/renders")
-    assert fstab_mount_points(fstab) == [Path("/proc"), Path("/mnt/my nas"), Path("/srv/renders")]
+    with fstab.open("a") as more:
+        more.write("UUID=9abc /media/usb exfat defaults,nofail 0 0\n")
+        more.write("sshfs#me@host:/ /mnt/host fuse.sshfs defaults 0 0\n")
+    assert fstab_mount_points(fstab) == [
+        Path("/mnt/my nas"),
+        Path("/srv/renders"),
+        Path("/media/usb"),
+        Path("/mnt/host"),
+    ]
+
+
+def test_a_local_disk_listed_but_not_mounted_as_in_a_container_does_not_count(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    assert unmounted_mount_above(data / "outbox", _fstab(tmp_path, local=str(data))) is None
 
 
 def test_a_folder_under_a_listed_mount_point_that_is_not_mounted_is_found(tmp_path: Path) -> None:
