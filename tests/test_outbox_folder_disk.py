@@ -18,13 +18,20 @@ def test_a_folder_on_the_root_filesystem_is_never_waited_for(tmp_path: Path) -> 
     disk.check()
 
 
-def test_a_share_unmounted_leaving_its_bare_mount_point_is_waited_for(
+def _renders_on_a_share(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[Path, FakeMount, FolderDisk]:
+    """``nas/renders``, with ``nas`` mounted when fooocusd notes its disk."""
     nas = tmp_path / "nas"
     (nas / "renders").mkdir(parents=True)
     share = FakeMount(monkeypatch, nas)
-    disk = FolderDisk(nas / "renders")
+    return nas, share, FolderDisk(nas / "renders")
+
+
+def test_a_share_unmounted_leaving_its_bare_mount_point_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nas, share, disk = _renders_on_a_share(tmp_path, monkeypatch)
     assert disk.mount == nas
 
     share.unmount()
@@ -40,10 +47,7 @@ def test_a_share_unmounted_leaving_its_bare_mount_point_is_waited_for(
 def test_a_folder_deleted_from_a_disk_still_mounted_is_made_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    nas = tmp_path / "nas"
-    (nas / "renders").mkdir(parents=True)
-    FakeMount(monkeypatch, nas)
-    disk = FolderDisk(nas / "renders")
+    nas, _, disk = _renders_on_a_share(tmp_path, monkeypatch)
     (nas / "renders").rmdir()
 
     disk.check()  # no error: the worker makes it again

@@ -25,20 +25,23 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def is_readable(name: str) -> bool:
     """True when ``name`` (as ``os.fsdecode`` gives it) is valid UTF-8 without control characters,
     so it can be stored and logged anywhere."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return _CONTROL.search(name) is None
+    return _is_utf8(name) and _CONTROL.search(name) is None
 
 
 def why_unreadable(name: str) -> str:
     """Why ``name`` gets renamed, in words."""
+    if not _is_utf8(name):
+        return "its name is not valid UTF-8 (written by a tool using another character set)"
+    return "its name holds a control character (a newline, a tab), which would break the log's lines"
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a name with stray bytes, which ``os.fsdecode`` carries as lone surrogates."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        return "its name is not valid UTF-8 (written by a tool using another character set)"
-    return "its name holds a control character (a newline, a tab), which would break the log's lines"
+        return False
+    return True
 
 
 def readable(name: str) -> str:
