@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import unicodedata
 from pathlib import Path
 
 from fooocusd.intake.ignore import classify_name
@@ -172,3 +173,17 @@ def test_crash_mid_claim_copies_a_shared_file_and_leaves_the_original_for_the_ot
         assert journal.get_input(input_id).state == "claimed"  # type: ignore[union-attr]
     assert (claim / "named" / "ref.png").read_bytes() == ref.read_bytes()
     assert ref.exists()  # the other job files naming it still find it in the inbox
+
+
+def test_a_named_image_is_found_when_a_mac_spelled_its_name_apart(sandbox: Sandbox) -> None:
+    # rsync from a Mac, or Finder on a Samba share, writes é as e + a combining accent; the
+    # job file's name for it was typed as one character. Both print as café.png.
+    from_a_mac, typed = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    _with_upscaler(sandbox).drop(f"{from_a_mac}.png", _png())
+    sandbox.drop("job.toml", f'image = "{typed}.png"\n' + FAST)
+    summary = sandbox.drain()
+    assert summary.ok and summary.jobs_done == 1, _error_reports(sandbox)
+    (image,) = sandbox.images()  # the picture was not also varied on its own
+    sidecar = json.loads(image.with_suffix(".json").read_text())
+    assert sidecar["image_action"]["source_image"] == f"{from_a_mac}.png"
+    assert _relative(sandbox.done, sandbox) == [f"{from_a_mac}.png", "job.toml"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import replace
 from pathlib import Path
 
@@ -199,3 +200,19 @@ def test_a_job_file_with_two_same_named_pictures_says_which_one_it_took(logged: 
         "IMG_0042.txt pairs with IMG_0042.HEIC; IMG_0042.JPG (the same name) runs as a job"
     )
     assert said.rstrip().endswith("(image: IMG_0042.JPG)")
+
+
+def test_a_job_file_pairs_with_its_picture_whatever_unicode_spelling_each_name_has(tmp_path: Path) -> None:
+    typed, from_a_mac = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    (tmp_path / f"{from_a_mac}.txt").write_text("a bowl")
+    (tmp_path / f"{typed}.png").write_bytes(b"png")
+
+    def on_disk(name: str) -> Ready:
+        kind = classify_name(name).kind
+        return Ready(path=tmp_path / name, relpath=name, kind=kind, size=3, mtime_ns=1, inode=1)
+
+    pairer = Pairer(pair_wait_seconds=10)
+    pairer.offer([on_disk(f"{from_a_mac}.txt")], now=0)
+    assert pairer.release(now=1) == []  # its picture is on disk, still settling: the job waits
+    pairer.offer([on_disk(f"{typed}.png")], now=2)
+    assert [names(d) for d in pairer.release(now=2)] == [(f"{from_a_mac}.txt", f"{typed}.png", None)]

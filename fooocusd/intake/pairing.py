@@ -2,7 +2,9 @@
 
 A *drop* is what becomes one job: a spec (``.toml``/``.txt``), an image, or both, plus an
 optional mask. Files pair when they share a folder and a stem: ``cat.png`` + ``cat.toml``
-(+ ``cat.mask.png``). Stems are compared exactly (case-sensitive); extensions in any case.
+(+ ``cat.mask.png``). Stems are compared case-sensitively but in one Unicode normalisation
+(``unicode_spelling``: a ``café.txt`` typed on Linux pairs with a ``café.png`` from a Mac);
+extensions in any case.
 
 Rules, applied on every ``release`` call:
 
@@ -51,6 +53,7 @@ from loguru import logger
 
 from fooocusd.intake.ignore import IMAGE_EXTENSIONS, JOB_EXTENSIONS, MASK_MARKER, Kind, image_stem
 from fooocusd.intake.watcher import Ready
+from fooocusd.unicode_spelling import comparable, spelled_on_disk
 
 _PAIRABLE = frozenset({Kind.JOB, Kind.IMAGE, Kind.MASK})
 
@@ -122,8 +125,8 @@ class _DiskLookup:
             return self._exists(folder / name)
         listing = self._listings.get(folder)
         if listing is None:
-            listing = self._listings[folder] = _regular_file_names(folder)
-        return name in listing
+            listing = self._listings[folder] = _regular_file_names(spelled_on_disk(folder))
+        return comparable(name) in listing
 
 
 class Pairer:
@@ -141,7 +144,7 @@ class Pairer:
         self._named_by = named_by
         self._clock = clock
         self._groups: dict[tuple[Path, str], _Group] = {}
-        # Released files still on disk are not "a partner that is still arriving".
+        # Released files still on disk are not "a partner that is still arriving" (``_normal`` paths).
         self._released: set[Path] = set()
 
     def offer(self, ready: Iterable[Ready], now: float | None = None) -> None:
@@ -153,7 +156,7 @@ class Pairer:
                 raise ValueError(
                     f"{item.relpath}: only job, image and mask files can be paired, got {item.kind}"
                 )
-            self._released.discard(item.path)
+            self._released.discard(_normal(item.path))
             group = self._groups.setdefault(_group_key(item, kind), _Group())
             bucket = _bucket(group, kind)
             bucket[:] = [held for held in bucket if held.ready.path != item.path]
@@ -209,9 +212,11 @@ class Pairer:
 
             # Partners always share the group key, so "offered already" means "in this group".
             def arriving(names: list[str]) -> bool:
-                offered = {held.ready.path.name for held in group.all()}
+                offered = {comparable(held.ready.path.name) for held in group.all()}
                 return any(
-                    name not in offered and disk.has(folder, name) and folder / name not in self._released
+                    name not in offered
+                    and disk.has(folder, name)
+                    and _normal(folder / name) not in self._released
                     for name in names
                 )
 
@@ -265,7 +270,7 @@ class Pairer:
                 continue
             for bucket in (candidate.specs, candidate.images, candidate.masks):
                 bucket[:] = [held for held in bucket if held.ready.path not in taken]
-        self._released.update(taken)
+        self._released.update(_normal(path) for path in taken)
 
     # -- files named by job files ----------------------------------------------------------------
 
@@ -328,8 +333,9 @@ class Pairer:
 
 
 def _normal(path: Path) -> Path:
-    """Absolute, with ``.`` and ``..`` folded (links are not followed), for comparing named paths."""
-    return Path(os.path.normpath(os.path.abspath(path)))
+    """Absolute, with ``.`` and ``..`` folded (links are not followed) and in one Unicode
+    normalisation, for comparing paths; never for opening one."""
+    return Path(comparable(os.path.normpath(os.path.abspath(path))))
 
 
 def _pairing_kind(item: Ready) -> Kind | None:
@@ -342,7 +348,7 @@ def _pairing_kind(item: Ready) -> Kind | None:
 def _group_key(item: Ready, kind: Kind) -> tuple[Path, str]:
     name = item.path.name
     stem = image_stem(name) if kind is Kind.MASK else PurePosixPath(name).stem
-    return item.path.parent, stem
+    return item.path.parent, comparable(stem)
 
 
 def _bucket(group: _Group, kind: Kind) -> list[_Held]:
@@ -371,7 +377,9 @@ def mask_names_for(stem: str) -> list[str]:
 def _regular_file_names(folder: Path) -> frozenset[str]:
     try:
         with os.scandir(folder) as entries:
-            return frozenset(entry.name for entry in entries if entry.is_file(follow_symlinks=False))
+            return frozenset(
+                comparable(entry.name) for entry in entries if entry.is_file(follow_symlinks=False)
+            )
     except OSError:
         return frozenset()
 

@@ -15,6 +15,7 @@ from typing import Literal
 from fooocusd.errors import InvalidInput
 from fooocusd.jobs.images import ImageInfo, inspect_image, require_mask_fits
 from fooocusd.jobs.spec import JobSpec
+from fooocusd.unicode_spelling import spelled_on_disk
 
 Role = Literal["image", "mask", "image prompt"]
 _EXAMPLES: dict[Role, str] = {
@@ -34,9 +35,10 @@ def paths_named_by(spec: JobSpec) -> list[str]:
 
 
 def resolve_written_path(value: str, job_file: Path) -> Path:
-    """Where a path written in a job file points: relative to the job file, ``~`` expanded."""
+    """Where a path written in a job file points: relative to the job file, ``~`` expanded, and
+    spelled as on disk where only Unicode normalisation differs (``café`` typed, ``café`` from a Mac)."""
     written = Path(os.path.expanduser(value)) if value.startswith("~") else Path(value)
-    return written if written.is_absolute() else job_file.parent / written
+    return spelled_on_disk(written if written.is_absolute() else job_file.parent / written)
 
 
 class DropFiles:

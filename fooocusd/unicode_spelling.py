@@ -1,0 +1,49 @@
+"""Names that look alike but are spelled apart: Unicode normalisation.
+
+``é`` can be stored as one character (NFC, what keyboards type on Linux and Windows) or as ``e``
+plus a combining accent (NFD, what macOS writes). Linux compares names byte by byte, so
+``café.png`` copied from a Mac by rsync (without ``--iconv``), or saved by Finder onto a Samba
+share, is not the ``café.png`` a job file names, nor the partner of a ``café.txt`` typed on
+Linux, although both print the same. Names are compared here in NFC, and a written path is
+mapped to the spelling the disk has.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from pathlib import Path
+
+
+def comparable(name: str) -> str:
+    """``name`` in the one spelling used to compare names (NFC)."""
+    return name if name.isascii() else unicodedata.normalize("NFC", name)
+
+
+def spelled_on_disk(path: Path) -> Path:
+    """``path``, with each part that is not on disk as written replaced by the entry of its
+    folder that differs from it only in normalisation. ``path`` itself when it is there as
+    written, or when no such entry exists (the caller then says it is missing)."""
+    if str(path).isascii() or os.path.lexists(path):
+        return path
+    found = Path(path.anchor)
+    for part in path.parts[1:] if path.anchor else path.parts:
+        candidate = found / part
+        if not os.path.lexists(candidate):
+            alike = _entry_spelled_alike(found, part)
+            if alike is None:
+                return path
+            candidate = found / alike
+        found = candidate
+    return found
+
+
+def _entry_spelled_alike(folder: Path, part: str) -> str | None:
+    if part.isascii():
+        return None  # ASCII has one spelling
+    wanted = comparable(part)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return None
+    return next((name for name in names if comparable(name) == wanted), None)

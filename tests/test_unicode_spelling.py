@@ -1,0 +1,46 @@
+"""A name typed in one Unicode normalisation finds the file a Mac wrote in the other."""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+from fooocusd.unicode_spelling import comparable, spelled_on_disk
+
+TYPED = unicodedata.normalize("NFC", "café")  # one character for é, as keyboards write it
+FROM_A_MAC = unicodedata.normalize("NFD", "café")  # e + a combining accent, as macOS writes it
+
+
+def test_the_two_spellings_differ_on_disk_but_compare_alike() -> None:
+    assert TYPED != FROM_A_MAC
+    assert comparable(TYPED) == comparable(FROM_A_MAC)
+
+
+def test_a_typed_name_finds_the_file_a_mac_wrote(tmp_path: Path) -> None:
+    on_disk = tmp_path / f"{FROM_A_MAC}.png"
+    on_disk.write_bytes(b"png")
+    assert spelled_on_disk(tmp_path / f"{TYPED}.png") == on_disk
+
+
+def test_each_folder_on_the_way_is_found_in_its_own_spelling(tmp_path: Path) -> None:
+    folder = tmp_path / f"{FROM_A_MAC}-photos" / "2024"
+    folder.mkdir(parents=True)
+    (folder / f"{TYPED}.png").write_bytes(b"png")
+    found = spelled_on_disk(tmp_path / f"{TYPED}-photos" / "2024" / f"{FROM_A_MAC}.png")
+    assert found == folder / f"{TYPED}.png"
+    assert found.is_file()
+
+
+def test_a_relative_path_stays_relative(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    Path(f"{FROM_A_MAC}.png").write_bytes(b"png")
+    assert spelled_on_disk(Path(f"{TYPED}.png")) == Path(f"{FROM_A_MAC}.png")
+
+
+def test_a_name_that_is_there_as_written_or_nowhere_is_given_back_unchanged(tmp_path: Path) -> None:
+    (tmp_path / f"{TYPED}.png").write_bytes(b"typed")
+    (tmp_path / f"{FROM_A_MAC}.png").write_bytes(b"from a mac")
+    assert spelled_on_disk(tmp_path / f"{TYPED}.png") == tmp_path / f"{TYPED}.png"
+    assert spelled_on_disk(tmp_path / f"{FROM_A_MAC}.png") == tmp_path / f"{FROM_A_MAC}.png"
+    assert spelled_on_disk(tmp_path / "naïve.png") == tmp_path / "naïve.png"
+    assert spelled_on_disk(tmp_path / "plain.png") == tmp_path / "plain.png"
