@@ -207,6 +207,11 @@ class EngineSettings(_Section):
         description="At start, render one discarded image at generation.aspect when compile or CUDA "
         "graphs are on, so that the daemon reports ready once the first job will not wait for compiling.",
     )
+    unload_when_paused: bool = Field(
+        True,
+        description="While `fooocusd pause` holds the queue, unload the model from GPU memory; it is "
+        "loaded again (and warmed up) when the pause ends.",
+    )
     cuda_graphs: Literal["auto", "off", "on"] = Field(
         "auto",
         description="Replay the base UNet (one graph per input shape) and the text encoders as "

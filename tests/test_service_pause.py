@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fooocusd.cli import main
@@ -119,3 +120,69 @@ def test_a_state_folder_on_a_full_disk_is_said_with_where_to_free_space(
     said = " ".join(capsys.readouterr().err.split())
     assert "paused.json: No space left on device" in said
     assert f"free some space on the disk that holds {sandbox.state}" in said and "sudo" not in said
+
+
+def test_resting_unloads_a_real_engine_and_waking_loads_the_same_model_again(
+    tmp_path: Path, logged: list[str]
+) -> None:
+    from fooocusd.engine.factory import create_engine
+    from fooocusd.service.engine_rest import EngineRest
+    from fooocusd.settings import EngineSettings
+    from tests.engine_helpers import default_request
+
+    engine = create_engine(EngineSettings(model="tiny-random", device="cpu"), tmp_path, tmp_path)
+    engine.load()
+    before = np.asarray(engine.generate(default_request(steps=2)).finished())
+    rest = EngineRest(engine, load_again=engine.load)
+
+    rest.rest()
+    rest.rest()  # once is enough
+    assert engine.describe()["loaded"] is False
+    rest.wake()
+    assert engine.describe()["loaded"] is True
+    after = np.asarray(engine.generate(default_request(steps=2)).finished())
+    assert np.array_equal(before, after), "the model loaded again renders as before"
+    said = [line.rstrip() for line in logged if "unloaded" in line or "loaded again" in line]
+    assert said[0] == "paused: the model is unloaded; it is loaded again when the pause ends"
+    assert said[1].startswith("the model is loaded again, in ")
+    assert len(said) == 2
+
+
+def _spied_engine_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the engine's unload, load and warm-up calls; each still runs."""
+    from fooocusd.engine.router import FamilyRouter
+
+    calls: list[str] = []
+    for name in ("unload", "load", "warm_up"):
+        real = getattr(FamilyRouter, name)
+
+        def spy(self: FamilyRouter, *args: object, _real=real, _name=name, **kwargs: object) -> object:  # type: ignore[no-untyped-def]
+            calls.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(FamilyRouter, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("unload", [True, False])
+def test_a_pause_frees_the_gpu_and_resume_loads_the_model_before_the_next_job(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, unload: bool
+) -> None:
+    calls = _spied_engine_calls(monkeypatch)
+    settings = sandbox.settings()
+    engine = settings.engine.model_copy(update={"unload_when_paused": unload})
+    sandbox.drop("fox.txt", "a fox\nsteps: 2\n")
+    with RunningDaemon(settings.model_copy(update={"engine": engine})):
+        wait_for(lambda: len(sandbox.images()) == 1, what="the first image")
+        pause_queue(sandbox.state, None)
+        sandbox.drop("owl.txt", "an owl\nsteps: 2\n")
+        wait_for(lambda: ("queued",) in sandbox.journal_rows("SELECT state FROM jobs"), what="owl queued")
+        if unload:
+            wait_for(lambda: "unload" in calls, what="the model unloaded")
+        else:
+            time.sleep(1.0)  # several worker ticks while paused
+        assert len(sandbox.images()) == 1
+        resume_queue(sandbox.state)
+        wait_for(lambda: len(sandbox.images()) == 2, what="the job queued during the pause")
+    after_start = calls[calls.index("warm_up") + 1 :]
+    assert after_start == (["unload", "load", "warm_up"] if unload else [])

@@ -243,6 +243,11 @@ def free_device_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
+def reserved_memory(device: torch.device) -> int | None:
+    """Bytes the CUDA caching allocator holds on ``device``; None on other devices."""
+    return torch.cuda.memory_reserved(device) if device.type == "cuda" else None
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued CUDA work, so that a stage's timing includes it."""
     if device.type == "cuda":

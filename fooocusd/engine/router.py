@@ -127,13 +127,19 @@ class FamilyRouter(SDXLEngine):
         """``sd15``/``sd2`` while an SD 1.x/2.x model is resident, else ``sdxl``."""
         return self._sd1x.family.family if self._sd1x is not None else "sdxl"
 
+    def unload(self) -> None:
+        """Drop whichever model is resident, of either family, and free its memory; ``load`` or the
+        next job loads one again."""
+        self._drop_sd1x()
+        super().unload()
+
     # -- switching -----------------------------------------------------------------------------
 
     def _activate_sd1x(self, location: ModelLocation, info: FamilyInfo) -> SD1xEngine:
         if self._sd1x is not None and self._sd1x.location == location:
             return self._sd1x
         self._drop_sd1x()
-        self.unload()  # the SDXL pipeline goes first: one model resident at a time
+        super().unload()  # the SDXL pipeline goes first: one model resident at a time
         self._sd1x = SD1xEngine(
             location,
             info,

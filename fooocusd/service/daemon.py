@@ -30,6 +30,7 @@ from fooocusd.intake.watcher import InboxWatcher, Ready
 from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.journal.journal import Journal, no_room_to_open, unfinished_jobs
 from fooocusd.journal.space import journal_full
+from fooocusd.service.engine_rest import EngineRest
 from fooocusd.service.extras import DaemonExtras
 from fooocusd.service.finisher import Finisher
 from fooocusd.service.folders import Folders, prepare_folders
@@ -134,6 +135,7 @@ class Daemon:
         self.extras: DaemonExtras | None = None  # metrics endpoint and post-job hooks, while running
         self.start_timeline: StartTimeline | None = None
         """The last ``run``'s start, step by step (``start_timeline.py``)."""
+        self._engine_rest: EngineRest | None = None  # unloads the model while paused
 
     def run(self, *, drain: bool = False, state_locked: bool = False) -> Summary:
         """Serve until stopped (or, with ``drain``, until the inbox is empty). ``state_locked``: the
@@ -179,15 +181,20 @@ class Daemon:
             timeline.details["model"] = dict(engine.describe().get("load_steps_s") or {})
             expansion.preload()  # a broken expansion folder stops the start, not a job later
             timeline.reached("prompt expansion")
-            if self.settings.engine.warm_up:
-                self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
-                self.notifier.status("warming up: compiling the UNet or reading its compiled code back")
-                warm_up(
-                    engine,
-                    lambda: warm_up_request(self.settings, folders, preset_dirs, styles, expansion),
-                    should_stop=self.stop_intake.is_set,
-                )
-                timeline.reached("warm-up render")
+
+            def warm() -> None:
+                if self.settings.engine.warm_up:
+                    self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
+                    self.notifier.status("warming up: compiling the UNet or reading its compiled code back")
+                    warm_up(
+                        engine,
+                        lambda: warm_up_request(self.settings, folders, preset_dirs, styles, expansion),
+                        should_stop=self.stop_intake.is_set,
+                    )
+                    timeline.reached("warm-up render")
+
+            warm()
+            self._engine_rest = EngineRest(engine, load_again=lambda: (engine.load(), warm()))
             return self._serve(
                 folders, journal, engine, preset_dirs, styles, drain, expansion=expansion, timeline=timeline
             )
@@ -396,12 +403,16 @@ class Daemon:
                 plan = self.reloader.take_for_worker()  # between jobs: an image is never interrupted
                 if plan is not None:
                     apply_to_worker(plan, worker)
+                if self._engine_rest is not None and not self.paused.is_set():
+                    self._engine_rest.wake()  # resumed after the model was unloaded for the pause
                 self.pulse.job_started()
                 try:
                     ran = worker.run_one()
                 finally:
                     self.pulse.job_ended()
                 if not ran:
+                    if self.paused.is_set() and self.settings.engine.unload_when_paused and self._engine_rest:
+                        self._engine_rest.rest()  # nothing renders now: the GPU is free for others
                     self._wake_worker.wait(_TICK)
                     self._wake_worker.clear()
             worker.close()  # the last image still lands; jobs held for a batch go back to the queue

@@ -43,8 +43,9 @@ def pause_jobs(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     except OSError as exc:
         raise _cannot_change(state, exc) from exc
     if daemon_holding(state) is not None:
+        frees = "; then the model leaves GPU memory" if loaded.settings.engine.unload_when_paused else ""
         after = (
-            "the image being made finishes, then its job goes back to the queue; "
+            f"the image being made finishes, then its job goes back to the queue{frees}; "
             "files dropped meanwhile are queued"
         )
     else:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 # Dotted keys (or "section." prefixes) read once at start: a reload keeps their old values.
 RESTART_ONLY = (
     "paths.",
-    "engine.",  # device, dtype, attention...; engine.model is the exception (see needs_restart)
+    "engine.",  # device, dtype, attention...; except LIVE_DESPITE_PREFIX (see needs_restart)
     "intake.settle_seconds",
     "intake.open_write_wait_seconds",
     "intake.rescan_seconds",
@@ -54,7 +54,7 @@ RESTART_ONLY = (
     "metrics.",
     "hooks.queue_size",
 )
-LIVE_DESPITE_PREFIX = frozenset({"engine.model"})  # the engine swaps models per job
+LIVE_DESPITE_PREFIX = frozenset({"engine.model", "engine.unload_when_paused"})  # read per job, per pause
 
 
 def needs_restart(key: str) -> bool:
