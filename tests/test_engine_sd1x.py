@@ -157,6 +157,19 @@ def test_router_switches_sdxl_then_sd15_then_sdxl_with_one_model_resident(
     assert sdxl_again.image.tobytes() == sdxl_first.image.tobytes()
 
 
+def test_unloading_the_router_drops_an_sd15_model_too_and_load_brings_back_the_configured_one(
+    router: FamilyRouter, tiny: TinyModels
+) -> None:
+    router.generate(_request(model=tiny.sd15.stem))
+    assert router.active_family == "sd15"
+
+    router.unload()  # as a pause does
+    assert router.describe()["loaded"] is False and router.active_family == "sdxl"
+
+    router.load()
+    assert router.describe()["loaded"] is True and router.describe()["model_family"] == "sdxl"
+
+
 @pytest.mark.parametrize(
     ("overrides", "where", "words"),
     [
