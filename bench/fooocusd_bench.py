@@ -333,6 +333,11 @@ class Bench:
             return None
         return round(torch.cuda.max_memory_reserved() / 2**30, 2)
 
+    def reserved_gib(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        return round(torch.cuda.memory_reserved() / 2**30, 2)
+
     def resident_gib(self) -> float | None:
         if self.device.type != "cuda":
             return None
@@ -455,6 +460,35 @@ class Bench:
             "lora_folded": folded,
             "note": "switch times are the extra time of one image over a plain one; folded LoRAs "
             "(lora_folded) pay at the switch and cost ~0 per image, peft layers pay per step",
+        }
+
+    def pause(self) -> dict[str, Any]:
+        """What ``fooocusd pause`` gives back (``engine.unload_when_paused``): GPU memory held after
+        a default image, after the unload, and the cost of loading again at resume (the next image,
+        which captures its CUDA graphs again, against a steady one)."""
+        from fooocusd.service.engine_rest import EngineRest
+
+        engine = self.engine(replace(AccelerationOptions(vram="high"), layout_on_cpu=self.tiny))
+        engine.load()
+        self.timed(engine, self.request(), 2)
+        held = self.reserved_gib()
+        rest = EngineRest(engine, load_again=engine.load)
+        mark = time.perf_counter()
+        rest.rest()
+        unload_s = time.perf_counter() - mark
+        after = self.reserved_gib()
+        mark = time.perf_counter()
+        rest.wake()
+        reload_s = time.perf_counter() - mark
+        first, *steady = self.timed(engine, self.request(), 3)
+        return {
+            "reserved_gib_loaded": held,
+            "reserved_gib_paused": after,
+            "allocated_gib_paused": self.resident_gib(),
+            "unload_s": round(unload_s, 3),
+            "reload_s": round(reload_s, 2),
+            "first_image_after_resume_s": round(first, 3),
+            "image_s": round(statistics.median(steady), 3),
         }
 
     def expansion(self) -> dict[str, Any]:
@@ -1081,6 +1115,7 @@ class Bench:
                 "queue-inline", batch_size=1, background_writes=False
             ),
             "switches": self.switches,
+            "pause": self.pause,
             "expansion": self.expansion,
             "encoding": self.encoding,
             "postprocess": self.postprocess,

@@ -28,7 +28,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "--runs=1",
         "--queue-jobs=2",
         "--cases=defaults,queue,low_vram,fp8_matmul,expansion,profile,queue_expansion,encoding,postprocess,"
-        "attention_backends,block_autotune,warm_start",
+        "attention_backends,block_autotune,warm_start,pause",
         f"--workdir={tmp_path / 'work'}",
         f"--out={out}",
     ]
@@ -50,6 +50,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
         "attention_backends",
         "block_autotune",
         "warm_start",
+        "pause",
     ]
     assert not [name for name, case in cases.items() if "error" in case or "skipped" in case], cases
     assert cases["defaults"]["latency_128_6_refinements_on_s"]["median"] > 0
@@ -62,6 +63,7 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
     assert cases["warm_start"]["images"] == cases["warm_start"]["expected"]
     assert cases["warm_start"]["start_steps_s"]["interpreter and imports"] > 0
     assert cases["low_vram"]["acceleration"]["vram"] == "low"
+    assert cases["pause"]["reload_s"] > 0 and cases["pause"]["first_image_after_resume_s"] > 0
     assert set(cases["defaults"]["phases_128_6_refinements_on_s"]) == {"encode", "denoise", "decode"}
     for shape, methods in cases["fp8_matmul"].items():
         timings = [methods[name] for name in ("bf16", "scaled_mm", "rowwise_eager", "rowwise_compiled")]
