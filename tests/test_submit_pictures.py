@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,22 @@ def test_submit_brings_the_picture_and_mask_that_pair_with_the_job_file_by_name(
 
     assert _submit(sandbox, tmp_path / "room.txt") == 0
     assert "(with room.png, room.mask.png)" in capsys.readouterr().out
+    summary = sandbox.drain()
+    assert (summary.jobs_done, summary.inputs_failed) == (1, 0)
+    (image,) = sandbox.images()
+    assert '"action": "inpaint"' in image.with_suffix(".json").read_text()
+
+
+def test_submit_brings_the_pictures_that_pair_by_name_when_a_mac_spelled_their_names_apart(
+    sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typed, from_a_mac = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    (tmp_path / f"{from_a_mac}.png").write_bytes(_png("olive"))
+    (tmp_path / f"{from_a_mac}.mask.png").write_bytes(_mask())
+    (tmp_path / f"{typed}.txt").write_text("a vase of flowers\nsteps: 2\n")
+
+    assert _submit(sandbox, tmp_path / f"{typed}.txt") == 0
+    assert f"(with {from_a_mac}.png, {from_a_mac}.mask.png)" in capsys.readouterr().out
     summary = sandbox.drain()
     assert (summary.jobs_done, summary.inputs_failed) == (1, 0)
     (image,) = sandbox.images()

@@ -374,6 +374,18 @@ def mask_names_for(stem: str) -> list[str]:
     return [stem + marker + ext for marker in markers for ext in _spelled(IMAGE_EXTENSIONS)]
 
 
+def files_beside(path: Path, names: Iterable[str]) -> list[Path]:
+    """The files in ``path``'s folder with one of ``names``, as the pairer matches them (Unicode
+    normalisation aside), in the order of ``names``; for commands that gather a drop's partners."""
+    try:
+        with os.scandir(path.parent) as entries:
+            on_disk = {comparable(entry.name): Path(entry.path) for entry in entries if entry.is_file()}
+    except OSError:
+        return []
+    found = [on_disk.get(comparable(name)) for name in names]
+    return list(dict.fromkeys(file for file in found if file is not None))
+
+
 def _regular_file_names(folder: Path) -> frozenset[str]:
     try:
         with os.scandir(folder) as entries:

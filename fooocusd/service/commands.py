@@ -367,7 +367,7 @@ def _prompt_job_file(args: argparse.Namespace) -> Iterator[Path]:
 def _preview(source: Path, relpath: str, loaded: LoadedSettings, *, as_json: bool) -> int:
     """``submit --dry-run``: what the file's jobs would run with; nothing was written."""
     from fooocusd.intake.ignore import JOB_EXTENSIONS
-    from fooocusd.intake.pairing import image_names_for, mask_names_for
+    from fooocusd.intake.pairing import files_beside, image_names_for, mask_names_for
     from fooocusd.jobs.loader import parse_job_file
     from fooocusd.jobs.spec import image_attached_after_parsing
     from fooocusd.jobs.txt_format import mistyped_options_unsaid
@@ -377,11 +377,10 @@ def _preview(source: Path, relpath: str, loaded: LoadedSettings, *, as_json: boo
     if source.suffix.lower() in JOB_EXTENSIONS:
         with image_attached_after_parsing(), mistyped_options_unsaid():  # submit_file said them
             specs = parse_job_file(source, max_job_file_bytes=loaded.settings.intake.max_job_file_bytes)
-        beside = [name for name in image_names_for(source.stem) if (source.parent / name).is_file()]
+        beside = files_beside(source, image_names_for(source.stem))
         paired = None
         if beside:
-            masks = mask_names_for(Path(beside[0]).stem)
-            paired = (beside[0], any((source.parent / name).is_file() for name in masks))
+            paired = (beside[0].name, bool(files_beside(source, mask_names_for(beside[0].stem))))
         previews = job_previews(specs, relpath, loaded.settings, paired)
     if as_json:
         print(json.dumps({"would_submit": relpath, "jobs": previews}, indent=2))

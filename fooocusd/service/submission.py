@@ -20,7 +20,7 @@ from fooocusd.engine.styles import load_styles
 from fooocusd.errors import InvalidInput
 from fooocusd.intake.claim import unique_destination
 from fooocusd.intake.ignore import JOB_EXTENSIONS, Kind, classify_name
-from fooocusd.intake.pairing import image_names_for, mask_names_for
+from fooocusd.intake.pairing import files_beside, image_names_for, mask_names_for
 from fooocusd.intake.readable_names import readable
 from fooocusd.jobs.drop_files import paths_named_by, resolve_written_path
 from fooocusd.jobs.loader import parse_job_file
@@ -147,10 +147,8 @@ def pictures_for(job_file: Path, specs: list[JobSpec], inbox: Path) -> list[Comp
                 )
             relpath = path.relative_to(folder).as_posix()
             found.setdefault(relpath, Companion(path, relpath))
-    for name in [*image_names_for(job_file.stem), *mask_names_for(job_file.stem)]:
-        path = job_file.with_name(name)
-        if path.is_file() and name not in found:
-            found[name] = Companion(path, name)
+    for path in files_beside(job_file, [*image_names_for(job_file.stem), *mask_names_for(job_file.stem)]):
+        found.setdefault(path.name, Companion(path, path.name))
     return list(found.values())
 
 
