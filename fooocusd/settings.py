@@ -110,6 +110,13 @@ class IntakeSettings(_Section):
     open_write_wait_seconds: float = Field(
         120.0, ge=0.0, le=86400, description="With native events: wait this long for a writer to close."
     )
+    editor_wait_seconds: float = Field(
+        3600.0,
+        ge=0.0,
+        le=7 * 86400,
+        description="A job file an editor marks as open (vim's .name.swp...) waits at most this long; "
+        "0: never.",
+    )
     rescan_seconds: float = Field(30.0, ge=1.0, le=86400, description="Full rescan interval (safety net).")
     polling: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: poll on network/FUSE mounts, native events elsewhere."

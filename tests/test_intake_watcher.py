@@ -402,3 +402,44 @@ def test_an_inbox_that_vanishes_is_said_once_and_watched_anew_when_it_is_back(
             assert [ready.relpath for ready in found] == ["new.txt"]
     finally:
         watcher_module.logger.remove(sink)
+
+
+def test_a_job_file_open_in_an_editor_is_taken_once_the_editor_closes_it(
+    inbox: Path, logged: list[str]
+) -> None:
+    (inbox / "cat.txt").write_text("a cat, first draft")
+    swap = inbox / ".cat.txt.swp"  # vim's, beside the file while it is open
+    swap.write_bytes(b"b0VIM 9.1")
+    clock = FakeClock()
+    watcher = InboxWatcher(inbox, settle_seconds=1.0, rescan_seconds=30, clock=clock)
+    for _ in range(10):  # saved, and still open: a draft
+        assert watcher.poll() == []
+        clock.now += 5.0
+    assert [line.rstrip() for line in logged if "open in" in line] == [
+        "cat.txt is open in vim or nano (.cat.txt.swp): it is taken once the editor closes it"
+    ]
+    (inbox / "cat.txt").write_text("a cat on a windowsill, final")
+    swap.unlink()  # :wq
+    assert watcher.poll() == []  # settles from here
+    clock.now += 1.0
+    [ready] = watcher.poll()
+    assert ready.relpath == "cat.txt" and ready.size == len("a cat on a windowsill, final")
+
+
+def test_an_editor_mark_left_behind_by_a_crash_is_given_up_on(inbox: Path, logged: list[str]) -> None:
+    (inbox / "owl.toml").write_text('prompt = "an owl"')
+    (inbox / ".#owl.toml").symlink_to("someone@host.4242:1700000000")  # emacs's lock: a dangling link
+    (inbox / "fox.png").write_bytes(b"png")
+    (inbox / ".fox.png.swp").write_bytes(b"b0VIM")  # pictures are not held by editor marks
+    clock = FakeClock()
+    watcher = InboxWatcher(inbox, settle_seconds=1.0, rescan_seconds=30, clock=clock, editor_wait_seconds=60)
+    assert watcher.poll() == []
+    clock.now += 1.0
+    assert [ready.relpath for ready in watcher.poll()] == ["fox.png"]
+    clock.now += 58.0
+    assert watcher.poll() == []
+    clock.now += 1.0  # an hour by default; 60 s here
+    assert [ready.relpath for ready in watcher.poll()] == ["owl.toml"]
+    assert any(
+        "owl.toml has been marked open by emacs (.#owl.toml) for 60 s; taking it" in line for line in logged
+    )

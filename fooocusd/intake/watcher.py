@@ -49,6 +49,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from fooocusd.errors import ConfigError
+from fooocusd.intake.editor_locks import open_in_editor
 from fooocusd.intake.ignore import Kind, Verdict, classify_dir, classify_name
 from fooocusd.intake.mounts import (
     Mount,
@@ -150,9 +151,11 @@ class InboxWatcher:
         clock: Callable[[], float] = time.monotonic,
         mounts: list[Mount] | None = None,
         open_write_wait_seconds: float = 120.0,
+        editor_wait_seconds: float = 3600.0,
     ) -> None:
         self.inbox = Path(os.path.abspath(inbox))
         self.open_write_wait_seconds = open_write_wait_seconds
+        self.editor_wait_seconds = editor_wait_seconds
         self.rescan_seconds = rescan_seconds
         self.polling: PollingMode = polling
         self.poll_interval_seconds = poll_interval_seconds
@@ -170,6 +173,8 @@ class InboxWatcher:
         self._handed_out: dict[Path, int] = {}
         # Files written to (native events) whose writer has not closed them yet: since when.
         self._writing: dict[Path, float] = {}
+        # Job files an editor has open (``editor_locks``): since when; None once given up on.
+        self._in_editor: dict[Path, float | None] = {}
         self._next_rescan: float | None = None
         self._observers: list[BaseObserver] = []
         self._watches: list[tuple[Path, bool]] = []
@@ -299,6 +304,7 @@ class InboxWatcher:
         with self._lock:
             self._handed_out.pop(key, None)
             self._writing.pop(key, None)
+        self._in_editor.pop(key, None)
         self._tracker.forget(key)
 
     def look_at(self, path: Path) -> None:
@@ -352,7 +358,9 @@ class InboxWatcher:
                     if handed_inode == found.stat.inode:
                         continue
                     del self._handed_out[path]  # replaced by a new file: a new arrival
-            if not found.refusal and self._still_being_written(path, now):
+            if not found.refusal and (
+                self._still_being_written(path, now) or self._held_by_editor(path, found, now)
+            ):
                 self._tracker.observe(path, found.stat, now, activity=True)  # settles from the close on
                 continue
             if found.refusal or self._tracker.observe(path, found.stat, now, activity=activity):
@@ -460,6 +468,34 @@ class InboxWatcher:
         logger.warning(
             "{} is still open for writing after {:.0f} s; taking it once it stops changing",
             self._relpath(path),
+            now - since,
+        )
+        return False
+
+    def _held_by_editor(self, path: Path, found: _Found, now: float) -> bool:
+        """A job file an editor has open waits until the editor closes it, up to ``editor_wait_seconds``."""
+        if found.verdict.kind is not Kind.JOB or self.editor_wait_seconds <= 0:
+            return False
+        editor = open_in_editor(path)
+        if editor is None:
+            self._in_editor.pop(path, None)
+            return False
+        if path not in self._in_editor:
+            self._in_editor[path] = now
+            logger.info(
+                "{} is open in {}: it is taken once the editor closes it", self._relpath(path), editor
+            )
+        since = self._in_editor[path]
+        if since is None:
+            return False  # given up on: a mark left behind
+        if now - since < self.editor_wait_seconds:
+            return True
+        self._in_editor[path] = None
+        logger.warning(
+            "{} has been marked open by {} for {:.0f} s; taking it (a mark left behind by a crash? "
+            "delete it)",
+            self._relpath(path),
+            editor,
             now - since,
         )
         return False

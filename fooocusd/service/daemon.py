@@ -253,6 +253,7 @@ class Daemon:
             follow_symlinks=intake_settings.follow_symlinks,
             extra_ignore=intake_settings.ignore_patterns,
             open_write_wait_seconds=intake_settings.open_write_wait_seconds,
+            editor_wait_seconds=intake_settings.editor_wait_seconds,
         )
         hooks = self.extras.hooks if self.extras is not None else None
         intake = IntakeStage(

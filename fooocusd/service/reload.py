@@ -45,6 +45,7 @@ RESTART_ONLY = (
     "engine.",  # device, dtype, attention...; except LIVE_DESPITE_PREFIX (see needs_restart)
     "intake.settle_seconds",
     "intake.open_write_wait_seconds",
+    "intake.editor_wait_seconds",
     "intake.rescan_seconds",
     "intake.polling",
     "intake.poll_interval_seconds",
