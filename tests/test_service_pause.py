@@ -172,8 +172,10 @@ def test_a_pause_frees_the_gpu_and_resume_loads_the_model_before_the_next_job(
     settings = sandbox.settings()
     engine = settings.engine.model_copy(update={"unload_when_paused": unload})
     sandbox.drop("fox.txt", "a fox\nsteps: 2\n")
-    with RunningDaemon(settings.model_copy(update={"engine": engine})):
+    with RunningDaemon(settings.model_copy(update={"engine": engine})) as running:
         wait_for(lambda: len(sandbox.images()) == 1, what="the first image")
+        assert running.daemon.start_timeline is not None
+        start = running.daemon.start_timeline.record()
         pause_queue(sandbox.state, None)
         sandbox.drop("owl.txt", "an owl\nsteps: 2\n")
         wait_for(lambda: ("queued",) in sandbox.journal_rows("SELECT state FROM jobs"), what="owl queued")
@@ -184,5 +186,6 @@ def test_a_pause_frees_the_gpu_and_resume_loads_the_model_before_the_next_job(
         assert len(sandbox.images()) == 1
         resume_queue(sandbox.state)
         wait_for(lambda: len(sandbox.images()) == 2, what="the job queued during the pause")
+        assert running.daemon.start_timeline.record() == start, "a resume is not part of the start"
     after_start = calls[calls.index("warm_up") + 1 :]
     assert after_start == (["unload", "load", "warm_up"] if unload else [])

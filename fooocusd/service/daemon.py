@@ -182,18 +182,20 @@ class Daemon:
             expansion.preload()  # a broken expansion folder stops the start, not a job later
             timeline.reached("prompt expansion")
 
-            def warm() -> None:
-                if self.settings.engine.warm_up:
-                    self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
-                    self.notifier.status("warming up: compiling the UNet or reading its compiled code back")
-                    warm_up(
-                        engine,
-                        lambda: warm_up_request(self.settings, folders, preset_dirs, styles, expansion),
-                        should_stop=self.stop_intake.is_set,
-                    )
-                    timeline.reached("warm-up render")
+            def warm() -> bool:
+                if not self.settings.engine.warm_up:
+                    return False
+                self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
+                self.notifier.status("warming up: compiling the UNet or reading its compiled code back")
+                warm_up(
+                    engine,
+                    lambda: warm_up_request(self.settings, folders, preset_dirs, styles, expansion),
+                    should_stop=self.stop_intake.is_set,
+                )
+                return True
 
-            warm()
+            if warm():
+                timeline.reached("warm-up render")
             self._engine_rest = EngineRest(engine, load_again=lambda: (engine.load(), warm()))
             return self._serve(
                 folders, journal, engine, preset_dirs, styles, drain, expansion=expansion, timeline=timeline
