@@ -387,7 +387,12 @@ def test_status_names_the_empty_files_waiting_in_the_inbox(
     assert "1 of them empty" in out and "waits until it has content: portrait/placeholder.txt" in out
     assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["inbox_waiting"] == {"files": 2, "empty": ["portrait/placeholder.txt"], "empty_count": 1}
+    assert report["inbox_waiting"] == {
+        "files": 2,
+        "empty": ["portrait/placeholder.txt"],
+        "empty_count": 1,
+        "in_editor": [],
+    }
 
 
 def test_retry_brings_a_failed_input_back_and_runs_it_again(sandbox: Sandbox) -> None:

@@ -35,6 +35,22 @@ def test_counts_what_intake_would_handle_and_names_the_empty_files(tmp_path: Pat
     assert waiting.empty == ["b.txt", "portrait/c.toml"] and waiting.empty_count == 2
 
 
+def test_names_the_job_files_an_editor_has_open(tmp_path: Path) -> None:
+    _write(tmp_path, "cat.txt", b"a cat, a draft\n")
+    _write(tmp_path, ".cat.txt.swp", b"b0VIM 9.1")
+    _write(tmp_path, "portrait/owl.toml", b'prompt = "an owl"\n')
+    _write(tmp_path, "portrait/.~lock.owl.toml#", b"someone,host")
+    _write(tmp_path, "fox.txt", b"a fox\n")
+
+    waiting = inbox_waiting(tmp_path)
+
+    assert waiting.files == 3
+    assert waiting.in_editor == [
+        "cat.txt in vim or nano (.cat.txt.swp)",
+        "portrait/owl.toml in LibreOffice (.~lock.owl.toml#)",
+    ]
+
+
 def test_names_only_the_first_empty_files_and_counts_them_all(tmp_path: Path) -> None:
     for index in range(NAMES_SHOWN + 3):
         _write(tmp_path, f"job-{index:02}.txt")
@@ -45,7 +61,12 @@ def test_names_only_the_first_empty_files_and_counts_them_all(tmp_path: Path) ->
 
 
 def test_a_missing_inbox_has_nothing_waiting(tmp_path: Path) -> None:
-    assert inbox_waiting(tmp_path / "not-there").record() == {"files": 0, "empty": [], "empty_count": 0}
+    assert inbox_waiting(tmp_path / "not-there").record() == {
+        "files": 0,
+        "empty": [],
+        "empty_count": 0,
+        "in_editor": [],
+    }
 
 
 def test_an_empty_file_whose_name_is_not_utf8_is_named_with_its_stray_bytes_escaped(tmp_path: Path) -> None:

@@ -266,6 +266,10 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
             f"  {waiting.empty_count} of them empty (a sync placeholder, or a file created before its "
             f"content): each waits until it has content: {', '.join(waiting.empty)}{more}"
         )
+    if waiting.in_editor:
+        _out.print(
+            f"  open in an editor, each taken once the editor closes it: {'; '.join(waiting.in_editor)}"
+        )
     for job in report.get("running", []):
         _out.print(_progress_line(job, daemon_running=holder is not None))
     failures = report.get("recent_failures", [])
