@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,13 @@ def test_missing_preset_is_invalid_input_listing_the_available_ones(user_dir: Pa
 )
 def test_subfolder_named_after_a_preset_applies_it(relpath: str, expected: str | None) -> None:
     assert preset_for_subfolder(relpath, [bundled_presets_dir()]) == expected
+
+
+def test_a_subfolder_made_on_a_mac_finds_its_preset_whatever_unicode_spelling(tmp_path: Path) -> None:
+    typed, from_a_mac = unicodedata.normalize("NFC", "réaliste"), unicodedata.normalize("NFD", "Réaliste")
+    (tmp_path / f"{typed}.toml").write_text('description = "mon préréglage"\n')
+    assert preset_for_subfolder(f"{from_a_mac}/chat.txt", [tmp_path]) == typed
+    assert load_preset(from_a_mac, [tmp_path]).description == "mon préréglage"
 
 
 def test_job_preset_beats_subfolder_which_beats_the_configured_default() -> None:

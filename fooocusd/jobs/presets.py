@@ -30,6 +30,7 @@ from fooocusd.jobs.resolve import (
 from fooocusd.jobs.spec import MAX_IMAGES, MAX_LORAS, LoraSpec, OutputFormat, Performance
 from fooocusd.jobs.toml_format import canonical_key, lora_entries
 from fooocusd.settings import GenerationSettings
+from fooocusd.unicode_spelling import comparable
 
 PRESET_SUFFIX = ".toml"
 
@@ -108,7 +109,8 @@ def preset_search_dirs(user_dir: Path | None) -> list[Path]:
 
 
 def _preset_files(search_dirs: Sequence[Path]) -> dict[str, Path]:
-    """Lower-cased preset name → file, honouring directory priority."""
+    """Preset name as compared (lower case, one Unicode normalisation) → file, honouring directory
+    priority."""
     found: dict[str, Path] = {}
     for directory in search_dirs:
         if not directory.is_dir():
@@ -116,7 +118,7 @@ def _preset_files(search_dirs: Sequence[Path]) -> dict[str, Path]:
         for path in sorted(directory.glob(f"*{PRESET_SUFFIX}")):
             if path.name.startswith(".") or not path.is_file():
                 continue
-            found.setdefault(path.stem.lower(), path)
+            found.setdefault(_compared(path.stem), path)
     return found
 
 
@@ -126,8 +128,13 @@ def list_presets(search_dirs: Sequence[Path]) -> list[str]:
 
 
 def find_preset_file(name: str, search_dirs: Sequence[Path]) -> Path | None:
-    """The file for preset ``name`` (matched case-insensitively), or None."""
-    return _preset_files(search_dirs).get(name.strip().lower())
+    """The file for preset ``name`` (matched case-insensitively, and whatever Unicode spelling: an
+    inbox subfolder ``réaliste`` made on a Mac finds ``réaliste.toml``), or None."""
+    return _preset_files(search_dirs).get(_compared(name.strip()))
+
+
+def _compared(name: str) -> str:
+    return comparable(name).lower()
 
 
 def load_preset(name: str, search_dirs: Sequence[Path]) -> Preset:
