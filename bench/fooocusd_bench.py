@@ -474,7 +474,7 @@ class Bench:
         held = self.reserved_gib()
         rest = EngineRest(engine, load_again=engine.load)
         mark = time.perf_counter()
-        rest.rest()
+        rest.rest("pause")
         unload_s = time.perf_counter() - mark
         after = self.reserved_gib()
         mark = time.perf_counter()

@@ -219,6 +219,13 @@ class EngineSettings(_Section):
         description="While `fooocusd pause` holds the queue, unload the model from GPU memory; it is "
         "loaded again (and warmed up) when the pause ends.",
     )
+    unload_after_idle_seconds: float = Field(
+        0.0,
+        ge=0.0,
+        le=7 * 86400,
+        description="Unload the model from GPU memory after this long without a job; the next job "
+        "loads it again. 0: keep it loaded.",
+    )
     cuda_graphs: Literal["auto", "off", "on"] = Field(
         "auto",
         description="Replay the base UNet (one graph per input shape) and the text encoders as "

@@ -135,8 +135,8 @@ def test_resting_unloads_a_real_engine_and_waking_loads_the_same_model_again(
     before = np.asarray(engine.generate(default_request(steps=2)).finished())
     rest = EngineRest(engine, load_again=engine.load)
 
-    rest.rest()
-    rest.rest()  # once is enough
+    rest.rest("pause")
+    rest.rest("idle", 600)  # once is enough
     assert engine.describe()["loaded"] is False
     rest.wake()
     assert engine.describe()["loaded"] is True
@@ -189,3 +189,23 @@ def test_a_pause_frees_the_gpu_and_resume_loads_the_model_before_the_next_job(
         assert running.daemon.start_timeline.record() == start, "a resume is not part of the start"
     after_start = calls[calls.index("warm_up") + 1 :]
     assert after_start == (["unload", "load", "warm_up"] if unload else [])
+
+
+def test_an_idle_daemon_unloads_the_model_and_the_next_job_loads_it_again(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, logged: list[str]
+) -> None:
+    calls = _spied_engine_calls(monkeypatch)
+    settings = sandbox.settings()
+    engine = settings.engine.model_copy(update={"unload_after_idle_seconds": 1.0})
+    sandbox.drop("fox.txt", "a fox\nsteps: 2\n")
+    with RunningDaemon(settings.model_copy(update={"engine": engine})):
+        wait_for(lambda: len(sandbox.images()) == 1, what="the first image")
+        wait_for(lambda: "unload" in calls, what="the model unloaded when idle")
+        time.sleep(1.0)  # several worker ticks with nothing to do: it stays unloaded
+        assert calls[-1] == "unload"
+        sandbox.drop("owl.txt", "an owl\nsteps: 2\n")
+        wait_for(lambda: len(sandbox.images()) == 2, what="the next job")
+    after_start = calls[calls.index("warm_up") + 1 :]
+    assert after_start[:3] == ["unload", "load", "warm_up"]
+    said = [line.rstrip() for line in logged if "the model is unloaded" in line]
+    assert said[0].startswith("idle for 1 s: the model is unloaded; it is loaded again for the next job")

@@ -135,7 +135,7 @@ class Daemon:
         self.extras: DaemonExtras | None = None  # metrics endpoint and post-job hooks, while running
         self.start_timeline: StartTimeline | None = None
         """The last ``run``'s start, step by step (``start_timeline.py``)."""
-        self._engine_rest: EngineRest | None = None  # unloads the model while paused
+        self._engine_rest: EngineRest | None = None  # unloads the model while paused or idle
 
     def run(self, *, drain: bool = False, state_locked: bool = False) -> Summary:
         """Serve until stopped (or, with ``drain``, until the inbox is empty). ``state_locked``: the
@@ -401,27 +401,48 @@ class Daemon:
         watcher.look_at(renamed)
 
     def _work(self, worker: Worker) -> None:
+        busy_at = time.monotonic()
         try:
             while not self.stop_intake.is_set():
                 plan = self.reloader.take_for_worker()  # between jobs: an image is never interrupted
                 if plan is not None:
                     apply_to_worker(plan, worker)
-                if self._engine_rest is not None and not self.paused.is_set():
-                    self._engine_rest.wake()  # resumed after the model was unloaded for the pause
+                self._wake_engine_if_wanted(worker)
                 self.pulse.job_started()
                 try:
                     ran = worker.run_one()
                 finally:
                     self.pulse.job_ended()
-                if not ran:
-                    if self.paused.is_set() and self.settings.engine.unload_when_paused and self._engine_rest:
-                        self._engine_rest.rest()  # nothing renders now: the GPU is free for others
+                if ran:
+                    busy_at = time.monotonic()
+                else:
+                    self._rest_engine_if_due(time.monotonic() - busy_at)
                     self._wake_worker.wait(_TICK)
                     self._wake_worker.clear()
             worker.close()  # the last image still lands; jobs held for a batch go back to the queue
         except BaseException as exc:  # surfaced on the main thread, which stops the daemon
             logger.exception("the worker stopped")
             self._worker_error = exc
+
+    def _rest_engine_if_due(self, idle_seconds: float) -> None:
+        """Nothing renders now: while paused, or after ``unload_after_idle_seconds`` without a job,
+        the model leaves the GPU for other programs."""
+        rest, engine = self._engine_rest, self.settings.engine
+        if rest is None:
+            return
+        if self.paused.is_set() and engine.unload_when_paused:
+            rest.rest("pause")
+        elif 0 < engine.unload_after_idle_seconds <= idle_seconds:
+            rest.rest("idle", idle_seconds)
+
+    def _wake_engine_if_wanted(self, worker: Worker) -> None:
+        """Before a claim: load the model again once a pause has ended, or, after an idle unload,
+        once a job waits."""
+        rest = self._engine_rest
+        if rest is None or rest.resting_for is None or self.paused.is_set():
+            return
+        if rest.resting_for == "pause" or worker.journal.next_runnable_jobs(1):
+            rest.wake()
 
     def _reload(
         self,

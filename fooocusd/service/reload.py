@@ -55,7 +55,9 @@ RESTART_ONLY = (
     "metrics.",
     "hooks.queue_size",
 )
-LIVE_DESPITE_PREFIX = frozenset({"engine.model", "engine.unload_when_paused"})  # read per job, per pause
+LIVE_DESPITE_PREFIX = frozenset(  # read per job, or whenever the worker is idle
+    {"engine.model", "engine.unload_when_paused", "engine.unload_after_idle_seconds"}
+)
 
 
 def needs_restart(key: str) -> bool:
