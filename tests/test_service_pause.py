@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 
 from fooocusd.cli import main
+from fooocusd.engine.factory import create_engine
+from fooocusd.engine.router import FamilyRouter
 from fooocusd.errors import InvalidInput
+from fooocusd.service.engine_rest import EngineRest
 from fooocusd.service.pause import current_pause, parse_duration, pause_queue, resume_queue
+from fooocusd.settings import EngineSettings
 from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
+from tests.engine_helpers import default_request
 
 
 @pytest.mark.parametrize(
@@ -125,10 +130,6 @@ def test_a_state_folder_on_a_full_disk_is_said_with_where_to_free_space(
 def test_resting_unloads_a_real_engine_and_waking_loads_the_same_model_again(
     tmp_path: Path, logged: list[str]
 ) -> None:
-    from fooocusd.engine.factory import create_engine
-    from fooocusd.service.engine_rest import EngineRest
-    from fooocusd.settings import EngineSettings
-    from tests.engine_helpers import default_request
 
     engine = create_engine(EngineSettings(model="tiny-random", device="cpu"), tmp_path, tmp_path)
     engine.load()
@@ -148,9 +149,24 @@ def test_resting_unloads_a_real_engine_and_waking_loads_the_same_model_again(
     assert len(said) == 2
 
 
+def test_a_job_that_loaded_the_model_after_an_idle_unload_leaves_nothing_to_wake_and_it_can_rest_again(
+    tmp_path: Path, logged: list[str]
+) -> None:
+
+    engine = create_engine(EngineSettings(model="tiny-random", device="cpu"), tmp_path, tmp_path)
+    engine.load()
+    rest = EngineRest(engine, load_again=engine.load)
+    rest.rest("idle", 600)
+    engine.generate(default_request(steps=1))  # a job claimed before the worker woke the engine
+    rest.wake()
+    assert not [line for line in logged if "loading the model again" in line]
+    rest.rest("idle", 600)
+    assert engine.is_loaded is False
+    assert len([line for line in logged if "idle for 10 min: the model is unloaded" in line]) == 2
+
+
 def _spied_engine_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the engine's unload, load and warm-up calls; each still runs."""
-    from fooocusd.engine.router import FamilyRouter
 
     calls: list[str] = []
     for name in ("unload", "load", "warm_up"):

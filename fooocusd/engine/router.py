@@ -127,6 +127,10 @@ class FamilyRouter(SDXLEngine):
         """``sd15``/``sd2`` while an SD 1.x/2.x model is resident, else ``sdxl``."""
         return self._sd1x.family.family if self._sd1x is not None else "sdxl"
 
+    @property
+    def is_loaded(self) -> bool:
+        return self._sd1x is not None or super().is_loaded
+
     def unload(self) -> None:
         """Drop whichever model is resident, of either family, and free its memory; ``load`` or the
         next job loads one again."""

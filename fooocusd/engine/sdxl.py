@@ -240,6 +240,11 @@ class SDXLEngine:
             sequence_class=sequence_class(block_counts),
         )
 
+    @property
+    def is_loaded(self) -> bool:
+        """A model is resident (``load``, or a job, loads one; ``unload`` drops it)."""
+        return self._pipeline is not None
+
     def unload(self) -> None:
         """Drop the resident pipeline and its add-ons (LoRAs, VAE, refiner, embeddings, ControlNets)."""
         self._decode_lane.drain()

@@ -25,8 +25,8 @@ _GIB = 1024**3
 
 
 class EngineRest:
-    """Unloads ``engine`` (``rest``) and loads it again (``wake``), each once; used from the
-    worker thread only, between jobs."""
+    """Unloads ``engine`` (``rest``) and loads it again (``wake``), each only where that changes
+    something (a job may load it in between); used from the worker thread only, between jobs."""
 
     def __init__(self, engine: Engine, load_again: Callable[[], None]) -> None:
         """``load_again``: what the start does to get the engine ready (load, then warm up)."""
@@ -38,7 +38,7 @@ class EngineRest:
     def rest(self, why: Why, idle_seconds: float = 0.0) -> None:
         """Drop the resident models, unless they are dropped already or the engine cannot."""
         unload: Callable[[], None] | None = getattr(self.engine, "unload", None)
-        if self.resting_for is not None or unload is None:
+        if unload is None or not self._loaded():
             return
         device = torch.device(self.engine.describe().get("device", "cpu"))
         before = reserved_memory(device)
@@ -63,6 +63,8 @@ class EngineRest:
         if why is None:
             return
         self.resting_for = None
+        if self._loaded():
+            return  # a job that came in meanwhile loaded it
         logger.info(
             "loading the model again {}…", "after the pause" if why == "pause" else "for the next job"
         )
@@ -73,6 +75,9 @@ class EngineRest:
             logger.error("could not load the model again: {}", exc.explain().splitlines()[0])
             return
         logger.info("the model is loaded again, in {:.1f} s", time.perf_counter() - mark)
+
+    def _loaded(self) -> bool:
+        return bool(getattr(self.engine, "is_loaded", True))
 
 
 def _duration(seconds: float) -> str:
