@@ -57,12 +57,17 @@ def test_scrape_after_jobs_counts_jobs_images_steps_and_waits(sandbox: Sandbox) 
         samples = _scrape(port)
         pause_queue(sandbox.state, None)
         wait_for(lambda: _scrape(port).get(("fooocusd_paused", ())) == 1, what="the pause to show")
+        wait_for(
+            lambda: _scrape(port).get(("fooocusd_model_loaded", ())) == 0,
+            what="the model unloaded for the pause",
+        )
 
     assert samples[("fooocusd_up", ())] == 1
     assert samples[("fooocusd_disk_free_bytes", (("folder", "outbox"),))] > 0
     assert samples[("fooocusd_disk_free_bytes", (("folder", "state"),))] > 0
     assert samples[("fooocusd_paused", ())] == 0
     assert samples[("fooocusd_ready", ())] == 1
+    assert samples[("fooocusd_model_loaded", ())] == 1
     start = {
         labels[0][1]: value for (name, labels), value in samples.items() if name == "fooocusd_start_seconds"
     }

@@ -196,7 +196,9 @@ class Daemon:
 
             if warm():
                 timeline.reached("warm-up render")
-            self._engine_rest = EngineRest(engine, load_again=lambda: (engine.load(), warm()))
+            self._engine_rest = EngineRest(
+                engine, load_again=lambda: (engine.load(), warm()), on_change=self.extras.set_model_loaded
+            )
             return self._serve(
                 folders, journal, engine, preset_dirs, styles, drain, expansion=expansion, timeline=timeline
             )

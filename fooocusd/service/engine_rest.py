@@ -28,10 +28,17 @@ class EngineRest:
     """Unloads ``engine`` (``rest``) and loads it again (``wake``), each only where that changes
     something (a job may load it in between); used from the worker thread only, between jobs."""
 
-    def __init__(self, engine: Engine, load_again: Callable[[], None]) -> None:
-        """``load_again``: what the start does to get the engine ready (load, then warm up)."""
+    def __init__(
+        self,
+        engine: Engine,
+        load_again: Callable[[], None],
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        """``load_again``: what the start does to get the engine ready (load, then warm up);
+        ``on_change(loaded)`` is told each unload and load (the metrics)."""
         self.engine = engine
         self._load_again = load_again
+        self._on_change = on_change or (lambda _loaded: None)
         self.resting_for: Why | None = None
         """Why the models are unloaded now; None while they are loaded."""
 
@@ -44,6 +51,7 @@ class EngineRest:
         before = reserved_memory(device)
         unload()
         self.resting_for = why
+        self._on_change(False)
         after = reserved_memory(device)
         freed = ""
         if before is not None and after is not None:
@@ -64,6 +72,7 @@ class EngineRest:
             return
         self.resting_for = None
         if self._loaded():
+            self._on_change(True)
             return  # a job that came in meanwhile loaded it
         logger.info(
             "loading the model again {}…", "after the pause" if why == "pause" else "for the next job"
@@ -74,6 +83,7 @@ class EngineRest:
         except FooocusdError as exc:  # the model file went away meanwhile, say: each job says so too
             logger.error("could not load the model again: {}", exc.explain().splitlines()[0])
             return
+        self._on_change(True)
         logger.info("the model is loaded again, in {:.1f} s", time.perf_counter() - mark)
 
     def _loaded(self) -> bool:

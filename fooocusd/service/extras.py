@@ -53,6 +53,7 @@ class DaemonExtras:
         if self.metrics is None:
             return
         self.metrics.ready.set(1)
+        self.metrics.model_loaded.set(1)
         if timeline is None:
             return
         for step, seconds in timeline.steps.items():
@@ -62,6 +63,10 @@ class DaemonExtras:
     def set_paused(self, paused: bool) -> None:
         if self.metrics is not None:
             self.metrics.paused.set(int(paused))
+
+    def set_model_loaded(self, loaded: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.model_loaded.set(int(loaded))
 
     def count_reload(self, result: str) -> None:
         if self.metrics is not None:

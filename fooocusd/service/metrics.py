@@ -59,6 +59,11 @@ class DaemonMetrics:
         self.paused = Gauge(
             "fooocusd_paused", "1 while `fooocusd pause` holds the queue.", registry=self.registry
         )
+        self.model_loaded = Gauge(
+            "fooocusd_model_loaded",
+            "1 while the model is in GPU memory; 0 while it is unloaded for a pause or when idle.",
+            registry=self.registry,
+        )
         self.images = Counter(
             "fooocusd_images_generated",
             "Images written to the outbox (with sidecar).",
