@@ -187,3 +187,27 @@ def test_a_named_image_is_found_when_a_mac_spelled_its_name_apart(sandbox: Sandb
     sidecar = json.loads(image.with_suffix(".json").read_text())
     assert sidecar["image_action"]["source_image"] == f"{from_a_mac}.png"
     assert _relative(sandbox.done, sandbox) == [f"{from_a_mac}.png", "job.toml"]
+
+
+def test_a_named_image_is_found_as_the_path_was_meant(sandbox: Sandbox) -> None:
+    # Windows' separators, quotes kept in a .txt file, a name in other letter case.
+    _with_upscaler(sandbox).drop("refs/Shed.png", _png())
+    sandbox.drop("refs/Fox.png", _png())
+    sandbox.drop("refs/owl.png", _png())
+    fast = "action: upscale_fast_2x\nupscale model: tiny-esrgan\n"
+    sandbox.drop("win.txt", "image: refs\\Shed.png\n" + fast)
+    sandbox.drop("quoted.txt", 'image: "refs/Fox.png"\n' + fast)
+    sandbox.drop("case.txt", "image: Refs/OWL.png\n" + fast)
+    summary = sandbox.drain()
+    assert summary.ok and summary.jobs_done == 3, _error_reports(sandbox)
+    sources = sorted(json.loads(p.read_text())["image_action"]["source_image"] for p in sandbox.sidecars())
+    assert sources == ["refs/Fox.png", "refs/Shed.png", "refs/owl.png"]
+
+
+def test_a_windows_path_to_a_named_image_is_refused_with_what_to_write_instead(sandbox: Sandbox) -> None:
+    sandbox.drop("job.txt", "a barn\nimage: C:\\Users\\me\\Pictures\\barn.jpg\n")
+    summary = sandbox.drain()
+    assert summary.inputs_failed == 1
+    (report,) = _error_reports(sandbox)
+    assert "the image 'C:\\Users\\me\\Pictures\\barn.jpg' is a path on a Windows computer" in report
+    assert "put barn.jpg into the inbox beside the job file and write 'image: barn.jpg'" in report

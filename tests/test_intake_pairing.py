@@ -202,7 +202,7 @@ def test_a_job_file_with_two_same_named_pictures_says_which_one_it_took(logged: 
     assert said.rstrip().endswith("(image: IMG_0042.JPG)")
 
 
-def test_a_job_file_pairs_with_its_picture_whatever_unicode_spelling_each_name_has(tmp_path: Path) -> None:
+def test_a_job_file_pairs_with_its_picture_whatever_name_spelling_each_name_has(tmp_path: Path) -> None:
     typed, from_a_mac = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
     (tmp_path / f"{from_a_mac}.txt").write_text("a bowl")
     (tmp_path / f"{typed}.png").write_bytes(b"png")

@@ -160,7 +160,7 @@ def test_subfolder_named_after_a_preset_applies_it(relpath: str, expected: str |
     assert preset_for_subfolder(relpath, [bundled_presets_dir()]) == expected
 
 
-def test_a_subfolder_made_on_a_mac_finds_its_preset_whatever_unicode_spelling(tmp_path: Path) -> None:
+def test_a_subfolder_made_on_a_mac_finds_its_preset_whatever_name_spelling(tmp_path: Path) -> None:
     typed, from_a_mac = unicodedata.normalize("NFC", "réaliste"), unicodedata.normalize("NFD", "Réaliste")
     (tmp_path / f"{typed}.toml").write_text('description = "mon préréglage"\n')
     assert preset_for_subfolder(f"{from_a_mac}/chat.txt", [tmp_path]) == typed

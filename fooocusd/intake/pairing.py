@@ -3,7 +3,7 @@
 A *drop* is what becomes one job: a spec (``.toml``/``.txt``), an image, or both, plus an
 optional mask. Files pair when they share a folder and a stem: ``cat.png`` + ``cat.toml``
 (+ ``cat.mask.png``). Stems are compared case-sensitively but in one Unicode normalisation
-(``unicode_spelling``: a ``café.txt`` typed on Linux pairs with a ``café.png`` from a Mac);
+(``name_spelling``: a ``café.txt`` typed on Linux pairs with a ``café.png`` from a Mac);
 extensions in any case.
 
 Rules, applied on every ``release`` call:
@@ -53,7 +53,7 @@ from loguru import logger
 
 from fooocusd.intake.ignore import IMAGE_EXTENSIONS, JOB_EXTENSIONS, MASK_MARKER, Kind, image_stem
 from fooocusd.intake.watcher import Ready
-from fooocusd.unicode_spelling import comparable, spelled_on_disk
+from fooocusd.name_spelling import comparable, spelled_on_disk
 
 _PAIRABLE = frozenset({Kind.JOB, Kind.IMAGE, Kind.MASK})
 

@@ -9,13 +9,14 @@ up (claim folder, then inbox).
 from __future__ import annotations
 
 import os
-from pathlib import Path, PurePosixPath
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
 from fooocusd.errors import InvalidInput
 from fooocusd.jobs.images import ImageInfo, inspect_image, require_mask_fits
 from fooocusd.jobs.spec import JobSpec
-from fooocusd.unicode_spelling import spelled_on_disk
+from fooocusd.name_spelling import spelled_on_disk
 
 Role = Literal["image", "mask", "image prompt"]
 _EXAMPLES: dict[Role, str] = {
@@ -36,9 +37,33 @@ def paths_named_by(spec: JobSpec) -> list[str]:
 
 def resolve_written_path(value: str, job_file: Path) -> Path:
     """Where a path written in a job file points: relative to the job file, ``~`` expanded, and
-    spelled as on disk where only Unicode normalisation differs (``café`` typed, ``café`` from a Mac)."""
-    written = Path(os.path.expanduser(value)) if value.startswith("~") else Path(value)
-    return spelled_on_disk(written if written.is_absolute() else job_file.parent / written)
+    spelled as on disk (``name_spelling``: ``café`` typed finds ``café`` from a Mac, and
+    ``refs/cat.png`` finds ``refs/Cat.png`` where that is the only such name). Where the path
+    as written is not there, it is read as it was probably meant: without the quotes around it
+    (``image: "cat.png"`` in a .txt file), and with Windows' ``\\`` as folder separators
+    (``refs\\cat.png``)."""
+    readings = [_joined(reading, job_file) for reading in _readings(value)]
+    for path in readings:
+        if os.path.lexists(path):
+            return path
+    return readings[0]
+
+
+def _readings(value: str) -> list[str]:
+    """``value`` as written, then as it was probably meant."""
+    readings = [value]
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
+        readings.append(value[1:-1])
+    readings += [reading.replace("\\", "/") for reading in readings if "\\" in reading]
+    return readings
+
+
+def _joined(written: str, job_file: Path) -> Path:
+    path = Path(os.path.expanduser(written)) if written.startswith("~") else Path(written)
+    return spelled_on_disk(path if path.is_absolute() else job_file.parent / path)
+
+
+_WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
 
 class DropFiles:
@@ -62,6 +87,15 @@ class DropFiles:
         path = resolve_written_path(value, job_file)
         relative = self._inside(path, role, where=role)
         if not (self.inbox_root / relative).is_file():
+            if _WINDOWS_PATH.match(value):
+                name = PureWindowsPath(value).name
+                raise InvalidInput(
+                    f"{job_file.name}: the {role} '{value}' is a path on a Windows computer, which "
+                    "fooocusd cannot reach",
+                    where=role,
+                    hint=f"put {name} into the inbox beside the job file and write '{role}: {name}' "
+                    "(paths are relative to the job file)",
+                )
             prose = (
                 f" If that line is prompt text, write it as 'prompt: {role}: ...'." if " " in value else ""
             )

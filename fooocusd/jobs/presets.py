@@ -29,8 +29,8 @@ from fooocusd.jobs.resolve import (
 )
 from fooocusd.jobs.spec import MAX_IMAGES, MAX_LORAS, LoraSpec, OutputFormat, Performance
 from fooocusd.jobs.toml_format import canonical_key, lora_entries
+from fooocusd.name_spelling import comparable
 from fooocusd.settings import GenerationSettings
-from fooocusd.unicode_spelling import comparable
 
 PRESET_SUFFIX = ".toml"
 

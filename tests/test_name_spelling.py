@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-from fooocusd.unicode_spelling import comparable, spelled_on_disk
+from fooocusd.name_spelling import comparable, spelled_on_disk
 
 TYPED = unicodedata.normalize("NFC", "café")  # one character for é, as keyboards write it
 FROM_A_MAC = unicodedata.normalize("NFD", "café")  # e + a combining accent, as macOS writes it
@@ -44,3 +44,16 @@ def test_a_name_that_is_there_as_written_or_nowhere_is_given_back_unchanged(tmp_
     assert spelled_on_disk(tmp_path / f"{FROM_A_MAC}.png") == tmp_path / f"{FROM_A_MAC}.png"
     assert spelled_on_disk(tmp_path / "naïve.png") == tmp_path / "naïve.png"
     assert spelled_on_disk(tmp_path / "plain.png") == tmp_path / "plain.png"
+
+
+def test_a_name_written_in_other_letter_case_finds_the_only_file_so_named(tmp_path: Path) -> None:
+    (tmp_path / "Refs").mkdir()
+    (tmp_path / "Refs" / "Cat.PNG").write_bytes(b"png")
+    assert spelled_on_disk(tmp_path / "refs" / "cat.png") == tmp_path / "Refs" / "Cat.PNG"
+
+
+def test_letter_case_does_not_choose_between_two_files(tmp_path: Path) -> None:
+    (tmp_path / "Cat.png").write_bytes(b"one")
+    (tmp_path / "CAT.png").write_bytes(b"two")
+    assert spelled_on_disk(tmp_path / "cat.png") == tmp_path / "cat.png"
+    assert spelled_on_disk(tmp_path / "CAT.png") == tmp_path / "CAT.png"

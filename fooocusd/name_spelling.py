@@ -1,11 +1,12 @@
-"""Names that look alike but are spelled apart: Unicode normalisation.
+"""Names that look alike but are spelled apart: Unicode normalisation, and letter case.
 
 ``é`` can be stored as one character (NFC, what keyboards type on Linux and Windows) or as ``e``
 plus a combining accent (NFD, what macOS writes). Linux compares names byte by byte, so
 ``café.png`` copied from a Mac by rsync (without ``--iconv``), or saved by Finder onto a Samba
 share, is not the ``café.png`` a job file names, nor the partner of a ``café.txt`` typed on
 Linux, although both print the same. Names are compared here in NFC, and a written path is
-mapped to the spelling the disk has.
+mapped to the spelling the disk has. People used to Windows and macOS, whose disks ignore case,
+also write ``cat.png`` for ``Cat.png``: where only one name in a folder matches so, it is that one.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ def comparable(name: str) -> str:
 
 def spelled_on_disk(path: Path) -> Path:
     """``path``, with each part that is not on disk as written replaced by the entry of its
-    folder that differs from it only in normalisation. ``path`` itself when it is there as
-    written, or when no such entry exists (the caller then says it is missing)."""
-    if str(path).isascii() or os.path.lexists(path):
+    folder that differs from it only in normalisation, else only in case (where one entry does).
+    ``path`` itself when it is there as written, or when no such entry exists (the caller then
+    says it is missing)."""
+    if os.path.lexists(path):
         return path
     found = Path(path.anchor)
     for part in path.parts[1:] if path.anchor else path.parts:
@@ -39,11 +41,14 @@ def spelled_on_disk(path: Path) -> Path:
 
 
 def _entry_spelled_alike(folder: Path, part: str) -> str | None:
-    if part.isascii():
-        return None  # ASCII has one spelling
-    wanted = comparable(part)
     try:
         names = sorted(os.listdir(folder))
     except OSError:
         return None
-    return next((name for name in names if comparable(name) == wanted), None)
+    wanted = comparable(part)
+    same = [name for name in names if comparable(name) == wanted]
+    if same:
+        return same[0]
+    folded = wanted.casefold()
+    alike = [name for name in names if comparable(name).casefold() == folded]
+    return alike[0] if len(alike) == 1 else None  # Cat.png and CAT.png: not ours to choose
