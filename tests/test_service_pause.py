@@ -225,3 +225,20 @@ def test_an_idle_daemon_unloads_the_model_and_the_next_job_loads_it_again(
     assert after_start[:3] == ["unload", "load", "warm_up"]
     said = [line.rstrip() for line in logged if "the model is unloaded" in line]
     assert said[0].startswith("idle for 1 s: the model is unloaded; it is loaded again for the next job")
+
+
+def test_after_a_long_pause_the_idle_time_counts_from_the_resume(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _spied_engine_calls(monkeypatch)
+    settings = sandbox.settings()
+    engine = settings.engine.model_copy(update={"unload_after_idle_seconds": 3.0})
+    with RunningDaemon(settings.model_copy(update={"engine": engine})):
+        pause_queue(sandbox.state, None)
+        wait_for(lambda: "unload" in calls, what="the model unloaded for the pause")
+        time.sleep(3.5)  # longer than the idle limit
+        resume_queue(sandbox.state)
+        wait_for(lambda: calls[-1] == "warm_up", what="the model loaded again")
+        time.sleep(1.0)
+        assert calls[-1] == "warm_up", "unloaded again at once, as if idle all through the pause"
+        wait_for(lambda: calls[-1] == "unload", what="the idle unload, 3 s after the resume")

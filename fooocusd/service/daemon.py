@@ -409,7 +409,8 @@ class Daemon:
                 plan = self.reloader.take_for_worker()  # between jobs: an image is never interrupted
                 if plan is not None:
                     apply_to_worker(plan, worker)
-                self._wake_engine_if_wanted(worker)
+                if self._wake_engine_if_wanted(worker):
+                    busy_at = time.monotonic()  # the idle time counts from the model's return
                 self.pulse.job_started()
                 try:
                     ran = worker.run_one()
@@ -437,14 +438,16 @@ class Daemon:
         elif 0 < engine.unload_after_idle_seconds <= idle_seconds:
             rest.rest("idle", idle_seconds)
 
-    def _wake_engine_if_wanted(self, worker: Worker) -> None:
+    def _wake_engine_if_wanted(self, worker: Worker) -> bool:
         """Before a claim: load the model again once a pause has ended, or, after an idle unload,
-        once a job waits."""
+        once a job waits; whether it did."""
         rest = self._engine_rest
         if rest is None or rest.resting_for is None or self.paused.is_set():
-            return
+            return False
         if rest.resting_for == "pause" or worker.journal.next_runnable_jobs(1):
             rest.wake()
+            return True
+        return False
 
     def _reload(
         self,
