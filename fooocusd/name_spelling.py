@@ -21,18 +21,18 @@ def comparable(name: str) -> str:
     return name if name.isascii() else unicodedata.normalize("NFC", name)
 
 
-def spelled_on_disk(path: Path) -> Path:
+def spelled_on_disk(path: Path, *, any_case: bool = True) -> Path:
     """``path``, with each part that is not on disk as written replaced by the entry of its
-    folder that differs from it only in normalisation, else only in case (where one entry does).
-    ``path`` itself when it is there as written, or when no such entry exists (the caller then
-    says it is missing)."""
+    folder that differs from it only in normalisation, else (``any_case``) only in case, where one
+    entry does. ``path`` itself when it is there as written, or when no such entry exists (the
+    caller then says it is missing)."""
     if os.path.lexists(path):
         return path
     found = Path(path.anchor)
     for part in path.parts[1:] if path.anchor else path.parts:
         candidate = found / part
         if not os.path.lexists(candidate):
-            alike = _entry_spelled_alike(found, part)
+            alike = _entry_spelled_alike(found, part, any_case)
             if alike is None:
                 return path
             candidate = found / alike
@@ -40,15 +40,15 @@ def spelled_on_disk(path: Path) -> Path:
     return found
 
 
-def _entry_spelled_alike(folder: Path, part: str) -> str | None:
+def _entry_spelled_alike(folder: Path, part: str, any_case: bool) -> str | None:
     try:
         names = sorted(os.listdir(folder))
     except OSError:
         return None
     wanted = comparable(part)
     same = [name for name in names if comparable(name) == wanted]
-    if same:
-        return same[0]
+    if same or not any_case:
+        return same[0] if same else None
     folded = wanted.casefold()
     alike = [name for name in names if comparable(name).casefold() == folded]
     return alike[0] if len(alike) == 1 else None  # Cat.png and CAT.png: not ours to choose

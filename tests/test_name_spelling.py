@@ -57,3 +57,10 @@ def test_letter_case_does_not_choose_between_two_files(tmp_path: Path) -> None:
     (tmp_path / "CAT.png").write_bytes(b"two")
     assert spelled_on_disk(tmp_path / "cat.png") == tmp_path / "cat.png"
     assert spelled_on_disk(tmp_path / "CAT.png") == tmp_path / "CAT.png"
+
+
+def test_letter_case_can_be_told_to_count(tmp_path: Path) -> None:
+    (tmp_path / "Cat.png").write_bytes(b"png")
+    (tmp_path / f"{FROM_A_MAC}.png").write_bytes(b"png")
+    assert spelled_on_disk(tmp_path / "cat.png", any_case=False) == tmp_path / "cat.png"
+    assert spelled_on_disk(tmp_path / f"{TYPED}.png", any_case=False) == tmp_path / f"{FROM_A_MAC}.png"

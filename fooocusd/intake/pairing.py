@@ -125,7 +125,8 @@ class _DiskLookup:
             return self._exists(folder / name)
         listing = self._listings.get(folder)
         if listing is None:
-            listing = self._listings[folder] = _regular_file_names(spelled_on_disk(folder))
+            # Letter case counts here, as in every comparison the pairer makes.
+            listing = self._listings[folder] = _regular_file_names(spelled_on_disk(folder, any_case=False))
         return comparable(name) in listing
 
 
