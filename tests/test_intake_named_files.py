@@ -211,3 +211,21 @@ def test_a_windows_path_to_a_named_image_is_refused_with_what_to_write_instead(s
     (report,) = _error_reports(sandbox)
     assert "the image 'C:\\Users\\me\\Pictures\\barn.jpg' is a path on a Windows computer" in report
     assert "put barn.jpg into the inbox beside the job file and write 'image: barn.jpg'" in report
+
+
+def test_a_file_address_from_a_dragged_file_names_the_image(sandbox: Sandbox) -> None:
+    _with_upscaler(sandbox).drop("refs/old barn.png", _png())
+    address = (sandbox.inbox / "refs" / "old barn.png").as_uri()  # file:///…/refs/old%20barn.png
+    sandbox.drop("job.txt", f"image: {address}\naction: upscale_fast_2x\nupscale model: tiny-esrgan\n")
+    summary = sandbox.drain()
+    assert summary.ok and summary.jobs_done == 1, _error_reports(sandbox)
+    (sidecar,) = sandbox.sidecars()
+    assert json.loads(sidecar.read_text())["image_action"]["source_image"] == "refs/old barn.png"
+
+
+def test_a_web_address_for_an_image_is_refused_saying_nothing_is_downloaded(sandbox: Sandbox) -> None:
+    sandbox.drop("job.txt", "a barn\nimage: https://example.com/barn.jpg\n")
+    summary = sandbox.drain()
+    assert summary.inputs_failed == 1
+    (report,) = _error_reports(sandbox)
+    assert "the image 'https://example.com/barn.jpg' is a web address; fooocusd downloads nothing" in report

@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from fooocusd.errors import InvalidInput
 from fooocusd.jobs.images import ImageInfo, inspect_image, require_mask_fits
@@ -40,8 +41,9 @@ def resolve_written_path(value: str, job_file: Path) -> Path:
     spelled as on disk (``name_spelling``: ``café`` typed finds ``café`` from a Mac, and
     ``refs/cat.png`` finds ``refs/Cat.png`` where that is the only such name). Where the path
     as written is not there, it is read as it was probably meant: without the quotes around it
-    (``image: "cat.png"`` in a .txt file), and with Windows' ``\\`` as folder separators
-    (``refs\\cat.png``)."""
+    (``image: "cat.png"`` in a .txt file), with Windows' ``\\`` as folder separators
+    (``refs\\cat.png``), and as the path of a ``file://`` address (what a file dragged into a
+    text editor becomes)."""
     readings = [_joined(reading, job_file) for reading in _readings(value)]
     for path in readings:
         if os.path.lexists(path):
@@ -54,6 +56,7 @@ def _readings(value: str) -> list[str]:
     readings = [value]
     if len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
         readings.append(value[1:-1])
+    readings += [unquote(urlsplit(reading).path) for reading in readings if reading.startswith("file://")]
     readings += [reading.replace("\\", "/") for reading in readings if "\\" in reading]
     return readings
 
@@ -63,6 +66,7 @@ def _joined(written: str, job_file: Path) -> Path:
     return spelled_on_disk(path if path.is_absolute() else job_file.parent / path)
 
 
+_WEB_ADDRESS = re.compile(r"^[\"']?https?://", re.IGNORECASE)
 _WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
 
@@ -87,6 +91,13 @@ class DropFiles:
         path = resolve_written_path(value, job_file)
         relative = self._inside(path, role, where=role)
         if not (self.inbox_root / relative).is_file():
+            if _WEB_ADDRESS.match(value):
+                raise InvalidInput(
+                    f"{job_file.name}: the {role} '{value}' is a web address; fooocusd downloads nothing",
+                    where=role,
+                    hint=f"save the picture into the inbox beside the job file and write its name "
+                    f"('{role}: {_EXAMPLES[role]}')",
+                )
             if _WINDOWS_PATH.match(value):
                 name = PureWindowsPath(value).name
                 raise InvalidInput(
