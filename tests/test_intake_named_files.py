@@ -7,6 +7,8 @@ import json
 import unicodedata
 from pathlib import Path
 
+import pytest
+
 from fooocusd.intake.ignore import classify_name
 from fooocusd.intake.pairing import Drop, Pairer
 from fooocusd.intake.watcher import Ready
@@ -204,15 +206,6 @@ def test_a_named_image_is_found_as_the_path_was_meant(sandbox: Sandbox) -> None:
     assert sources == ["refs/Fox.png", "refs/Shed.png", "refs/owl.png"]
 
 
-def test_a_windows_path_to_a_named_image_is_refused_with_what_to_write_instead(sandbox: Sandbox) -> None:
-    sandbox.drop("job.txt", "a barn\nimage: C:\\Users\\me\\Pictures\\barn.jpg\n")
-    summary = sandbox.drain()
-    assert summary.inputs_failed == 1
-    (report,) = _error_reports(sandbox)
-    assert "the image 'C:\\Users\\me\\Pictures\\barn.jpg' is a path on a Windows computer" in report
-    assert "put barn.jpg into the inbox beside the job file and write 'image: barn.jpg'" in report
-
-
 def test_a_file_address_from_a_dragged_file_names_the_image(sandbox: Sandbox) -> None:
     _with_upscaler(sandbox).drop("refs/old barn.png", _png())
     address = (sandbox.inbox / "refs" / "old barn.png").as_uri()  # file:///…/refs/old%20barn.png
@@ -223,9 +216,22 @@ def test_a_file_address_from_a_dragged_file_names_the_image(sandbox: Sandbox) ->
     assert json.loads(sidecar.read_text())["image_action"]["source_image"] == "refs/old barn.png"
 
 
-def test_a_web_address_for_an_image_is_refused_saying_nothing_is_downloaded(sandbox: Sandbox) -> None:
-    sandbox.drop("job.txt", "a barn\nimage: https://example.com/barn.jpg\n")
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        (
+            "C:\\Users\\me\\Pictures\\barn.jpg",
+            "is a path on a Windows computer, which fooocusd cannot reach",
+        ),
+        ("https://example.com/barn.jpg", "is a web address; fooocusd downloads nothing"),
+    ],
+)
+def test_an_image_fooocusd_cannot_reach_is_refused_with_what_to_do_instead(
+    sandbox: Sandbox, written: str, said: str
+) -> None:
+    sandbox.drop("job.txt", f"a barn\nimage: {written}\n")
     summary = sandbox.drain()
     assert summary.inputs_failed == 1
     (report,) = _error_reports(sandbox)
-    assert "the image 'https://example.com/barn.jpg' is a web address; fooocusd downloads nothing" in report
+    assert f"the image '{written}' {said}" in report
+    assert "into the inbox beside the job file" in report
