@@ -251,13 +251,6 @@ def test_file_with_only_comments_and_blank_lines_is_an_error() -> None:
     assert "no prompt" in caught.value.message
 
 
-def test_too_many_extra_prompts_is_refused_pointing_at_the_last_line() -> None:
-    text = "\n".join(f"line {index}" for index in range(40))
-    with pytest.raises(InvalidInput) as caught:
-        parse_txt(text, "job.txt")
-    assert caught.value.where == "line 40"
-
-
 def test_image_option_alone_makes_a_job_without_prompt() -> None:
     spec = only("image: cat.png\naction: upscale_2x")
     assert (spec.prompt, spec.image, spec.image_action) == ("", "cat.png", "upscale_2x")
@@ -314,10 +307,16 @@ def test_an_overlong_value_is_quoted_short_in_the_error_with_a_hint_to_shorten_i
     message = raised.value.message
     assert len(message) < 300 and "… (29,999 characters) is not valid" in message
     assert raised.value.hint == "shorten it to at most 20,000 characters"
+
+
+def test_a_txt_with_more_prompt_lines_than_a_job_takes_says_which_line_is_over_and_what_to_do() -> None:
     with pytest.raises(InvalidInput) as raised:
         parse_txt("\n".join(f"line {n}" for n in range(40)), "lines.txt")
-    assert "(39 entries) is not valid" in raised.value.message
-    assert raised.value.hint.startswith("shorten it to at most 32 entries (in a .txt file each line after")
+    assert raised.value.message == (
+        "lines.txt: job 1 (lines 1–40) has 40 prompt lines; a job takes the main prompt and at most 32 more"
+    )
+    assert raised.value.where == "line 34"
+    assert raised.value.hint.startswith("each line after the first is an extra prompt, encoded on its own")
 
 
 def test_a_short_value_is_quoted_whole() -> None:

@@ -61,6 +61,10 @@ def parse_aspect(text: str) -> tuple[int, int]:
     return width, height
 
 
+MAX_EXTRA_PROMPTS = 32
+"""Prompts after the main one, each encoded on its own (a .txt file's further lines)."""
+
+
 class LoraSpec(BaseModel):
     """One LoRA: a file name (looked up in the LoRA folders) and its weight."""
 
@@ -99,7 +103,7 @@ class JobSpec(BaseModel):
     )
 
     prompt: str = Field("", max_length=20_000, description="Main prompt (line 1 of a .txt).")
-    extra_prompts: list[str] = Field(default_factory=list, max_length=32)
+    extra_prompts: list[str] = Field(default_factory=list, max_length=MAX_EXTRA_PROMPTS)
     negative: str = Field("", max_length=20_000)
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="None: random, fixed at queue time.")
     images: int = Field(1, ge=1, le=MAX_IMAGES)

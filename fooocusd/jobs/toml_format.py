@@ -382,8 +382,6 @@ def _explain(
         limit = (error.get("ctx") or {}).get("max_length")
         unit = "characters" if error["type"] == "string_too_long" else "entries"
         hint = f"shorten it to at most {limit:,} {unit}" if isinstance(limit, int) else hint
-        if field == "extra_prompts":
-            hint += " (in a .txt file each line after the first is one; a line '---' starts another job)"
     return InvalidInput(
         f"{source_name}: '{labels.get(field, field)}' = {shown_value(got)} is not valid: {detail}{extra}",
         where=locate(field),

@@ -18,7 +18,7 @@ from loguru import logger
 
 from fooocusd.errors import InvalidInput, suggest
 from fooocusd.jobs.pasted_settings import PastedSettings, pasted_settings
-from fooocusd.jobs.spec import MAX_NOTES, JobSpec, prompt_is_optional
+from fooocusd.jobs.spec import MAX_EXTRA_PROMPTS, MAX_NOTES, JobSpec, prompt_is_optional
 from fooocusd.jobs.toml_format import build_spec, canonical_key
 
 # Option key as written (after canonical_key) → JobSpec field. ``prompt`` is the escape hatch.
@@ -228,6 +228,15 @@ def _to_spec(block: _Block, source_name: str) -> JobSpec:
         )
     fields: dict[str, object] = {name: value for name, (_, _, value) in block.options.items()}
     written = {name: key for name, (_, key, _) in block.options.items()}
+    if len(block.prompts) > MAX_EXTRA_PROMPTS + 1:
+        first_over = block.prompts[MAX_EXTRA_PROMPTS + 1][0]
+        raise InvalidInput(
+            f"{source_name}: {block.label} has {len(block.prompts)} prompt lines; a job takes the main "
+            f"prompt and at most {MAX_EXTRA_PROMPTS} more",
+            where=f"line {first_over}",
+            hint="each line after the first is an extra prompt, encoded on its own: join lines "
+            "into one (ideas separated by commas), or make several jobs with a line '---' between them",
+        )
     if block.prompts:
         fields["prompt"] = block.prompts[0][1]
         fields["extra_prompts"] = [text for _, text in block.prompts[1:]]
