@@ -414,6 +414,31 @@ def test_cancel_of_an_unknown_job_is_a_clear_error(
     assert "no job matches" in capsys.readouterr().err
 
 
+def test_cancel_with_a_files_whole_name_cancels_all_its_jobs_and_a_prefix_of_several_asks_for_more(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = ["--config", str(sandbox.config)]
+    assert main(["pause", *config]) == 0
+    sandbox.drop("many.toml", "".join(f'[[job]]\nprompt = "a fox {n}"\n' for n in range(3)))
+    sandbox.drop("many-more.txt", "an owl\n")
+    sandbox.drain()
+    capsys.readouterr()
+
+    assert main(["cancel", "ma", *config]) != 0
+    said = capsys.readouterr().err
+    assert "'ma' matches 4 jobs" in said and "a file's whole name to cancel all its jobs" in said
+    assert main(["cancel", "many.toml", *config]) == 0
+    assert "cancelled 3 job(s) of many.toml" in capsys.readouterr().out
+    assert sorted(sandbox.journal_rows("SELECT state FROM jobs")) == [
+        ("cancelled",),
+        ("cancelled",),
+        ("cancelled",),
+        ("queued",),
+    ]
+    assert main(["cancel", "many", *config]) != 0
+    assert "none of the 3 jobs of many is queued or running" in capsys.readouterr().err
+
+
 def test_config_check_says_a_good_file_is_valid_and_refuses_what_a_reload_would(
     sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -477,22 +477,29 @@ class Journal:
 
         Returns False if the job does not exist or is already done, failed or cancelled.
         """
+        return bool(self.cancel_jobs([job_id]))
+
+    def cancel_jobs(self, job_ids: list[int]) -> list[int]:
+        """``cancel_job`` for each of ``job_ids``, in one transaction; the ids it cancelled."""
         now = self._clock()
+        cancelled: list[int] = []
         with self._write() as conn:
-            job = _load_job(conn, job_id)
-            if job is None or job.is_terminal:
-                return False
-            # A running job keeps its lease until the worker acknowledges, so that its input is
-            # not moved away while the worker may still be reading it.
-            conn.execute(
-                "UPDATE jobs SET state = 'cancelled', finished = ?, updated = ? WHERE id = ?",
-                (now, now, job_id),
-            )
-            detail = f"cancelled while {job.state.value}"
-            if job.state == JobState.RUNNING:
-                detail += f" on {job.lease_owner}; it stops at its next progress report"
-            _event(conn, now, "cancelled", detail, job.input_id, job_id)
-            return True
+            for job_id in job_ids:
+                job = _load_job(conn, job_id)
+                if job is None or job.is_terminal:
+                    continue
+                # A running job keeps its lease until the worker acknowledges, so that its input is
+                # not moved away while the worker may still be reading it.
+                conn.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished = ?, updated = ? WHERE id = ?",
+                    (now, now, job_id),
+                )
+                detail = f"cancelled while {job.state.value}"
+                if job.state == JobState.RUNNING:
+                    detail += f" on {job.lease_owner}; it stops at its next progress report"
+                _event(conn, now, "cancelled", detail, job.input_id, job_id)
+                cancelled.append(job_id)
+        return cancelled
 
     @waits_for_space
     def retry_job(self, job_id: int) -> RetryPlan:
@@ -984,6 +991,16 @@ class Journal:
             f"'{ref}' matches {len(matches)} jobs: {shown}{more}",
             hint="give the job id instead (`fooocusd status` lists them)",
         )
+
+    def jobs_of_file(self, ref: str) -> list[JobRow]:
+        """Every job of the inputs whose inbox path ``ref`` names whole (``many.toml`` or ``many``),
+        newest input first; empty when it names none whole."""
+        matches = self.find_jobs(ref)
+        with self._lock:
+            relpaths = {
+                input_id: self._input_relpath(input_id) for input_id in {job.input_id for job in matches}
+            }
+        return [job for job in matches if _names_whole(ref.strip(), relpaths[job.input_id])]
 
     def find_jobs(self, ref: str) -> list[JobRow]:
         """Jobs a user may mean by ``ref``: a job id, or else the start of an input's path in the inbox.

@@ -24,7 +24,7 @@ from fooocusd.errors import ConfigError, FooocusdError, InvalidInput
 from fooocusd.intake.waiting import inbox_waiting
 from fooocusd.jobs.presets import preset_search_dirs
 from fooocusd.journal.journal import Journal, JournalError, status_report, unfinished_jobs
-from fooocusd.journal.rows import job_label
+from fooocusd.journal.rows import JobRow, job_label
 from fooocusd.service.folders import Folders, prepare_folders
 from fooocusd.service.free_space import low_disks
 from fooocusd.service.pause import current_pause
@@ -487,10 +487,15 @@ def retry(args: argparse.Namespace, loaded: LoadedSettings) -> int:
 def cancel(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     journal = _open_journal(loaded)
     try:
+        of_file = journal.jobs_of_file(args.job)
+        if len(of_file) > 1:
+            return _cancel_all_of_file(journal, args.job, of_file)
         try:
             job = journal.find_job(args.job)
         except JournalError as exc:
-            raise InvalidInput(str(exc)) from exc
+            raise InvalidInput(
+                str(exc), hint="give the job id, or a file's whole name to cancel all its jobs"
+            ) from exc
         if job is None:
             raise InvalidInput(f"no job matches '{args.job}'", hint="see `fooocusd status` for job ids")
         if not journal.cancel_job(job.id):
@@ -498,6 +503,20 @@ def cancel(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     finally:
         journal.close()
     _out.print(f"cancelled job {job.id}")
+    return 0
+
+
+def _cancel_all_of_file(journal: Journal, name: str, jobs: list[JobRow]) -> int:
+    """``fooocusd cancel many.toml``: every job of that file that has not ended."""
+    cancelled = journal.cancel_jobs([job.id for job in jobs])
+    if not cancelled:
+        raise InvalidInput(
+            f"none of the {len(jobs)} jobs of {name} is queued or running; nothing to cancel",
+            hint="`fooocusd status` lists what waits",
+        )
+    ended = len(jobs) - len(cancelled)
+    already = f"; {ended} had ended already" if ended else ""
+    _out.print(f"cancelled {len(cancelled)} job(s) of {name}{already}")
     return 0
 
 
