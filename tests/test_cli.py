@@ -414,7 +414,7 @@ def test_cancel_of_an_unknown_job_is_a_clear_error(
     assert "no job matches" in capsys.readouterr().err
 
 
-def test_cancel_with_a_files_whole_name_cancels_all_its_jobs_and_a_prefix_of_several_asks_for_more(
+def test_cancel_and_retry_with_a_files_whole_name_take_all_its_jobs_and_a_prefix_of_several_asks_for_more(
     sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = ["--config", str(sandbox.config)]
@@ -437,6 +437,12 @@ def test_cancel_with_a_files_whole_name_cancels_all_its_jobs_and_a_prefix_of_sev
     ]
     assert main(["cancel", "many", *config]) != 0
     assert "none of the 3 jobs of many is queued or running" in capsys.readouterr().err
+
+    assert main(["retry", "many.toml", *config]) == 0  # all of them, together
+    assert "many.toml: jobs 1, 2, 3 queued again" in capsys.readouterr().out
+    assert sorted(sandbox.journal_rows("SELECT state FROM jobs")) == [("queued",)] * 4
+    assert main(["retry", "many", *config]) != 0
+    assert "none of the 3 jobs of many failed or was cancelled; nothing to retry" in capsys.readouterr().err
 
 
 def test_config_check_says_a_good_file_is_valid_and_refuses_what_a_reload_would(

@@ -18,6 +18,8 @@ from fooocusd.journal.journal import Journal, JournalError
 from fooocusd.journal.rows import InputRow, InputState, JobRow, JobState, RefusalRow
 from fooocusd.service.failing import error_file_for
 
+_IDS_SHOWN = 10
+
 
 def retry(journal: Journal, ref: str, inbox: Path, failed: Path) -> str:
     """Queue the job ``ref`` names again, or put the refused file it names back in the inbox,
@@ -60,6 +62,9 @@ def return_refused_files(journal: Journal, refusal: RefusalRow, inbox: Path) -> 
 
 
 def retry_job(journal: Journal, ref: str, inbox: Path) -> str:
+    of_file = journal.jobs_of_file(ref)
+    if len(of_file) > 1:
+        return _retry_file(journal, ref, of_file, inbox)
     try:
         job = journal.find_job(ref)
         if job is None:
@@ -103,6 +108,23 @@ def retry_all_failed(journal: Journal, inbox: Path) -> tuple[list[str], list[str
     return done, skipped
 
 
+def _retry_file(journal: Journal, ref: str, jobs: list[JobRow], inbox: Path) -> str:
+    """``fooocusd retry many.toml``: the failed and cancelled jobs of the newest input of that name,
+    together (an older input of the same name was dropped again since)."""
+    newest = [job for job in jobs if job.input_id == jobs[0].input_id]
+    again = [job for job in newest if job.state in (JobState.FAILED, JobState.CANCELLED)]
+    source = journal.get_input(newest[0].input_id)
+    if not again or source is None:
+        raise InvalidInput(
+            f"none of the {len(newest)} jobs of {ref} failed or was cancelled; nothing to retry",
+            hint="`fooocusd status` lists what failed",
+        )
+    try:
+        return _retry_input_jobs(journal, source, again, inbox)
+    except JournalError as exc:
+        raise InvalidInput(str(exc), hint=getattr(exc, "hint", "")) from exc
+
+
 def _retry_input_jobs(journal: Journal, source: InputRow, jobs: list[JobRow], inbox: Path) -> str:
     if _edited_where_it_failed(source):
         return _return_edited_input(journal, source, inbox)
@@ -110,8 +132,9 @@ def _retry_input_jobs(journal: Journal, source: InputRow, jobs: list[JobRow], in
     plans = [journal.retry_job(job.id) for job in jobs]
     if any(plan.restore_files for plan in plans):
         restore_input_files(journal, plans[-1].input)
-    ids = ", ".join(str(job.id) for job in jobs)
-    return f"{source.relpath}: job{'s' if len(jobs) > 1 else ''} {ids} queued again"
+    ids = ", ".join(str(job.id) for job in jobs[:_IDS_SHOWN])
+    more = f" and {len(jobs) - _IDS_SHOWN} more" if len(jobs) > _IDS_SHOWN else ""
+    return f"{source.relpath}: job{'s' if len(jobs) > 1 else ''} {ids}{more} queued again"
 
 
 def _edited_where_it_failed(source: InputRow) -> bool:
