@@ -235,3 +235,21 @@ def test_an_image_fooocusd_cannot_reach_is_refused_with_what_to_do_instead(
     (report,) = _error_reports(sandbox)
     assert f"the image '{written}' {said}" in report
     assert "into the inbox beside the job file" in report
+
+
+@pytest.mark.parametrize(
+    ("written", "said", "hint"),
+    [
+        ("refs/", "is a folder, not a picture", "name one picture in it, e.g. 'image: refs/cat.png'"),
+        ("job.txt", "is this job file itself, not a picture", "name the picture to use"),
+    ],
+)
+def test_a_job_that_names_no_picture_where_one_belongs_says_what_it_named(
+    sandbox: Sandbox, written: str, said: str, hint: str
+) -> None:
+    sandbox.drop("refs/cat.png", _png())
+    sandbox.drop("job.txt", f"a barn\nimage: {written}\n")
+    summary = sandbox.drain()
+    assert summary.inputs_failed == 1
+    (report,) = _error_reports(sandbox)
+    assert f"the image '{written}' {said}" in report and hint in report

@@ -66,8 +66,25 @@ def _joined(written: str, job_file: Path) -> Path:
     return spelled_on_disk(path if path.is_absolute() else job_file.parent / path)
 
 
+_SEPARATORS = "/\\"
 _WEB_ADDRESS = re.compile(r"^[\"']?https?://", re.IGNORECASE)
 _WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+
+
+def _refuse_what_is_no_picture(path: Path, value: str, job_file: Path, role: Role) -> None:
+    """A job that names a folder, or itself, where a picture belongs."""
+    if path.is_dir():
+        raise InvalidInput(
+            f"{job_file.name}: the {role} '{value}' is a folder, not a picture",
+            where=role,
+            hint=f"name one picture in it, e.g. '{role}: {value.rstrip(_SEPARATORS)}/cat.png'",
+        )
+    if path.exists() and path.samefile(job_file):
+        raise InvalidInput(
+            f"{job_file.name}: the {role} '{value}' is this job file itself, not a picture",
+            where=role,
+            hint=f"name the picture to use, e.g. '{role}: {_EXAMPLES[role]}'",
+        )
 
 
 class DropFiles:
@@ -90,6 +107,7 @@ class DropFiles:
         """The picture a job names in its ``image`` or ``mask`` key, relative to the job file."""
         path = resolve_written_path(value, job_file)
         relative = self._inside(path, role, where=role)
+        _refuse_what_is_no_picture(self.inbox_root / relative, value, job_file, role)
         if not (self.inbox_root / relative).is_file():
             if _WEB_ADDRESS.match(value):
                 raise InvalidInput(
