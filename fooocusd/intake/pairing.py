@@ -43,7 +43,6 @@ failure path. Not thread-safe: use it from the daemon loop.
 from __future__ import annotations
 
 import os
-import stat as stat_mode
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -100,14 +99,6 @@ class _Group:
 
     def all(self) -> list[_Held]:
         return [*self.specs, *self.images, *self.masks]
-
-
-def regular_file_exists(path: Path) -> bool:
-    """A regular file (not a link or FIFO) is at ``path``."""
-    try:
-        return stat_mode.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 class _DiskLookup:

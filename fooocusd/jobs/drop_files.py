@@ -44,11 +44,15 @@ def resolve_written_path(value: str, job_file: Path) -> Path:
     (``image: "cat.png"`` in a .txt file), with Windows' ``\\`` as folder separators
     (``refs\\cat.png``), and as the path of a ``file://`` address (what a file dragged into a
     text editor becomes)."""
-    readings = [_joined(reading, job_file) for reading in _readings(value)]
-    for path in readings:
-        if os.path.lexists(path):
-            return path
-    return readings[0]
+    as_written, *as_meant = _readings(value)
+    path = _joined(as_written, job_file)
+    if os.path.lexists(path):
+        return path
+    for reading in as_meant:  # each looked at on disk only while none before it was there
+        candidate = _joined(reading, job_file)
+        if os.path.lexists(candidate):
+            return candidate
+    return path
 
 
 def _readings(value: str) -> list[str]:
