@@ -16,8 +16,10 @@ engine through its public interface (``load``, ``generate``, ``describe``) and m
   filled), with the VAE decode left to the publisher thread (``overlap_decode``, the default on a
   GPU) and without (``queue_decode_at_once``), and one by one with inline writes, as before
   batching and overlap; and with every job asking for "Fooocus V2" (a random GPT-2 small loaded
-  from a folder): expanded ahead on their own thread (``queue_expansion``) and when each job is
-  prepared (``queue_expansion_inline``), against ``queue`` (no expansion);
+  from a folder): with the daemon's default (expansions run in groups as jobs are claimed,
+  ``queue_expansion``; its ``expansion_cost_pct`` against ``queue``, no expansion) and ahead on
+  their own thread (``queue_expansion_ahead``, ``engine.expand_ahead = "on"``). Until 2026-11-29
+  ``queue_expansion`` named the ahead mode and ``queue_expansion_inline`` the default;
 * peak memory (``torch.cuda.max_memory_allocated``) resident, and in low-VRAM mode;
 * switching LoRA (first load of a file, and back to an already loaded one) and switching model;
 * prompt-expansion latency (GPT-2 small's shape, random weights): the static-cache step (CUDA
@@ -338,6 +340,12 @@ class Bench:
             return None
         return round(torch.cuda.memory_reserved() / 2**30, 2)
 
+    def device_used_gib(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        free, total = torch.cuda.mem_get_info(self.device)
+        return round((total - free) / 2**30, 2)
+
     def resident_gib(self) -> float | None:
         if self.device.type != "cuda":
             return None
@@ -472,11 +480,14 @@ class Bench:
         engine.load()
         self.timed(engine, self.request(), 2)
         held = self.reserved_gib()
+        used = self.device_used_gib()
         rest = EngineRest(engine, load_again=engine.load)
         mark = time.perf_counter()
         rest.rest("pause")
         unload_s = time.perf_counter() - mark
         after = self.reserved_gib()
+        allocated_after = self.resident_gib()  # read now: after the wake it is the model's again
+        used_after = self.device_used_gib()
         mark = time.perf_counter()
         rest.wake()
         reload_s = time.perf_counter() - mark
@@ -484,7 +495,10 @@ class Bench:
         return {
             "reserved_gib_loaded": held,
             "reserved_gib_paused": after,
-            "allocated_gib_paused": self.resident_gib(),
+            "allocated_gib_paused": allocated_after,
+            # what nvidia-smi shows taken on the card: the CUDA context, other programs too
+            "device_used_gib_loaded": used,
+            "device_used_gib_paused": used_after,
             "unload_s": round(unload_s, 3),
             "reload_s": round(reload_s, 2),
             "first_image_after_resume_s": round(first, 3),
@@ -906,7 +920,7 @@ class Bench:
         """The whole daemon on a queue of one-image prompt files (``queue_throughput.py``).
         ``expansion``: every job asks for "Fooocus V2", expanded by a random GPT-2 small (the
         tiny one on ``--size tiny``) loaded from a folder, as a user's would be."""
-        from queue_throughput import measure_queue
+        from queue_throughput import extra_cost_pct, measure_queue
 
         work = self.work / name
         generation: dict[str, Any] = {}
@@ -936,7 +950,10 @@ class Bench:
                 "generation": generation,
             },
         )
-        return {"batch_size": batch, "background_writes": background, **engine_settings, **result}
+        record = {"batch_size": batch, "background_writes": background, **engine_settings, **result}
+        if expansion and (cost := extra_cost_pct(self.report["cases"].get("queue", {}), result)) is not None:
+            record["expansion_cost_pct"] = cost  # against `queue`, the same jobs without expansion
+        return record
 
     def low_vram(self) -> dict[str, Any]:
         steps = min(self.args.low_vram_steps, self.steps)
@@ -1095,9 +1112,9 @@ class Bench:
             "queue": lambda: self.queue("queue"),
             "queue_copies": lambda: self.queue("queue-copies", keep_channels_last="off"),
             "queue_decode_at_once": lambda: self.queue("queue-decode-at-once", overlap_decode="off"),
-            "queue_expansion": lambda: self.queue("queue-expansion", expansion=True, expand_ahead="on"),
-            "queue_expansion_inline": lambda: self.queue(
-                "queue-expansion-inline", expansion=True, expand_ahead="off"
+            "queue_expansion": lambda: self.queue("queue-expansion", expansion=True),
+            "queue_expansion_ahead": lambda: self.queue(
+                "queue-expansion-ahead", expansion=True, expand_ahead="on"
             ),
             "fast_compiled_batch_4": self.fast,
             "queue_compiled": lambda: self.queue("queue-compiled", compile="unet"),

@@ -14,9 +14,14 @@ if [ ! -f .bench-anchor/anchor_sdxl.py ] && [ -f ../shared/bench/anchor_sdxl.py 
     mkdir -p .bench-anchor && cp ../shared/bench/anchor_sdxl.py .bench-anchor/
 fi
 
-# pydantic-core must be the version pydantic's METADATA pins
+# Every runtime dependency in pyproject.toml is either on the device image (DEVICE_IMAGE_HAS, from
+# /work/.library/device/KINDS.md) or fetched below with what it needs itself (tests/test_gpu_check_script.py
+# checks this: tomli-w, added to pyproject without being added here, failed every queue case of the
+# 2026-11-29 check). pydantic-core must be the version pydantic's METADATA pins.
+DEVICE_IMAGE_HAS="torch transformers safetensors huggingface-hub pillow rich numpy peft prometheus-client opencv-python-headless"
 for pkg in diffusers==0.42.1 pydantic pydantic-core==2.50.5 pydantic-settings python-dotenv \
-    typing-inspection annotated-types typing-extensions loguru watchdog torchao==0.18.0 pi-heif; do
+    typing-inspection annotated-types typing-extensions loguru watchdog torchao==0.18.0 pi-heif \
+    tomli-w torchsde trampoline spandrel; do
     wheel_name="${pkg%%==*}"
     if compgen -G ".whl/${wheel_name//-/_}-*.whl" >/dev/null; then
         continue

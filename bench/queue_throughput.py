@@ -144,6 +144,11 @@ def _outputs(outbox: Path, jobs: int, started: float, process_started: float | N
     sizes = [int(record.get("batch_size", 1) or 1) for record in records]
     batch = max(sizes, default=1)
     result: dict[str, Any] = {"images": len(records), "expected": jobs, "largest_batch": batch}
+    if len(records) < jobs:  # a rate over part of the queue, or none, must not pass for a result
+        result["error"] = (
+            f"the daemon wrote {len(records)} of {jobs} images, so no rate is given: its log says why "
+            "(a job that failed, or an input it could not take)"
+        )
     expanded = sum(record.get("expansion") == "fooocus_v2" for record in records)
     if expanded:
         result["expanded_images"] = expanded
@@ -151,7 +156,7 @@ def _outputs(outbox: Path, jobs: int, started: float, process_started: float | N
         result["first_image_s"] = round(finished[0] - started, 2)
         if process_started is not None:
             result["process_start_to_first_image_s"] = round(finished[0] - process_started, 2)
-    window = steady_window(sizes)
+    window = steady_window(sizes) if len(records) >= jobs else None
     if window is not None:
         first, last = window
         per_image = (finished[last] - finished[first]) / (last - first)
@@ -162,6 +167,15 @@ def _outputs(outbox: Path, jobs: int, started: float, process_started: float | N
     if totals:
         result["engine_total_s_median"] = round(statistics.median(totals), 3)
     return result
+
+
+def extra_cost_pct(plain: dict[str, Any], other: dict[str, Any]) -> float | None:
+    """How much slower per image, in percent, the ``other`` queue ran than the ``plain`` one;
+    None unless both have a steady rate."""
+    base, slower = plain.get("steady_s_per_image"), other.get("steady_s_per_image")
+    if not isinstance(base, int | float) or not isinstance(slower, int | float) or base <= 0:
+        return None
+    return round(100 * (slower / base - 1), 1)
 
 
 def compile_cache_counters() -> dict[str, int]:

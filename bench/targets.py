@@ -57,6 +57,10 @@ TARGETS = (
         ("warm_start",),
     ),
     Target("cost of sharpness, adaptive CFG and ADM", 5.0, "%", ("refinement_cost_pct",), ("defaults",)),
+    # The one target for Fooocus's refinements: this row and the one above together.
+    Target(
+        'cost of "Fooocus V2" expansion in a queue', 5.0, "%", ("expansion_cost_pct",), ("queue_expansion",)
+    ),
 )
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,15 +77,18 @@ def test_cpu_benchmark_writes_a_report_with_every_requested_case(tmp_path: Path)
     assert encoding["one_line_all_kept_s"]["median"] < encoding["one_line_fresh_s"]["median"]
     assert encoding["kept_encodings"] > 0
     assert cases["postprocess"]["same_bytes"] is True
-    for shape, timings in cases["attention_backends"].items():
-        if shape != "dtype":
-            assert isinstance(timings["default"], float) and timings["fastest"] in timings, (shape, timings)
+    attention = cases["attention_backends"]
+    assert attention["timed_as"] == "wall clock"  # CUDA graph replays on a GPU
+    shapes = {shape: timings for shape, timings in attention.items() if isinstance(timings, dict)}
+    assert len(shapes) == 4 and {"b2_h2_q64_k64", "b2_h2_q64_k64_fused_qkv"} <= set(shapes)
+    for shape, timings in shapes.items():
+        assert isinstance(timings["default"], float) and timings["fastest"] in timings, (shape, timings)
     assert "convolution" in cases["profile"]["by_kind_pct"]
     block = cases["block_autotune"]["tiny"]  # (eager on a CPU: both modes run the same block)
     for mode in cases["block_autotune"]["modes"]:
         assert block[mode]["ms_per_call"] > 0 and block[mode]["max_abs_vs_eager"] == 0.0, block
     expanded = cases["queue_expansion"]
-    assert expanded["expanded_images"] == 2 and expanded["expand_ahead"] == "on", expanded
+    assert expanded["expanded_images"] == 2 and "expand_ahead" not in expanded, expanded  # the default
     markdown = (out / "fooocusd_bench.md").read_text()
     assert "| defaults | start_to_ready_s |" in markdown
     targets = {row["target"]: row for row in report["targets"]}  # tiny sizes: 128² for 1024², 64² for 512²
@@ -141,6 +145,11 @@ def test_target_table_takes_each_targets_best_measured_figure_and_its_case(
             },
             "queue": {"steady_s_per_image": 1.29},
             "queue_graphs": {"steady_s_per_image": 0.8},
+            "queue_expansion": {"steady_s_per_image": 0.83, "expansion_cost_pct": 3.8},
+            "queue_expansion_ahead": {
+                "steady_s_per_image": 0.9,
+                "expansion_cost_pct": 1.0,
+            },  # not the default
             "low_vram": {"peak_gib": 1.7},
             "broken": {"error": "RuntimeError: ..."},
         }
@@ -160,6 +169,8 @@ def test_target_table_takes_each_targets_best_measured_figure_and_its_case(
     assert (memory.value, memory.case, memory.met) == (8.4, "defaults", True)
     assert rows["peak GPU memory, low-VRAM mode"].value == 1.7
     assert "process start to ready, compiled artefacts on disk" not in rows  # no warm_start case ran
+    expansion = rows['cost of "Fooocus V2" expansion in a queue']
+    assert (expansion.value, expansion.case, expansion.met) == (3.8, "queue_expansion", True)
     table = "\n".join(targets_markdown(list(rows.values())))
     assert "| one 1024² image, 30 steps | 0.88 s | graphs | ≤ 0.9 s | yes |" in table
     assert targets_markdown([]) == []
@@ -175,3 +186,21 @@ def test_import_profile_sums_each_packages_own_import_time() -> None:
     assert {"json", "email"} <= set(profile["packages_s"])
     assert profile["own_s_total"] > 0 and profile["wall_s"] >= profile["own_s_total"]
     assert "json.decoder" in profile["slowest_modules_s"] or len(profile["slowest_modules_s"]) == 12
+
+
+def test_attention_bench_lays_out_fused_qkv_inputs_as_strided_views_of_one_projection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from attention_backends import HEAD_WIDTH, attention_inputs
+
+    generator = torch.Generator().manual_seed(0)
+    inner = 10 * HEAD_WIDTH
+    q, k, v = attention_inputs(2, 10, 256, 256, "fused_qkv", torch.device("cpu"), torch.float32, generator)
+    assert q.shape == k.shape == v.shape == (2, 10, 256, HEAD_WIDTH)
+    assert q.stride() == (256 * 3 * inner, HEAD_WIDTH, 3 * inner, 1)  # one token's q, k, v side by side
+    assert k.data_ptr() - q.data_ptr() == inner * q.element_size()
+    q, k, v = attention_inputs(2, 10, 256, 77, "fused_qkv", torch.device("cpu"), torch.float32, generator)
+    assert (q.stride(2), k.stride(2), k.shape[2]) == (inner, 2 * inner, 77)  # cross-attention: k, v fused
+    contiguous = attention_inputs(2, 10, 256, 77, "contiguous", torch.device("cpu"), torch.float32, generator)
+    assert all(t.is_contiguous() for t in contiguous) and contiguous[1].shape[2] == 77

@@ -233,3 +233,26 @@ def test_carried_wheels_are_installed_with_their_bytecode_though_python_writes_n
     assert "compiled in" in done.stdout
     facts = (tmp_path / "out" / "gpu.txt").read_text(encoding="utf-8")
     assert "dont_write_bytecode True" in facts and "torch bytecode:" in facts and "kernel:" in facts
+
+
+def test_the_gpu_check_brings_every_runtime_dependency_the_device_image_lacks() -> None:
+    # tomli-w joined pyproject without joining the wheel list, and every queue case of the
+    # 2026-11-29 check failed at intake on the device ("No module named 'tomli_w'").
+    import tomllib
+
+    prepare = (ROOT / "bench" / "prepare_gpu_check.sh").read_text(encoding="utf-8")
+    on_image = re.search(r'^DEVICE_IMAGE_HAS="([^"]*)"', prepare, re.MULTILINE)
+    fetched = re.search(r"^for pkg in (.*?); do", prepare, re.MULTILINE | re.DOTALL)
+    assert on_image is not None and fetched is not None
+    brought = {_package_name(word) for word in fetched.group(1).replace("\\\n", " ").split()}
+    available = brought | {_package_name(word) for word in on_image.group(1).split()}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    needed = {_package_name(requirement) for requirement in project["dependencies"]}
+
+    assert needed - available == set()
+
+
+def _package_name(requirement: str) -> str:
+    name = re.match(r"[A-Za-z0-9_.-]+", requirement)
+    assert name is not None, requirement
+    return re.sub(r"[-_.]+", "-", name.group(0)).lower()
