@@ -531,6 +531,21 @@ def test_doctor_says_what_the_auto_speed_settings_become_here(sandbox: Sandbox) 
     )
 
 
+def test_doctor_tells_a_gpu_that_lacks_flashattention_4_what_it_would_bring(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fooocusd.engine import flash4_attention
+
+    hint = "FlashAttention 4 would make images faster on this GPU: pip install 'fooocusd[flash4]'"
+    monkeypatch.setattr(flash4_attention, "install_hint", lambda device: hint)
+    settings = load_settings(sandbox.config, environ={}).settings
+    speed = next(check for check in run_checks(settings) if check.name == "speed settings")
+    assert speed.level == "ok" and speed.detail.endswith("; " + hint)
+    fixed = load_settings(sandbox.config, environ={"FOOOCUSD_ENGINE__ATTENTION": "sdpa"}).settings
+    speed = next(check for check in run_checks(fixed) if check.name == "speed settings")
+    assert hint not in speed.detail  # attention chosen by hand: no advice about auto's candidates
+
+
 def test_log_json_writes_one_json_object_per_line(sandbox: Sandbox) -> None:
     sandbox.drop("a.txt", "a dog\nseed: 1\n")
     result = _run(sandbox, "once", "--no-progress", "--log-json")

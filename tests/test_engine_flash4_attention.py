@@ -122,6 +122,25 @@ def test_it_says_why_it_cannot_run_without_a_gpu_a_hopper_or_the_package(
     assert flash4_attention.unavailable(CUDA).startswith("flash-attn-4 cannot be loaded (ModuleNotFoundError")
 
 
+def test_a_hopper_or_blackwell_gpu_without_the_package_is_told_what_it_would_bring_and_how(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert flash4_attention.install_hint(torch.device("cpu")) == ""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (8, 9))  # Ada: cannot run it
+    assert flash4_attention.install_hint(CUDA) == ""
+    monkeypatch.setitem(sys.modules, flash4_attention.MODULE, None)  # (an import that fails)
+    for capability in ((9, 0), (10, 0)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        hint = flash4_attention.install_hint(CUDA)
+        assert "8 % at 1024² on an H200" in hint and hint.endswith("pip install 'fooocusd[flash4]'")
+        assert "flash-attn-4 cannot be loaded (ModuleNotFoundError" in hint
+
+
+def test_a_gpu_that_runs_it_needs_no_hint(monkeypatch: pytest.MonkeyPatch, stand_in: StandIn) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    assert flash4_attention.install_hint(CUDA) == ""
+
+
 def test_a_hopper_gpu_with_the_package_can_run_it(monkeypatch: pytest.MonkeyPatch, stand_in: StandIn) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
     assert flash4_attention.unavailable(CUDA) == ""

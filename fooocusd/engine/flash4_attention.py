@@ -87,6 +87,24 @@ def unavailable(device: torch.device) -> str:
     return _load_failure()
 
 
+def install_hint(device: torch.device) -> str:
+    """For a Hopper or Blackwell GPU on which the package does not load: what it would bring and
+    how to get it; empty elsewhere, and where it loads."""
+    if device.type != "cuda":
+        return ""
+    try:
+        major, _ = torch.cuda.get_device_capability(device)
+    except (RuntimeError, AssertionError):
+        return ""
+    failure = _load_failure() if major in CAPABILITY_MAJORS else ""
+    if not failure:
+        return ""
+    return (
+        f"FlashAttention 4 would make images faster on this GPU (8 % at 1024² on an H200), but {failure}: "
+        "pip install 'fooocusd[flash4]'"
+    )
+
+
 @functools.cache
 def _load_failure() -> str:
     """Why the package cannot be imported (once per process: a broken install takes seconds)."""

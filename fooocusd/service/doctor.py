@@ -53,6 +53,7 @@ def _torch() -> Check:
 def _speed(settings: Settings) -> Check:
     """What the engine's ``auto`` speed settings become on this machine, and why anything asked is not."""
     try:
+        from fooocusd.engine import flash4_attention
         from fooocusd.engine.acceleration import AccelerationOptions, plan_acceleration
         from fooocusd.engine.attention_choice import describe_setting
         from fooocusd.engine.batching import resolve_batch_size
@@ -67,6 +68,7 @@ def _speed(settings: Settings) -> Check:
         batch = resolve_batch_size(engine.batch_size, device=device, vram=plan.vram, total_memory=memory)
         ahead = engine.expand_ahead == "on"  # "auto" is off (service/expansion_ahead.py)
         attention = describe_setting(engine.attention, device)
+        attention_hint = flash4_attention.install_hint(device) if engine.attention == "auto" else ""
     except (FooocusdError, ImportError, RuntimeError, ValueError) as exc:
         return Check("speed settings", "warn", f"cannot tell: {type(exc).__name__}: {exc}")
     warm = "on" if engine.warm_up and (plan.compile != "off" or plan.cuda_graphs) else "off"
@@ -80,7 +82,7 @@ def _speed(settings: Settings) -> Check:
     refused = ("compile off", "quantize off", "cuda_graphs off")
     missing = [note for note in plan.notes if note.startswith(refused)]
     level: Literal["ok", "warn"] = "warn" if device.type == "cuda" and asked_for_speed and missing else "ok"
-    return Check("speed settings", level, "; ".join([detail, *plan.notes]))
+    return Check("speed settings", level, "; ".join([detail, *plan.notes, *filter(None, [attention_hint])]))
 
 
 def _folders(settings: Settings) -> list[Check]:
