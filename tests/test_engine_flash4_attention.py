@@ -311,6 +311,23 @@ def test_auto_picks_it_on_a_hopper_gpu_when_it_is_faster_and_agrees_through_pyto
     assert choice.backend == "sdpa_flash4" and "33% faster" in choice.reason
 
 
+def test_auto_on_a_hopper_gpu_without_the_package_logs_what_it_would_bring(
+    monkeypatch: pytest.MonkeyPatch, logged: list[str]
+) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    monkeypatch.setitem(sys.modules, flash4_attention.MODULE, None)  # (an import that fails)
+    attention_choice._measured.clear()
+    measured = ({"sdpa": 9.0, "sdpa_cudnn": 9.1}, {})
+    monkeypatch.setattr(attention_choice, "measure_backends", lambda *args, **kwargs: measured)
+    monkeypatch.setattr(attention_choice, "masked_attention_problem", lambda *args: "")
+
+    choice = choose_attention("auto", meta_sdxl_unet(), CUDA, torch.bfloat16, graphed=True)
+
+    assert choice.backend == "sdpa"
+    hints = [line.rstrip() for line in logged if "pip install 'fooocusd[flash4]'" in line]
+    assert len(hints) == 1 and hints[0].startswith("attention: FlashAttention 4 would make images faster")
+
+
 def test_auto_rejects_it_when_pytorchs_operator_gives_another_result_through_it(
     hopper: StandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -496,6 +496,8 @@ def choose_attention(
     elapsed = time.perf_counter() - started
     choice = AttentionChoice(backend, f"auto: {reason}", per_call_ms, {**skipped, **rejected}, elapsed)
     logger.info("attention: {} ({}; ms per UNet call {}; {:.2f} s)", backend, reason, per_call_ms, elapsed)
+    if hint := flash4_attention.install_hint(device):
+        logger.info("attention: {}", hint)
     _measured[key] = choice
     return choice
 
