@@ -17,14 +17,29 @@ def out_of_memory_retryable(request: GenerationRequest, free_memory: Callable[[]
     becomes ``OutOfMemory``, which the worker retries; any other error passes unchanged."""
     try:
         yield
-    except torch.cuda.OutOfMemoryError as exc:
-        free_memory()
-        raise out_of_memory(request, exc) from exc
-    except RuntimeError as exc:
-        if "out of memory" not in str(exc).lower():
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
+        if not is_out_of_memory(exc):
             raise
         free_memory()
         raise out_of_memory(request, exc) from exc
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA OOM, or another backend's "out of memory" RuntimeError."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def gpu_room_text(device: torch.device) -> str:
+    """ "1.2 of 24.0 GiB free" for a CUDA device (what every program on it leaves); "" elsewhere."""
+    if device.type != "cuda":
+        return ""
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+    except (RuntimeError, AssertionError):
+        return ""
+    return f"{free / 1024**3:.1f} of {total / 1024**3:.1f} GiB free"
 
 
 def out_of_memory(request: GenerationRequest, exc: BaseException) -> OutOfMemory:

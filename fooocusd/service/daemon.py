@@ -173,14 +173,6 @@ class Daemon:
             self.notifier.status("checking the journal against the folders")
             reconcile(journal, folders, max_crashes=self.settings.journal.max_crashes)
             timeline.reached("journal checked against the folders")
-            logger.info("loading the model…")
-            self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
-            self.notifier.status(f"loading the model {self.settings.engine.model or '(auto)'}")
-            engine.load()
-            timeline.reached("model")
-            timeline.details["model"] = dict(engine.describe().get("load_steps_s") or {})
-            expansion.preload()  # a broken expansion folder stops the start, not a job later
-            timeline.reached("prompt expansion")
 
             def warm() -> bool:
                 if not self.settings.engine.warm_up:
@@ -194,11 +186,22 @@ class Daemon:
                 )
                 return True
 
-            if warm():
-                timeline.reached("warm-up render")
-            self._engine_rest = EngineRest(
+            rest = self._engine_rest = EngineRest(
                 engine, load_again=lambda: (engine.load(), warm()), on_change=self.extras.set_model_loaded
             )
+            logger.info("loading the model…")
+            self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
+            self.notifier.status(f"loading the model {self.settings.engine.model or '(auto)'}")
+            # No room on the GPU (another program holds it): a daemon starts without the model and
+            # waits for room; `once` (drain) says so and stops.
+            loaded = rest.load_at_start(engine.load, wait=not drain)
+            timeline.reached("model")
+            if loaded:
+                timeline.details["model"] = dict(engine.describe().get("load_steps_s") or {})
+            expansion.preload()  # a broken expansion folder stops the start, not a job later
+            timeline.reached("prompt expansion")
+            if loaded and warm():
+                timeline.reached("warm-up render")
             return self._serve(
                 folders, journal, engine, preset_dirs, styles, drain, expansion=expansion, timeline=timeline
             )
@@ -300,7 +303,8 @@ class Daemon:
         else:
             logger.info("ready: watching {}", folders.inbox)
         if self.extras is not None:
-            self.extras.ready(timeline)
+            rest = self._engine_rest
+            self.extras.ready(timeline, model_loaded=rest is None or rest.resting_for is None)
         last_stale_check = time.monotonic()
         upkeep = JournalUpkeep(journal)
         try:
@@ -411,6 +415,10 @@ class Daemon:
                     apply_to_worker(plan, worker)
                 if self._wake_engine_if_wanted(worker):
                     busy_at = time.monotonic()  # the idle time counts from the model's return
+                if self._waiting_for_room():
+                    self._wake_worker.wait(_TICK)
+                    self._wake_worker.clear()
+                    continue
                 self.pulse.job_started()
                 try:
                     ran = worker.run_one()
@@ -439,15 +447,25 @@ class Daemon:
             rest.rest("idle", idle_seconds)
 
     def _wake_engine_if_wanted(self, worker: Worker) -> bool:
-        """Before a claim: load the model again once a pause has ended, or, after an idle unload,
-        once a job waits; whether it did."""
+        """Before a claim: load the model again once a pause has ended, after an idle unload once a
+        job waits, and while waiting for room on the GPU at each retry; whether it loaded."""
         rest = self._engine_rest
-        if rest is None or rest.resting_for is None or self.paused.is_set():
+        if rest is None or rest.resting_for is None or self.paused.is_set() or not rest.due():
             return False
-        if rest.resting_for == "pause" or worker.journal.next_runnable_jobs(1):
-            rest.wake()
-            return True
+        if rest.resting_for in ("pause", "memory") or worker.journal.next_runnable_jobs(1):
+            return rest.wake()
         return False
+
+    def _waiting_for_room(self) -> bool:
+        """No room on the GPU for the model: no job runs (none would fit) until it loads."""
+        rest = self._engine_rest
+        said = "waiting for GPU memory"
+        if rest is None or rest.resting_for != "memory":
+            if (self.pulse.waiting_for or "").startswith(said):
+                self.pulse.waiting_for = None  # the model has loaded
+            return False
+        self.pulse.waiting(f"{said}: {rest.no_room}")
+        return True
 
     def _reload(
         self,

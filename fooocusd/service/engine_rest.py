@@ -5,6 +5,11 @@ People share one GPU between fooocusd and a game, another model or a video rende
 renders, the paused (or long idle) daemon drops its models from GPU memory. When the pause ends,
 it loads them again and warms up, as at start, before the next job begins; after an idle unload,
 the next job loads them. The small prompt-expansion model and the CUDA context stay.
+
+The other program may still hold the GPU then, or already at the daemon's start. A load that runs
+out of GPU memory frees what it had loaded, and the daemon waits for room (``resting_for`` is
+"memory"): it keeps taking files in, runs no job (none would fit), says so once, and tries again
+every ``MEMORY_RETRY_SECONDS`` until the model loads.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from loguru import logger
 
 from fooocusd.engine.base import Engine
 from fooocusd.engine.devices import reserved_memory
-from fooocusd.errors import FooocusdError
+from fooocusd.engine.out_of_memory import gpu_room_text, is_out_of_memory
+from fooocusd.errors import FooocusdError, OutOfMemory
 
-Why = Literal["pause", "idle"]
+Why = Literal["pause", "idle", "memory"]
 _GIB = 1024**3
+MEMORY_RETRY_SECONDS = 30.0
+"""How often a daemon waiting for GPU memory tries to load its model again."""
 
 
 class EngineRest:
@@ -33,14 +41,35 @@ class EngineRest:
         engine: Engine,
         load_again: Callable[[], None],
         on_change: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``load_again``: what the start does to get the engine ready (load, then warm up);
         ``on_change(loaded)`` is told each unload and load (the metrics)."""
         self.engine = engine
         self._load_again = load_again
         self._on_change = on_change or (lambda _loaded: None)
+        self._clock = clock
         self.resting_for: Why | None = None
         """Why the models are unloaded now; None while they are loaded."""
+        self.no_room = ""
+        """While waiting for GPU memory: what the last load met, in words."""
+        self._retry_at = 0.0
+        self._waiting_since = 0.0
+
+    def load_at_start(self, load: Callable[[], object], *, wait: bool = True) -> bool:
+        """The start's ``load``; False when the GPU had no room for the model: then, with ``wait``,
+        the daemon starts without it and waits for room (``wake``), else ``OutOfMemory`` is raised."""
+        no_room = self._no_room_for(load)
+        if not no_room:
+            return True
+        if not wait:
+            raise OutOfMemory(no_room, hint=_ROOM_HINT)
+        self._wait_for_room(no_room)
+        return False
+
+    def due(self) -> bool:
+        """Whether ``wake`` should be tried now: not before the next retry while waiting for room."""
+        return self.resting_for != "memory" or self._clock() >= self._retry_at
 
     def rest(self, why: Why, idle_seconds: float = 0.0) -> None:
         """Drop the resident models, unless they are dropped already or the engine cannot."""
@@ -65,29 +94,86 @@ class EngineRest:
                 freed,
             )
 
-    def wake(self) -> None:
-        """Load the models again after ``rest``; a failure is logged, and the next job meets it."""
+    def wake(self) -> bool:
+        """Load the models again after ``rest`` (or, waiting for room, try again); whether they are
+        loaded now. No room: the wait goes on. Another failure is logged, and the next job meets it."""
         why = self.resting_for
         if why is None:
-            return
-        self.resting_for = None
+            return True
         if self._loaded():
+            self.resting_for, self.no_room = None, ""
             self._on_change(True)
-            return  # a job that came in meanwhile loaded it
-        logger.info(
-            "loading the model again {}…", "after the pause" if why == "pause" else "for the next job"
-        )
+            return True  # a job that came in meanwhile loaded it
+        if why != "memory":
+            after = "after the pause" if why == "pause" else "for the next job"
+            logger.info("loading the model again {}…", after)
         mark = time.perf_counter()
         try:
-            self._load_again()
+            no_room = self._no_room_for(self._load_again)
         except FooocusdError as exc:  # the model file went away meanwhile, say: each job says so too
+            self.resting_for = None
             logger.error("could not load the model again: {}", exc.explain().splitlines()[0])
-            return
+            return False
+        if no_room:
+            self._wait_for_room(no_room)
+            return False
+        self.resting_for, self.no_room = None, ""
         self._on_change(True)
-        logger.info("the model is loaded again, in {:.1f} s", time.perf_counter() - mark)
+        if why == "memory":
+            waited = self._clock() - self._waiting_since
+            logger.info(
+                "there is room on the GPU now: the model is loaded, after {} of waiting", _duration(waited)
+            )
+        else:
+            logger.info("the model is loaded again, in {:.1f} s", time.perf_counter() - mark)
+        return True
+
+    def _no_room_for(self, load: Callable[[], object]) -> str:
+        """Run ``load``; "" when it succeeded, else (the GPU had no room) what it met, in words, with
+        whatever it had loaded freed."""
+        try:
+            load()
+        except OutOfMemory:
+            pass
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
+            if not is_out_of_memory(exc):
+                raise
+        else:
+            return ""
+        # Out of the except clause, the failed load's tensors are no longer referenced: free them,
+        # so that what is left is what other programs hold.
+        unload = getattr(self.engine, "unload", None)
+        if unload is not None:
+            unload()
+        room = gpu_room_text(torch.device(self.engine.describe().get("device", "cpu")))
+        return "the GPU has no room for the model" + (
+            f" ({room}; other programs hold the rest)" if room else ""
+        )
+
+    def _wait_for_room(self, no_room: str) -> None:
+        first = self.resting_for != "memory"
+        self.resting_for, self.no_room = "memory", no_room
+        self._retry_at = self._clock() + MEMORY_RETRY_SECONDS
+        if first:
+            self._waiting_since = self._clock()
+            self._on_change(False)
+            logger.warning(
+                "{}: fooocusd keeps taking files in, runs no job, and loads the model once there is "
+                "room (it tries every {:.0f} s). {}",
+                no_room,
+                MEMORY_RETRY_SECONDS,
+                _ROOM_HINT[0].upper() + _ROOM_HINT[1:],
+            )
+        else:
+            logger.debug("still no room on the GPU for the model: {}", no_room)
 
     def _loaded(self) -> bool:
         return bool(getattr(self.engine, "is_loaded", True))
+
+
+_ROOM_HINT = (
+    "close the program that holds the GPU's memory, or set engine.vram = 'low' (SDXL in about 2.5 GiB)"
+)
 
 
 def _duration(seconds: float) -> str:

@@ -49,11 +49,12 @@ class DaemonExtras:
             observers.append(self.metrics)
         return WorkerEventFanOut(observers)
 
-    def ready(self, timeline: StartTimeline | None = None) -> None:
+    def ready(self, timeline: StartTimeline | None = None, *, model_loaded: bool = True) -> None:
+        """``model_loaded``: False when the daemon started without it (no room on the GPU)."""
         if self.metrics is None:
             return
         self.metrics.ready.set(1)
-        self.metrics.model_loaded.set(1)
+        self.metrics.model_loaded.set(int(model_loaded))
         if timeline is None:
             return
         for step, seconds in timeline.steps.items():
