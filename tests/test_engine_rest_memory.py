@@ -4,6 +4,7 @@ loaded and waits for room instead of stopping the daemon."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from fooocusd.engine.router import FamilyRouter
 from fooocusd.errors import ModelNotFound, OutOfMemory
 from fooocusd.service import engine_rest
 from fooocusd.service.engine_rest import EngineRest
+from fooocusd.service.model_presence import ModelAway, model_away, record_model_away
 from fooocusd.service.pause import pause_queue, resume_queue
 from tests.daemon_harness import RunningDaemon, Sandbox, wait_for
 
@@ -200,3 +202,53 @@ def test_the_retry_interval_is_documented_as_thirty_seconds() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert engine_rest.MEMORY_RETRY_SECONDS == 30.0
     assert "tries again every 30 s until the model loads" in readme
+
+
+def test_status_says_the_model_waits_for_room_while_it_does_and_nothing_once_the_daemon_stopped(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _loads_out_of_memory(monkeypatch, times=1)
+    monkeypatch.setattr(engine_rest, "MEMORY_RETRY_SECONDS", 600.0)  # it stays waiting
+    with RunningDaemon(sandbox.settings()) as running:
+        wait_for(lambda: _resting_for(running) == "memory", what="the wait for room")
+        wait_for(lambda: model_away(sandbox.state) is not None, what="the note for status")
+        capsys.readouterr()
+        assert main(["status", "--config", str(sandbox.config)]) == 0
+        said = " ".join(capsys.readouterr().out.split())
+        assert "model: not loaded: waiting for room on the GPU since " in said
+        assert (
+            "(the GPU has no room for the model); no job runs until it loads, tried again every 30 s" in said
+        )
+        assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["model_away"]["why"] == "memory"
+    assert model_away(sandbox.state) is None
+
+
+def test_status_says_the_model_left_the_gpu_for_the_pause(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with RunningDaemon(sandbox.settings()) as running:
+        pause_queue(sandbox.state, None)
+        wait_for(lambda: _resting_for(running) == "pause", what="the pause's unload")
+        capsys.readouterr()
+        assert main(["status", "--config", str(sandbox.config)]) == 0
+        said = " ".join(capsys.readouterr().out.split())
+        assert "model: unloaded for the pause since " in said and "; loaded again on resume" in said
+        resume_queue(sandbox.state)
+        wait_for(lambda: _resting_for(running) is None, what="the model back")
+        assert model_away(sandbox.state) is None
+
+
+def test_a_note_a_crashed_daemon_left_is_not_shown_and_a_new_start_clears_it(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record_model_away(sandbox.state, "memory", "the GPU has no room for the model")
+    noted = model_away(sandbox.state)
+    assert noted == ModelAway("memory", noted.since if noted else 0.0, "the GPU has no room for the model")
+    capsys.readouterr()
+    assert main(["status", "--config", str(sandbox.config)]) == 0
+    assert "model:" not in capsys.readouterr().out  # no daemon holds the state folder
+    with RunningDaemon(sandbox.settings()) as running:
+        wait_for(lambda: running.daemon._engine_rest is not None, what="the start's model load")
+        assert model_away(sandbox.state) is None

@@ -27,6 +27,7 @@ from fooocusd.journal.journal import Journal, JournalError, status_report, unfin
 from fooocusd.journal.rows import JobRow, job_label
 from fooocusd.service.folders import Folders, prepare_folders
 from fooocusd.service.free_space import low_disks
+from fooocusd.service.model_presence import model_away
 from fooocusd.service.pause import current_pause
 from fooocusd.service.queue_estimate import QueueEstimate, estimate_queue
 from fooocusd.service.state_lock import daemon_holding, state_folder_lock
@@ -203,6 +204,8 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     }
     pause = current_pause(folders.state)
     report["paused"] = pause.record() if pause is not None else None
+    away = model_away(folders.state) if holder is not None and not starting else None
+    report["model_away"] = away.record() if away is not None else None
     waiting = inbox_waiting(folders.inbox, loaded.settings.intake.ignore_patterns)
     report["inbox_waiting"] = waiting.record()
     low_on_room = low_disks({"outbox": folders.outbox, "state folder": folders.state})
@@ -233,6 +236,8 @@ def status(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         _out.print(f"daemon: running (pid {holder})")
     if pause is not None:
         _out.print(f"queue: {pause.describe()}; no job starts until `fooocusd resume`")
+    if away is not None:
+        _out.print(f"model: {away.describe()}")
     _out.print(
         "jobs: "
         + ", ".join(

@@ -6,6 +6,7 @@ empty and every job has ended (``fooocusd once``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -39,6 +40,7 @@ from fooocusd.service.intake_refusals import as_takeable, refusal_for
 from fooocusd.service.intake_stage import IntakeStage
 from fooocusd.service.intake_trouble import IntakeTrouble
 from fooocusd.service.journal_upkeep import JournalUpkeep
+from fooocusd.service.model_presence import record_model_away, record_model_loaded
 from fooocusd.service.notify import (
     MODEL_LOAD_EXTENSION_SECONDS,
     Notifier,
@@ -186,8 +188,12 @@ class Daemon:
                 )
                 return True
 
+            with contextlib.suppress(OSError):  # (a file an earlier run left, say by a crash)
+                record_model_loaded(folders.state)
             rest = self._engine_rest = EngineRest(
-                engine, load_again=lambda: (engine.load(), warm()), on_change=self.extras.set_model_loaded
+                engine,
+                load_again=lambda: (engine.load(), warm()),
+                on_change=lambda loaded: self._model_changed(folders.state, loaded),
             )
             logger.info("loading the model…")
             self.notifier.extend_timeout(MODEL_LOAD_EXTENSION_SECONDS)
@@ -208,6 +214,8 @@ class Daemon:
         finally:
             self.extras.stop()
             journal.close()
+            with contextlib.suppress(OSError):
+                record_model_loaded(folders.state)  # no daemon: nothing for `status` to say
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         """First signal: finish the current image, then stop. Second: abandon it too."""
@@ -455,6 +463,19 @@ class Daemon:
         if rest.resting_for in ("pause", "memory") or worker.journal.next_runnable_jobs(1):
             return rest.wake()
         return False
+
+    def _model_changed(self, state: Path, loaded: bool) -> None:
+        """The model left the GPU or came back: for the metrics and ``fooocusd status``."""
+        if self.extras is not None:
+            self.extras.set_model_loaded(loaded)
+        rest = self._engine_rest
+        try:
+            if loaded or rest is None or rest.resting_for is None:
+                record_model_loaded(state)
+            else:
+                record_model_away(state, rest.resting_for, rest.no_room)
+        except OSError as exc:  # only `status` misses it
+            logger.debug("could not note the model's state for `fooocusd status`: {}", exc)
 
     def _waiting_for_room(self) -> bool:
         """No room on the GPU for the model: no job runs (none would fit) until it loads."""

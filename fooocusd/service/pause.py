@@ -31,8 +31,8 @@ class Pause:
 
     def describe(self) -> str:
         """``paused since 14:02 until 16:02`` (dates shown when not today)."""
-        text = f"paused since {_when(self.since)}"
-        return text + (f" until {_when(self.until)}" if self.until is not None else "")
+        text = f"paused since {clock_text(self.since)}"
+        return text + (f" until {clock_text(self.until)}" if self.until is not None else "")
 
     def record(self) -> dict[str, float | None]:
         return {"since": self.since, "until": self.until}
@@ -93,6 +93,7 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def _when(moment: float) -> str:
+def clock_text(moment: float) -> str:
+    """``14:02`` today, ``2026-11-28 14:02`` on another day."""
     stamp = datetime.fromtimestamp(moment)
     return f"{stamp:%H:%M}" if stamp.date() == datetime.now().date() else f"{stamp:%Y-%m-%d %H:%M}"
