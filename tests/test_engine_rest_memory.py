@@ -69,7 +69,7 @@ def test_a_start_without_room_on_the_gpu_frees_what_it_loaded_and_waits_instead_
     said = [line.rstrip() for line in logged]
     assert said == [
         "the GPU has no room for the model: fooocusd keeps taking files in, runs no job, and loads the "
-        "model once there is room (it tries every 30 s). Close the program that holds the GPU's memory, "
+        "model once there is room (it looks every 30 s). Close the program that holds the GPU's memory, "
         "or set engine.vram = 'low' (SDXL in about 2.5 GiB)"
     ]
 
@@ -96,6 +96,27 @@ def test_while_waiting_for_room_it_tries_again_every_retry_and_says_so_once_unti
     warnings = [line for line in logged if "no room" in line]
     assert len(warnings) == 1
     assert logged[-1].rstrip() == "there is room on the GPU now: the model is loaded, after 2 min of waiting"
+
+
+def test_it_tries_again_only_once_more_gpu_memory_is_free_than_after_the_failed_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gib = 1024**3
+    free = [2 * gib]  # what the game leaves, as the GPU reports it
+    monkeypatch.setattr(engine_rest, "gpu_memory", lambda device: (free[0], 24 * gib))
+    engine, clock = _Engine(fail_loads=1), _Clock()
+    rest = EngineRest(engine, load_again=engine.load, clock=clock)  # type: ignore[arg-type]
+    assert rest.load_at_start(engine.load) is False
+    said = "the GPU has no room for the model (2.0 of 24.0 GiB free; other programs hold the rest)"
+    assert rest.no_room == said
+
+    clock.now += engine_rest.MEMORY_RETRY_SECONDS
+    free[0] = int(2.5 * gib)
+    assert not rest.due()  # half a GiB more: not worth a load that would take the game's memory
+    clock.now += 10 * engine_rest.MEMORY_RETRY_SECONDS
+    free[0] = int(3.5 * gib)
+    assert rest.due()
+    assert rest.wake() is True and engine.calls == ["load", "unload", "load"]
 
 
 @pytest.mark.parametrize("why", ["pause", "idle"])
@@ -201,7 +222,7 @@ def test_once_without_room_on_the_gpu_says_so_and_exits_with_an_error(
 def test_the_retry_interval_is_documented_as_thirty_seconds() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert engine_rest.MEMORY_RETRY_SECONDS == 30.0
-    assert "tries again every 30 s until the model loads" in readme
+    assert "looks every 30 s: once at least 1 GiB more is free, it tries again" in " ".join(readme.split())
 
 
 def test_status_says_the_model_waits_for_room_while_it_does_and_nothing_once_the_daemon_stopped(
@@ -217,7 +238,8 @@ def test_status_says_the_model_waits_for_room_while_it_does_and_nothing_once_the
         said = " ".join(capsys.readouterr().out.split())
         assert "model: not loaded: waiting for room on the GPU since " in said
         assert (
-            "(the GPU has no room for the model); no job runs until it loads, tried again every 30 s" in said
+            "(the GPU has no room for the model); no job runs until it loads, tried again once more memory "
+            "is free" in said
         )
         assert main(["status", "--json", "--config", str(sandbox.config)]) == 0
         report = json.loads(capsys.readouterr().out)

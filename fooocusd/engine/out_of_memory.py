@@ -31,15 +31,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def gpu_room_text(device: torch.device) -> str:
-    """ "1.2 of 24.0 GiB free" for a CUDA device (what every program on it leaves); "" elsewhere."""
+def gpu_memory(device: torch.device) -> tuple[int, int] | None:
+    """(free, total) bytes of a CUDA device, what every program on it leaves; None elsewhere."""
     if device.type != "cuda":
-        return ""
+        return None
     try:
-        free, total = torch.cuda.mem_get_info(device)
+        return torch.cuda.mem_get_info(device)
     except (RuntimeError, AssertionError):
-        return ""
-    return f"{free / 1024**3:.1f} of {total / 1024**3:.1f} GiB free"
+        return None
 
 
 def out_of_memory(request: GenerationRequest, exc: BaseException) -> OutOfMemory:

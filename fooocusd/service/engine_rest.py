@@ -8,8 +8,10 @@ the next job loads them. The small prompt-expansion model and the CUDA context s
 
 The other program may still hold the GPU then, or already at the daemon's start. A load that runs
 out of GPU memory frees what it had loaded, and the daemon waits for room (``resting_for`` is
-"memory"): it keeps taking files in, runs no job (none would fit), says so once, and tries again
-every ``MEMORY_RETRY_SECONDS`` until the model loads.
+"memory"): it keeps taking files in, runs no job (none would fit), says so once, and looks every
+``MEMORY_RETRY_SECONDS``. It tries to load again only once ``ROOM_MARGIN`` more of the GPU's memory
+is free than after the failed load: a load that cannot fit would cost a disk read and, while it
+lasts, memory the other program may be about to ask for.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from loguru import logger
 
 from fooocusd.engine.base import Engine
 from fooocusd.engine.devices import reserved_memory
-from fooocusd.engine.out_of_memory import gpu_room_text, is_out_of_memory
+from fooocusd.engine.out_of_memory import gpu_memory, is_out_of_memory
 from fooocusd.errors import FooocusdError, OutOfMemory
 
 Why = Literal["pause", "idle", "memory"]
 _GIB = 1024**3
 MEMORY_RETRY_SECONDS = 30.0
-"""How often a daemon waiting for GPU memory tries to load its model again."""
+"""How often a daemon waiting for GPU memory looks whether it may load its model again."""
+ROOM_MARGIN = _GIB
+"""How much more free GPU memory than after a failed load makes a new try worth it."""
 
 
 class EngineRest:
@@ -55,6 +59,7 @@ class EngineRest:
         """While waiting for GPU memory: what the last load met, in words."""
         self._retry_at = 0.0
         self._waiting_since = 0.0
+        self._free_after_failure: int | None = None
 
     def load_at_start(self, load: Callable[[], object], *, wait: bool = True) -> bool:
         """The start's ``load``; False when the GPU had no room for the model: then, with ``wait``,
@@ -68,15 +73,26 @@ class EngineRest:
         return False
 
     def due(self) -> bool:
-        """Whether ``wake`` should be tried now: not before the next retry while waiting for room."""
-        return self.resting_for != "memory" or self._clock() >= self._retry_at
+        """Whether ``wake`` should be tried now; while waiting for room, at the next look, and only
+        if ``ROOM_MARGIN`` more is free than after the failed load (where the GPU says)."""
+        if self.resting_for != "memory":
+            return True
+        if self._clock() < self._retry_at:
+            return False
+        memory = gpu_memory(self._device())
+        if memory is None or self._free_after_failure is None:
+            return True
+        if memory[0] >= self._free_after_failure + ROOM_MARGIN:
+            return True
+        self._retry_at = self._clock() + MEMORY_RETRY_SECONDS
+        return False
 
     def rest(self, why: Why, idle_seconds: float = 0.0) -> None:
         """Drop the resident models, unless they are dropped already or the engine cannot."""
         unload: Callable[[], None] | None = getattr(self.engine, "unload", None)
         if unload is None or not self._loaded():
             return
-        device = torch.device(self.engine.describe().get("device", "cpu"))
+        device = self._device()
         before = reserved_memory(device)
         unload()
         self.resting_for = why
@@ -145,9 +161,15 @@ class EngineRest:
         unload = getattr(self.engine, "unload", None)
         if unload is not None:
             unload()
-        room = gpu_room_text(torch.device(self.engine.describe().get("device", "cpu")))
-        return "the GPU has no room for the model" + (
-            f" ({room}; other programs hold the rest)" if room else ""
+        memory = gpu_memory(self._device())
+        if memory is None:
+            self._free_after_failure = None
+            return "the GPU has no room for the model"
+        free, total = memory
+        self._free_after_failure = free
+        return (
+            f"the GPU has no room for the model ({free / _GIB:.1f} of {total / _GIB:.1f} GiB free; "
+            "other programs hold the rest)"
         )
 
     def _wait_for_room(self, no_room: str) -> None:
@@ -159,13 +181,16 @@ class EngineRest:
             self._on_change(False)
             logger.warning(
                 "{}: fooocusd keeps taking files in, runs no job, and loads the model once there is "
-                "room (it tries every {:.0f} s). {}",
+                "room (it looks every {:.0f} s). {}",
                 no_room,
                 MEMORY_RETRY_SECONDS,
                 _ROOM_HINT[0].upper() + _ROOM_HINT[1:],
             )
         else:
             logger.debug("still no room on the GPU for the model: {}", no_room)
+
+    def _device(self) -> torch.device:
+        return torch.device(self.engine.describe().get("device", "cpu"))
 
     def _loaded(self) -> bool:
         return bool(getattr(self.engine, "is_loaded", True))

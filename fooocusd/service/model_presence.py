@@ -32,7 +32,7 @@ class ModelAway:
         if self.why == "memory":
             return (
                 f"not loaded: waiting for room on the GPU since {when} ({self.detail}); no job runs "
-                "until it loads, tried again every 30 s"
+                "until it loads, tried again once more memory is free"
             )
         if self.why == "pause":
             return f"unloaded for the pause since {when}; loaded again on resume"
