@@ -119,7 +119,7 @@ if [ "${SKIP_BENCH:-0}" = 1 ]; then
     tail -n 20 "$OUT/anchor.log"
     exit 0
 fi
-CASES=${CASES:-setup,defaults,batch_4,batch_4_flash4,batch_4_sdpa,batch_4_biases_unfolded,batch_4_group_norms_pytorch,batch_4_upsample_plain,batch_4_upsample_transposed,batch_4_unfused,queue,queue_expansion,expansion,profile,compiled_blocks_cuda_graphs,warm_start,low_vram,batch_4_fused_compiled,queue_unfused,profile_small_graphs,queue_expansion_ahead,profile_unfused,batch_4_cudnn_benchmark,batch_4_nchw,graphs_eager,queue_decode_at_once,encoding_graphs,fp8,graphs_resnets_compiled,compiled_full_graphs,compiled_full_graphs_small,block_autotune,batch_4_autotuned_blocks,pause}
+CASES=${CASES:-setup,defaults,batch_4,batch_4_flash4,batch_4_sdpa,batch_4_biases_unfolded,batch_4_group_norms_pytorch,batch_4_upsample_plain,batch_4_upsample_transposed,batch_4_unfused,queue,queue_expansion,expansion,profile,compiled_blocks_cuda_graphs,warm_start,low_vram,batch_4_fused_compiled,queue_unfused,profile_small_graphs,queue_expansion_ahead,profile_unfused,batch_4_cudnn_benchmark,batch_4_nchw,graphs_eager,queue_decode_at_once,encoding_graphs,fp8,graphs_resnets_compiled,compiled_full_graphs,compiled_full_graphs_small,block_autotune,batch_4_autotuned_blocks,pause,batch_4_sdpa_cudnn_unfused_qkv}
 # A case that crashes the process or leaves the GPU unusable (the bench then exits with 75) must not
 # cost the cases after it: the bench resumes in a fresh process from its report, at most twice,
 # within the same budget and timeout. A timeout (124) or an ordinary failure (1, 2) is not resumed.
