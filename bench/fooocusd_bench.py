@@ -115,6 +115,7 @@ import fooocusd  # noqa: E402
 from fooocusd.engine import flash4_attention  # noqa: E402
 from fooocusd.engine.acceleration import TRITON_CACHE_FOLDER, AccelerationOptions  # noqa: E402
 from fooocusd.engine.base import GenerationRequest  # noqa: E402
+from fooocusd.engine.devices import context_lost as gpu_context_lost  # noqa: E402
 from fooocusd.engine.models import HASH_CACHE_NAME, SDXL_CONFIG_DIR, ModelLocation  # noqa: E402
 from fooocusd.engine.sdxl import SDXLEngine, _default_scheduler  # noqa: E402
 
@@ -1460,17 +1461,6 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
     return versions
-
-
-def gpu_context_lost(device: torch.device) -> str:
-    """Why the CUDA context can run nothing more (a sticky error fails every later call); empty if it can."""
-    if device.type != "cuda":
-        return ""
-    try:
-        torch.cuda.synchronize(device)
-    except Exception as exc:  # any failure here means later cases would fail the same way
-        return f"{type(exc).__name__}: {exc}"[:300]
-    return ""
 
 
 def _crash() -> dict[str, Any]:

@@ -65,6 +65,11 @@ class OutOfMemory(TransientError):
     """The accelerator ran out of memory; retried after the engine frees memory."""
 
 
+class GpuLost(FooocusdError):
+    """The GPU can run nothing more in this process (a sticky CUDA error: an illegal memory access,
+    a driver fault, an Xid): the daemon stops, so that a fresh start gets a working GPU."""
+
+
 class ConfigError(FooocusdError):
     """The configuration is invalid; the daemon refuses to start (or to reload)."""
 

@@ -243,6 +243,18 @@ def free_device_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
+def context_lost(device: torch.device) -> str:
+    """Why the device can run nothing more in this process (a sticky CUDA error fails every later
+    call); "" when it can."""
+    if device.type != "cuda":
+        return ""
+    try:
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # any failure here means every later call would fail the same way
+        return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    return ""
+
+
 def reserved_memory(device: torch.device) -> int | None:
     """Bytes the CUDA caching allocator holds on ``device``; None on other devices."""
     return torch.cuda.memory_reserved(device) if device.type == "cuda" else None

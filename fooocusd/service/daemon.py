@@ -24,7 +24,7 @@ from fooocusd.engine.base import Engine
 from fooocusd.engine.expansion import PromptExpansion, build_prompt_expansion
 from fooocusd.engine.factory import create_engine
 from fooocusd.engine.styles import StyleLibrary
-from fooocusd.errors import ConfigError, DiskWait, FooocusdError
+from fooocusd.errors import ConfigError, DiskWait, FooocusdError, GpuLost
 from fooocusd.intake.pairing import Pairer
 from fooocusd.intake.readable_names import is_readable, rename_readable, shown, why_unreadable
 from fooocusd.intake.watcher import InboxWatcher, Ready
@@ -439,6 +439,8 @@ class Daemon:
                     self._wake_worker.wait(_TICK)
                     self._wake_worker.clear()
             worker.close()  # the last image still lands; jobs held for a batch go back to the queue
+        except GpuLost as exc:  # said whole by the main thread's caller; no traceback to add
+            self._worker_error = exc
         except BaseException as exc:  # surfaced on the main thread, which stops the daemon
             logger.exception("the worker stopped")
             self._worker_error = exc

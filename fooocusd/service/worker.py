@@ -28,12 +28,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from loguru import logger
 from PIL import Image
 
 from fooocusd.crashpoints import crashpoint
 from fooocusd.engine import batching
 from fooocusd.engine.base import Engine, GeneratedImage, GenerationRequest
+from fooocusd.engine.devices import context_lost
 from fooocusd.engine.expansion import PromptExpansion
 from fooocusd.engine.image_actions import run_image_action
 from fooocusd.engine.prompt_syntax import WildcardLibrary
@@ -41,6 +43,7 @@ from fooocusd.engine.styles import StyleLibrary, Workloads
 from fooocusd.errors import (
     DiskWait,
     FooocusdError,
+    GpuLost,
     Interrupted,
     InvalidInput,
     ModelNotFound,
@@ -621,8 +624,28 @@ class Worker:
         elif isinstance(exc, FooocusdError):
             self._fail(job.id, label, exc.explain())
         else:  # an engine bug must not kill the daemon; retry, then fail
+            if lost := self._gpu_lost():
+                self._stop_for_a_lost_gpu(job, label, lost, exc)
             logger.opt(exception=exc).error("unexpected error in {}", label)
             self._retry_or_fail(job, label, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _gpu_lost(self) -> str:
+        return context_lost(torch.device(self.engine.describe().get("device", "cpu")))
+
+    def _stop_for_a_lost_gpu(self, job: JobRow, label: str, lost: str, exc: BaseException) -> None:
+        """The GPU can run nothing more in this process, so every job after this one would fail
+        too: the daemon stops. This job stays running in the journal, so the next start counts it
+        as a crash (one that fails the GPU each time ends in failed/ after ``journal.max_crashes``);
+        the others held for its batch go back to the queue at no cost."""
+        for run in self.claimed:
+            if run.job.id != job.id:
+                self.journal.release_interrupted(run.job.id, "the GPU stopped working; requeued")
+        raise GpuLost(
+            f"the GPU stopped working while rendering {label}: {lost}",
+            hint="fooocusd stops so that a fresh start gets a working GPU (systemd restarts it); the job "
+            "stays queued. If it happens again, look for Xid errors in `journalctl -k`: the driver "
+            "may need reloading, or the machine a reboot",
+        ) from exc
 
     def _fail(self, job_id: int, label: str, error: str) -> None:
         if self.journal.finish_job(job_id, "failed", error):
