@@ -116,6 +116,7 @@ from fooocusd.engine import flash4_attention  # noqa: E402
 from fooocusd.engine.acceleration import TRITON_CACHE_FOLDER, AccelerationOptions  # noqa: E402
 from fooocusd.engine.base import GenerationRequest  # noqa: E402
 from fooocusd.engine.devices import context_lost as gpu_context_lost  # noqa: E402
+from fooocusd.engine.devices import gpu_memory  # noqa: E402
 from fooocusd.engine.models import HASH_CACHE_NAME, SDXL_CONFIG_DIR, ModelLocation  # noqa: E402
 from fooocusd.engine.sdxl import SDXLEngine, _default_scheduler  # noqa: E402
 
@@ -342,10 +343,8 @@ class Bench:
         return round(torch.cuda.memory_reserved() / 2**30, 2)
 
     def device_used_gib(self) -> float | None:
-        if self.device.type != "cuda":
-            return None
-        free, total = torch.cuda.mem_get_info(self.device)
-        return round((total - free) / 2**30, 2)
+        memory = gpu_memory(self.device)
+        return round((memory[1] - memory[0]) / 2**30, 2) if memory is not None else None
 
     def resident_gib(self) -> float | None:
         if self.device.type != "cuda":

@@ -255,6 +255,16 @@ def context_lost(device: torch.device) -> str:
     return ""
 
 
+def gpu_memory(device: torch.device) -> tuple[int, int] | None:
+    """(free, total) bytes of a CUDA device, what every program on it leaves; None elsewhere."""
+    if device.type != "cuda":
+        return None
+    try:
+        return torch.cuda.mem_get_info(device)
+    except (RuntimeError, AssertionError):
+        return None
+
+
 def reserved_memory(device: torch.device) -> int | None:
     """Bytes the CUDA caching allocator holds on ``device``; None on other devices."""
     return torch.cuda.memory_reserved(device) if device.type == "cuda" else None

@@ -31,16 +31,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def gpu_memory(device: torch.device) -> tuple[int, int] | None:
-    """(free, total) bytes of a CUDA device, what every program on it leaves; None elsewhere."""
-    if device.type != "cuda":
-        return None
-    try:
-        return torch.cuda.mem_get_info(device)
-    except (RuntimeError, AssertionError):
-        return None
-
-
 def out_of_memory(request: GenerationRequest, exc: BaseException) -> OutOfMemory:
     return OutOfMemory(
         f"the accelerator ran out of memory rendering {request.width}x{request.height}: {exc}",

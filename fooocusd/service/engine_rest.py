@@ -24,8 +24,8 @@ import torch
 from loguru import logger
 
 from fooocusd.engine.base import Engine
-from fooocusd.engine.devices import reserved_memory
-from fooocusd.engine.out_of_memory import gpu_memory, is_out_of_memory
+from fooocusd.engine.devices import gpu_memory, reserved_memory
+from fooocusd.engine.out_of_memory import is_out_of_memory
 from fooocusd.errors import FooocusdError, OutOfMemory
 
 Why = Literal["pause", "idle", "memory"]
