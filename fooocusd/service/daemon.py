@@ -482,12 +482,9 @@ class Daemon:
     def _waiting_for_room(self) -> bool:
         """No room on the GPU for the model: no job runs (none would fit) until it loads."""
         rest = self._engine_rest
-        said = "waiting for GPU memory"
         if rest is None or rest.resting_for != "memory":
-            if (self.pulse.waiting_for or "").startswith(said):
-                self.pulse.waiting_for = None  # the model has loaded
-            return False
-        self.pulse.waiting(f"{said}: {rest.no_room}")
+            return False  # (the worker's next job_started clears the pulse's wait)
+        self.pulse.waiting(f"waiting for GPU memory: {rest.no_room}")
         return True
 
     def _reload(
